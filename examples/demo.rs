@@ -1,0 +1,81 @@
+//! `cargo run --release --example demo`: the bundled demo upstreams (chat and users) on
+//! the loopback addresses `schema.graphql` names, and the gateway serving that schema.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(about = "livegate demo: demo upstreams + the gateway serving schema.graphql")]
+struct Args {
+    /// Gateway address.
+    #[arg(long, env = "LIVEGATE_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+    /// The schema to serve.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))]
+    schema: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG").unwrap_or_else(|_| "info".into())).init();
+    let args = Args::parse();
+    let source = match std::fs::read_to_string(&args.schema) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", args.schema);
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = match livegate::plan::load("schema.graphql", &source, std::env::vars()) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    // Each demo upstream listens where the schema (or its env override) says it is.
+    let mut upstreams = Vec::new();
+    for (name, app) in [("chat", livegate::demo::chat_app()), ("users", livegate::demo::users_app())] {
+        let Some(up) = plan.upstreams.get(name) else {
+            eprintln!("the schema has no @upstream named {name:?}");
+            return ExitCode::FAILURE;
+        };
+        let addr = format!("{}:{}", up.url.host_str().unwrap_or("127.0.0.1"), up.url.port_or_known_default().unwrap_or(80));
+        match tokio::net::TcpListener::bind(&addr).await {
+            Ok(l) => {
+                upstreams.push(format!("  demo upstream {name:<6} http://{addr}"));
+                livegate::demo::spawn(l, app);
+            }
+            Err(e) => {
+                eprintln!("cannot listen on {addr} for the demo upstream {name:?}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("livegate demo is up:");
+    println!("  GraphQL   http://{}/graphql", args.listen);
+    println!("  GraphiQL  http://{}/graphql (open in a browser)", args.listen);
+    for u in upstreams {
+        println!("{u}");
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match livegate::run(listener, plan, livegate::Options::default(), shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! Stage ⑤ — the shared cache in front of every upstream call.
+//!
+//! Input: a [`CacheKey`] (the upstream request, plus the caller's credentials for
+//! `PRIVATE` entries), an optional [`Policy`] (max age, stale-while-revalidate, tags) and
+//! the fetch to run on a miss. Output: the value, shared by `Arc`.
+//!
+//! - Storage is [moka](https://docs.rs/moka): concurrent, bounded by a byte budget (each
+//!   entry weighs its upstream body's size), each entry expiring at `maxAge + swr`.
+//! - Single flight: concurrent identical misses join one fetch, which runs in its own task
+//!   so a client that goes away does not cancel it for the others (pingora's lookup
+//!   coalescing). Uncached fields get the same coalescing.
+//! - Tags index the live entries; [`Cache::invalidate`] marks every tagged entry dead and
+//!   poisons fetches in flight for those tags, so a value fetched before an invalidation
+//!   is never stored after it. Errors are never stored.
+
+use crate::upstream::UpstreamError;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+// tokio's clock, so paused-time tests reach freshness decisions.
+use tokio::time::Instant;
+
+/// A cache entry's identity: SHA-256 of the canonical upstream request.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// Hashes the parts that make a request distinct; each part is length-prefixed, so
+    /// no two different part lists hash the same bytes.
+    pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        CacheKey(h.finalize().into())
+    }
+}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An invalidation tag, rendered from a `@cache(tags:)` template: `messages:general`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(pub Arc<str>);
+
+impl From<&str> for Tag {
+    fn from(s: &str) -> Self {
+        Tag(Arc::from(s))
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How long a fetched value may be served, and under which tags.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub max_age: Duration,
+    pub swr: Duration,
+    pub tags: Vec<Tag>,
+}
+
+impl Policy {
+    fn stores(&self) -> bool {
+        !(self.max_age + self.swr).is_zero()
+    }
+}
+
+struct Entry {
+    value: Arc<Value>,
+    stored: Instant,
+    policy: Policy,
+    size: usize,
+    /// Set by an invalidation; a dead entry is a miss until moka drops it.
+    dead: AtomicBool,
+}
+
+type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Value>, UpstreamError>>>;
+
+struct Flight {
+    id: u64,
+    shared: SharedFetch,
+    tags: Vec<Tag>,
+    /// An invalidation hit this fetch's tags while it ran: do not store its value.
+    poisoned: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    flights: HashMap<CacheKey, Flight>,
+    /// tag → the live entries that carry it.
+    tags: HashMap<Tag, HashMap<CacheKey, Weak<Entry>>>,
+}
+
+struct Inner {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    state: Arc<Mutex<State>>,
+    next_flight: AtomicU64,
+}
+
+/// How a [`Cache::load`] was answered; the metrics issue counts these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Stale,
+    Miss,
+}
+
+/// The shared cache. Cheap to clone; all clones are the same cache.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+struct Expiry;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for Expiry {
+    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
+        Some(e.policy.max_age + e.policy.swr)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // The state holds only maps; a panic elsewhere cannot leave them half-updated in a
+    // way that matters more than losing the cache, so a poisoned lock is used as is.
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cache {
+    /// A cache holding at most about `budget_bytes` of upstream bodies.
+    pub fn new(budget_bytes: u64) -> Self {
+        let state: Arc<Mutex<State>> = Arc::default();
+        let index = state.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(budget_bytes)
+            .weigher(|_, e: &Arc<Entry>| u32::try_from(e.size + 64).unwrap_or(u32::MAX))
+            .expire_after(Expiry)
+            .eviction_listener(move |key: Arc<CacheKey>, e: Arc<Entry>, _| {
+                // Called without our lock held (we never call moka under it).
+                let mut st = lock(&index);
+                for tag in &e.policy.tags {
+                    if let Some(keys) = st.tags.get_mut(tag) {
+                        if keys.get(&*key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&e))) {
+                            keys.remove(&*key);
+                        }
+                        if keys.is_empty() {
+                            st.tags.remove(tag);
+                        }
+                    }
+                }
+            })
+            .build();
+        Cache {
+            inner: Arc::new(Inner { entries, state, next_flight: AtomicU64::new(0) }),
+        }
+    }
+
+    /// The value for `key`: from the cache when fresh (or stale within `swr`, which also
+    /// starts one background refresh), else from `fetch`, joined with any identical fetch
+    /// already running. `policy: None` never stores, but still coalesces.
+    pub async fn load<F, Fut>(
+        &self,
+        key: CacheKey,
+        policy: Option<Policy>,
+        fetch: F,
+    ) -> (Result<Arc<Value>, UpstreamError>, Outcome)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+    {
+        if policy.as_ref().is_some_and(Policy::stores) {
+            if let Some(e) = self.inner.entries.get(&key) {
+                if !e.dead.load(Ordering::Acquire) {
+                    let age = e.stored.elapsed();
+                    if age < e.policy.max_age {
+                        return (Ok(e.value.clone()), Outcome::Hit);
+                    }
+                    if age < e.policy.max_age + e.policy.swr {
+                        // Start (or join) the refresh, and do not wait for it.
+                        drop(self.flight(key, policy, fetch));
+                        return (Ok(e.value.clone()), Outcome::Stale);
+                    }
+                }
+            }
+        }
+        (self.flight(key, policy, fetch).await, Outcome::Miss)
+    }
+
+    fn flight<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> SharedFetch
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+    {
+        let mut st = lock(&self.inner.state);
+        if let Some(f) = st.flights.get(&key) {
+            return f.shared.clone();
+        }
+        let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
+        let this = self.clone();
+        let flag = poisoned.clone();
+        let task = tokio::spawn(async move {
+            let result = fetch().await;
+            this.finish(key, id, &flag, policy, result)
+        });
+        let shared = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(UpstreamError::Unavailable { upstream: "(internal)".into(), detail: format!("fetch task failed: {e}") })
+            })
+        }
+        .boxed()
+        .shared();
+        st.flights.insert(key, Flight { id, shared: shared.clone(), tags, poisoned });
+        shared
+    }
+
+    /// Stores a fetched value (unless an invalidation poisoned the fetch) and retires the
+    /// flight. The moka insert comes first, so there is no moment where a request finds
+    /// neither the flight nor the entry and starts a second fetch.
+    fn finish(
+        &self,
+        key: CacheKey,
+        id: u64,
+        poisoned: &AtomicBool,
+        policy: Option<Policy>,
+        result: Result<(Value, usize), UpstreamError>,
+    ) -> Result<Arc<Value>, UpstreamError> {
+        let (value, size) = match result {
+            Ok((v, size)) => (Arc::new(v), size),
+            Err(e) => {
+                self.retire(key, id);
+                return Err(e);
+            }
+        };
+        if let Some(policy) = policy {
+            if !poisoned.load(Ordering::Acquire) {
+                self.insert(key, policy, value.clone(), size, Some(poisoned));
+            }
+        }
+        self.retire(key, id);
+        Ok(value)
+    }
+
+    /// Stores `value` under `key` (when the policy stores at all) and indexes its tags.
+    /// The moka insert comes before the flight is retired, so there is no moment where a
+    /// request finds neither the flight nor the entry and starts a second fetch.
+    fn insert(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, poisoned: Option<&AtomicBool>) {
+        if !policy.stores() {
+            return;
+        }
+        let entry = Arc::new(Entry { value, stored: Instant::now(), policy, size, dead: AtomicBool::new(false) });
+        self.inner.entries.insert(key, entry.clone());
+        let mut st = lock(&self.inner.state);
+        if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
+            // Invalidated between the check above and now: the value may predate it.
+            entry.dead.store(true, Ordering::Release);
+            return;
+        }
+        for tag in &entry.policy.tags {
+            st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
+        }
+    }
+
+    /// Stores a value fetched outside [`Cache::load`] (a batched request's items).
+    pub fn store(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize) {
+        self.insert(key, policy, value, size, None);
+    }
+
+    /// The fresh value under `key`, without fetching.
+    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Value>> {
+        let e = self.inner.entries.get(key)?;
+        (!e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age).then(|| e.value.clone())
+    }
+
+    fn retire(&self, key: CacheKey, id: u64) {
+        let mut st = lock(&self.inner.state);
+        if st.flights.get(&key).is_some_and(|f| f.id == id) {
+            st.flights.remove(&key);
+        }
+    }
+
+    /// Drops every entry tagged with any of `tags`, and makes fetches in flight for those
+    /// tags unstorable. Returns the keys of the entries dropped (the live hub refetches
+    /// the ones that have subscribers).
+    pub fn invalidate(&self, tags: &[Tag]) -> Vec<CacheKey> {
+        let mut dropped = Vec::new();
+        {
+            let mut st = lock(&self.inner.state);
+            for tag in tags {
+                if let Some(keys) = st.tags.remove(tag) {
+                    for (key, entry) in keys {
+                        if let Some(entry) = entry.upgrade() {
+                            if !entry.dead.swap(true, Ordering::AcqRel) {
+                                dropped.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+            st.flights.retain(|_, f| {
+                let hit = f.tags.iter().any(|t| tags.contains(t));
+                if hit {
+                    f.poisoned.store(true, Ordering::Release);
+                }
+                !hit
+            });
+        }
+        for key in &dropped {
+            self.inner.entries.invalidate(key);
+        }
+        dropped
+    }
+
+    /// Entries currently stored (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.inner.entries.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn key(s: &str) -> CacheKey {
+        CacheKey::from_parts([s.as_bytes()])
+    }
+
+    fn policy(max_age: u64, swr: u64, tags: &[&str]) -> Option<Policy> {
+        Some(Policy {
+            max_age: Duration::from_secs(max_age),
+            swr: Duration::from_secs(swr),
+            tags: tags.iter().map(|t| Tag::from(*t)).collect(),
+        })
+    }
+
+    /// A fetch that counts its calls and answers `n` (the call number).
+    fn counting(calls: &Arc<AtomicUsize>) -> impl FnOnce() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> {
+        let calls = calls.clone();
+        move || {
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::task::yield_now().await;
+                Ok((Value::from(n), 1))
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_make_one_fetch_and_hits_make_none() {
+        let cache = Cache::new(1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let loads = (0..50).map(|_| cache.load(key("a"), policy(60, 0, &[]), counting(&calls)));
+        let results = futures_util::future::join_all(loads).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(results.iter().all(|(r, _)| r.as_deref() == Ok(&Value::from(1))));
+        let (r, outcome) = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Hit));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn invalidation_drops_tagged_entries_only() {
+        let cache = Cache::new(1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.0.expect("a");
+        cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.0.expect("b");
+        assert_eq!(cache.invalidate(&[Tag::from("t:a")]), vec![key("a")]);
+        let (_, outcome) = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await;
+        assert_eq!(outcome, Outcome::Miss);
+        let (_, outcome) = cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await;
+        assert_eq!(outcome, Outcome::Hit);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_invalidated_in_flight_is_not_stored() {
+        let cache = Cache::new(1 << 20);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let slow = move || {
+            async move {
+                let _ = rx.await;
+                Ok((Value::from("old"), 3))
+            }
+            .boxed()
+        };
+        let pending = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.load(key("a"), policy(60, 0, &["t"]), slow).await }
+        });
+        // Wait until the flight is registered, then invalidate while it runs.
+        while lock(&cache.inner.state).flights.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        cache.invalidate(&[Tag::from("t")]);
+        tx.send(()).expect("fetch waiting");
+        let (r, _) = pending.await.expect("task");
+        assert_eq!(r.as_deref(), Ok(&Value::from("old")), "the waiting caller still gets its answer");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (r, outcome) = cache.load(key("a"), policy(60, 0, &["t"]), counting(&calls)).await;
+        assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_stored() {
+        let cache = Cache::new(1 << 20);
+        let fail = || async { Err(UpstreamError::HttpError { upstream: "u".into(), status: 500 }) }.boxed();
+        let (r, _) = cache.load(key("a"), policy(60, 0, &[]), fail).await;
+        assert!(r.is_err());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (r, outcome) = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
+    }
+}

@@ -1,0 +1,371 @@
+//! livegate's directives, read from the parser's `ConstDirective` into typed values.
+//! One function per directive; [`ArgReader`] holds what they share: unknown-argument and
+//! wrong-type errors, worded the same way everywhere.
+
+use super::Errors;
+use async_graphql_parser::types::ConstDirective;
+use async_graphql_parser::{Pos, Positioned};
+use async_graphql_value::ConstValue;
+
+/// `@upstream(name, url, timeoutMs, headers, forwardHeaders)` on `extend schema`.
+#[derive(Debug, Clone)]
+pub struct UpstreamDirective {
+    pub name: Positioned<String>,
+    pub url: Positioned<String>,
+    pub timeout_ms: Option<Positioned<u64>>,
+    pub headers: Vec<Header>,
+    /// Request headers of the client passed on to this upstream, by name.
+    pub forward_headers: Vec<Positioned<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub name: Positioned<String>,
+    pub value: Positioned<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// `@rest(upstream, method, path, query, body, headers, batchKey)` on a field.
+#[derive(Debug, Clone)]
+pub struct RestDirective {
+    pub upstream: Positioned<String>,
+    pub method: HttpMethod,
+    pub path: Positioned<String>,
+    pub query: Vec<(Positioned<String>, Positioned<String>)>,
+    pub body: Option<Positioned<ConstValue>>,
+    pub headers: Vec<Header>,
+    pub batch_key: Option<Positioned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    Public,
+    Private,
+}
+
+/// `@cache(maxAge, swr, tags, scope)` on a field with `@rest`.
+#[derive(Debug, Clone)]
+pub struct CacheDirective {
+    pub max_age: u64,
+    pub swr: u64,
+    pub tags: Vec<Positioned<String>>,
+    pub scope: Scope,
+}
+
+/// `@invalidates(tags)` on a mutation field.
+#[derive(Debug, Clone)]
+pub struct InvalidatesDirective {
+    pub tags: Vec<Positioned<String>>,
+}
+
+/// Reads one directive's arguments, reporting unknown, repeated and missing ones.
+struct ArgReader<'a, 'e> {
+    directive: &'a Positioned<ConstDirective>,
+    errors: &'e mut Errors,
+}
+
+impl<'a, 'e> ArgReader<'a, 'e> {
+    fn new(directive: &'a Positioned<ConstDirective>, known: &[&str], errors: &'e mut Errors) -> Self {
+        let name = directive.node.name.node.as_str();
+        let mut seen: Vec<&str> = Vec::new();
+        for (arg, _) in &directive.node.arguments {
+            let a = arg.node.as_str();
+            if !known.contains(&a) {
+                errors.push(
+                    arg.pos,
+                    format!("@{name} has no argument `{a}`; known: {}", known.join(", ")),
+                );
+            } else if seen.contains(&a) {
+                errors.push(arg.pos, format!("@{name}: argument `{a}` is given twice"));
+            }
+            seen.push(a);
+        }
+        ArgReader { directive, errors }
+    }
+
+    fn name(&self) -> &'a str {
+        self.directive.node.name.node.as_str()
+    }
+
+    fn get(&self, arg: &str) -> Option<&'a Positioned<ConstValue>> {
+        self.directive
+            .node
+            .arguments
+            .iter()
+            .find(|(n, _)| n.node.as_str() == arg)
+            .map(|(_, v)| v)
+    }
+
+    fn wrong(&mut self, pos: Pos, arg: &str, expected: &str, got: &ConstValue) {
+        let name = self.name();
+        self.errors.push(
+            pos,
+            format!("@{name}({arg}:) expects {expected}, got {}", describe(got)),
+        );
+    }
+
+    fn missing(&mut self, arg: &str, expected: &str) {
+        let name = self.name();
+        self.errors.push(
+            self.directive.pos,
+            format!("@{name} needs argument `{arg}` ({expected})"),
+        );
+    }
+
+    fn string(&mut self, arg: &str) -> Option<Positioned<String>> {
+        let v = self.get(arg)?;
+        match &v.node {
+            ConstValue::String(s) => Some(Positioned::new(s.clone(), v.pos)),
+            other => {
+                self.wrong(v.pos, arg, "a string", other);
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, arg: &str) -> Option<Positioned<String>> {
+        if self.get(arg).is_none() {
+            self.missing(arg, "a string");
+            return None;
+        }
+        self.string(arg)
+    }
+
+    fn uint(&mut self, arg: &str) -> Option<Positioned<u64>> {
+        let v = self.get(arg)?;
+        match &v.node {
+            ConstValue::Number(n) if n.as_u64().is_some() => {
+                n.as_u64().map(|n| Positioned::new(n, v.pos))
+            }
+            other => {
+                self.wrong(v.pos, arg, "a non-negative integer", other);
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, arg: &str) -> Vec<Positioned<String>> {
+        let Some(v) = self.get(arg) else { return Vec::new() };
+        let list: &[ConstValue] = match &v.node {
+            ConstValue::List(items) => items,
+            // GraphQL input coercion: a single value stands for a list of one.
+            single @ ConstValue::String(_) => std::slice::from_ref(single),
+            other => {
+                self.wrong(v.pos, arg, "a list of strings", other);
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in list {
+            match item {
+                ConstValue::String(s) => out.push(Positioned::new(s.clone(), v.pos)),
+                other => self.wrong(v.pos, arg, "a list of strings", other),
+            }
+        }
+        out
+    }
+
+    fn enum_value(&mut self, arg: &str, allowed: &[&str]) -> Option<Positioned<String>> {
+        let v = self.get(arg)?;
+        let s = match &v.node {
+            ConstValue::Enum(n) => n.as_str(),
+            ConstValue::String(s) => s.as_str(),
+            other => {
+                self.wrong(v.pos, arg, &format!("one of {}", allowed.join(", ")), other);
+                return None;
+            }
+        };
+        if allowed.contains(&s) {
+            Some(Positioned::new(s.to_string(), v.pos))
+        } else {
+            let name = self.name();
+            self.errors.push(
+                v.pos,
+                format!("@{name}({arg}:) expects one of {}, got {s}", allowed.join(", ")),
+            );
+            None
+        }
+    }
+
+    /// `headers: [{name: "X-A", value: "…"}]`
+    fn headers(&mut self, arg: &str) -> Vec<Header> {
+        let Some(v) = self.get(arg) else { return Vec::new() };
+        let expected = "a list of {name: String, value: String}";
+        let list: &[ConstValue] = match &v.node {
+            ConstValue::List(items) => items,
+            single @ ConstValue::Object(_) => std::slice::from_ref(single),
+            other => {
+                self.wrong(v.pos, arg, expected, other);
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in list {
+            let pair = match item {
+                ConstValue::Object(map) if map.len() == 2 => {
+                    match (map.get("name"), map.get("value")) {
+                        (Some(ConstValue::String(n)), Some(ConstValue::String(val))) => {
+                            Some((n.clone(), val.clone()))
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            match pair {
+                Some((n, val)) => out.push(Header {
+                    name: Positioned::new(n, v.pos),
+                    value: Positioned::new(val, v.pos),
+                }),
+                None => self.wrong(v.pos, arg, expected, item),
+            }
+        }
+        out
+    }
+}
+
+fn describe(v: &ConstValue) -> String {
+    match v {
+        ConstValue::Null => "null".into(),
+        ConstValue::Number(n) => format!("the number {n}"),
+        ConstValue::String(s) => format!("the string {s:?}"),
+        ConstValue::Boolean(b) => format!("the boolean {b}"),
+        ConstValue::Binary(_) => "binary data".into(),
+        ConstValue::Enum(e) => format!("the enum value {e}"),
+        ConstValue::List(_) => "a list".into(),
+        ConstValue::Object(_) => "an object".into(),
+    }
+}
+
+pub fn upstream(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<UpstreamDirective>> {
+    let mut r = ArgReader::new(d, &["name", "url", "timeoutMs", "headers", "forwardHeaders"], errors);
+    let name = r.required_string("name");
+    let url = r.required_string("url");
+    let timeout_ms = r.uint("timeoutMs");
+    let headers = r.headers("headers");
+    let forward_headers = r.strings("forwardHeaders");
+    Some(Positioned::new(
+        UpstreamDirective {
+            name: name?,
+            url: url?,
+            timeout_ms,
+            headers,
+            forward_headers,
+        },
+        d.pos,
+    ))
+}
+
+pub fn rest(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<RestDirective>> {
+    let mut r = ArgReader::new(
+        d,
+        &["upstream", "method", "path", "query", "body", "headers", "batchKey"],
+        errors,
+    );
+    let upstream = r.required_string("upstream");
+    let path = r.required_string("path");
+    let method = match r.enum_value("method", &["GET", "POST", "PUT", "PATCH", "DELETE"]) {
+        None => HttpMethod::Get,
+        Some(m) => match m.node.as_str() {
+            "POST" => HttpMethod::Post,
+            "PUT" => HttpMethod::Put,
+            "PATCH" => HttpMethod::Patch,
+            "DELETE" => HttpMethod::Delete,
+            _ => HttpMethod::Get,
+        },
+    };
+    let mut query = Vec::new();
+    if let Some(v) = r.get("query") {
+        match &v.node {
+            ConstValue::Object(map) => {
+                for (k, val) in map {
+                    match val {
+                        ConstValue::String(s) => query.push((
+                            Positioned::new(k.to_string(), v.pos),
+                            Positioned::new(s.clone(), v.pos),
+                        )),
+                        other => r.wrong(v.pos, "query", "an object of strings", other),
+                    }
+                }
+            }
+            other => r.wrong(v.pos, "query", "an object of strings, like {q: \"{args.q}\"}", other),
+        }
+    }
+    let body = r.get("body").cloned();
+    let headers = r.headers("headers");
+    let batch_key = r.string("batchKey");
+    Some(Positioned::new(
+        RestDirective {
+            upstream: upstream?,
+            method,
+            path: path?,
+            query,
+            body,
+            headers,
+            batch_key,
+        },
+        d.pos,
+    ))
+}
+
+pub fn cache(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<CacheDirective>> {
+    let mut r = ArgReader::new(d, &["maxAge", "swr", "tags", "scope"], errors);
+    if r.get("maxAge").is_none() {
+        r.missing("maxAge", "seconds, a non-negative integer");
+    }
+    let max_age = r.uint("maxAge");
+    let swr = r.uint("swr").map(|s| s.node).unwrap_or(0);
+    let tags = r.strings("tags");
+    let scope = match r.enum_value("scope", &["PUBLIC", "PRIVATE"]) {
+        Some(s) if s.node == "PRIVATE" => Scope::Private,
+        _ => Scope::Public,
+    };
+    Some(Positioned::new(
+        CacheDirective {
+            max_age: max_age?.node,
+            swr,
+            tags,
+            scope,
+        },
+        d.pos,
+    ))
+}
+
+pub fn invalidates(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<InvalidatesDirective>> {
+    let mut r = ArgReader::new(d, &["tags"], errors);
+    if r.get("tags").is_none() {
+        r.missing("tags", "a list of strings");
+        return None;
+    }
+    let tags = r.strings("tags");
+    Some(Positioned::new(InvalidatesDirective { tags }, d.pos))
+}
+
+/// `@deprecated(reason)`, the one built-in directive a field may carry.
+pub fn deprecated(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<String> {
+    let mut r = ArgReader::new(d, &["reason"], errors);
+    r.string("reason").map(|s| s.node)
+}

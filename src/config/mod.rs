@@ -1,0 +1,346 @@
+//! Stage ① — syntax. Input: the text of `schema.graphql`. Output: a [`Config`], the SDL's
+//! types plus livegate's directives read into typed values, every node still carrying the
+//! line and column it came from.
+//!
+//! This stage checks only what can be seen locally: that the SDL parses, that each
+//! directive is one we know, that each argument is one the directive takes and has the
+//! right type. Cross-references (does the upstream exist, does the template name a real
+//! argument) are [`crate::plan`]'s job. Every error is collected; none stops the reading.
+
+mod directives;
+
+use async_graphql_parser::types::{
+    BaseType, ConstDirective, FieldDefinition, InputValueDefinition, ServiceDocument,
+    TypeDefinition, TypeKind, TypeSystemDefinition,
+};
+use async_graphql_parser::{Pos, Positioned};
+use async_graphql_value::ConstValue;
+
+pub use directives::{
+    CacheDirective, Header, HttpMethod, InvalidatesDirective, RestDirective, Scope,
+    UpstreamDirective,
+};
+
+/// A positioned error of the configuration stages. `Display` gives
+/// `file:line:col: message`, the format every start-up error has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Collects errors with the file name, so each stage can push and go on.
+#[derive(Debug, Default)]
+pub struct Errors {
+    file: String,
+    pub list: Vec<ConfigError>,
+}
+
+impl Errors {
+    pub fn new(file: &str) -> Self {
+        Errors {
+            file: file.to_string(),
+            list: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, pos: Pos, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            file: self.file.clone(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        });
+    }
+}
+
+/// A GraphQL type reference as written: `[Message!]!` and so on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeRef {
+    Named { name: String, non_null: bool },
+    List { item: Box<TypeRef>, non_null: bool },
+}
+
+impl TypeRef {
+    fn from_parser(ty: &async_graphql_parser::types::Type) -> TypeRef {
+        let non_null = !ty.nullable;
+        match &ty.base {
+            BaseType::Named(name) => TypeRef::Named {
+                name: name.to_string(),
+                non_null,
+            },
+            BaseType::List(item) => TypeRef::List {
+                item: Box::new(TypeRef::from_parser(item)),
+                non_null,
+            },
+        }
+    }
+
+    /// The named type at the bottom of the lists.
+    pub fn base_name(&self) -> &str {
+        match self {
+            TypeRef::Named { name, .. } => name,
+            TypeRef::List { item, .. } => item.base_name(),
+        }
+    }
+
+    pub fn non_null(&self) -> bool {
+        match self {
+            TypeRef::Named { non_null, .. } | TypeRef::List { non_null, .. } => *non_null,
+        }
+    }
+
+    pub fn is_list(&self) -> bool {
+        matches!(self, TypeRef::List { .. })
+    }
+}
+
+impl std::fmt::Display for TypeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let non_null = match self {
+            TypeRef::Named { name, non_null } => {
+                f.write_str(name)?;
+                non_null
+            }
+            TypeRef::List { item, non_null } => {
+                write!(f, "[{item}]")?;
+                non_null
+            }
+        };
+        if *non_null {
+            f.write_str("!")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ArgConfig {
+    pub name: Positioned<String>,
+    pub ty: Positioned<TypeRef>,
+    pub default: Option<ConstValue>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldConfig {
+    pub name: Positioned<String>,
+    pub ty: Positioned<TypeRef>,
+    pub args: Vec<ArgConfig>,
+    pub description: Option<String>,
+    pub deprecated: Option<Option<String>>,
+    pub rest: Option<Positioned<RestDirective>>,
+    pub cache: Option<Positioned<CacheDirective>>,
+    pub invalidates: Option<Positioned<InvalidatesDirective>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TypeConfigKind {
+    Object { fields: Vec<FieldConfig> },
+    InputObject { fields: Vec<ArgConfig> },
+    Enum { values: Vec<Positioned<String>> },
+    Scalar,
+}
+
+#[derive(Debug, Clone)]
+pub struct TypeConfig {
+    pub name: Positioned<String>,
+    pub description: Option<String>,
+    pub kind: TypeConfigKind,
+}
+
+/// What `schema.graphql` says, typed and positioned.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file name used in error messages.
+    pub file: String,
+    pub upstreams: Vec<Positioned<UpstreamDirective>>,
+    pub types: Vec<TypeConfig>,
+    /// Root operation type names from a `schema { … }` block, when there is one.
+    pub query: Option<Positioned<String>>,
+    pub mutation: Option<Positioned<String>>,
+    pub subscription: Option<Positioned<String>>,
+}
+
+/// Parses `source` (named `file` in errors) into a [`Config`], or every error found.
+pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut errors = Errors::new(file);
+    let doc: ServiceDocument = match async_graphql_parser::parse_schema(source) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let pos = e.positions().next().unwrap_or(Pos { line: 1, column: 1 });
+            let message = e.to_string().replace('\n', " ");
+            errors.push(pos, format!("syntax error: {}", message.trim()));
+            return Err(errors.list);
+        }
+    };
+    let mut config = Config {
+        file: file.to_string(),
+        upstreams: Vec::new(),
+        types: Vec::new(),
+        query: None,
+        mutation: None,
+        subscription: None,
+    };
+    for def in &doc.definitions {
+        match def {
+            TypeSystemDefinition::Schema(schema) => {
+                for d in &schema.node.directives {
+                    match d.node.name.node.as_str() {
+                        "upstream" => {
+                            if let Some(u) = directives::upstream(d, &mut errors) {
+                                config.upstreams.push(u);
+                            }
+                        }
+                        other => errors.push(
+                            d.pos,
+                            format!("unknown directive @{other} on schema; known: @upstream"),
+                        ),
+                    }
+                }
+                let root = |n: &Option<Positioned<async_graphql_value::Name>>| {
+                    n.as_ref().map(|n| n.clone().map(|n| n.to_string()))
+                };
+                if let Some(q) = root(&schema.node.query) {
+                    config.query = Some(q);
+                }
+                if let Some(m) = root(&schema.node.mutation) {
+                    config.mutation = Some(m);
+                }
+                if let Some(s) = root(&schema.node.subscription) {
+                    config.subscription = Some(s);
+                }
+            }
+            // Declarations of our own directives are allowed (editors like them) and
+            // change nothing: the directives' meaning is fixed by livegate.
+            TypeSystemDefinition::Directive(_) => {}
+            TypeSystemDefinition::Type(ty) => {
+                if let Some(t) = type_config(ty, &mut errors) {
+                    config.types.push(t);
+                }
+            }
+        }
+    }
+    if errors.list.is_empty() {
+        Ok(config)
+    } else {
+        Err(errors.list)
+    }
+}
+
+fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<TypeConfig> {
+    let def = &ty.node;
+    let name = def.name.clone().map(|n| n.to_string());
+    if def.extend {
+        errors.push(
+            ty.pos,
+            format!("`extend type {}` is not supported; declare all fields in one type", name.node),
+        );
+        return None;
+    }
+    reject_directives(&def.directives, "a type", errors);
+    let kind = match &def.kind {
+        TypeKind::Object(obj) => {
+            if let Some(i) = obj.implements.first() {
+                errors.push(i.pos, "interfaces are not supported yet; remove `implements`");
+            }
+            TypeConfigKind::Object {
+                fields: obj.fields.iter().map(|f| field_config(f, errors)).collect(),
+            }
+        }
+        TypeKind::InputObject(input) => TypeConfigKind::InputObject {
+            fields: input.fields.iter().map(|a| arg_config(a, errors)).collect(),
+        },
+        TypeKind::Enum(e) => TypeConfigKind::Enum {
+            values: e
+                .values
+                .iter()
+                .map(|v| {
+                    reject_directives(&v.node.directives, "an enum value", errors);
+                    v.node.value.clone().map(|n| n.to_string())
+                })
+                .collect(),
+        },
+        TypeKind::Scalar => TypeConfigKind::Scalar,
+        TypeKind::Interface(_) => {
+            errors.push(ty.pos, "interfaces are not supported yet");
+            return None;
+        }
+        TypeKind::Union(_) => {
+            errors.push(ty.pos, "unions are not supported yet");
+            return None;
+        }
+    };
+    Some(TypeConfig {
+        name,
+        description: def.description.as_ref().map(|d| d.node.clone()),
+        kind,
+    })
+}
+
+fn reject_directives(list: &[Positioned<ConstDirective>], place: &str, errors: &mut Errors) {
+    for d in list {
+        errors.push(
+            d.pos,
+            format!("directive @{} is not allowed on {place}", d.node.name.node),
+        );
+    }
+}
+
+fn arg_config(arg: &Positioned<InputValueDefinition>, errors: &mut Errors) -> ArgConfig {
+    reject_directives(&arg.node.directives, "an argument", errors);
+    ArgConfig {
+        name: arg.node.name.clone().map(|n| n.to_string()),
+        ty: arg.node.ty.clone().map(|t| TypeRef::from_parser(&t)),
+        default: arg.node.default_value.as_ref().map(|v| v.node.clone()),
+        description: arg.node.description.as_ref().map(|d| d.node.clone()),
+    }
+}
+
+fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> FieldConfig {
+    let def = &field.node;
+    let mut out = FieldConfig {
+        name: def.name.clone().map(|n| n.to_string()),
+        ty: def.ty.clone().map(|t| TypeRef::from_parser(&t)),
+        args: def.arguments.iter().map(|a| arg_config(a, errors)).collect(),
+        description: def.description.as_ref().map(|d| d.node.clone()),
+        deprecated: None,
+        rest: None,
+        cache: None,
+        invalidates: None,
+    };
+    for d in &def.directives {
+        let name = d.node.name.node.as_str();
+        let dup = |errors: &mut Errors| {
+            errors.push(d.pos, format!("@{name} is given twice on field `{}`", out.name.node))
+        };
+        match name {
+            "rest" => match directives::rest(d, errors) {
+                Some(_) if out.rest.is_some() => dup(errors),
+                Some(r) => out.rest = Some(r),
+                None => {}
+            },
+            "cache" => match directives::cache(d, errors) {
+                Some(_) if out.cache.is_some() => dup(errors),
+                Some(c) => out.cache = Some(c),
+                None => {}
+            },
+            "invalidates" => match directives::invalidates(d, errors) {
+                Some(_) if out.invalidates.is_some() => dup(errors),
+                Some(i) => out.invalidates = Some(i),
+                None => {}
+            },
+            "deprecated" => out.deprecated = Some(directives::deprecated(d, errors)),
+            other => errors.push(
+                d.pos,
+                format!(
+                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @deprecated"
+                ),
+            ),
+        }
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! livegate: a GraphQL gateway that gives every client live data from plain REST
+//! services, configured by one `schema.graphql`.
+//!
+//! # Layout — the data flow, in the order of the folder tree
+//!
+//! - [`config`] ① syntax: SDL + directives → [`config::Config`], positions kept.
+//! - [`plan`] ② meaning: Config → [`plan::Plan`]; all validation, every error with
+//!   `file:line:col`. Pure and synchronous, like `config`.
+//! - [`schema`] ③ Plan → async-graphql dynamic schema.
+//! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
+//! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight.
+//! - [`upstream`] ⑤ the outside world: one REST request, every failure classified.
+//! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP and GraphiQL.
+//!
+//! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
+//! exactly what `main.rs` runs.
+
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod plan;
+pub mod resolve;
+pub mod schema;
+pub mod server;
+pub mod template;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub use plan::Plan;
+pub use server::{app, AppState};
+
+/// Run-time settings; each is a flag of the `livegate` binary.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Memory budget of the shared cache, in bytes of upstream bodies.
+    pub cache_bytes: u64,
+    /// Largest upstream response body accepted.
+    pub max_upstream_body: usize,
+    /// Upstream timeout for upstreams without `timeoutMs`.
+    pub upstream_timeout: Duration,
+    /// Largest request body accepted from clients.
+    pub max_request_body: usize,
+    /// How long a batched field waits for its siblings before sending the batch.
+    pub batch_window: Duration,
+    pub limits: schema::QueryLimits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            cache_bytes: 256 << 20,
+            max_upstream_body: 16 << 20,
+            upstream_timeout: Duration::from_secs(10),
+            max_request_body: 1 << 20,
+            batch_window: Duration::from_millis(1),
+            limits: schema::QueryLimits::default(),
+        }
+    }
+}
+
+/// A schema could not be turned into a running gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<config::ConfigError>),
+    #[error("the schema could not be built: {0}")]
+    Schema(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the shared state of a gateway serving `plan`.
+pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
+    let plan = Arc::new(plan);
+    let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body);
+    let cache = cache::Cache::new(options.cache_bytes);
+    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window));
+    let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
+    Ok(AppState { schema, runtime, max_body: options.max_request_body })
+}
+
+/// Serves `plan` on `listener` until `shutdown` completes, then finishes in-flight
+/// requests and returns.
+pub async fn run(
+    listener: TcpListener,
+    plan: Plan,
+    options: Options,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let state = state(plan, &options)?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}

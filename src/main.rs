@@ -1,0 +1,138 @@
+//! The `livegate` binary: flags (each also a `LIVEGATE_*` environment variable), logs,
+//! then [`livegate::run`].
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "livegate", version, about = "A GraphQL gateway that gives every client live data from plain REST services")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The schema to serve.
+    #[arg(long, env = "LIVEGATE_SCHEMA", default_value = "schema.graphql")]
+    schema: PathBuf,
+    /// Address to listen on.
+    #[arg(long, env = "LIVEGATE_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+    /// Memory budget of the shared cache, in MiB of upstream bodies.
+    #[arg(long, env = "LIVEGATE_CACHE_SIZE_MB", default_value_t = 256)]
+    cache_size_mb: u64,
+    /// Largest upstream response body accepted, in bytes (larger: UPSTREAM_TOO_LARGE).
+    #[arg(long, env = "LIVEGATE_MAX_UPSTREAM_BODY", default_value_t = 16 << 20)]
+    max_upstream_body: usize,
+    /// Upstream timeout in milliseconds, for upstreams without `timeoutMs`.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
+    upstream_timeout_ms: u64,
+    /// Largest request body accepted from clients, in bytes (larger: 413).
+    #[arg(long, env = "LIVEGATE_MAX_REQUEST_BODY", default_value_t = 1 << 20)]
+    max_request_body: usize,
+    /// How long a `batchKey` field waits for its siblings, in milliseconds.
+    #[arg(long, env = "LIVEGATE_BATCH_WINDOW_MS", default_value_t = 1)]
+    batch_window_ms: u64,
+    /// Deepest selection nesting accepted in an operation.
+    #[arg(long, env = "LIVEGATE_MAX_DEPTH", default_value_t = 32)]
+    max_depth: usize,
+    /// Highest complexity (number of fields selected) accepted in an operation.
+    #[arg(long, env = "LIVEGATE_MAX_COMPLEXITY", default_value_t = 10_000)]
+    max_complexity: usize,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LIVEGATE_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a schema: exit 0, or print every error and exit 1.
+    Check {
+        /// The schema to check.
+        schema: PathBuf,
+    },
+}
+
+fn load(path: &Path) -> Result<livegate::Plan, String> {
+    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    livegate::plan::load(&path.display().to_string(), &source, std::env::vars()).map_err(|errors| {
+        let n = errors.len();
+        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        format!("{}\n{n} error{} in {}", list.join("\n"), if n == 1 { "" } else { "s" }, path.display())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Check { schema }) = &cli.command {
+        return match load(schema) {
+            Ok(_) => {
+                println!("{}: ok", schema.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG").unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let plan = match load(&cli.schema) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match serve(&cli, plan) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("livegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
+    let options = livegate::Options {
+        cache_bytes: cli.cache_size_mb << 20,
+        max_upstream_body: cli.max_upstream_body,
+        upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
+        max_request_body: cli.max_request_body,
+        batch_window: Duration::from_millis(cli.batch_window_ms),
+        limits: livegate::schema::QueryLimits { max_depth: cli.max_depth, max_complexity: cli.max_complexity },
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(cli.listen).await.with_context(|| format!("binding {}", cli.listen))?;
+        tracing::info!(url = %format!("http://{}/graphql", listener.local_addr()?), "livegate serving");
+        livegate::run(listener, plan, options, shutdown_signal()).await?;
+        tracing::info!("livegate stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

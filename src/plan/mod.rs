@@ -1,0 +1,386 @@
+//! Stage ② — meaning. Input: a [`Config`]. Output: a [`Plan`], everything the runtime
+//! needs, already checked: upstreams with parsed URLs, every template parsed and proven to
+//! name real arguments and parent fields, every root field with a resolver. Every error
+//! is collected with its `file:line:col`; a Plan exists only for a schema with none.
+//!
+//! Pure and synchronous, like [`crate::config`]: a string in, `Result<Plan, Vec<_>>` out.
+
+mod rest;
+
+use crate::config::{
+    self, ArgConfig, Config, ConfigError, Errors, FieldConfig, Scope, TypeConfigKind, TypeRef,
+};
+use async_graphql_parser::Positioned;
+use async_graphql_value::ConstValue;
+use indexmap::IndexMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use rest::{Batch, Body, RestPlan};
+
+use crate::template::Template;
+
+/// Deploy-time settings that change the plan: `LIVEGATE_UPSTREAM_<NAME>_URL` overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Upstream name (as written in the schema) → URL.
+    pub upstream_urls: HashMap<String, String>,
+}
+
+impl Overrides {
+    /// Reads `LIVEGATE_UPSTREAM_<NAME>_URL` (name upper-cased, `-` as `_`) from `vars`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>, config: &Config) -> Self {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
+        let mut upstream_urls = HashMap::new();
+        for u in &config.upstreams {
+            if let Some(url) = vars.get(&upstream_env_var(&u.node.name.node)) {
+                upstream_urls.insert(u.node.name.node.clone(), url.clone());
+            }
+        }
+        Overrides { upstream_urls }
+    }
+}
+
+/// The environment variable that overrides the URL of upstream `name`.
+pub fn upstream_env_var(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .collect();
+    format!("LIVEGATE_UPSTREAM_{name}_URL")
+}
+
+#[derive(Debug)]
+pub struct UpstreamPlan {
+    pub name: String,
+    /// Base URL; a field's path is appended to its path.
+    pub url: url::Url,
+    pub timeout: Option<Duration>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Client request headers passed on, lower-case names.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArgPlan {
+    pub name: String,
+    pub ty: TypeRef,
+    pub default: Option<ConstValue>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    pub max_age: Duration,
+    pub swr: Duration,
+    pub tags: Vec<Template>,
+    pub scope: Scope,
+}
+
+#[derive(Debug)]
+pub struct FieldPlan {
+    pub name: String,
+    pub ty: TypeRef,
+    pub args: Vec<ArgPlan>,
+    pub description: Option<String>,
+    pub deprecated: Option<Option<String>>,
+    /// `None`: the value is read from the parent object under the field's name.
+    pub rest: Option<RestPlan>,
+    /// Tags dropped from the cache after this mutation succeeds.
+    pub invalidates: Vec<Template>,
+}
+
+#[derive(Debug)]
+pub enum TypePlanKind {
+    Object { fields: Vec<Arc<FieldPlan>> },
+    InputObject { fields: Vec<ArgPlan> },
+    Enum { values: Vec<String> },
+    Scalar,
+}
+
+#[derive(Debug)]
+pub struct TypePlan {
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: TypePlanKind,
+}
+
+/// Everything the runtime needs to serve a schema.
+#[derive(Debug)]
+pub struct Plan {
+    pub upstreams: IndexMap<String, Arc<UpstreamPlan>>,
+    pub types: IndexMap<String, TypePlan>,
+    pub query: String,
+    pub mutation: Option<String>,
+}
+
+impl Plan {
+    pub fn object_fields(&self, type_name: &str) -> Option<&[Arc<FieldPlan>]> {
+        match &self.types.get(type_name)?.kind {
+            TypePlanKind::Object { fields } => Some(fields),
+            _ => None,
+        }
+    }
+}
+
+/// Parses and plans a schema in one step; what `livegate check` and start-up call.
+pub fn load(file: &str, source: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Plan, Vec<ConfigError>> {
+    let config = config::parse(file, source)?;
+    let overrides = Overrides::from_env(env, &config);
+    build(&config, &overrides)
+}
+
+pub const BUILTIN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID"];
+
+/// What a named type is, as far as type positions care.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Output, // object
+    Input,  // input object
+    Leaf,   // scalar or enum
+}
+
+pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigError>> {
+    let mut errors = Errors::new(&config.file);
+
+    // Type names first, so field types can be checked whatever the order of definitions.
+    let mut kinds: HashMap<&str, Kind> = BUILTIN_SCALARS.iter().map(|s| (*s, Kind::Leaf)).collect();
+    for t in &config.types {
+        let kind = match t.kind {
+            TypeConfigKind::Object { .. } => Kind::Output,
+            TypeConfigKind::InputObject { .. } => Kind::Input,
+            TypeConfigKind::Enum { .. } | TypeConfigKind::Scalar => Kind::Leaf,
+        };
+        if kinds.insert(t.name.node.as_str(), kind).is_some() {
+            errors.push(t.name.pos, format!("type `{}` is defined twice", t.name.node));
+        }
+    }
+
+    let upstreams = upstreams(config, overrides, &mut errors);
+
+    let query = config.query.as_ref().map(|q| q.node.clone()).unwrap_or_else(|| "Query".into());
+    let mutation = match &config.mutation {
+        Some(m) => Some(m.node.clone()),
+        None => kinds.contains_key("Mutation").then(|| "Mutation".to_string()),
+    };
+    let subscription = config
+        .subscription
+        .as_ref()
+        .map(|s| s.node.clone())
+        .or_else(|| kinds.contains_key("Subscription").then(|| "Subscription".to_string()));
+    match kinds.get(query.as_str()) {
+        Some(Kind::Output) => {}
+        _ => {
+            let pos = config.query.as_ref().map(|q| q.pos).unwrap_or(async_graphql_parser::Pos { line: 1, column: 1 });
+            errors.push(pos, format!("the schema needs an object type `{query}` for queries"));
+        }
+    }
+    for root in [&config.mutation, &config.subscription].into_iter().flatten() {
+        if kinds.get(root.node.as_str()) != Some(&Kind::Output) {
+            errors.push(root.pos, format!("root type `{}` is not an object type of this schema", root.node));
+        }
+    }
+
+    let mut types = IndexMap::new();
+    for t in &config.types {
+        let name = t.name.node.clone();
+        let is_subscription = subscription.as_deref() == Some(name.as_str());
+        if is_subscription {
+            errors.push(
+                t.name.pos,
+                format!("type `{name}`: subscriptions are not supported by this version of livegate yet"),
+            );
+            continue;
+        }
+        let role = if name == query {
+            Role::Query
+        } else if mutation.as_deref() == Some(name.as_str()) {
+            Role::Mutation
+        } else {
+            Role::Object
+        };
+        let kind = match &t.kind {
+            TypeConfigKind::Object { fields } => {
+                if fields.is_empty() {
+                    errors.push(t.name.pos, format!("type `{name}` has no fields"));
+                }
+                let mut seen = HashMap::new();
+                let mut planned = Vec::new();
+                for f in fields {
+                    if seen.insert(f.name.node.as_str(), ()).is_some() {
+                        errors.push(f.name.pos, format!("field `{name}.{}` is defined twice", f.name.node));
+                    }
+                    let ctx = FieldCtx { config, kinds: &kinds, upstreams: &upstreams, type_name: &name, role, fields };
+                    if let Some(p) = field(&ctx, f, &mut errors) {
+                        planned.push(Arc::new(p));
+                    }
+                }
+                TypePlanKind::Object { fields: planned }
+            }
+            TypeConfigKind::InputObject { fields } => TypePlanKind::InputObject {
+                fields: fields.iter().map(|a| arg(a, &kinds, &mut errors)).collect(),
+            },
+            TypeConfigKind::Enum { values } => TypePlanKind::Enum {
+                values: values.iter().map(|v| v.node.clone()).collect(),
+            },
+            TypeConfigKind::Scalar => TypePlanKind::Scalar,
+        };
+        types.insert(name.clone(), TypePlan { name, description: t.description.clone(), kind });
+    }
+
+    if errors.list.is_empty() {
+        Ok(Plan { upstreams, types, query, mutation })
+    } else {
+        errors.list.sort_by_key(|e| (e.line, e.column));
+        Err(errors.list)
+    }
+}
+
+fn upstreams(config: &Config, overrides: &Overrides, errors: &mut Errors) -> IndexMap<String, Arc<UpstreamPlan>> {
+    let mut out = IndexMap::new();
+    for u in &config.upstreams {
+        let d = &u.node;
+        let name = d.name.node.clone();
+        if out.contains_key(&name) {
+            errors.push(d.name.pos, format!("@upstream(name: {name:?}) is defined twice"));
+            continue;
+        }
+        let (raw, source) = match overrides.upstream_urls.get(&name) {
+            Some(url) => (url.clone(), format!(" (from {})", upstream_env_var(&name))),
+            None => (d.url.node.clone(), String::new()),
+        };
+        let url = match url::Url::parse(&raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+            Ok(_) => {
+                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host"));
+                continue;
+            }
+            Err(e) => {
+                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} is not a valid URL: {e}"));
+                continue;
+            }
+        };
+        let headers = d
+            .headers
+            .iter()
+            .filter_map(|h| static_header(h, errors))
+            .collect();
+        let mut forward_headers = Vec::new();
+        for h in &d.forward_headers {
+            match http::HeaderName::from_bytes(h.node.as_bytes()) {
+                Ok(n) => forward_headers.push(n),
+                Err(_) => errors.push(h.pos, format!("forwardHeaders: {:?} is not a valid header name", h.node)),
+            }
+        }
+        let timeout = match &d.timeout_ms {
+            Some(t) if t.node == 0 => {
+                errors.push(t.pos, "@upstream(timeoutMs:) must be at least 1");
+                None
+            }
+            Some(t) => Some(Duration::from_millis(t.node)),
+            None => None,
+        };
+        out.insert(name.clone(), Arc::new(UpstreamPlan { name, url, timeout, headers, forward_headers }));
+    }
+    out
+}
+
+fn static_header(h: &config::Header, errors: &mut Errors) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
+        .map_err(|_| errors.push(h.name.pos, format!("{:?} is not a valid header name", h.name.node)))
+        .ok()?;
+    let value = http::HeaderValue::from_str(&h.value.node)
+        .map_err(|_| errors.push(h.value.pos, format!("header {name}: value is not valid in a header")))
+        .ok()?;
+    Some((name, value))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Query,
+    Mutation,
+    Object,
+}
+
+struct FieldCtx<'a> {
+    config: &'a Config,
+    kinds: &'a HashMap<&'a str, Kind>,
+    upstreams: &'a IndexMap<String, Arc<UpstreamPlan>>,
+    type_name: &'a str,
+    role: Role,
+    /// All fields of the enclosing type: what `{parent.x}` may name.
+    fields: &'a [FieldConfig],
+}
+
+fn check_type(ty: &Positioned<TypeRef>, want: Kind, kinds: &HashMap<&str, Kind>, errors: &mut Errors) {
+    let base = ty.node.base_name();
+    match kinds.get(base) {
+        None => errors.push(ty.pos, format!("unknown type `{base}`")),
+        Some(Kind::Leaf) => {}
+        Some(k) if *k == want => {}
+        Some(Kind::Input) => errors.push(ty.pos, format!("`{base}` is an input type and cannot be a field's type")),
+        Some(_) => errors.push(ty.pos, format!("`{base}` is an object type and cannot be an argument's type")),
+    }
+}
+
+fn arg(a: &ArgConfig, kinds: &HashMap<&str, Kind>, errors: &mut Errors) -> ArgPlan {
+    check_type(&a.ty, Kind::Input, kinds, errors);
+    ArgPlan {
+        name: a.name.node.clone(),
+        ty: a.ty.node.clone(),
+        default: a.default.clone(),
+        description: a.description.clone(),
+    }
+}
+
+fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<FieldPlan> {
+    check_type(&f.ty, Kind::Output, ctx.kinds, errors);
+    let args: Vec<ArgPlan> = f.args.iter().map(|a| arg(a, ctx.kinds, errors)).collect();
+    let qualified = format!("{}.{}", ctx.type_name, f.name.node);
+
+    let rest = match &f.rest {
+        Some(r) => rest::plan(ctx, f, r, &args, errors),
+        None => {
+            if ctx.role != Role::Object {
+                errors.push(
+                    f.name.pos,
+                    format!("field `{qualified}` has no resolver; add @rest(upstream: …, path: …)"),
+                );
+            }
+            if let Some(c) = &f.cache {
+                errors.push(c.pos, format!("@cache on `{qualified}` needs @rest on the same field"));
+            }
+            None
+        }
+    };
+
+    let mut invalidates = Vec::new();
+    if let Some(inv) = &f.invalidates {
+        if ctx.role != Role::Mutation {
+            errors.push(inv.pos, format!("@invalidates is for mutation fields; `{qualified}` is not one"));
+        }
+        for tag in &inv.node.tags {
+            if let Some(t) = rest::template(tag, &args, ctx, false, errors) {
+                invalidates.push(t);
+            }
+        }
+    }
+    if ctx.role == Role::Mutation {
+        if let Some(c) = &f.cache {
+            errors.push(c.pos, format!("@cache on mutation `{qualified}`: mutation results are never cached"));
+        }
+    }
+    Some(FieldPlan {
+        name: f.name.node.clone(),
+        ty: f.ty.node.clone(),
+        args,
+        description: f.description.clone(),
+        deprecated: f.deprecated.clone(),
+        rest,
+        invalidates,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,242 @@
+//! Planning one `@rest` field (with its `@cache`): templates parsed and checked against
+//! the field's arguments and the parent type's fields, batching checked for sense.
+
+use super::{ArgPlan, CachePlan, FieldCtx, Role, UpstreamPlan};
+use crate::config::{Errors, FieldConfig, HttpMethod, RestDirective, TypeConfigKind};
+use crate::template::{Root, Template, Var};
+use async_graphql_parser::{Pos, Positioned};
+use async_graphql_value::ConstValue;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct RestPlan {
+    pub upstream: Arc<UpstreamPlan>,
+    pub method: HttpMethod,
+    pub path: Template,
+    pub query: Vec<(String, Template)>,
+    pub body: Option<Body>,
+    pub headers: Vec<(http::HeaderName, Template)>,
+    pub batch: Option<Batch>,
+    pub cache: Option<CachePlan>,
+}
+
+/// A request body: JSON whose strings may be templates.
+#[derive(Debug)]
+pub enum Body {
+    Template(Template),
+    Object(Vec<(String, Body)>),
+    List(Vec<Body>),
+    Literal(serde_json::Value),
+}
+
+/// `batchKey`: requests that differ only in one query parameter fed by the parent are
+/// sent as one (`/users?id=1&id=2`), and the items of the answer are matched back to each
+/// parent by comparing `item[key]` with the parameter's value.
+#[derive(Debug)]
+pub struct Batch {
+    /// The query parameter that carries the keys.
+    pub param: String,
+    /// The field of each returned item that holds its key.
+    pub key: String,
+}
+
+pub(super) fn plan(
+    ctx: &FieldCtx<'_>,
+    f: &FieldConfig,
+    r: &Positioned<RestDirective>,
+    args: &[ArgPlan],
+    errors: &mut Errors,
+) -> Option<RestPlan> {
+    let d = &r.node;
+    let upstream = match ctx.upstreams.get(&d.upstream.node) {
+        Some(u) => Some(u.clone()),
+        None => {
+            let known: Vec<&str> = ctx.config.upstreams.iter().map(|u| u.node.name.node.as_str()).collect();
+            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            errors.push(
+                d.upstream.pos,
+                format!("@rest(upstream: {:?}) names no @upstream; known: {known}", d.upstream.node),
+            );
+            None
+        }
+    };
+    if !d.path.node.starts_with('/') {
+        errors.push(d.path.pos, format!("@rest(path: {:?}) must start with `/`", d.path.node));
+    }
+    if d.path.node.contains('?') || d.path.node.contains('#') {
+        errors.push(d.path.pos, format!("@rest(path: {:?}): put query parameters in `query: {{…}}`", d.path.node));
+    }
+    let path = template(&d.path, args, ctx, true, errors);
+    let query: Vec<(String, Template)> = d
+        .query
+        .iter()
+        .filter_map(|(k, v)| Some((k.node.clone(), template(v, args, ctx, true, errors)?)))
+        .collect();
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
+                .map_err(|_| errors.push(h.name.pos, format!("{:?} is not a valid header name", h.name.node)))
+                .ok()?;
+            Some((name, template(&h.value, args, ctx, true, errors)?))
+        })
+        .collect();
+    let body = d.body.as_ref().and_then(|b| body(&b.node, b.pos, args, ctx, errors));
+    if body.is_some() && d.method == HttpMethod::Get {
+        errors.push(r.pos, "@rest: a GET request has no body; set method: POST (or PUT, PATCH)");
+    }
+    let batch = d.batch_key.as_ref().and_then(|k| batch(ctx, f, d, k, &query, errors));
+
+    let cache = f.cache.as_ref().map(|c| CachePlan {
+        max_age: Duration::from_secs(c.node.max_age),
+        swr: Duration::from_secs(c.node.swr),
+        tags: c.node.tags.iter().filter_map(|t| template(t, args, ctx, false, errors)).collect(),
+        scope: c.node.scope,
+    });
+    Some(RestPlan {
+        upstream: upstream?,
+        method: d.method,
+        path: path?,
+        query,
+        body,
+        headers,
+        batch,
+        cache,
+    })
+}
+
+fn batch(
+    ctx: &FieldCtx<'_>,
+    f: &FieldConfig,
+    d: &RestDirective,
+    key: &Positioned<String>,
+    query: &[(String, Template)],
+    errors: &mut Errors,
+) -> Option<Batch> {
+    let fail = |errors: &mut Errors, why: &str| {
+        errors.push(key.pos, format!("@rest(batchKey: {:?}) on `{}.{}`: {why}", key.node, ctx.type_name, f.name.node));
+        None
+    };
+    if ctx.role != Role::Object {
+        return fail(errors, "batching is for nested fields, which have a parent");
+    }
+    if d.method != HttpMethod::Get {
+        return fail(errors, "batching needs method GET");
+    }
+    let fed: Vec<&(String, Template)> = query
+        .iter()
+        .filter(|(_, t)| t.vars().any(|v| v.root == Root::Parent))
+        .collect();
+    let param = match fed.as_slice() {
+        [(name, t)] if t.single_var().is_some() => name.clone(),
+        _ => {
+            return fail(
+                errors,
+                "needs exactly one query parameter that is a lone {parent.…} variable, like query: {id: \"{parent.userId}\"}",
+            )
+        }
+    };
+    let parent_elsewhere = Template::parse(&d.path.node).ok().is_some_and(|t| t.vars().any(|v| v.root == Root::Parent));
+    if parent_elsewhere {
+        return fail(errors, "the path must not use {parent.…}; only the batched query parameter may");
+    }
+    let item_type = f.ty.node.base_name();
+    let item_fields = ctx.config.types.iter().find(|t| t.name.node == item_type).and_then(|t| match &t.kind {
+        TypeConfigKind::Object { fields } => Some(fields),
+        _ => None,
+    });
+    match item_fields {
+        Some(fields) if fields.iter().any(|x| x.name.node == key.node) => {}
+        Some(_) => return fail(errors, &format!("`{item_type}` has no field `{}` to match items by", key.node)),
+        None => return fail(errors, &format!("`{item_type}` is not an object type")),
+    }
+    Some(Batch { param, key: key.node.clone() })
+}
+
+fn body(v: &ConstValue, pos: Pos, args: &[ArgPlan], ctx: &FieldCtx<'_>, errors: &mut Errors) -> Option<Body> {
+    Some(match v {
+        ConstValue::String(s) => Body::Template(template(&Positioned::new(s.clone(), pos), args, ctx, true, errors)?),
+        ConstValue::Object(map) => Body::Object(
+            map.iter()
+                .filter_map(|(k, v)| Some((k.to_string(), body(v, pos, args, ctx, errors)?)))
+                .collect(),
+        ),
+        ConstValue::List(items) => Body::List(items.iter().filter_map(|v| body(v, pos, args, ctx, errors)).collect()),
+        other => Body::Literal(other.clone().into_json().unwrap_or(serde_json::Value::Null)),
+    })
+}
+
+/// Parses a template and checks each variable: `{args.x}` must name an argument,
+/// `{parent.x.y}` fields of the enclosing type (and of the types below it).
+/// `allow_whole_args`: `{args}` (all arguments as one object) is meaningful here.
+pub(super) fn template(
+    source: &Positioned<String>,
+    args: &[ArgPlan],
+    ctx: &FieldCtx<'_>,
+    allow_whole_args: bool,
+    errors: &mut Errors,
+) -> Option<Template> {
+    let t = match Template::parse(&source.node) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(source.pos, e);
+            return None;
+        }
+    };
+    let mut ok = true;
+    for var in t.vars() {
+        if let Err(e) = check_var(var, args, ctx, allow_whole_args) {
+            errors.push(source.pos, format!("template {:?}: {e}", source.node));
+            ok = false;
+        }
+    }
+    ok.then_some(t)
+}
+
+fn check_var(var: &Var, args: &[ArgPlan], ctx: &FieldCtx<'_>, allow_whole_args: bool) -> Result<(), String> {
+    match var.root {
+        Root::Args => {
+            let Some(first) = var.path.first() else {
+                return if allow_whole_args { Ok(()) } else { Err("`{args}` is not allowed here; name one argument".into()) };
+            };
+            if args.iter().any(|a| &a.name == first) {
+                Ok(())
+            } else {
+                let known: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
+                let known = if known.is_empty() { "the field has no arguments".to_string() } else { format!("known: {}", known.join(", ")) };
+                Err(format!("`{{args.{first}}}` names no argument of `{}`; {known}", ctx.type_name))
+            }
+        }
+        Root::Parent => {
+            if ctx.role != Role::Object {
+                return Err(format!("`{}` has no parent: {{parent.…}} is for fields of object types", ctx.type_name));
+            }
+            let mut fields = ctx.fields;
+            let mut type_name = ctx.type_name.to_string();
+            for seg in &var.path {
+                let Some(f) = fields.iter().find(|f| &f.name.node == seg) else {
+                    let known: Vec<&str> = fields.iter().map(|f| f.name.node.as_str()).collect();
+                    return Err(format!(
+                        "`{{parent.{}}}` names no field `{seg}` of `{type_name}`; known: {}",
+                        var.path.join("."),
+                        known.join(", ")
+                    ));
+                };
+                if f.rest.is_some() {
+                    return Err(format!(
+                        "`{{parent.{}}}`: `{type_name}.{seg}` is resolved by @rest, so it is not in the parent's data",
+                        var.path.join(".")
+                    ));
+                }
+                type_name = f.ty.node.base_name().to_string();
+                fields = match ctx.config.types.iter().find(|t| t.name.node == type_name).map(|t| &t.kind) {
+                    Some(TypeConfigKind::Object { fields }) => fields,
+                    _ => &[],
+                };
+            }
+            Ok(())
+        }
+    }
+}

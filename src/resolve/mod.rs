@@ -1,0 +1,176 @@
+//! Stage ④ — one field's value. Input: the field's plan, its arguments, its parent
+//! object and the client's headers. Output: a value for the executor, from the shared
+//! cache, a batch, or the upstream — or a GraphQL error with an `extensions.code`.
+
+mod batch;
+mod request;
+pub mod shape;
+
+use crate::cache::Cache;
+use crate::plan::{FieldPlan, Plan, RestPlan};
+use crate::template::{scalar_text, Vars};
+use crate::upstream::{UpstreamClient, UpstreamError};
+use async_graphql::dynamic::{FieldValue, ResolverContext};
+use http::HeaderMap;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use batch::Batcher;
+pub use shape::Node;
+
+/// Everything resolvers share: the plan and the runtime services behind it.
+pub struct Runtime {
+    pub plan: Arc<Plan>,
+    pub cache: Cache,
+    pub client: UpstreamClient,
+    pub batcher: Batcher,
+}
+
+impl Runtime {
+    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration) -> Self {
+        let batcher = Batcher::new(client.clone(), batch_window);
+        Runtime { plan, cache, client, batcher }
+    }
+}
+
+/// The client request's headers, put in the request data by the transport: the source
+/// of forwarded headers and of the credentials that key `PRIVATE` entries.
+#[derive(Clone, Debug, Default)]
+pub struct ClientHeaders(pub HeaderMap);
+
+type Resolved = Result<Option<FieldValue<'static>>, async_graphql::Error>;
+
+/// A field without `@rest`: the parent object's member of the same name.
+pub fn from_parent(plan: &Plan, ctx: &ResolverContext<'_>, key: &Arc<str>, field: &FieldPlan) -> Option<FieldValue<'static>> {
+    let parent = ctx.parent_value.downcast_ref::<Node>()?;
+    shape::output(plan, parent.field(key), &field.ty)
+}
+
+/// A field with `@rest`; its errors are reported here, with their path, and the field
+/// becomes null (async-graphql's dynamic executor drops the path of an error a resolver
+/// returns, so resolvers never return one).
+pub async fn rest_field(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan, ctx: ResolverContext<'_>, mutation: bool) -> Resolved {
+    let ctx_ref = ctx.ctx;
+    match resolve_rest(rt, field, rest, ctx, mutation).await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            ctx_ref.add_error(ctx_ref.set_error_path(e.into_server_error(ctx_ref.item.pos)));
+            Ok(None)
+        }
+    }
+}
+
+/// The message async-graphql gives a non-null field that resolved to null: noise after
+/// the error that made it null, which transports drop (see [`tidy_errors`]).
+const NON_NULL_NOISE: &str = "internal: non-null types require a return value";
+
+/// Drops the executor's "non-null … return value" error where a resolver already
+/// reported why that field is null.
+pub fn tidy_errors(errors: &mut Vec<async_graphql::ServerError>) {
+    let explained: Vec<Vec<async_graphql::PathSegment>> =
+        errors.iter().filter(|e| e.message != NON_NULL_NOISE).map(|e| e.path.clone()).collect();
+    errors.retain(|e| e.message != NON_NULL_NOISE || !explained.contains(&e.path));
+}
+
+/// Mutations go straight to the upstream (never cached, never
+/// coalesced: two identical mutations are two mutations) and then invalidate their tags.
+async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan, ctx: ResolverContext<'_>, mutation: bool) -> Resolved {
+    let args = args_json(&ctx);
+    let parent = ctx.parent_value.downcast_ref::<Node>();
+    let vars = Vars { args: &args, parent: parent.map(Node::value) };
+    let empty = ClientHeaders::default();
+    let headers = &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0;
+    let gql = |e: UpstreamError| e.to_graphql();
+
+    if mutation {
+        let req = request::build(rest, vars, headers, None).map_err(gql)?;
+        let (value, _) = rt.client.send(&req).await.map_err(gql)?;
+        shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
+        let tags = request::render_tags(&field.invalidates, vars);
+        if !tags.is_empty() {
+            let dropped = rt.cache.invalidate(&tags);
+            tracing::debug!(field = %field.name, ?tags, dropped = dropped.len(), "mutation invalidated");
+        }
+        return Ok(shape::output(&rt.plan, Node::new(Arc::new(value)), &field.ty));
+    }
+
+    if let (Some(batch), Some(_)) = (&rest.batch, parent) {
+        return batched(rt, field, rest, batch, vars, headers).await;
+    }
+
+    let req = request::build(rest, vars, headers, None).map_err(gql)?;
+    let scope = rest.cache.as_ref().map(|c| c.scope).unwrap_or(crate::config::Scope::Public);
+    let key = request::cache_key(&req, scope, headers);
+    let policy = request::policy(rest, vars);
+    let fetch = {
+        let rt = rt.clone();
+        let field = field.clone();
+        move || async move {
+            let (value, size) = rt.client.send(&req).await?;
+            shape::check(&rt.plan, &value, &field.ty)
+                .map_err(|detail| UpstreamError::BadResponse { upstream: req.upstream.name.clone(), detail })?;
+            Ok((value, size))
+        }
+    };
+    let value = match key {
+        Some(key) => rt.cache.load(key, policy, fetch).await.0,
+        // PRIVATE and anonymous: nothing to share this with, not even a flight.
+        None => fetch().await.map(|(v, _)| Arc::new(v)),
+    }
+    .map_err(gql)?;
+    Ok(shape::output(&rt.plan, Node::new(value), &field.ty))
+}
+
+async fn batched(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    rest: &RestPlan,
+    batch: &crate::plan::Batch,
+    vars: Vars<'_>,
+    headers: &HeaderMap,
+) -> Resolved {
+    let gql = |e: UpstreamError| e.to_graphql();
+    let param = rest.query.iter().find(|(name, _)| *name == batch.param).map(|(_, t)| t);
+    let Some(value) = param.and_then(|t| scalar_text(&t.render_json(vars))) else {
+        // No key in the parent: nothing to look up.
+        return Ok(None);
+    };
+    let scope = rest.cache.as_ref().map(|c| c.scope).unwrap_or(crate::config::Scope::Public);
+    // Each item is cached under the key of its own unbatched request.
+    let item = request::build(rest, vars, headers, None).map_err(gql)?;
+    let item_key = request::cache_key(&item, scope, headers);
+    if let Some(hit) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
+        return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
+    }
+    let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
+    let group = request::batch_group(&base, headers);
+    let spec = batch::BatchSpec { base, param: batch.param.clone(), key_field: batch.key.clone(), list: field.ty.is_list() };
+    let (share, size) = rt
+        .batcher
+        .join(group, spec, value)
+        .await
+        .unwrap_or_else(|_| Err(UpstreamError::Unavailable { upstream: rest.upstream.name.clone(), detail: "batch dropped".into() }))
+        .map_err(gql)?;
+    shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
+    let share = Arc::new(share);
+    if let (Some(key), Some(policy)) = (item_key, request::policy(rest, vars)) {
+        rt.cache.store(key, policy, share.clone(), size);
+    }
+    Ok(shape::output(&rt.plan, Node::new(share), &field.ty))
+}
+
+fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
+    UpstreamError::BadResponse { upstream: rest.upstream.name.clone(), detail }
+}
+
+/// The field's arguments as one JSON object, what `{args…}` templates read.
+fn args_json(ctx: &ResolverContext<'_>) -> Value {
+    Value::Object(
+        ctx.args
+            .as_index_map()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone().into_json().unwrap_or(Value::Null)))
+            .collect(),
+    )
+}

@@ -1,0 +1,173 @@
+//! From a field's [`RestPlan`] and the values at hand (arguments, parent object, the
+//! client's headers) to one [`UpstreamRequest`] and the [`CacheKey`] that names it.
+
+use crate::cache::{CacheKey, Policy, Tag};
+use crate::config::Scope;
+use crate::plan::{Body, RestPlan, UpstreamPlan};
+use crate::template::{scalar_text, Template, Vars};
+use crate::upstream::{UpstreamError, UpstreamRequest};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+/// Client headers that identify the caller, besides an upstream's `forwardHeaders`:
+/// a `PRIVATE` entry is keyed by all of them.
+const CREDENTIALS: [HeaderName; 2] = [http::header::AUTHORIZATION, http::header::COOKIE];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded, whatever the schema says.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade",
+];
+
+/// Renders the parts of the URL that come before the batched query parameter, and the
+/// rest of the request.
+pub fn build(
+    rest: &RestPlan,
+    vars: Vars<'_>,
+    client: &HeaderMap,
+    skip_param: Option<&str>,
+) -> Result<UpstreamRequest, UpstreamError> {
+    let upstream = &rest.upstream;
+    let path = rest.path.render_path(vars).ok_or_else(|| {
+        UpstreamError::BadInput(format!("a value in path {:?} is missing or null", rest.path.to_string()))
+    })?;
+    let mut url = join(&upstream.url, &path)?;
+    {
+        let mut pairs = url.query_pairs_mut();
+        for (name, t) in &rest.query {
+            if Some(name.as_str()) == skip_param {
+                continue;
+            }
+            match t.single_var() {
+                Some(_) => match t.render_json(vars) {
+                    Value::Null => {}
+                    Value::Array(items) => {
+                        for item in items.iter().filter_map(scalar_text) {
+                            pairs.append_pair(name, &item);
+                        }
+                    }
+                    v => {
+                        if let Some(text) = scalar_text(&v) {
+                            pairs.append_pair(name, &text);
+                        }
+                    }
+                },
+                None => {
+                    pairs.append_pair(name, &t.render_string(vars));
+                }
+            }
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let mut headers = upstream.headers.clone();
+    for (name, t) in &rest.headers {
+        if let Ok(v) = HeaderValue::from_str(&t.render_string(vars)) {
+            headers.push((name.clone(), v));
+        }
+    }
+    for name in &upstream.forward_headers {
+        if HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        for v in client.get_all(name) {
+            headers.push((name.clone(), v.clone()));
+        }
+    }
+    let body = rest.body.as_ref().map(|b| {
+        let json = render_body(b, vars);
+        bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
+    });
+    Ok(UpstreamRequest { upstream: upstream.clone(), method: rest.method, url, headers, body })
+}
+
+/// `base` + `path`, refusing a path with a `.` or `..` segment: the URL parser would
+/// normalise it (even percent-encoded) and climb out of the path the schema wrote.
+fn join(base: &url::Url, path: &str) -> Result<url::Url, UpstreamError> {
+    for seg in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(seg).decode_utf8_lossy();
+        if decoded == "." || decoded == ".." {
+            return Err(UpstreamError::BadInput(format!(
+                "path {path:?} has a `{decoded}` segment; such values are refused"
+            )));
+        }
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{}{}", base.path().trim_end_matches('/'), path));
+    Ok(url)
+}
+
+fn render_body(b: &Body, vars: Vars<'_>) -> Value {
+    match b {
+        Body::Template(t) => t.render_json(vars),
+        Body::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), render_body(v, vars))).collect()),
+        Body::List(items) => Value::Array(items.iter().map(|v| render_body(v, vars)).collect()),
+        Body::Literal(v) => v.clone(),
+    }
+}
+
+/// The cache key of `req`, or `None` when the request must not be shared at all: a
+/// `PRIVATE` field called without credentials.
+pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &HeaderMap) -> Option<CacheKey> {
+    let mut parts = request_parts(req);
+    if scope == Scope::Private {
+        let creds = credentials(&req.upstream, client);
+        if creds.is_empty() {
+            return None;
+        }
+        parts.push(b"private".to_vec());
+        parts.extend(creds);
+    }
+    Some(CacheKey::from_parts(parts.iter().map(Vec::as_slice)))
+}
+
+/// The batch a request without its batched parameter joins: requests of different
+/// callers are batched together only when they send the same credentials.
+pub fn batch_group(base: &UpstreamRequest, client: &HeaderMap) -> CacheKey {
+    let mut parts = request_parts(base);
+    parts.extend(credentials(&base.upstream, client));
+    CacheKey::from_parts(parts.iter().map(Vec::as_slice))
+}
+
+/// Everything sent upstream makes a request distinct, forwarded headers included.
+fn request_parts(req: &UpstreamRequest) -> Vec<Vec<u8>> {
+    let mut parts: Vec<Vec<u8>> = vec![
+        req.method.as_str().as_bytes().to_vec(),
+        req.url.as_str().as_bytes().to_vec(),
+        req.body.as_deref().unwrap_or_default().to_vec(),
+    ];
+    let mut sent: Vec<Vec<u8>> = req
+        .headers
+        .iter()
+        .map(|(k, v)| [k.as_str().as_bytes(), b":", v.as_bytes()].concat())
+        .collect();
+    sent.sort();
+    parts.extend(sent);
+    parts
+}
+
+fn credentials(upstream: &UpstreamPlan, client: &HeaderMap) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for name in CREDENTIALS.iter().chain(upstream.forward_headers.iter()) {
+        for v in client.get_all(name) {
+            out.push([name.as_str().as_bytes(), b":", v.as_bytes()].concat());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The cache policy of a field, with its tags rendered for these values.
+pub fn policy(rest: &RestPlan, vars: Vars<'_>) -> Option<Policy> {
+    rest.cache.as_ref().map(|c| Policy {
+        max_age: c.max_age,
+        swr: c.swr,
+        tags: render_tags(&c.tags, vars),
+    })
+}
+
+pub fn render_tags(tags: &[Template], vars: Vars<'_>) -> Vec<Tag> {
+    tags.iter().map(|t| Tag::from(t.render_string(vars).as_str())).collect()
+}

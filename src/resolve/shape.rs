@@ -1,0 +1,164 @@
+//! Upstream JSON against the schema's types: [`check`] proves a fetched body fits the
+//! field's type before it is cached (a lying upstream gets `UPSTREAM_BAD_RESPONSE`, not a
+//! cached lie), and [`output`] hands parts of a cached body to the executor without
+//! copying them: a [`Node`] is the shared body plus a path into it.
+
+use crate::config::TypeRef;
+use crate::plan::{Plan, TypePlanKind};
+use async_graphql::dynamic::FieldValue;
+use async_graphql::{Name, Value as GqlValue};
+use serde_json::Value;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+enum Seg {
+    Key(Arc<str>),
+    Index(usize),
+}
+
+/// A place inside a cached upstream body. Cloning it never copies the body.
+#[derive(Clone, Debug)]
+pub struct Node {
+    root: Arc<Value>,
+    path: Vec<Seg>,
+}
+
+static NULL: Value = Value::Null;
+
+impl Node {
+    pub fn new(root: Arc<Value>) -> Self {
+        Node { root, path: Vec::new() }
+    }
+
+    pub fn value(&self) -> &Value {
+        let mut v: &Value = &self.root;
+        for seg in &self.path {
+            v = match seg {
+                Seg::Key(k) => v.get(&**k),
+                Seg::Index(i) => v.get(*i),
+            }
+            .unwrap_or(&NULL);
+        }
+        v
+    }
+
+    pub fn field(&self, name: &Arc<str>) -> Node {
+        self.child(Seg::Key(name.clone()))
+    }
+
+    fn child(&self, seg: Seg) -> Node {
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        path.extend(self.path.iter().cloned());
+        path.push(seg);
+        Node { root: self.root.clone(), path }
+    }
+}
+
+/// The value at `node`, shaped as `ty` for the executor; `None` for null.
+pub fn output(plan: &Plan, node: Node, ty: &TypeRef) -> Option<FieldValue<'static>> {
+    let value = node.value();
+    if value.is_null() {
+        return None;
+    }
+    match ty {
+        TypeRef::List { item, .. } => {
+            let len = value.as_array().map_or(0, Vec::len);
+            Some(FieldValue::list((0..len).map(|i| {
+                output(plan, node.child(Seg::Index(i)), item).unwrap_or(FieldValue::value(GqlValue::Null))
+            })))
+        }
+        TypeRef::Named { name, .. } => match plan.types.get(name.as_str()).map(|t| &t.kind) {
+            Some(TypePlanKind::Object { .. }) => Some(FieldValue::owned_any(node)),
+            Some(TypePlanKind::Enum { .. }) => match value {
+                Value::String(s) => Some(FieldValue::value(GqlValue::Enum(Name::new(s)))),
+                _ => None,
+            },
+            _ => Some(FieldValue::value(leaf(value))),
+        },
+    }
+}
+
+fn leaf(v: &Value) -> GqlValue {
+    match v {
+        Value::Null => GqlValue::Null,
+        Value::Bool(b) => GqlValue::Boolean(*b),
+        Value::Number(n) => GqlValue::Number(n.clone()),
+        Value::String(s) => GqlValue::String(s.clone()),
+        other => GqlValue::from_json(other.clone()).unwrap_or(GqlValue::Null),
+    }
+}
+
+/// Checks that `value` fits `ty`: lists are lists, objects objects, non-null fields
+/// present, scalars of the right kind. Fields resolved by their own `@rest` are skipped:
+/// they are not part of this body. The error names the first misfit by its JSON path.
+pub fn check(plan: &Plan, value: &Value, ty: &TypeRef) -> Result<(), String> {
+    let mut path = String::new();
+    check_at(plan, value, ty, &mut path)
+}
+
+fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Result<(), String> {
+    let at = |path: &str| if path.is_empty() { "the body".to_string() } else { format!("`{}`", &path[1..]) };
+    if value.is_null() {
+        return if ty.non_null() { Err(format!("{} is null, but the schema says {ty}", at(path))) } else { Ok(()) };
+    }
+    match ty {
+        TypeRef::List { item, .. } => {
+            let Value::Array(items) = value else {
+                return Err(format!("{} should be a list ({ty})", at(path)));
+            };
+            for (i, v) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                check_at(plan, v, item, path)?;
+                path.truncate(len);
+            }
+            Ok(())
+        }
+        TypeRef::Named { name, .. } => {
+            let fits = match name.as_str() {
+                "Int" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+                "Float" => value.is_number(),
+                "String" => value.is_string(),
+                "Boolean" => value.is_boolean(),
+                "ID" => value.is_string() || value.is_i64() || value.is_u64(),
+                _ => match plan.types.get(name.as_str()).map(|t| &t.kind) {
+                    Some(TypePlanKind::Enum { values }) => {
+                        value.as_str().is_some_and(|s| values.iter().any(|v| v == s))
+                    }
+                    Some(TypePlanKind::Object { fields }) => {
+                        let Value::Object(map) = value else {
+                            return Err(format!("{} should be an object ({name})", at(path)));
+                        };
+                        for f in fields.iter().filter(|f| f.rest.is_none()) {
+                            let len = path.len();
+                            path.push('.');
+                            path.push_str(&f.name);
+                            check_at(plan, map.get(&f.name).unwrap_or(&Value::Null), &f.ty, path)?;
+                            path.truncate(len);
+                        }
+                        true
+                    }
+                    // Custom scalars accept any JSON.
+                    _ => true,
+                },
+            };
+            if fits {
+                Ok(())
+            } else {
+                Err(format!("{} is {}, but the schema says {name}", at(path), describe(value)))
+            }
+        }
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) if s.len() <= 40 => format!("the string {s:?}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}

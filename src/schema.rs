@@ -1,0 +1,112 @@
+//! Stage ③ — the executable schema. Input: a [`Plan`] (through the [`Runtime`] that
+//! holds it). Output: an async-graphql dynamic [`Schema`] whose resolvers call
+//! [`crate::resolve`]. The only module that touches `async_graphql::dynamic`'s builders.
+
+use crate::config::TypeRef;
+use crate::plan::{ArgPlan, TypePlanKind};
+use crate::resolve::{self, Runtime};
+use async_graphql::dynamic::{
+    Enum, Field, FieldFuture, InputObject, InputValue, Object, Scalar, Schema, SchemaError,
+    TypeRef as DynTypeRef,
+};
+use std::sync::Arc;
+
+/// Limits applied by the executor to every operation.
+#[derive(Clone, Debug)]
+pub struct QueryLimits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits { max_depth: 32, max_complexity: 10_000 }
+    }
+}
+
+fn type_ref(ty: &TypeRef) -> DynTypeRef {
+    match ty {
+        TypeRef::Named { name, non_null } => {
+            let named = DynTypeRef::Named(name.clone().into());
+            if *non_null { DynTypeRef::NonNull(Box::new(named)) } else { named }
+        }
+        TypeRef::List { item, non_null } => {
+            let list = DynTypeRef::List(Box::new(type_ref(item)));
+            if *non_null { DynTypeRef::NonNull(Box::new(list)) } else { list }
+        }
+    }
+}
+
+fn input_value(a: &ArgPlan) -> InputValue {
+    let mut v = InputValue::new(a.name.clone(), type_ref(&a.ty));
+    if let Some(d) = &a.default {
+        v = v.default_value(d.clone());
+    }
+    if let Some(d) = &a.description {
+        v = v.description(d.clone());
+    }
+    v
+}
+
+/// Builds the schema; its errors (which a valid Plan should not produce) are reported
+/// like configuration errors by the caller.
+pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaError> {
+    let plan = rt.plan.clone();
+    let mut builder = Schema::build(&plan.query, plan.mutation.as_deref(), None)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity);
+    for t in plan.types.values() {
+        builder = match &t.kind {
+            TypePlanKind::Object { fields } => {
+                let is_mutation = plan.mutation.as_deref() == Some(t.name.as_str());
+                let mut obj = Object::new(t.name.clone());
+                if let Some(d) = &t.description {
+                    obj = obj.description(d.clone());
+                }
+                for f in fields {
+                    let field = f.clone();
+                    let rt = rt.clone();
+                    let mut out = match &f.rest {
+                        Some(_) => Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
+                            let rt = rt.clone();
+                            let field = field.clone();
+                            FieldFuture::new(async move {
+                                match &field.rest {
+                                    Some(rest) => resolve::rest_field(&rt, &field, rest, ctx, is_mutation).await,
+                                    None => Ok(None),
+                                }
+                            })
+                        }),
+                        None => {
+                            let key: Arc<str> = Arc::from(f.name.as_str());
+                            Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
+                                FieldFuture::Value(resolve::from_parent(&rt.plan, &ctx, &key, &field))
+                            })
+                        }
+                    };
+                    for a in &f.args {
+                        out = out.argument(input_value(a));
+                    }
+                    if let Some(d) = &f.description {
+                        out = out.description(d.clone());
+                    }
+                    if let Some(reason) = &f.deprecated {
+                        out = out.deprecation(reason.as_deref());
+                    }
+                    obj = obj.field(out);
+                }
+                builder.register(obj)
+            }
+            TypePlanKind::InputObject { fields } => {
+                let mut obj = InputObject::new(t.name.clone());
+                for a in fields {
+                    obj = obj.field(input_value(a));
+                }
+                builder.register(obj)
+            }
+            TypePlanKind::Enum { values } => builder.register(Enum::new(t.name.clone()).items(values.iter().map(String::as_str))),
+            TypePlanKind::Scalar => builder.register(Scalar::new(t.name.clone())),
+        };
+    }
+    builder.finish()
+}

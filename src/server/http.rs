@@ -1,0 +1,235 @@
+//! GraphQL over HTTP, after the GraphQL-over-HTTP spec: `POST /graphql` with a JSON body,
+//! `GET /graphql?query=…` for queries only, and content negotiation between
+//! `application/graphql-response+json` (request errors get 4xx; the default, also for a
+//! missing `Accept` or `*/*`) and `application/json` (always 200 once the request is
+//! well-formed). A browser asking for HTML gets GraphiQL.
+
+use super::{graphiql, AppState};
+use crate::resolve::ClientHeaders;
+use async_graphql::parser::types::OperationType;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const JSON: &str = "application/json";
+
+/// The response media type the client accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Media {
+    GraphqlResponse,
+    Json,
+}
+
+impl Media {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Media::GraphqlResponse => "application/graphql-response+json; charset=utf-8",
+            Media::Json => "application/json; charset=utf-8",
+        })
+    }
+}
+
+/// Picks the response type from `Accept`; `None` when the client accepts neither.
+fn negotiate(headers: &HeaderMap) -> Option<Media> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(Media::GraphqlResponse);
+    };
+    let types: Vec<String> = accept
+        .split(',')
+        .filter_map(|part| {
+            let mut params = part.split(';');
+            let ty = params.next()?.trim().to_ascii_lowercase();
+            // `q=0` means "not acceptable".
+            let refused = params.any(|p| matches!(p.trim().split_once('='), Some(("q", q)) if q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)));
+            (!refused).then_some(ty)
+        })
+        .collect();
+    if types.iter().any(|t| t == GRAPHQL_RESPONSE_JSON || t == "*/*" || t == "application/*") {
+        Some(Media::GraphqlResponse)
+    } else if types.iter().any(|t| t == JSON) {
+        Some(Media::Json)
+    } else {
+        None
+    }
+}
+
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/html")))
+}
+
+/// An HTTP-level refusal: the request never reached GraphQL.
+fn refuse(status: StatusCode, media: Option<Media>, message: impl Into<String>) -> Response {
+    let media = media.unwrap_or(Media::Json);
+    let body = json!({ "errors": [{ "message": message.into() }] });
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    res
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PostBody {
+    query: Option<Value>,
+    #[serde(default)]
+    variables: Option<Value>,
+    #[serde(default)]
+    operation_name: Option<Value>,
+    #[serde(default)]
+    extensions: Option<Value>,
+}
+
+/// A well-formed GraphQL-over-HTTP request, or the 4xx that says why it is not.
+fn graphql_request(p: PostBody, media: Media) -> Result<async_graphql::Request, Response> {
+    let bad = |m: &str| refuse(StatusCode::BAD_REQUEST, Some(media), m.to_string());
+    let query = match p.query {
+        Some(Value::String(q)) => q,
+        Some(_) => return Err(bad("`query` must be a string")),
+        None => return Err(bad("the request has no `query`")),
+    };
+    let mut req = async_graphql::Request::new(query);
+    match p.variables {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Object(_)) => req = req.variables(async_graphql::Variables::from_json(v)),
+        Some(_) => return Err(bad("`variables` must be an object")),
+    }
+    match p.operation_name {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => req = req.operation_name(name),
+        Some(_) => return Err(bad("`operationName` must be a string")),
+    }
+    match p.extensions {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err(bad("`extensions` must be an object")),
+    }
+    Ok(req)
+}
+
+pub async fn get(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+    let raw = raw.unwrap_or_default();
+    if raw.is_empty() && wants_html(&headers) {
+        return graphiql::page();
+    }
+    let Some(media) = negotiate(&headers) else {
+        return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json");
+    };
+    let mut body = PostBody { query: None, variables: None, operation_name: None, extensions: None };
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        let json_param = |v: &str, name: &str| {
+            serde_json::from_str::<Value>(v).map_err(|e| refuse(StatusCode::BAD_REQUEST, Some(media), format!("`{name}` is not JSON: {e}")))
+        };
+        match &*k {
+            "query" => body.query = Some(Value::String(v.into_owned())),
+            "operationName" => body.operation_name = Some(Value::String(v.into_owned())),
+            "variables" => match json_param(&v, "variables") {
+                Ok(v) => body.variables = Some(v),
+                Err(r) => return r,
+            },
+            "extensions" => match json_param(&v, "extensions") {
+                Ok(v) => body.extensions = Some(v),
+                Err(r) => return r,
+            },
+            _ => {}
+        }
+    }
+    let req = match graphql_request(body, media) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
+    if let Ok(doc) = async_graphql::parser::parse_query(&req.query) {
+        let op = match &req.operation_name {
+            Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op.node.ty),
+            None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
+        };
+        if matches!(op, Some(OperationType::Mutation | OperationType::Subscription)) {
+            let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, Some(media), "only queries may be sent with GET; send mutations with POST");
+            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return res;
+        }
+    }
+    execute(&state, req, media, headers).await
+}
+
+pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(media) = negotiate(&headers) else {
+        return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json");
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence != JSON && essence != GRAPHQL_RESPONSE_JSON {
+        let msg = if content_type.is_empty() {
+            "a POST needs `Content-Type: application/json`".to_string()
+        } else {
+            format!("unsupported Content-Type {content_type:?}; send application/json")
+        };
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(media), msg);
+    }
+    let parsed: PostBody = match serde_json::from_slice::<Value>(&body) {
+        Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
+            Ok(p) => p,
+            Err(e) => return refuse(StatusCode::BAD_REQUEST, Some(media), format!("malformed request: {e}")),
+        },
+        Ok(_) => return refuse(StatusCode::BAD_REQUEST, Some(media), "the body must be a JSON object with a `query`"),
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, Some(media), format!("the body is not JSON: {e}")),
+    };
+    let req = match graphql_request(parsed, media) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    execute(&state, req, media, headers).await
+}
+
+pub async fn method_not_allowed(method: Method) -> Response {
+    let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, None, format!("{method} is not supported here; use GET or POST"));
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    res
+}
+
+async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap) -> Response {
+    let req = req.data(ClientHeaders(headers));
+    let mut response = state.schema.execute(req).await;
+    crate::resolve::tidy_errors(&mut response.errors);
+    // A request error (parse, validation) has errors and no data; field errors have a path.
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let status = if request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let mut body = serde_json::to_value(&response).unwrap_or_else(|e| json!({"errors": [{"message": format!("response could not be encoded: {e}")}]}));
+    if request_error {
+        // Per the GraphQL spec, a request error has no `data` entry at all.
+        if let Value::Object(map) = &mut body {
+            map.remove("data");
+        }
+    }
+    let mut res = (status, body.to_string()).into_response();
+    res.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn negotiation_follows_the_spec() {
+        assert_eq!(negotiate(&HeaderMap::new()), Some(Media::GraphqlResponse));
+        assert_eq!(negotiate(&accept("*/*")), Some(Media::GraphqlResponse));
+        assert_eq!(negotiate(&accept("application/json")), Some(Media::Json));
+        assert_eq!(negotiate(&accept("application/graphql-response+json, application/json;q=0.9")), Some(Media::GraphqlResponse));
+        assert_eq!(negotiate(&accept("application/graphql-response+json;q=0, application/json")), Some(Media::Json));
+        assert_eq!(negotiate(&accept("text/plain")), None);
+    }
+}

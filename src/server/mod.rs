@@ -1,0 +1,31 @@
+//! Stage ⑥ — transports. `app(state) -> Router` serves `/graphql` (GraphQL over HTTP and
+//! GraphiQL); [`crate::run`] binds it to a listener with graceful shutdown.
+
+mod graphiql;
+mod http;
+
+use crate::resolve::Runtime;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use std::sync::Arc;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub schema: async_graphql::dynamic::Schema,
+    pub runtime: Arc<Runtime>,
+    /// Largest request body accepted, in bytes.
+    pub max_body: usize,
+}
+
+pub fn app(state: AppState) -> Router {
+    let max_body = state.max_body;
+    Router::new()
+        .route(
+            "/graphql",
+            get(http::get).post(http::post).fallback(http::method_not_allowed),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

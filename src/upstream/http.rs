@@ -1,0 +1,121 @@
+//! One HTTP request to a REST upstream: reqwest with a pooled client, a deadline over the
+//! whole exchange (connect, headers and body), a size limit enforced while the body
+//! streams in, and the body parsed as JSON. Every failure is an [`UpstreamError`].
+
+use super::UpstreamError;
+use crate::config::HttpMethod;
+use crate::plan::UpstreamPlan;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A request ready to send: built by [`crate::resolve`] from a field's plan.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub upstream: Arc<UpstreamPlan>,
+    pub method: HttpMethod,
+    pub url: url::Url,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub body: Option<Bytes>,
+}
+
+/// The shared client of all upstream calls.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: reqwest::Client,
+    default_timeout: Duration,
+    max_body: usize,
+}
+
+impl UpstreamClient {
+    pub fn new(default_timeout: Duration, max_body: usize) -> Self {
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        UpstreamClient { client, default_timeout, max_body }
+    }
+
+    /// Sends `req` and returns the parsed JSON body and its size in bytes.
+    pub async fn send(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {
+        let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
+        match tokio::time::timeout(timeout, self.exchange(req)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: req.upstream.name.clone(),
+                ms: timeout.as_millis(),
+            }),
+        }
+    }
+
+    async fn exchange(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {
+        let name = &req.upstream.name;
+        let method = match req.method {
+            HttpMethod::Get => reqwest::Method::GET,
+            HttpMethod::Post => reqwest::Method::POST,
+            HttpMethod::Put => reqwest::Method::PUT,
+            HttpMethod::Patch => reqwest::Method::PATCH,
+            HttpMethod::Delete => reqwest::Method::DELETE,
+        };
+        let mut builder = self
+            .client
+            .request(method, req.url.clone())
+            .header(http::header::ACCEPT, "application/json");
+        for (k, v) in &req.headers {
+            builder = builder.header(k, v);
+        }
+        if let Some(body) = &req.body {
+            builder = builder
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        let response = builder.send().await.map_err(|e| UpstreamError::Unavailable {
+            upstream: name.clone(),
+            detail: error_chain(&e),
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(UpstreamError::HttpError { upstream: name.clone(), status: status.as_u16() });
+        }
+        let too_large = || UpstreamError::TooLarge { upstream: name.clone(), limit: self.max_body };
+        if response.content_length().is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| UpstreamError::Unavailable {
+                upstream: name.clone(),
+                detail: format!("body broke off: {}", error_chain(&e)),
+            })?;
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if body.is_empty() || body.iter().all(u8::is_ascii_whitespace) {
+            // 204 and empty 200s: "no value", which a nullable field shows as null.
+            return Ok((Value::Null, 0));
+        }
+        let value = serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
+            upstream: name.clone(),
+            detail: format!("body is not JSON ({e})"),
+        })?;
+        Ok((value, body.len()))
+    }
+}
+
+/// reqwest's top-level message is vague ("error sending request"); the causes say why.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,57 @@
+//! Stage ⑤ — the outside world. [`http`] sends one planned request to a REST upstream and
+//! returns its JSON, with every failure turned into an [`UpstreamError`] that says where
+//! it came from and how.
+
+pub mod http;
+
+pub use self::http::{UpstreamClient, UpstreamRequest};
+
+/// Why an upstream call gave no usable value. Cloneable, because one failed single-flight
+/// fetch is the answer of every request that waited on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream {upstream} is unavailable: {detail}")]
+    Unavailable { upstream: String, detail: String },
+    #[error("upstream {upstream} did not answer within {ms} ms")]
+    Timeout { upstream: String, ms: u128 },
+    #[error("upstream {upstream} answered HTTP {status}")]
+    HttpError { upstream: String, status: u16 },
+    #[error("upstream {upstream} sent a bad response: {detail}")]
+    BadResponse { upstream: String, detail: String },
+    #[error("upstream {upstream} sent more than {limit} bytes")]
+    TooLarge { upstream: String, limit: usize },
+    /// A request that could not even be built from the client's input (a path
+    /// variable that is null, say): the client's fault, not the upstream's.
+    #[error("{0}")]
+    BadInput(String),
+}
+
+impl UpstreamError {
+    /// The `extensions.code` a client sees.
+    pub fn code(&self) -> &'static str {
+        match self {
+            UpstreamError::Unavailable { .. } => "UPSTREAM_UNAVAILABLE",
+            UpstreamError::Timeout { .. } => "UPSTREAM_TIMEOUT",
+            UpstreamError::HttpError { .. } => "UPSTREAM_HTTP_ERROR",
+            UpstreamError::BadResponse { .. } => "UPSTREAM_BAD_RESPONSE",
+            UpstreamError::TooLarge { .. } => "UPSTREAM_TOO_LARGE",
+            UpstreamError::BadInput(_) => "BAD_USER_INPUT",
+        }
+    }
+
+    /// The one place an upstream error becomes a GraphQL error.
+    pub fn to_graphql(&self) -> async_graphql::Error {
+        let code = self.code();
+        let status = match self {
+            UpstreamError::HttpError { status, .. } => Some(*status),
+            _ => None,
+        };
+        use async_graphql::ErrorExtensions;
+        async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            ext.set("code", code);
+            if let Some(status) = status {
+                ext.set("status", status);
+            }
+        })
+    }
+}
