@@ -172,8 +172,10 @@ pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
         Ok(doc) => doc,
         Err(e) => {
             let pos = e.positions().next().unwrap_or(Pos { line: 1, column: 1 });
-            let message = e.to_string().replace('\n', " ");
-            errors.push(pos, format!("syntax error: {}", message.trim()));
+            // The parser's message is a drawing of the line; keep what it says is expected.
+            let text = e.to_string();
+            let said = text.lines().find_map(|l| l.trim().strip_prefix("= ")).unwrap_or(text.trim());
+            errors.push(pos, format!("syntax error: {said}"));
             return Err(errors.list);
         }
     };

@@ -1,0 +1,141 @@
+//! Bad schemas and the exact errors they get, with line and column.
+
+use super::load;
+
+const HEAD: &str = r#"extend schema
+  @upstream(name: "chat", url: "http://127.0.0.1:8080")
+  @upstream(name: "users", url: "http://127.0.0.1:8081")
+"#;
+
+fn errors(body: &str) -> Vec<String> {
+    match load("schema.graphql", &format!("{HEAD}{body}"), Vec::<(String, String)>::new()) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn a_good_schema_plans() {
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema.graphql");
+    let plan = load("schema.graphql", &source, Vec::<(String, String)>::new()).expect("the demo schema is valid");
+    assert_eq!(plan.query, "Query");
+    assert_eq!(plan.mutation.as_deref(), Some("Mutation"));
+    assert!(plan.object_fields("Message").is_some_and(|f| f.iter().any(|f| f.name == "author" && f.rest.is_some())));
+}
+
+#[test]
+fn bad_schemas_get_exact_errors() {
+    let table: &[(&str, &[&str])] = &[
+        (
+            "type Query { m: [String] @rest(upstream: \"chatt\", path: \"/m\") }",
+            &[r#"schema.graphql:4:42: @rest(upstream: "chatt") names no @upstream; known: chat, users"#],
+        ),
+        (
+            "type Query { m(channel: String!): [String] @rest(upstream: \"chat\", path: \"/m/{args.chanel}\") }",
+            &[r#"schema.graphql:4:74: template "/m/{args.chanel}": `{args.chanel}` names no argument of `Query`; known: channel"#],
+        ),
+        (
+            "type Query { m: [String] }",
+            &["schema.graphql:4:14: field `Query.m` has no resolver; add @rest(upstream: …, path: …)"],
+        ),
+        (
+            "type Query { m: [String] @rest(upstream: \"chat\", path: \"/m\", verb: GET) }",
+            &["schema.graphql:4:62: @rest has no argument `verb`; known: upstream, method, path, query, body, headers, batchKey"],
+        ),
+        (
+            "type Query { m: [String] @rest(upstream: \"chat\", path: 42) }",
+            &["schema.graphql:4:56: @rest(path:) expects a string, got the number 42"],
+        ),
+        (
+            "type Query { m: [String] @rest(upstream: \"chat\", path: \"/m\", method: FETCH) }",
+            &["schema.graphql:4:70: @rest(method:) expects one of GET, POST, PUT, PATCH, DELETE, got FETCH"],
+        ),
+        (
+            "type Query { m: [String] @rest(upstream: \"chat\") }",
+            &["schema.graphql:4:26: @rest needs argument `path` (a string)"],
+        ),
+        (
+            "type Query { m: [String] @rset(upstream: \"chat\", path: \"/m\") }",
+            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @deprecated"],
+        ),
+        (
+            "type Query { m: [Strin] @rest(upstream: \"chat\", path: \"/m\") }",
+            &["schema.graphql:4:17: unknown type `Strin`"],
+        ),
+        (
+            "type M { id: ID! a: String @rest(upstream: \"users\", path: \"/u/{parent.userId}\") }\ntype Query { m: M @rest(upstream: \"chat\", path: \"/m\") }",
+            &[r#"schema.graphql:4:59: template "/u/{parent.userId}": `{parent.userId}` names no field `userId` of `M`; known: id, a"#],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m/{parent.id}\") }",
+            &[r#"schema.graphql:4:54: template "/m/{parent.id}": `Query` has no parent: {parent.…} is for fields of object types"#],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: -1) }",
+            &["schema.graphql:4:75: @cache(maxAge:) expects a non-negative integer, got the number -1"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m/{args.x\") }",
+            &[r#"schema.graphql:4:54: unclosed `{` in template "/m/{args.x""#],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"m\") }",
+            &[r#"schema.graphql:4:54: @rest(path: "m") must start with `/`"#],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @invalidates(tags: [\"x\"]) }",
+            &["schema.graphql:4:60: @invalidates is for mutation fields; `Query.m` is not one"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\", body: \"{args}\") }",
+            &["schema.graphql:4:24: @rest: a GET request has no body; set method: POST (or PUT, PATCH)"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) @cache(maxAge: 2) }",
+            &["schema.graphql:4:78: @cache is given twice on field `m`"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { s: String }",
+            &["schema.graphql:5:6: type `Subscription`: subscriptions are not supported by this version of livegate yet"],
+        ),
+        ("type Query { m: String", &["schema.graphql:4:23: syntax error: expected field_definition or const_directive"]),
+    ];
+    let mut wrong = Vec::new();
+    for (body, want) in table {
+        let got = errors(body);
+        if got != *want {
+            wrong.push(format!("{body}\n  got:  {got:?}\n  want: {want:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn every_error_is_reported_at_once() {
+    let got = errors(
+        "type Query {\n  a: String @rest(upstream: \"nope\", path: \"/a\")\n  b: String\n  c(x: Int): String @rest(upstream: \"chat\", path: \"/c/{args.y}\")\n}",
+    );
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(got[0].starts_with("schema.graphql:5:29: @rest(upstream: \"nope\")"), "{got:#?}");
+    assert!(got[1].starts_with("schema.graphql:6:3: field `Query.b` has no resolver"), "{got:#?}");
+    assert!(got[2].starts_with("schema.graphql:7:51: template \"/c/{args.y}\""), "{got:#?}");
+}
+
+#[test]
+fn upstream_urls_are_checked_and_overridable() {
+    let bad = "extend schema @upstream(name: \"api\", url: \"not a url\")\ntype Query { a: String @rest(upstream: \"api\", path: \"/a\") }";
+    let got: Vec<String> = load("s.graphql", bad, Vec::<(String, String)>::new()).err().unwrap_or_default().iter().map(ToString::to_string).collect();
+    assert_eq!(got, [r#"s.graphql:1:43: @upstream(url: "not a url") is not a valid URL: relative URL without a base"#]);
+    let env = vec![("LIVEGATE_UPSTREAM_API_URL".to_string(), "http://10.1.2.3:9/base".to_string())];
+    let plan = load("s.graphql", bad, env).expect("the override replaces the bad URL");
+    assert_eq!(plan.upstreams["api"].url.as_str(), "http://10.1.2.3:9/base");
+}
+
+#[test]
+fn batching_is_checked_for_sense() {
+    let got = errors(
+        "type U { id: ID! }\ntype M { uid: ID! u: U @rest(upstream: \"users\", path: \"/u/{parent.uid}\", batchKey: \"id\") }\ntype Query { m: M @rest(upstream: \"chat\", path: \"/m\") }",
+    );
+    assert_eq!(got.len(), 1, "{got:#?}");
+    assert!(got[0].contains("needs exactly one query parameter that is a lone {parent.…} variable"), "{got:#?}");
+}

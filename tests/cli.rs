@@ -1,0 +1,70 @@
+//! The `livegate` binary as users run it: `check`, flags, env overrides.
+
+use std::process::Command;
+
+fn livegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_livegate"))
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("livegate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write schema");
+    path
+}
+
+#[test]
+fn check_accepts_the_demo_schema() {
+    let out = livegate().args(["check", concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")]).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn check_prints_every_error_and_fails() {
+    let path = write(
+        "bad.graphql",
+        "extend schema @upstream(name: \"chat\", url: \"http://127.0.0.1:1\")\ntype Query {\n  a: String @rest(upstream: \"chatt\", path: \"/a\")\n  b: String\n}\n",
+    );
+    let out = livegate().arg("check").arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let p = path.display();
+    assert_eq!(
+        stderr,
+        format!(
+            "{p}:3:29: @rest(upstream: \"chatt\") names no @upstream; known: chat\n{p}:4:3: field `Query.b` has no resolver; add @rest(upstream: …, path: …)\n2 errors in {p}\n"
+        )
+    );
+}
+
+#[test]
+fn serving_a_bad_schema_exits_before_listening() {
+    let path = write("bad2.graphql", "type Query { a: String }\n");
+    let out = livegate().arg("--schema").arg(&path).args(["--listen", "127.0.0.1:0"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(":1:14: field `Query.a` has no resolver"));
+}
+
+#[test]
+fn upstream_urls_come_from_the_environment() {
+    let path = write(
+        "env.graphql",
+        "extend schema @upstream(name: \"my-api\", url: \"not a url\")\ntype Query { a: String @rest(upstream: \"my-api\", path: \"/a\") }\n",
+    );
+    let out = livegate().arg("check").arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(1), "the URL in the file is bad");
+    let out = livegate().arg("check").arg(&path).env("LIVEGATE_UPSTREAM_MY_API_URL", "http://127.0.0.1:9").output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn flags_are_documented_in_help() {
+    let out = livegate().arg("--help").output().expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--schema", "--listen", "--cache-size-mb", "--max-upstream-body", "--upstream-timeout-ms", "--max-request-body", "--batch-window-ms", "--max-depth", "--max-complexity", "--log-format"] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("LIVEGATE_LISTEN"), "env names are shown");
+}

@@ -1,0 +1,123 @@
+//! Test harness: real upstreams (axum on an ephemeral loopback port) that record every
+//! request they get, and the real gateway started with `livegate::run` on port 0.
+#![allow(dead_code)]
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// An upstream started by a test. `log` holds "METHOD /path?query" of every request.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    pub async fn start(app: Router) -> Upstream {
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let recorder = log.clone();
+        let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
+            let recorder = recorder.clone();
+            async move {
+                recorder.lock().expect("log").push(format!("{} {}", req.method(), req.uri()));
+                let res: Response = next.run(req).await;
+                res
+            }
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("upstream serves");
+        });
+        Upstream { addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    /// Requests whose "METHOD /path" starts with `prefix`.
+    pub fn count_matching(&self, prefix: &str) -> usize {
+        self.log.lock().expect("log").iter().filter(|r| r.starts_with(prefix)).count()
+    }
+}
+
+/// A gateway started by a test; stops when dropped.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub client: reqwest::Client,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway on `schema`, where `{up}` (and `{up2}`) stand for upstream URLs.
+    pub async fn start(schema: &str, options: livegate::Options) -> Gateway {
+        let plan = match livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new()) {
+            Ok(p) => p,
+            Err(errors) => panic!("test schema is invalid:\n{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            livegate::run(listener, plan, options, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("gateway runs");
+        });
+        Gateway { addr, stop: Some(stop), client: reqwest::Client::new() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/graphql", self.addr)
+    }
+
+    /// POSTs a query (with `Accept: application/json`) and returns the JSON response.
+    pub async fn query(&self, query: &str) -> Value {
+        self.query_with(query, json!({}), &[]).await
+    }
+
+    pub async fn query_with(&self, query: &str, variables: Value, headers: &[(&str, &str)]) -> Value {
+        let mut req = self
+            .client
+            .post(self.url())
+            .header("accept", "application/json")
+            .json(&json!({ "query": query, "variables": variables }));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("gateway answers");
+        assert_eq!(res.status(), 200, "status of {query}");
+        res.json().await.expect("JSON response")
+    }
+}
+
+/// The `extensions.code` of the first error, if any.
+pub fn error_code(response: &Value) -> Option<String> {
+    response["errors"][0]["extensions"]["code"].as_str().map(str::to_string)
+}
