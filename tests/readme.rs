@@ -1,0 +1,69 @@
+//! The README's tour, run as pasted (only the port differs) against the demo: the
+//! bundled demo upstreams and the gateway serving the top-level `schema.graphql`.
+
+
+use serde_json::Value;
+
+/// The `curl` commands of the README's "A tour against the demo" section.
+fn tour_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let section = readme.split("## A tour against the demo").nth(1).expect("tour section");
+    let block = section.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("sh block");
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in block.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(head) => current.push_str(head),
+            None => {
+                current.push_str(line);
+                commands.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    commands
+}
+
+#[tokio::test]
+async fn the_readme_tour_works_against_the_demo() {
+    // The demo upstreams on ephemeral ports, the schema pointed at them by env override.
+    let chat = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let users = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let env = vec![
+        ("LIVEGATE_UPSTREAM_CHAT_URL".to_string(), format!("http://{}", chat.local_addr().expect("addr"))),
+        ("LIVEGATE_UPSTREAM_USERS_URL".to_string(), format!("http://{}", users.local_addr().expect("addr"))),
+    ];
+    livegate::demo::spawn(chat, livegate::demo::chat_app());
+    livegate::demo::spawn(users, livegate::demo::users_app());
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema");
+    let plan = livegate::plan::load("schema.graphql", &source, env).expect("demo schema");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(livegate::run(listener, plan, livegate::Options::default(), std::future::pending()));
+
+    let commands = tour_commands();
+    assert_eq!(commands.len(), 5, "{commands:#?}");
+    let mut outputs = Vec::new();
+    for cmd in &commands {
+        let cmd = cmd.replace("127.0.0.1:4000", &addr.to_string());
+        let out = tokio::process::Command::new("sh").arg("-c").arg(&cmd).output().await.expect("sh runs");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        outputs.push(json);
+    }
+    for (cmd, out) in commands.iter().zip(&outputs).take(4) {
+        assert!(out.get("errors").is_none(), "{cmd}: {out}");
+    }
+    assert_eq!(outputs[0]["data"]["messages"][0]["author"]["name"], "Ada Lovelace", "{}", outputs[0]);
+    assert_eq!(outputs[1]["data"]["user"]["name"], "Grace Hopper");
+    assert_eq!(outputs[2]["data"]["sendMessage"]["text"], "hello");
+    let batched = outputs[3]["data"]["messages"].as_array().expect("messages");
+    assert_eq!(batched.last().map(|m| m["text"].clone()), Some(Value::from("hello")), "the mutation invalidated the list");
+    assert_eq!(outputs[4]["data"]["user"], Value::Null);
+    assert_eq!(outputs[4]["errors"][0]["extensions"]["code"], "UPSTREAM_HTTP_ERROR");
+    assert_eq!(outputs[4]["errors"][0]["path"], serde_json::json!(["user"]));
+    assert_eq!(outputs[4]["data"]["users"].as_array().map(Vec::len), Some(3));
+}
