@@ -81,7 +81,8 @@ impl Policy {
     }
 }
 
-struct Entry {
+#[derive(Debug)]
+pub struct Entry {
     value: Arc<Value>,
     stored: Instant,
     policy: Policy,
@@ -90,7 +91,57 @@ struct Entry {
     dead: AtomicBool,
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<Arc<Value>, UpstreamError>>>;
+type Fetched = Result<(Arc<Value>, Option<Stamp>), UpstreamError>;
+type SharedFetch = Shared<BoxFuture<'static, Fetched>>;
+
+/// Names the stored entry a value came from, so a whole response built from entries can
+/// later be checked still current: the entry is alive, not invalidated, and fresh.
+#[derive(Clone, Debug)]
+pub struct Stamp(Weak<Entry>);
+
+impl Stamp {
+    pub fn is_current(&self) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|e| !e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age)
+    }
+}
+
+/// The entries one operation read, gathered while it runs; the operation's whole response
+/// may be reused exactly while all of them are current. Anything that cannot be vouched
+/// for (a stale, private or unstored value, a mutation) spoils the set for good.
+#[derive(Debug)]
+pub struct Deps(Mutex<Option<Vec<Stamp>>>);
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps(Mutex::new(Some(Vec::new())))
+    }
+}
+
+impl Deps {
+    pub fn add(&self, stamp: Option<Stamp>) {
+        let mut deps = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match (deps.as_mut(), stamp) {
+            (Some(list), Some(s)) => list.push(s),
+            _ => *deps = None,
+        }
+    }
+
+    /// The stamps, unless something spoiled the set.
+    pub fn take(&self) -> Option<Vec<Stamp>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What [`Cache::load`] answers.
+#[derive(Debug)]
+pub struct Loaded {
+    pub value: Result<Arc<Value>, UpstreamError>,
+    pub outcome: Outcome,
+    /// The entry the value is stored in, when it is (not for stale or unstored values).
+    pub stamp: Option<Stamp>,
+}
 
 struct Flight {
     id: u64,
@@ -178,7 +229,7 @@ impl Cache {
         key: CacheKey,
         policy: Option<Policy>,
         fetch: F,
-    ) -> (Result<Arc<Value>, UpstreamError>, Outcome)
+    ) -> Loaded
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
@@ -188,17 +239,20 @@ impl Cache {
                 if !e.dead.load(Ordering::Acquire) {
                     let age = e.stored.elapsed();
                     if age < e.policy.max_age {
-                        return (Ok(e.value.clone()), Outcome::Hit);
+                        return Loaded { value: Ok(e.value.clone()), outcome: Outcome::Hit, stamp: Some(Stamp(Arc::downgrade(&e))) };
                     }
                     if age < e.policy.max_age + e.policy.swr {
                         // Start (or join) the refresh, and do not wait for it.
                         drop(self.flight(key, policy, fetch));
-                        return (Ok(e.value.clone()), Outcome::Stale);
+                        return Loaded { value: Ok(e.value.clone()), outcome: Outcome::Stale, stamp: None };
                     }
                 }
             }
         }
-        (self.flight(key, policy, fetch).await, Outcome::Miss)
+        match self.flight(key, policy, fetch).await {
+            Ok((value, stamp)) => Loaded { value: Ok(value), outcome: Outcome::Miss, stamp },
+            Err(e) => Loaded { value: Err(e), outcome: Outcome::Miss, stamp: None },
+        }
     }
 
     fn flight<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> SharedFetch
@@ -240,7 +294,7 @@ impl Cache {
         poisoned: &AtomicBool,
         policy: Option<Policy>,
         result: Result<(Value, usize), UpstreamError>,
-    ) -> Result<Arc<Value>, UpstreamError> {
+    ) -> Fetched {
         let (value, size) = match result {
             Ok((v, size)) => (Arc::new(v), size),
             Err(e) => {
@@ -248,21 +302,20 @@ impl Cache {
                 return Err(e);
             }
         };
-        if let Some(policy) = policy {
-            if !poisoned.load(Ordering::Acquire) {
-                self.insert(key, policy, value.clone(), size, Some(poisoned));
-            }
-        }
+        let stamp = match policy {
+            Some(policy) if !poisoned.load(Ordering::Acquire) => self.insert(key, policy, value.clone(), size, Some(poisoned)),
+            _ => None,
+        };
         self.retire(key, id);
-        Ok(value)
+        Ok((value, stamp))
     }
 
     /// Stores `value` under `key` (when the policy stores at all) and indexes its tags.
     /// The moka insert comes before the flight is retired, so there is no moment where a
     /// request finds neither the flight nor the entry and starts a second fetch.
-    fn insert(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, poisoned: Option<&AtomicBool>) {
+    fn insert(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, poisoned: Option<&AtomicBool>) -> Option<Stamp> {
         if !policy.stores() {
-            return;
+            return None;
         }
         let entry = Arc::new(Entry { value, stored: Instant::now(), policy, size, dead: AtomicBool::new(false) });
         self.inner.entries.insert(key, entry.clone());
@@ -270,22 +323,24 @@ impl Cache {
         if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
             // Invalidated between the check above and now: the value may predate it.
             entry.dead.store(true, Ordering::Release);
-            return;
+            return None;
         }
         for tag in &entry.policy.tags {
             st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
         }
+        Some(Stamp(Arc::downgrade(&entry)))
     }
 
     /// Stores a value fetched outside [`Cache::load`] (a batched request's items).
-    pub fn store(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize) {
-        self.insert(key, policy, value, size, None);
+    pub fn store(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize) -> Option<Stamp> {
+        self.insert(key, policy, value, size, None)
     }
 
     /// The fresh value under `key`, without fetching.
-    pub fn peek(&self, key: &CacheKey) -> Option<Arc<Value>> {
+    pub fn peek(&self, key: &CacheKey) -> Option<(Arc<Value>, Stamp)> {
         let e = self.inner.entries.get(key)?;
-        (!e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age).then(|| e.value.clone())
+        let stamp = Stamp(Arc::downgrade(&e));
+        stamp.is_current().then(|| (e.value.clone(), stamp))
     }
 
     fn retire(&self, key: CacheKey, id: u64) {
@@ -371,8 +426,8 @@ mod tests {
         let loads = (0..50).map(|_| cache.load(key("a"), policy(60, 0, &[]), counting(&calls)));
         let results = futures_util::future::join_all(loads).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(results.iter().all(|(r, _)| r.as_deref() == Ok(&Value::from(1))));
-        let (r, outcome) = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        assert!(results.iter().all(|l| l.value.as_deref() == Ok(&Value::from(1)) && l.stamp.as_ref().is_some_and(Stamp::is_current)));
+        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
         assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Hit));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -381,12 +436,14 @@ mod tests {
     async fn invalidation_drops_tagged_entries_only() {
         let cache = Cache::new(1 << 20);
         let calls = Arc::new(AtomicUsize::new(0));
-        cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.0.expect("a");
-        cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.0.expect("b");
+        let stamp = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.stamp.expect("stored");
+        cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.value.expect("b");
+        assert!(stamp.is_current());
         assert_eq!(cache.invalidate(&[Tag::from("t:a")]), vec![key("a")]);
-        let (_, outcome) = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await;
+        assert!(!stamp.is_current(), "an invalidated entry's stamp is not current");
+        let outcome = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.outcome;
         assert_eq!(outcome, Outcome::Miss);
-        let (_, outcome) = cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await;
+        let outcome = cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.outcome;
         assert_eq!(outcome, Outcome::Hit);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
@@ -412,10 +469,11 @@ mod tests {
         }
         cache.invalidate(&[Tag::from("t")]);
         tx.send(()).expect("fetch waiting");
-        let (r, _) = pending.await.expect("task");
-        assert_eq!(r.as_deref(), Ok(&Value::from("old")), "the waiting caller still gets its answer");
+        let old = pending.await.expect("task");
+        assert_eq!(old.value.as_deref(), Ok(&Value::from("old")), "the waiting caller still gets its answer");
+        assert!(old.stamp.is_none(), "and the value was not stored");
         let calls = Arc::new(AtomicUsize::new(0));
-        let (r, outcome) = cache.load(key("a"), policy(60, 0, &["t"]), counting(&calls)).await;
+        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &["t"]), counting(&calls)).await;
         assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
     }
 
@@ -423,10 +481,46 @@ mod tests {
     async fn errors_are_not_stored() {
         let cache = Cache::new(1 << 20);
         let fail = || async { Err(UpstreamError::HttpError { upstream: "u".into(), status: 500 }) }.boxed();
-        let (r, _) = cache.load(key("a"), policy(60, 0, &[]), fail).await;
-        assert!(r.is_err());
+        assert!(cache.load(key("a"), policy(60, 0, &[]), fail).await.value.is_err());
         let calls = Arc::new(AtomicUsize::new(0));
-        let (r, outcome) = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
         assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_expire_after_max_age_and_stamps_with_them() {
+        let cache = Cache::new(1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let stamp = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await.stamp.expect("stored");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(stamp.is_current());
+        assert_eq!(cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await.outcome, Outcome::Hit);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!stamp.is_current());
+        let l = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(2)), Outcome::Miss));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_values_are_served_within_swr_while_one_refresh_runs() {
+        let cache = Cache::new(1 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await.value.expect("first");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let stale = futures_util::future::join_all((0..5).map(|_| cache.load(key("a"), policy(10, 60, &[]), counting(&calls)))).await;
+        for l in &stale {
+            assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(1)), Outcome::Stale));
+            assert!(l.stamp.is_none(), "a stale value vouches for no response");
+        }
+        // The one background refresh lands; then the new value is a hit.
+        while lock(&cache.inner.state).flights.contains_key(&key("a")) {
+            tokio::task::yield_now().await;
+        }
+        let l = cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await;
+        assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(2)), Outcome::Hit));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Past maxAge + swr the value is gone: a plain miss.
+        tokio::time::advance(Duration::from_secs(71)).await;
+        assert_eq!(cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await.outcome, Outcome::Miss);
     }
 }

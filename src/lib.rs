@@ -9,6 +9,8 @@
 //! - [`schema`] ③ Plan → async-graphql dynamic schema.
 //! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
 //! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight.
+//! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
+//!   entry they were built from is.
 //! - [`upstream`] ⑤ the outside world: one REST request, every failure classified.
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP and GraphiQL.
 //!
@@ -20,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod plan;
 pub mod resolve;
+pub mod response_cache;
 pub mod schema;
 pub mod server;
 pub mod template;
@@ -38,6 +41,8 @@ pub use server::{app, AppState};
 pub struct Options {
     /// Memory budget of the shared cache, in bytes of upstream bodies.
     pub cache_bytes: u64,
+    /// Memory budget of the whole-response cache; 0 turns it off.
+    pub response_cache_bytes: u64,
     /// Largest upstream response body accepted.
     pub max_upstream_body: usize,
     /// Upstream timeout for upstreams without `timeoutMs`.
@@ -53,6 +58,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             cache_bytes: 256 << 20,
+            response_cache_bytes: 64 << 20,
             max_upstream_body: 16 << 20,
             upstream_timeout: Duration::from_secs(10),
             max_request_body: 1 << 20,
@@ -80,7 +86,17 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     let cache = cache::Cache::new(options.cache_bytes);
     let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window));
     let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
-    Ok(AppState { schema, runtime, max_body: options.max_request_body })
+    // Every request header that can change an upstream's answer separates responses.
+    let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];
+    for u in runtime.plan.upstreams.values() {
+        for h in &u.forward_headers {
+            if !vary.contains(h) {
+                vary.push(h.clone());
+            }
+        }
+    }
+    let responses = Arc::new(response_cache::ResponseCache::new(options.response_cache_bytes, vary));
+    Ok(AppState { schema, runtime, max_body: options.max_request_body, responses })
 }
 
 /// Serves `plan` on `listener` until `shutdown` completes, then finishes in-flight

@@ -2,6 +2,9 @@
 //! then [`livegate::run`].
 
 use anyhow::Context;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,9 @@ struct Cli {
     /// Memory budget of the shared cache, in MiB of upstream bodies.
     #[arg(long, env = "LIVEGATE_CACHE_SIZE_MB", default_value_t = 256)]
     cache_size_mb: u64,
+    /// Memory budget of the whole-response cache, in MiB; 0 turns it off.
+    #[arg(long, env = "LIVEGATE_RESPONSE_CACHE_MB", default_value_t = 64)]
+    response_cache_mb: u64,
     /// Largest upstream response body accepted, in bytes (larger: UPSTREAM_TOO_LARGE).
     #[arg(long, env = "LIVEGATE_MAX_UPSTREAM_BODY", default_value_t = 16 << 20)]
     max_upstream_body: usize,
@@ -103,6 +109,7 @@ fn main() -> ExitCode {
 fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
     let options = livegate::Options {
         cache_bytes: cli.cache_size_mb << 20,
+        response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,
         upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
         max_request_body: cli.max_request_body,

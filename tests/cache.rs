@@ -15,6 +15,7 @@ use std::sync::Arc;
 fn upstream_app() -> Router {
     let posted = Arc::new(AtomicUsize::new(0));
     let posted2 = posted.clone();
+    let renamed = Arc::new(AtomicUsize::new(0));
     Router::new()
         .route(
             "/messages/{channel}",
@@ -37,7 +38,20 @@ fn upstream_app() -> Router {
                 async move { Json(json!({"id": "new", "channel": channel, "userId": "1", "text": body["text"]})) }
             }),
         )
-        .route("/users/{id}", get(|Path(id): Path<String>| async move { Json(json!({"id": id, "name": format!("user {id}")})) }))
+        .route(
+            "/users/{id}",
+            get({
+                let renamed = renamed.clone();
+                move |Path(id): Path<String>| {
+                    let suffix = if renamed.load(Ordering::SeqCst) > 0 && id == "1" { " (renamed)" } else { "" };
+                    async move { Json(json!({"id": id, "name": format!("user {id}{suffix}")})) }
+                }
+            })
+            .post(move |Path(id): Path<String>| {
+                renamed.fetch_add(1, Ordering::SeqCst);
+                async move { Json(json!({"id": id, "name": format!("user {id} (renamed)")})) }
+            }),
+        )
         .route(
             "/users",
             get(|Query(q): Query<Vec<(String, String)>>| async move {
@@ -61,7 +75,7 @@ type Message {
   channel: String!
   userId: ID!
   text: String!
-  author: User @rest(upstream: "api", path: "/users/{parent.userId}") @cache(maxAge: 60)
+  author: User @rest(upstream: "api", path: "/users/{parent.userId}") @cache(maxAge: 60, tags: ["User:{parent.userId}"])
   authorBatched: User @rest(upstream: "api", path: "/users", query: {id: "{parent.userId}"}, batchKey: "id") @cache(maxAge: 60)
 }
 type Query {
@@ -74,6 +88,9 @@ type Mutation {
   sendMessage(channel: String!, text: String!): Message
     @rest(upstream: "api", method: POST, path: "/messages/{args.channel}", body: {text: "{args.text}"})
     @invalidates(tags: ["messages:{args.channel}"])
+  renameUser(id: ID!): User
+    @rest(upstream: "api", method: POST, path: "/users/{args.id}")
+    @invalidates(tags: ["User:{args.id}"])
 }
 "#;
 
@@ -198,4 +215,20 @@ async fn path_arguments_cannot_escape_their_segment() {
     assert_eq!(r["data"]["user"], Value::Null);
     assert_eq!(error_code(&r).as_deref(), Some("BAD_USER_INPUT"), "{r}");
     assert_eq!(up.count(), 1, "a dot segment is never sent");
+}
+
+#[tokio::test]
+async fn a_repeated_query_is_answered_again_only_while_every_entry_behind_it_is_current() {
+    let (up, gw) = setup().await;
+    let q = r#"{ messages(channel: "general") { id author { name } } }"#;
+    let first = gw.query(q).await;
+    let second = gw.query(q).await;
+    assert_eq!(first, second);
+    assert_eq!((up.count_matching("GET /messages/"), up.count_matching("GET /users/")), (1, 3));
+    // Invalidate one nested entry only: the whole answer must be rebuilt with the change.
+    gw.query(r#"mutation { renameUser(id: "1") { name } }"#).await;
+    let third = gw.query(q).await;
+    let names: Vec<&str> = third["data"]["messages"].as_array().expect("list").iter().filter_map(|m| m["author"]["name"].as_str()).collect();
+    assert_eq!(names, ["user 2", "user 3", "user 1 (renamed)", "user 2", "user 3", "user 1 (renamed)"]);
+    assert_eq!((up.count_matching("GET /messages/"), up.count_matching("GET /users/")), (1, 4), "only the invalidated user was refetched");
 }

@@ -6,7 +6,7 @@ mod batch;
 mod request;
 pub mod shape;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Deps};
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::template::{scalar_text, Vars};
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -81,9 +81,12 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     let vars = Vars { args: &args, parent: parent.map(Node::value) };
     let empty = ClientHeaders::default();
     let headers = &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0;
+    let no_deps = Deps::default();
+    let deps: &Deps = ctx.data_opt::<Arc<Deps>>().map(|d| &**d).unwrap_or(&no_deps);
     let gql = |e: UpstreamError| e.to_graphql();
 
     if mutation {
+        deps.add(None);
         let req = request::build(rest, vars, headers, None).map_err(gql)?;
         let (value, _) = rt.client.send(&req).await.map_err(gql)?;
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
@@ -96,7 +99,7 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     }
 
     if let (Some(batch), Some(_)) = (&rest.batch, parent) {
-        return batched(rt, field, rest, batch, vars, headers).await;
+        return batched(rt, field, rest, batch, vars, headers, deps).await;
     }
 
     let req = request::build(rest, vars, headers, None).map_err(gql)?;
@@ -114,9 +117,17 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
         }
     };
     let value = match key {
-        Some(key) => rt.cache.load(key, policy, fetch).await.0,
+        Some(key) => {
+            let loaded = rt.cache.load(key, policy, fetch).await;
+            // A private value must not end up in a response another caller could reuse.
+            deps.add(loaded.stamp.filter(|_| scope == crate::config::Scope::Public));
+            loaded.value
+        }
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
-        None => fetch().await.map(|(v, _)| Arc::new(v)),
+        None => {
+            deps.add(None);
+            fetch().await.map(|(v, _)| Arc::new(v))
+        }
     }
     .map_err(gql)?;
     Ok(shape::output(&rt.plan, Node::new(value), &field.ty))
@@ -129,6 +140,7 @@ async fn batched(
     batch: &crate::plan::Batch,
     vars: Vars<'_>,
     headers: &HeaderMap,
+    deps: &Deps,
 ) -> Resolved {
     let gql = |e: UpstreamError| e.to_graphql();
     let param = rest.query.iter().find(|(name, _)| *name == batch.param).map(|(_, t)| t);
@@ -140,7 +152,9 @@ async fn batched(
     // Each item is cached under the key of its own unbatched request.
     let item = request::build(rest, vars, headers, None).map_err(gql)?;
     let item_key = request::cache_key(&item, scope, headers);
-    if let Some(hit) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
+    let public = scope == crate::config::Scope::Public;
+    if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
+        deps.add(Some(stamp).filter(|_| public));
         return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
     }
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
@@ -154,9 +168,11 @@ async fn batched(
         .map_err(gql)?;
     shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
     let share = Arc::new(share);
-    if let (Some(key), Some(policy)) = (item_key, request::policy(rest, vars)) {
-        rt.cache.store(key, policy, share.clone(), size);
-    }
+    let stamp = match (item_key, request::policy(rest, vars)) {
+        (Some(key), Some(policy)) => rt.cache.store(key, policy, share.clone(), size),
+        _ => None,
+    };
+    deps.add(stamp.filter(|_| public));
     Ok(shape::output(&rt.plan, Node::new(share), &field.ty))
 }
 

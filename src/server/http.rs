@@ -5,7 +5,9 @@
 //! well-formed). A browser asking for HTML gets GraphiQL.
 
 use super::{graphiql, AppState};
+use crate::cache::Deps;
 use crate::resolve::ClientHeaders;
+use std::sync::Arc;
 use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -193,7 +195,12 @@ pub async fn method_not_allowed(method: Method) -> Response {
 }
 
 async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap) -> Response {
-    let req = req.data(ClientHeaders(headers));
+    let key = state.responses.key(&req, &headers);
+    if let Some(body) = key.as_ref().and_then(|k| state.responses.get(k)) {
+        return respond(StatusCode::OK, media, body);
+    }
+    let deps = Arc::new(Deps::default());
+    let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;
     crate::resolve::tidy_errors(&mut response.errors);
     // A request error (parse, validation) has errors and no data; field errors have a path.
@@ -201,14 +208,26 @@ async fn execute(state: &AppState, req: async_graphql::Request, media: Media, he
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
     let status = if request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    let mut body = serde_json::to_value(&response).unwrap_or_else(|e| json!({"errors": [{"message": format!("response could not be encoded: {e}")}]}));
-    if request_error {
-        // Per the GraphQL spec, a request error has no `data` entry at all.
-        if let Value::Object(map) = &mut body {
-            map.remove("data");
+    // Per the GraphQL spec, a request error has no `data` entry at all.
+    let encoded = if request_error {
+        serde_json::to_vec(&json!({ "errors": response.errors }))
+    } else {
+        serde_json::to_vec(&response)
+    };
+    let body = match encoded {
+        Ok(b) => Bytes::from(b),
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(media), format!("the response could not be encoded: {e}")),
+    };
+    if let Some(key) = key {
+        if response.errors.is_empty() {
+            state.responses.put(key, body.clone(), &deps);
         }
     }
-    let mut res = (status, body.to_string()).into_response();
+    respond(status, media, body)
+}
+
+fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {
+    let mut res = (status, body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
     res
 }

@@ -17,6 +17,8 @@ pub struct AppState {
     pub runtime: Arc<Runtime>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
+    /// Whole responses of repeated queries.
+    pub responses: Arc<crate::response_cache::ResponseCache>,
 }
 
 pub fn app(state: AppState) -> Router {

@@ -1,0 +1,79 @@
+//! Stage ⑥'s shortcut: whole responses of queries, reused while every cache entry they
+//! were built from is still current.
+//!
+//! Input: an HTTP GraphQL request (query, operation name, variables, and the request
+//! headers that can change what upstreams answer). Output: the exact response bytes a
+//! fresh execution would produce now. A response is stored only when it has no errors and
+//! every `@rest` value in it came from a stored, fresh, `PUBLIC` cache entry ([`Deps`]);
+//! on lookup each of those entries is checked (alive, not invalidated, fresh), so an
+//! invalidation, expiry or eviction of any of them makes the response a miss. It skips
+//! the executor for repeated queries, which is most of a cache hit's cost.
+
+use crate::cache::{CacheKey, Deps, Stamp};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Cached {
+    body: Bytes,
+    deps: Vec<Stamp>,
+}
+
+pub struct ResponseCache {
+    /// `None`: disabled (`--response-cache-mb 0`).
+    entries: Option<moka::sync::Cache<CacheKey, Arc<Cached>>>,
+    /// Request headers that take part in the key: credentials and every forwarded header.
+    vary: Vec<HeaderName>,
+}
+
+impl ResponseCache {
+    pub fn new(budget_bytes: u64, vary: Vec<HeaderName>) -> Self {
+        let entries = (budget_bytes > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(budget_bytes)
+                .weigher(|_, c: &Arc<Cached>| u32::try_from(c.body.len() + 64 + c.deps.len() * 8).unwrap_or(u32::MAX))
+                // Entries are checked on every use; this only bounds how long dead ones linger.
+                .time_to_live(Duration::from_secs(3600))
+                .build()
+        });
+        ResponseCache { entries, vary }
+    }
+
+    /// The key of a request, or `None` when the cache is off.
+    pub fn key(&self, req: &async_graphql::Request, headers: &HeaderMap) -> Option<CacheKey> {
+        self.entries.as_ref()?;
+        let variables = serde_json::to_vec(&req.variables).unwrap_or_default();
+        let mut parts: Vec<&[u8]> = vec![
+            req.query.as_bytes(),
+            req.operation_name.as_deref().unwrap_or("").as_bytes(),
+            &variables,
+        ];
+        for name in &self.vary {
+            parts.push(name.as_str().as_bytes());
+            for v in headers.get_all(name) {
+                parts.push(v.as_bytes());
+            }
+        }
+        Some(CacheKey::from_parts(parts))
+    }
+
+    /// The stored response, if every entry it was built from is still current.
+    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
+        let entries = self.entries.as_ref()?;
+        let cached = entries.get(key)?;
+        if cached.deps.iter().all(Stamp::is_current) {
+            Some(cached.body.clone())
+        } else {
+            entries.invalidate(key);
+            None
+        }
+    }
+
+    /// Stores a response built from `deps`, unless something in it could not be vouched for.
+    pub fn put(&self, key: CacheKey, body: Bytes, deps: &Deps) {
+        if let (Some(entries), Some(deps)) = (self.entries.as_ref(), deps.take()) {
+            entries.insert(key, Arc::new(Cached { body, deps }));
+        }
+    }
+}
