@@ -285,11 +285,29 @@ type User {{ id: Int! name: String! username: String! email: String! }}
     .map_err(|e| e.to_string())?;
     let lg_port = free_port()?;
     let lg_listen = format!("127.0.0.1:{lg_port}");
-    let mut targets: Vec<(String, Vec<String>, u16)> = vec![(
-        "livegate".into(),
-        vec![livegate.to_string_lossy().into(), "--schema".into(), schema.to_string_lossy().into(), "--listen".into(), lg_listen],
-        lg_port,
-    )];
+    let lg_port2 = free_port()?;
+    let lg_listen2 = format!("127.0.0.1:{lg_port2}");
+    let mut targets: Vec<(String, Vec<String>, u16)> = vec![
+        (
+            "livegate".into(),
+            vec![livegate.to_string_lossy().into(), "--schema".into(), schema.to_string_lossy().into(), "--listen".into(), lg_listen],
+            lg_port,
+        ),
+        // The executor path: every request runs the query against the entry cache.
+        (
+            "livegate, no response cache".into(),
+            vec![
+                livegate.to_string_lossy().into(),
+                "--schema".into(),
+                schema.to_string_lossy().into(),
+                "--listen".into(),
+                lg_listen2,
+                "--response-cache-mb".into(),
+                "0".into(),
+            ],
+            lg_port2,
+        ),
+    ];
     if let Some(tc) = &tailcall {
         let tc_port = free_port()?;
         let config = work.join("tailcall.graphql");
@@ -362,10 +380,12 @@ type User {{ id: Int! name: String! username: String! email: String! }}
     }
     println!();
     for q in [Q_FLAT, Q_NESTED] {
-        let lg = rows.iter().find(|r| r.target == "livegate" && r.query == q);
         let tc = rows.iter().find(|r| r.target.starts_with("Tailcall") && r.query == q);
-        if let (Some(lg), Some(tc)) = (lg, tc) {
-            println!("livegate / Tailcall, `{q}`: {:.2}x requests/s", lg.load.rps / tc.load.rps);
+        for name in ["livegate", "livegate, no response cache"] {
+            let lg = rows.iter().find(|r| r.target == name && r.query == q);
+            if let (Some(lg), Some(tc)) = (lg, tc) {
+                println!("{name} / Tailcall, `{q}`: {:.2}x requests/s", lg.load.rps / tc.load.rps);
+            }
         }
     }
     println!("\n| gateway | upstream requests for one cold `{Q_NESTED}` | upstream requests during the load runs |");

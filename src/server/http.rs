@@ -87,9 +87,9 @@ struct PostBody {
     extensions: Option<Value>,
 }
 
-/// A well-formed GraphQL-over-HTTP request, or the 4xx that says why it is not.
-fn graphql_request(p: PostBody, media: Media) -> Result<async_graphql::Request, Response> {
-    let bad = |m: &str| refuse(StatusCode::BAD_REQUEST, Some(media), m.to_string());
+/// A well-formed GraphQL-over-HTTP request, or why it is not one (a 400).
+fn graphql_request(p: PostBody) -> Result<async_graphql::Request, String> {
+    let bad = |m: &str| m.to_string();
     let query = match p.query {
         Some(Value::String(q)) => q,
         Some(_) => return Err(bad("`query` must be a string")),
@@ -124,25 +124,27 @@ pub async fn get(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw
     let mut body = PostBody { query: None, variables: None, operation_name: None, extensions: None };
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
         let json_param = |v: &str, name: &str| {
-            serde_json::from_str::<Value>(v).map_err(|e| refuse(StatusCode::BAD_REQUEST, Some(media), format!("`{name}` is not JSON: {e}")))
+            serde_json::from_str::<Value>(v)
+                .map_err(|e| refuse(StatusCode::BAD_REQUEST, Some(media), format!("`{name}` is not JSON: {e}")))
+                .map_err(Box::new)
         };
         match &*k {
             "query" => body.query = Some(Value::String(v.into_owned())),
             "operationName" => body.operation_name = Some(Value::String(v.into_owned())),
             "variables" => match json_param(&v, "variables") {
                 Ok(v) => body.variables = Some(v),
-                Err(r) => return r,
+                Err(r) => return *r,
             },
             "extensions" => match json_param(&v, "extensions") {
                 Ok(v) => body.extensions = Some(v),
-                Err(r) => return r,
+                Err(r) => return *r,
             },
             _ => {}
         }
     }
-    let req = match graphql_request(body, media) {
+    let req = match graphql_request(body) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     if let Ok(doc) = async_graphql::parser::parse_query(&req.query) {
@@ -181,9 +183,9 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Ok(_) => return refuse(StatusCode::BAD_REQUEST, Some(media), "the body must be a JSON object with a `query`"),
         Err(e) => return refuse(StatusCode::BAD_REQUEST, Some(media), format!("the body is not JSON: {e}")),
     };
-    let req = match graphql_request(parsed, media) {
+    let req = match graphql_request(parsed) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     execute(&state, req, media, headers).await
 }
