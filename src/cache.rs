@@ -107,33 +107,6 @@ impl Stamp {
     }
 }
 
-/// The entries one operation read, gathered while it runs; the operation's whole response
-/// may be reused exactly while all of them are current. Anything that cannot be vouched
-/// for (a stale, private or unstored value, a mutation) spoils the set for good.
-#[derive(Debug)]
-pub struct Deps(Mutex<Option<Vec<Stamp>>>);
-
-impl Default for Deps {
-    fn default() -> Self {
-        Deps(Mutex::new(Some(Vec::new())))
-    }
-}
-
-impl Deps {
-    pub fn add(&self, stamp: Option<Stamp>) {
-        let mut deps = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match (deps.as_mut(), stamp) {
-            (Some(list), Some(s)) => list.push(s),
-            _ => *deps = None,
-        }
-    }
-
-    /// The stamps, unless something spoiled the set.
-    pub fn take(&self) -> Option<Vec<Stamp>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
 /// What [`Cache::load`] answers.
 #[derive(Debug)]
 pub struct Loaded {
@@ -318,6 +291,10 @@ impl Cache {
             return None;
         }
         let entry = Arc::new(Entry { value, stored: Instant::now(), policy, size, dead: AtomicBool::new(false) });
+        // A response built from the value being replaced must stop being reused at once.
+        if let Some(old) = self.inner.entries.get(&key) {
+            old.dead.store(true, Ordering::Release);
+        }
         self.inner.entries.insert(key, entry.clone());
         let mut st = lock(&self.inner.state);
         if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {

@@ -20,6 +20,8 @@
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod deps;
+pub mod live;
 pub mod plan;
 pub mod resolve;
 pub mod response_cache;
@@ -51,7 +53,11 @@ pub struct Options {
     pub max_request_body: usize,
     /// How long a batched field waits for its siblings before sending the batch.
     pub batch_window: Duration,
+    /// How long a polled live entry keeps polling after its last subscriber left.
+    pub live_grace: Duration,
     pub limits: schema::QueryLimits,
+    pub ws: server::ws::WsOptions,
+    pub webhook: server::webhook::WebhookOptions,
 }
 
 impl Default for Options {
@@ -63,7 +69,10 @@ impl Default for Options {
             upstream_timeout: Duration::from_secs(10),
             max_request_body: 1 << 20,
             batch_window: Duration::from_millis(1),
+            live_grace: Duration::from_secs(60),
             limits: schema::QueryLimits::default(),
+            ws: Default::default(),
+            webhook: Default::default(),
         }
     }
 }
@@ -84,7 +93,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     let plan = Arc::new(plan);
     let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body);
     let cache = cache::Cache::new(options.cache_bytes);
-    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window));
+    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace));
     let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
     let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];
@@ -96,7 +105,14 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         }
     }
     let responses = Arc::new(response_cache::ResponseCache::new(options.response_cache_bytes, vary));
-    Ok(AppState { schema, runtime, max_body: options.max_request_body, responses })
+    Ok(AppState {
+        schema,
+        runtime,
+        max_body: options.max_request_body,
+        responses,
+        ws: options.ws.clone(),
+        webhook: options.webhook.clone(),
+    })
 }
 
 /// Serves `plan` on `listener` until `shutdown` completes, then finishes in-flight

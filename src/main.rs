@@ -40,6 +40,24 @@ struct Cli {
     /// How long a `batchKey` field waits for its siblings, in milliseconds.
     #[arg(long, env = "LIVEGATE_BATCH_WINDOW_MS", default_value_t = 1)]
     batch_window_ms: u64,
+    /// How long a polled live query keeps polling after its last subscriber left, in ms.
+    #[arg(long, env = "LIVEGATE_LIVE_GRACE_MS", default_value_t = 60_000)]
+    live_grace_ms: u64,
+    /// How long a WebSocket may stay open without `connection_init`, in ms (then 4408).
+    #[arg(long, env = "LIVEGATE_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
+    ws_init_timeout_ms: u64,
+    /// How often the legacy graphql-ws protocol's `ka` keep-alive is sent, in ms.
+    #[arg(long, env = "LIVEGATE_WS_KEEPALIVE_MS", default_value_t = 12_000)]
+    ws_keepalive_ms: u64,
+    /// Shared secret of the invalidation webhook's HMAC-SHA256 signatures.
+    #[arg(long, env = "LIVEGATE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Bearer token accepted by the invalidation webhook.
+    #[arg(long, env = "LIVEGATE_WEBHOOK_TOKEN", hide_env_values = true)]
+    webhook_token: Option<String>,
+    /// Largest invalidation webhook body, in bytes (larger: 413).
+    #[arg(long, env = "LIVEGATE_WEBHOOK_MAX_BODY", default_value_t = 64 << 10)]
+    webhook_max_body: usize,
     /// Deepest selection nesting accepted in an operation.
     #[arg(long, env = "LIVEGATE_MAX_DEPTH", default_value_t = 32)]
     max_depth: usize,
@@ -114,7 +132,17 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
         max_request_body: cli.max_request_body,
         batch_window: Duration::from_millis(cli.batch_window_ms),
+        live_grace: Duration::from_millis(cli.live_grace_ms),
         limits: livegate::schema::QueryLimits { max_depth: cli.max_depth, max_complexity: cli.max_complexity },
+        ws: livegate::server::ws::WsOptions {
+            init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
+            keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
+        },
+        webhook: livegate::server::webhook::WebhookOptions {
+            secret: cli.webhook_secret.clone().filter(|s| !s.is_empty()),
+            token: cli.webhook_token.clone().filter(|s| !s.is_empty()),
+            max_body: cli.webhook_max_body,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {

@@ -4,12 +4,14 @@
 //! Input: an HTTP GraphQL request (query, operation name, variables, and the request
 //! headers that can change what upstreams answer). Output: the exact response bytes a
 //! fresh execution would produce now. A response is stored only when it has no errors and
-//! every `@rest` value in it came from a stored, fresh, `PUBLIC` cache entry ([`Deps`]);
+//! every `@rest` value in it came from a stored, fresh, `PUBLIC` cache entry
+//! ([`crate::deps::Deps`]);
 //! on lookup each of those entries is checked (alive, not invalidated, fresh), so an
 //! invalidation, expiry or eviction of any of them makes the response a miss. It skips
 //! the executor for repeated queries, which is most of a cache hit's cost.
 
-use crate::cache::{CacheKey, Deps, Stamp};
+use crate::cache::{CacheKey, Stamp};
+use crate::deps::{Dep, Gathered, RootFetch};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
@@ -18,6 +20,15 @@ use std::time::Duration;
 struct Cached {
     body: Bytes,
     deps: Vec<Stamp>,
+    keys: Arc<Vec<Dep>>,
+    root: Option<RootFetch>,
+}
+
+/// A reusable response and what it was built from.
+pub struct Hit {
+    pub body: Bytes,
+    pub keys: Arc<Vec<Dep>>,
+    pub root: Option<RootFetch>,
 }
 
 pub struct ResponseCache {
@@ -59,11 +70,11 @@ impl ResponseCache {
     }
 
     /// The stored response, if every entry it was built from is still current.
-    pub fn get(&self, key: &CacheKey) -> Option<Bytes> {
+    pub fn get(&self, key: &CacheKey) -> Option<Hit> {
         let entries = self.entries.as_ref()?;
         let cached = entries.get(key)?;
         if cached.deps.iter().all(Stamp::is_current) {
-            Some(cached.body.clone())
+            Some(Hit { body: cached.body.clone(), keys: cached.keys.clone(), root: cached.root.clone() })
         } else {
             entries.invalidate(key);
             None
@@ -71,9 +82,10 @@ impl ResponseCache {
     }
 
     /// Stores a response built from `deps`, unless something in it could not be vouched for.
-    pub fn put(&self, key: CacheKey, body: Bytes, deps: &Deps) {
-        if let (Some(entries), Some(deps)) = (self.entries.as_ref(), deps.take()) {
-            entries.insert(key, Arc::new(Cached { body, deps }));
+    pub fn put(&self, key: CacheKey, body: Bytes, gathered: &Gathered) {
+        if let (Some(entries), Some(deps)) = (self.entries.as_ref(), gathered.stamps.clone()) {
+            let cached = Cached { body, deps, keys: gathered.keys.clone(), root: gathered.root.clone() };
+            entries.insert(key, Arc::new(cached));
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::plan::{ArgPlan, TypePlanKind};
 use crate::resolve::{self, Runtime};
 use async_graphql::dynamic::{
     Enum, Field, FieldFuture, InputObject, InputValue, Object, Scalar, Schema, SchemaError,
-    TypeRef as DynTypeRef,
+    Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef as DynTypeRef,
 };
 use std::sync::Arc;
 
@@ -52,11 +52,34 @@ fn input_value(a: &ArgPlan) -> InputValue {
 /// like configuration errors by the caller.
 pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaError> {
     let plan = rt.plan.clone();
-    let mut builder = Schema::build(&plan.query, plan.mutation.as_deref(), None)
+    let mut builder = Schema::build(&plan.query, plan.mutation.as_deref(), plan.subscription.as_deref())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity);
     for t in plan.types.values() {
         builder = match &t.kind {
+            TypePlanKind::Object { fields } if plan.subscription.as_deref() == Some(t.name.as_str()) => {
+                // Live operations never reach the executor as subscriptions: the transports
+                // run them as queries (see `live`). The type is here for validation and
+                // introspection (GraphiQL needs it).
+                let mut sub = Subscription::new(t.name.clone());
+                for f in fields {
+                    let mut out = SubscriptionField::new(f.name.clone(), type_ref(&f.ty), |_| {
+                        SubscriptionFieldFuture::new(async {
+                            Err::<futures_util::stream::Empty<async_graphql::Result<async_graphql::Value>>, _>(
+                                async_graphql::Error::new("subscriptions are served over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events"),
+                            )
+                        })
+                    });
+                    for a in &f.args {
+                        out = out.argument(input_value(a));
+                    }
+                    if let Some(d) = &f.description {
+                        out = out.description(d.clone());
+                    }
+                    sub = sub.field(out);
+                }
+                builder.register(sub)
+            }
             TypePlanKind::Object { fields } => {
                 let is_mutation = plan.mutation.as_deref() == Some(t.name.as_str());
                 let mut obj = Object::new(t.name.clone());

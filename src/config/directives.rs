@@ -364,6 +364,24 @@ pub fn invalidates(
     Some(Positioned::new(InvalidatesDirective { tags }, d.pos))
 }
 
+/// `@live(pollMs)` on a Subscription field: a live query of the Query field of the same
+/// name and arguments.
+#[derive(Debug, Clone)]
+pub struct LiveDirective {
+    pub poll_ms: Option<Positioned<u64>>,
+}
+
+pub fn live(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<LiveDirective>> {
+    let mut r = ArgReader::new(d, &["pollMs"], errors);
+    let poll_ms = r.uint("pollMs");
+    if let Some(p) = &poll_ms {
+        if p.node < 10 {
+            errors.push(p.pos, "@live(pollMs:) must be at least 10");
+        }
+    }
+    Some(Positioned::new(LiveDirective { poll_ms }, d.pos))
+}
+
 /// `@deprecated(reason)`, the one built-in directive a field may carry.
 pub fn deprecated(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<String> {
     let mut r = ArgReader::new(d, &["reason"], errors);

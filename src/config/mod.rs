@@ -17,8 +17,8 @@ use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
 pub use directives::{
-    CacheDirective, Header, HttpMethod, InvalidatesDirective, RestDirective, Scope,
-    UpstreamDirective,
+    CacheDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective, RestDirective,
+    Scope, UpstreamDirective,
 };
 
 /// A positioned error of the configuration stages. `Display` gives
@@ -135,6 +135,7 @@ pub struct FieldConfig {
     pub rest: Option<Positioned<RestDirective>>,
     pub cache: Option<Positioned<CacheDirective>>,
     pub invalidates: Option<Positioned<InvalidatesDirective>>,
+    pub live: Option<Positioned<LiveDirective>>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +314,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         rest: None,
         cache: None,
         invalidates: None,
+        live: None,
     };
     for d in &def.directives {
         let name = d.node.name.node.as_str();
@@ -335,11 +337,16 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
                 Some(i) => out.invalidates = Some(i),
                 None => {}
             },
+            "live" => match directives::live(d, errors) {
+                Some(_) if out.live.is_some() => dup(errors),
+                Some(l) => out.live = Some(l),
+                None => {}
+            },
             "deprecated" => out.deprecated = Some(directives::deprecated(d, errors)),
             other => errors.push(
                 d.pos,
                 format!(
-                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @deprecated"
+                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @live, @deprecated"
                 ),
             ),
         }

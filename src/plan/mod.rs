@@ -89,6 +89,14 @@ pub struct FieldPlan {
     pub rest: Option<RestPlan>,
     /// Tags dropped from the cache after this mutation succeeds.
     pub invalidates: Vec<Template>,
+    /// A Subscription field: a live query of the Query field of the same name.
+    pub live: Option<LivePlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LivePlan {
+    /// Poll the upstream this often while the entry has subscribers.
+    pub poll: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -113,9 +121,16 @@ pub struct Plan {
     pub types: IndexMap<String, TypePlan>,
     pub query: String,
     pub mutation: Option<String>,
+    pub subscription: Option<String>,
 }
 
 impl Plan {
+    /// The `@live` plan of a Subscription field.
+    pub fn live_field(&self, name: &str) -> Option<&LivePlan> {
+        let fields = self.object_fields(self.subscription.as_deref()?)?;
+        fields.iter().find(|f| f.name == name)?.live.as_ref()
+    }
+
     pub fn object_fields(&self, type_name: &str) -> Option<&[Arc<FieldPlan>]> {
         match &self.types.get(type_name)?.kind {
             TypePlanKind::Object { fields } => Some(fields),
@@ -186,14 +201,9 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
     for t in &config.types {
         let name = t.name.node.clone();
         let is_subscription = subscription.as_deref() == Some(name.as_str());
-        if is_subscription {
-            errors.push(
-                t.name.pos,
-                format!("type `{name}`: subscriptions are not supported by this version of livegate yet"),
-            );
-            continue;
-        }
-        let role = if name == query {
+        let role = if is_subscription {
+            Role::Subscription
+        } else if name == query {
             Role::Query
         } else if mutation.as_deref() == Some(name.as_str()) {
             Role::Mutation
@@ -212,7 +222,11 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         errors.push(f.name.pos, format!("field `{name}.{}` is defined twice", f.name.node));
                     }
                     let ctx = FieldCtx { config, kinds: &kinds, upstreams: &upstreams, type_name: &name, role, fields };
-                    if let Some(p) = field(&ctx, f, &mut errors) {
+                    if role == Role::Subscription {
+                        if let Some(p) = live_field(&ctx, &query, f, &mut errors) {
+                            planned.push(Arc::new(p));
+                        }
+                    } else if let Some(p) = field(&ctx, f, &mut errors) {
                         planned.push(Arc::new(p));
                     }
                 }
@@ -230,7 +244,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
     }
 
     if errors.list.is_empty() {
-        Ok(Plan { upstreams, types, query, mutation })
+        Ok(Plan { upstreams, types, query, mutation, subscription })
     } else {
         errors.list.sort_by_key(|e| (e.line, e.column));
         Err(errors.list)
@@ -300,6 +314,7 @@ fn static_header(h: &config::Header, errors: &mut Errors) -> Option<(http::Heade
 enum Role {
     Query,
     Mutation,
+    Subscription,
     Object,
 }
 
@@ -366,6 +381,9 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
             }
         }
     }
+    if let Some(l) = &f.live {
+        errors.push(l.pos, format!("@live is for Subscription fields; `{qualified}` is not one"));
+    }
     if ctx.role == Role::Mutation {
         if let Some(c) = &f.cache {
             errors.push(c.pos, format!("@cache on mutation `{qualified}`: mutation results are never cached"));
@@ -379,6 +397,65 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
         deprecated: f.deprecated.clone(),
         rest,
         invalidates,
+        live: None,
+    })
+}
+
+/// A Subscription field: `@live` mirrors the Query field of the same name, which must
+/// take the same arguments, return the same type, and be cached (its cache entry is what
+/// every subscriber shares).
+fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Errors) -> Option<FieldPlan> {
+    let qualified = format!("{}.{}", ctx.type_name, f.name.node);
+    check_type(&f.ty, Kind::Output, ctx.kinds, errors);
+    let args: Vec<ArgPlan> = f.args.iter().map(|a| arg(a, ctx.kinds, errors)).collect();
+    for (pos, name) in [
+        (f.rest.as_ref().map(|d| d.pos), "@rest"),
+        (f.cache.as_ref().map(|d| d.pos), "@cache"),
+        (f.invalidates.as_ref().map(|d| d.pos), "@invalidates"),
+    ] {
+        if let Some(pos) = pos {
+            errors.push(pos, format!("{name} is not for Subscription fields; `{qualified}` takes its data from `{query}.{}`", f.name.node));
+        }
+    }
+    let Some(live) = &f.live else {
+        errors.push(f.name.pos, format!("Subscription field `{qualified}` needs @live (a live query of `{query}.{}`)", f.name.node));
+        return None;
+    };
+    let twin = ctx.config.types.iter().find(|t| t.name.node == query).and_then(|t| match &t.kind {
+        TypeConfigKind::Object { fields } => fields.iter().find(|q| q.name.node == f.name.node),
+        _ => None,
+    });
+    let Some(twin) = twin else {
+        errors.push(live.pos, format!("@live on `{qualified}` mirrors `{query}.{}`, which does not exist", f.name.node));
+        return None;
+    };
+    let sig = |args: &[ArgConfig]| args.iter().map(|a| format!("{}: {}", a.name.node, a.ty.node)).collect::<Vec<_>>().join(", ");
+    if sig(&f.args) != sig(&twin.args) || f.ty.node != twin.ty.node {
+        errors.push(
+            live.pos,
+            format!(
+                "@live on `{qualified}` must have the signature of `{query}.{}`: ({}): {}",
+                f.name.node,
+                sig(&twin.args),
+                twin.ty.node
+            ),
+        );
+    }
+    if twin.rest.is_none() || twin.cache.is_none() {
+        errors.push(
+            live.pos,
+            format!("@live on `{qualified}` needs @rest and @cache on `{query}.{}`: its cache entry is what subscribers share", f.name.node),
+        );
+    }
+    Some(FieldPlan {
+        name: f.name.node.clone(),
+        ty: f.ty.node.clone(),
+        args,
+        description: f.description.clone(),
+        deprecated: f.deprecated.clone(),
+        rest: None,
+        invalidates: Vec::new(),
+        live: Some(LivePlan { poll: live.node.poll_ms.as_ref().map(|p| Duration::from_millis(p.node)) }),
     })
 }
 

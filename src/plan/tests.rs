@@ -56,7 +56,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: [String] @rset(upstream: \"chat\", path: \"/m\") }",
-            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @deprecated"],
+            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @live, @deprecated"],
         ),
         (
             "type Query { m: [Strin] @rest(upstream: \"chat\", path: \"/m\") }",
@@ -96,7 +96,19 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { s: String }",
-            &["schema.graphql:5:6: type `Subscription`: subscriptions are not supported by this version of livegate yet"],
+            &["schema.graphql:5:21: Subscription field `Subscription.s` needs @live (a live query of `Query.s`)"],
+        ),
+        (
+            "type Query { m(a: Int): String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) }\ntype Subscription { m(a: String): String @live }",
+            &["schema.graphql:5:42: @live on `Subscription.m` must have the signature of `Query.m`: (a: Int): String"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { m: String @live(pollMs: 50) }",
+            &["schema.graphql:5:31: @live on `Subscription.m` needs @rest and @cache on `Query.m`: its cache entry is what subscribers share"],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) }\ntype Subscription { m: String @live(pollMs: 5) }",
+            &["schema.graphql:5:45: @live(pollMs:) must be at least 10"],
         ),
         ("type Query { m: String", &["schema.graphql:4:23: syntax error: expected field_definition or const_directive"]),
     ];

@@ -6,7 +6,10 @@ mod batch;
 mod request;
 pub mod shape;
 
-use crate::cache::{Cache, Deps};
+use crate::cache::{Cache, Tag};
+use crate::live::Hub;
+use crate::deps::{Dep, Deps, FetchFn, RootFetch};
+use futures_util::FutureExt;
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::template::{scalar_text, Vars};
 use crate::upstream::{UpstreamClient, UpstreamError};
@@ -25,12 +28,23 @@ pub struct Runtime {
     pub cache: Cache,
     pub client: UpstreamClient,
     pub batcher: Batcher,
+    pub hub: Arc<Hub>,
 }
 
 impl Runtime {
-    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration) -> Self {
+    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration, live_grace: Duration) -> Self {
         let batcher = Batcher::new(client.clone(), batch_window);
-        Runtime { plan, cache, client, batcher }
+        let hub = Hub::new(cache.clone(), live_grace);
+        Runtime { plan, cache, client, batcher, hub }
+    }
+
+    /// Drops the entries filed under `tags` and wakes the live queries that read them
+    /// (each refetches through the cache: one upstream request per entry). Returns how
+    /// many entries that was.
+    pub fn invalidate(&self, tags: &[Tag]) -> usize {
+        let mut keys: std::collections::HashSet<_> = self.cache.invalidate(tags).into_iter().collect();
+        keys.extend(self.hub.invalidated(tags));
+        keys.len()
     }
 }
 
@@ -86,14 +100,14 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     let gql = |e: UpstreamError| e.to_graphql();
 
     if mutation {
-        deps.add(None);
+        deps.spoil();
         let req = request::build(rest, vars, headers, None).map_err(gql)?;
         let (value, _) = rt.client.send(&req).await.map_err(gql)?;
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
-            let dropped = rt.cache.invalidate(&tags);
-            tracing::debug!(field = %field.name, ?tags, dropped = dropped.len(), "mutation invalidated");
+            let dropped = rt.invalidate(&tags);
+            tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
         return Ok(shape::output(&rt.plan, Node::new(Arc::new(value)), &field.ty));
     }
@@ -106,26 +120,37 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     let scope = rest.cache.as_ref().map(|c| c.scope).unwrap_or(crate::config::Scope::Public);
     let key = request::cache_key(&req, scope, headers);
     let policy = request::policy(rest, vars);
-    let fetch = {
+    let fetch: FetchFn = {
         let rt = rt.clone();
         let field = field.clone();
-        move || async move {
-            let (value, size) = rt.client.send(&req).await?;
-            shape::check(&rt.plan, &value, &field.ty)
-                .map_err(|detail| UpstreamError::BadResponse { upstream: req.upstream.name.clone(), detail })?;
-            Ok((value, size))
-        }
+        let req = Arc::new(req);
+        Arc::new(move || {
+            let rt = rt.clone();
+            let field = field.clone();
+            let req = req.clone();
+            async move {
+                let (value, size) = rt.client.send(&req).await?;
+                shape::check(&rt.plan, &value, &field.ty)
+                    .map_err(|detail| UpstreamError::BadResponse { upstream: req.upstream.name.clone(), detail })?;
+                Ok((value, size))
+            }
+            .boxed()
+        })
     };
     let value = match key {
         Some(key) => {
-            let loaded = rt.cache.load(key, policy, fetch).await;
+            if let (None, Some(policy)) = (parent, &policy) {
+                deps.set_root(RootFetch { key, policy: policy.clone(), fetch: fetch.clone() });
+            }
+            let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
+            let loaded = rt.cache.load(key, policy, move || fetch()).await;
             // A private value must not end up in a response another caller could reuse.
-            deps.add(loaded.stamp.filter(|_| scope == crate::config::Scope::Public));
+            deps.add(Some(Dep { key, tags }), loaded.stamp.filter(|_| scope == crate::config::Scope::Public));
             loaded.value
         }
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
         None => {
-            deps.add(None);
+            deps.spoil();
             fetch().await.map(|(v, _)| Arc::new(v))
         }
     }
@@ -153,8 +178,10 @@ async fn batched(
     let item = request::build(rest, vars, headers, None).map_err(gql)?;
     let item_key = request::cache_key(&item, scope, headers);
     let public = scope == crate::config::Scope::Public;
+    let policy = request::policy(rest, vars);
+    let dep = item_key.map(|key| Dep { key, tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default() });
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
-        deps.add(Some(stamp).filter(|_| public));
+        deps.add(dep, Some(stamp).filter(|_| public));
         return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
     }
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
@@ -168,11 +195,11 @@ async fn batched(
         .map_err(gql)?;
     shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
     let share = Arc::new(share);
-    let stamp = match (item_key, request::policy(rest, vars)) {
+    let stamp = match (item_key, policy) {
         (Some(key), Some(policy)) => rt.cache.store(key, policy, share.clone(), size),
         _ => None,
     };
-    deps.add(stamp.filter(|_| public));
+    deps.add(dep, stamp.filter(|_| public));
     Ok(shape::output(&rt.plan, Node::new(share), &field.ty))
 }
 

@@ -5,12 +5,9 @@
 //! well-formed). A browser asking for HTML gets GraphiQL.
 
 use super::{graphiql, AppState};
-use crate::cache::Deps;
-use crate::resolve::ClientHeaders;
-use std::sync::Arc;
 use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -113,13 +110,30 @@ fn graphql_request(p: PostBody) -> Result<async_graphql::Request, String> {
     Ok(req)
 }
 
-pub async fn get(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
-    let raw = raw.unwrap_or_default();
+pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
+    let is_upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let (mut parts, _) = req.into_parts();
+    if is_upgrade {
+        use axum::extract::FromRequestParts;
+        let headers = parts.headers.clone();
+        return match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
+            Ok(ws) => ws
+                .protocols(super::ws::PROTOCOLS)
+                .max_message_size(state.max_body)
+                .on_upgrade(move |socket| super::ws::serve(state, socket, headers)),
+            Err(rejection) => rejection.into_response(),
+        };
+    }
+    let headers = parts.headers;
+    let raw = parts.uri.query().unwrap_or_default().to_string();
     if raw.is_empty() && wants_html(&headers) {
         return graphiql::page();
     }
-    let Some(media) = negotiate(&headers) else {
-        return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json");
+    let sse = super::sse::wants_sse(&headers);
+    let media = match negotiate(&headers) {
+        Some(m) => m,
+        None if sse => Media::Json,
+        None => return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json"),
     };
     let mut body = PostBody { query: None, variables: None, operation_name: None, extensions: None };
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
@@ -146,24 +160,31 @@ pub async fn get(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
+    if sse {
+        return super::sse::respond(state, req, headers).await;
+    }
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
-    if let Ok(doc) = async_graphql::parser::parse_query(&req.query) {
-        let op = match &req.operation_name {
-            Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op.node.ty),
-            None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
-        };
-        if matches!(op, Some(OperationType::Mutation | OperationType::Subscription)) {
+    match operation_type(&req) {
+        Some(OperationType::Subscription) => return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE),
+        Some(OperationType::Mutation) => {
             let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, Some(media), "only queries may be sent with GET; send mutations with POST");
             res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             return res;
         }
+        _ => {}
     }
     execute(&state, req, media, headers).await
 }
 
+const SUBSCRIPTIONS_ELSEWHERE: &str =
+    "subscriptions need a WebSocket (subprotocol graphql-transport-ws or graphql-ws) or Server-Sent Events (Accept: text/event-stream)";
+
 pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(media) = negotiate(&headers) else {
-        return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json");
+    let sse = super::sse::wants_sse(&headers);
+    let media = match negotiate(&headers) {
+        Some(m) => m,
+        None if sse => Media::Json,
+        None => return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json"),
     };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -187,6 +208,12 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
+    if sse {
+        return super::sse::respond(state, req, headers).await;
+    }
+    if operation_type(&req) == Some(OperationType::Subscription) {
+        return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE);
+    }
     execute(&state, req, media, headers).await
 }
 
@@ -196,36 +223,19 @@ pub async fn method_not_allowed(method: Method) -> Response {
     res
 }
 
+/// The type of the operation `req` would run, when its document parses.
+fn operation_type(req: &async_graphql::Request) -> Option<OperationType> {
+    let doc = async_graphql::parser::parse_query(&req.query).ok()?;
+    match &req.operation_name {
+        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op.node.ty),
+        None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
+    }
+}
+
 async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap) -> Response {
-    let key = state.responses.key(&req, &headers);
-    if let Some(body) = key.as_ref().and_then(|k| state.responses.get(k)) {
-        return respond(StatusCode::OK, media, body);
-    }
-    let deps = Arc::new(Deps::default());
-    let req = req.data(ClientHeaders(headers)).data(deps.clone());
-    let mut response = state.schema.execute(req).await;
-    crate::resolve::tidy_errors(&mut response.errors);
-    // A request error (parse, validation) has errors and no data; field errors have a path.
-    let request_error = response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
-    let status = if request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    // Per the GraphQL spec, a request error has no `data` entry at all.
-    let encoded = if request_error {
-        serde_json::to_vec(&json!({ "errors": response.errors }))
-    } else {
-        serde_json::to_vec(&response)
-    };
-    let body = match encoded {
-        Ok(b) => Bytes::from(b),
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, Some(media), format!("the response could not be encoded: {e}")),
-    };
-    if let Some(key) = key {
-        if response.errors.is_empty() {
-            state.responses.put(key, body.clone(), &deps);
-        }
-    }
-    respond(status, media, body)
+    let done = super::execute::run(state, req, headers).await;
+    let status = if done.request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    respond(status, media, done.body)
 }
 
 fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {

@@ -1,8 +1,13 @@
-//! Stage ⑥ — transports. `app(state) -> Router` serves `/graphql` (GraphQL over HTTP and
-//! GraphiQL); [`crate::run`] binds it to a listener with graceful shutdown.
+//! Stage ⑥ — transports. `app(state) -> Router` serves `/graphql` (GraphQL over HTTP,
+//! WebSocket in both subprotocols, Server-Sent Events, GraphiQL) and the invalidation
+//! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
+pub mod execute;
 mod graphiql;
 mod http;
+pub mod sse;
+pub mod webhook;
+pub mod ws;
 
 use crate::resolve::Runtime;
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +24,8 @@ pub struct AppState {
     pub max_body: usize,
     /// Whole responses of repeated queries.
     pub responses: Arc<crate::response_cache::ResponseCache>,
+    pub ws: ws::WsOptions,
+    pub webhook: webhook::WebhookOptions,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -29,5 +36,6 @@ pub fn app(state: AppState) -> Router {
             get(http::get).post(http::post).fallback(http::method_not_allowed),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
         .with_state(state)
 }

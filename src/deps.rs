@@ -1,0 +1,97 @@
+//! What one operation read, gathered by resolvers while it runs ([`Deps`] is put in the
+//! request data). Two consumers: the whole-response cache reuses a response while every
+//! [`Stamp`] is current, and the live hub re-runs a live query when any of its
+//! [`Dep`] keys (or their tags) change.
+
+use crate::cache::{CacheKey, Policy, Stamp, Tag};
+use crate::upstream::UpstreamError;
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+/// A fetch that can be run again: how the hub polls a live query's root entry.
+pub type FetchFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> + Send + Sync>;
+
+/// One cache entry an operation read, and the tags it is filed under.
+#[derive(Clone, Debug)]
+pub struct Dep {
+    pub key: CacheKey,
+    pub tags: Vec<Tag>,
+}
+
+/// The root field's entry and how to fetch it again.
+#[derive(Clone)]
+pub struct RootFetch {
+    pub key: CacheKey,
+    pub policy: Policy,
+    pub fetch: FetchFn,
+}
+
+impl std::fmt::Debug for RootFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootFetch({:?})", self.key)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// `None` once anything read could not be vouched for (stale, private, unstored, or
+    /// a mutation): then the response must not be reused.
+    stamps: Option<Vec<Stamp>>,
+    keys: Vec<Dep>,
+    root: Option<RootFetch>,
+}
+
+#[derive(Debug)]
+pub struct Deps(Mutex<Inner>);
+
+impl Default for Deps {
+    fn default() -> Self {
+        Deps(Mutex::new(Inner { stamps: Some(Vec::new()), keys: Vec::new(), root: None }))
+    }
+}
+
+impl Deps {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a read: the entry (when it has a key) and its stamp (when it vouches).
+    pub fn add(&self, dep: Option<Dep>, stamp: Option<Stamp>) {
+        let mut inner = self.lock();
+        match (inner.stamps.as_mut(), stamp) {
+            (Some(list), Some(s)) => list.push(s),
+            _ => inner.stamps = None,
+        }
+        if let Some(dep) = dep {
+            inner.keys.push(dep);
+        }
+    }
+
+    /// Something was read that no cache entry stands for.
+    pub fn spoil(&self) {
+        self.lock().stamps = None;
+    }
+
+    pub fn set_root(&self, root: RootFetch) {
+        self.lock().root.get_or_insert(root);
+    }
+
+    /// Everything gathered, leaving the set empty.
+    pub fn take(&self) -> Gathered {
+        let mut inner = self.lock();
+        Gathered {
+            stamps: inner.stamps.take(),
+            keys: Arc::new(std::mem::take(&mut inner.keys)),
+            root: inner.root.take(),
+        }
+    }
+}
+
+/// What [`Deps::take`] hands over.
+#[derive(Clone, Debug)]
+pub struct Gathered {
+    pub stamps: Option<Vec<Stamp>>,
+    pub keys: Arc<Vec<Dep>>,
+    pub root: Option<RootFetch>,
+}

@@ -1,0 +1,182 @@
+//! Stage ⑤ — live queries. Input: a subscription operation on an `@live` field. Output: a
+//! stream of GraphQL results: the current one at once, then a new one whenever a cache
+//! entry behind any field the client selected changes, and nothing when the change leaves
+//! the client's own selection as it was.
+//!
+//! A live operation runs as the *query* of the same text (`subscription` becomes `query`,
+//! padded, so error positions stay right): `@live` fields mirror Query fields by plan. Each
+//! run gathers the entries it read ([`crate::deps`]); the [`Hub`] wakes the subscription
+//! when one changes, and the next run goes through the shared cache (and the
+//! whole-response cache), so N subscribers of one entry cost one refetch. The wake-up is a
+//! [`Notify`] permit: however many changes arrive while a client is slow, it gets one
+//! re-run with the latest data (conflation), and memory stays bounded.
+
+pub mod hub;
+
+use crate::server::AppState;
+use async_graphql::parser::types::{OperationType, Selection};
+use bytes::Bytes;
+use futures_util::Stream;
+use http::HeaderMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub use hub::Hub;
+
+/// What a transport should do with an operation.
+pub enum Prepared {
+    /// A query or mutation (or a document that does not parse: running it reports why).
+    Once(async_graphql::Request),
+    /// A live query: run it as this query, again on every change.
+    Live { request: async_graphql::Request, poll: Option<Duration> },
+}
+
+/// Decides how to run `req`: once, or live. An error is a message for the client: the
+/// operation is a subscription livegate cannot serve.
+pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared, String> {
+    let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
+        return Ok(Prepared::Once(req));
+    };
+    let op = match &req.operation_name {
+        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
+        None => {
+            let mut ops = doc.operations.iter();
+            match (ops.next(), ops.next()) {
+                (Some((_, op)), None) => Some(op),
+                _ => None,
+            }
+        }
+    };
+    let Some(op) = op else { return Ok(Prepared::Once(req)) };
+    if op.node.ty != OperationType::Subscription {
+        return Ok(Prepared::Once(req));
+    }
+    let fields: Vec<&str> = op
+        .node
+        .selection_set
+        .node
+        .items
+        .iter()
+        .filter_map(|s| match &s.node {
+            Selection::Field(f) if f.node.name.node != "__typename" => Some(f.node.name.node.as_str()),
+            _ => None,
+        })
+        .collect();
+    let [field] = fields.as_slice() else {
+        return Err("a subscription selects exactly one root field".into());
+    };
+    let plan = &state.runtime.plan;
+    let Some(live) = plan.live_field(field) else {
+        return Err(format!("`{field}` is not a live field of this schema"));
+    };
+    let query = as_query(&req.query, op.pos).ok_or("the subscription could not be rewritten as a query")?;
+    let mut request = async_graphql::Request::new(query).variables(req.variables);
+    if let Some(name) = req.operation_name {
+        request = request.operation_name(name);
+    }
+    Ok(Prepared::Live { request, poll: live.poll })
+}
+
+/// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.
+fn as_query(text: &str, pos: async_graphql::Pos) -> Option<String> {
+    let line_start: usize = text.split_inclusive('\n').take(pos.line.saturating_sub(1)).map(str::len).sum();
+    let line = &text[line_start..];
+    let offset = line_start + line.char_indices().nth(pos.column.saturating_sub(1))?.0;
+    const KEYWORD: &str = "subscription";
+    text[offset..].starts_with(KEYWORD).then(|| format!("{}query{}{}", &text[..offset], " ".repeat(KEYWORD.len() - 5), &text[offset + KEYWORD.len()..]))
+}
+
+struct Subscription {
+    state: AppState,
+    request: async_graphql::Request,
+    headers: HeaderMap,
+    poll: Option<Duration>,
+    id: hub::SubId,
+    notify: Arc<Notify>,
+    last: Option<Bytes>,
+    started: bool,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.state.runtime.hub.unwatch(self.id);
+    }
+}
+
+fn clone_request(r: &async_graphql::Request) -> async_graphql::Request {
+    let mut out = async_graphql::Request::new(r.query.clone()).variables(r.variables.clone());
+    if let Some(name) = &r.operation_name {
+        out = out.operation_name(name.clone());
+    }
+    out
+}
+
+/// One result of a live query.
+pub struct Frame {
+    /// A JSON GraphQL response.
+    pub body: Bytes,
+    /// The operation failed to parse or validate: this is its only frame.
+    pub request_error: bool,
+}
+
+impl Subscription {
+    /// Runs the query and watches what it read; `None` when nothing changed for the client.
+    async fn step(&mut self) -> Option<Frame> {
+        let hub = self.state.runtime.hub.clone();
+        let generation = hub.generation();
+        let done = crate::server::execute::run(&self.state, clone_request(&self.request), self.headers.clone()).await;
+        if done.request_error {
+            return Some(Frame { body: done.body, request_error: true });
+        }
+        hub.watch(self.id, &self.notify, &done.keys);
+        if let (Some(every), Some(root)) = (self.poll, done.root.clone()) {
+            hub.poll(root, every);
+        }
+        // A change may have landed while we ran, before we were watching: look again
+        // after this result (a permit, so at most one extra run).
+        if hub.generation() != generation {
+            self.notify.notify_one();
+        }
+        if self.last.as_ref() == Some(&done.body) {
+            return None;
+        }
+        self.last = Some(done.body.clone());
+        Some(Frame { body: done.body, request_error: false })
+    }
+}
+
+/// The results of a live query, until the request error that ends it (if any).
+pub fn run(state: AppState, request: async_graphql::Request, headers: HeaderMap, poll: Option<Duration>) -> impl Stream<Item = Frame> + Send {
+    let hub = state.runtime.hub.clone();
+    let sub = Subscription { state, request, headers, poll, id: hub.next_id(), notify: Arc::new(Notify::new()), last: None, started: false };
+    futures_util::stream::unfold(Some(sub), |sub| async move {
+        let mut sub = sub?;
+        loop {
+            if sub.started {
+                sub.notify.notified().await;
+            }
+            let out = sub.step().await;
+            sub.started = true;
+            match out {
+                Some(frame) if frame.request_error => return Some((frame, None)),
+                Some(frame) => return Some((frame, Some(sub))),
+                None => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_query;
+
+    #[test]
+    fn rewriting_keeps_positions() {
+        let text = "# c\n  subscription S($c: String!) { messages(channel: $c) { id } }";
+        let out = as_query(text, async_graphql::Pos { line: 2, column: 3 }).expect("rewrites");
+        assert_eq!(out, "# c\n  query        S($c: String!) { messages(channel: $c) { id } }");
+        assert_eq!(out.len(), text.len());
+        assert!(as_query(text, async_graphql::Pos { line: 1, column: 1 }).is_none());
+    }
+}

@@ -1,0 +1,69 @@
+//! GraphQL over Server-Sent Events, graphql-sse's distinct connections mode: a request
+//! with `Accept: text/event-stream` (POST body or GET parameters, as for plain HTTP) gets
+//! an event stream of `next` events, then `complete`. Errors found before execution are
+//! a `next` event too (a 4xx would leave an `EventSource` with no reason). A live query
+//! streams until the client closes the connection; a comment line every 15 s keeps
+//! proxies from timing it out.
+
+use super::AppState;
+use crate::live::{self, Prepared};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use serde_json::json;
+use std::convert::Infallible;
+use std::time::Duration;
+
+pub fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/event-stream")))
+}
+
+fn next(body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + 20);
+    out.extend_from_slice(b"event: next\ndata: ");
+    out.extend_from_slice(body);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+const COMPLETE: &[u8] = b"event: complete\ndata: \n\n";
+
+pub async fn respond(state: AppState, req: async_graphql::Request, headers: HeaderMap) -> Response {
+    let events: BoxStream<'static, Bytes> = match live::prepare(&state, req) {
+        Err(message) => {
+            let body = json!({"errors": [{"message": message}]}).to_string();
+            stream::iter([next(body.as_bytes()), Bytes::from_static(COMPLETE)]).boxed()
+        }
+        Ok(Prepared::Once(req)) => {
+            let done = super::execute::run(&state, req, headers).await;
+            stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
+        }
+        Ok(Prepared::Live { request, poll }) => {
+            let frames = live::run(state, request, headers, poll);
+            let results = frames.flat_map(|f| {
+                let first = next(&f.body);
+                // A request error ends the operation.
+                let tail = f.request_error.then(|| Bytes::from_static(COMPLETE));
+                stream::iter(std::iter::once(first).chain(tail))
+            });
+            let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+                tokio::time::Instant::now() + Duration::from_secs(15),
+                Duration::from_secs(15),
+            ))
+            .map(|_| Bytes::from_static(b": keep-alive\n\n"));
+            // Stop with the results (a request error), not with the endless ticks.
+            stream::select(results.map(Some).chain(stream::iter([None])), ticks.map(Some)).take_while(|x| std::future::ready(x.is_some())).filter_map(std::future::ready).boxed()
+        }
+    };
+    let mut res = (StatusCode::OK, Body::from_stream(events.map(Ok::<_, Infallible>))).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}

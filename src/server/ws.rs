@@ -1,0 +1,380 @@
+//! GraphQL over WebSocket on `/graphql`, both subprotocols:
+//!
+//! - `graphql-transport-ws` (graphql-ws's PROTOCOL.md): `connection_init` within the
+//!   init wait or close 4408; a second init closes 4429; `subscribe` before the ack
+//!   closes 4401; a duplicate operation id 4409; an invalid message 4400; `ping`/`pong`;
+//!   `complete` both ways; a bad operation gets an `error` message and the socket lives.
+//! - `graphql-ws` (subscriptions-transport-ws, legacy): `connection_init`/`connection_ack`
+//!   /`ka`, `start`/`data`/`error`/`complete`/`stop`, `connection_terminate`.
+//!
+//! A socket offering neither is closed with 4406. Queries and mutations run once; live
+//! queries run until the client completes them. Every socket has one writer task fed by a
+//! bounded channel: a client that does not read stalls only its own operations, whose
+//! live queries then conflate (see [`crate::live`]).
+
+use super::AppState;
+use crate::live::{self, Prepared};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Protocol {
+    /// graphql-ws's `graphql-transport-ws`.
+    Modern,
+    /// subscriptions-transport-ws's `graphql-ws`.
+    Legacy,
+}
+
+/// What the reader asks the writer to do.
+enum Out {
+    Text(String),
+    Close(u16, String),
+}
+
+/// Sends to the socket's writer; `false` once the socket is gone.
+#[derive(Clone)]
+struct Tx(mpsc::Sender<Out>);
+
+impl Tx {
+    async fn text(&self, s: String) -> bool {
+        self.0.send(Out::Text(s)).await.is_ok()
+    }
+
+    async fn json(&self, v: Value) -> bool {
+        self.text(v.to_string()).await
+    }
+
+    async fn close(&self, code: u16, reason: &str) {
+        let _ = self.0.send(Out::Close(code, reason.to_string())).await;
+    }
+}
+
+/// Running operations of one socket, by id.
+type Ops = Arc<Mutex<HashMap<String, AbortHandle>>>;
+
+fn lock(ops: &Ops) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
+    ops.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Serves one upgraded socket until it closes.
+pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
+    let protocol = match socket.protocol().and_then(|p| p.to_str().ok()) {
+        Some("graphql-transport-ws") => Some(Protocol::Modern),
+        Some("graphql-ws") => Some(Protocol::Legacy),
+        _ => None,
+    };
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Out>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let (msg, last) = match out {
+                Out::Text(s) => (Message::Text(Utf8Bytes::from(s)), false),
+                Out::Close(code, reason) => (Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) })), true),
+            };
+            if sink.send(msg).await.is_err() || last {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let tx = Tx(tx);
+    let ops: Ops = Arc::default();
+    match protocol {
+        None => {
+            tx.close(4406, "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws").await;
+        }
+        Some(protocol) => {
+            let mut conn = Connection { state, tx: tx.clone(), ops: ops.clone(), headers, protocol, acked: false, init_seen: false };
+            conn.read(&mut stream).await;
+        }
+    }
+    for (_, op) in lock(&ops).drain() {
+        op.abort();
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+struct Connection {
+    state: AppState,
+    tx: Tx,
+    ops: Ops,
+    /// The upgrade request's headers, plus those the `connection_init` payload gives.
+    headers: HeaderMap,
+    protocol: Protocol,
+    acked: bool,
+    init_seen: bool,
+}
+
+impl Connection {
+    async fn read(&mut self, stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+        let init_wait = tokio::time::sleep(self.state.ws.init_timeout);
+        tokio::pin!(init_wait);
+        let mut keepalive = tokio::time::interval(self.state.ws.keepalive);
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut init_wait, if !self.init_seen => {
+                    self.tx.close(4408, "Connection initialisation timeout").await;
+                    return;
+                }
+                _ = keepalive.tick(), if self.acked && self.protocol == Protocol::Legacy => {
+                    if !self.tx.json(json!({"type": "ka"})).await {
+                        return;
+                    }
+                }
+                msg = stream.next() => {
+                    let text = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.tx.close(4400, "Invalid message received: binary frames are not GraphQL messages").await;
+                            return;
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    };
+                    let keep_going = match self.protocol {
+                        Protocol::Modern => self.modern(&text).await,
+                        Protocol::Legacy => self.legacy(&text).await,
+                    };
+                    if !keep_going {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one graphql-transport-ws message; `false` ends the connection.
+    async fn modern(&mut self, text: &str) -> bool {
+        let Some(msg) = parse(text) else {
+            self.tx.close(4400, "Invalid message received").await;
+            return false;
+        };
+        match msg.kind.as_str() {
+            "connection_init" => {
+                if self.init_seen {
+                    self.tx.close(4429, "Too many initialisation requests").await;
+                    return false;
+                }
+                self.init_seen = true;
+                self.take_init_payload(msg.payload.as_ref());
+                self.acked = true;
+                self.tx.json(json!({"type": "connection_ack"})).await
+            }
+            "ping" => {
+                let mut pong = json!({"type": "pong"});
+                if let Some(p) = msg.payload {
+                    pong["payload"] = p;
+                }
+                self.tx.json(pong).await
+            }
+            "pong" => true,
+            "subscribe" => {
+                if !self.acked {
+                    self.tx.close(4401, "Unauthorized").await;
+                    return false;
+                }
+                let (Some(id), Some(req)) = (msg.id, msg.payload.as_ref().and_then(request)) else {
+                    self.tx.close(4400, "Invalid message received: subscribe needs an id and a payload with a query").await;
+                    return false;
+                };
+                if lock(&self.ops).contains_key(&id) {
+                    self.tx.close(4409, &format!("Subscriber for {id} already exists")).await;
+                    return false;
+                }
+                self.start(id, req);
+                true
+            }
+            "complete" => {
+                match msg.id {
+                    Some(id) => {
+                        if let Some(op) = lock(&self.ops).remove(&id) {
+                            op.abort();
+                        }
+                        true
+                    }
+                    None => {
+                        self.tx.close(4400, "Invalid message received: complete needs an id").await;
+                        false
+                    }
+                }
+            }
+            other => {
+                self.tx.close(4400, &format!("Invalid message received: unknown type {other:?}")).await;
+                false
+            }
+        }
+    }
+
+    /// Handles one subscriptions-transport-ws message; `false` ends the connection.
+    async fn legacy(&mut self, text: &str) -> bool {
+        let Some(msg) = parse(text) else {
+            return self.tx.json(json!({"type": "connection_error", "payload": {"message": "invalid message: not a JSON object with a type"}})).await;
+        };
+        match msg.kind.as_str() {
+            "connection_init" => {
+                self.init_seen = true;
+                self.take_init_payload(msg.payload.as_ref());
+                self.acked = true;
+                self.tx.json(json!({"type": "connection_ack"})).await && self.tx.json(json!({"type": "ka"})).await
+            }
+            "start" => {
+                let Some(id) = msg.id else {
+                    return self.tx.json(json!({"type": "error", "payload": {"message": "start needs an id"}})).await;
+                };
+                if !self.acked {
+                    return self.tx.json(json!({"type": "error", "id": id, "payload": [{"message": "send connection_init first"}]})).await;
+                }
+                let Some(req) = msg.payload.as_ref().and_then(request) else {
+                    return self.tx.json(json!({"type": "error", "id": id, "payload": [{"message": "start needs a payload with a query"}]})).await;
+                };
+                // The legacy protocol restarts an id that is already running.
+                if let Some(op) = lock(&self.ops).remove(&id) {
+                    op.abort();
+                }
+                self.start(id, req);
+                true
+            }
+            "stop" => {
+                if let Some(op) = msg.id.and_then(|id| lock(&self.ops).remove(&id)) {
+                    op.abort();
+                }
+                true
+            }
+            "connection_terminate" => {
+                self.tx.close(1000, "terminated").await;
+                false
+            }
+            other => self.tx.json(json!({"type": "connection_error", "payload": {"message": format!("unknown message type {other:?}")}})).await,
+        }
+    }
+
+    /// `connection_init`'s payload is available to resolvers as request headers: its
+    /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`).
+    fn take_init_payload(&mut self, payload: Option<&Value>) {
+        let Some(Value::Object(map)) = payload else { return };
+        let nested = map.get("headers").and_then(Value::as_object).into_iter().flatten();
+        for (k, v) in map.iter().chain(nested) {
+            if let (Ok(name), Some(Ok(value))) = (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), v.as_str().map(HeaderValue::from_str)) {
+                self.headers.insert(name, value);
+            }
+        }
+    }
+
+    /// Runs one operation in its own task, registered under `id` until it ends.
+    fn start(&self, id: String, req: async_graphql::Request) {
+        let state = self.state.clone();
+        let tx = self.tx.clone();
+        let ops = self.ops.clone();
+        let headers = self.headers.clone();
+        let protocol = self.protocol;
+        let mut registry = lock(&self.ops);
+        let task_id = id.clone();
+        let task = tokio::spawn(async move {
+            let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
+            // Unregister before announcing, so the id can be reused at once.
+            lock(&ops).remove(&task_id);
+            if completed {
+                tx.json(json!({"id": task_id, "type": "complete"})).await;
+            }
+        });
+        registry.insert(id, task.abort_handle());
+    }
+}
+
+struct Incoming {
+    kind: String,
+    id: Option<String>,
+    payload: Option<Value>,
+}
+
+fn parse(text: &str) -> Option<Incoming> {
+    let Value::Object(mut map) = serde_json::from_str::<Value>(text).ok()? else { return None };
+    let kind = map.get("type")?.as_str()?.to_string();
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => return None,
+    };
+    Some(Incoming { kind, id, payload: map.remove("payload").filter(|p| !p.is_null()) })
+}
+
+/// A GraphQL request from a `subscribe`/`start` payload.
+fn request(payload: &Value) -> Option<async_graphql::Request> {
+    let query = payload.get("query")?.as_str()?;
+    let mut req = async_graphql::Request::new(query);
+    if let Some(v @ Value::Object(_)) = payload.get("variables") {
+        req = req.variables(async_graphql::Variables::from_json(v.clone()));
+    }
+    if let Some(name) = payload.get("operationName").and_then(Value::as_str) {
+        req = req.operation_name(name);
+    }
+    Some(req)
+}
+
+/// The `errors` of a request-error body, as the `error` message's payload.
+fn errors_of(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body).ok().and_then(|mut v| v.get_mut("errors").map(Value::take)).unwrap_or_else(|| json!([{"message": "request error"}]))
+}
+
+/// Runs an operation to its end; `true` when it completed (rather than failed).
+async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req: async_graphql::Request, headers: HeaderMap) -> bool {
+    let id_json = Value::String(id.to_string()).to_string();
+    let (next, error) = match protocol {
+        Protocol::Modern => ("next", "error"),
+        Protocol::Legacy => ("data", "error"),
+    };
+    // Result bodies are JSON already: splice them in rather than re-encode.
+    let result = |body: &[u8]| format!(r#"{{"id":{id_json},"type":"{next}","payload":{}}}"#, String::from_utf8_lossy(body));
+    let failure = |body: &[u8]| json!({"id": id, "type": error, "payload": errors_of(body)}).to_string();
+    match live::prepare(state, req) {
+        Err(message) => {
+            tx.json(json!({"id": id, "type": error, "payload": [{"message": message}]})).await;
+            false
+        }
+        Ok(Prepared::Once(req)) => {
+            let done = super::execute::run(state, req, headers).await;
+            if done.request_error {
+                tx.text(failure(&done.body)).await;
+                return false;
+            }
+            tx.text(result(&done.body)).await
+        }
+        Ok(Prepared::Live { request, poll }) => {
+            let frames = live::run(state.clone(), request, headers, poll);
+            tokio::pin!(frames);
+            while let Some(frame) = frames.next().await {
+                let sent = if frame.request_error { tx.text(failure(&frame.body)).await } else { tx.text(result(&frame.body)).await };
+                if frame.request_error || !sent {
+                    return false;
+                }
+            }
+            true
+        }
+    }
+}
+
+/// WebSocket settings; flags of the binary.
+#[derive(Clone, Debug)]
+pub struct WsOptions {
+    /// How long a socket may stay open without `connection_init` (then 4408).
+    pub init_timeout: Duration,
+    /// How often the legacy protocol's `ka` is sent.
+    pub keepalive: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        WsOptions { init_timeout: Duration::from_secs(3), keepalive: Duration::from_secs(12) }
+    }
+}

@@ -1,0 +1,70 @@
+// Starts examples/testbed (a counting REST upstream + the real gateway) and talks to it.
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const bin = process.env.TESTBED_BIN ?? path.join(root, 'target/debug/examples/testbed');
+
+export async function start(flags = []) {
+  const child = spawn(bin, flags, { stdio: ['pipe', 'pipe', 'inherit'] });
+  const line = await new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`testbed exited with ${code}`)));
+    createInterface({ input: child.stdout }).once('line', resolve);
+  });
+  const { gateway, upstream } = JSON.parse(line);
+  const tb = {
+    gateway,
+    upstream,
+    graphql: `${gateway}/graphql`,
+    ws: `${gateway.replace('http', 'ws')}/graphql`,
+    async stop() {
+      child.stdin.end();
+      await new Promise((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', resolve);
+        setTimeout(() => child.kill('SIGKILL'), 3000).unref();
+      });
+    },
+    /** Requests the upstream got, by "METHOD /path": a list of times in ms. */
+    async stats() {
+      return (await fetch(`${upstream}/_stats`)).json();
+    },
+    async count(what) {
+      return ((await tb.stats())[what] ?? []).length;
+    },
+    async reset() {
+      await fetch(`${upstream}/_reset`, { method: 'POST' });
+    },
+    async bump() {
+      await fetch(`${upstream}/counter/bump`, { method: 'POST' });
+    },
+    async query(query, variables = {}, headers = {}) {
+      const res = await fetch(tb.graphql, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', accept: 'application/json', ...headers },
+        body: JSON.stringify({ query, variables }),
+      });
+      return res.json();
+    },
+  };
+  return tb;
+}
+
+/** Resolves when `predicate()` is true, checking on every call of the returned `poke`. */
+export function waitFor(predicate, what, ms = 5000) {
+  let poke;
+  const done = new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+    poke = () => {
+      if (predicate()) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+  });
+  poke();
+  return { done, poke };
+}
