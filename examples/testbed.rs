@@ -8,7 +8,8 @@
 //! `/whoami` (echoes the Authorization header), `/_stats` (requests per path, with their
 //! times in ms), `POST /_reset` (zeroes the stats).
 //!
-//! Flags: `--live-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`.
+//! Flags: `--live-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
+//! `--pad-bytes`.
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -30,7 +31,7 @@ type Message {
   text: String!
   author: User @rest(upstream: "api", path: "/users/{parent.userId}") @cache(maxAge: 60, tags: ["User:{parent.userId}"])
 }
-type Counter { value: Int! parity: String! }
+type Counter { value: Int! parity: String! pad: String! }
 type Query {
   messages(channel: String!): [Message!]!
     @rest(upstream: "api", path: "/messages/{args.channel}")
@@ -60,6 +61,8 @@ struct Data {
     counter: Arc<Mutex<i64>>,
     stats: Arc<Mutex<BTreeMap<String, Vec<u128>>>>,
     started: Arc<Mutex<Option<Instant>>>,
+    /// Bytes of padding in each `/counter` answer (`--pad-bytes`), to make big pushes.
+    pad: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -110,7 +113,7 @@ fn app(data: Data) -> Router {
             get(|State(d): State<Data>| async move {
                 d.count("GET /counter".into());
                 let v = *lock(&d.counter);
-                Json(json!({"value": v, "parity": if v % 2 == 0 { "even" } else { "odd" }}))
+                Json(json!({"value": v, "parity": if v % 2 == 0 { "even" } else { "odd" }, "pad": "x".repeat(d.pad)}))
             }),
         )
         .route(
@@ -152,7 +155,8 @@ async fn main() {
         Err(e) => return eprintln!("testbed: {e}"),
     };
     let up_addr = up.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    livegate::demo::spawn(up, app(Data::default()));
+    let pad = flag("--pad-bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
+    livegate::demo::spawn(up, app(Data { pad, ..Data::default() }));
 
     let schema = SCHEMA.replace("{up}", &format!("http://{up_addr}"));
     let plan = match livegate::plan::load("testbed.graphql", &schema, Vec::<(String, String)>::new()) {

@@ -26,6 +26,10 @@ use tokio::task::AbortHandle;
 
 pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
 
+/// Messages waiting for a socket's writer. When it is full (the client is not reading),
+/// the socket's operations wait, and their live queries conflate.
+const OUTBOX: usize = 16;
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Protocol {
     /// graphql-ws's `graphql-transport-ws`.
@@ -73,7 +77,7 @@ pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
         _ => None,
     };
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Out>(64);
+    let (tx, mut rx) = mpsc::channel::<Out>(OUTBOX);
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let (msg, last) = match out {

@@ -1,0 +1,71 @@
+// The legacy `graphql-ws` subprotocol with subscriptions-transport-ws's own client.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import pkg from 'subscriptions-transport-ws';
+import { start, waitFor } from './testbed.js';
+
+const { SubscriptionClient } = pkg;
+let tb;
+before(async () => { tb = await start(); });
+after(async () => { await tb.stop(); });
+
+function client(connectionParams = {}) {
+  return new SubscriptionClient(tb.ws, { reconnect: false, connectionParams }, WebSocket);
+}
+
+function collect(c, query, variables = {}) {
+  const results = [];
+  const waiters = [];
+  const sub = c.request({ query, variables }).subscribe({
+    next: (r) => { results.push(r); waiters.forEach((w) => w.poke()); },
+    error: (e) => { results.push({ error: e }); waiters.forEach((w) => w.poke()); },
+  });
+  return {
+    results,
+    stop: () => sub.unsubscribe(),
+    async next(n) {
+      const w = waitFor(() => results.length >= n, `result #${n}`);
+      waiters.push(w);
+      await w.done;
+      return results[n - 1];
+    },
+  };
+}
+
+test('a live query over the legacy protocol gets the value, then each change', async () => {
+  const c = client();
+  const sub = collect(c, 'subscription($c: String!) { messages(channel: $c) { text } }', { c: 'legacy' });
+  assert.deepEqual(await sub.next(1), { data: { messages: [] } });
+  await tb.query('mutation { sendMessage(channel: "legacy", text: "old school") { id } }');
+  assert.deepEqual(await sub.next(2), { data: { messages: [{ text: 'old school' }] } });
+  sub.stop();
+  c.close();
+});
+
+test('queries and mutations, and errors, over the legacy protocol', async () => {
+  const c = client({ authorization: 'Bearer legacy' });
+  const q = collect(c, '{ whoami { name } }');
+  assert.deepEqual(await q.next(1), { data: { whoami: { name: 'Bearer legacy' } } });
+  const bad = collect(c, '{ nope }');
+  const err = await bad.next(1);
+  assert.ok(err.error, JSON.stringify(err));
+  // The connection lives on.
+  const m = collect(c, 'mutation { sendMessage(channel: "l2", text: "y") { text } }');
+  assert.deepEqual(await m.next(1), { data: { sendMessage: { text: 'y' } } });
+  c.close();
+});
+
+test('the server sends ka keep-alives after the ack', async () => {
+  const ws = new WebSocket(tb.ws, 'graphql-ws');
+  const messages = [];
+  const w = waitFor(() => messages.some((m) => m.type === 'ka'), 'ka');
+  ws.on('message', (m) => { messages.push(JSON.parse(m.toString())); w.poke(); });
+  await new Promise((r) => ws.once('open', r));
+  ws.send(JSON.stringify({ type: 'connection_init', payload: {} }));
+  await w.done;
+  assert.equal(messages[0].type, 'connection_ack');
+  ws.send(JSON.stringify({ type: 'connection_terminate' }));
+  const code = await new Promise((r) => ws.on('close', r));
+  assert.equal(code, 1000);
+});
