@@ -151,4 +151,12 @@ async fn browsers_get_graphiql() {
     assert!(res.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/html")));
     let page = res.text().await.expect("page");
     assert!(page.contains("GraphiQL.createFetcher"), "{page}");
+    // Its scripts are served by the gateway itself, not a CDN.
+    assert!(!page.contains("unpkg.com"));
+    for asset in ["graphiql.min.js", "graphiql.min.css", "react.production.min.js", "react-dom.production.min.js", "graphql-ws.min.js"] {
+        assert!(page.contains(&format!("/graphiql/{asset}")), "{asset}");
+        let res = gw.client.get(format!("http://{}/graphiql/{asset}", gw.addr)).send().await.expect("asset");
+        assert_eq!(res.status(), 200, "{asset}");
+        assert!(res.bytes().await.expect("bytes").len() > 1000, "{asset}");
+    }
 }

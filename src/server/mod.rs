@@ -37,5 +37,6 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(max_body))
         .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
+        .route("/graphiql/{file}", get(graphiql::asset))
         .with_state(state)
 }
