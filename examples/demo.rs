@@ -14,6 +14,9 @@ struct Args {
     /// The schema to serve.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))]
     schema: String,
+    /// The invalidation webhook's signing secret (a demo default; set your own in production).
+    #[arg(long, env = "LIVEGATE_WEBHOOK_SECRET", default_value = "demo-secret")]
+    webhook_secret: String,
 }
 
 #[tokio::main]
@@ -65,13 +68,16 @@ async fn main() -> ExitCode {
     println!("livegate demo is up:");
     println!("  GraphQL   http://{}/graphql", args.listen);
     println!("  GraphiQL  http://{}/graphql (open in a browser)", args.listen);
+    println!("  Webhook   http://{}/hooks/invalidate (HMAC secret {:?})", args.listen, args.webhook_secret);
     for u in upstreams {
         println!("{u}");
     }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match livegate::run(listener, plan, livegate::Options::default(), shutdown).await {
+    let mut options = livegate::Options::default();
+    options.webhook.secret = Some(args.webhook_secret);
+    match livegate::run(listener, plan, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

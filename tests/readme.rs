@@ -27,13 +27,21 @@ fn tour_commands() -> Vec<String> {
     commands
 }
 
-#[tokio::test]
-async fn the_readme_tour_works_against_the_demo() {
-    // The demo upstreams on ephemeral ports, the schema pointed at them by env override.
+/// The `sh` blocks that follow `marker` in the README, each as one script.
+fn blocks_after(marker: &str, n: usize) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let section = readme.split(marker).nth(1).expect("marker in README");
+    section.split("```sh").skip(1).take(n).filter_map(|b| b.split("```").next()).map(str::to_string).collect()
+}
+
+/// The demo as `cargo run --example demo` sets it up (upstreams, schema, webhook secret),
+/// on ephemeral ports: returns the gateway's and the chat upstream's addresses.
+async fn demo() -> (String, String) {
     let chat = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let users = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let chat_addr = chat.local_addr().expect("addr").to_string();
     let env = vec![
-        ("LIVEGATE_UPSTREAM_CHAT_URL".to_string(), format!("http://{}", chat.local_addr().expect("addr"))),
+        ("LIVEGATE_UPSTREAM_CHAT_URL".to_string(), format!("http://{chat_addr}")),
         ("LIVEGATE_UPSTREAM_USERS_URL".to_string(), format!("http://{}", users.local_addr().expect("addr"))),
     ];
     livegate::demo::spawn(chat, livegate::demo::chat_app());
@@ -42,7 +50,49 @@ async fn the_readme_tour_works_against_the_demo() {
     let plan = livegate::plan::load("schema.graphql", &source, env).expect("demo schema");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(livegate::run(listener, plan, livegate::Options::default(), std::future::pending()));
+    let mut options = livegate::Options::default();
+    options.webhook.secret = Some("demo-secret".into());
+    tokio::spawn(livegate::run(listener, plan, options, std::future::pending()));
+    (addr.to_string(), chat_addr)
+}
+
+#[tokio::test]
+async fn the_readme_live_data_example_works_against_the_demo() {
+    use tokio::io::AsyncBufReadExt;
+    let (addr, chat) = demo().await;
+    let fix = |s: &str| s.replace("127.0.0.1:4000", &addr).replace("127.0.0.1:4001", &chat);
+    let blocks = blocks_after("Live data:", 2);
+    assert_eq!(blocks.len(), 2);
+    // Terminal 1: the SSE curl, as pasted, read line by line.
+    let mut sse = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(fix(&blocks[0]))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl runs");
+    let mut lines = tokio::io::BufReader::new(sse.stdout.take().expect("stdout")).lines();
+    let mut next_event = async || loop {
+        let line = lines.next_line().await.expect("read").expect("stream open");
+        if let Some(data) = line.strip_prefix("data: ") {
+            return serde_json::from_str::<Value>(data).expect("JSON event");
+        }
+    };
+    let first = next_event().await;
+    assert_eq!(first["data"]["messages"][0]["text"], "Welcome to livegate!", "{first}");
+    // Terminal 2: post upstream, then the signed webhook.
+    let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[1])).output().await.expect("sh");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#), "{stdout}");
+    let update = next_event().await;
+    let texts: Vec<&str> = update["data"]["messages"].as_array().expect("list").iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts.last(), Some(&"posted upstream"), "{update}");
+}
+
+#[tokio::test]
+async fn the_readme_tour_works_against_the_demo() {
+    let (addr, _) = demo().await;
 
     let commands = tour_commands();
     assert_eq!(commands.len(), 5, "{commands:#?}");

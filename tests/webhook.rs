@@ -55,7 +55,8 @@ async fn rejected_calls_say_why_and_invalidate_nothing() {
     let (up, gw) = setup(Some("s3cret"), Some("t0ken")).await;
     gw.query(r#"{ thing(id: "1") { id } }"#).await;
     let body = r#"{"tags": ["thing:1"]}"#;
-    let cases: Vec<(&str, Vec<(&str, String)>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (body, vec![], 401, "missing or wrong credentials"),
         (body, vec![("x-livegate-signature", sign("wrong", body))], 401, "missing or wrong credentials"),
         (body, vec![("x-livegate-signature", "sha256=zz".into())], 401, "missing or wrong credentials"),
