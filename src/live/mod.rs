@@ -125,7 +125,8 @@ impl Subscription {
     async fn step(&mut self) -> Option<Frame> {
         let hub = self.state.runtime.hub.clone();
         let generation = hub.generation();
-        let done = crate::server::execute::run(&self.state, clone_request(&self.request), self.headers.clone()).await;
+        // Boxed: an idle subscription then holds no room for an execution's state.
+        let done = Box::pin(crate::server::execute::run(&self.state, clone_request(&self.request), self.headers.clone())).await;
         if done.request_error {
             return Some(Frame { body: done.body, request_error: true });
         }

@@ -120,6 +120,10 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
             Ok(ws) => ws
                 .protocols(super::ws::PROTOCOLS)
                 .max_message_size(state.max_body)
+                // tungstenite's defaults (128 KiB each way) dominate an idle socket's
+                // memory; GraphQL messages are small, and bigger ones still fit.
+                .read_buffer_size(4 << 10)
+                .write_buffer_size(0)
                 .on_upgrade(move |socket| super::ws::serve(state, socket, headers)),
             Err(rejection) => rejection.into_response(),
         };

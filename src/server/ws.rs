@@ -347,7 +347,7 @@ async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req:
             false
         }
         Ok(Prepared::Once(req)) => {
-            let done = super::execute::run(state, req, headers).await;
+            let done = Box::pin(super::execute::run(state, req, headers)).await;
             if done.request_error {
                 tx.text(failure(&done.body)).await;
                 return false;

@@ -11,7 +11,12 @@
 //! Needs `wrk` and `taskset` (Debian: `apt-get install wrk util-linux`) and, for Tailcall,
 //! `npm` (the binary comes from the npm package `@tailcallhq/core-linux-x64-gnu@1.0.0`,
 //! installed under `bench/` on first use). Flags: `--duration SECS` (default 10),
-//! `--connections N` (default 64), `--skip-tailcall`.
+//! `--connections N` (default 64), `--skip-tailcall`, `--only http|live`.
+//!
+//! The live part ([`live`]) measures memory per idle connection and subscription, and
+//! webhook-to-push latency.
+
+mod live;
 
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -39,7 +44,8 @@ fn main() {
     let duration: u64 = flag("--duration").and_then(|d| d.parse().ok()).unwrap_or(10);
     let connections: u64 = flag("--connections").and_then(|d| d.parse().ok()).unwrap_or(64);
     let skip_tailcall = args.iter().any(|a| a == "--skip-tailcall");
-    if let Err(e) = orchestrate(duration, connections, skip_tailcall) {
+    let only = flag("--only");
+    if let Err(e) = orchestrate(duration, connections, skip_tailcall, only.as_deref()) {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }
@@ -52,6 +58,8 @@ struct Data {
     posts: Arc<Value>,
     users: Arc<Vec<Value>>,
     requests: Arc<AtomicUsize>,
+    /// Bumped by `/_bump`: post 1's title changes, for the live benchmark.
+    version: Arc<AtomicUsize>,
 }
 
 fn count(d: &Data) {
@@ -70,11 +78,20 @@ async fn upstream(port: u16) {
     let posts: Vec<Value> = (1..=100)
         .map(|i| json!({"id": i, "userId": (i - 1) / 10 + 1, "title": format!("Post number {i}"), "body": format!("The body of post {i}, a few words long.")}))
         .collect();
-    let data = Data { posts: Arc::new(Value::Array(posts)), users: Arc::new(users), requests: Arc::default() };
+    let data = Data { posts: Arc::new(Value::Array(posts)), users: Arc::new(users), requests: Arc::default(), version: Arc::default() };
     let app = Router::new()
         .route("/posts", get(|State(d): State<Data>| async move {
             count(&d);
-            cached((*d.posts).clone())
+            let mut posts = (*d.posts).clone();
+            let v = d.version.load(Ordering::Relaxed);
+            if v > 0 {
+                posts[0]["title"] = Value::String(format!("Post number 1, version {v}"));
+            }
+            cached(posts)
+        }))
+        .route("/_bump", get(|State(d): State<Data>| async move {
+            d.version.fetch_add(1, Ordering::Relaxed);
+            "ok"
         }))
         .route("/users/{id}", get(|State(d): State<Data>, Path(id): Path<usize>| async move {
             count(&d);
@@ -162,7 +179,11 @@ fn graphql(url: &str, query: &str) -> Result<Value> {
 }
 
 fn upstream_requests(up: u16) -> Result<u64> {
-    let v: Value = serde_json::from_str(&http("GET", &format!("http://127.0.0.1:{up}/_stats"), None)?).map_err(|e| e.to_string())?;
+    upstream_requests_url(&format!("http://127.0.0.1:{up}"))
+}
+
+fn upstream_requests_url(up: &str) -> Result<u64> {
+    let v: Value = serde_json::from_str(&http("GET", &format!("{up}/_stats"), None)?).map_err(|e| e.to_string())?;
     v["requests"].as_u64().ok_or_else(|| "no count".to_string())
 }
 
@@ -247,18 +268,32 @@ struct Row {
     rss_mib: Option<f64>,
 }
 
-fn orchestrate(duration: u64, connections: u64, skip_tailcall: bool) -> Result<()> {
+fn orchestrate(duration: u64, connections: u64, skip_tailcall: bool, only: Option<&str>) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = std::env::temp_dir().join(format!("livegate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let livegate = livegate_binary(&root)?;
-    let tailcall = if skip_tailcall { None } else { Some(tailcall_binary(&root)?) };
+    let tailcall = if skip_tailcall || only == Some("live") { None } else { Some(tailcall_binary(&root)?) };
 
     let up_port = free_port()?;
     let up_arg = up_port.to_string();
     let _upstream = start("upstream", &[&me.to_string_lossy(), "--role", "upstream", "--port", &up_arg], up_port, &work)?;
     let up_url = format!("http://127.0.0.1:{up_port}");
+    if only != Some("live") {
+        http_part(&livegate, tailcall.as_deref(), &work, up_port, &up_url, duration, connections)?;
+    }
+    if only != Some("http") {
+        println!("\n## Live\n\n{}", live::run(&livegate, &work, &up_url)?);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// Cache-hit query throughput through each gateway and straight against the upstream.
+fn http_part(livegate: &FsPath, tailcall: Option<&FsPath>, work: &FsPath, up_port: u16, up_url: &str, duration: u64, connections: u64) -> Result<()> {
+    let work = work.to_path_buf();
+    let up_url = up_url.to_string();
 
     let mut rows = Vec::new();
     let mut cold = Vec::new();
@@ -308,7 +343,7 @@ type User {{ id: Int! name: String! username: String! email: String! }}
             lg_port2,
         ),
     ];
-    if let Some(tc) = &tailcall {
+    if let Some(tc) = tailcall {
         let tc_port = free_port()?;
         let config = work.join("tailcall.graphql");
         std::fs::write(
@@ -393,6 +428,5 @@ type User {{ id: Int! name: String! username: String! email: String! }}
     for (name, n, during) in cold {
         println!("| {name} | {n} | {during} |");
     }
-    let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

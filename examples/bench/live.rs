@@ -1,0 +1,205 @@
+//! The live part of the benchmark: memory per idle WebSocket connection and per idle live
+//! subscription (RSS delta of the gateway process divided by the count), and the latency
+//! from an invalidation webhook to the 1st, median and last subscriber's push.
+//!
+//! The clients (tokio-tungstenite, graphql-transport-ws) run in this process, pinned to
+//! core 1; the gateway is the `livegate` binary on core 0.
+
+use crate::{free_port, http, start, Result};
+use futures_util::{SinkExt, StreamExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const SELECTION: &str = "subscription { posts { id title } }";
+
+/// Receipt times of `next` messages for the current round.
+#[derive(Default)]
+struct Round {
+    times: Mutex<Vec<Instant>>,
+    progress: Notify,
+}
+
+struct Fleet {
+    round: Arc<Round>,
+    writers: Vec<tokio::sync::mpsc::Sender<String>>,
+}
+
+/// Opens `connections` graphql-transport-ws sockets, each acknowledged.
+async fn connect(url: &str, connections: usize) -> Result<Fleet> {
+    let round = Arc::new(Round::default());
+    let mut writers = Vec::new();
+    for _ in 0..connections {
+        let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+        req.headers_mut().insert("sec-websocket-protocol", tokio_tungstenite::tungstenite::http::HeaderValue::from_static("graphql-transport-ws"));
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::text(r#"{"type":"connection_init"}"#)).await.map_err(|e| e.to_string())?;
+        match stream.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("connection_ack") => {}
+            other => return Err(format!("no ack: {other:?}")),
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(Message::text(m)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let r = round.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                if let Message::Text(t) = msg {
+                    // The gateway writes `{"id":…,"type":"next",…`: no need to parse 4 kB.
+                    if t.as_str().get(..40).is_some_and(|head| head.contains(r#""type":"next""#)) {
+                        r.times.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                        r.progress.notify_one();
+                    }
+                }
+            }
+        });
+        writers.push(tx);
+    }
+    Ok(Fleet { round, writers })
+}
+
+impl Fleet {
+    /// Subscribes `per_connection` live queries on every socket and waits for all first results.
+    async fn subscribe(&self, per_connection: usize) -> Result<()> {
+        let total = self.writers.len() * per_connection;
+        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for (c, w) in self.writers.iter().enumerate() {
+            for s in 0..per_connection {
+                let msg = serde_json::json!({"id": format!("{c}-{s}"), "type": "subscribe", "payload": {"query": SELECTION}});
+                w.send(msg.to_string()).await.map_err(|e| e.to_string())?;
+            }
+        }
+        self.wait(total, Instant::now()).await.map(|_| ())
+    }
+
+    /// Waits until `n` results arrived this round; their latencies from `t0`, sorted.
+    async fn wait(&self, n: usize, t0: Instant) -> Result<Vec<Duration>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            {
+                let times = self.round.times.lock().unwrap_or_else(|p| p.into_inner());
+                if times.len() >= n {
+                    let mut lat: Vec<Duration> = times.iter().map(|t| t.saturating_duration_since(t0)).collect();
+                    lat.sort();
+                    return Ok(lat);
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("only {} of {n} results within 60 s", self.round.times.lock().map(|t| t.len()).unwrap_or(0)));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.round.progress.notified()).await;
+        }
+    }
+
+    /// One change: bump the upstream, then time the webhook → every push.
+    async fn change(&self, n: usize, gateway: &str, upstream: &str) -> Result<Vec<Duration>> {
+        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        http("GET", &format!("{upstream}/_bump"), None)?;
+        let t0 = Instant::now();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-X", "POST", &format!("{gateway}/hooks/invalidate"), "-H", "authorization: Bearer bench", "-d", r#"{"tags":["posts"]}"#])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !String::from_utf8_lossy(&out.stdout).contains("\"invalidated\"") {
+            return Err(format!("webhook: {}", String::from_utf8_lossy(&out.stdout)));
+        }
+        self.wait(n, t0).await
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs both measurements; returns Markdown.
+pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
+    // The clients share core 1 with nothing else.
+    let _ = std::process::Command::new("taskset").args(["-p", "-c", "1", &std::process::id().to_string()]).output();
+    let schema = work.join("live.graphql");
+    std::fs::write(
+        &schema,
+        format!(
+            r#"extend schema @upstream(name: "jp", url: "{up_url}")
+type Query {{ posts: [Post!]! @rest(upstream: "jp", path: "/posts") @cache(maxAge: 3600, tags: ["posts"]) }}
+type Subscription {{ posts: [Post!]! @live }}
+type Post {{ id: Int! userId: Int! title: String! body: String! }}
+"#
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    http("GET", &format!("{up_url}/_reset"), None)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+    let mut out = String::new();
+
+    // Memory: 1,000 idle connections, then 10 live subscriptions on each.
+    {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen, "--webhook-token", "bench"];
+        let gw = start("livegate", &args, port, work)?;
+        let url = format!("ws://{listen}/graphql");
+        crate::graphql(&format!("http://{listen}/graphql"), "{ posts { id } }")?;
+        let base = gw.rss_mib().unwrap_or(f64::NAN);
+        let (conns, per) = (1000usize, 10usize);
+        let (after_conns, after_subs, lat10k) = rt.block_on(async {
+            let fleet = connect(&url, conns).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after_conns = gw.rss_mib().unwrap_or(f64::NAN);
+            fleet.subscribe(per).await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after_subs = gw.rss_mib().unwrap_or(f64::NAN);
+            let lat = fleet.change(conns * per, &format!("http://{listen}"), up_url).await?;
+            Ok::<_, String>((after_conns, after_subs, lat))
+        })?;
+        let per_conn_kib = (after_conns - base) * 1024.0 / conns as f64;
+        let per_sub_kib = (after_subs - after_conns) * 1024.0 / (conns * per) as f64;
+        out.push_str(&format!(
+            "| gateway RSS | MiB |\n|---|---:|\n| at start (schema loaded, one query run) | {base:.1} |\n| + {conns} idle WebSocket connections | {after_conns:.1} |\n| + {} idle live subscriptions (10 per connection) | {after_subs:.1} |\n\n",
+            conns * per
+        ));
+        out.push_str(&format!("Per idle connection: **{per_conn_kib:.1} KiB**; per idle live subscription: **{per_sub_kib:.1} KiB**.\n\n"));
+        out.push_str(&format!(
+            "One webhook invalidation with {} subscribers: 1st push {:.1} ms, median {:.1} ms, last {:.1} ms.\n\n",
+            conns * per,
+            ms(lat10k[0]),
+            ms(lat10k[lat10k.len() / 2]),
+            ms(lat10k[lat10k.len() - 1])
+        ));
+    }
+
+    // Latency: 1,000 subscribers (100 connections × 10), five rounds.
+    {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen, "--webhook-token", "bench"];
+        let _gw = start("livegate", &args, port, work)?;
+        let url = format!("ws://{listen}/graphql");
+        let rounds = rt.block_on(async {
+            let fleet = connect(&url, 100).await?;
+            fleet.subscribe(10).await?;
+            let mut rounds = Vec::new();
+            for _ in 0..5 {
+                rounds.push(fleet.change(1000, &format!("http://{listen}"), up_url).await?);
+            }
+            Ok::<_, String>(rounds)
+        })?;
+        out.push_str("| webhook → push, 1,000 subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");
+        for (i, lat) in rounds.iter().enumerate() {
+            out.push_str(&format!("| round {} | {:.1} | {:.1} | {:.1} |\n", i + 1, ms(lat[0]), ms(lat[lat.len() / 2]), ms(lat[lat.len() - 1])));
+        }
+        let upstream_requests = crate::upstream_requests_url(up_url)?;
+        out.push_str(&format!(
+            "\nUpstream requests over the whole live benchmark (2 gateways, 11,000 subscribers, 6 invalidations): {upstream_requests} — one per gateway start and one per invalidation.\n"
+        ));
+    }
+    Ok(out)
+}
