@@ -82,16 +82,22 @@ impl Deps {
         let mut inner = self.lock();
         Gathered {
             stamps: inner.stamps.take(),
-            keys: Arc::new(std::mem::take(&mut inner.keys)),
-            root: inner.root.take(),
+            read: Arc::new(Read { keys: std::mem::take(&mut inner.keys), root: inner.root.take() }),
         }
     }
+}
+
+/// What an execution read, as the live hub needs it.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub keys: Vec<Dep>,
+    /// The root field's entry and how to fetch it again.
+    pub root: Option<RootFetch>,
 }
 
 /// What [`Deps::take`] hands over.
 #[derive(Clone, Debug)]
 pub struct Gathered {
     pub stamps: Option<Vec<Stamp>>,
-    pub keys: Arc<Vec<Dep>>,
-    pub root: Option<RootFetch>,
+    pub read: Arc<Read>,
 }

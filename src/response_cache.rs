@@ -11,7 +11,7 @@
 //! the executor for repeated queries, which is most of a cache hit's cost.
 
 use crate::cache::{CacheKey, Stamp};
-use crate::deps::{Dep, Gathered, RootFetch};
+use crate::deps::{Gathered, Read};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
@@ -20,15 +20,13 @@ use std::time::Duration;
 struct Cached {
     body: Bytes,
     deps: Vec<Stamp>,
-    keys: Arc<Vec<Dep>>,
-    root: Option<RootFetch>,
+    read: Arc<Read>,
 }
 
 /// A reusable response and what it was built from.
 pub struct Hit {
     pub body: Bytes,
-    pub keys: Arc<Vec<Dep>>,
-    pub root: Option<RootFetch>,
+    pub read: Arc<Read>,
 }
 
 pub struct ResponseCache {
@@ -74,7 +72,7 @@ impl ResponseCache {
         let entries = self.entries.as_ref()?;
         let cached = entries.get(key)?;
         if cached.deps.iter().all(Stamp::is_current) {
-            Some(Hit { body: cached.body.clone(), keys: cached.keys.clone(), root: cached.root.clone() })
+            Some(Hit { body: cached.body.clone(), read: cached.read.clone() })
         } else {
             entries.invalidate(key);
             None
@@ -84,7 +82,7 @@ impl ResponseCache {
     /// Stores a response built from `deps`, unless something in it could not be vouched for.
     pub fn put(&self, key: CacheKey, body: Bytes, gathered: &Gathered) {
         if let (Some(entries), Some(deps)) = (self.entries.as_ref(), gathered.stamps.clone()) {
-            let cached = Cached { body, deps, keys: gathered.keys.clone(), root: gathered.root.clone() };
+            let cached = Cached { body, deps, read: gathered.read.clone() };
             entries.insert(key, Arc::new(cached));
         }
     }

@@ -130,8 +130,8 @@ impl Subscription {
         if done.request_error {
             return Some(Frame { body: done.body, request_error: true });
         }
-        hub.watch(self.id, &self.notify, &done.keys);
-        if let (Some(every), Some(root)) = (self.poll, done.root.clone()) {
+        hub.watch(self.id, &self.notify, &done.read.keys);
+        if let (Some(every), Some(root)) = (self.poll, done.read.root.clone()) {
             hub.poll(root, every);
         }
         // A change may have landed while we ran, before we were watching: look again

@@ -3,7 +3,8 @@
 //! (the live hub watches those entries).
 
 use super::AppState;
-use crate::deps::{Dep, Deps, RootFetch};
+use crate::cache::CacheKey;
+use crate::deps::{Deps, Read};
 use crate::resolve::ClientHeaders;
 use bytes::Bytes;
 use http::HeaderMap;
@@ -17,16 +18,28 @@ pub struct Executed {
     /// Parse or validation failure: nothing was executed.
     pub request_error: bool,
     /// The cache entries the result was built from.
-    pub keys: Arc<Vec<Dep>>,
-    /// The root field's entry and how to fetch it again.
-    pub root: Option<RootFetch>,
+    pub read: Arc<Read>,
 }
 
-pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderMap) -> Executed {
-    let key = state.responses.key(&req, &headers);
-    if let Some(hit) = key.as_ref().and_then(|k| state.responses.get(k)) {
-        return Executed { body: hit.body, request_error: false, keys: hit.keys, root: hit.root };
+/// A stored response for `req`, if one is current; else the key to store it under.
+pub fn lookup(state: &AppState, req: &async_graphql::Request, headers: &HeaderMap) -> Result<Executed, Option<CacheKey>> {
+    let key = state.responses.key(req, headers);
+    match key.as_ref().and_then(|k| state.responses.get(k)) {
+        Some(hit) => Ok(Executed { body: hit.body, request_error: false, read: hit.read }),
+        None => Err(key),
     }
+}
+
+/// Runs `req`, from the response cache when it can.
+pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderMap) -> Executed {
+    match lookup(state, &req, &headers) {
+        Ok(hit) => hit,
+        Err(key) => execute(state, req, headers, key).await,
+    }
+}
+
+/// Executes `req`, and stores the response under `key` when it may be reused.
+pub async fn execute(state: &AppState, req: async_graphql::Request, headers: HeaderMap, key: Option<CacheKey>) -> Executed {
     let deps = Arc::new(Deps::default());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;
@@ -50,5 +63,5 @@ pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderM
             state.responses.put(key, body.clone(), &gathered);
         }
     }
-    Executed { body, request_error, keys: gathered.keys, root: gathered.root }
+    Executed { body, request_error, read: gathered.read }
 }

@@ -167,6 +167,11 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if sse {
         return super::sse::respond(state, req, headers).await;
     }
+    // A stored response is a query's: serve it before parsing anything.
+    let key = match super::execute::lookup(&state, &req, &headers) {
+        Ok(hit) => return respond(StatusCode::OK, media, hit.body),
+        Err(key) => key,
+    };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     match operation_type(&req) {
         Some(OperationType::Subscription) => return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE),
@@ -177,7 +182,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         }
         _ => {}
     }
-    execute(&state, req, media, headers).await
+    execute(&state, req, media, headers, key).await
 }
 
 const SUBSCRIPTIONS_ELSEWHERE: &str =
@@ -215,10 +220,14 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
     if sse {
         return super::sse::respond(state, req, headers).await;
     }
+    let key = match super::execute::lookup(&state, &req, &headers) {
+        Ok(hit) => return respond(StatusCode::OK, media, hit.body),
+        Err(key) => key,
+    };
     if operation_type(&req) == Some(OperationType::Subscription) {
         return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE);
     }
-    execute(&state, req, media, headers).await
+    execute(&state, req, media, headers, key).await
 }
 
 pub async fn method_not_allowed(method: Method) -> Response {
@@ -236,8 +245,8 @@ fn operation_type(req: &async_graphql::Request) -> Option<OperationType> {
     }
 }
 
-async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap) -> Response {
-    let done = super::execute::run(state, req, headers).await;
+async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap, key: Option<crate::cache::CacheKey>) -> Response {
+    let done = super::execute::execute(state, req, headers, key).await;
     let status = if done.request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     respond(status, media, done.body)
 }
