@@ -69,3 +69,25 @@ test('the server sends ka keep-alives after the ack', async () => {
   const code = await new Promise((r) => ws.on('close', r));
   assert.equal(code, 1000);
 });
+
+test('stop ends a legacy operation: no more data for its id', async () => {
+  const ws = new WebSocket(tb.ws, 'graphql-ws');
+  const inbox = [];
+  let wake = () => {};
+  ws.on('message', (m) => { const msg = JSON.parse(m.toString()); if (msg.type !== 'ka') { inbox.push(msg); wake(); } });
+  const next = async () => { while (inbox.length === 0) await new Promise((r) => { wake = r; }); return inbox.shift(); };
+  await new Promise((r) => ws.once('open', r));
+  ws.send(JSON.stringify({ type: 'connection_init' }));
+  assert.equal((await next()).type, 'connection_ack');
+  ws.send(JSON.stringify({ id: 'a', type: 'start', payload: { query: 'subscription { counter { value } }' } }));
+  const first = await next();
+  assert.equal(first.type, 'data');
+  ws.send(JSON.stringify({ id: 'a', type: 'stop' }));
+  ws.send(JSON.stringify({ id: 'b', type: 'start', payload: { query: 'subscription { counter { value } }' } }));
+  assert.equal((await next()).id, 'b');
+  await tb.bump();
+  const update = await next();
+  assert.deepEqual([update.id, update.type], ['b', 'data'], 'nothing more for the stopped operation');
+  assert.equal(update.payload.data.counter.value, first.payload.data.counter.value + 2);
+  ws.close();
+});
