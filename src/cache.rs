@@ -313,6 +313,24 @@ impl Cache {
         self.insert(key, policy, value, size, None)
     }
 
+    /// Replaces the value under `key` and keeps the entry's age, policy and tags: a value
+    /// patched from a stream expires when the fetched one would have. `false` when there is
+    /// no live entry to patch (the caller refetches instead).
+    pub fn patch(&self, key: CacheKey, value: Arc<Value>) -> bool {
+        let Some(old) = self.inner.entries.get(&key) else { return false };
+        if old.dead.load(Ordering::Acquire) || old.stored.elapsed() >= old.policy.max_age + old.policy.swr {
+            return false;
+        }
+        let entry = Arc::new(Entry { value, stored: old.stored, policy: old.policy.clone(), size: old.size, dead: AtomicBool::new(false) });
+        old.dead.store(true, Ordering::Release);
+        self.inner.entries.insert(key, entry.clone());
+        let mut st = lock(&self.inner.state);
+        for tag in &entry.policy.tags {
+            st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
+        }
+        true
+    }
+
     /// The fresh value under `key`, without fetching.
     pub fn peek(&self, key: &CacheKey) -> Option<(Arc<Value>, Stamp)> {
         let e = self.inner.entries.get(key)?;

@@ -25,6 +25,10 @@ pub struct RootFetch {
     pub key: CacheKey,
     pub policy: Policy,
     pub fetch: FetchFn,
+    /// `@updates` on the field, with its `when` rendered for these arguments.
+    pub updates: Option<(Arc<crate::plan::UpdatesPlan>, Vec<(String, String)>)>,
+    /// Whether a value fits the field's type (a patch must, to be stored).
+    pub fits: Arc<dyn Fn(&Value) -> bool + Send + Sync>,
 }
 
 impl std::fmt::Debug for RootFetch {

@@ -53,8 +53,10 @@ pub struct Options {
     pub max_request_body: usize,
     /// How long a batched field waits for its siblings before sending the batch.
     pub batch_window: Duration,
-    /// How long a polled live entry keeps polling after its last subscriber left.
+    /// How long a polled (or stream-fed) live entry is kept up after its last subscriber left.
     pub live_grace: Duration,
+    /// How long an upstream WebSocket stays open after its last user left.
+    pub socket_grace: Duration,
     pub limits: schema::QueryLimits,
     pub ws: server::ws::WsOptions,
     pub webhook: server::webhook::WebhookOptions,
@@ -70,6 +72,7 @@ impl Default for Options {
             max_request_body: 1 << 20,
             batch_window: Duration::from_millis(1),
             live_grace: Duration::from_secs(60),
+            socket_grace: Duration::from_secs(60),
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
             webhook: Default::default(),
@@ -93,7 +96,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     let plan = Arc::new(plan);
     let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body);
     let cache = cache::Cache::new(options.cache_bytes);
-    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace));
+    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace, options.socket_grace));
     let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
     let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];

@@ -40,9 +40,12 @@ struct Cli {
     /// How long a `batchKey` field waits for its siblings, in milliseconds.
     #[arg(long, env = "LIVEGATE_BATCH_WINDOW_MS", default_value_t = 1)]
     batch_window_ms: u64,
-    /// How long a polled live query keeps polling after its last subscriber left, in ms.
+    /// How long a polled or @updates-fed live query is kept up after its last subscriber left, in ms.
     #[arg(long, env = "LIVEGATE_LIVE_GRACE_MS", default_value_t = 60_000)]
     live_grace_ms: u64,
+    /// How long an upstream WebSocket (for @updates, @stream) stays open after its last user left, in ms.
+    #[arg(long, env = "LIVEGATE_SOCKET_GRACE_MS", default_value_t = 60_000)]
+    socket_grace_ms: u64,
     /// How long a WebSocket may stay open without `connection_init`, in ms (then 4408).
     #[arg(long, env = "LIVEGATE_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
     ws_init_timeout_ms: u64,
@@ -133,6 +136,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         max_request_body: cli.max_request_body,
         batch_window: Duration::from_millis(cli.batch_window_ms),
         live_grace: Duration::from_millis(cli.live_grace_ms),
+        socket_grace: Duration::from_millis(cli.socket_grace_ms),
         limits: livegate::schema::QueryLimits { max_depth: cli.max_depth, max_complexity: cli.max_complexity },
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),

@@ -6,7 +6,7 @@ use crate::config::TypeRef;
 use crate::plan::{ArgPlan, TypePlanKind};
 use crate::resolve::{self, Runtime};
 use async_graphql::dynamic::{
-    Enum, Field, FieldFuture, InputObject, InputValue, Object, Scalar, Schema, SchemaError,
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema, SchemaError,
     Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef as DynTypeRef,
 };
 use std::sync::Arc;
@@ -48,6 +48,14 @@ fn input_value(a: &ArgPlan) -> InputValue {
     v
 }
 
+/// An event stream's items, as the executor's lifetime wants them.
+fn widen<'a>(
+    s: impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'a,
+) -> impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'a>>> + Send + 'a {
+    use futures_util::StreamExt;
+    s.map(|r| r.map(|v| -> FieldValue<'a> { v }))
+}
+
 /// Builds the schema; its errors (which a valid Plan should not produce) are reported
 /// like configuration errors by the caller.
 pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaError> {
@@ -58,16 +66,20 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
     for t in plan.types.values() {
         builder = match &t.kind {
             TypePlanKind::Object { fields } if plan.subscription.as_deref() == Some(t.name.as_str()) => {
-                // Live operations never reach the executor as subscriptions: the transports
-                // run them as queries (see `live`). The type is here for validation and
-                // introspection (GraphiQL needs it).
+                // `@stream` fields are executor subscriptions: each event is an upstream
+                // message. `@live` fields never reach the executor as subscriptions (the
+                // transports run them as queries, see `live`); they are here for validation
+                // and introspection (GraphiQL needs them).
                 let mut sub = Subscription::new(t.name.clone());
                 for f in fields {
-                    let mut out = SubscriptionField::new(f.name.clone(), type_ref(&f.ty), |_| {
-                        SubscriptionFieldFuture::new(async {
-                            Err::<futures_util::stream::Empty<async_graphql::Result<async_graphql::Value>>, _>(
-                                async_graphql::Error::new("subscriptions are served over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events"),
-                            )
+                    let field = f.clone();
+                    let rt = rt.clone();
+                    let mut out = SubscriptionField::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
+                        let events = field.stream.as_ref().map(|source| widen(resolve::stream::events(&rt, &field, source, &ctx)));
+                        SubscriptionFieldFuture::new(async move {
+                            events.ok_or_else(|| {
+                                async_graphql::Error::new("live queries are served over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events")
+                            })
                         })
                     });
                     for a in &f.args {

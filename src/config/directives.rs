@@ -382,6 +382,66 @@ pub fn live(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Posit
     Some(Positioned::new(LiveDirective { poll_ms }, d.pos))
 }
 
+/// Where upstream WebSocket messages come from and which ones count: shared by
+/// `@updates` and `@stream`.
+#[derive(Debug, Clone)]
+pub struct SourceDirective {
+    pub upstream: Positioned<String>,
+    pub path: Positioned<String>,
+    /// Payload field → template its value must equal.
+    pub when: Vec<(Positioned<String>, Positioned<String>)>,
+    /// Dotted path of the payload inside each message.
+    pub select: Option<Positioned<String>>,
+}
+
+/// `@updates(upstream, path, when, apply, key, select)` on a Query field.
+#[derive(Debug, Clone)]
+pub struct UpdatesDirective {
+    pub source: SourceDirective,
+    pub apply: Positioned<String>,
+    pub key: Option<Positioned<String>>,
+}
+
+pub const APPLY_MODES: [&str; 7] = ["APPEND", "PREPEND", "UPSERT", "MERGE", "REPLACE", "REMOVE", "REFETCH"];
+
+fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
+    let upstream = r.required_string("upstream");
+    let path = r.required_string("path");
+    let select = r.string("select");
+    let mut when = Vec::new();
+    if let Some(v) = r.get("when") {
+        match &v.node {
+            ConstValue::Object(map) => {
+                for (k, val) in map {
+                    match val {
+                        ConstValue::String(s) => when.push((Positioned::new(k.to_string(), v.pos), Positioned::new(s.clone(), v.pos))),
+                        other => r.wrong(v.pos, "when", "an object of strings", other),
+                    }
+                }
+            }
+            other => r.wrong(v.pos, "when", "an object of strings, like {channel: \"{args.channel}\"}", other),
+        }
+    }
+    Some(SourceDirective { upstream: upstream?, path: path?, when, select })
+}
+
+pub fn updates(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<UpdatesDirective>> {
+    let mut r = ArgReader::new(d, &["upstream", "path", "when", "apply", "key", "select"], errors);
+    if r.get("apply").is_none() {
+        r.missing("apply", &format!("one of {}", APPLY_MODES.join(", ")));
+    }
+    let apply = r.enum_value("apply", &APPLY_MODES);
+    let key = r.string("key");
+    let source = source(&mut r);
+    Some(Positioned::new(UpdatesDirective { source: source?, apply: apply?, key }, d.pos))
+}
+
+/// `@stream(upstream, path, when, select)` on a Subscription field.
+pub fn stream(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<SourceDirective>> {
+    let mut r = ArgReader::new(d, &["upstream", "path", "when", "select"], errors);
+    source(&mut r).map(|s| Positioned::new(s, d.pos))
+}
+
 /// `@deprecated(reason)`, the one built-in directive a field may carry.
 pub fn deprecated(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<String> {
     let mut r = ArgReader::new(d, &["reason"], errors);

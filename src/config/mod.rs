@@ -18,7 +18,7 @@ use async_graphql_value::ConstValue;
 
 pub use directives::{
     CacheDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective, RestDirective,
-    Scope, UpstreamDirective,
+    Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
 };
 
 /// A positioned error of the configuration stages. `Display` gives
@@ -136,6 +136,8 @@ pub struct FieldConfig {
     pub cache: Option<Positioned<CacheDirective>>,
     pub invalidates: Option<Positioned<InvalidatesDirective>>,
     pub live: Option<Positioned<LiveDirective>>,
+    pub updates: Option<Positioned<UpdatesDirective>>,
+    pub stream: Option<Positioned<SourceDirective>>,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +317,8 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         cache: None,
         invalidates: None,
         live: None,
+        updates: None,
+        stream: None,
     };
     for d in &def.directives {
         let name = d.node.name.node.as_str();
@@ -342,11 +346,21 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
                 Some(l) => out.live = Some(l),
                 None => {}
             },
+            "updates" => match directives::updates(d, errors) {
+                Some(_) if out.updates.is_some() => dup(errors),
+                Some(u) => out.updates = Some(u),
+                None => {}
+            },
+            "stream" => match directives::stream(d, errors) {
+                Some(_) if out.stream.is_some() => dup(errors),
+                Some(st) => out.stream = Some(st),
+                None => {}
+            },
             "deprecated" => out.deprecated = Some(directives::deprecated(d, errors)),
             other => errors.push(
                 d.pos,
                 format!(
-                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @live, @deprecated"
+                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"
                 ),
             ),
         }

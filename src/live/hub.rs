@@ -6,6 +6,9 @@
 
 use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, RootFetch};
+use crate::upstream::ws::{Event, Sockets};
+use std::sync::atomic::AtomicBool;
+use tokio::sync::broadcast::error::RecvError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,6 +22,7 @@ struct KeyEntry {
     subs: HashMap<SubId, Arc<Notify>>,
     tags: Vec<Tag>,
     polled: bool,
+    fed: bool,
 }
 
 #[derive(Default)]
@@ -32,7 +36,7 @@ struct State {
 impl State {
     /// Forgets a key nobody watches or polls any more.
     fn tidy(&mut self, key: &CacheKey) {
-        let idle = self.keys.get(key).is_some_and(|k| k.subs.is_empty() && !k.polled);
+        let idle = self.keys.get(key).is_some_and(|k| k.subs.is_empty() && !k.polled && !k.fed);
         if idle {
             if let Some(entry) = self.keys.remove(key) {
                 for tag in &entry.tags {
@@ -51,6 +55,7 @@ impl State {
 pub struct Hub {
     state: Mutex<State>,
     cache: Cache,
+    sockets: Arc<Sockets>,
     /// How long a poller keeps going after its last subscriber left.
     grace: Duration,
     next_sub: AtomicU64,
@@ -61,10 +66,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(cache: Cache, grace: Duration) -> Arc<Hub> {
+    pub fn new(cache: Cache, grace: Duration, sockets: Arc<Sockets>) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::default(),
             cache,
+            sockets,
             grace,
             next_sub: AtomicU64::new(1),
             generation: AtomicU64::new(0),
@@ -155,6 +161,109 @@ impl Hub {
         self.pollers_started.load(Ordering::Relaxed)
     }
 
+    /// Whether `key` has had no subscribers for the grace period; if so, `release` its
+    /// keeper's mark and forget the key. `idle_since` is the keeper's own record.
+    fn unused_for_grace(&self, key: &CacheKey, idle_since: &mut Option<tokio::time::Instant>, release: impl FnOnce(&mut KeyEntry)) -> bool {
+        let mut st = self.lock();
+        let watched = st.keys.get(key).is_some_and(|k| !k.subs.is_empty());
+        if watched {
+            *idle_since = None;
+            return false;
+        }
+        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < self.grace {
+            return false;
+        }
+        if let Some(entry) = st.keys.get_mut(key) {
+            release(entry);
+        }
+        st.tidy(key);
+        true
+    }
+
+    /// Makes sure `root`'s entry is fed by its `@updates` socket while it is in use: each
+    /// matching message patches the cached value (or, for REFETCH, refetches it once,
+    /// however many arrive meanwhile), and a reconnect or lost messages refetch. Stops
+    /// `grace` after the entry's last subscriber has gone (and with it, its socket tap).
+    pub fn feed(self: &Arc<Self>, root: RootFetch) {
+        let Some((plan, when)) = root.updates.clone() else { return };
+        {
+            let mut st = self.lock();
+            let entry = st.keys.entry(root.key).or_default();
+            if entry.fed {
+                return;
+            }
+            entry.fed = true;
+        }
+        let mut tap = self.sockets.tap(&plan.source.upstream, &plan.source.path);
+        let hub = Arc::downgrade(self);
+        let refetching = Arc::new(AtomicBool::new(false));
+        tokio::spawn(async move {
+            let refetch = |hub: &Arc<Hub>| {
+                if refetching.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+                let (hub, root, flag) = (hub.clone(), root.clone(), refetching.clone());
+                tokio::spawn(async move {
+                    match (root.fetch)().await {
+                        Ok((value, size)) => {
+                            hub.cache.store(root.key, root.policy.clone(), Arc::new(value), size);
+                            hub.changed(&[root.key]);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "refetch for @updates failed"),
+                    }
+                    flag.store(false, Ordering::Release);
+                });
+            };
+            let mut idle_since = None;
+            let grace = hub.upgrade().map(|h| h.grace).unwrap_or_default();
+            let mut tick = tokio::time::interval((grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+            loop {
+                let event = tokio::select! {
+                    _ = tick.tick() => None,
+                    e = tap.rx.recv() => Some(e),
+                };
+                let Some(hub) = hub.upgrade() else { return };
+                match event {
+                    None => {
+                        if hub.unused_for_grace(&root.key, &mut idle_since, |e| e.fed = false) {
+                            tracing::debug!(key = ?root.key, "@updates feeder stopped");
+                            return;
+                        }
+                    }
+                    Some(Ok(Event::Message(m))) => {
+                        let Some(payload) = super::patch::pick(&m, &plan.source.select) else { continue };
+                        if !super::patch::matches(payload, &when) {
+                            continue;
+                        }
+                        if plan.apply == crate::plan::Apply::Refetch {
+                            refetch(&hub);
+                            continue;
+                        }
+                        let Some((current, _)) = hub.cache.peek(&root.key) else {
+                            // Nothing fresh to patch: fetch it instead.
+                            refetch(&hub);
+                            continue;
+                        };
+                        if let Some(next) = super::patch::apply(&current, payload, plan.apply, plan.key.as_deref()) {
+                            if !(root.fits)(&next) {
+                                tracing::warn!(key = ?root.key, "patched value would not fit the field's type; message skipped");
+                                continue;
+                            }
+                            if hub.cache.patch(root.key, Arc::new(next)) {
+                                hub.changed(&[root.key]);
+                            } else {
+                                refetch(&hub);
+                            }
+                        }
+                    }
+                    Some(Ok(Event::Reconnected)) | Some(Err(RecvError::Lagged(_))) => refetch(&hub),
+                    Some(Err(RecvError::Closed)) => return,
+                }
+            }
+        });
+    }
+
     /// Makes sure `root`'s entry is polled every `every`: one poller per entry, whoever
     /// asks. It refetches, and when the value differs from the last one it stores it and
     /// wakes the entry's subscribers; it stops `grace` after the entry's last subscriber
@@ -179,20 +288,9 @@ impl Hub {
                 if last.is_none() {
                     last = hub.cache.peek(&root.key).map(|(v, _)| v);
                 }
-                let watched = hub.subscribers(&root.key) > 0;
-                match (watched, idle_since) {
-                    (true, _) => idle_since = None,
-                    (false, None) => idle_since = Some(tokio::time::Instant::now()),
-                    (false, Some(since)) if since.elapsed() >= hub.grace => {
-                        let mut st = hub.lock();
-                        if let Some(entry) = st.keys.get_mut(&root.key) {
-                            entry.polled = false;
-                        }
-                        st.tidy(&root.key);
-                        tracing::debug!(key = ?root.key, "poller stopped");
-                        return;
-                    }
-                    (false, Some(_)) => {}
+                if hub.unused_for_grace(&root.key, &mut idle_since, |e| e.polled = false) {
+                    tracing::debug!(key = ?root.key, "poller stopped");
+                    return;
                 }
                 match (root.fetch)().await {
                     Ok((value, size)) => {

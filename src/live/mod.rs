@@ -12,6 +12,7 @@
 //! re-run with the latest data (conflation), and memory stays bounded.
 
 pub mod hub;
+pub mod patch;
 
 use crate::server::AppState;
 use async_graphql::parser::types::{OperationType, Selection};
@@ -30,6 +31,8 @@ pub enum Prepared {
     Once(async_graphql::Request),
     /// A live query: run it as this query, again on every change.
     Live { request: async_graphql::Request, poll: Option<Duration> },
+    /// An event subscription (`@stream`): the executor's own subscription stream.
+    Events(async_graphql::Request),
 }
 
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
@@ -67,7 +70,13 @@ pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared
         return Err("a subscription selects exactly one root field".into());
     };
     let plan = &state.runtime.plan;
-    let Some(live) = plan.live_field(field) else {
+    let Some(sub_field) = plan.subscription_field(field) else {
+        return Err(format!("`{field}` is not a subscription field of this schema"));
+    };
+    if sub_field.stream.is_some() {
+        return Ok(Prepared::Events(req));
+    }
+    let Some(live) = &sub_field.live else {
         return Err(format!("`{field}` is not a live field of this schema"));
     };
     let query = as_query(&req.query, op.pos).ok_or("the subscription could not be rewritten as a query")?;
@@ -131,8 +140,13 @@ impl Subscription {
             return Some(Frame { body: done.body, request_error: true });
         }
         hub.watch(self.id, &self.notify, &done.read.keys);
-        if let (Some(every), Some(root)) = (self.poll, done.read.root.clone()) {
-            hub.poll(root, every);
+        if let Some(root) = &done.read.root {
+            if let Some(every) = self.poll {
+                hub.poll(root.clone(), every);
+            }
+            if root.updates.is_some() {
+                hub.feed(root.clone());
+            }
         }
         // A change may have landed while we ran, before we were watching: look again
         // after this result (a permit, so at most one extra run).
@@ -145,6 +159,17 @@ impl Subscription {
         self.last = Some(done.body.clone());
         Some(Frame { body: done.body, request_error: false })
     }
+}
+
+/// The events of an `@stream` subscription, run by the executor: each upstream message
+/// that matches is one result, nested `@rest` fields resolved through the cache.
+pub fn events(state: &AppState, request: async_graphql::Request, headers: HeaderMap) -> impl Stream<Item = Frame> + Send + 'static {
+    use futures_util::StreamExt;
+    let request = request.data(crate::resolve::ClientHeaders(headers));
+    state.schema.execute_stream(request).map(|mut response| {
+        let (body, request_error) = crate::server::execute::encode(&mut response);
+        Frame { body, request_error }
+    })
 }
 
 /// The results of a live query, until the request error that ends it (if any).

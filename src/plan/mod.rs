@@ -6,6 +6,7 @@
 //! Pure and synchronous, like [`crate::config`]: a string in, `Result<Plan, Vec<_>>` out.
 
 mod rest;
+mod stream;
 
 use crate::config::{
     self, ArgConfig, Config, ConfigError, Errors, FieldConfig, Scope, TypeConfigKind, TypeRef,
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use rest::{Batch, Body, RestPlan};
+pub use stream::{Apply, SourcePlan, UpdatesPlan};
 
 use crate::template::Template;
 
@@ -91,6 +93,10 @@ pub struct FieldPlan {
     pub invalidates: Vec<Template>,
     /// A Subscription field: a live query of the Query field of the same name.
     pub live: Option<LivePlan>,
+    /// A Query field whose cache entry an upstream socket patches while it is in use.
+    pub updates: Option<Arc<UpdatesPlan>>,
+    /// A Subscription field whose events are upstream socket messages.
+    pub stream: Option<Arc<SourcePlan>>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,10 +131,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The `@live` plan of a Subscription field.
-    pub fn live_field(&self, name: &str) -> Option<&LivePlan> {
+    /// A Subscription field by name.
+    pub fn subscription_field(&self, name: &str) -> Option<&Arc<FieldPlan>> {
         let fields = self.object_fields(self.subscription.as_deref()?)?;
-        fields.iter().find(|f| f.name == name)?.live.as_ref()
+        fields.iter().find(|f| f.name == name)
     }
 
     pub fn object_fields(&self, type_name: &str) -> Option<&[Arc<FieldPlan>]> {
@@ -384,6 +390,10 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
     if let Some(l) = &f.live {
         errors.push(l.pos, format!("@live is for Subscription fields; `{qualified}` is not one"));
     }
+    if let Some(st) = &f.stream {
+        errors.push(st.pos, format!("@stream is for Subscription fields; `{qualified}` is not one"));
+    }
+    let updates = stream::updates(ctx, f, &args, errors);
     if ctx.role == Role::Mutation {
         if let Some(c) = &f.cache {
             errors.push(c.pos, format!("@cache on mutation `{qualified}`: mutation results are never cached"));
@@ -398,6 +408,8 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
         rest,
         invalidates,
         live: None,
+        updates,
+        stream: None,
     })
 }
 
@@ -417,8 +429,34 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
             errors.push(pos, format!("{name} is not for Subscription fields; `{qualified}` takes its data from `{query}.{}`", f.name.node));
         }
     }
+    if let Some(u) = &f.updates {
+        errors.push(u.pos, format!("@updates is for Query fields; `{qualified}` is not one"));
+    }
+    if let (Some(_), Some(st)) = (&f.live, &f.stream) {
+        errors.push(st.pos, format!("`{qualified}` has both @live and @stream; a Subscription field is one or the other"));
+        return None;
+    }
+    if let Some(st) = &f.stream {
+        stream::check_stream_type(&f.ty, errors);
+        let source = stream::source(ctx, &st.node, &args, "stream", errors)?;
+        return Some(FieldPlan {
+            name: f.name.node.clone(),
+            ty: f.ty.node.clone(),
+            args,
+            description: f.description.clone(),
+            deprecated: f.deprecated.clone(),
+            rest: None,
+            invalidates: Vec::new(),
+            live: None,
+            updates: None,
+            stream: Some(Arc::new(source)),
+        });
+    }
     let Some(live) = &f.live else {
-        errors.push(f.name.pos, format!("Subscription field `{qualified}` needs @live (a live query of `{query}.{}`)", f.name.node));
+        errors.push(
+            f.name.pos,
+            format!("Subscription field `{qualified}` needs @live (a live query of `{query}.{}`) or @stream (upstream socket events)", f.name.node),
+        );
         return None;
     };
     let twin = ctx.config.types.iter().find(|t| t.name.node == query).and_then(|t| match &t.kind {
@@ -456,6 +494,8 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
         rest: None,
         invalidates: Vec::new(),
         live: Some(LivePlan { poll: live.node.poll_ms.as_ref().map(|p| Duration::from_millis(p.node)) }),
+        updates: None,
+        stream: None,
     })
 }
 

@@ -56,7 +56,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: [String] @rset(upstream: \"chat\", path: \"/m\") }",
-            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @live, @deprecated"],
+            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"],
         ),
         (
             "type Query { m: [Strin] @rest(upstream: \"chat\", path: \"/m\") }",
@@ -96,7 +96,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { s: String }",
-            &["schema.graphql:5:21: Subscription field `Subscription.s` needs @live (a live query of `Query.s`)"],
+            &["schema.graphql:5:21: Subscription field `Subscription.s` needs @live (a live query of `Query.s`) or @stream (upstream socket events)"],
         ),
         (
             "type Query { m(a: Int): String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) }\ntype Subscription { m(a: String): String @live }",

@@ -5,6 +5,7 @@
 mod batch;
 mod request;
 pub mod shape;
+pub mod stream;
 
 use crate::cache::{Cache, Tag};
 use crate::live::Hub;
@@ -12,6 +13,7 @@ use crate::deps::{Dep, Deps, FetchFn, RootFetch};
 use futures_util::FutureExt;
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::template::{scalar_text, Vars};
+use crate::upstream::ws::Sockets;
 use crate::upstream::{UpstreamClient, UpstreamError};
 use async_graphql::dynamic::{FieldValue, ResolverContext};
 use http::HeaderMap;
@@ -29,13 +31,15 @@ pub struct Runtime {
     pub client: UpstreamClient,
     pub batcher: Batcher,
     pub hub: Arc<Hub>,
+    pub sockets: Arc<Sockets>,
 }
 
 impl Runtime {
-    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration, live_grace: Duration) -> Self {
+    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration, live_grace: Duration, socket_grace: Duration) -> Self {
         let batcher = Batcher::new(client.clone(), batch_window);
-        let hub = Hub::new(cache.clone(), live_grace);
-        Runtime { plan, cache, client, batcher, hub }
+        let sockets = Sockets::new(socket_grace);
+        let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
+        Runtime { plan, cache, client, batcher, hub, sockets }
     }
 
     /// Drops the entries filed under `tags` and wakes the live queries that read them
@@ -140,7 +144,16 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     let value = match key {
         Some(key) => {
             if let (None, Some(policy)) = (parent, &policy) {
-                deps.set_root(RootFetch { key, policy: policy.clone(), fetch: fetch.clone() });
+                let updates = field.updates.as_ref().map(|u| {
+                    let when = u.source.when.iter().map(|(f, t)| (f.clone(), t.render_string(vars))).collect();
+                    (u.clone(), when)
+                });
+                let fits = {
+                    let rt = rt.clone();
+                    let field = field.clone();
+                    Arc::new(move |v: &Value| shape::check(&rt.plan, v, &field.ty).is_ok())
+                };
+                deps.set_root(RootFetch { key, policy: policy.clone(), fetch: fetch.clone(), updates, fits });
             }
             let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
             let loaded = rt.cache.load(key, policy, move || fetch()).await;
@@ -208,7 +221,7 @@ fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
 }
 
 /// The field's arguments as one JSON object, what `{args…}` templates read.
-fn args_json(ctx: &ResolverContext<'_>) -> Value {
+pub(crate) fn args_json(ctx: &ResolverContext<'_>) -> Value {
     Value::Object(
         ctx.args
             .as_index_map()

@@ -38,25 +38,30 @@ pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderM
     }
 }
 
+/// Serialises a response; `true` when it is a request error (parse or validation: errors
+/// and no data, and the errors have no path), which per the GraphQL spec has no `data`.
+pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
+    crate::resolve::tidy_errors(&mut response.errors);
+    let request_error = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty());
+    let encoded = if request_error {
+        serde_json::to_vec(&json!({ "errors": response.errors }))
+    } else {
+        serde_json::to_vec(&*response)
+    };
+    let body = Bytes::from(encoded.unwrap_or_else(|e| {
+        json!({"errors": [{"message": format!("the response could not be encoded: {e}")}]}).to_string().into_bytes()
+    }));
+    (body, request_error)
+}
+
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(state: &AppState, req: async_graphql::Request, headers: HeaderMap, key: Option<CacheKey>) -> Executed {
     let deps = Arc::new(Deps::default());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;
-    crate::resolve::tidy_errors(&mut response.errors);
-    // A request error (parse, validation) has errors and no data; field errors have a path.
-    let request_error = response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
-    // Per the GraphQL spec, a request error has no `data` entry at all.
-    let encoded = if request_error {
-        serde_json::to_vec(&json!({ "errors": response.errors }))
-    } else {
-        serde_json::to_vec(&response)
-    };
-    let body = Bytes::from(encoded.unwrap_or_else(|e| {
-        json!({"errors": [{"message": format!("the response could not be encoded: {e}")}]}).to_string().into_bytes()
-    }));
+    let (body, request_error) = encode(&mut response);
     let gathered = deps.take();
     if let Some(key) = key {
         if response.errors.is_empty() {

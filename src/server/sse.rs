@@ -43,22 +43,8 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
             let done = super::execute::run(&state, req, headers).await;
             stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
         }
-        Ok(Prepared::Live { request, poll }) => {
-            let frames = live::run(state, request, headers, poll);
-            let results = frames.flat_map(|f| {
-                let first = next(&f.body);
-                // A request error ends the operation.
-                let tail = f.request_error.then(|| Bytes::from_static(COMPLETE));
-                stream::iter(std::iter::once(first).chain(tail))
-            });
-            let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
-                tokio::time::Instant::now() + Duration::from_secs(15),
-                Duration::from_secs(15),
-            ))
-            .map(|_| Bytes::from_static(b": keep-alive\n\n"));
-            // Stop with the results (a request error), not with the endless ticks.
-            stream::select(results.map(Some).chain(stream::iter([None])), ticks.map(Some)).take_while(|x| std::future::ready(x.is_some())).filter_map(std::future::ready).boxed()
-        }
+        Ok(Prepared::Live { request, poll }) => frames(live::run(state, request, headers, poll).boxed()),
+        Ok(Prepared::Events(request)) => frames(live::events(&state, request, headers).boxed()),
     };
     let mut res = (StatusCode::OK, Body::from_stream(events.map(Ok::<_, Infallible>))).into_response();
     let h = res.headers_mut();
@@ -66,4 +52,20 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+/// Frames as SSE events, with a keep-alive comment every 15 s, and `complete` when the
+/// frames end (after a request error, or when an event source closes).
+fn frames(frames: BoxStream<'static, live::Frame>) -> BoxStream<'static, Bytes> {
+    let results = frames.map(|f| next(&f.body)).chain(stream::iter([Bytes::from_static(COMPLETE)]));
+    let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(15),
+        Duration::from_secs(15),
+    ))
+    .map(|_| Bytes::from_static(b": keep-alive\n\n"));
+    // End with the results, not with the endless ticks.
+    stream::select(results.map(Some).chain(stream::iter([None])), ticks.map(Some))
+        .take_while(|x| std::future::ready(x.is_some()))
+        .filter_map(std::future::ready)
+        .boxed()
 }

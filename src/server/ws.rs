@@ -341,10 +341,10 @@ async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req:
     // Result bodies are JSON already: splice them in rather than re-encode.
     let result = |body: &[u8]| format!(r#"{{"id":{id_json},"type":"{next}","payload":{}}}"#, String::from_utf8_lossy(body));
     let failure = |body: &[u8]| json!({"id": id, "type": error, "payload": errors_of(body)}).to_string();
-    match live::prepare(state, req) {
+    let frames = match live::prepare(state, req) {
         Err(message) => {
             tx.json(json!({"id": id, "type": error, "payload": [{"message": message}]})).await;
-            false
+            return false;
         }
         Ok(Prepared::Once(req)) => {
             let done = Box::pin(super::execute::run(state, req, headers)).await;
@@ -352,20 +352,19 @@ async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req:
                 tx.text(failure(&done.body)).await;
                 return false;
             }
-            tx.text(result(&done.body)).await
+            return tx.text(result(&done.body)).await;
         }
-        Ok(Prepared::Live { request, poll }) => {
-            let frames = live::run(state.clone(), request, headers, poll);
-            tokio::pin!(frames);
-            while let Some(frame) = frames.next().await {
-                let sent = if frame.request_error { tx.text(failure(&frame.body)).await } else { tx.text(result(&frame.body)).await };
-                if frame.request_error || !sent {
-                    return false;
-                }
-            }
-            true
+        Ok(Prepared::Live { request, poll }) => live::run(state.clone(), request, headers, poll).boxed(),
+        Ok(Prepared::Events(request)) => live::events(state, request, headers).boxed(),
+    };
+    tokio::pin!(frames);
+    while let Some(frame) = frames.next().await {
+        let sent = if frame.request_error { tx.text(failure(&frame.body)).await } else { tx.text(result(&frame.body)).await };
+        if frame.request_error || !sent {
+            return false;
         }
     }
+    true
 }
 
 /// WebSocket settings; flags of the binary.

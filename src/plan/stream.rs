@@ -1,0 +1,119 @@
+//! Planning `@updates` (a Query field's cache entry patched from an upstream WebSocket)
+//! and `@stream` (a Subscription field whose events are upstream WebSocket messages).
+
+use super::{ArgPlan, FieldCtx, Role, UpstreamPlan};
+use crate::config::{Errors, FieldConfig, SourceDirective, TypeRef};
+use crate::template::Template;
+use async_graphql_parser::Positioned;
+use std::sync::Arc;
+
+/// Which messages of which socket.
+#[derive(Debug)]
+pub struct SourcePlan {
+    pub upstream: Arc<UpstreamPlan>,
+    /// The socket's path on the upstream, constant: one socket per (upstream, path).
+    pub path: String,
+    /// The payload's field → the value it must have, rendered from the arguments.
+    pub when: Vec<(String, Template)>,
+    /// Where the payload sits inside a message (`data.message` → `["data", "message"]`).
+    pub select: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    Append,
+    Prepend,
+    Upsert,
+    Merge,
+    Replace,
+    Remove,
+    Refetch,
+}
+
+#[derive(Debug)]
+pub struct UpdatesPlan {
+    pub source: SourcePlan,
+    pub apply: Apply,
+    /// The item field that identifies list items (UPSERT, REMOVE, MERGE into a list).
+    pub key: Option<String>,
+}
+
+pub(super) fn source(ctx: &FieldCtx<'_>, d: &SourceDirective, args: &[ArgPlan], name: &str, errors: &mut Errors) -> Option<SourcePlan> {
+    let upstream = match ctx.upstreams.get(&d.upstream.node) {
+        Some(u) => Some(u.clone()),
+        None if ctx.config.upstreams.iter().any(|u| u.node.name.node == d.upstream.node) => None,
+        None => {
+            let known: Vec<&str> = ctx.config.upstreams.iter().map(|u| u.node.name.node.as_str()).collect();
+            errors.push(d.upstream.pos, format!("@{name}(upstream: {:?}) names no @upstream; known: {}", d.upstream.node, known.join(", ")));
+            None
+        }
+    };
+    if !d.path.node.starts_with('/') || d.path.node.contains('{') {
+        errors.push(d.path.pos, format!("@{name}(path: {:?}) must be a constant path starting with `/`: one socket serves every subscriber", d.path.node));
+    }
+    let mut when = Vec::new();
+    for (k, v) in &d.when {
+        if let Some(t) = super::rest::template(v, args, ctx, false, errors) {
+            when.push((k.node.clone(), t));
+        }
+    }
+    let select = match &d.select {
+        Some(s) if s.node.split('.').any(str::is_empty) => {
+            errors.push(s.pos, format!("@{name}(select: {:?}) must be a dotted path like \"data.message\"", s.node));
+            Vec::new()
+        }
+        Some(s) => s.node.split('.').map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    Some(SourcePlan { upstream: upstream?, path: d.path.node.clone(), when, select })
+}
+
+pub(super) fn updates(ctx: &FieldCtx<'_>, f: &FieldConfig, args: &[ArgPlan], errors: &mut Errors) -> Option<Arc<UpdatesPlan>> {
+    let u = f.updates.as_ref()?;
+    let qualified = format!("{}.{}", ctx.type_name, f.name.node);
+    if ctx.role != Role::Query {
+        errors.push(u.pos, format!("@updates is for Query fields; `{qualified}` is not one"));
+        return None;
+    }
+    if f.rest.is_none() || f.cache.is_none() {
+        errors.push(u.pos, format!("@updates on `{qualified}` needs @rest and @cache on it: the stream patches its cache entry"));
+    }
+    let apply = match u.node.apply.node.as_str() {
+        "APPEND" => Apply::Append,
+        "PREPEND" => Apply::Prepend,
+        "UPSERT" => Apply::Upsert,
+        "MERGE" => Apply::Merge,
+        "REPLACE" => Apply::Replace,
+        "REMOVE" => Apply::Remove,
+        _ => Apply::Refetch,
+    };
+    let list = f.ty.node.is_list();
+    let key = u.node.key.as_ref().map(|k| k.node.clone());
+    let mode = &u.node.apply.node;
+    let fail = |errors: &mut Errors, why: String| errors.push(u.node.apply.pos, format!("@updates(apply: {mode}) on `{qualified}`: {why}"));
+    match apply {
+        Apply::Append | Apply::Prepend if !list => fail(errors, format!("needs a list field, and {} is not one", f.ty.node)),
+        Apply::Upsert | Apply::Remove if !list || key.is_none() => fail(errors, "needs a list field and `key` (the item field to match)".into()),
+        Apply::Merge if list && key.is_none() => fail(errors, "on a list needs `key` (the item field to match)".into()),
+        _ => {}
+    }
+    if let Some(k) = &u.node.key {
+        let item = f.ty.node.base_name();
+        let has = ctx.config.types.iter().find(|t| t.name.node == item).is_some_and(|t| match &t.kind {
+            crate::config::TypeConfigKind::Object { fields } => fields.iter().any(|x| x.name.node == k.node),
+            _ => false,
+        });
+        if !has {
+            errors.push(k.pos, format!("@updates(key: {:?}): `{item}` has no field `{}`", k.node, k.node));
+        }
+    }
+    let source = source(ctx, &u.node.source, args, "updates", errors)?;
+    Some(Arc::new(UpdatesPlan { source, apply, key }))
+}
+
+/// A type a stream payload can be shaped as.
+pub(super) fn check_stream_type(ty: &Positioned<TypeRef>, errors: &mut Errors) {
+    if ty.node.is_list() {
+        errors.push(ty.pos, "a @stream field's events are single messages; its type cannot be a list");
+    }
+}

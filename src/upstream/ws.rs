@@ -1,0 +1,250 @@
+//! Upstream WebSocket streams: one socket per (upstream, path), shared by every cache
+//! entry and event subscription that needs it on this gateway.
+//!
+//! - Opened on the first [`Sockets::tap`], closed a grace period after the last tap is
+//!   dropped.
+//! - Reconnected with exponential backoff (100 ms doubling to 30 s) and ±50% jitter when
+//!   it drops; every reconnect is announced as [`Event::Reconnected`], so the entries it
+//!   feeds refetch (messages may have been missed meanwhile).
+//! - The upstream's `headers` go with the handshake.
+//! - A message that is not JSON is counted and skipped.
+//!
+//! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
+//! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
+
+use crate::plan::UpstreamPlan;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Messages a tap may fall behind before it loses the oldest.
+pub const BUFFER: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    Message(Arc<Value>),
+    /// The socket was re-established after a drop: state may have been missed.
+    Reconnected,
+}
+
+type SocketKey = (String, String);
+
+struct Socket {
+    tx: broadcast::Sender<Event>,
+    taps: AtomicUsize,
+}
+
+/// Counters, for tests and metrics.
+#[derive(Default, Debug)]
+pub struct SocketStats {
+    pub connects: AtomicU64,
+    pub open: AtomicUsize,
+    pub skipped: AtomicU64,
+}
+
+pub struct Sockets {
+    sockets: Mutex<HashMap<SocketKey, Arc<Socket>>>,
+    grace: Duration,
+    pub stats: Arc<SocketStats>,
+}
+
+/// A subscription to one socket's events; the socket stays while any tap lives.
+pub struct Tap {
+    pub rx: broadcast::Receiver<Event>,
+    socket: Arc<Socket>,
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.socket.taps.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Sockets {
+    pub fn new(grace: Duration) -> Arc<Sockets> {
+        Arc::new(Sockets { sockets: Mutex::default(), grace, stats: Arc::default() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketKey, Arc<Socket>>> {
+        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taps the socket to `path` on `upstream`, opening it if needed.
+    pub fn tap(self: &Arc<Self>, upstream: &Arc<UpstreamPlan>, path: &str) -> Tap {
+        let key = (upstream.name.clone(), path.to_string());
+        let mut sockets = self.lock();
+        if let Some(socket) = sockets.get(&key) {
+            socket.taps.fetch_add(1, Ordering::AcqRel);
+            return Tap { rx: socket.tx.subscribe(), socket: socket.clone() };
+        }
+        let (tx, rx) = broadcast::channel(BUFFER);
+        let socket = Arc::new(Socket { tx, taps: AtomicUsize::new(1) });
+        sockets.insert(key.clone(), socket.clone());
+        tokio::spawn(run(Arc::downgrade(self), key, upstream.clone(), socket.clone()));
+        Tap { rx, socket }
+    }
+
+    /// Sockets this gateway holds (connected or reconnecting).
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Forgets the socket if nobody taps it; `true` when it was forgotten.
+    fn retire_if_idle(&self, key: &SocketKey, socket: &Arc<Socket>) -> bool {
+        let mut sockets = self.lock();
+        if socket.taps.load(Ordering::Acquire) == 0 {
+            if sockets.get(key).is_some_and(|s| Arc::ptr_eq(s, socket)) {
+                sockets.remove(key);
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn ws_url(upstream: &UpstreamPlan, path: &str) -> String {
+    let mut url = upstream.url.clone();
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    let _ = url.set_scheme(scheme);
+    url.set_path(&format!("{}{}", upstream.url.path().trim_end_matches('/'), path));
+    url.to_string()
+}
+
+/// Cheap jitter without a random-number crate: the clock's nanoseconds.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let factor = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5 ..< 1.5
+    d.mul_f64(factor)
+}
+
+/// The socket's life: connect, read, reconnect with backoff, until nobody taps it for
+/// `grace`.
+async fn run(owner_weak: std::sync::Weak<Sockets>, key: SocketKey, upstream: Arc<UpstreamPlan>, socket: Arc<Socket>) {
+    let url = ws_url(&upstream, &key.1);
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        let Some(owner) = owner_weak.upgrade() else { return };
+        let grace = owner.grace;
+        let stats = owner.stats.clone();
+        // Idle check between attempts too: a dead upstream nobody wants is given up.
+        if socket.taps.load(Ordering::Acquire) == 0 {
+            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= grace && owner.retire_if_idle(&key, &socket) {
+                return;
+            }
+        } else {
+            idle_since = None;
+        }
+        drop(owner);
+
+        let request = url.as_str().into_client_request().map(|mut r| {
+            for (k, v) in &upstream.headers {
+                r.headers_mut().insert(k.clone(), v.clone());
+            }
+            r
+        });
+        let connected = match request {
+            Ok(r) => tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(r)).await,
+            Err(e) => {
+                tracing::error!(url, error = %e, "upstream socket URL is unusable");
+                return;
+            }
+        };
+        match connected {
+            Ok(Ok((ws, _))) => {
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                stats.open.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket open");
+                backoff = Duration::from_millis(100);
+                if connected_before {
+                    let _ = socket.tx.send(Event::Reconnected);
+                }
+                connected_before = true;
+                let idle = IdleCheck { owner: &owner_weak, key: &key, socket: &socket, grace };
+                let retired = read(ws, &socket, &stats, &idle).await;
+                stats.open.fetch_sub(1, Ordering::Relaxed);
+                if retired {
+                    tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket closed: unused");
+                    return;
+                }
+                tracing::warn!(upstream = %upstream.name, path = %key.1, "upstream socket dropped; reconnecting");
+            }
+            Ok(Err(e)) => tracing::warn!(url, error = %e, "upstream socket failed to connect"),
+            Err(_) => tracing::warn!(url, "upstream socket handshake timed out"),
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What `read` needs to decide the socket is no longer wanted.
+struct IdleCheck<'a> {
+    owner: &'a std::sync::Weak<Sockets>,
+    key: &'a SocketKey,
+    socket: &'a Arc<Socket>,
+    grace: Duration,
+}
+
+/// Reads until the socket drops (`false`) or has been untapped for the grace period and
+/// is retired (`true`).
+async fn read(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: &Arc<Socket>,
+    stats: &SocketStats,
+    idle: &IdleCheck<'_>,
+) -> bool {
+    let mut tick = tokio::time::interval((idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut idle_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if idle.socket.taps.load(Ordering::Acquire) > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= idle.grace {
+                    // The owner is gone, or nobody tapped the socket since: close it.
+                    let retire = idle.owner.upgrade().is_none_or(|o| o.retire_if_idle(idle.key, idle.socket));
+                    if retire {
+                        let _ = ws.close(None).await;
+                        return true;
+                    }
+                }
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Value>(text.as_str()) {
+                    Ok(v) => {
+                        let _ = socket.tx.send(Event::Message(Arc::new(v)));
+                    }
+                    Err(_) => {
+                        stats.skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("upstream socket message is not JSON; skipped");
+                    }
+                },
+                Some(Ok(Message::Binary(b))) => match serde_json::from_slice::<Value>(&b) {
+                    Ok(v) => {
+                        let _ = socket.tx.send(Event::Message(Arc::new(v)));
+                    }
+                    Err(_) => {
+                        stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Some(Ok(Message::Ping(p))) => {
+                    let _ = ws.send(Message::Pong(p)).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return false,
+            },
+        }
+    }
+}
