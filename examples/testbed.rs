@@ -5,10 +5,13 @@
 //!
 //! The upstream: `/messages/{channel}` (GET, POST), `/users/{id}` (GET; POST renames),
 //! `/counter` (GET; `POST /counter/bump` adds 2, which keeps its parity),
-//! `/whoami` (echoes the Authorization header), `/_stats` (requests per path, with their
-//! times in ms), `POST /_reset` (zeroes the stats).
+//! `/whoami` (echoes the Authorization header), `/items/{list}` (GET, 300 ms late for
+//! lists named `slow…`; PUT sets it) and
+//! `/items/{list}/first`, the WebSocket `/ws` (sends what `POST /_ws/send` gets; `POST
+//! /_ws/kill` drops every socket; `GET /_ws` counts open and total sockets), `/_stats`
+//! (requests per path, with their times in ms), `POST /_reset` (zeroes the stats).
 //!
-//! Flags: `--live-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
+//! Flags: `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
 //! `--pad-bytes`.
 
 use axum::extract::{Path, State};
@@ -38,6 +41,22 @@ type Query {
     @cache(maxAge: 60, tags: ["messages:{args.channel}"])
   counter: Counter @rest(upstream: "api", path: "/counter") @cache(maxAge: 60, tags: ["counter"])
   whoami: User @rest(upstream: "api", path: "/whoami") @cache(maxAge: 60, scope: PRIVATE, tags: ["whoami"])
+  appendItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "append"}, apply: APPEND)
+  prependItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "prepend"}, apply: PREPEND)
+  upsertItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "upsert"}, apply: UPSERT, key: "id")
+  mergeItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "merge"}, apply: MERGE, key: "id")
+  removeItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "remove"}, apply: REMOVE, key: "id")
+  replaceItem(list: String!): Item @rest(upstream: "api", path: "/items/{args.list}/first") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "replace"}, apply: REPLACE)
+  refetchItems(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}", mode: "refetch"}, apply: REFETCH)
+  enveloped(list: String!): [Item!]! @rest(upstream: "api", path: "/items/{args.list}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {list: "{args.list}"}, apply: APPEND, select: "data.item")
 }
 type Mutation {
   sendMessage(channel: String!, text: String!): Message
@@ -47,10 +66,28 @@ type Mutation {
     @rest(upstream: "api", method: POST, path: "/users/{args.id}", body: "{args}")
     @invalidates(tags: ["User:{args.id}"])
 }
+type Item {
+  id: ID!
+  list: String!
+  name: String
+  qty: Int
+  mode: String
+  ownerId: ID
+  owner: User @rest(upstream: "api", path: "/users/{parent.ownerId}") @cache(maxAge: 60)
+}
 type Subscription {
   messages(channel: String!): [Message!]! @live
   counter: Counter @live(pollMs: 100)
   whoami: User @live
+  appendItems(list: String!): [Item!]! @live
+  prependItems(list: String!): [Item!]! @live
+  upsertItems(list: String!): [Item!]! @live
+  mergeItems(list: String!): [Item!]! @live
+  removeItems(list: String!): [Item!]! @live
+  replaceItem(list: String!): Item @live
+  refetchItems(list: String!): [Item!]! @live
+  enveloped(list: String!): [Item!]! @live
+  itemEvents(list: String!): Item @stream(upstream: "api", path: "/ws", when: {list: "{args.list}"})
 }
 "#;
 
@@ -63,6 +100,48 @@ struct Data {
     started: Arc<Mutex<Option<Instant>>>,
     /// Bytes of padding in each `/counter` answer (`--pad-bytes`), to make big pushes.
     pad: usize,
+    items: Arc<Mutex<BTreeMap<String, Vec<Value>>>>,
+    /// What the `/ws` sockets are told to do: send a text frame, or drop.
+    ws: Arc<Mutex<Option<tokio::sync::broadcast::Sender<WsCmd>>>>,
+    ws_open: Arc<std::sync::atomic::AtomicUsize>,
+    ws_total: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[derive(Clone, Debug)]
+enum WsCmd {
+    Text(String),
+    Kill,
+}
+
+impl Data {
+    fn ws_tx(&self) -> tokio::sync::broadcast::Sender<WsCmd> {
+        lock(&self.ws).get_or_insert_with(|| tokio::sync::broadcast::channel(1024).0).clone()
+    }
+}
+
+async fn upstream_socket(mut socket: axum::extract::ws::WebSocket, data: Data) {
+    use axum::extract::ws::Message;
+    use std::sync::atomic::Ordering;
+    let mut rx = data.ws_tx().subscribe();
+    data.ws_open.fetch_add(1, Ordering::SeqCst);
+    data.ws_total.fetch_add(1, Ordering::SeqCst);
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Ok(WsCmd::Text(t)) => {
+                    if socket.send(Message::Text(t.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(WsCmd::Kill) | Err(_) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    data.ws_open.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -132,6 +211,55 @@ fn app(data: Data) -> Router {
                 Json(json!({"id": who, "name": who}))
             }),
         )
+        .route(
+            "/items/{list}",
+            get(|State(d): State<Data>, Path(list): Path<String>| async move {
+                d.count(format!("GET /items/{list}"));
+                if list.starts_with("slow") {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Json(Value::Array(lock(&d.items).get(&list).cloned().unwrap_or_default()))
+            })
+            .put(|State(d): State<Data>, Path(list): Path<String>, Json(body): Json<Vec<Value>>| async move {
+                lock(&d.items).insert(list, body);
+                "ok"
+            }),
+        )
+        .route(
+            "/items/{list}/first",
+            get(|State(d): State<Data>, Path(list): Path<String>| async move {
+                d.count(format!("GET /items/{list}/first"));
+                Json(lock(&d.items).get(&list).and_then(|l| l.first().cloned()).unwrap_or(Value::Null))
+            }),
+        )
+        .route(
+            "/ws",
+            get(|State(d): State<Data>, upgrade: axum::extract::ws::WebSocketUpgrade| async move {
+                d.count("GET /ws".into());
+                upgrade.on_upgrade(move |socket| upstream_socket(socket, d))
+            }),
+        )
+        .route(
+            "/_ws/send",
+            post(|State(d): State<Data>, body: String| async move {
+                let _ = d.ws_tx().send(WsCmd::Text(body));
+                "ok"
+            }),
+        )
+        .route(
+            "/_ws/kill",
+            post(|State(d): State<Data>| async move {
+                let _ = d.ws_tx().send(WsCmd::Kill);
+                "ok"
+            }),
+        )
+        .route(
+            "/_ws",
+            get(|State(d): State<Data>| async move {
+                use std::sync::atomic::Ordering;
+                Json(json!({"open": d.ws_open.load(Ordering::SeqCst), "total": d.ws_total.load(Ordering::SeqCst)}))
+            }),
+        )
         .route("/_stats", get(|State(d): State<Data>| async move { Json(json!(*lock(&d.stats))) }))
         .route(
             "/_reset",
@@ -163,7 +291,7 @@ async fn main() {
         Ok(p) => p,
         Err(e) => return eprintln!("testbed schema: {e:?}"),
     };
-    let mut options = livegate::Options { live_grace: ms("--live-grace-ms", 300), ..Default::default() };
+    let mut options = livegate::Options { live_grace: ms("--live-grace-ms", 300), socket_grace: ms("--socket-grace-ms", 300), ..Default::default() };
     options.ws.init_timeout = ms("--ws-init-timeout-ms", 3000);
     options.webhook.secret = flag("--webhook-secret");
     options.webhook.token = flag("--webhook-token");

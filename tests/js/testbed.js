@@ -41,6 +41,30 @@ export async function start(flags = []) {
     async bump() {
       await fetch(`${upstream}/counter/bump`, { method: 'POST' });
     },
+    /** Sockets the upstream's /ws has: { open, total }. */
+    async sockets() {
+      return (await fetch(`${upstream}/_ws`)).json();
+    },
+    /** Sends `msg` (an object, or raw text) on every upstream socket. */
+    async send(msg) {
+      await fetch(`${upstream}/_ws/send`, { method: 'POST', body: typeof msg === 'string' ? msg : JSON.stringify(msg) });
+    },
+    async kill() {
+      await fetch(`${upstream}/_ws/kill`, { method: 'POST' });
+    },
+    async setItems(list, items) {
+      await fetch(`${upstream}/items/${list}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(items) });
+    },
+    /** Resolves when `check(await probe())` holds, asking again every 20 ms. */
+    async until(probe, check, what, ms = 5000) {
+      const end = Date.now() + ms;
+      for (;;) {
+        const v = await probe();
+        if (check(v)) return v;
+        if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v)}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
     async query(query, variables = {}, headers = {}) {
       const res = await fetch(tb.graphql, {
         method: 'POST',
