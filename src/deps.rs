@@ -26,9 +26,17 @@ pub struct RootFetch {
     pub policy: Policy,
     pub fetch: FetchFn,
     /// `@updates` on the field, with its `when` rendered for these arguments.
-    pub updates: Option<(Arc<crate::plan::UpdatesPlan>, Vec<(String, String)>)>,
+    pub updates: Option<Feed>,
     /// Whether a value fits the field's type (a patch must, to be stored).
     pub fits: Arc<dyn Fn(&Value) -> bool + Send + Sync>,
+}
+
+/// What feeds a root entry from an upstream socket.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub plan: Arc<crate::plan::UpdatesPlan>,
+    /// The `when` conditions, rendered for the entry's arguments.
+    pub when: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for RootFetch {

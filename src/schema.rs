@@ -48,7 +48,9 @@ fn input_value(a: &ArgPlan) -> InputValue {
     v
 }
 
-/// An event stream's items, as the executor's lifetime wants them.
+/// An event stream's items, as the executor's lifetime wants them: the "identity" map is
+/// where `FieldValue<'static>` is coerced to `FieldValue<'a>`.
+#[allow(clippy::map_identity)]
 fn widen<'a>(
     s: impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'a,
 ) -> impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'a>>> + Send + 'a {

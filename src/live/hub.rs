@@ -186,7 +186,7 @@ impl Hub {
     /// however many arrive meanwhile), and a reconnect or lost messages refetch. Stops
     /// `grace` after the entry's last subscriber has gone (and with it, its socket tap).
     pub fn feed(self: &Arc<Self>, root: RootFetch) {
-        let Some((plan, when)) = root.updates.clone() else { return };
+        let Some(crate::deps::Feed { plan, when }) = root.updates.clone() else { return };
         {
             let mut st = self.lock();
             let entry = st.keys.entry(root.key).or_default();

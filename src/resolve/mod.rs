@@ -144,9 +144,9 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     let value = match key {
         Some(key) => {
             if let (None, Some(policy)) = (parent, &policy) {
-                let updates = field.updates.as_ref().map(|u| {
-                    let when = u.source.when.iter().map(|(f, t)| (f.clone(), t.render_string(vars))).collect();
-                    (u.clone(), when)
+                let updates = field.updates.as_ref().map(|u| crate::deps::Feed {
+                    plan: u.clone(),
+                    when: u.source.when.iter().map(|(f, t)| (f.clone(), t.render_string(vars))).collect(),
                 });
                 let fits = {
                     let rt = rt.clone();
