@@ -56,38 +56,69 @@ async fn demo() -> (String, String) {
     (addr.to_string(), chat_addr)
 }
 
+/// A `curl -N` of the README, as pasted (ports aside), whose SSE `data:` lines are read
+/// as they come.
+struct Sse {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Sse {
+    fn start(script: &str) -> Sse {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("curl runs");
+        let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Sse { _child: child, lines }
+    }
+
+    async fn next_event(&mut self) -> Value {
+        loop {
+            let line = self.lines.next_line().await.expect("read").expect("stream open");
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str::<Value>(data).expect("JSON event");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_readme_live_data_example_works_against_the_demo() {
-    use tokio::io::AsyncBufReadExt;
     let (addr, chat) = demo().await;
     let fix = |s: &str| s.replace("127.0.0.1:4000", &addr).replace("127.0.0.1:4001", &chat);
-    let blocks = blocks_after("Live data:", 2);
-    assert_eq!(blocks.len(), 2);
-    // Terminal 1: the SSE curl, as pasted, read line by line.
-    let mut sse = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(fix(&blocks[0]))
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("curl runs");
-    let mut lines = tokio::io::BufReader::new(sse.stdout.take().expect("stdout")).lines();
-    let mut next_event = async || loop {
-        let line = lines.next_line().await.expect("read").expect("stream open");
-        if let Some(data) = line.strip_prefix("data: ") {
-            return serde_json::from_str::<Value>(data).expect("JSON event");
-        }
-    };
-    let first = next_event().await;
+    let blocks = blocks_after("Live data:", 4);
+    assert_eq!(blocks.len(), 4);
+    // Terminal 1: the live query.
+    let mut live = Sse::start(&fix(&blocks[0]));
+    let first = live.next_event().await;
     assert_eq!(first["data"]["messages"][0]["text"], "Welcome to livegate!", "{first}");
-    // Terminal 2: post upstream, then the signed webhook.
-    let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[1])).output().await.expect("sh");
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#), "{stdout}");
-    let update = next_event().await;
+    // Terminal 2: the event subscription. It has no first event to say it is listening,
+    // so terminal 3 posts again until it hears one (a person is slower than this test).
+    let mut events = Sse::start(&fix(&blocks[1]));
+    let mut event = None;
+    for _ in 0..10 {
+        let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[2])).output().await.expect("sh");
+        assert!(out.status.success());
+        if let Ok(e) = tokio::time::timeout(std::time::Duration::from_secs(1), events.next_event()).await {
+            event = Some(e);
+            break;
+        }
+    }
+    let event = event.expect("the event subscriber heard a post");
+    let update = live.next_event().await;
     let texts: Vec<&str> = update["data"]["messages"].as_array().expect("list").iter().filter_map(|m| m["text"].as_str()).collect();
     assert_eq!(texts.last(), Some(&"posted upstream"), "{update}");
+    assert_eq!(event["data"]["messageAdded"]["text"], "posted upstream", "{event}");
+    assert_eq!(event["data"]["messageAdded"]["author"]["name"], "Ada Lovelace", "{event}");
+    // The webhook.
+    let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[3])).output().await.expect("sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#), "{stdout}");
 }
 
 #[tokio::test]
