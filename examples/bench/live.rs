@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const SELECTION: &str = "subscription { posts { id title } }";
+const LIVE: &str = "subscription { posts { id title } }";
+const EVENTS: &str = "subscription { postEvents { id title } }";
 
 /// Receipt times of `next` messages for the current round.
 #[derive(Default)]
@@ -68,17 +69,30 @@ async fn connect(url: &str, connections: usize) -> Result<Fleet> {
 }
 
 impl Fleet {
-    /// Subscribes `per_connection` live queries on every socket and waits for all first results.
-    async fn subscribe(&self, per_connection: usize) -> Result<()> {
+    /// Subscribes `per_connection` operations `query` on every socket; for live queries,
+    /// waits for all first results.
+    async fn subscribe(&self, per_connection: usize, query: &str) -> Result<()> {
         let total = self.writers.len() * per_connection;
         self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for (c, w) in self.writers.iter().enumerate() {
             for s in 0..per_connection {
-                let msg = serde_json::json!({"id": format!("{c}-{s}"), "type": "subscribe", "payload": {"query": SELECTION}});
+                let msg = serde_json::json!({"id": format!("{c}-{s}"), "type": "subscribe", "payload": {"query": query}});
                 w.send(msg.to_string()).await.map_err(|e| e.to_string())?;
             }
         }
-        self.wait(total, Instant::now()).await.map(|_| ())
+        if query == LIVE {
+            self.wait(total, Instant::now()).await?;
+        }
+        Ok(())
+    }
+
+    /// One upstream socket message: time it to every push.
+    async fn announce(&self, n: usize, upstream: &str, version: usize) -> Result<Vec<Duration>> {
+        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let message = serde_json::json!({"kind": "post", "id": 1, "userId": 1, "title": format!("Post number 1, announced {version}"), "body": "b"});
+        let t0 = Instant::now();
+        http("POST", &format!("{upstream}/_announce"), Some(&message.to_string()))?;
+        self.wait(n, t0).await
     }
 
     /// Waits until `n` results arrived this round; their latencies from `t0`, sorted.
@@ -129,8 +143,14 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
         &schema,
         format!(
             r#"extend schema @upstream(name: "jp", url: "{up_url}")
-type Query {{ posts: [Post!]! @rest(upstream: "jp", path: "/posts") @cache(maxAge: 3600, tags: ["posts"]) }}
-type Subscription {{ posts: [Post!]! @live }}
+type Query {{
+  posts: [Post!]! @rest(upstream: "jp", path: "/posts") @cache(maxAge: 3600, tags: ["posts"])
+    @updates(upstream: "jp", path: "/ws", when: {{kind: "post"}}, apply: UPSERT, key: "id")
+}}
+type Subscription {{
+  posts: [Post!]! @live
+  postEvents: Post @stream(upstream: "jp", path: "/ws", when: {{kind: "post"}})
+}}
 type Post {{ id: Int! userId: Int! title: String! body: String! }}
 "#
         ),
@@ -154,7 +174,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             let fleet = connect(&url, conns).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let after_conns = gw.rss_mib().unwrap_or(f64::NAN);
-            fleet.subscribe(per).await?;
+            fleet.subscribe(per, LIVE).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let after_subs = gw.rss_mib().unwrap_or(f64::NAN);
             let lat = fleet.change(conns * per, &format!("http://{listen}"), up_url).await?;
@@ -185,7 +205,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
         let url = format!("ws://{listen}/graphql");
         let rounds = rt.block_on(async {
             let fleet = connect(&url, 100).await?;
-            fleet.subscribe(10).await?;
+            fleet.subscribe(10, LIVE).await?;
             let mut rounds = Vec::new();
             for _ in 0..5 {
                 rounds.push(fleet.change(1000, &format!("http://{listen}"), up_url).await?);
@@ -198,8 +218,55 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
         }
         let upstream_requests = crate::upstream_requests_url(up_url)?;
         out.push_str(&format!(
-            "\nUpstream requests over the whole live benchmark (2 gateways, 11,000 subscribers, 6 invalidations): {upstream_requests} — one per gateway start and one per invalidation.\n"
+            "\nUpstream requests over the webhook runs (2 gateways, 11,000 subscribers, 6 invalidations): {upstream_requests} — one per gateway start and one per invalidation.\n"
+        ));
+    }
+
+    // Upstream socket message → push, for @updates live queries and @stream events, with
+    // 1,000 and 10,000 subscribers: 3 rounds each, on one gateway.
+    {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen];
+        let _gw = start("livegate", &args, port, work)?;
+        let url = format!("ws://{listen}/graphql");
+        let before = socket_counts(up_url)?;
+        out.push_str("\n| upstream socket message → push | subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|---:|\n");
+        let mut version = 0;
+        let mut sockets_seen = Vec::new();
+        for (kind, query) in [("@updates live query", LIVE), ("@stream event", EVENTS)] {
+            for (conns, per) in [(100usize, 10usize), (1000, 10)] {
+                let n = conns * per;
+                let rows = rt.block_on(async {
+                    let fleet = connect(&url, conns).await?;
+                    fleet.subscribe(per, query).await?;
+                    // Event subscribers have no first result: let them all start listening.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let mut rows = Vec::new();
+                    for _ in 0..3 {
+                        version += 1;
+                        rows.push(fleet.announce(n, up_url, version).await?);
+                    }
+                    Ok::<_, String>(rows)
+                })?;
+                sockets_seen.push(socket_counts(up_url)?);
+                for lat in rows {
+                    out.push_str(&format!("| {kind} | {n} | {:.1} | {:.1} | {:.1} |\n", ms(lat[0]), ms(lat[lat.len() / 2]), ms(lat[lat.len() - 1])));
+                }
+            }
+        }
+        let after = socket_counts(up_url)?;
+        out.push_str(&format!(
+            "\nUpstream sockets: {} opened for all four runs (open during each run: {:?}).\n",
+            after.1 - before.1,
+            sockets_seen.iter().map(|s| s.0).collect::<Vec<_>>()
         ));
     }
     Ok(out)
+}
+
+/// The upstream's (open, total) `/ws` sockets.
+fn socket_counts(up_url: &str) -> Result<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&http("GET", &format!("{up_url}/_ws"), None)?).map_err(|e| e.to_string())?;
+    Ok((v["open"].as_u64().unwrap_or(0), v["total"].as_u64().unwrap_or(0)))
 }

@@ -60,6 +60,31 @@ struct Data {
     requests: Arc<AtomicUsize>,
     /// Bumped by `/_bump`: post 1's title changes, for the live benchmark.
     version: Arc<AtomicUsize>,
+    /// `POST /_announce` sends its body on every `/ws` socket.
+    announce: tokio::sync::broadcast::Sender<String>,
+    sockets_open: Arc<AtomicUsize>,
+    sockets_total: Arc<AtomicUsize>,
+}
+
+async fn announce_socket(mut socket: axum::extract::ws::WebSocket, d: Data) {
+    use axum::extract::ws::Message;
+    let mut rx = d.announce.subscribe();
+    d.sockets_open.fetch_add(1, Ordering::SeqCst);
+    d.sockets_total.fetch_add(1, Ordering::SeqCst);
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Ok(text) => if socket.send(Message::Text(text.into())).await.is_err() { break },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    d.sockets_open.fetch_sub(1, Ordering::SeqCst);
 }
 
 fn count(d: &Data) {
@@ -78,7 +103,15 @@ async fn upstream(port: u16) {
     let posts: Vec<Value> = (1..=100)
         .map(|i| json!({"id": i, "userId": (i - 1) / 10 + 1, "title": format!("Post number {i}"), "body": format!("The body of post {i}, a few words long.")}))
         .collect();
-    let data = Data { posts: Arc::new(Value::Array(posts)), users: Arc::new(users), requests: Arc::default(), version: Arc::default() };
+    let data = Data {
+        posts: Arc::new(Value::Array(posts)),
+        users: Arc::new(users),
+        requests: Arc::default(),
+        version: Arc::default(),
+        announce: tokio::sync::broadcast::channel(1024).0,
+        sockets_open: Arc::default(),
+        sockets_total: Arc::default(),
+    };
     let app = Router::new()
         .route("/posts", get(|State(d): State<Data>| async move {
             count(&d);
@@ -88,6 +121,16 @@ async fn upstream(port: u16) {
                 posts[0]["title"] = Value::String(format!("Post number 1, version {v}"));
             }
             cached(posts)
+        }))
+        .route("/ws", get(|State(d): State<Data>, upgrade: axum::extract::ws::WebSocketUpgrade| async move {
+            upgrade.on_upgrade(move |socket| announce_socket(socket, d))
+        }))
+        .route("/_announce", axum::routing::post(|State(d): State<Data>, body: String| async move {
+            let _ = d.announce.send(body);
+            "ok"
+        }))
+        .route("/_ws", get(|State(d): State<Data>| async move {
+            Json(json!({"open": d.sockets_open.load(Ordering::SeqCst), "total": d.sockets_total.load(Ordering::SeqCst)}))
         }))
         .route("/_bump", get(|State(d): State<Data>| async move {
             d.version.fetch_add(1, Ordering::Relaxed);
