@@ -110,6 +110,25 @@ fn bad_schemas_get_exact_errors() {
             "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) }\ntype Subscription { m: String @live(pollMs: 5) }",
             &["schema.graphql:5:45: @live(pollMs:) must be at least 10"],
         ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") @cache(maxAge: 1) @updates(upstream: \"chat\", path: \"/ws\", apply: APPEND) }",
+            &["schema.graphql:4:125: @updates(apply: APPEND) on `Query.m`: needs a list field, and String is not one"],
+        ),
+        (
+            "type T { id: ID! }\ntype Query { m: [T] @rest(upstream: \"chat\", path: \"/m\") @updates(upstream: \"chat\", path: \"/ws/{args.x}\", apply: UPSERT) }",
+            &[
+                "schema.graphql:5:57: @updates on `Query.m` needs @rest and @cache on it: the stream patches its cache entry",
+                "schema.graphql:5:90: @updates(path: \"/ws/{args.x}\") must be a constant path starting with `/`: one socket serves every subscriber",
+                "schema.graphql:5:113: @updates(apply: UPSERT) on `Query.m`: needs a list field and `key` (the item field to match)",
+            ],
+        ),
+        (
+            "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { e(c: String): [String] @stream(upstream: \"chat\", path: \"/ws\", when: {c: \"{args.d}\"}) }",
+            &[
+                "schema.graphql:5:35: a @stream field's events are single messages; its type cannot be a list",
+                "schema.graphql:5:89: template \"{args.d}\": `{args.d}` names no argument of `Subscription`; known: c",
+            ],
+        ),
         ("type Query { m: String", &["schema.graphql:4:23: syntax error: expected field_definition or const_directive"]),
     ];
     let mut wrong = Vec::new();
