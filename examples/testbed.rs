@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 const SCHEMA: &str = r#"
-extend schema @upstream(name: "api", url: "{up}", forwardHeaders: ["authorization"])
+extend schema @upstream(name: "api", url: "{up}", forwardHeaders: ["authorization"], headers: [{name: "x-testbed-key", value: "k1"}])
 type User { id: ID! name: String! }
 type Message {
   id: ID!
@@ -105,6 +105,8 @@ struct Data {
     ws: Arc<Mutex<Option<tokio::sync::broadcast::Sender<WsCmd>>>>,
     ws_open: Arc<std::sync::atomic::AtomicUsize>,
     ws_total: Arc<std::sync::atomic::AtomicUsize>,
+    /// The `x-testbed-key` header of the last `/ws` handshake.
+    ws_key: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -234,8 +236,9 @@ fn app(data: Data) -> Router {
         )
         .route(
             "/ws",
-            get(|State(d): State<Data>, upgrade: axum::extract::ws::WebSocketUpgrade| async move {
+            get(|State(d): State<Data>, headers: HeaderMap, upgrade: axum::extract::ws::WebSocketUpgrade| async move {
                 d.count("GET /ws".into());
+                *lock(&d.ws_key) = headers.get("x-testbed-key").and_then(|v| v.to_str().ok()).map(str::to_string);
                 upgrade.on_upgrade(move |socket| upstream_socket(socket, d))
             }),
         )
@@ -257,7 +260,7 @@ fn app(data: Data) -> Router {
             "/_ws",
             get(|State(d): State<Data>| async move {
                 use std::sync::atomic::Ordering;
-                Json(json!({"open": d.ws_open.load(Ordering::SeqCst), "total": d.ws_total.load(Ordering::SeqCst)}))
+                Json(json!({"open": d.ws_open.load(Ordering::SeqCst), "total": d.ws_total.load(Ordering::SeqCst), "key": *lock(&d.ws_key)}))
             }),
         )
         .route("/_stats", get(|State(d): State<Data>| async move { Json(json!(*lock(&d.stats))) }))

@@ -113,8 +113,15 @@ test('100 subscribers over 10 connections, live and events mixed: one upstream s
     if (events.every((e) => e.results.length > 0)) break;
     assert.ok(n < 100, 'event subscribers started listening');
   }
+  // Let every probe in flight land: after a last one, nothing else is pending.
+  await tb.send({ list: 'mix', mode: 'probe', id: 'last-probe', name: 'probe', ownerId: '2' });
+  const settled = waitFor(() => events.every((e) => e.results.at(-1)?.data?.itemEvents?.id === 'last-probe'), 'the last probe everywhere');
+  const t = setInterval(() => settled.poke(), 10);
+  await settled.done;
+  clearInterval(t);
   const sockets = await tb.sockets();
   assert.deepEqual([sockets.open, sockets.total - before], [1, 1], 'one upstream socket for 100 subscribers');
+  assert.equal(sockets.key, 'k1', "the @upstream's headers went with the handshake");
   const seen = events.map((e) => e.results.length);
   await tb.send({ list: 'mix', mode: 'append', id: '2', name: 'two', ownerId: '1' });
   for (const s of live) assert.deepEqual((await s.next(2)).data.appendItems, [{ id: '1', name: 'one' }, { id: '2', name: 'two' }]);
