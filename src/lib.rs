@@ -22,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod deps;
 pub mod live;
+pub mod metrics;
 pub mod plan;
 pub mod resolve;
 pub mod response_cache;
@@ -60,6 +61,9 @@ pub struct Options {
     pub limits: schema::QueryLimits,
     pub ws: server::ws::WsOptions,
     pub webhook: server::webhook::WebhookOptions,
+    /// After a shutdown signal, how long in-flight requests may take before the server
+    /// stops anyway.
+    pub drain_timeout: Duration,
 }
 
 impl Default for Options {
@@ -76,6 +80,7 @@ impl Default for Options {
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
             webhook: Default::default(),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -94,9 +99,10 @@ pub enum Error {
 /// Builds the shared state of a gateway serving `plan`.
 pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     let plan = Arc::new(plan);
-    let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body, metrics.clone());
     let cache = cache::Cache::new(options.cache_bytes);
-    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace, options.socket_grace));
+    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace, options.socket_grace, metrics));
     let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
     let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];
@@ -115,18 +121,37 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         responses,
         ws: options.ws.clone(),
         webhook: options.webhook.clone(),
+        shutdown: tokio::sync::watch::channel(false).1,
     })
 }
 
-/// Serves `plan` on `listener` until `shutdown` completes, then finishes in-flight
-/// requests and returns.
+/// Serves `plan` on `listener` until `shutdown` completes. Then it stops accepting, closes
+/// WebSockets with 1012 (service restart: clients reconnect) and completes SSE streams,
+/// lets in-flight requests finish for up to `options.drain_timeout`, and returns.
 pub async fn run(
     listener: TcpListener,
     plan: Plan,
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let state = state(plan, &options)?;
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await?;
+    let mut state = state(plan, &options)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    state.shutdown = stopping.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing subscriptions, draining requests");
+        let _ = stop.send(true);
+    };
+    let serve = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(signal);
+    let mut stopping = stopping;
+    let drain = options.drain_timeout;
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        served = serve => served?,
+        _ = deadline => tracing::warn!(?drain, "drain timeout: stopping with requests still open"),
+    }
     Ok(())
 }

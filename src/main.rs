@@ -61,6 +61,9 @@ struct Cli {
     /// Largest invalidation webhook body, in bytes (larger: 413).
     #[arg(long, env = "LIVEGATE_WEBHOOK_MAX_BODY", default_value_t = 64 << 10)]
     webhook_max_body: usize,
+    /// After SIGTERM or Ctrl-C, how long in-flight requests may run before the process exits anyway, in ms.
+    #[arg(long, env = "LIVEGATE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
+    drain_timeout_ms: u64,
     /// Deepest selection nesting accepted in an operation.
     #[arg(long, env = "LIVEGATE_MAX_DEPTH", default_value_t = 32)]
     max_depth: usize,
@@ -142,6 +145,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
         },
+        drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         webhook: livegate::server::webhook::WebhookOptions {
             secret: cli.webhook_secret.clone().filter(|s| !s.is_empty()),
             token: cli.webhook_token.clone().filter(|s| !s.is_empty()),

@@ -97,6 +97,7 @@ fn as_query(text: &str, pos: async_graphql::Pos) -> Option<String> {
 }
 
 struct Subscription {
+    _active: crate::metrics::GaugeGuard,
     state: AppState,
     request: async_graphql::Request,
     headers: HeaderMap,
@@ -166,7 +167,9 @@ impl Subscription {
 pub fn events(state: &AppState, request: async_graphql::Request, headers: HeaderMap) -> impl Stream<Item = Frame> + Send + 'static {
     use futures_util::StreamExt;
     let request = request.data(crate::resolve::ClientHeaders(headers));
-    state.schema.execute_stream(request).map(|mut response| {
+    let active = crate::metrics::GaugeGuard::new(state.runtime.metrics.subscriptions.with_label_values(&["stream"]));
+    state.schema.execute_stream(request).map(move |mut response| {
+        let _alive = &active;
         let (body, request_error) = crate::server::execute::encode(&mut response);
         Frame { body, request_error }
     })
@@ -175,7 +178,8 @@ pub fn events(state: &AppState, request: async_graphql::Request, headers: Header
 /// The results of a live query, until the request error that ends it (if any).
 pub fn run(state: AppState, request: async_graphql::Request, headers: HeaderMap, poll: Option<Duration>) -> impl Stream<Item = Frame> + Send {
     let hub = state.runtime.hub.clone();
-    let sub = Subscription { state, request, headers, poll, id: hub.next_id(), notify: Arc::new(Notify::new()), last: None, started: false };
+    let active = crate::metrics::GaugeGuard::new(state.runtime.metrics.subscriptions.with_label_values(&["live"]));
+    let sub = Subscription { _active: active, state, request, headers, poll, id: hub.next_id(), notify: Arc::new(Notify::new()), last: None, started: false };
     futures_util::stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
         loop {

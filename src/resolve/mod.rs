@@ -9,6 +9,7 @@ pub mod stream;
 
 use crate::cache::{Cache, Tag};
 use crate::live::Hub;
+use crate::metrics::Metrics;
 use crate::deps::{Dep, Deps, FetchFn, RootFetch};
 use futures_util::FutureExt;
 use crate::plan::{FieldPlan, Plan, RestPlan};
@@ -32,14 +33,23 @@ pub struct Runtime {
     pub batcher: Batcher,
     pub hub: Arc<Hub>,
     pub sockets: Arc<Sockets>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {
-    pub fn new(plan: Arc<Plan>, cache: Cache, client: UpstreamClient, batch_window: Duration, live_grace: Duration, socket_grace: Duration) -> Self {
+    pub fn new(
+        plan: Arc<Plan>,
+        cache: Cache,
+        client: UpstreamClient,
+        batch_window: Duration,
+        live_grace: Duration,
+        socket_grace: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let batcher = Batcher::new(client.clone(), batch_window);
         let sockets = Sockets::new(socket_grace);
         let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
-        Runtime { plan, cache, client, batcher, hub, sockets }
+        Runtime { plan, cache, client, batcher, hub, sockets, metrics }
     }
 
     /// Drops the entries filed under `tags` and wakes the live queries that read them
@@ -48,6 +58,7 @@ impl Runtime {
     pub fn invalidate(&self, tags: &[Tag]) -> usize {
         let mut keys: std::collections::HashSet<_> = self.cache.invalidate(tags).into_iter().collect();
         keys.extend(self.hub.invalidated(tags));
+        self.metrics.invalidated_entries.inc_by(keys.len() as u64);
         keys.len()
     }
 }
@@ -110,6 +121,7 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
+            rt.metrics.invalidations.with_label_values(&["mutation"]).inc();
             let dropped = rt.invalidate(&tags);
             tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
@@ -157,6 +169,12 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
             }
             let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
             let loaded = rt.cache.load(key, policy, move || fetch()).await;
+            let outcome = match loaded.outcome {
+                crate::cache::Outcome::Hit => "hit",
+                crate::cache::Outcome::Stale => "stale",
+                crate::cache::Outcome::Miss => "miss",
+            };
+            rt.metrics.cache_lookups.with_label_values(&[outcome]).inc();
             // A private value must not end up in a response another caller could reuse.
             deps.add(Some(Dep { key, tags }), loaded.stamp.filter(|_| scope == crate::config::Scope::Public));
             loaded.value
@@ -194,9 +212,11 @@ async fn batched(
     let policy = request::policy(rest, vars);
     let dep = item_key.map(|key| Dep { key, tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default() });
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
+        rt.metrics.cache_lookups.with_label_values(&["hit"]).inc();
         deps.add(dep, Some(stamp).filter(|_| public));
         return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
     }
+    rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
     let group = request::batch_group(&base, headers);
     let spec = batch::BatchSpec { base, param: batch.param.clone(), key_field: batch.key.clone(), list: field.ty.is_list() };

@@ -25,7 +25,10 @@ pub struct Executed {
 pub fn lookup(state: &AppState, req: &async_graphql::Request, headers: &HeaderMap) -> Result<Executed, Option<CacheKey>> {
     let key = state.responses.key(req, headers);
     match key.as_ref().and_then(|k| state.responses.get(k)) {
-        Some(hit) => Ok(Executed { body: hit.body, request_error: false, read: hit.read }),
+        Some(hit) => {
+            state.runtime.metrics.response_cache_hits.inc();
+            Ok(Executed { body: hit.body, request_error: false, read: hit.read })
+        }
         None => Err(key),
     }
 }

@@ -3,6 +3,7 @@
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
 pub mod execute;
+mod health;
 mod graphiql;
 mod http;
 pub mod sse;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub responses: Arc<crate::response_cache::ResponseCache>,
     pub ws: ws::WsOptions,
     pub webhook: webhook::WebhookOptions,
+    /// Turns `true` when the server begins to shut down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn app(state: AppState) -> Router {
@@ -38,5 +41,8 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(max_body))
         .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
         .route("/graphiql/{file}", get(graphiql::asset))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .with_state(state)
 }

@@ -43,8 +43,8 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
             let done = super::execute::run(&state, req, headers).await;
             stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
         }
-        Ok(Prepared::Live { request, poll }) => frames(live::run(state, request, headers, poll).boxed()),
-        Ok(Prepared::Events(request)) => frames(live::events(&state, request, headers).boxed()),
+        Ok(Prepared::Live { request, poll }) => frames(&state, live::run(state.clone(), request, headers, poll).boxed()),
+        Ok(Prepared::Events(request)) => frames(&state, live::events(&state, request, headers).boxed()),
     };
     let mut res = (StatusCode::OK, Body::from_stream(events.map(Ok::<_, Infallible>))).into_response();
     let h = res.headers_mut();
@@ -55,9 +55,23 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
 }
 
 /// Frames as SSE events, with a keep-alive comment every 15 s, and `complete` when the
-/// frames end (after a request error, or when an event source closes).
-fn frames(frames: BoxStream<'static, live::Frame>) -> BoxStream<'static, Bytes> {
-    let results = frames.map(|f| next(&f.body)).chain(stream::iter([Bytes::from_static(COMPLETE)]));
+/// frames end (after a request error, when an event source closes, or at shutdown).
+fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>) -> BoxStream<'static, Bytes> {
+    let metrics = &state.runtime.metrics;
+    let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&["sse"]));
+    let pushed = metrics.pushed.with_label_values(&["sse"]);
+    let mut shutdown = state.shutdown.clone();
+    let stopping = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let results = frames
+        .take_until(stopping)
+        .map(move |f| {
+            pushed.inc();
+            let _alive = &open;
+            next(&f.body)
+        })
+        .chain(stream::iter([Bytes::from_static(COMPLETE)]));
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(15),
         Duration::from_secs(15),

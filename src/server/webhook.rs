@@ -72,19 +72,34 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(Body::new(body), options.max_body).await {
         Ok(b) => b,
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {} bytes", options.max_body)),
+        Err(_) => {
+            state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {} bytes", options.max_body));
+        }
     };
+    let metrics = &state.runtime.metrics;
     if !authorised(options, &parts.headers, &body) {
+        metrics.rejected.with_label_values(&["auth"]).inc();
         return error(StatusCode::UNAUTHORIZED, format!("missing or wrong credentials: sign the body ({SIGNATURE_HEADER}: sha256=<hex>) or send Authorization: Bearer <token>"));
     }
     let tags: Vec<String> = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("tags") {
             Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
-            _ => return error(StatusCode::BAD_REQUEST, "`tags` must be a list of strings"),
+            _ => {
+                metrics.rejected.with_label_values(&["malformed"]).inc();
+                return error(StatusCode::BAD_REQUEST, "`tags` must be a list of strings");
+            }
         },
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object like {\"tags\": [\"…\"]}"),
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")),
+        Ok(_) => {
+            metrics.rejected.with_label_values(&["malformed"]).inc();
+            return error(StatusCode::BAD_REQUEST, "the body must be a JSON object like {\"tags\": [\"…\"]}");
+        }
+        Err(e) => {
+            metrics.rejected.with_label_values(&["malformed"]).inc();
+            return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"));
+        }
     };
+    metrics.invalidations.with_label_values(&["webhook"]).inc();
     let list: Vec<crate::cache::Tag> = tags.iter().map(|t| crate::cache::Tag::from(t.as_str())).collect();
     let invalidated = state.runtime.invalidate(&list);
     tracing::info!(?tags, invalidated, "webhook invalidation");

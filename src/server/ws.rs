@@ -71,6 +71,7 @@ fn lock(ops: &Ops) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
 
 /// Serves one upgraded socket until it closes.
 pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
+    let _open = crate::metrics::GaugeGuard::new(state.runtime.metrics.connections.with_label_values(&["websocket"]));
     let protocol = match socket.protocol().and_then(|p| p.to_str().ok()) {
         Some("graphql-transport-ws") => Some(Protocol::Modern),
         Some("graphql-ws") => Some(Protocol::Legacy),
@@ -125,8 +126,18 @@ impl Connection {
         tokio::pin!(init_wait);
         let mut keepalive = tokio::time::interval(self.state.ws.keepalive);
         keepalive.tick().await;
+        let mut shutdown = self.state.shutdown.clone();
+        let stopping = async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopping);
         loop {
             tokio::select! {
+                _ = &mut stopping => {
+                    // 1012 Service Restart: graphql-ws (and browsers) reconnect on it.
+                    self.tx.close(1012, "server restarting").await;
+                    return;
+                }
                 _ = &mut init_wait, if !self.init_seen => {
                     self.tx.close(4408, "Connection initialisation timeout").await;
                     return;
@@ -358,11 +369,13 @@ async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req:
         Ok(Prepared::Events(request)) => live::events(state, request, headers).boxed(),
     };
     tokio::pin!(frames);
+    let pushed = state.runtime.metrics.pushed.with_label_values(&["websocket"]);
     while let Some(frame) = frames.next().await {
         let sent = if frame.request_error { tx.text(failure(&frame.body)).await } else { tx.text(result(&frame.body)).await };
         if frame.request_error || !sent {
             return false;
         }
+        pushed.inc();
     }
     true
 }

@@ -4,6 +4,7 @@
 
 use super::UpstreamError;
 use crate::config::HttpMethod;
+use crate::metrics::Metrics;
 use crate::plan::UpstreamPlan;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,28 +28,42 @@ pub struct UpstreamClient {
     client: reqwest::Client,
     default_timeout: Duration,
     max_body: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl UpstreamClient {
-    pub fn new(default_timeout: Duration, max_body: usize) -> Self {
+    pub fn new(default_timeout: Duration, max_body: usize, metrics: Arc<Metrics>) -> Self {
         let client = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        UpstreamClient { client, default_timeout, max_body }
+        UpstreamClient { client, default_timeout, max_body, metrics }
     }
 
     /// Sends `req` and returns the parsed JSON body and its size in bytes.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
-        match tokio::time::timeout(timeout, self.exchange(req)).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, self.exchange(req)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: req.upstream.name.clone(),
                 ms: timeout.as_millis(),
             }),
-        }
+        };
+        let status = match &result {
+            Ok(_) => "2xx",
+            Err(UpstreamError::HttpError { status, .. }) if *status < 500 => "4xx",
+            Err(UpstreamError::HttpError { .. }) => "5xx",
+            // A 2xx whose body was refused still answered 2xx.
+            Err(UpstreamError::BadResponse { .. } | UpstreamError::TooLarge { .. }) => "2xx",
+            Err(_) => "error",
+        };
+        let name = req.upstream.name.as_str();
+        self.metrics.upstream_requests.with_label_values(&[name, req.method.as_str(), status]).inc();
+        self.metrics.upstream_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        result
     }
 
     async fn exchange(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {

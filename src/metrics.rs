@@ -1,0 +1,125 @@
+//! Prometheus metrics (the `prometheus` crate), served at `GET /metrics`. One registry per
+//! gateway, so tests that run several gateways in one process read their own.
+//! Counters are bumped where things happen; gauges that mirror state owned elsewhere
+//! (cache entries, upstream sockets) are read at scrape time.
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Shared-cache lookups by outcome: `hit`, `miss`, `stale`.
+    pub cache_lookups: IntCounterVec,
+    /// Whole responses served from the response cache.
+    pub response_cache_hits: IntCounter,
+    pub cache_entries: IntGauge,
+    /// Upstream HTTP requests by upstream, method and status class (`2xx`, `4xx`, `5xx`,
+    /// or `error` when there was no status).
+    pub upstream_requests: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub upstream_sockets_open: IntGauge,
+    pub upstream_socket_connects: IntGauge,
+    /// Open client connections by transport: `websocket`, `sse`.
+    pub connections: IntGaugeVec,
+    /// Active subscriptions by kind: `live`, `stream`.
+    pub subscriptions: IntGaugeVec,
+    /// Results pushed to subscribers, by transport.
+    pub pushed: IntCounterVec,
+    /// Invalidation requests by source: `webhook`, `mutation`.
+    pub invalidations: IntCounterVec,
+    /// Cache entries dropped (or live entries woken) by invalidations.
+    pub invalidated_entries: IntCounter,
+    /// Requests refused, by reason: `limit`, `auth`, `malformed`.
+    pub rejected: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Names are constants of this file; registering twice is the only failure, and each
+    // registry is new.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new("livegate_upstream_request_seconds", "Upstream HTTP request latency")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let _ = r.register(Box::new(upstream_seconds.clone()));
+        Metrics {
+            cache_lookups: counter_vec(&r, "livegate_cache_lookups_total", "Shared-cache lookups by outcome (hit, miss, stale)", &["outcome"]),
+            response_cache_hits: {
+                let c = IntCounter::new("livegate_response_cache_hits_total", "Whole responses served from the response cache").unwrap_or_else(|e| panic!("{e}"));
+                let _ = r.register(Box::new(c.clone()));
+                c
+            },
+            cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
+            upstream_requests: counter_vec(
+                &r,
+                "livegate_upstream_requests_total",
+                "Upstream HTTP requests by upstream, method and status class",
+                &["upstream", "method", "status"],
+            ),
+            upstream_seconds,
+            upstream_sockets_open: gauge(&r, "livegate_upstream_sockets_open", "Upstream WebSockets open"),
+            upstream_socket_connects: gauge(&r, "livegate_upstream_socket_connects", "Upstream WebSocket connections made (first connects and reconnects)"),
+            connections: gauge_vec(&r, "livegate_connections", "Open client connections by transport", &["transport"]),
+            subscriptions: gauge_vec(&r, "livegate_subscriptions", "Active subscriptions by kind (live, stream)", &["kind"]),
+            pushed: counter_vec(&r, "livegate_messages_pushed_total", "Results pushed to subscribers by transport", &["transport"]),
+            invalidations: counter_vec(&r, "livegate_invalidations_total", "Invalidations received by source (webhook, mutation)", &["source"]),
+            invalidated_entries: {
+                let c = IntCounter::new("livegate_invalidated_entries_total", "Cache or live entries invalidations dropped or woke (each costs at most one refetch)")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let _ = r.register(Box::new(c.clone()));
+                c
+            },
+            rejected: counter_vec(&r, "livegate_rejected_total", "Requests refused by reason (limit, auth, malformed)", &["reason"]),
+            registry: r,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Keeps a gauge up while alive: a connection or subscription in progress.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(g: IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

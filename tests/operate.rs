@@ -1,0 +1,75 @@
+//! Operating endpoints: health, readiness, and Prometheus metrics that move with traffic.
+
+mod common;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use common::{Gateway, Upstream};
+use serde_json::json;
+
+const SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Thing { id: ID! name: String }
+type Query {
+  thing: Thing @rest(upstream: "api", path: "/thing") @cache(maxAge: 60, tags: ["thing"])
+  broken: Thing @rest(upstream: "api", path: "/broken")
+}
+type Mutation { touch: Thing @rest(upstream: "api", method: POST, path: "/thing") @invalidates(tags: ["thing"]) }
+"#;
+
+/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
+fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = Router::new()
+        .route("/thing", get(|| async { Json(json!({"id": "1", "name": "thing"})) }).post(|| async { Json(json!({"id": "1"})) }))
+        .route("/broken", get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "no") }));
+    let up = Upstream::start(app).await;
+    let mut options = livegate::Options::default();
+    options.webhook.token = Some("tok".into());
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let base = format!("http://{}", gw.addr);
+
+    for path in ["/healthz", "/readyz"] {
+        let res = gw.client.get(format!("{base}{path}")).send().await.expect("health");
+        assert_eq!(res.status(), 200, "{path}");
+    }
+
+    gw.query("{ thing { id } }").await; // miss, one upstream request
+    gw.query("{ thing { id } }").await; // the whole response again
+    gw.query("{ thing { name } }").await; // another selection: an entry hit
+    gw.query("{ broken { id } }").await; // an upstream 5xx
+    gw.query("mutation { touch { id } }").await; // a mutation invalidation
+    let hook = |auth: &'static str| gw.client.post(format!("{base}/hooks/invalidate")).header("authorization", auth).body(r#"{"tags":["thing"]}"#).send();
+    assert_eq!(hook("Bearer nope").await.expect("hook").status(), 401);
+    assert_eq!(hook("Bearer tok").await.expect("hook").status(), 200);
+
+    let res = gw.client.get(format!("{base}/metrics")).send().await.expect("metrics");
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/plain")));
+    let page = res.text().await.expect("page");
+    let expect = [
+        // `thing` once, and `broken`, which has no @cache (it still goes through the
+        // cache's single flight, as a miss).
+        (r#"livegate_cache_lookups_total{outcome="miss"}"#, 2.0),
+        (r#"livegate_cache_lookups_total{outcome="hit"}"#, 1.0),
+        ("livegate_response_cache_hits_total", 1.0),
+        (r#"livegate_upstream_requests_total{method="GET",status="2xx",upstream="api"}"#, 1.0),
+        (r#"livegate_upstream_requests_total{method="GET",status="5xx",upstream="api"}"#, 1.0),
+        (r#"livegate_upstream_requests_total{method="POST",status="2xx",upstream="api"}"#, 1.0),
+        (r#"livegate_invalidations_total{source="mutation"}"#, 1.0),
+        (r#"livegate_invalidations_total{source="webhook"}"#, 1.0),
+        (r#"livegate_rejected_total{reason="auth"}"#, 1.0),
+        ("livegate_invalidated_entries_total", 1.0),
+        ("livegate_cache_entries", 0.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(sample(&page, series), want, "{series} in\n{page}");
+    }
+    assert!(sample(&page, r#"livegate_upstream_request_seconds_count{upstream="api"}"#) >= 3.0, "{page}");
+}
