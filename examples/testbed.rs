@@ -11,7 +11,8 @@
 //! /_ws/kill` drops every socket; `GET /_ws` counts open and total sockets), `/_stats`
 //! (requests per path, with their times in ms), `POST /_reset` (zeroes the stats).
 //!
-//! Flags: `--port` (the gateway's; default any), `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
+//! Flags: `--port` (the gateway's; default any), `--max-connections-per-ip`,
+//! `--max-operations-per-connection`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
 //! `--pad-bytes`.
 
 use axum::extract::{Path, State};
@@ -298,6 +299,9 @@ async fn main() {
     options.ws.init_timeout = ms("--ws-init-timeout-ms", 3000);
     options.webhook.secret = flag("--webhook-secret");
     options.webhook.token = flag("--webhook-token");
+    let count = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    options.connection_limits.max_connections_per_ip = count("--max-connections-per-ip", 1_000);
+    options.connection_limits.max_operations_per_connection = count("--max-operations-per-connection", 100);
     let port: u16 = flag("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let gw = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,

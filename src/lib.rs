@@ -64,6 +64,7 @@ pub struct Options {
     /// After a shutdown signal, how long in-flight requests may take before the server
     /// stops anyway.
     pub drain_timeout: Duration,
+    pub connection_limits: server::limits::Limits,
 }
 
 impl Default for Options {
@@ -81,6 +82,7 @@ impl Default for Options {
             ws: Default::default(),
             webhook: Default::default(),
             drain_timeout: Duration::from_secs(10),
+            connection_limits: Default::default(),
         }
     }
 }
@@ -122,6 +124,8 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         ws: options.ws.clone(),
         webhook: options.webhook.clone(),
         shutdown: tokio::sync::watch::channel(false).1,
+        limits: options.connection_limits.clone(),
+        connections: Default::default(),
     })
 }
 

@@ -64,6 +64,18 @@ struct Cli {
     /// After SIGTERM or Ctrl-C, how long in-flight requests may run before the process exits anyway, in ms.
     #[arg(long, env = "LIVEGATE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
+    #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Most long-lived connections from one client IP; more get 503.
+    #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
+    /// Most operations running at once on one WebSocket; more get an `error` message.
+    #[arg(long, env = "LIVEGATE_MAX_OPERATIONS_PER_CONNECTION", default_value_t = 100)]
+    max_operations_per_connection: usize,
+    /// Refuse introspection queries (`__schema`, `__type`).
+    #[arg(long, env = "LIVEGATE_DISABLE_INTROSPECTION")]
+    disable_introspection: bool,
     /// Deepest selection nesting accepted in an operation.
     #[arg(long, env = "LIVEGATE_MAX_DEPTH", default_value_t = 32)]
     max_depth: usize,
@@ -140,7 +152,16 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         batch_window: Duration::from_millis(cli.batch_window_ms),
         live_grace: Duration::from_millis(cli.live_grace_ms),
         socket_grace: Duration::from_millis(cli.socket_grace_ms),
-        limits: livegate::schema::QueryLimits { max_depth: cli.max_depth, max_complexity: cli.max_complexity },
+        limits: livegate::schema::QueryLimits {
+            max_depth: cli.max_depth,
+            max_complexity: cli.max_complexity,
+            disable_introspection: cli.disable_introspection,
+        },
+        connection_limits: livegate::server::limits::Limits {
+            max_connections: cli.max_connections,
+            max_connections_per_ip: cli.max_connections_per_ip,
+            max_operations_per_connection: cli.max_operations_per_connection,
+        },
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),

@@ -16,11 +16,13 @@ use std::sync::Arc;
 pub struct QueryLimits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    /// Refuse `__schema` / `__type` queries (GraphiQL then has no docs or completion).
+    pub disable_introspection: bool,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        QueryLimits { max_depth: 32, max_complexity: 10_000 }
+        QueryLimits { max_depth: 32, max_complexity: 10_000, disable_introspection: false }
     }
 }
 
@@ -65,6 +67,9 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
     let mut builder = Schema::build(&plan.query, plan.mutation.as_deref(), plan.subscription.as_deref())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity);
+    if limits.disable_introspection {
+        builder = builder.disable_introspection();
+    }
     for t in plan.types.values() {
         builder = match &t.kind {
             TypePlanKind::Object { fields } if plan.subscription.as_deref() == Some(t.name.as_str()) => {

@@ -73,3 +73,20 @@ async fn health_readiness_and_metrics() {
     }
     assert!(sample(&page, r#"livegate_upstream_request_seconds_count{upstream="api"}"#) >= 3.0, "{page}");
 }
+
+#[tokio::test]
+async fn introspection_can_be_disabled() {
+    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) }))).await;
+    let schema = SCHEMA.replace("{up}", &up.url());
+    let open = Gateway::start(&schema, livegate::Options::default()).await;
+    let r = open.query("{ __schema { queryType { name } } }").await;
+    assert_eq!(r["data"]["__schema"]["queryType"]["name"], "Query", "{r}");
+    let mut options = livegate::Options::default();
+    options.limits.disable_introspection = true;
+    let closed = Gateway::start(&schema, options).await;
+    let r = closed.query("{ __schema { queryType { name } } }").await;
+    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("__schema")), "{r}");
+    // Ordinary queries still work.
+    let r = closed.query("{ thing { id } }").await;
+    assert_eq!(r["data"]["thing"]["id"], "1");
+}

@@ -110,12 +110,29 @@ fn graphql_request(p: PostBody) -> Result<async_graphql::Request, String> {
     Ok(req)
 }
 
+/// Admits a long-lived connection (WebSocket, SSE) under the connection limits.
+pub(super) fn admit(state: &AppState, peer: Option<std::net::SocketAddr>) -> Result<super::limits::Admitted, Box<Response>> {
+    let ip = peer.map(|p| p.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    state.connections.admit(ip, &state.limits).map_err(|why| {
+        state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+        Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
+    })
+}
+
+fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {
+    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
+}
+
 pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     let is_upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let (mut parts, _) = req.into_parts();
     if is_upgrade {
         use axum::extract::FromRequestParts;
         let headers = parts.headers.clone();
+        let admitted = match admit(&state, peer(&parts)) {
+            Ok(a) => a,
+            Err(refusal) => return *refusal,
+        };
         return match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => ws
                 .protocols(super::ws::PROTOCOLS)
@@ -124,12 +141,16 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 // memory; GraphQL messages are small, and bigger ones still fit.
                 .read_buffer_size(4 << 10)
                 .write_buffer_size(0)
-                .on_upgrade(move |socket| super::ws::serve(state, socket, headers)),
+                .on_upgrade(move |socket| async move {
+                    let _admitted = admitted;
+                    super::ws::serve(state, socket, headers).await
+                }),
             Err(rejection) => rejection.into_response(),
         };
     }
-    let headers = parts.headers;
     let raw = parts.uri.query().unwrap_or_default().to_string();
+    let headers = parts.headers.clone();
+    let parts_peer = parts;
     if raw.is_empty() && wants_html(&headers) {
         return graphiql::page();
     }
@@ -165,7 +186,11 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     if sse {
-        return super::sse::respond(state, req, headers).await;
+        let admitted = match admit(&state, peer(&parts_peer)) {
+            Ok(a) => a,
+            Err(refusal) => return *refusal,
+        };
+        return super::sse::respond(state, req, headers, admitted).await;
     }
     // A stored response is a query's: serve it before parsing anything.
     let key = match super::execute::lookup(&state, &req, &headers) {
@@ -188,7 +213,12 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
 const SUBSCRIPTIONS_ELSEWHERE: &str =
     "subscriptions need a WebSocket (subprotocol graphql-transport-ws or graphql-ws) or Server-Sent Events (Accept: text/event-stream)";
 
-pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn post(
+    State(state): State<AppState>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let sse = super::sse::wants_sse(&headers);
     let media = match negotiate(&headers) {
         Some(m) => m,
@@ -218,7 +248,11 @@ pub async fn post(State(state): State<AppState>, headers: HeaderMap, body: Bytes
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     if sse {
-        return super::sse::respond(state, req, headers).await;
+        let admitted = match admit(&state, connect.map(|c| (c.0).0)) {
+            Ok(a) => a,
+            Err(refusal) => return *refusal,
+        };
+        return super::sse::respond(state, req, headers, admitted).await;
     }
     let key = match super::execute::lookup(&state, &req, &headers) {
         Ok(hit) => return respond(StatusCode::OK, media, hit.body),

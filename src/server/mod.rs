@@ -3,6 +3,7 @@
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
 pub mod execute;
+pub mod limits;
 mod health;
 mod graphiql;
 mod http;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub webhook: webhook::WebhookOptions,
     /// Turns `true` when the server begins to shut down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub limits: limits::Limits,
+    pub connections: limits::Connections,
 }
 
 pub fn app(state: AppState) -> Router {

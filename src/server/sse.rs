@@ -33,7 +33,7 @@ fn next(body: &[u8]) -> Bytes {
 
 const COMPLETE: &[u8] = b"event: complete\ndata: \n\n";
 
-pub async fn respond(state: AppState, req: async_graphql::Request, headers: HeaderMap) -> Response {
+pub async fn respond(state: AppState, req: async_graphql::Request, headers: HeaderMap, admitted: super::limits::Admitted) -> Response {
     let events: BoxStream<'static, Bytes> = match live::prepare(&state, req) {
         Err(message) => {
             let body = json!({"errors": [{"message": message}]}).to_string();
@@ -43,8 +43,8 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
             let done = super::execute::run(&state, req, headers).await;
             stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
         }
-        Ok(Prepared::Live { request, poll }) => frames(&state, live::run(state.clone(), request, headers, poll).boxed()),
-        Ok(Prepared::Events(request)) => frames(&state, live::events(&state, request, headers).boxed()),
+        Ok(Prepared::Live { request, poll }) => frames(&state, live::run(state.clone(), request, headers, poll).boxed(), admitted),
+        Ok(Prepared::Events(request)) => frames(&state, live::events(&state, request, headers).boxed(), admitted),
     };
     let mut res = (StatusCode::OK, Body::from_stream(events.map(Ok::<_, Infallible>))).into_response();
     let h = res.headers_mut();
@@ -56,7 +56,7 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
 
 /// Frames as SSE events, with a keep-alive comment every 15 s, and `complete` when the
 /// frames end (after a request error, when an event source closes, or at shutdown).
-fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>) -> BoxStream<'static, Bytes> {
+fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>, admitted: super::limits::Admitted) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
     let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&["sse"]));
     let pushed = metrics.pushed.with_label_values(&["sse"]);
@@ -68,7 +68,7 @@ fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>) -> BoxStrea
         .take_until(stopping)
         .map(move |f| {
             pushed.inc();
-            let _alive = &open;
+            let _alive = (&open, &admitted);
             next(&f.body)
         })
         .chain(stream::iter([Bytes::from_static(COMPLETE)]));

@@ -207,6 +207,9 @@ impl Connection {
                     self.tx.close(4409, &format!("Subscriber for {id} already exists")).await;
                     return false;
                 }
+                if let Some(refusal) = self.over_limit() {
+                    return self.tx.json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]})).await;
+                }
                 self.start(id, req);
                 true
             }
@@ -257,6 +260,9 @@ impl Connection {
                 if let Some(op) = lock(&self.ops).remove(&id) {
                     op.abort();
                 }
+                if let Some(refusal) = self.over_limit() {
+                    return self.tx.json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]})).await;
+                }
                 self.start(id, req);
                 true
             }
@@ -271,6 +277,17 @@ impl Connection {
                 false
             }
             other => self.tx.json(json!({"type": "connection_error", "payload": {"message": format!("unknown message type {other:?}")}})).await,
+        }
+    }
+
+    /// Why one more operation on this socket is refused, if it is.
+    fn over_limit(&self) -> Option<String> {
+        let max = self.state.limits.max_operations_per_connection;
+        if lock(&self.ops).len() >= max {
+            self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+            Some(format!("too many operations on this connection: {max} at most (--max-operations-per-connection)"))
+        } else {
+            None
         }
     }
 

@@ -1,0 +1,74 @@
+// Limits on long-lived connections: each exceeded gets a clear refusal, and the client
+// already connected is unaffected.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import { start } from './testbed.js';
+
+let tb;
+before(async () => { tb = await start(['--max-connections-per-ip', '2', '--max-operations-per-connection', '2']); });
+after(async () => { await tb.stop(); });
+
+async function socket() {
+  const ws = new WebSocket(tb.ws, 'graphql-transport-ws');
+  const inbox = [];
+  let wake = () => {};
+  ws.on('message', (m) => { inbox.push(JSON.parse(m.toString())); wake(); });
+  await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+  ws.send(JSON.stringify({ type: 'connection_init' }));
+  const next = async () => { while (inbox.length === 0) await new Promise((r) => { wake = r; }); return inbox.shift(); };
+  assert.equal((await next()).type, 'connection_ack');
+  return { ws, next, send: (m) => ws.send(JSON.stringify(m)) };
+}
+
+test('operations per connection: the one over the limit gets an error, the others go on', async () => {
+  const s = await socket();
+  s.send({ id: 'a', type: 'subscribe', payload: { query: 'subscription { counter { value } }' } });
+  assert.equal((await s.next()).id, 'a');
+  s.send({ id: 'b', type: 'subscribe', payload: { query: 'subscription { counter { parity } }' } });
+  assert.equal((await s.next()).id, 'b');
+  s.send({ id: 'c', type: 'subscribe', payload: { query: 'subscription { counter { value } }' } });
+  const refused = await s.next();
+  assert.deepEqual([refused.id, refused.type], ['c', 'error']);
+  assert.match(refused.payload[0].message, /too many operations on this connection: 2 at most/);
+  // The socket and its operations live on: completing one makes room.
+  s.send({ id: 'a', type: 'complete' });
+  s.send({ id: 'd', type: 'subscribe', payload: { query: 'subscription { counter { value } }' } });
+  assert.equal((await s.next()).id, 'd');
+  // A change of the value reaches `d` (`b` selects the parity, which stays).
+  await tb.bump();
+  const update = await s.next();
+  assert.deepEqual([update.id, update.type], ['d', 'next']);
+  s.ws.close();
+});
+
+test('connections per client IP: the one over the limit gets 503, the others are unaffected', async () => {
+  // A gateway of its own, so no socket of the test above is still being let go.
+  await tb.stop();
+  tb = await start(['--max-connections-per-ip', '2']);
+  const one = await socket();
+  const two = await socket();
+  const refused = await new Promise((resolve) => {
+    const ws = new WebSocket(tb.ws, 'graphql-transport-ws');
+    ws.on('unexpected-response', (_req, res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    ws.on('open', () => resolve({ status: 101 }));
+  });
+  assert.equal(refused.status, 503);
+  assert.match(JSON.parse(refused.body).errors[0].message, /too many connections from 127.0.0.1: 2 at most/);
+  // SSE counts too.
+  const sse = await fetch(tb.graphql, { method: 'POST', headers: { 'content-type': 'application/json', accept: 'text/event-stream' }, body: '{"query":"subscription { counter { value } }"}' });
+  assert.equal(sse.status, 503);
+  // The two admitted sockets still work.
+  two.send({ id: 'q', type: 'subscribe', payload: { query: '{ counter { parity } }' } });
+  assert.equal((await two.next()).type, 'next');
+  one.ws.close();
+  await new Promise((r) => one.ws.once('close', r));
+  // A place was freed: a new connection is admitted.
+  const three = await socket();
+  three.ws.close();
+  two.ws.close();
+});
