@@ -12,7 +12,7 @@
 //! (requests per path, with their times in ms), `POST /_reset` (zeroes the stats).
 //!
 //! Flags: `--port` (the gateway's; default any), `--max-connections-per-ip`,
-//! `--max-operations-per-connection`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
+//! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
 //! `--pad-bytes`.
 
 use axum::extract::{Path, State};
@@ -302,6 +302,8 @@ async fn main() {
     let count = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     options.connection_limits.max_connections_per_ip = count("--max-connections-per-ip", 1_000);
     options.connection_limits.max_operations_per_connection = count("--max-operations-per-connection", 100);
+    options.connection_limits.max_operations_per_second = count("--max-operations-per-second", 1_000) as u32;
+    options.connection_limits.idle_timeout = ms("--ws-idle-timeout-ms", 300_000);
     let port: u16 = flag("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let gw = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,

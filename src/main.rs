@@ -73,6 +73,18 @@ struct Cli {
     /// Most operations running at once on one WebSocket; more get an `error` message.
     #[arg(long, env = "LIVEGATE_MAX_OPERATIONS_PER_CONNECTION", default_value_t = 100)]
     max_operations_per_connection: usize,
+    /// Operations one WebSocket may start per second; more get an `error` message.
+    #[arg(long, env = "LIVEGATE_MAX_OPERATIONS_PER_SECOND", default_value_t = 50)]
+    max_operations_per_second: u32,
+    /// A WebSocket with no operation running and no message for this long is closed, in ms.
+    #[arg(long, env = "LIVEGATE_WS_IDLE_TIMEOUT_MS", default_value_t = 300_000)]
+    ws_idle_timeout_ms: u64,
+    /// Most aliases in one GraphQL document.
+    #[arg(long, env = "LIVEGATE_MAX_ALIASES", default_value_t = 30)]
+    max_aliases: usize,
+    /// Most root fields in one operation.
+    #[arg(long, env = "LIVEGATE_MAX_ROOT_FIELDS", default_value_t = 20)]
+    max_root_fields: usize,
     /// Refuse introspection queries (`__schema`, `__type`).
     #[arg(long, env = "LIVEGATE_DISABLE_INTROSPECTION")]
     disable_introspection: bool,
@@ -161,6 +173,10 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             max_connections: cli.max_connections,
             max_connections_per_ip: cli.max_connections_per_ip,
             max_operations_per_connection: cli.max_operations_per_connection,
+            max_operations_per_second: cli.max_operations_per_second,
+            idle_timeout: Duration::from_millis(cli.ws_idle_timeout_ms.max(1)),
+            max_aliases: cli.max_aliases,
+            max_root_fields: cli.max_root_fields,
         },
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),

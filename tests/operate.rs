@@ -90,3 +90,42 @@ async fn introspection_can_be_disabled() {
     let r = closed.query("{ thing { id } }").await;
     assert_eq!(r["data"]["thing"]["id"], "1");
 }
+
+#[tokio::test]
+async fn aliases_and_root_fields_are_limited() {
+    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) }))).await;
+    let mut options = livegate::Options::default();
+    options.connection_limits.max_aliases = 3;
+    options.connection_limits.max_root_fields = 2;
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let r = gw.query("{ a: thing { id } b: thing { x: id } c: thing { y: id } }").await;
+    assert_eq!(r["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED", "{r}");
+    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("5 aliases; 3 at most")), "{r}");
+    let r = gw.query("{ thing { id } broken { id } __typename }").await;
+    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("3 root fields; 2 at most")), "{r}");
+    assert_eq!(up.count(), 0, "nothing ran");
+    // Within the limits, and another client: fine.
+    let r = gw.query("{ a: thing { id } b: thing { id } }").await;
+    assert_eq!(r["data"]["a"]["id"], "1", "{r}");
+}
+
+#[tokio::test]
+async fn only_listed_headers_are_forwarded() {
+    let echo = Router::new().route(
+        "/who",
+        get(|h: axum::http::HeaderMap| async move {
+            let v = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+            Json(json!({"id": v("x-tenant").unwrap_or_default(), "name": v("x-secret")}))
+        }),
+    );
+    let up = Upstream::start(echo).await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}", forwardHeaders: ["x-tenant"])
+        type Who {{ id: ID! name: String }}
+        type Query {{ who: Who @rest(upstream: "api", path: "/who") }}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let r = gw.query_with("{ who { id name } }", json!({}), &[("x-tenant", "acme"), ("x-secret", "s3")]).await;
+    assert_eq!(r["data"]["who"], json!({"id": "acme", "name": null}), "{r}");
+}

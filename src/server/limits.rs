@@ -12,12 +12,82 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_operations_per_connection: usize,
+    /// Operations one WebSocket may start per second (a token bucket of this size).
+    pub max_operations_per_second: u32,
+    /// A WebSocket with no running operation and no message for this long is closed.
+    pub idle_timeout: std::time::Duration,
+    /// Aliases in one document.
+    pub max_aliases: usize,
+    /// Root fields in one operation.
+    pub max_root_fields: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_connections: 10_000, max_connections_per_ip: 1_000, max_operations_per_connection: 100 }
+        Limits {
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            max_operations_per_connection: 100,
+            max_operations_per_second: 50,
+            idle_timeout: std::time::Duration::from_secs(300),
+            max_aliases: 30,
+            max_root_fields: 20,
+        }
     }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `rate`.
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Bucket { rate, tokens: rate, at: tokio::time::Instant::now() }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a document is over the alias or root-field limits, if it is.
+pub fn check_document(query: &str, operation_name: Option<&str>, limits: &Limits) -> Option<String> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    let doc = async_graphql::parser::parse_query(query).ok()?;
+    fn aliases(set: &SelectionSet) -> usize {
+        set.items
+            .iter()
+            .map(|s| match &s.node {
+                Selection::Field(f) => usize::from(f.node.alias.is_some()) + aliases(&f.node.selection_set.node),
+                Selection::InlineFragment(i) => aliases(&i.node.selection_set.node),
+                Selection::FragmentSpread(_) => 0,
+            })
+            .sum()
+    }
+    let mut count: usize = doc.operations.iter().map(|(_, op)| aliases(&op.node.selection_set.node)).sum();
+    count += doc.fragments.values().map(|f| aliases(&f.node.selection_set.node)).sum::<usize>();
+    if count > limits.max_aliases {
+        return Some(format!("the document has {count} aliases; {} at most (--max-aliases)", limits.max_aliases));
+    }
+    let op = match operation_name {
+        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
+        None => doc.operations.iter().next().map(|(_, op)| op),
+    }?;
+    let roots = op.node.selection_set.node.items.len();
+    (roots > limits.max_root_fields).then(|| format!("the operation selects {roots} root fields; {} at most (--max-root-fields)", limits.max_root_fields))
 }
 
 #[derive(Default)]

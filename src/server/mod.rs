@@ -34,6 +34,16 @@ pub struct AppState {
     pub connections: limits::Connections,
 }
 
+static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Every log line of a request's work carries its id (and WebSockets their connection id).
+async fn request_span(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument;
+    let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
+    next.run(req).instrument(span).await
+}
+
 pub fn app(state: AppState) -> Router {
     let max_body = state.max_body;
     Router::new()
@@ -47,5 +57,6 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(state)
 }

@@ -71,6 +71,13 @@ fn lock(ops: &Ops) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
 
 /// Serves one upgraded socket until it closes.
 pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
+    use tracing::Instrument;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    serve_socket(state, socket, headers).instrument(tracing::info_span!("ws", conn)).await
+}
+
+async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
     let _open = crate::metrics::GaugeGuard::new(state.runtime.metrics.connections.with_label_values(&["websocket"]));
     let protocol = match socket.protocol().and_then(|p| p.to_str().ok()) {
         Some("graphql-transport-ws") => Some(Protocol::Modern),
@@ -98,7 +105,8 @@ pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
             tx.close(4406, "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws").await;
         }
         Some(protocol) => {
-            let mut conn = Connection { state, tx: tx.clone(), ops: ops.clone(), headers, protocol, acked: false, init_seen: false };
+            let bucket = super::limits::Bucket::new(state.limits.max_operations_per_second);
+            let mut conn = Connection { state, tx: tx.clone(), ops: ops.clone(), headers, protocol, acked: false, init_seen: false, bucket };
             conn.read(&mut stream).await;
         }
     }
@@ -118,6 +126,8 @@ struct Connection {
     protocol: Protocol,
     acked: bool,
     init_seen: bool,
+    /// Operations this socket may still start this second.
+    bucket: super::limits::Bucket,
 }
 
 impl Connection {
@@ -131,8 +141,19 @@ impl Connection {
             let _ = shutdown.wait_for(|s| *s).await;
         };
         tokio::pin!(stopping);
+        let idle_timeout = self.state.limits.idle_timeout;
+        let mut last_activity = tokio::time::Instant::now();
+        let mut idle_check = tokio::time::interval((idle_timeout / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(5)));
         loop {
             tokio::select! {
+                _ = idle_check.tick() => {
+                    if !lock(&self.ops).is_empty() {
+                        last_activity = tokio::time::Instant::now();
+                    } else if last_activity.elapsed() >= idle_timeout {
+                        self.tx.close(1000, "idle: no operation and no message for the idle timeout").await;
+                        return;
+                    }
+                }
                 _ = &mut stopping => {
                     // 1012 Service Restart: graphql-ws (and browsers) reconnect on it.
                     self.tx.close(1012, "server restarting").await;
@@ -148,6 +169,7 @@ impl Connection {
                     }
                 }
                 msg = stream.next() => {
+                    last_activity = tokio::time::Instant::now();
                     let text = match msg {
                         Some(Ok(Message::Text(t))) => t,
                         Some(Ok(Message::Binary(_))) => {
@@ -281,14 +303,18 @@ impl Connection {
     }
 
     /// Why one more operation on this socket is refused, if it is.
-    fn over_limit(&self) -> Option<String> {
+    fn over_limit(&mut self) -> Option<String> {
         let max = self.state.limits.max_operations_per_connection;
-        if lock(&self.ops).len() >= max {
-            self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
-            Some(format!("too many operations on this connection: {max} at most (--max-operations-per-connection)"))
+        let why = if lock(&self.ops).len() >= max {
+            format!("too many operations on this connection: {max} at most (--max-operations-per-connection)")
+        } else if !self.bucket.take() {
+            let rate = self.state.limits.max_operations_per_second;
+            format!("too many operations per second on this connection: {rate} at most (--max-operations-per-second)")
         } else {
-            None
-        }
+            return None;
+        };
+        self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+        Some(why)
     }
 
     /// `connection_init`'s payload is available to resolvers as request headers: its
@@ -312,14 +338,15 @@ impl Connection {
         let protocol = self.protocol;
         let mut registry = lock(&self.ops);
         let task_id = id.clone();
-        let task = tokio::spawn(async move {
+        let span = tracing::info_span!("operation", id = %task_id);
+        let task = tokio::spawn(tracing::Instrument::instrument(async move {
             let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
             // Unregister before announcing, so the id can be reused at once.
             lock(&ops).remove(&task_id);
             if completed {
                 tx.json(json!({"id": task_id, "type": "complete"})).await;
             }
-        });
+        }, span));
         registry.insert(id, task.abort_handle());
     }
 }

@@ -61,6 +61,9 @@ impl UpstreamClient {
             Err(_) => "error",
         };
         let name = req.upstream.name.as_str();
+        if let Err(e) = &result {
+            tracing::warn!(upstream = name, method = req.method.as_str(), path = req.url.path(), code = e.code(), error = %e, "upstream request failed");
+        }
         self.metrics.upstream_requests.with_label_values(&[name, req.method.as_str(), status]).inc();
         self.metrics.upstream_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
         result

@@ -72,3 +72,33 @@ test('connections per client IP: the one over the limit gets 503, the others are
   three.ws.close();
   two.ws.close();
 });
+
+test('operations per second on one socket: the excess gets an error, the socket lives on', async () => {
+  await tb.stop();
+  tb = await start(['--max-operations-per-second', '3']);
+  const s = await socket();
+  for (let i = 0; i < 5; i++) s.send({ id: `q${i}`, type: 'subscribe', payload: { query: '{ counter { parity } }' } });
+  const got = [];
+  while (got.filter((m) => m.type !== 'next').length < 5) got.push(await s.next());
+  const refused = got.filter((m) => m.type === 'error');
+  assert.equal(refused.length, 2, JSON.stringify(got));
+  assert.match(refused[0].payload[0].message, /too many operations per second on this connection: 3 at most/);
+  assert.equal(got.filter((m) => m.type === 'complete').length, 3);
+  s.ws.close();
+});
+
+test('a socket with nothing running and nothing said is closed after the idle timeout; a busy one is not', async () => {
+  await tb.stop();
+  tb = await start(['--ws-idle-timeout-ms', '300']);
+  const idle = await socket();
+  const busy = await socket();
+  busy.send({ id: 'live', type: 'subscribe', payload: { query: 'subscription { counter { value } }' } });
+  assert.equal((await busy.next()).type, 'next');
+  const closed = await new Promise((r) => idle.ws.on('close', (code, reason) => r({ code, reason: reason.toString() })));
+  assert.equal(closed.code, 1000);
+  assert.match(closed.reason, /^idle/);
+  // The busy socket still gets its updates.
+  await tb.bump();
+  assert.equal((await busy.next()).payload.data.counter.value, 2);
+  busy.ws.close();
+});
