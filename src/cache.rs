@@ -133,6 +133,8 @@ struct State {
 
 struct Inner {
     entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// Entries moka dropped to stay within the byte budget.
+    evictions: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
     next_flight: AtomicU64,
 }
@@ -170,11 +172,16 @@ impl Cache {
     pub fn new(budget_bytes: u64) -> Self {
         let state: Arc<Mutex<State>> = Arc::default();
         let index = state.clone();
+        let evictions = Arc::new(AtomicU64::new(0));
+        let evicted = evictions.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(budget_bytes)
             .weigher(|_, e: &Arc<Entry>| u32::try_from(e.size + 64).unwrap_or(u32::MAX))
             .expire_after(Expiry)
-            .eviction_listener(move |key: Arc<CacheKey>, e: Arc<Entry>, _| {
+            .eviction_listener(move |key: Arc<CacheKey>, e: Arc<Entry>, cause: moka::notification::RemovalCause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evicted.fetch_add(1, Ordering::Relaxed);
+                }
                 // Called without our lock held (we never call moka under it).
                 let mut st = lock(&index);
                 for tag in &e.policy.tags {
@@ -190,7 +197,7 @@ impl Cache {
             })
             .build();
         Cache {
-            inner: Arc::new(Inner { entries, state, next_flight: AtomicU64::new(0) }),
+            inner: Arc::new(Inner { entries, evictions, state, next_flight: AtomicU64::new(0) }),
         }
     }
 
@@ -375,6 +382,11 @@ impl Cache {
             self.inner.entries.invalidate(key);
         }
         dropped
+    }
+
+    /// Entries dropped so far to stay within the byte budget.
+    pub fn evictions(&self) -> u64 {
+        self.inner.evictions.load(Ordering::Relaxed)
     }
 
     /// Entries currently stored (approximate, as moka counts).

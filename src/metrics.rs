@@ -12,6 +12,8 @@ pub struct Metrics {
     /// Whole responses served from the response cache.
     pub response_cache_hits: IntCounter,
     pub cache_entries: IntGauge,
+    pub cache_evictions: IntCounter,
+    pub upstream_socket_reconnects: IntCounter,
     /// Upstream HTTP requests by upstream, method and status class (`2xx`, `4xx`, `5xx`,
     /// or `error` when there was no status).
     pub upstream_requests: IntCounterVec,
@@ -76,6 +78,16 @@ impl Metrics {
                 c
             },
             cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
+            cache_evictions: {
+                let c = IntCounter::new("livegate_cache_evictions_total", "Entries dropped to stay within the cache's byte budget").unwrap_or_else(|e| panic!("{e}"));
+                let _ = r.register(Box::new(c.clone()));
+                c
+            },
+            upstream_socket_reconnects: {
+                let c = IntCounter::new("livegate_upstream_socket_reconnects_total", "Upstream WebSocket reconnects after a drop").unwrap_or_else(|e| panic!("{e}"));
+                let _ = r.register(Box::new(c.clone()));
+                c
+            },
             upstream_requests: counter_vec(
                 &r,
                 "livegate_upstream_requests_total",

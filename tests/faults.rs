@@ -24,6 +24,14 @@ fn faulty_app() -> Router {
         .route("/missing-non-null", get(|| async { Json(json!({"id": "1"})) }))
         .route("/not-a-list", get(|| async { Json(json!({"id": "1", "name": "x"})) }))
         .route("/big", get(|| async { Json(json!({"id": "1", "name": "x".repeat(10_000)})) }))
+        .route(
+            "/endless",
+            get(|| async {
+                // A chunked body that never ends: only the size limit stops it.
+                let chunks = futures_util::stream::repeat_with(|| Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"[1,2,3,4,5,6,7,8,9,10],")));
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
 }
 
 const SCHEMA: &str = r#"
@@ -41,6 +49,7 @@ type Query {
   missingNonNull: Thing @rest(upstream: "api", path: "/missing-non-null")
   notAList: [Thing] @rest(upstream: "api", path: "/not-a-list")
   big: Thing @rest(upstream: "api", path: "/big")
+  endless: Thing @rest(upstream: "api", path: "/endless")
   dead: Thing @rest(upstream: "dead", path: "/anything")
 }
 "#;
@@ -113,6 +122,9 @@ async fn bodies_that_lie_are_bad_responses_and_are_not_cached() {
 async fn oversized_bodies_are_refused() {
     let (_up, gw) = setup().await;
     let e = fault(&gw, "big").await;
+    assert_eq!(e["extensions"]["code"], "UPSTREAM_TOO_LARGE", "{e}");
+    // No Content-Length, and no end: stopped at the limit while streaming.
+    let e = fault(&gw, "endless").await;
     assert_eq!(e["extensions"]["code"], "UPSTREAM_TOO_LARGE", "{e}");
 }
 

@@ -129,3 +129,47 @@ async fn only_listed_headers_are_forwarded() {
     let r = gw.query_with("{ who { id name } }", json!({}), &[("x-tenant", "acme"), ("x-secret", "s3")]).await;
     assert_eq!(r["data"]["who"], json!({"id": "acme", "name": null}), "{r}");
 }
+
+#[tokio::test]
+async fn depth_and_complexity_are_limited() {
+    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1", "name": "n"})) }))).await;
+    let mut options = livegate::Options::default();
+    options.limits.max_depth = 1;
+    options.limits.max_complexity = 3;
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let r = gw.query("{ thing { id } }").await;
+    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("nested too deep")), "{r}");
+    let mut options = livegate::Options::default();
+    options.limits.max_complexity = 3;
+    let gw2 = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let r = gw2.query("{ thing { id name } broken { id name } }").await;
+    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("complex")), "{r}");
+    assert_eq!(up.count(), 0, "nothing ran");
+    // Within the limits: fine.
+    let r = gw2.query("{ thing { id } }").await;
+    assert_eq!(r["data"]["thing"]["id"], "1", "{r}");
+}
+
+#[tokio::test]
+async fn the_cache_stays_within_its_budget_and_counts_evictions() {
+    let up = Upstream::start(Router::new().route(
+        "/items/{id}",
+        get(|axum::extract::Path(id): axum::extract::Path<String>| async move { Json(json!({"id": id, "name": "x".repeat(200)})) }),
+    ))
+    .await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+        type Item {{ id: ID! name: String }}
+        type Query {{ item(id: ID!): Item @rest(upstream: "api", path: "/items/{{args.id}}") @cache(maxAge: 60) }}"#,
+        up.url()
+    );
+    // Room for about two entries of ~270 bytes.
+    let options = livegate::Options { cache_bytes: 600, response_cache_bytes: 0, ..Default::default() };
+    let gw = Gateway::start(&schema, options).await;
+    for id in 0..10 {
+        gw.query(&format!(r#"{{ item(id: "{id}") {{ id }} }}"#)).await;
+    }
+    let page = gw.client.get(format!("http://{}/metrics", gw.addr)).send().await.expect("metrics").text().await.expect("page");
+    assert!(sample(&page, "livegate_cache_evictions_total") >= 7.0, "{page}");
+    assert!(sample(&page, "livegate_cache_entries") <= 3.0, "{page}");
+}

@@ -44,6 +44,7 @@ struct Socket {
 #[derive(Default, Debug)]
 pub struct SocketStats {
     pub connects: AtomicU64,
+    pub reconnects: AtomicU64,
     pub open: AtomicUsize,
     pub skipped: AtomicU64,
 }
@@ -166,6 +167,7 @@ async fn run(owner_weak: std::sync::Weak<Sockets>, key: SocketKey, upstream: Arc
                 tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket open");
                 backoff = Duration::from_millis(100);
                 if connected_before {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     let _ = socket.tx.send(Event::Reconnected);
                 }
                 connected_before = true;

@@ -149,6 +149,9 @@ test('a dropped upstream socket reconnects, each fed entry refetches once, and n
   const after = await tb.sockets();
   assert.equal(after.total, total + 1, 'reconnected once');
   assert.equal(await tb.count('GET /items/rc'), fetched + 1, 'one refetch for the fed entry');
+  const metrics = await (await fetch(`${tb.gateway}/metrics`)).text();
+  assert.match(metrics, /^livegate_upstream_socket_reconnects_total [1-9]/m, 'the reconnect is counted');
+  assert.match(metrics, /^livegate_upstream_sockets_open 1$/m);
   // Both subscriptions still work on the new socket.
   await tb.send({ list: 'rc', mode: 'append', id: '3', name: 'cherry' });
   assert.deepEqual((await live.next(3)).data.appendItems.map((x) => x.id), ['1', '2', '3']);
