@@ -41,17 +41,7 @@ pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared
     let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
         return Ok(Prepared::Once(req));
     };
-    let op = match &req.operation_name {
-        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
-        None => {
-            let mut ops = doc.operations.iter();
-            match (ops.next(), ops.next()) {
-                (Some((_, op)), None) => Some(op),
-                _ => None,
-            }
-        }
-    };
-    let Some(op) = op else { return Ok(Prepared::Once(req)) };
+    let Some(op) = operation(&doc, req.operation_name.as_deref()) else { return Ok(Prepared::Once(req)) };
     if op.node.ty != OperationType::Subscription {
         return Ok(Prepared::Once(req));
     }
@@ -85,6 +75,24 @@ pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared
         request = request.operation_name(name);
     }
     Ok(Prepared::Live { request, poll: live.poll })
+}
+
+/// The operation a request runs: the one named, or the only one (GraphQL's rule: several
+/// unnamed-for operations is an error the executor reports).
+pub fn operation<'d>(
+    doc: &'d async_graphql::parser::types::ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d async_graphql::Positioned<async_graphql::parser::types::OperationDefinition>> {
+    match name {
+        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
+        None => {
+            let mut ops = doc.operations.iter();
+            match (ops.next(), ops.next()) {
+                (Some((_, op)), None) => Some(op),
+                _ => None,
+            }
+        }
+    }
 }
 
 /// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.

@@ -439,18 +439,7 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
     if let Some(st) = &f.stream {
         stream::check_stream_type(&f.ty, errors);
         let source = stream::source(ctx, &st.node, &args, "stream", errors)?;
-        return Some(FieldPlan {
-            name: f.name.node.clone(),
-            ty: f.ty.node.clone(),
-            args,
-            description: f.description.clone(),
-            deprecated: f.deprecated.clone(),
-            rest: None,
-            invalidates: Vec::new(),
-            live: None,
-            updates: None,
-            stream: Some(Arc::new(source)),
-        });
+        return Some(subscription_plan(f, args, None, Some(Arc::new(source))));
     }
     let Some(live) = &f.live else {
         errors.push(
@@ -485,7 +474,13 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
             format!("@live on `{qualified}` needs @rest and @cache on `{query}.{}`: its cache entry is what subscribers share", f.name.node),
         );
     }
-    Some(FieldPlan {
+    let poll = live.node.poll_ms.as_ref().map(|p| Duration::from_millis(p.node));
+    Some(subscription_plan(f, args, Some(LivePlan { poll }), None))
+}
+
+/// A Subscription field's plan: it resolves nothing itself.
+fn subscription_plan(f: &FieldConfig, args: Vec<ArgPlan>, live: Option<LivePlan>, stream: Option<Arc<SourcePlan>>) -> FieldPlan {
+    FieldPlan {
         name: f.name.node.clone(),
         ty: f.ty.node.clone(),
         args,
@@ -493,10 +488,10 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
         deprecated: f.deprecated.clone(),
         rest: None,
         invalidates: Vec::new(),
-        live: Some(LivePlan { poll: live.node.poll_ms.as_ref().map(|p| Duration::from_millis(p.node)) }),
+        live,
         updates: None,
-        stream: None,
-    })
+        stream,
+    }
 }
 
 #[cfg(test)]

@@ -185,17 +185,10 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
-    if sse {
-        let admitted = match admit(&state, peer(&parts_peer)) {
-            Ok(a) => a,
-            Err(refusal) => return *refusal,
-        };
-        return super::sse::respond(state, req, headers, admitted).await;
-    }
     // A stored response is a query's: serve it before parsing anything.
-    let key = match super::execute::lookup(&state, &req, &headers) {
-        Ok(hit) => return respond(StatusCode::OK, media, hit.body),
-        Err(key) => key,
+    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, peer(&parts_peer)).await {
+        Ok(done) => return done,
+        Err(go_on) => go_on,
     };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     match operation_type(&req) {
@@ -247,16 +240,9 @@ pub async fn post(
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
-    if sse {
-        let admitted = match admit(&state, connect.map(|c| (c.0).0)) {
-            Ok(a) => a,
-            Err(refusal) => return *refusal,
-        };
-        return super::sse::respond(state, req, headers, admitted).await;
-    }
-    let key = match super::execute::lookup(&state, &req, &headers) {
-        Ok(hit) => return respond(StatusCode::OK, media, hit.body),
-        Err(key) => key,
+    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, connect.map(|c| (c.0).0)).await {
+        Ok(done) => return done,
+        Err(go_on) => go_on,
     };
     if operation_type(&req) == Some(OperationType::Subscription) {
         return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE);
@@ -270,13 +256,32 @@ pub async fn method_not_allowed(method: Method) -> Response {
     res
 }
 
+/// What GET and POST do first with a well-formed request: stream it over SSE, or answer
+/// it from the response cache. Otherwise the request goes on, with its cache key.
+async fn sse_or_stored(
+    state: &AppState,
+    req: async_graphql::Request,
+    headers: &HeaderMap,
+    media: Media,
+    sse: bool,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<Response, (async_graphql::Request, Option<crate::cache::CacheKey>)> {
+    if sse {
+        return Ok(match admit(state, peer) {
+            Ok(admitted) => super::sse::respond(state.clone(), req, headers.clone(), admitted).await,
+            Err(refusal) => *refusal,
+        });
+    }
+    match super::execute::lookup(state, &req, headers) {
+        Ok(hit) => Ok(respond(StatusCode::OK, media, hit.body)),
+        Err(key) => Err((req, key)),
+    }
+}
+
 /// The type of the operation `req` would run, when its document parses.
 fn operation_type(req: &async_graphql::Request) -> Option<OperationType> {
     let doc = async_graphql::parser::parse_query(&req.query).ok()?;
-    match &req.operation_name {
-        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op.node.ty),
-        None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
-    }
+    crate::live::operation(&doc, req.operation_name.as_deref()).map(|op| op.node.ty)
 }
 
 async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap, key: Option<crate::cache::CacheKey>) -> Response {

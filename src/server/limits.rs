@@ -82,10 +82,7 @@ pub fn check_document(query: &str, operation_name: Option<&str>, limits: &Limits
     if count > limits.max_aliases {
         return Some(format!("the document has {count} aliases; {} at most (--max-aliases)", limits.max_aliases));
     }
-    let op = match operation_name {
-        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
-        None => doc.operations.iter().next().map(|(_, op)| op),
-    }?;
+    let op = crate::live::operation(&doc, operation_name)?;
     let roots = op.node.selection_set.node.items.len();
     (roots > limits.max_root_fields).then(|| format!("the operation selects {roots} root fields; {} at most (--max-root-fields)", limits.max_root_fields))
 }
