@@ -11,7 +11,8 @@
 //! /_ws/kill` drops every socket; `GET /_ws` counts open and total sockets), `/_stats`
 //! (requests per path, with their times in ms), `POST /_reset` (zeroes the stats).
 //!
-//! Flags: `--port` (the gateway's; default any), `--max-connections-per-ip`,
+//! Flags: `--port` (the gateway's; default any), `--max-connections`, `--max-connections-per-ip`,
+//! `--max-request-body`,
 //! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
 //! `--pad-bytes`.
 
@@ -301,6 +302,8 @@ async fn main() {
     options.webhook.token = flag("--webhook-token");
     let count = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     options.connection_limits.max_connections_per_ip = count("--max-connections-per-ip", 1_000);
+    options.connection_limits.max_connections = count("--max-connections", 10_000);
+    options.max_request_body = count("--max-request-body", 1 << 20);
     options.connection_limits.max_operations_per_connection = count("--max-operations-per-connection", 100);
     options.connection_limits.max_operations_per_second = count("--max-operations-per-second", 1_000) as u32;
     options.connection_limits.idle_timeout = ms("--ws-idle-timeout-ms", 300_000);

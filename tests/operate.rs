@@ -45,6 +45,9 @@ async fn health_readiness_and_metrics() {
     gw.query("{ thing { name } }").await; // another selection: an entry hit
     gw.query("{ broken { id } }").await; // an upstream 5xx
     gw.query("mutation { touch { id } }").await; // a mutation invalidation
+    // A malformed request and one over the body limit.
+    let bad = gw.client.post(gw.url()).header("content-type", "application/json").body("{nope").send().await.expect("post");
+    assert_eq!(bad.status(), 400);
     let hook = |auth: &'static str| gw.client.post(format!("{base}/hooks/invalidate")).header("authorization", auth).body(r#"{"tags":["thing"]}"#).send();
     assert_eq!(hook("Bearer nope").await.expect("hook").status(), 401);
     assert_eq!(hook("Bearer tok").await.expect("hook").status(), 200);
@@ -65,6 +68,7 @@ async fn health_readiness_and_metrics() {
         (r#"livegate_invalidations_total{source="mutation"}"#, 1.0),
         (r#"livegate_invalidations_total{source="webhook"}"#, 1.0),
         (r#"livegate_rejected_total{reason="auth"}"#, 1.0),
+        (r#"livegate_rejected_total{reason="malformed"}"#, 1.0),
         ("livegate_invalidated_entries_total", 1.0),
         ("livegate_cache_entries", 0.0),
     ];
@@ -115,18 +119,20 @@ async fn only_listed_headers_are_forwarded() {
         "/who",
         get(|h: axum::http::HeaderMap| async move {
             let v = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
-            Json(json!({"id": v("x-tenant").unwrap_or_default(), "name": v("x-secret")}))
+            let name = v("x-secret").or(v("proxy-authorization"));
+            Json(json!({"id": v("x-tenant").unwrap_or_default(), "name": name}))
         }),
     );
     let up = Upstream::start(echo).await;
     let schema = format!(
-        r#"extend schema @upstream(name: "api", url: "{}", forwardHeaders: ["x-tenant"])
+        r#"extend schema @upstream(name: "api", url: "{}", forwardHeaders: ["x-tenant", "proxy-authorization"])
         type Who {{ id: ID! name: String }}
         type Query {{ who: Who @rest(upstream: "api", path: "/who") }}"#,
         up.url()
     );
     let gw = Gateway::start(&schema, livegate::Options::default()).await;
-    let r = gw.query_with("{ who { id name } }", json!({}), &[("x-tenant", "acme"), ("x-secret", "s3")]).await;
+    // `x-secret` is not listed; `proxy-authorization` is, but hop-by-hop headers never pass.
+    let r = gw.query_with("{ who { id name } }", json!({}), &[("x-tenant", "acme"), ("x-secret", "s3"), ("proxy-authorization", "Basic eA==")]).await;
     assert_eq!(r["data"]["who"], json!({"id": "acme", "name": null}), "{r}");
 }
 

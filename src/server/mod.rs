@@ -44,6 +44,26 @@ async fn request_span(req: axum::extract::Request, next: axum::middleware::Next)
     next.run(req).instrument(span).await
 }
 
+/// Counts refused GraphQL requests by reason, whichever handler (or axum's body limit)
+/// refused them: `413` is a limit, other `4xx` malformed input.
+async fn count_refusals(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let reason = match status.as_u16() {
+        413 => Some("limit"),
+        400 | 405 | 406 | 415 => Some("malformed"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        state.runtime.metrics.rejected.with_label_values(&[reason]).inc();
+    }
+    res
+}
+
 pub fn app(state: AppState) -> Router {
     let max_body = state.max_body;
     Router::new()
@@ -52,6 +72,7 @@ pub fn app(state: AppState) -> Router {
             get(http::get).post(http::post).fallback(http::method_not_allowed),
         )
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_refusals))
         .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))

@@ -177,7 +177,15 @@ impl Connection {
                             return;
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Err(e)) => {
+                            // tungstenite refuses a frame over `--max-request-body` this way.
+                            if e.to_string().contains("too long") {
+                                self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+                                self.tx.close(1009, "message too big (--max-request-body)").await;
+                            }
+                            return;
+                        }
+                        Some(Ok(Message::Close(_))) | None => return,
                     };
                     let keep_going = match self.protocol {
                         Protocol::Modern => self.modern(&text).await,

@@ -102,3 +102,35 @@ test('a socket with nothing running and nothing said is closed after the idle ti
   assert.equal((await busy.next()).payload.data.counter.value, 2);
   busy.ws.close();
 });
+
+test('a WebSocket frame over the size limit closes only that socket; the gateway total is limited too', async () => {
+  await tb.stop();
+  tb = await start(['--max-request-body', '10000', '--max-connections', '2']);
+  const other = await socket();
+  const big = await socket();
+  big.send({ id: 'x', type: 'subscribe', payload: { query: `{ counter { value } } # ${'x'.repeat(20000)}` } });
+  const closed = await new Promise((r) => big.ws.on('close', (code) => r(code)));
+  assert.equal(closed, 1009, 'message too big');
+  // The gateway-wide limit: with `other` and a fresh one open, a third is refused. (The
+  // big one's place is given back as its socket winds down: retry until it is.)
+  let second;
+  for (let i = 0; !second; i++) {
+    try {
+      second = await socket();
+    } catch (e) {
+      if (i > 50) throw e;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+  const refused = await new Promise((resolve) => {
+    const ws = new WebSocket(tb.ws, 'graphql-transport-ws');
+    ws.on('unexpected-response', (_req, res) => resolve(res.statusCode));
+    ws.on('open', () => resolve(101));
+  });
+  assert.equal(refused, 503);
+  // The other client is unaffected.
+  other.send({ id: 'q', type: 'subscribe', payload: { query: '{ counter { parity } }' } });
+  assert.equal((await other.next()).type, 'next');
+  other.ws.close();
+  second.ws.close();
+});

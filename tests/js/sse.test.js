@@ -65,3 +65,21 @@ test('the raw event stream follows the protocol', async () => {
   assert.match(res.headers.get('content-type'), /^text\/event-stream/);
   assert.equal(await res.text(), 'event: next\ndata: {"data":{"counter":{"parity":"even"}}}\n\nevent: complete\ndata: \n\n');
 });
+
+test('PRIVATE data over SSE: each caller gets their own, never the other\'s', async () => {
+  const sub = async (auth) => {
+    const res = await fetch(tb.graphql, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'text/event-stream', authorization: auth },
+      body: JSON.stringify({ query: 'subscription { whoami { name } }' }),
+    });
+    const reader = res.body.getReader();
+    let text = '';
+    while (!text.includes('\n\n')) text += new TextDecoder().decode((await reader.read()).value);
+    await reader.cancel();
+    return JSON.parse(text.split('data: ')[1].split('\n')[0]);
+  };
+  assert.deepEqual(await sub('Bearer carol'), { data: { whoami: { name: 'Bearer carol' } } });
+  assert.deepEqual(await sub('Bearer dave'), { data: { whoami: { name: 'Bearer dave' } } });
+  assert.deepEqual(await sub('Bearer carol'), { data: { whoami: { name: 'Bearer carol' } } });
+});
