@@ -1,0 +1,86 @@
+//! Graceful shutdown: in-flight queries finish, SSE streams complete, `run` returns.
+
+mod common;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use common::Upstream;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{oneshot, Notify};
+
+const SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Thing { id: ID! }
+type Query {
+  slow: Thing @rest(upstream: "api", path: "/slow")
+  fast: Thing @rest(upstream: "api", path: "/fast") @cache(maxAge: 60)
+}
+type Subscription { fast: Thing @live }
+"#;
+
+#[tokio::test]
+async fn in_flight_queries_finish_and_sse_streams_complete() {
+    // The slow upstream answers only when told, and says when it has the request.
+    let arrived = Arc::new(Notify::new());
+    let (release, released) = oneshot::channel::<()>();
+    let released = Arc::new(Mutex::new(Some(released)));
+    let app = Router::new()
+        .route("/fast", get(|| async { Json(json!({"id": "f"})) }))
+        .route(
+            "/slow",
+            get({
+                let arrived = arrived.clone();
+                move || {
+                    let arrived = arrived.clone();
+                    let released = released.lock().ok().and_then(|mut r| r.take());
+                    async move {
+                        arrived.notify_one();
+                        if let Some(r) = released {
+                            let _ = r.await;
+                        }
+                        Json(json!({"id": "s"}))
+                    }
+                }
+            }),
+        );
+    let up = Upstream::start(app).await;
+    let plan = livegate::plan::load("s.graphql", &SCHEMA.replace("{up}", &up.url()), Vec::<(String, String)>::new()).expect("plan");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(livegate::run(listener, plan, livegate::Options::default(), async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/graphql");
+
+    // An SSE live query, open.
+    let mut sse = client
+        .post(&url)
+        .header("accept", "text/event-stream")
+        .json(&json!({"query": "subscription { fast { id } }"}))
+        .send()
+        .await
+        .expect("sse");
+    let first = sse.chunk().await.expect("chunk").expect("first event");
+    assert!(String::from_utf8_lossy(&first).starts_with("event: next"));
+
+    // A query in flight at the upstream.
+    let query = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { client.post(&url).json(&json!({"query": "{ slow { id } }"})).send().await.expect("answer").json::<Value>().await.expect("json") }
+    });
+    arrived.notified().await;
+
+    // Shut down, then let the upstream answer.
+    stop.send(()).expect("server running");
+    let mut rest = Vec::new();
+    while let Some(chunk) = sse.chunk().await.expect("stream") {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(String::from_utf8_lossy(&rest).ends_with("event: complete\ndata: \n\n"), "{}", String::from_utf8_lossy(&rest));
+    release.send(()).expect("upstream waiting");
+    assert_eq!(query.await.expect("task"), json!({"data": {"slow": {"id": "s"}}}));
+    server.await.expect("task").expect("run returns cleanly");
+}
