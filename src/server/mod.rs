@@ -36,29 +36,25 @@ pub struct AppState {
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Every log line of a request's work carries its id (and WebSockets their connection id).
-async fn request_span(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    use tracing::Instrument;
-    let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
-    next.run(req).instrument(span).await
-}
-
-/// Counts refused GraphQL requests by reason, whichever handler (or axum's body limit)
-/// refused them: `413` is a limit, other `4xx` malformed input.
-async fn count_refusals(
+/// Every log line of a request's work carries its id (and WebSockets their connection id);
+/// refused GraphQL requests are counted by reason, whichever handler (or axum's body
+/// limit) refused them: `413` is a limit, other `4xx` malformed input.
+async fn observe(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let res = next.run(req).await;
-    let status = res.status();
-    let reason = match status.as_u16() {
+    use tracing::Instrument;
+    let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let graphql = req.uri().path() == "/graphql";
+    let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
+    let res = next.run(req).instrument(span).await;
+    let reason = match res.status().as_u16() {
         413 => Some("limit"),
         400 | 405 | 406 | 415 => Some("malformed"),
         _ => None,
     };
-    if let Some(reason) = reason {
+    if let (true, Some(reason)) = (graphql, reason) {
         state.runtime.metrics.rejected.with_label_values(&[reason]).inc();
     }
     res
@@ -72,12 +68,11 @@ pub fn app(state: AppState) -> Router {
             get(http::get).post(http::post).fallback(http::method_not_allowed),
         )
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_refusals))
         .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .layer(axum::middleware::from_fn(request_span))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
