@@ -305,6 +305,18 @@ fn arg_config(arg: &Positioned<InputValueDefinition>, errors: &mut Errors) -> Ar
     }
 }
 
+/// Fills an empty `slot` with `value`; `true` when the slot was already taken.
+fn put<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+    match value {
+        Some(_) if slot.is_some() => true,
+        Some(v) => {
+            *slot = Some(v);
+            false
+        }
+        None => false,
+    }
+}
+
 fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> FieldConfig {
     let def = &field.node;
     let mut out = FieldConfig {
@@ -320,49 +332,31 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         updates: None,
         stream: None,
     };
+    let field = out.name.node.clone();
     for d in &def.directives {
         let name = d.node.name.node.as_str();
-        let dup = |errors: &mut Errors| {
-            errors.push(d.pos, format!("@{name} is given twice on field `{}`", out.name.node))
+        // Each directive at most once: a second one is reported, the first kept.
+        let taken = match name {
+            "rest" => put(&mut out.rest, directives::rest(d, errors)),
+            "cache" => put(&mut out.cache, directives::cache(d, errors)),
+            "invalidates" => put(&mut out.invalidates, directives::invalidates(d, errors)),
+            "live" => put(&mut out.live, directives::live(d, errors)),
+            "updates" => put(&mut out.updates, directives::updates(d, errors)),
+            "stream" => put(&mut out.stream, directives::stream(d, errors)),
+            "deprecated" => {
+                out.deprecated = Some(directives::deprecated(d, errors));
+                false
+            }
+            other => {
+                errors.push(
+                    d.pos,
+                    format!("unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"),
+                );
+                false
+            }
         };
-        match name {
-            "rest" => match directives::rest(d, errors) {
-                Some(_) if out.rest.is_some() => dup(errors),
-                Some(r) => out.rest = Some(r),
-                None => {}
-            },
-            "cache" => match directives::cache(d, errors) {
-                Some(_) if out.cache.is_some() => dup(errors),
-                Some(c) => out.cache = Some(c),
-                None => {}
-            },
-            "invalidates" => match directives::invalidates(d, errors) {
-                Some(_) if out.invalidates.is_some() => dup(errors),
-                Some(i) => out.invalidates = Some(i),
-                None => {}
-            },
-            "live" => match directives::live(d, errors) {
-                Some(_) if out.live.is_some() => dup(errors),
-                Some(l) => out.live = Some(l),
-                None => {}
-            },
-            "updates" => match directives::updates(d, errors) {
-                Some(_) if out.updates.is_some() => dup(errors),
-                Some(u) => out.updates = Some(u),
-                None => {}
-            },
-            "stream" => match directives::stream(d, errors) {
-                Some(_) if out.stream.is_some() => dup(errors),
-                Some(st) => out.stream = Some(st),
-                None => {}
-            },
-            "deprecated" => out.deprecated = Some(directives::deprecated(d, errors)),
-            other => errors.push(
-                d.pos,
-                format!(
-                    "unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"
-                ),
-            ),
+        if taken {
+            errors.push(d.pos, format!("@{name} is given twice on field `{field}`"));
         }
     }
     out
