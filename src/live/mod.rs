@@ -37,11 +37,13 @@ pub enum Prepared {
 
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
 /// operation is a subscription livegate cannot serve.
-pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared, String> {
-    let Ok(doc) = async_graphql::parser::parse_query(&req.query) else {
+pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prepared, String> {
+    let name = req.operation_name.clone();
+    // Parsed once and kept in the request: the executor reuses it.
+    let Ok(doc) = req.parsed_query() else {
         return Ok(Prepared::Once(req));
     };
-    let Some(op) = operation(&doc, req.operation_name.as_deref()) else { return Ok(Prepared::Once(req)) };
+    let Some(op) = operation(doc, name.as_deref()) else { return Ok(Prepared::Once(req)) };
     if op.node.ty != OperationType::Subscription {
         return Ok(Prepared::Once(req));
     }
@@ -69,12 +71,13 @@ pub fn prepare(state: &AppState, req: async_graphql::Request) -> Result<Prepared
     let Some(live) = &sub_field.live else {
         return Err(format!("`{field}` is not a live field of this schema"));
     };
-    let query = as_query(&req.query, op.pos).ok_or("the subscription could not be rewritten as a query")?;
+    let (pos, poll) = (op.pos, live.poll);
+    let query = as_query(&req.query, pos).ok_or("the subscription could not be rewritten as a query")?;
     let mut request = async_graphql::Request::new(query).variables(req.variables);
     if let Some(name) = req.operation_name {
         request = request.operation_name(name);
     }
-    Ok(Prepared::Live { request, poll: live.poll })
+    Ok(Prepared::Live { request, poll })
 }
 
 /// The operation a request runs: the one named, or the only one (GraphQL's rule: several

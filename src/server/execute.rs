@@ -60,8 +60,8 @@ pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
 }
 
 /// Executes `req`, and stores the response under `key` when it may be reused.
-pub async fn execute(state: &AppState, req: async_graphql::Request, headers: HeaderMap, key: Option<CacheKey>) -> Executed {
-    if let Some(why) = super::limits::check_document(&req.query, req.operation_name.as_deref(), &state.limits) {
+pub async fn execute(state: &AppState, mut req: async_graphql::Request, headers: HeaderMap, key: Option<CacheKey>) -> Executed {
+    if let Some(why) = super::limits::check_document(&mut req, &state.limits) {
         state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
         let body = Bytes::from(json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]}).to_string());
         return Executed { body, request_error: true, read: Arc::default() };

@@ -191,7 +191,8 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(go_on) => go_on,
     };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
-    match operation_type(&req) {
+    let mut req = req;
+    match operation_type(&mut req) {
         Some(OperationType::Subscription) => return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE),
         Some(OperationType::Mutation) => {
             let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, Some(media), "only queries may be sent with GET; send mutations with POST");
@@ -244,7 +245,8 @@ pub async fn post(
         Ok(done) => return done,
         Err(go_on) => go_on,
     };
-    if operation_type(&req) == Some(OperationType::Subscription) {
+    let mut req = req;
+    if operation_type(&mut req) == Some(OperationType::Subscription) {
         return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE);
     }
     execute(&state, req, media, headers, key).await
@@ -278,10 +280,12 @@ async fn sse_or_stored(
     }
 }
 
-/// The type of the operation `req` would run, when its document parses.
-fn operation_type(req: &async_graphql::Request) -> Option<OperationType> {
-    let doc = async_graphql::parser::parse_query(&req.query).ok()?;
-    crate::live::operation(&doc, req.operation_name.as_deref()).map(|op| op.node.ty)
+/// The type of the operation `req` would run, when its document parses. The parse is kept
+/// in the request, so the executor does not parse it again.
+fn operation_type(req: &mut async_graphql::Request) -> Option<OperationType> {
+    let name = req.operation_name.clone();
+    let doc = req.parsed_query().ok()?;
+    crate::live::operation(doc, name.as_deref()).map(|op| op.node.ty)
 }
 
 async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap, key: Option<crate::cache::CacheKey>) -> Response {

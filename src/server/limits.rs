@@ -64,9 +64,12 @@ impl Bucket {
 }
 
 /// Why a document is over the alias or root-field limits, if it is.
-pub fn check_document(query: &str, operation_name: Option<&str>, limits: &Limits) -> Option<String> {
+pub fn check_document(req: &mut async_graphql::Request, limits: &Limits) -> Option<String> {
     use async_graphql::parser::types::{Selection, SelectionSet};
-    let doc = async_graphql::parser::parse_query(query).ok()?;
+    let operation_name = req.operation_name.clone();
+    let operation_name = operation_name.as_deref();
+    // Parsed once and kept in the request: the executor reuses it.
+    let doc = req.parsed_query().ok()?;
     fn aliases(set: &SelectionSet) -> usize {
         set.items
             .iter()
@@ -82,7 +85,7 @@ pub fn check_document(query: &str, operation_name: Option<&str>, limits: &Limits
     if count > limits.max_aliases {
         return Some(format!("the document has {count} aliases; {} at most (--max-aliases)", limits.max_aliases));
     }
-    let op = crate::live::operation(&doc, operation_name)?;
+    let op = crate::live::operation(doc, operation_name)?;
     let roots = op.node.selection_set.node.items.len();
     (roots > limits.max_root_fields).then(|| format!("the operation selects {roots} root fields; {} at most (--max-root-fields)", limits.max_root_fields))
 }
