@@ -320,6 +320,19 @@ impl Cache {
         self.insert(key, policy, value, size, None)
     }
 
+    /// Stores a value fetched from `fetched_at` on, unless the entry already holds one
+    /// stored after that (a refetch that started later and finished first): an old poll
+    /// must not overwrite newer data. `false` when it was not stored.
+    pub fn store_fetched(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, fetched_at: Instant) -> bool {
+        if let Some(e) = self.inner.entries.get(&key) {
+            if !e.dead.load(Ordering::Acquire) && e.stored >= fetched_at {
+                return false;
+            }
+        }
+        self.store(key, policy, value, size);
+        true
+    }
+
     /// Replaces the value under `key` and keeps the entry's age, policy and tags: a value
     /// patched from a stream expires when the fetched one would have. `false` when there is
     /// no live entry to patch (the caller refetches instead).

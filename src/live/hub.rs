@@ -205,10 +205,12 @@ impl Hub {
                 }
                 let (hub, root, flag) = (hub.clone(), root.clone(), refetching.clone());
                 tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
                     match (root.fetch)().await {
                         Ok((value, size)) => {
-                            hub.cache.store(root.key, root.policy.clone(), Arc::new(value), size);
-                            hub.changed(&[root.key]);
+                            if hub.cache.store_fetched(root.key, root.policy.clone(), Arc::new(value), size, started) {
+                                hub.changed(&[root.key]);
+                            }
                         }
                         Err(e) => tracing::warn!(error = %e, "refetch for @updates failed"),
                     }
@@ -292,13 +294,18 @@ impl Hub {
                     tracing::debug!(key = ?root.key, "poller stopped");
                     return;
                 }
+                let started = tokio::time::Instant::now();
                 match (root.fetch)().await {
                     Ok((value, size)) => {
                         if last.as_deref() != Some(&value) {
                             let value = Arc::new(value);
-                            hub.cache.store(root.key, root.policy.clone(), value.clone(), size);
-                            last = Some(value);
-                            hub.changed(&[root.key]);
+                            if hub.cache.store_fetched(root.key, root.policy.clone(), value.clone(), size, started) {
+                                last = Some(value);
+                                hub.changed(&[root.key]);
+                            } else {
+                                // Something newer landed while this poll ran: compare with it next time.
+                                last = None;
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "poll failed; keeping the last value"),

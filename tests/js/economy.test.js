@@ -121,7 +121,7 @@ test('a client that never reads slows nobody else, and gets the latest value whe
   let latest;
   const waiters = new Set();
   const dispose = fast.subscribe({ query }, { next: (r) => { latest = r.data.counter.value; waiters.forEach((w) => w.poke()); }, error: () => {}, complete: () => {} });
-  const reach = async (v) => { const w = waitFor(() => latest === v, `fast client at ${v}`); waiters.add(w); await w.done; waiters.delete(w); };
+  const reach = async (v) => { const w = waitFor(() => latest === v, `fast client at ${v}`, 15000); waiters.add(w); await w.done; waiters.delete(w); };
   await reach(0);
   const changes = 100;
   for (let i = 1; i <= changes; i++) {
