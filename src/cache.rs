@@ -298,11 +298,14 @@ impl Cache {
             return None;
         }
         let entry = Arc::new(Entry { value, stored: Instant::now(), policy, size, dead: AtomicBool::new(false) });
-        // A response built from the value being replaced must stop being reused at once.
-        if let Some(old) = self.inner.entries.get(&key) {
+        // The new value goes in before the old one is marked dead: a reader between the two
+        // finds one or the other, never a miss (which would fetch again). A response built
+        // from the old value stops being reused right after.
+        let old = self.inner.entries.get(&key);
+        self.inner.entries.insert(key, entry.clone());
+        if let Some(old) = old {
             old.dead.store(true, Ordering::Release);
         }
-        self.inner.entries.insert(key, entry.clone());
         let mut st = lock(&self.inner.state);
         if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
             // Invalidated between the check above and now: the value may predate it.
@@ -342,8 +345,8 @@ impl Cache {
             return false;
         }
         let entry = Arc::new(Entry { value, stored: old.stored, policy: old.policy.clone(), size: old.size, dead: AtomicBool::new(false) });
-        old.dead.store(true, Ordering::Release);
         self.inner.entries.insert(key, entry.clone());
+        old.dead.store(true, Ordering::Release);
         let mut st = lock(&self.inner.state);
         for tag in &entry.policy.tags {
             st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
