@@ -21,7 +21,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG").unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let args = Args::parse();
     let source = match std::fs::read_to_string(&args.schema) {
         Ok(s) => s,
@@ -41,12 +46,19 @@ async fn main() -> ExitCode {
     };
     // Each demo upstream listens where the schema (or its env override) says it is.
     let mut upstreams = Vec::new();
-    for (name, app) in [("chat", livegate::demo::chat_app()), ("users", livegate::demo::users_app())] {
+    for (name, app) in [
+        ("chat", livegate::demo::chat_app()),
+        ("users", livegate::demo::users_app()),
+    ] {
         let Some(up) = plan.upstreams.get(name) else {
             eprintln!("the schema has no @upstream named {name:?}");
             return ExitCode::FAILURE;
         };
-        let addr = format!("{}:{}", up.url.host_str().unwrap_or("127.0.0.1"), up.url.port_or_known_default().unwrap_or(80));
+        let addr = format!(
+            "{}:{}",
+            up.url.host_str().unwrap_or("127.0.0.1"),
+            up.url.port_or_known_default().unwrap_or(80)
+        );
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
                 upstreams.push(format!("  demo upstream {name:<6} http://{addr}"));
@@ -67,8 +79,14 @@ async fn main() -> ExitCode {
     };
     println!("livegate demo is up:");
     println!("  GraphQL   http://{}/graphql", args.listen);
-    println!("  GraphiQL  http://{}/graphql (open in a browser)", args.listen);
-    println!("  Webhook   http://{}/hooks/invalidate (HMAC secret {:?})", args.listen, args.webhook_secret);
+    println!(
+        "  GraphiQL  http://{}/graphql (open in a browser)",
+        args.listen
+    );
+    println!(
+        "  Webhook   http://{}/hooks/invalidate (HMAC secret {:?})",
+        args.listen, args.webhook_secret
+    );
     for u in upstreams {
         println!("{u}");
     }

@@ -119,7 +119,9 @@ enum WsCmd {
 
 impl Data {
     fn ws_tx(&self) -> tokio::sync::broadcast::Sender<WsCmd> {
-        lock(&self.ws).get_or_insert_with(|| tokio::sync::broadcast::channel(1024).0).clone()
+        lock(&self.ws)
+            .get_or_insert_with(|| tokio::sync::broadcast::channel(1024).0)
+            .clone()
     }
 }
 
@@ -155,7 +157,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Data {
     fn count(&self, what: String) {
         let t0 = *lock(&self.started).get_or_insert_with(Instant::now);
-        lock(&self.stats).entry(what).or_default().push(t0.elapsed().as_millis());
+        lock(&self.stats)
+            .entry(what)
+            .or_default()
+            .push(t0.elapsed().as_millis());
     }
 }
 
@@ -280,32 +285,58 @@ fn app(data: Data) -> Router {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let ms = |name: &str, default: u64| flag(name).and_then(|v| v.parse().ok()).map(Duration::from_millis).unwrap_or(Duration::from_millis(default));
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let ms = |name: &str, default: u64| {
+        flag(name)
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(default))
+    };
 
     let up = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
         Ok(l) => l,
         Err(e) => return eprintln!("testbed: {e}"),
     };
     let up_addr = up.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let pad = flag("--pad-bytes").and_then(|v| v.parse().ok()).unwrap_or(0);
-    livegate::demo::spawn(up, app(Data { pad, ..Data::default() }));
+    let pad = flag("--pad-bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    livegate::demo::spawn(
+        up,
+        app(Data {
+            pad,
+            ..Data::default()
+        }),
+    );
 
     let schema = SCHEMA.replace("{up}", &format!("http://{up_addr}"));
-    let plan = match livegate::plan::load("testbed.graphql", &schema, Vec::<(String, String)>::new()) {
-        Ok(p) => p,
-        Err(e) => return eprintln!("testbed schema: {e:?}"),
+    let plan =
+        match livegate::plan::load("testbed.graphql", &schema, Vec::<(String, String)>::new()) {
+            Ok(p) => p,
+            Err(e) => return eprintln!("testbed schema: {e:?}"),
+        };
+    let mut options = livegate::Options {
+        live_grace: ms("--live-grace-ms", 300),
+        socket_grace: ms("--socket-grace-ms", 300),
+        ..Default::default()
     };
-    let mut options = livegate::Options { live_grace: ms("--live-grace-ms", 300), socket_grace: ms("--socket-grace-ms", 300), ..Default::default() };
     options.ws.init_timeout = ms("--ws-init-timeout-ms", 3000);
     options.webhook.secret = flag("--webhook-secret");
     options.webhook.token = flag("--webhook-token");
-    let count = |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let count =
+        |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     options.connection_limits.max_connections_per_ip = count("--max-connections-per-ip", 1_000);
     options.connection_limits.max_connections = count("--max-connections", 10_000);
     options.max_request_body = count("--max-request-body", 1 << 20);
-    options.connection_limits.max_operations_per_connection = count("--max-operations-per-connection", 100);
-    options.connection_limits.max_operations_per_second = count("--max-operations-per-second", 1_000) as u32;
+    options.connection_limits.max_operations_per_connection =
+        count("--max-operations-per-connection", 100);
+    options.connection_limits.max_operations_per_second =
+        count("--max-operations-per-second", 1_000) as u32;
     options.connection_limits.idle_timeout = ms("--ws-idle-timeout-ms", 300_000);
     let port: u16 = flag("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let gw = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -313,7 +344,10 @@ async fn main() {
         Err(e) => return eprintln!("testbed: {e}"),
     };
     let gw_addr = gw.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    println!("{}", json!({"gateway": format!("http://{gw_addr}"), "upstream": format!("http://{up_addr}")}));
+    println!(
+        "{}",
+        json!({"gateway": format!("http://{gw_addr}"), "upstream": format!("http://{up_addr}")})
+    );
     let stdin_closed = async {
         let mut buf = [0u8; 64];
         let mut stdin = tokio::io::stdin();

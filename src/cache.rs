@@ -101,9 +101,9 @@ pub struct Stamp(Weak<Entry>);
 
 impl Stamp {
     pub fn is_current(&self) -> bool {
-        self.0
-            .upgrade()
-            .is_some_and(|e| !e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age)
+        self.0.upgrade().is_some_and(|e| {
+            !e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age
+        })
     }
 }
 
@@ -156,7 +156,12 @@ pub struct Cache {
 struct Expiry;
 
 impl moka::Expiry<CacheKey, Arc<Entry>> for Expiry {
-    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        e: &Arc<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(e.policy.max_age + e.policy.swr)
     }
 }
@@ -178,38 +183,45 @@ impl Cache {
             .max_capacity(budget_bytes)
             .weigher(|_, e: &Arc<Entry>| u32::try_from(e.size + 64).unwrap_or(u32::MAX))
             .expire_after(Expiry)
-            .eviction_listener(move |key: Arc<CacheKey>, e: Arc<Entry>, cause: moka::notification::RemovalCause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evicted.fetch_add(1, Ordering::Relaxed);
-                }
-                // Called without our lock held (we never call moka under it).
-                let mut st = lock(&index);
-                for tag in &e.policy.tags {
-                    if let Some(keys) = st.tags.get_mut(tag) {
-                        if keys.get(&*key).is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&e))) {
-                            keys.remove(&*key);
-                        }
-                        if keys.is_empty() {
-                            st.tags.remove(tag);
+            .eviction_listener(
+                move |key: Arc<CacheKey>,
+                      e: Arc<Entry>,
+                      cause: moka::notification::RemovalCause| {
+                    if cause == moka::notification::RemovalCause::Size {
+                        evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Called without our lock held (we never call moka under it).
+                    let mut st = lock(&index);
+                    for tag in &e.policy.tags {
+                        if let Some(keys) = st.tags.get_mut(tag) {
+                            if keys
+                                .get(&*key)
+                                .is_some_and(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(&e)))
+                            {
+                                keys.remove(&*key);
+                            }
+                            if keys.is_empty() {
+                                st.tags.remove(tag);
+                            }
                         }
                     }
-                }
-            })
+                },
+            )
             .build();
         Cache {
-            inner: Arc::new(Inner { entries, evictions, state, next_flight: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                entries,
+                evictions,
+                state,
+                next_flight: AtomicU64::new(0),
+            }),
         }
     }
 
     /// The value for `key`: from the cache when fresh (or stale within `swr`, which also
     /// starts one background refresh), else from `fetch`, joined with any identical fetch
     /// already running. `policy: None` never stores, but still coalesces.
-    pub async fn load<F, Fut>(
-        &self,
-        key: CacheKey,
-        policy: Option<Policy>,
-        fetch: F,
-    ) -> Loaded
+    pub async fn load<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> Loaded
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
@@ -219,19 +231,35 @@ impl Cache {
                 if !e.dead.load(Ordering::Acquire) {
                     let age = e.stored.elapsed();
                     if age < e.policy.max_age {
-                        return Loaded { value: Ok(e.value.clone()), outcome: Outcome::Hit, stamp: Some(Stamp(Arc::downgrade(&e))) };
+                        return Loaded {
+                            value: Ok(e.value.clone()),
+                            outcome: Outcome::Hit,
+                            stamp: Some(Stamp(Arc::downgrade(&e))),
+                        };
                     }
                     if age < e.policy.max_age + e.policy.swr {
                         // Start (or join) the refresh, and do not wait for it.
                         drop(self.flight(key, policy, fetch));
-                        return Loaded { value: Ok(e.value.clone()), outcome: Outcome::Stale, stamp: None };
+                        return Loaded {
+                            value: Ok(e.value.clone()),
+                            outcome: Outcome::Stale,
+                            stamp: None,
+                        };
                     }
                 }
             }
         }
         match self.flight(key, policy, fetch).await {
-            Ok((value, stamp)) => Loaded { value: Ok(value), outcome: Outcome::Miss, stamp },
-            Err(e) => Loaded { value: Err(e), outcome: Outcome::Miss, stamp: None },
+            Ok((value, stamp)) => Loaded {
+                value: Ok(value),
+                outcome: Outcome::Miss,
+                stamp,
+            },
+            Err(e) => Loaded {
+                value: Err(e),
+                outcome: Outcome::Miss,
+                stamp: None,
+            },
         }
     }
 
@@ -255,12 +283,23 @@ impl Cache {
         });
         let shared = async move {
             task.await.unwrap_or_else(|e| {
-                Err(UpstreamError::Unavailable { upstream: "(internal)".into(), detail: format!("fetch task failed: {e}") })
+                Err(UpstreamError::Unavailable {
+                    upstream: "(internal)".into(),
+                    detail: format!("fetch task failed: {e}"),
+                })
             })
         }
         .boxed()
         .shared();
-        st.flights.insert(key, Flight { id, shared: shared.clone(), tags, poisoned });
+        st.flights.insert(
+            key,
+            Flight {
+                id,
+                shared: shared.clone(),
+                tags,
+                poisoned,
+            },
+        );
         shared
     }
 
@@ -283,7 +322,9 @@ impl Cache {
             }
         };
         let stamp = match policy {
-            Some(policy) if !poisoned.load(Ordering::Acquire) => self.insert(key, policy, value.clone(), size, Some(poisoned)),
+            Some(policy) if !poisoned.load(Ordering::Acquire) => {
+                self.insert(key, policy, value.clone(), size, Some(poisoned))
+            }
             _ => None,
         };
         self.retire(key, id);
@@ -293,11 +334,24 @@ impl Cache {
     /// Stores `value` under `key` (when the policy stores at all) and indexes its tags.
     /// The moka insert comes before the flight is retired, so there is no moment where a
     /// request finds neither the flight nor the entry and starts a second fetch.
-    fn insert(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, poisoned: Option<&AtomicBool>) -> Option<Stamp> {
+    fn insert(
+        &self,
+        key: CacheKey,
+        policy: Policy,
+        value: Arc<Value>,
+        size: usize,
+        poisoned: Option<&AtomicBool>,
+    ) -> Option<Stamp> {
         if !policy.stores() {
             return None;
         }
-        let entry = Arc::new(Entry { value, stored: Instant::now(), policy, size, dead: AtomicBool::new(false) });
+        let entry = Arc::new(Entry {
+            value,
+            stored: Instant::now(),
+            policy,
+            size,
+            dead: AtomicBool::new(false),
+        });
         // The new value goes in before the old one is marked dead: a reader between the two
         // finds one or the other, never a miss (which would fetch again). A response built
         // from the old value stops being reused right after.
@@ -313,20 +367,36 @@ impl Cache {
             return None;
         }
         for tag in &entry.policy.tags {
-            st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
+            st.tags
+                .entry(tag.clone())
+                .or_default()
+                .insert(key, Arc::downgrade(&entry));
         }
         Some(Stamp(Arc::downgrade(&entry)))
     }
 
     /// Stores a value fetched outside [`Cache::load`] (a batched request's items).
-    pub fn store(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize) -> Option<Stamp> {
+    pub fn store(
+        &self,
+        key: CacheKey,
+        policy: Policy,
+        value: Arc<Value>,
+        size: usize,
+    ) -> Option<Stamp> {
         self.insert(key, policy, value, size, None)
     }
 
     /// Stores a value fetched from `fetched_at` on, unless the entry already holds one
     /// stored after that (a refetch that started later and finished first): an old poll
     /// must not overwrite newer data. `false` when it was not stored.
-    pub fn store_fetched(&self, key: CacheKey, policy: Policy, value: Arc<Value>, size: usize, fetched_at: Instant) -> bool {
+    pub fn store_fetched(
+        &self,
+        key: CacheKey,
+        policy: Policy,
+        value: Arc<Value>,
+        size: usize,
+        fetched_at: Instant,
+    ) -> bool {
         if let Some(e) = self.inner.entries.get(&key) {
             if !e.dead.load(Ordering::Acquire) && e.stored >= fetched_at {
                 return false;
@@ -340,16 +410,29 @@ impl Cache {
     /// patched from a stream expires when the fetched one would have. `false` when there is
     /// no live entry to patch (the caller refetches instead).
     pub fn patch(&self, key: CacheKey, value: Arc<Value>) -> bool {
-        let Some(old) = self.inner.entries.get(&key) else { return false };
-        if old.dead.load(Ordering::Acquire) || old.stored.elapsed() >= old.policy.max_age + old.policy.swr {
+        let Some(old) = self.inner.entries.get(&key) else {
+            return false;
+        };
+        if old.dead.load(Ordering::Acquire)
+            || old.stored.elapsed() >= old.policy.max_age + old.policy.swr
+        {
             return false;
         }
-        let entry = Arc::new(Entry { value, stored: old.stored, policy: old.policy.clone(), size: old.size, dead: AtomicBool::new(false) });
+        let entry = Arc::new(Entry {
+            value,
+            stored: old.stored,
+            policy: old.policy.clone(),
+            size: old.size,
+            dead: AtomicBool::new(false),
+        });
         self.inner.entries.insert(key, entry.clone());
         old.dead.store(true, Ordering::Release);
         let mut st = lock(&self.inner.state);
         for tag in &entry.policy.tags {
-            st.tags.entry(tag.clone()).or_default().insert(key, Arc::downgrade(&entry));
+            st.tags
+                .entry(tag.clone())
+                .or_default()
+                .insert(key, Arc::downgrade(&entry));
         }
         true
     }
@@ -430,7 +513,9 @@ mod tests {
     }
 
     /// A fetch that counts its calls and answers `n` (the call number).
-    fn counting(calls: &Arc<AtomicUsize>) -> impl FnOnce() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> {
+    fn counting(
+        calls: &Arc<AtomicUsize>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> {
         let calls = calls.clone();
         move || {
             async move {
@@ -449,8 +534,15 @@ mod tests {
         let loads = (0..50).map(|_| cache.load(key("a"), policy(60, 0, &[]), counting(&calls)));
         let results = futures_util::future::join_all(loads).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert!(results.iter().all(|l| l.value.as_deref() == Ok(&Value::from(1)) && l.stamp.as_ref().is_some_and(Stamp::is_current)));
-        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
+        assert!(results
+            .iter()
+            .all(|l| l.value.as_deref() == Ok(&Value::from(1))
+                && l.stamp.as_ref().is_some_and(Stamp::is_current)));
+        let Loaded {
+            value: r, outcome, ..
+        } = cache
+            .load(key("a"), policy(60, 0, &[]), counting(&calls))
+            .await;
         assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Hit));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -459,14 +551,31 @@ mod tests {
     async fn invalidation_drops_tagged_entries_only() {
         let cache = Cache::new(1 << 20);
         let calls = Arc::new(AtomicUsize::new(0));
-        let stamp = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.stamp.expect("stored");
-        cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.value.expect("b");
+        let stamp = cache
+            .load(key("a"), policy(60, 0, &["t:a"]), counting(&calls))
+            .await
+            .stamp
+            .expect("stored");
+        cache
+            .load(key("b"), policy(60, 0, &["t:b"]), counting(&calls))
+            .await
+            .value
+            .expect("b");
         assert!(stamp.is_current());
         assert_eq!(cache.invalidate(&[Tag::from("t:a")]), vec![key("a")]);
-        assert!(!stamp.is_current(), "an invalidated entry's stamp is not current");
-        let outcome = cache.load(key("a"), policy(60, 0, &["t:a"]), counting(&calls)).await.outcome;
+        assert!(
+            !stamp.is_current(),
+            "an invalidated entry's stamp is not current"
+        );
+        let outcome = cache
+            .load(key("a"), policy(60, 0, &["t:a"]), counting(&calls))
+            .await
+            .outcome;
         assert_eq!(outcome, Outcome::Miss);
-        let outcome = cache.load(key("b"), policy(60, 0, &["t:b"]), counting(&calls)).await.outcome;
+        let outcome = cache
+            .load(key("b"), policy(60, 0, &["t:b"]), counting(&calls))
+            .await
+            .outcome;
         assert_eq!(outcome, Outcome::Hit);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
@@ -493,57 +602,123 @@ mod tests {
         cache.invalidate(&[Tag::from("t")]);
         tx.send(()).expect("fetch waiting");
         let old = pending.await.expect("task");
-        assert_eq!(old.value.as_deref(), Ok(&Value::from("old")), "the waiting caller still gets its answer");
+        assert_eq!(
+            old.value.as_deref(),
+            Ok(&Value::from("old")),
+            "the waiting caller still gets its answer"
+        );
         assert!(old.stamp.is_none(), "and the value was not stored");
         let calls = Arc::new(AtomicUsize::new(0));
-        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &["t"]), counting(&calls)).await;
-        assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
+        let Loaded {
+            value: r, outcome, ..
+        } = cache
+            .load(key("a"), policy(60, 0, &["t"]), counting(&calls))
+            .await;
+        assert_eq!(
+            (r.as_deref(), outcome),
+            (Ok(&Value::from(1)), Outcome::Miss)
+        );
     }
 
     #[tokio::test]
     async fn errors_are_not_stored() {
         let cache = Cache::new(1 << 20);
-        let fail = || async { Err(UpstreamError::HttpError { upstream: "u".into(), status: 500 }) }.boxed();
-        assert!(cache.load(key("a"), policy(60, 0, &[]), fail).await.value.is_err());
+        let fail = || {
+            async {
+                Err(UpstreamError::HttpError {
+                    upstream: "u".into(),
+                    status: 500,
+                })
+            }
+            .boxed()
+        };
+        assert!(cache
+            .load(key("a"), policy(60, 0, &[]), fail)
+            .await
+            .value
+            .is_err());
         let calls = Arc::new(AtomicUsize::new(0));
-        let Loaded { value: r, outcome, .. } = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
-        assert_eq!((r.as_deref(), outcome), (Ok(&Value::from(1)), Outcome::Miss));
+        let Loaded {
+            value: r, outcome, ..
+        } = cache
+            .load(key("a"), policy(60, 0, &[]), counting(&calls))
+            .await;
+        assert_eq!(
+            (r.as_deref(), outcome),
+            (Ok(&Value::from(1)), Outcome::Miss)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire_after_max_age_and_stamps_with_them() {
         let cache = Cache::new(1 << 20);
         let calls = Arc::new(AtomicUsize::new(0));
-        let stamp = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await.stamp.expect("stored");
+        let stamp = cache
+            .load(key("a"), policy(60, 0, &[]), counting(&calls))
+            .await
+            .stamp
+            .expect("stored");
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(stamp.is_current());
-        assert_eq!(cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await.outcome, Outcome::Hit);
+        assert_eq!(
+            cache
+                .load(key("a"), policy(60, 0, &[]), counting(&calls))
+                .await
+                .outcome,
+            Outcome::Hit
+        );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(!stamp.is_current());
-        let l = cache.load(key("a"), policy(60, 0, &[]), counting(&calls)).await;
-        assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(2)), Outcome::Miss));
+        let l = cache
+            .load(key("a"), policy(60, 0, &[]), counting(&calls))
+            .await;
+        assert_eq!(
+            (l.value.as_deref(), l.outcome),
+            (Ok(&Value::from(2)), Outcome::Miss)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn stale_values_are_served_within_swr_while_one_refresh_runs() {
         let cache = Cache::new(1 << 20);
         let calls = Arc::new(AtomicUsize::new(0));
-        cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await.value.expect("first");
+        cache
+            .load(key("a"), policy(10, 60, &[]), counting(&calls))
+            .await
+            .value
+            .expect("first");
         tokio::time::advance(Duration::from_secs(11)).await;
-        let stale = futures_util::future::join_all((0..5).map(|_| cache.load(key("a"), policy(10, 60, &[]), counting(&calls)))).await;
+        let stale = futures_util::future::join_all(
+            (0..5).map(|_| cache.load(key("a"), policy(10, 60, &[]), counting(&calls))),
+        )
+        .await;
         for l in &stale {
-            assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(1)), Outcome::Stale));
+            assert_eq!(
+                (l.value.as_deref(), l.outcome),
+                (Ok(&Value::from(1)), Outcome::Stale)
+            );
             assert!(l.stamp.is_none(), "a stale value vouches for no response");
         }
         // The one background refresh lands; then the new value is a hit.
         while lock(&cache.inner.state).flights.contains_key(&key("a")) {
             tokio::task::yield_now().await;
         }
-        let l = cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await;
-        assert_eq!((l.value.as_deref(), l.outcome), (Ok(&Value::from(2)), Outcome::Hit));
+        let l = cache
+            .load(key("a"), policy(10, 60, &[]), counting(&calls))
+            .await;
+        assert_eq!(
+            (l.value.as_deref(), l.outcome),
+            (Ok(&Value::from(2)), Outcome::Hit)
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Past maxAge + swr the value is gone: a plain miss.
         tokio::time::advance(Duration::from_secs(71)).await;
-        assert_eq!(cache.load(key("a"), policy(10, 60, &[]), counting(&calls)).await.outcome, Outcome::Miss);
+        assert_eq!(
+            cache
+                .load(key("a"), policy(10, 60, &[]), counting(&calls))
+                .await
+                .outcome,
+            Outcome::Miss
+        );
     }
 }

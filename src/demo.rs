@@ -23,10 +23,18 @@ struct Chat {
     events: broadcast::Sender<Value>,
 }
 
-const USERS: [(&str, &str); 3] = [("1", "Ada Lovelace"), ("2", "Grace Hopper"), ("3", "Linus Torvalds")];
+const USERS: [(&str, &str); 3] = [
+    ("1", "Ada Lovelace"),
+    ("2", "Grace Hopper"),
+    ("3", "Linus Torvalds"),
+];
 
 fn user_name(id: &str) -> &'static str {
-    USERS.iter().find(|(i, _)| *i == id).map(|(_, n)| *n).unwrap_or("someone")
+    USERS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, n)| *n)
+        .unwrap_or("someone")
 }
 
 impl Chat {
@@ -34,26 +42,43 @@ impl Chat {
         let mut channels = BTreeMap::new();
         let seed = [
             ("general", "1", "Welcome to livegate!"),
-            ("general", "2", "Every client gets live data from one upstream fetch."),
+            (
+                "general",
+                "2",
+                "Every client gets live data from one upstream fetch.",
+            ),
             ("general", "3", "Talk is cheap. Show me the code."),
-            ("random", "2", "It's easier to ask forgiveness than it is to get permission."),
+            (
+                "random",
+                "2",
+                "It's easier to ask forgiveness than it is to get permission.",
+            ),
         ];
         let mut id = 0;
         for (channel, user, text) in seed {
             id += 1;
-            channels.entry(channel.to_string()).or_insert_with(Vec::new).push(json!({
-                "id": id.to_string(), "channel": channel, "userId": user,
-                "userName": user_name(user), "text": text,
-            }));
+            channels
+                .entry(channel.to_string())
+                .or_insert_with(Vec::new)
+                .push(json!({
+                    "id": id.to_string(), "channel": channel, "userId": user,
+                    "userName": user_name(user), "text": text,
+                }));
         }
         let (events, _) = broadcast::channel(256);
-        Chat { channels: Arc::new(Mutex::new(channels)), next_id: Arc::new(Mutex::new(id)), events }
+        Chat {
+            channels: Arc::new(Mutex::new(channels)),
+            next_id: Arc::new(Mutex::new(id)),
+            events,
+        }
     }
 }
 
 async fn list_messages(State(chat): State<Chat>, Path(channel): Path<String>) -> Json<Value> {
     let channels = chat.channels.lock().unwrap_or_else(|p| p.into_inner());
-    Json(Value::Array(channels.get(&channel).cloned().unwrap_or_default()))
+    Json(Value::Array(
+        channels.get(&channel).cloned().unwrap_or_default(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -64,10 +89,20 @@ struct NewMessage {
     user_id: Option<String>,
 }
 
-async fn post_message(State(chat): State<Chat>, Path(channel): Path<String>, body: axum::body::Bytes) -> Response {
+async fn post_message(
+    State(chat): State<Chat>,
+    Path(channel): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let new: NewMessage = match serde_json::from_slice(&body) {
         Ok(m) => m,
-        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.to_string()})),
+            )
+                .into_response()
+        }
     };
     let id = {
         let mut next = chat.next_id.lock().unwrap_or_else(|p| p.into_inner());
@@ -123,19 +158,30 @@ pub fn chat_app() -> Router {
 }
 
 fn user_json(id: &str) -> Option<Value> {
-    USERS.iter().find(|(i, _)| *i == id).map(|(i, n)| json!({"id": i, "name": n}))
+    USERS
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(i, n)| json!({"id": i, "name": n}))
 }
 
 async fn get_user(Path(id): Path<String>) -> Response {
     match user_json(&id) {
         Some(u) => Json(u).into_response(),
-        None => (StatusCode::NOT_FOUND, Json(json!({"error": "no such user"}))).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no such user"})),
+        )
+            .into_response(),
     }
 }
 
 /// `GET /users?id=1&id=2`: the batch endpoint; `GET /users` lists everyone.
 async fn list_users(Query(params): Query<Vec<(String, String)>>) -> Json<Value> {
-    let ids: Vec<&str> = params.iter().filter(|(k, _)| k == "id").map(|(_, v)| v.as_str()).collect();
+    let ids: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .map(|(_, v)| v.as_str())
+        .collect();
     let users = if ids.is_empty() {
         USERS.iter().filter_map(|(i, _)| user_json(i)).collect()
     } else {

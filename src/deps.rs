@@ -10,7 +10,8 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
 /// A fetch that can be run again: how the hub polls a live query's root entry.
-pub type FetchFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> + Send + Sync>;
+pub type FetchFn =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> + Send + Sync>;
 
 /// One cache entry an operation read, and the tags it is filed under.
 #[derive(Clone, Debug)]
@@ -59,7 +60,11 @@ pub struct Deps(Mutex<Inner>);
 
 impl Default for Deps {
     fn default() -> Self {
-        Deps(Mutex::new(Inner { stamps: Some(Vec::new()), keys: Vec::new(), root: None }))
+        Deps(Mutex::new(Inner {
+            stamps: Some(Vec::new()),
+            keys: Vec::new(),
+            root: None,
+        }))
     }
 }
 
@@ -94,7 +99,10 @@ impl Deps {
         let mut inner = self.lock();
         Gathered {
             stamps: inner.stamps.take(),
-            read: Arc::new(Read { keys: std::mem::take(&mut inner.keys), root: inner.root.take() }),
+            read: Arc::new(Read {
+                keys: std::mem::take(&mut inner.keys),
+                root: inner.root.take(),
+            }),
         }
     }
 }

@@ -102,10 +102,23 @@ pub enum Error {
 pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     let plan = Arc::new(plan);
     let metrics = Arc::new(metrics::Metrics::new());
-    let client = upstream::UpstreamClient::new(options.upstream_timeout, options.max_upstream_body, metrics.clone());
+    let client = upstream::UpstreamClient::new(
+        options.upstream_timeout,
+        options.max_upstream_body,
+        metrics.clone(),
+    );
     let cache = cache::Cache::new(options.cache_bytes);
-    let runtime = Arc::new(resolve::Runtime::new(plan, cache, client, options.batch_window, options.live_grace, options.socket_grace, metrics));
-    let schema = schema::build(runtime.clone(), &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
+    let runtime = Arc::new(resolve::Runtime::new(
+        plan,
+        cache,
+        client,
+        options.batch_window,
+        options.live_grace,
+        options.socket_grace,
+        metrics,
+    ));
+    let schema = schema::build(runtime.clone(), &options.limits)
+        .map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
     let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];
     for u in runtime.plan.upstreams.values() {
@@ -115,7 +128,10 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
             }
         }
     }
-    let responses = Arc::new(response_cache::ResponseCache::new(options.response_cache_bytes, vary));
+    let responses = Arc::new(response_cache::ResponseCache::new(
+        options.response_cache_bytes,
+        vary,
+    ));
     Ok(AppState {
         schema,
         runtime,
@@ -146,7 +162,11 @@ pub async fn run(
         tracing::info!("shutting down: closing subscriptions, draining requests");
         let _ = stop.send(true);
     };
-    let serve = axum::serve(listener, app(state).into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(signal);
+    let serve = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal);
     let mut stopping = stopping;
     let drain = options.drain_timeout;
     let deadline = async move {

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "livegate", version, about = "A GraphQL gateway that gives every client live data from plain REST services")]
+#[command(
+    name = "livegate",
+    version,
+    about = "A GraphQL gateway that gives every client live data from plain REST services"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,7 +75,11 @@ struct Cli {
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
     max_connections_per_ip: usize,
     /// Most operations running at once on one WebSocket; more get an `error` message.
-    #[arg(long, env = "LIVEGATE_MAX_OPERATIONS_PER_CONNECTION", default_value_t = 100)]
+    #[arg(
+        long,
+        env = "LIVEGATE_MAX_OPERATIONS_PER_CONNECTION",
+        default_value_t = 100
+    )]
     max_operations_per_connection: usize,
     /// Operations one WebSocket may start per second; more get an `error` message.
     #[arg(long, env = "LIVEGATE_MAX_OPERATIONS_PER_SECOND", default_value_t = 50)]
@@ -109,11 +117,17 @@ enum Command {
 }
 
 fn load(path: &Path) -> Result<livegate::Plan, String> {
-    let source = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     livegate::plan::load(&path.display().to_string(), &source, std::env::vars()).map_err(|errors| {
         let n = errors.len();
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        format!("{}\n{n} error{} in {}", list.join("\n"), if n == 1 { "" } else { "s" }, path.display())
+        format!(
+            "{}\n{n} error{} in {}",
+            list.join("\n"),
+            if n == 1 { "" } else { "s" },
+            path.display()
+        )
     })
 }
 
@@ -131,7 +145,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG")
+        .unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if cli.log_format == "json" {
         logs.json().init();

@@ -3,7 +3,10 @@
 //! Counters are bumped where things happen; gauges that mirror state owned elsewhere
 //! (cache entries, upstream sockets) are read at scrape time.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -35,7 +38,8 @@ pub struct Metrics {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     // Names are constants of this file; registering twice is the only failure, and each
     // registry is new.
     let _ = registry.register(Box::new(c.clone()));
@@ -49,7 +53,8 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = registry.register(Box::new(g.clone()));
     g
 }
@@ -64,27 +69,49 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let upstream_seconds = HistogramVec::new(
-            HistogramOpts::new("livegate_upstream_request_seconds", "Upstream HTTP request latency")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "livegate_upstream_request_seconds",
+                "Upstream HTTP request latency",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["upstream"],
         )
         .unwrap_or_else(|e| panic!("histogram: {e}"));
         let _ = r.register(Box::new(upstream_seconds.clone()));
         Metrics {
-            cache_lookups: counter_vec(&r, "livegate_cache_lookups_total", "Shared-cache lookups by outcome (hit, miss, stale)", &["outcome"]),
+            cache_lookups: counter_vec(
+                &r,
+                "livegate_cache_lookups_total",
+                "Shared-cache lookups by outcome (hit, miss, stale)",
+                &["outcome"],
+            ),
             response_cache_hits: {
-                let c = IntCounter::new("livegate_response_cache_hits_total", "Whole responses served from the response cache").unwrap_or_else(|e| panic!("{e}"));
+                let c = IntCounter::new(
+                    "livegate_response_cache_hits_total",
+                    "Whole responses served from the response cache",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
                 let _ = r.register(Box::new(c.clone()));
                 c
             },
             cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
             cache_evictions: {
-                let c = IntCounter::new("livegate_cache_evictions_total", "Entries dropped to stay within the cache's byte budget").unwrap_or_else(|e| panic!("{e}"));
+                let c = IntCounter::new(
+                    "livegate_cache_evictions_total",
+                    "Entries dropped to stay within the cache's byte budget",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
                 let _ = r.register(Box::new(c.clone()));
                 c
             },
             upstream_socket_reconnects: {
-                let c = IntCounter::new("livegate_upstream_socket_reconnects_total", "Upstream WebSocket reconnects after a drop").unwrap_or_else(|e| panic!("{e}"));
+                let c = IntCounter::new(
+                    "livegate_upstream_socket_reconnects_total",
+                    "Upstream WebSocket reconnects after a drop",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
                 let _ = r.register(Box::new(c.clone()));
                 c
             },
@@ -95,19 +122,52 @@ impl Metrics {
                 &["upstream", "method", "status"],
             ),
             upstream_seconds,
-            upstream_sockets_open: gauge(&r, "livegate_upstream_sockets_open", "Upstream WebSockets open"),
-            upstream_socket_connects: gauge(&r, "livegate_upstream_socket_connects", "Upstream WebSocket connections made (first connects and reconnects)"),
-            connections: gauge_vec(&r, "livegate_connections", "Open client connections by transport", &["transport"]),
-            subscriptions: gauge_vec(&r, "livegate_subscriptions", "Active subscriptions by kind (live, stream)", &["kind"]),
-            pushed: counter_vec(&r, "livegate_messages_pushed_total", "Results pushed to subscribers by transport", &["transport"]),
-            invalidations: counter_vec(&r, "livegate_invalidations_total", "Invalidations received by source (webhook, mutation)", &["source"]),
+            upstream_sockets_open: gauge(
+                &r,
+                "livegate_upstream_sockets_open",
+                "Upstream WebSockets open",
+            ),
+            upstream_socket_connects: gauge(
+                &r,
+                "livegate_upstream_socket_connects",
+                "Upstream WebSocket connections made (first connects and reconnects)",
+            ),
+            connections: gauge_vec(
+                &r,
+                "livegate_connections",
+                "Open client connections by transport",
+                &["transport"],
+            ),
+            subscriptions: gauge_vec(
+                &r,
+                "livegate_subscriptions",
+                "Active subscriptions by kind (live, stream)",
+                &["kind"],
+            ),
+            pushed: counter_vec(
+                &r,
+                "livegate_messages_pushed_total",
+                "Results pushed to subscribers by transport",
+                &["transport"],
+            ),
+            invalidations: counter_vec(
+                &r,
+                "livegate_invalidations_total",
+                "Invalidations received by source (webhook, mutation)",
+                &["source"],
+            ),
             invalidated_entries: {
                 let c = IntCounter::new("livegate_invalidated_entries_total", "Cache or live entries invalidations dropped or woke (each costs at most one refetch)")
                     .unwrap_or_else(|e| panic!("{e}"));
                 let _ = r.register(Box::new(c.clone()));
                 c
             },
-            rejected: counter_vec(&r, "livegate_rejected_total", "Requests refused by reason (limit, auth, malformed)", &["reason"]),
+            rejected: counter_vec(
+                &r,
+                "livegate_rejected_total",
+                "Requests refused by reason (limit, auth, malformed)",
+                &["reason"],
+            ),
             registry: r,
         }
     }

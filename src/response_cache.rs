@@ -41,7 +41,9 @@ impl ResponseCache {
         let entries = (budget_bytes > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(budget_bytes)
-                .weigher(|_, c: &Arc<Cached>| u32::try_from(c.body.len() + 64 + c.deps.len() * 8).unwrap_or(u32::MAX))
+                .weigher(|_, c: &Arc<Cached>| {
+                    u32::try_from(c.body.len() + 64 + c.deps.len() * 8).unwrap_or(u32::MAX)
+                })
                 // Entries are checked on every use; this only bounds how long dead ones linger.
                 .time_to_live(Duration::from_secs(3600))
                 .build()
@@ -72,7 +74,10 @@ impl ResponseCache {
         let entries = self.entries.as_ref()?;
         let cached = entries.get(key)?;
         if cached.deps.iter().all(Stamp::is_current) {
-            Some(Hit { body: cached.body.clone(), read: cached.read.clone() })
+            Some(Hit {
+                body: cached.body.clone(),
+                read: cached.read.clone(),
+            })
         } else {
             entries.invalidate(key);
             None
@@ -82,7 +87,11 @@ impl ResponseCache {
     /// Stores a response built from `deps`, unless something in it could not be vouched for.
     pub fn put(&self, key: CacheKey, body: Bytes, gathered: &Gathered) {
         if let (Some(entries), Some(deps)) = (self.entries.as_ref(), gathered.stamps.clone()) {
-            let cached = Cached { body, deps, read: gathered.read.clone() };
+            let cached = Cached {
+                body,
+                deps,
+                read: gathered.read.clone(),
+            };
             entries.insert(key, Arc::new(cached));
         }
     }

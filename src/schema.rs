@@ -6,8 +6,8 @@ use crate::config::TypeRef;
 use crate::plan::{ArgPlan, TypePlanKind};
 use crate::resolve::{self, Runtime};
 use async_graphql::dynamic::{
-    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema, SchemaError,
-    Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef as DynTypeRef,
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema,
+    SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef as DynTypeRef,
 };
 use std::sync::Arc;
 
@@ -22,7 +22,11 @@ pub struct QueryLimits {
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        QueryLimits { max_depth: 32, max_complexity: 10_000, disable_introspection: false }
+        QueryLimits {
+            max_depth: 32,
+            max_complexity: 10_000,
+            disable_introspection: false,
+        }
     }
 }
 
@@ -30,11 +34,19 @@ fn type_ref(ty: &TypeRef) -> DynTypeRef {
     match ty {
         TypeRef::Named { name, non_null } => {
             let named = DynTypeRef::Named(name.clone().into());
-            if *non_null { DynTypeRef::NonNull(Box::new(named)) } else { named }
+            if *non_null {
+                DynTypeRef::NonNull(Box::new(named))
+            } else {
+                named
+            }
         }
         TypeRef::List { item, non_null } => {
             let list = DynTypeRef::List(Box::new(type_ref(item)));
-            if *non_null { DynTypeRef::NonNull(Box::new(list)) } else { list }
+            if *non_null {
+                DynTypeRef::NonNull(Box::new(list))
+            } else {
+                list
+            }
         }
     }
 }
@@ -64,15 +76,21 @@ fn widen<'a>(
 /// like configuration errors by the caller.
 pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaError> {
     let plan = rt.plan.clone();
-    let mut builder = Schema::build(&plan.query, plan.mutation.as_deref(), plan.subscription.as_deref())
-        .limit_depth(limits.max_depth)
-        .limit_complexity(limits.max_complexity);
+    let mut builder = Schema::build(
+        &plan.query,
+        plan.mutation.as_deref(),
+        plan.subscription.as_deref(),
+    )
+    .limit_depth(limits.max_depth)
+    .limit_complexity(limits.max_complexity);
     if limits.disable_introspection {
         builder = builder.disable_introspection();
     }
     for t in plan.types.values() {
         builder = match &t.kind {
-            TypePlanKind::Object { fields } if plan.subscription.as_deref() == Some(t.name.as_str()) => {
+            TypePlanKind::Object { fields }
+                if plan.subscription.as_deref() == Some(t.name.as_str()) =>
+            {
                 // `@stream` fields are executor subscriptions: each event is an upstream
                 // message. `@live` fields never reach the executor as subscriptions (the
                 // transports run them as queries, see `live`); they are here for validation
@@ -81,14 +99,20 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                 for f in fields {
                     let field = f.clone();
                     let rt = rt.clone();
-                    let mut out = SubscriptionField::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
-                        let events = field.stream.as_ref().map(|source| widen(resolve::stream::events(&rt, &field, source, &ctx)));
-                        SubscriptionFieldFuture::new(async move {
-                            events.ok_or_else(|| {
+                    let mut out = SubscriptionField::new(
+                        f.name.clone(),
+                        type_ref(&f.ty),
+                        move |ctx| {
+                            let events = field.stream.as_ref().map(|source| {
+                                widen(resolve::stream::events(&rt, &field, source, &ctx))
+                            });
+                            SubscriptionFieldFuture::new(async move {
+                                events.ok_or_else(|| {
                                 async_graphql::Error::new("live queries are served over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events")
                             })
-                        })
-                    });
+                            })
+                        },
+                    );
                     for a in &f.args {
                         out = out.argument(input_value(a));
                     }
@@ -114,7 +138,10 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                             let field = field.clone();
                             FieldFuture::new(async move {
                                 match &field.rest {
-                                    Some(rest) => resolve::rest_field(&rt, &field, rest, ctx, is_mutation).await,
+                                    Some(rest) => {
+                                        resolve::rest_field(&rt, &field, rest, ctx, is_mutation)
+                                            .await
+                                    }
                                     None => Ok(None),
                                 }
                             })
@@ -122,7 +149,9 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                         None => {
                             let key: Arc<str> = Arc::from(f.name.as_str());
                             Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
-                                FieldFuture::Value(resolve::from_parent(&rt.plan, &ctx, &key, &field))
+                                FieldFuture::Value(resolve::from_parent(
+                                    &rt.plan, &ctx, &key, &field,
+                                ))
                             })
                         }
                     };
@@ -146,7 +175,9 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                 }
                 builder.register(obj)
             }
-            TypePlanKind::Enum { values } => builder.register(Enum::new(t.name.clone()).items(values.iter().map(String::as_str))),
+            TypePlanKind::Enum { values } => {
+                builder.register(Enum::new(t.name.clone()).items(values.iter().map(String::as_str)))
+            }
             TypePlanKind::Scalar => builder.register(Scalar::new(t.name.clone())),
         };
     }

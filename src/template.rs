@@ -42,7 +42,11 @@ pub struct Vars<'a> {
 
 /// Characters kept as they are in a path segment (RFC 3986 unreserved); everything else,
 /// `/` and `%` included, is percent-encoded so a value can never leave its segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 impl Template {
     /// Parses `source`; the error says what is wrong in words.
@@ -70,7 +74,9 @@ impl Template {
             };
             let path: Vec<String> = segs.map(str::to_string).collect();
             if path.iter().any(|s| s.is_empty()) {
-                return Err(format!("`{{{inner}}}` in template {source:?} has an empty name"));
+                return Err(format!(
+                    "`{{{inner}}}` in template {source:?} has an empty name"
+                ));
             }
             if root == Root::Parent && path.is_empty() {
                 return Err(format!(
@@ -118,7 +124,8 @@ impl Template {
 
     /// Renders to text; `null` and missing values render as nothing.
     pub fn render_string(&self, vars: Vars<'_>) -> String {
-        self.render_with(vars, |s, out| out.push_str(s)).unwrap_or_default()
+        self.render_with(vars, |s, out| out.push_str(s))
+            .unwrap_or_default()
     }
 
     /// Renders for a URL path: each value is percent-encoded as (part of) one segment.
@@ -127,7 +134,11 @@ impl Template {
         self.render_with(vars, |s, out| out.extend(utf8_percent_encode(s, SEGMENT)))
     }
 
-    fn render_with(&self, vars: Vars<'_>, mut put: impl FnMut(&str, &mut String)) -> Option<String> {
+    fn render_with(
+        &self,
+        vars: Vars<'_>,
+        mut put: impl FnMut(&str, &mut String),
+    ) -> Option<String> {
         let mut out = String::new();
         let mut complete = true;
         for part in &self.parts {
@@ -196,7 +207,10 @@ mod tests {
     fn path_values_cannot_leave_their_segment() {
         let t = Template::parse("/users/{args.id}").expect("parses");
         let args = json!({"id": "../admin/a b"});
-        let out = t.render_path(Vars { args: &args, parent: None });
+        let out = t.render_path(Vars {
+            args: &args,
+            parent: None,
+        });
         assert_eq!(out.as_deref(), Some("/users/..%2Fadmin%2Fa%20b"));
     }
 
@@ -204,17 +218,41 @@ mod tests {
     fn lone_variable_keeps_its_type() {
         let t = Template::parse("{args}").expect("parses");
         let args = json!({"n": 1});
-        assert_eq!(t.render_json(Vars { args: &args, parent: None }), args);
+        assert_eq!(
+            t.render_json(Vars {
+                args: &args,
+                parent: None
+            }),
+            args
+        );
         let t = Template::parse("{parent.user.id}").expect("parses");
         let parent = json!({"user": {"id": 7}});
-        assert_eq!(t.render_json(Vars { args: &args, parent: Some(&parent) }), json!(7));
-        assert_eq!(t.render_string(Vars { args: &args, parent: Some(&parent) }), "7");
+        assert_eq!(
+            t.render_json(Vars {
+                args: &args,
+                parent: Some(&parent)
+            }),
+            json!(7)
+        );
+        assert_eq!(
+            t.render_string(Vars {
+                args: &args,
+                parent: Some(&parent)
+            }),
+            "7"
+        );
     }
 
     #[test]
     fn bad_templates_say_why() {
-        assert!(Template::parse("/a/{args.x").unwrap_err().contains("unclosed"));
-        assert!(Template::parse("/a/{foo}").unwrap_err().contains("starts with `args` or `parent`"));
-        assert!(Template::parse("/a/{args.}").unwrap_err().contains("empty name"));
+        assert!(Template::parse("/a/{args.x")
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(Template::parse("/a/{foo}")
+            .unwrap_err()
+            .contains("starts with `args` or `parent`"));
+        assert!(Template::parse("/a/{args.}")
+            .unwrap_err()
+            .contains("empty name"));
     }
 }

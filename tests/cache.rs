@@ -96,7 +96,11 @@ type Mutation {
 
 async fn setup() -> (Upstream, Gateway) {
     let up = Upstream::start(upstream_app()).await;
-    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), livegate::Options::default()).await;
+    let gw = Gateway::start(
+        &SCHEMA.replace("{up}", &up.url()),
+        livegate::Options::default(),
+    )
+    .await;
     (up, gw)
 }
 
@@ -105,9 +109,18 @@ async fn fifty_concurrent_identical_queries_make_one_upstream_request() {
     let (up, gw) = setup().await;
     let q = r#"{ messages(channel: "general") { id text } }"#;
     let results = futures_util::future::join_all((0..50).map(|_| gw.query(q))).await;
-    assert_eq!(up.count_matching("GET /messages/general"), 1, "{:?}", up.requests());
+    assert_eq!(
+        up.count_matching("GET /messages/general"),
+        1,
+        "{:?}",
+        up.requests()
+    );
     for r in &results {
-        assert_eq!(r["data"]["messages"].as_array().map(Vec::len), Some(6), "{r}");
+        assert_eq!(
+            r["data"]["messages"].as_array().map(Vec::len),
+            Some(6),
+            "{r}"
+        );
     }
     // And a later query is a hit: still one request.
     gw.query(q).await;
@@ -128,7 +141,8 @@ async fn uncached_fields_still_coalesce_concurrent_misses() {
 #[tokio::test]
 async fn different_arguments_are_different_entries() {
     let (up, gw) = setup().await;
-    gw.query(r#"{ a: messages(channel: "a") { id } b: messages(channel: "b") { id } }"#).await;
+    gw.query(r#"{ a: messages(channel: "a") { id } b: messages(channel: "b") { id } }"#)
+        .await;
     assert_eq!(up.count_matching("GET /messages/a"), 1);
     assert_eq!(up.count_matching("GET /messages/b"), 1);
 }
@@ -142,15 +156,25 @@ async fn a_mutation_invalidates_its_tags_and_the_next_query_refetches() {
     // Another channel's entry must survive the invalidation.
     gw.query(r#"{ messages(channel: "other") { id } }"#).await;
 
-    let sent = gw.query(r#"mutation { sendMessage(channel: "general", text: "hi") { id text } }"#).await;
+    let sent = gw
+        .query(r#"mutation { sendMessage(channel: "general", text: "hi") { id text } }"#)
+        .await;
     assert_eq!(sent["data"]["sendMessage"]["text"], "hi", "{sent}");
     assert_eq!(up.count_matching("POST /messages/general"), 1);
 
     let after = gw.query(q).await;
-    assert_eq!(after["data"]["messages"].as_array().map(Vec::len), Some(7), "{after}");
+    assert_eq!(
+        after["data"]["messages"].as_array().map(Vec::len),
+        Some(7),
+        "{after}"
+    );
     assert_eq!(up.count_matching("GET /messages/general"), 2);
     gw.query(r#"{ messages(channel: "other") { id } }"#).await;
-    assert_eq!(up.count_matching("GET /messages/other"), 1, "untagged entry kept");
+    assert_eq!(
+        up.count_matching("GET /messages/other"),
+        1,
+        "untagged entry kept"
+    );
 }
 
 #[tokio::test]
@@ -164,24 +188,47 @@ async fn identical_mutations_are_never_coalesced() {
 #[tokio::test]
 async fn nested_fields_fetch_each_distinct_key_once() {
     let (up, gw) = setup().await;
-    let r = gw.query(r#"{ messages(channel: "general") { id author { name } } }"#).await;
-    let names: Vec<&str> = r["data"]["messages"].as_array().expect("list").iter().map(|m| m["author"]["name"].as_str().unwrap_or("?")).collect();
-    assert_eq!(names, ["user 2", "user 3", "user 1", "user 2", "user 3", "user 1"]);
+    let r = gw
+        .query(r#"{ messages(channel: "general") { id author { name } } }"#)
+        .await;
+    let names: Vec<&str> = r["data"]["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["author"]["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        names,
+        ["user 2", "user 3", "user 1", "user 2", "user 3", "user 1"]
+    );
     assert_eq!(up.count_matching("GET /users/"), 3, "{:?}", up.requests());
     // All cached now.
-    gw.query(r#"{ messages(channel: "general") { id author { name } } }"#).await;
+    gw.query(r#"{ messages(channel: "general") { id author { name } } }"#)
+        .await;
     assert_eq!(up.count_matching("GET /users/"), 3);
 }
 
 #[tokio::test]
 async fn batched_nested_fields_make_one_request_and_cache_each_item() {
     let (up, gw) = setup().await;
-    let r = gw.query(r#"{ messages(channel: "general") { id authorBatched { id name } } }"#).await;
-    let ids: Vec<&str> = r["data"]["messages"].as_array().expect("list").iter().map(|m| m["authorBatched"]["id"].as_str().unwrap_or("?")).collect();
+    let r = gw
+        .query(r#"{ messages(channel: "general") { id authorBatched { id name } } }"#)
+        .await;
+    let ids: Vec<&str> = r["data"]["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|m| m["authorBatched"]["id"].as_str().unwrap_or("?"))
+        .collect();
     assert_eq!(ids, ["2", "3", "1", "2", "3", "1"], "{r}");
-    let batches: Vec<String> = up.requests().into_iter().filter(|r| r.starts_with("GET /users?")).collect();
+    let batches: Vec<String> = up
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET /users?"))
+        .collect();
     assert_eq!(batches, ["GET /users?id=1&id=2&id=3"]);
-    gw.query(r#"{ messages(channel: "general") { authorBatched { name } } }"#).await;
+    gw.query(r#"{ messages(channel: "general") { authorBatched { name } } }"#)
+        .await;
     assert_eq!(up.count_matching("GET /users"), 1, "items were cached");
 }
 
@@ -189,13 +236,19 @@ async fn batched_nested_fields_make_one_request_and_cache_each_item() {
 async fn private_entries_are_never_served_to_another_caller() {
     let (up, gw) = setup().await;
     let q = "{ me { name } }";
-    let alice = gw.query_with(q, json!({}), &[("authorization", "Bearer alice")]).await;
-    let bob = gw.query_with(q, json!({}), &[("authorization", "Bearer bob")]).await;
+    let alice = gw
+        .query_with(q, json!({}), &[("authorization", "Bearer alice")])
+        .await;
+    let bob = gw
+        .query_with(q, json!({}), &[("authorization", "Bearer bob")])
+        .await;
     assert_eq!(alice["data"]["me"]["name"], "Bearer alice");
     assert_eq!(bob["data"]["me"]["name"], "Bearer bob");
     assert_eq!(up.count_matching("GET /me"), 2);
     // Alice again: her own entry.
-    let again = gw.query_with(q, json!({}), &[("authorization", "Bearer alice")]).await;
+    let again = gw
+        .query_with(q, json!({}), &[("authorization", "Bearer alice")])
+        .await;
     assert_eq!(again["data"]["me"]["name"], "Bearer alice");
     assert_eq!(up.count_matching("GET /me"), 2);
     // No credentials: not cached, not shared.
@@ -224,11 +277,40 @@ async fn a_repeated_query_is_answered_again_only_while_every_entry_behind_it_is_
     let first = gw.query(q).await;
     let second = gw.query(q).await;
     assert_eq!(first, second);
-    assert_eq!((up.count_matching("GET /messages/"), up.count_matching("GET /users/")), (1, 3));
+    assert_eq!(
+        (
+            up.count_matching("GET /messages/"),
+            up.count_matching("GET /users/")
+        ),
+        (1, 3)
+    );
     // Invalidate one nested entry only: the whole answer must be rebuilt with the change.
-    gw.query(r#"mutation { renameUser(id: "1") { name } }"#).await;
+    gw.query(r#"mutation { renameUser(id: "1") { name } }"#)
+        .await;
     let third = gw.query(q).await;
-    let names: Vec<&str> = third["data"]["messages"].as_array().expect("list").iter().filter_map(|m| m["author"]["name"].as_str()).collect();
-    assert_eq!(names, ["user 2", "user 3", "user 1 (renamed)", "user 2", "user 3", "user 1 (renamed)"]);
-    assert_eq!((up.count_matching("GET /messages/"), up.count_matching("GET /users/")), (1, 4), "only the invalidated user was refetched");
+    let names: Vec<&str> = third["data"]["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["author"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "user 2",
+            "user 3",
+            "user 1 (renamed)",
+            "user 2",
+            "user 3",
+            "user 1 (renamed)"
+        ]
+    );
+    assert_eq!(
+        (
+            up.count_matching("GET /messages/"),
+            up.count_matching("GET /users/")
+        ),
+        (1, 4),
+        "only the invalidated user was refetched"
+    );
 }

@@ -16,8 +16,18 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 
 #[test]
 fn check_accepts_the_demo_schema() {
-    let out = livegate().args(["check", concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")]).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = livegate()
+        .args([
+            "check",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with(": ok\n"));
 }
 
@@ -42,7 +52,12 @@ fn check_prints_every_error_and_fails() {
 #[test]
 fn serving_a_bad_schema_exits_before_listening() {
     let path = write("bad2.graphql", "type Query { a: String }\n");
-    let out = livegate().arg("--schema").arg(&path).args(["--listen", "127.0.0.1:0"]).output().expect("runs");
+    let out = livegate()
+        .arg("--schema")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("runs");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(":1:14: field `Query.a` has no resolver"));
 }
@@ -55,15 +70,35 @@ fn upstream_urls_come_from_the_environment() {
     );
     let out = livegate().arg("check").arg(&path).output().expect("runs");
     assert_eq!(out.status.code(), Some(1), "the URL in the file is bad");
-    let out = livegate().arg("check").arg(&path).env("LIVEGATE_UPSTREAM_MY_API_URL", "http://127.0.0.1:9").output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = livegate()
+        .arg("check")
+        .arg(&path)
+        .env("LIVEGATE_UPSTREAM_MY_API_URL", "http://127.0.0.1:9")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn flags_are_documented_in_help() {
     let out = livegate().arg("--help").output().expect("runs");
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--schema", "--listen", "--cache-size-mb", "--max-upstream-body", "--upstream-timeout-ms", "--max-request-body", "--batch-window-ms", "--max-depth", "--max-complexity", "--log-format"] {
+    for flag in [
+        "--schema",
+        "--listen",
+        "--cache-size-mb",
+        "--max-upstream-body",
+        "--upstream-timeout-ms",
+        "--max-request-body",
+        "--batch-window-ms",
+        "--max-depth",
+        "--max-complexity",
+        "--log-format",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
     assert!(help.contains("LIVEGATE_LISTEN"), "env names are shown");

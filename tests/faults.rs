@@ -11,24 +11,52 @@ use serde_json::{json, Value};
 
 fn faulty_app() -> Router {
     Router::new()
-        .route("/ok", get(|| async { Json(json!({"id": "1", "name": "fine"})) }))
-        .route("/slow", get(|| async {
-            // Never answers: only the gateway's timeout ends this.
-            std::future::pending::<()>().await;
-            Json(json!({}))
-        }))
-        .route("/500", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }))
-        .route("/404", get(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "nope"}))) }))
+        .route(
+            "/ok",
+            get(|| async { Json(json!({"id": "1", "name": "fine"})) }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                // Never answers: only the gateway's timeout ends this.
+                std::future::pending::<()>().await;
+                Json(json!({}))
+            }),
+        )
+        .route(
+            "/500",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") }),
+        )
+        .route(
+            "/404",
+            get(|| async { (StatusCode::NOT_FOUND, Json(json!({"error": "nope"}))) }),
+        )
         .route("/not-json", get(|| async { "<html>surprise</html>" }))
-        .route("/wrong-type", get(|| async { Json(json!({"id": "1", "name": 42})) }))
-        .route("/missing-non-null", get(|| async { Json(json!({"id": "1"})) }))
-        .route("/not-a-list", get(|| async { Json(json!({"id": "1", "name": "x"})) }))
-        .route("/big", get(|| async { Json(json!({"id": "1", "name": "x".repeat(10_000)})) }))
+        .route(
+            "/wrong-type",
+            get(|| async { Json(json!({"id": "1", "name": 42})) }),
+        )
+        .route(
+            "/missing-non-null",
+            get(|| async { Json(json!({"id": "1"})) }),
+        )
+        .route(
+            "/not-a-list",
+            get(|| async { Json(json!({"id": "1", "name": "x"})) }),
+        )
+        .route(
+            "/big",
+            get(|| async { Json(json!({"id": "1", "name": "x".repeat(10_000)})) }),
+        )
         .route(
             "/endless",
             get(|| async {
                 // A chunked body that never ends: only the size limit stops it.
-                let chunks = futures_util::stream::repeat_with(|| Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"[1,2,3,4,5,6,7,8,9,10],")));
+                let chunks = futures_util::stream::repeat_with(|| {
+                    Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(
+                        b"[1,2,3,4,5,6,7,8,9,10],",
+                    ))
+                });
                 axum::body::Body::from_stream(chunks)
             }),
         )
@@ -61,15 +89,22 @@ async fn setup() -> (Upstream, Gateway) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let schema = SCHEMA.replace("{up}", &up.url()).replace("{dead}", &format!("http://{dead}"));
-    let options = livegate::Options { max_upstream_body: 4096, ..Default::default() };
+    let schema = SCHEMA
+        .replace("{up}", &up.url())
+        .replace("{dead}", &format!("http://{dead}"));
+    let options = livegate::Options {
+        max_upstream_body: 4096,
+        ..Default::default()
+    };
     (up, Gateway::start(&schema, options).await)
 }
 
 /// Queries `field` beside `ok`, and returns the error of `field` after checking that the
 /// sibling resolved and `field` is null with a path.
 async fn fault(gw: &Gateway, field: &str) -> Value {
-    let r = gw.query(&format!("{{ ok {{ name }} {field} {{ id name }} }}")).await;
+    let r = gw
+        .query(&format!("{{ ok {{ name }} {field} {{ id name }} }}"))
+        .await;
     assert_eq!(r["data"]["ok"]["name"], "fine", "sibling resolves: {r}");
     assert_eq!(r["data"][field], Value::Null, "{r}");
     let errors = r["errors"].as_array().expect("errors");
@@ -90,14 +125,20 @@ async fn slow_upstream_times_out() {
     let (_up, gw) = setup().await;
     let e = fault(&gw, "slow").await;
     assert_eq!(e["extensions"]["code"], "UPSTREAM_TIMEOUT", "{e}");
-    assert!(e["message"].as_str().is_some_and(|m| m.contains("300 ms")), "{e}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("300 ms")),
+        "{e}"
+    );
 }
 
 #[tokio::test]
 async fn non_2xx_is_an_http_error_with_its_status_and_is_not_cached() {
     let (up, gw) = setup().await;
     let e = fault(&gw, "status500").await;
-    assert_eq!(e["extensions"], json!({"code": "UPSTREAM_HTTP_ERROR", "status": 500}));
+    assert_eq!(
+        e["extensions"],
+        json!({"code": "UPSTREAM_HTTP_ERROR", "status": 500})
+    );
     let e = fault(&gw, "status404").await;
     assert_eq!(e["extensions"]["status"], 404);
     fault(&gw, "status404").await;
@@ -109,13 +150,29 @@ async fn bodies_that_lie_are_bad_responses_and_are_not_cached() {
     let (up, gw) = setup().await;
     for field in ["notJson", "wrongType", "missingNonNull"] {
         let e = fault(&gw, field).await;
-        assert_eq!(e["extensions"]["code"], "UPSTREAM_BAD_RESPONSE", "{field}: {e}");
+        assert_eq!(
+            e["extensions"]["code"], "UPSTREAM_BAD_RESPONSE",
+            "{field}: {e}"
+        );
     }
     let e = fault(&gw, "wrongType").await;
-    assert!(e["message"].as_str().is_some_and(|m| m.contains("`name` is the number 42, but the schema says String")), "{e}");
-    assert_eq!(up.count_matching("GET /wrong-type"), 2, "a misfit body is never cached");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`name` is the number 42, but the schema says String")),
+        "{e}"
+    );
+    assert_eq!(
+        up.count_matching("GET /wrong-type"),
+        2,
+        "a misfit body is never cached"
+    );
     let r = gw.query("{ ok { name } notAList { id } }").await;
-    assert_eq!(error_code(&r).as_deref(), Some("UPSTREAM_BAD_RESPONSE"), "{r}");
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("UPSTREAM_BAD_RESPONSE"),
+        "{r}"
+    );
 }
 
 #[tokio::test]
@@ -133,11 +190,23 @@ async fn the_gateway_keeps_serving_through_faults() {
     let (_up, gw) = setup().await;
     let all = "{ ok { name } slow { id } status500 { id } notJson { id } wrongType { id } big { id } dead { id } }";
     let r = gw.query(all).await;
-    let mut codes: Vec<&str> = r["errors"].as_array().expect("errors").iter().filter_map(|e| e["extensions"]["code"].as_str()).collect();
+    let mut codes: Vec<&str> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["extensions"]["code"].as_str())
+        .collect();
     codes.sort();
     assert_eq!(
         codes,
-        ["UPSTREAM_BAD_RESPONSE", "UPSTREAM_BAD_RESPONSE", "UPSTREAM_HTTP_ERROR", "UPSTREAM_TIMEOUT", "UPSTREAM_TOO_LARGE", "UPSTREAM_UNAVAILABLE"]
+        [
+            "UPSTREAM_BAD_RESPONSE",
+            "UPSTREAM_BAD_RESPONSE",
+            "UPSTREAM_HTTP_ERROR",
+            "UPSTREAM_TIMEOUT",
+            "UPSTREAM_TOO_LARGE",
+            "UPSTREAM_UNAVAILABLE"
+        ]
     );
     let again = gw.query("{ ok { name } }").await;
     assert_eq!(again["data"]["ok"]["name"], "fine");

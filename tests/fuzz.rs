@@ -66,9 +66,14 @@ async fn arbitrary_websocket_frames_never_take_the_gateway_down() {
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
         for _ in 0..60 {
             let batch = frames.new_tree(&mut runner).expect("strategy").current();
-            let mut req = format!("ws://{}/graphql", gw.addr).into_client_request().expect("request");
-            req.headers_mut().insert("sec-websocket-protocol", protocol.parse().expect("header"));
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else { panic!("gateway refused a connection") };
+            let mut req = format!("ws://{}/graphql", gw.addr)
+                .into_client_request()
+                .expect("request");
+            req.headers_mut()
+                .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+                panic!("gateway refused a connection")
+            };
             for f in batch {
                 if ws.send(Message::text(f)).await.is_err() {
                     break;

@@ -20,15 +20,26 @@ type Mutation { touch: Thing @rest(upstream: "api", method: POST, path: "/thing"
 /// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
 fn sample(page: &str, series: &str) -> f64 {
     page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let app = Router::new()
-        .route("/thing", get(|| async { Json(json!({"id": "1", "name": "thing"})) }).post(|| async { Json(json!({"id": "1"})) }))
-        .route("/broken", get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "no") }));
+        .route(
+            "/thing",
+            get(|| async { Json(json!({"id": "1", "name": "thing"})) })
+                .post(|| async { Json(json!({"id": "1"})) }),
+        )
+        .route(
+            "/broken",
+            get(|| async { (axum::http::StatusCode::BAD_GATEWAY, "no") }),
+        );
     let up = Upstream::start(app).await;
     let mut options = livegate::Options::default();
     options.webhook.token = Some("tok".into());
@@ -36,7 +47,12 @@ async fn health_readiness_and_metrics() {
     let base = format!("http://{}", gw.addr);
 
     for path in ["/healthz", "/readyz"] {
-        let res = gw.client.get(format!("{base}{path}")).send().await.expect("health");
+        let res = gw
+            .client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("health");
         assert_eq!(res.status(), 200, "{path}");
     }
 
@@ -45,16 +61,36 @@ async fn health_readiness_and_metrics() {
     gw.query("{ thing { name } }").await; // another selection: an entry hit
     gw.query("{ broken { id } }").await; // an upstream 5xx
     gw.query("mutation { touch { id } }").await; // a mutation invalidation
-    // A malformed request and one over the body limit.
-    let bad = gw.client.post(gw.url()).header("content-type", "application/json").body("{nope").send().await.expect("post");
+                                                 // A malformed request and one over the body limit.
+    let bad = gw
+        .client
+        .post(gw.url())
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .expect("post");
     assert_eq!(bad.status(), 400);
-    let hook = |auth: &'static str| gw.client.post(format!("{base}/hooks/invalidate")).header("authorization", auth).body(r#"{"tags":["thing"]}"#).send();
+    let hook = |auth: &'static str| {
+        gw.client
+            .post(format!("{base}/hooks/invalidate"))
+            .header("authorization", auth)
+            .body(r#"{"tags":["thing"]}"#)
+            .send()
+    };
     assert_eq!(hook("Bearer nope").await.expect("hook").status(), 401);
     assert_eq!(hook("Bearer tok").await.expect("hook").status(), 200);
 
-    let res = gw.client.get(format!("{base}/metrics")).send().await.expect("metrics");
+    let res = gw
+        .client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/plain")));
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|c| c.starts_with("text/plain")));
     let page = res.text().await.expect("page");
     let expect = [
         // `thing` once, and `broken`, which has no @cache (it still goes through the
@@ -62,9 +98,18 @@ async fn health_readiness_and_metrics() {
         (r#"livegate_cache_lookups_total{outcome="miss"}"#, 2.0),
         (r#"livegate_cache_lookups_total{outcome="hit"}"#, 1.0),
         ("livegate_response_cache_hits_total", 1.0),
-        (r#"livegate_upstream_requests_total{method="GET",status="2xx",upstream="api"}"#, 1.0),
-        (r#"livegate_upstream_requests_total{method="GET",status="5xx",upstream="api"}"#, 1.0),
-        (r#"livegate_upstream_requests_total{method="POST",status="2xx",upstream="api"}"#, 1.0),
+        (
+            r#"livegate_upstream_requests_total{method="GET",status="2xx",upstream="api"}"#,
+            1.0,
+        ),
+        (
+            r#"livegate_upstream_requests_total{method="GET",status="5xx",upstream="api"}"#,
+            1.0,
+        ),
+        (
+            r#"livegate_upstream_requests_total{method="POST",status="2xx",upstream="api"}"#,
+            1.0,
+        ),
         (r#"livegate_invalidations_total{source="mutation"}"#, 1.0),
         (r#"livegate_invalidations_total{source="webhook"}"#, 1.0),
         (r#"livegate_rejected_total{reason="auth"}"#, 1.0),
@@ -75,12 +120,20 @@ async fn health_readiness_and_metrics() {
     for (series, want) in expect {
         assert_eq!(sample(&page, series), want, "{series} in\n{page}");
     }
-    assert!(sample(&page, r#"livegate_upstream_request_seconds_count{upstream="api"}"#) >= 3.0, "{page}");
+    assert!(
+        sample(
+            &page,
+            r#"livegate_upstream_request_seconds_count{upstream="api"}"#
+        ) >= 3.0,
+        "{page}"
+    );
 }
 
 #[tokio::test]
 async fn introspection_can_be_disabled() {
-    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) }))).await;
+    let up =
+        Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) })))
+            .await;
     let schema = SCHEMA.replace("{up}", &up.url());
     let open = Gateway::start(&schema, livegate::Options::default()).await;
     let r = open.query("{ __schema { queryType { name } } }").await;
@@ -89,7 +142,12 @@ async fn introspection_can_be_disabled() {
     options.limits.disable_introspection = true;
     let closed = Gateway::start(&schema, options).await;
     let r = closed.query("{ __schema { queryType { name } } }").await;
-    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("__schema")), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("__schema")),
+        "{r}"
+    );
     // Ordinary queries still work.
     let r = closed.query("{ thing { id } }").await;
     assert_eq!(r["data"]["thing"]["id"], "1");
@@ -97,16 +155,33 @@ async fn introspection_can_be_disabled() {
 
 #[tokio::test]
 async fn aliases_and_root_fields_are_limited() {
-    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) }))).await;
+    let up =
+        Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1"})) })))
+            .await;
     let mut options = livegate::Options::default();
     options.connection_limits.max_aliases = 3;
     options.connection_limits.max_root_fields = 2;
     let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
-    let r = gw.query("{ a: thing { id } b: thing { x: id } c: thing { y: id } }").await;
-    assert_eq!(r["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED", "{r}");
-    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("5 aliases; 3 at most")), "{r}");
+    let r = gw
+        .query("{ a: thing { id } b: thing { x: id } c: thing { y: id } }")
+        .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["code"], "LIMIT_EXCEEDED",
+        "{r}"
+    );
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("5 aliases; 3 at most")),
+        "{r}"
+    );
     let r = gw.query("{ thing { id } broken { id } __typename }").await;
-    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("3 root fields; 2 at most")), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("3 root fields; 2 at most")),
+        "{r}"
+    );
     assert_eq!(up.count(), 0, "nothing ran");
     // Within the limits, and another client: fine.
     let r = gw.query("{ a: thing { id } b: thing { id } }").await;
@@ -132,24 +207,48 @@ async fn only_listed_headers_are_forwarded() {
     );
     let gw = Gateway::start(&schema, livegate::Options::default()).await;
     // `x-secret` is not listed; `proxy-authorization` is, but hop-by-hop headers never pass.
-    let r = gw.query_with("{ who { id name } }", json!({}), &[("x-tenant", "acme"), ("x-secret", "s3"), ("proxy-authorization", "Basic eA==")]).await;
+    let r = gw
+        .query_with(
+            "{ who { id name } }",
+            json!({}),
+            &[
+                ("x-tenant", "acme"),
+                ("x-secret", "s3"),
+                ("proxy-authorization", "Basic eA=="),
+            ],
+        )
+        .await;
     assert_eq!(r["data"]["who"], json!({"id": "acme", "name": null}), "{r}");
 }
 
 #[tokio::test]
 async fn depth_and_complexity_are_limited() {
-    let up = Upstream::start(Router::new().route("/thing", get(|| async { Json(json!({"id": "1", "name": "n"})) }))).await;
+    let up = Upstream::start(Router::new().route(
+        "/thing",
+        get(|| async { Json(json!({"id": "1", "name": "n"})) }),
+    ))
+    .await;
     let mut options = livegate::Options::default();
     options.limits.max_depth = 1;
     options.limits.max_complexity = 3;
     let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
     let r = gw.query("{ thing { id } }").await;
-    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("nested too deep")), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nested too deep")),
+        "{r}"
+    );
     let mut options = livegate::Options::default();
     options.limits.max_complexity = 3;
     let gw2 = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
     let r = gw2.query("{ thing { id name } broken { id name } }").await;
-    assert!(r["errors"][0]["message"].as_str().is_some_and(|m| m.contains("complex")), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("complex")),
+        "{r}"
+    );
     assert_eq!(up.count(), 0, "nothing ran");
     // Within the limits: fine.
     let r = gw2.query("{ thing { id } }").await;
@@ -160,7 +259,11 @@ async fn depth_and_complexity_are_limited() {
 async fn the_cache_stays_within_its_budget_and_counts_evictions() {
     let up = Upstream::start(Router::new().route(
         "/items/{id}",
-        get(|axum::extract::Path(id): axum::extract::Path<String>| async move { Json(json!({"id": id, "name": "x".repeat(200)})) }),
+        get(
+            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                Json(json!({"id": id, "name": "x".repeat(200)}))
+            },
+        ),
     ))
     .await;
     let schema = format!(
@@ -170,12 +273,28 @@ async fn the_cache_stays_within_its_budget_and_counts_evictions() {
         up.url()
     );
     // Room for about two entries of ~270 bytes.
-    let options = livegate::Options { cache_bytes: 600, response_cache_bytes: 0, ..Default::default() };
+    let options = livegate::Options {
+        cache_bytes: 600,
+        response_cache_bytes: 0,
+        ..Default::default()
+    };
     let gw = Gateway::start(&schema, options).await;
     for id in 0..10 {
-        gw.query(&format!(r#"{{ item(id: "{id}") {{ id }} }}"#)).await;
+        gw.query(&format!(r#"{{ item(id: "{id}") {{ id }} }}"#))
+            .await;
     }
-    let page = gw.client.get(format!("http://{}/metrics", gw.addr)).send().await.expect("metrics").text().await.expect("page");
-    assert!(sample(&page, "livegate_cache_evictions_total") >= 7.0, "{page}");
+    let page = gw
+        .client
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        sample(&page, "livegate_cache_evictions_total") >= 7.0,
+        "{page}"
+    );
     assert!(sample(&page, "livegate_cache_entries") <= 3.0, "{page}");
 }

@@ -1,14 +1,21 @@
 //! The README's tour, run as pasted (only the port differs) against the demo: the
 //! bundled demo upstreams and the gateway serving the top-level `schema.graphql`.
 
-
 use serde_json::Value;
 
 /// The `curl` commands of the README's "A tour against the demo" section.
 fn tour_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
-    let section = readme.split("## A tour against the demo").nth(1).expect("tour section");
-    let block = section.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("sh block");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split("## A tour against the demo")
+        .nth(1)
+        .expect("tour section");
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("sh block");
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in block.lines() {
@@ -29,30 +36,55 @@ fn tour_commands() -> Vec<String> {
 
 /// The `sh` blocks that follow `marker` in the README, each as one script.
 fn blocks_after(marker: &str, n: usize) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
     let section = readme.split(marker).nth(1).expect("marker in README");
-    section.split("```sh").skip(1).take(n).filter_map(|b| b.split("```").next()).map(str::to_string).collect()
+    section
+        .split("```sh")
+        .skip(1)
+        .take(n)
+        .filter_map(|b| b.split("```").next())
+        .map(str::to_string)
+        .collect()
 }
 
 /// The demo as `cargo run --example demo` sets it up (upstreams, schema, webhook secret),
 /// on ephemeral ports: returns the gateway's and the chat upstream's addresses.
 async fn demo() -> (String, String) {
-    let chat = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let users = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let chat = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let users = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let chat_addr = chat.local_addr().expect("addr").to_string();
     let env = vec![
-        ("LIVEGATE_UPSTREAM_CHAT_URL".to_string(), format!("http://{chat_addr}")),
-        ("LIVEGATE_UPSTREAM_USERS_URL".to_string(), format!("http://{}", users.local_addr().expect("addr"))),
+        (
+            "LIVEGATE_UPSTREAM_CHAT_URL".to_string(),
+            format!("http://{chat_addr}"),
+        ),
+        (
+            "LIVEGATE_UPSTREAM_USERS_URL".to_string(),
+            format!("http://{}", users.local_addr().expect("addr")),
+        ),
     ];
     livegate::demo::spawn(chat, livegate::demo::chat_app());
     livegate::demo::spawn(users, livegate::demo::users_app());
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .expect("schema");
     let plan = livegate::plan::load("schema.graphql", &source, env).expect("demo schema");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let mut options = livegate::Options::default();
     options.webhook.secret = Some("demo-secret".into());
-    tokio::spawn(livegate::run(listener, plan, options, std::future::pending()));
+    tokio::spawn(livegate::run(
+        listener,
+        plan,
+        options,
+        std::future::pending(),
+    ));
     (addr.to_string(), chat_addr)
 }
 
@@ -74,12 +106,20 @@ impl Sse {
             .spawn()
             .expect("curl runs");
         let lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Sse { _child: child, lines }
+        Sse {
+            _child: child,
+            lines,
+        }
     }
 
     async fn next_event(&mut self) -> Value {
         loop {
-            let line = self.lines.next_line().await.expect("read").expect("stream open");
+            let line = self
+                .lines
+                .next_line()
+                .await
+                .expect("read")
+                .expect("stream open");
             if let Some(data) = line.strip_prefix("data: ") {
                 return serde_json::from_str::<Value>(data).expect("JSON event");
             }
@@ -90,35 +130,67 @@ impl Sse {
 #[tokio::test]
 async fn the_readme_live_data_example_works_against_the_demo() {
     let (addr, chat) = demo().await;
-    let fix = |s: &str| s.replace("127.0.0.1:4000", &addr).replace("127.0.0.1:4001", &chat);
+    let fix = |s: &str| {
+        s.replace("127.0.0.1:4000", &addr)
+            .replace("127.0.0.1:4001", &chat)
+    };
     let blocks = blocks_after("Live data:", 4);
     assert_eq!(blocks.len(), 4);
     // Terminal 1: the live query.
     let mut live = Sse::start(&fix(&blocks[0]));
     let first = live.next_event().await;
-    assert_eq!(first["data"]["messages"][0]["text"], "Welcome to livegate!", "{first}");
+    assert_eq!(
+        first["data"]["messages"][0]["text"], "Welcome to livegate!",
+        "{first}"
+    );
     // Terminal 2: the event subscription. It has no first event to say it is listening,
     // so terminal 3 posts again until it hears one (a person is slower than this test).
     let mut events = Sse::start(&fix(&blocks[1]));
     let mut event = None;
     for _ in 0..10 {
-        let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[2])).output().await.expect("sh");
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(fix(&blocks[2]))
+            .output()
+            .await
+            .expect("sh");
         assert!(out.status.success());
-        if let Ok(e) = tokio::time::timeout(std::time::Duration::from_secs(1), events.next_event()).await {
+        if let Ok(e) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), events.next_event()).await
+        {
             event = Some(e);
             break;
         }
     }
     let event = event.expect("the event subscriber heard a post");
     let update = live.next_event().await;
-    let texts: Vec<&str> = update["data"]["messages"].as_array().expect("list").iter().filter_map(|m| m["text"].as_str()).collect();
+    let texts: Vec<&str> = update["data"]["messages"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .collect();
     assert_eq!(texts.last(), Some(&"posted upstream"), "{update}");
-    assert_eq!(event["data"]["messageAdded"]["text"], "posted upstream", "{event}");
-    assert_eq!(event["data"]["messageAdded"]["author"]["name"], "Ada Lovelace", "{event}");
+    assert_eq!(
+        event["data"]["messageAdded"]["text"], "posted upstream",
+        "{event}"
+    );
+    assert_eq!(
+        event["data"]["messageAdded"]["author"]["name"], "Ada Lovelace",
+        "{event}"
+    );
     // The webhook.
-    let out = tokio::process::Command::new("sh").arg("-c").arg(fix(&blocks[3])).output().await.expect("sh");
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(fix(&blocks[3]))
+        .output()
+        .await
+        .expect("sh");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#), "{stdout}");
+    assert!(
+        stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
@@ -130,21 +202,49 @@ async fn the_readme_tour_works_against_the_demo() {
     let mut outputs = Vec::new();
     for cmd in &commands {
         let cmd = cmd.replace("127.0.0.1:4000", &addr.to_string());
-        let out = tokio::process::Command::new("sh").arg("-c").arg(&cmd).output().await.expect("sh runs");
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
-        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .await
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{cmd}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
         outputs.push(json);
     }
     for (cmd, out) in commands.iter().zip(&outputs).take(4) {
         assert!(out.get("errors").is_none(), "{cmd}: {out}");
     }
-    assert_eq!(outputs[0]["data"]["messages"][0]["author"]["name"], "Ada Lovelace", "{}", outputs[0]);
+    assert_eq!(
+        outputs[0]["data"]["messages"][0]["author"]["name"], "Ada Lovelace",
+        "{}",
+        outputs[0]
+    );
     assert_eq!(outputs[1]["data"]["user"]["name"], "Grace Hopper");
     assert_eq!(outputs[2]["data"]["sendMessage"]["text"], "hello");
     let batched = outputs[3]["data"]["messages"].as_array().expect("messages");
-    assert_eq!(batched.last().map(|m| m["text"].clone()), Some(Value::from("hello")), "the mutation invalidated the list");
+    assert_eq!(
+        batched.last().map(|m| m["text"].clone()),
+        Some(Value::from("hello")),
+        "the mutation invalidated the list"
+    );
     assert_eq!(outputs[4]["data"]["user"], Value::Null);
-    assert_eq!(outputs[4]["errors"][0]["extensions"]["code"], "UPSTREAM_HTTP_ERROR");
+    assert_eq!(
+        outputs[4]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_HTTP_ERROR"
+    );
     assert_eq!(outputs[4]["errors"][0]["path"], serde_json::json!(["user"]));
-    assert_eq!(outputs[4]["data"]["users"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        outputs[4]["data"]["users"].as_array().map(Vec::len),
+        Some(3)
+    );
 }

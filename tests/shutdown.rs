@@ -45,13 +45,25 @@ async fn in_flight_queries_finish_and_sse_streams_complete() {
             }),
         );
     let up = Upstream::start(app).await;
-    let plan = livegate::plan::load("s.graphql", &SCHEMA.replace("{up}", &up.url()), Vec::<(String, String)>::new()).expect("plan");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let plan = livegate::plan::load(
+        "s.graphql",
+        &SCHEMA.replace("{up}", &up.url()),
+        Vec::<(String, String)>::new(),
+    )
+    .expect("plan");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(livegate::run(listener, plan, livegate::Options::default(), async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(livegate::run(
+        listener,
+        plan,
+        livegate::Options::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/graphql");
 
@@ -69,7 +81,17 @@ async fn in_flight_queries_finish_and_sse_streams_complete() {
     // A query in flight at the upstream.
     let query = tokio::spawn({
         let (client, url) = (client.clone(), url.clone());
-        async move { client.post(&url).json(&json!({"query": "{ slow { id } }"})).send().await.expect("answer").json::<Value>().await.expect("json") }
+        async move {
+            client
+                .post(&url)
+                .json(&json!({"query": "{ slow { id } }"}))
+                .send()
+                .await
+                .expect("answer")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
     });
     arrived.notified().await;
 
@@ -79,8 +101,15 @@ async fn in_flight_queries_finish_and_sse_streams_complete() {
     while let Some(chunk) = sse.chunk().await.expect("stream") {
         rest.extend_from_slice(&chunk);
     }
-    assert!(String::from_utf8_lossy(&rest).ends_with("event: complete\ndata: \n\n"), "{}", String::from_utf8_lossy(&rest));
+    assert!(
+        String::from_utf8_lossy(&rest).ends_with("event: complete\ndata: \n\n"),
+        "{}",
+        String::from_utf8_lossy(&rest)
+    );
     release.send(()).expect("upstream waiting");
-    assert_eq!(query.await.expect("task"), json!({"data": {"slow": {"id": "s"}}}));
+    assert_eq!(
+        query.await.expect("task"),
+        json!({"data": {"slow": {"id": "s"}}})
+    );
     server.await.expect("task").expect("run returns cleanly");
 }

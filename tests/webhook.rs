@@ -17,7 +17,11 @@ type Query { thing(id: ID!): Thing @rest(upstream: "api", path: "/things/{args.i
 "#;
 
 async fn setup(secret: Option<&str>, token: Option<&str>) -> (Upstream, Gateway) {
-    let up = Upstream::start(Router::new().route("/things/{id}", get(|Path(id): Path<String>| async move { Json(json!({"id": id})) }))).await;
+    let up = Upstream::start(Router::new().route(
+        "/things/{id}",
+        get(|Path(id): Path<String>| async move { Json(json!({"id": id})) }),
+    ))
+    .await;
     let mut options = livegate::Options::default();
     options.webhook.secret = secret.map(str::to_string);
     options.webhook.token = token.map(str::to_string);
@@ -33,7 +37,10 @@ fn sign(secret: &str, body: &str) -> String {
 }
 
 async fn hook(gw: &Gateway, body: &str, headers: &[(&str, String)]) -> (u16, Value) {
-    let mut req = gw.client.post(format!("http://{}/hooks/invalidate", gw.addr)).body(body.to_string());
+    let mut req = gw
+        .client
+        .post(format!("http://{}/hooks/invalidate", gw.addr))
+        .body(body.to_string());
     for (k, v) in headers {
         req = req.header(*k, v);
     }
@@ -47,7 +54,12 @@ async fn the_webhook_is_off_unless_configured() {
     let (_up, gw) = setup(None, None).await;
     let (status, body) = hook(&gw, r#"{"tags": ["thing:1"]}"#, &[]).await;
     assert_eq!(status, 404);
-    assert!(body["error"].as_str().is_some_and(|e| e.contains("--webhook-secret")), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--webhook-secret")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -58,18 +70,59 @@ async fn rejected_calls_say_why_and_invalidate_nothing() {
     type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16, &'a str);
     let cases: Vec<Case> = vec![
         (body, vec![], 401, "missing or wrong credentials"),
-        (body, vec![("x-livegate-signature", sign("wrong", body))], 401, "missing or wrong credentials"),
-        (body, vec![("x-livegate-signature", "sha256=zz".into())], 401, "missing or wrong credentials"),
-        (body, vec![("x-livegate-signature", sign("s3cret", r#"{"tags": ["thing:2"]}"#))], 401, "missing or wrong credentials"),
-        (body, vec![("authorization", "Bearer nope".into())], 401, "missing or wrong credentials"),
-        ("{not json", vec![("authorization", "Bearer t0ken".into())], 400, "not JSON"),
-        (r#"{"tags": "thing:1"}"#, vec![("authorization", "Bearer t0ken".into())], 400, "list of strings"),
-        (r#"["thing:1"]"#, vec![("authorization", "Bearer t0ken".into())], 400, "JSON object"),
+        (
+            body,
+            vec![("x-livegate-signature", sign("wrong", body))],
+            401,
+            "missing or wrong credentials",
+        ),
+        (
+            body,
+            vec![("x-livegate-signature", "sha256=zz".into())],
+            401,
+            "missing or wrong credentials",
+        ),
+        (
+            body,
+            vec![(
+                "x-livegate-signature",
+                sign("s3cret", r#"{"tags": ["thing:2"]}"#),
+            )],
+            401,
+            "missing or wrong credentials",
+        ),
+        (
+            body,
+            vec![("authorization", "Bearer nope".into())],
+            401,
+            "missing or wrong credentials",
+        ),
+        (
+            "{not json",
+            vec![("authorization", "Bearer t0ken".into())],
+            400,
+            "not JSON",
+        ),
+        (
+            r#"{"tags": "thing:1"}"#,
+            vec![("authorization", "Bearer t0ken".into())],
+            400,
+            "list of strings",
+        ),
+        (
+            r#"["thing:1"]"#,
+            vec![("authorization", "Bearer t0ken".into())],
+            400,
+            "JSON object",
+        ),
     ];
     for (b, headers, want, says) in cases {
         let (status, json) = hook(&gw, b, &headers).await;
         assert_eq!(status, want, "{b} {headers:?}: {json}");
-        assert!(json["error"].as_str().is_some_and(|e| e.contains(says)), "{json}");
+        assert!(
+            json["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{json}"
+        );
     }
     let big = format!(r#"{{"tags": ["{}"]}}"#, "x".repeat(300));
     let (status, json) = hook(&gw, &big, &[("authorization", "Bearer t0ken".into())]).await;
@@ -82,13 +135,29 @@ async fn rejected_calls_say_why_and_invalidate_nothing() {
 #[tokio::test]
 async fn a_signed_or_bearer_call_invalidates_and_says_how_many() {
     let (up, gw) = setup(Some("s3cret"), Some("t0ken")).await;
-    gw.query(r#"{ a: thing(id: "1") { id } b: thing(id: "2") { id } }"#).await;
+    gw.query(r#"{ a: thing(id: "1") { id } b: thing(id: "2") { id } }"#)
+        .await;
     assert_eq!(up.count(), 2);
     let body = r#"{"tags": ["thing:1", "unknown"]}"#;
     let (status, json) = hook(&gw, body, &[("x-livegate-signature", sign("s3cret", body))]).await;
-    assert_eq!((status, json), (200, json!({"invalidated": 1, "tags": ["thing:1", "unknown"]})));
-    gw.query(r#"{ a: thing(id: "1") { id } b: thing(id: "2") { id } }"#).await;
-    assert_eq!(up.requests(), ["GET /things/1", "GET /things/2", "GET /things/1"]);
-    let (status, json) = hook(&gw, r#"{"tags": ["thing:2"]}"#, &[("authorization", "Bearer t0ken".into())]).await;
+    assert_eq!(
+        (status, json),
+        (
+            200,
+            json!({"invalidated": 1, "tags": ["thing:1", "unknown"]})
+        )
+    );
+    gw.query(r#"{ a: thing(id: "1") { id } b: thing(id: "2") { id } }"#)
+        .await;
+    assert_eq!(
+        up.requests(),
+        ["GET /things/1", "GET /things/2", "GET /things/1"]
+    );
+    let (status, json) = hook(
+        &gw,
+        r#"{"tags": ["thing:2"]}"#,
+        &[("authorization", "Bearer t0ken".into())],
+    )
+    .await;
     assert_eq!((status, json["invalidated"].clone()), (200, json!(1)));
 }

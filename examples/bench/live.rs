@@ -35,10 +35,17 @@ async fn connect(url: &str, connections: usize) -> Result<Fleet> {
     let mut writers = Vec::new();
     for _ in 0..connections {
         let mut req = url.into_client_request().map_err(|e| e.to_string())?;
-        req.headers_mut().insert("sec-websocket-protocol", tokio_tungstenite::tungstenite::http::HeaderValue::from_static("graphql-transport-ws"));
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| format!("connect: {e}"))?;
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static("graphql-transport-ws"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let (mut sink, mut stream) = ws.split();
-        sink.send(Message::text(r#"{"type":"connection_init"}"#)).await.map_err(|e| e.to_string())?;
+        sink.send(Message::text(r#"{"type":"connection_init"}"#))
+            .await
+            .map_err(|e| e.to_string())?;
         match stream.next().await {
             Some(Ok(Message::Text(t))) if t.contains("connection_ack") => {}
             other => return Err(format!("no ack: {other:?}")),
@@ -56,8 +63,14 @@ async fn connect(url: &str, connections: usize) -> Result<Fleet> {
             while let Some(Ok(msg)) = stream.next().await {
                 if let Message::Text(t) = msg {
                     // The gateway writes `{"id":…,"type":"next",…`: no need to parse 4 kB.
-                    if t.as_str().get(..40).is_some_and(|head| head.contains(r#""type":"next""#)) {
-                        r.times.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+                    if t.as_str()
+                        .get(..40)
+                        .is_some_and(|head| head.contains(r#""type":"next""#))
+                    {
+                        r.times
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Instant::now());
                         r.progress.notify_one();
                     }
                 }
@@ -73,7 +86,11 @@ impl Fleet {
     /// waits for all first results.
     async fn subscribe(&self, per_connection: usize, query: &str) -> Result<()> {
         let total = self.writers.len() * per_connection;
-        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.round
+            .times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         for (c, w) in self.writers.iter().enumerate() {
             for s in 0..per_connection {
                 let msg = serde_json::json!({"id": format!("{c}-{s}"), "type": "subscribe", "payload": {"query": query}});
@@ -88,10 +105,18 @@ impl Fleet {
 
     /// One upstream socket message: time it to every push.
     async fn announce(&self, n: usize, upstream: &str, version: usize) -> Result<Vec<Duration>> {
-        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.round
+            .times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         let message = serde_json::json!({"kind": "post", "id": 1, "userId": 1, "title": format!("Post number 1, announced {version}"), "body": "b"});
         let t0 = Instant::now();
-        http("POST", &format!("{upstream}/_announce"), Some(&message.to_string()))?;
+        http(
+            "POST",
+            &format!("{upstream}/_announce"),
+            Some(&message.to_string()),
+        )?;
         self.wait(n, t0).await
     }
 
@@ -102,25 +127,46 @@ impl Fleet {
             {
                 let times = self.round.times.lock().unwrap_or_else(|p| p.into_inner());
                 if times.len() >= n {
-                    let mut lat: Vec<Duration> = times.iter().map(|t| t.saturating_duration_since(t0)).collect();
+                    let mut lat: Vec<Duration> = times
+                        .iter()
+                        .map(|t| t.saturating_duration_since(t0))
+                        .collect();
                     lat.sort();
                     return Ok(lat);
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("only {} of {n} results within 60 s", self.round.times.lock().map(|t| t.len()).unwrap_or(0)));
+                return Err(format!(
+                    "only {} of {n} results within 60 s",
+                    self.round.times.lock().map(|t| t.len()).unwrap_or(0)
+                ));
             }
-            let _ = tokio::time::timeout(Duration::from_millis(100), self.round.progress.notified()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100), self.round.progress.notified())
+                    .await;
         }
     }
 
     /// One change: bump the upstream, then time the webhook → every push.
     async fn change(&self, n: usize, gateway: &str, upstream: &str) -> Result<Vec<Duration>> {
-        self.round.times.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.round
+            .times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         http("GET", &format!("{upstream}/_bump"), None)?;
         let t0 = Instant::now();
         let out = std::process::Command::new("curl")
-            .args(["-s", "-X", "POST", &format!("{gateway}/hooks/invalidate"), "-H", "authorization: Bearer bench", "-d", r#"{"tags":["posts"]}"#])
+            .args([
+                "-s",
+                "-X",
+                "POST",
+                &format!("{gateway}/hooks/invalidate"),
+                "-H",
+                "authorization: Bearer bench",
+                "-d",
+                r#"{"tags":["posts"]}"#,
+            ])
             .output()
             .map_err(|e| e.to_string())?;
         if !String::from_utf8_lossy(&out.stdout).contains("\"invalidated\"") {
@@ -137,7 +183,9 @@ fn ms(d: Duration) -> f64 {
 /// Runs both measurements; returns Markdown.
 pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     // The clients share core 1 with nothing else.
-    let _ = std::process::Command::new("taskset").args(["-p", "-c", "1", &std::process::id().to_string()]).output();
+    let _ = std::process::Command::new("taskset")
+        .args(["-p", "-c", "1", &std::process::id().to_string()])
+        .output();
     let schema = work.join("live.graphql");
     std::fs::write(
         &schema,
@@ -157,14 +205,26 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     )
     .map_err(|e| e.to_string())?;
     http("GET", &format!("{up_url}/_reset"), None)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let mut out = String::new();
 
     // Memory: 1,000 idle connections, then 10 live subscriptions on each.
     {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen, "--webhook-token", "bench"];
+        let args = [
+            &*livegate.to_string_lossy(),
+            "--schema",
+            &*schema.to_string_lossy(),
+            "--listen",
+            &listen,
+            "--webhook-token",
+            "bench",
+        ];
         let gw = start("livegate", &args, port, work)?;
         let url = format!("ws://{listen}/graphql");
         crate::graphql(&format!("http://{listen}/graphql"), "{ posts { id } }")?;
@@ -177,7 +237,9 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             fleet.subscribe(per, LIVE).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let after_subs = gw.rss_mib().unwrap_or(f64::NAN);
-            let lat = fleet.change(conns * per, &format!("http://{listen}"), up_url).await?;
+            let lat = fleet
+                .change(conns * per, &format!("http://{listen}"), up_url)
+                .await?;
             Ok::<_, String>((after_conns, after_subs, lat))
         })?;
         let per_conn_kib = (after_conns - base) * 1024.0 / conns as f64;
@@ -200,7 +262,15 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen, "--webhook-token", "bench"];
+        let args = [
+            &*livegate.to_string_lossy(),
+            "--schema",
+            &*schema.to_string_lossy(),
+            "--listen",
+            &listen,
+            "--webhook-token",
+            "bench",
+        ];
         let _gw = start("livegate", &args, port, work)?;
         let url = format!("ws://{listen}/graphql");
         let rounds = rt.block_on(async {
@@ -208,13 +278,23 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             fleet.subscribe(10, LIVE).await?;
             let mut rounds = Vec::new();
             for _ in 0..5 {
-                rounds.push(fleet.change(1000, &format!("http://{listen}"), up_url).await?);
+                rounds.push(
+                    fleet
+                        .change(1000, &format!("http://{listen}"), up_url)
+                        .await?,
+                );
             }
             Ok::<_, String>(rounds)
         })?;
         out.push_str("| webhook → push, 1,000 subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");
         for (i, lat) in rounds.iter().enumerate() {
-            out.push_str(&format!("| round {} | {:.1} | {:.1} | {:.1} |\n", i + 1, ms(lat[0]), ms(lat[lat.len() / 2]), ms(lat[lat.len() - 1])));
+            out.push_str(&format!(
+                "| round {} | {:.1} | {:.1} | {:.1} |\n",
+                i + 1,
+                ms(lat[0]),
+                ms(lat[lat.len() / 2]),
+                ms(lat[lat.len() - 1])
+            ));
         }
         let upstream_requests = crate::upstream_requests_url(up_url)?;
         out.push_str(&format!(
@@ -227,7 +307,13 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let args = [&*livegate.to_string_lossy(), "--schema", &*schema.to_string_lossy(), "--listen", &listen];
+        let args = [
+            &*livegate.to_string_lossy(),
+            "--schema",
+            &*schema.to_string_lossy(),
+            "--listen",
+            &listen,
+        ];
         let _gw = start("livegate", &args, port, work)?;
         let url = format!("ws://{listen}/graphql");
         let before = socket_counts(up_url)?;
@@ -251,7 +337,12 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
                 })?;
                 sockets_seen.push(socket_counts(up_url)?);
                 for lat in rows {
-                    out.push_str(&format!("| {kind} | {n} | {:.1} | {:.1} | {:.1} |\n", ms(lat[0]), ms(lat[lat.len() / 2]), ms(lat[lat.len() - 1])));
+                    out.push_str(&format!(
+                        "| {kind} | {n} | {:.1} | {:.1} | {:.1} |\n",
+                        ms(lat[0]),
+                        ms(lat[lat.len() / 2]),
+                        ms(lat[lat.len() - 1])
+                    ));
                 }
             }
         }
@@ -267,6 +358,10 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 
 /// The upstream's (open, total) `/ws` sockets.
 fn socket_counts(up_url: &str) -> Result<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(&http("GET", &format!("{up_url}/_ws"), None)?).map_err(|e| e.to_string())?;
-    Ok((v["open"].as_u64().unwrap_or(0), v["total"].as_u64().unwrap_or(0)))
+    let v: serde_json::Value = serde_json::from_str(&http("GET", &format!("{up_url}/_ws"), None)?)
+        .map_err(|e| e.to_string())?;
+    Ok((
+        v["open"].as_u64().unwrap_or(0),
+        v["total"].as_u64().unwrap_or(0),
+    ))
 }

@@ -36,13 +36,22 @@ const Q_NESTED: &str = "{ posts { id title user { name } } }";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     if flag("--role").as_deref() == Some("upstream") {
         let port: u16 = flag("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
         return upstream(port);
     }
-    let duration: u64 = flag("--duration").and_then(|d| d.parse().ok()).unwrap_or(10);
-    let connections: u64 = flag("--connections").and_then(|d| d.parse().ok()).unwrap_or(64);
+    let duration: u64 = flag("--duration")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(10);
+    let connections: u64 = flag("--connections")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(64);
     let skip_tailcall = args.iter().any(|a| a == "--skip-tailcall");
     let only = flag("--only");
     if let Err(e) = orchestrate(duration, connections, skip_tailcall, only.as_deref()) {
@@ -177,7 +186,13 @@ impl Drop for Proc {
 impl Proc {
     fn rss_mib(&self) -> Option<f64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kb: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
         Some(kb / 1024.0)
     }
 }
@@ -190,8 +205,16 @@ fn free_port() -> Result<u16> {
 /// Starts `cmd` pinned to core 0 and waits until it accepts connections on `port`.
 fn start(name: &'static str, cmd: &[&str], port: u16, dir: &FsPath) -> Result<Proc> {
     let mut command = Command::new("taskset");
-    command.arg("-c").arg("0").args(cmd).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null());
-    let child = command.spawn().map_err(|e| format!("starting {name}: {e}"))?;
+    command
+        .arg("-c")
+        .arg("0")
+        .args(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = command
+        .spawn()
+        .map_err(|e| format!("starting {name}: {e}"))?;
     let mut proc = Proc { name, child };
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -199,7 +222,10 @@ fn start(name: &'static str, cmd: &[&str], port: u16, dir: &FsPath) -> Result<Pr
             return Err(format!("{name} exited early: {status}"));
         }
         if Instant::now() > deadline {
-            return Err(format!("{} did not listen on {port} within 20 s", proc.name));
+            return Err(format!(
+                "{} did not listen on {port} within 20 s",
+                proc.name
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -208,7 +234,16 @@ fn start(name: &'static str, cmd: &[&str], port: u16, dir: &FsPath) -> Result<Pr
 
 fn http(method: &str, url: &str, body: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-X", method, url, "-H", "content-type: application/json", "-H", "accept: application/json"]);
+    cmd.args([
+        "-s",
+        "-X",
+        method,
+        url,
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "accept: application/json",
+    ]);
     if let Some(b) = body {
         cmd.args(["-d", b]);
     }
@@ -218,7 +253,8 @@ fn http(method: &str, url: &str, body: Option<&str>) -> Result<String> {
 
 fn graphql(url: &str, query: &str) -> Result<Value> {
     let body = json!({ "query": query }).to_string();
-    serde_json::from_str(&http("POST", url, Some(&body))?).map_err(|e| format!("{url}: not JSON: {e}"))
+    serde_json::from_str(&http("POST", url, Some(&body))?)
+        .map_err(|e| format!("{url}: not JSON: {e}"))
 }
 
 fn upstream_requests(up: u16) -> Result<u64> {
@@ -226,7 +262,8 @@ fn upstream_requests(up: u16) -> Result<u64> {
 }
 
 fn upstream_requests_url(up: &str) -> Result<u64> {
-    let v: Value = serde_json::from_str(&http("GET", &format!("{up}/_stats"), None)?).map_err(|e| e.to_string())?;
+    let v: Value = serde_json::from_str(&http("GET", &format!("{up}/_stats"), None)?)
+        .map_err(|e| e.to_string())?;
     v["requests"].as_u64().ok_or_else(|| "no count".to_string())
 }
 
@@ -249,7 +286,13 @@ fn parse_latency(s: &str) -> Option<f64> {
 }
 
 /// Runs wrk on core 1 against `url`, with `body` POSTed as JSON when given.
-fn wrk(url: &str, body: Option<&str>, duration: u64, connections: u64, dir: &FsPath) -> Result<Load> {
+fn wrk(
+    url: &str,
+    body: Option<&str>,
+    duration: u64,
+    connections: u64,
+    dir: &FsPath,
+) -> Result<Load> {
     let script = dir.join("wrk-post.lua");
     if let Some(body) = body {
         let lua = format!(
@@ -259,7 +302,15 @@ fn wrk(url: &str, body: Option<&str>, duration: u64, connections: u64, dir: &FsP
         std::fs::write(&script, lua).map_err(|e| e.to_string())?;
     }
     let mut cmd = Command::new("taskset");
-    cmd.args(["-c", "1", "wrk", "-t1", &format!("-c{connections}"), &format!("-d{duration}s"), "--latency"]);
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{duration}s"),
+        "--latency",
+    ]);
     if body.is_some() {
         cmd.arg("-s").arg(&script);
     }
@@ -269,11 +320,24 @@ fn wrk(url: &str, body: Option<&str>, duration: u64, connections: u64, dir: &FsP
     if text.contains("Non-2xx") {
         return Err(format!("wrk saw errors against {url}:\n{text}"));
     }
-    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string));
-    let rps = field("Requests/sec:").and_then(|v| v.trim().parse().ok()).ok_or_else(|| format!("wrk output:\n{text}"))?;
-    let p50 = field("50%").and_then(|v| parse_latency(&v)).unwrap_or(f64::NAN);
-    let p99 = field("99%").and_then(|v| parse_latency(&v)).unwrap_or(f64::NAN);
-    Ok(Load { rps, p50_ms: p50, p99_ms: p99 })
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("wrk output:\n{text}"))?;
+    let p50 = field("50%")
+        .and_then(|v| parse_latency(&v))
+        .unwrap_or(f64::NAN);
+    let p99 = field("99%")
+        .and_then(|v| parse_latency(&v))
+        .unwrap_or(f64::NAN);
+    Ok(Load {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+    })
 }
 
 fn livegate_binary(root: &FsPath) -> Result<PathBuf> {
@@ -311,20 +375,48 @@ struct Row {
     rss_mib: Option<f64>,
 }
 
-fn orchestrate(duration: u64, connections: u64, skip_tailcall: bool, only: Option<&str>) -> Result<()> {
+fn orchestrate(
+    duration: u64,
+    connections: u64,
+    skip_tailcall: bool,
+    only: Option<&str>,
+) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let work = std::env::temp_dir().join(format!("livegate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let livegate = livegate_binary(&root)?;
-    let tailcall = if skip_tailcall || only == Some("live") { None } else { Some(tailcall_binary(&root)?) };
+    let tailcall = if skip_tailcall || only == Some("live") {
+        None
+    } else {
+        Some(tailcall_binary(&root)?)
+    };
 
     let up_port = free_port()?;
     let up_arg = up_port.to_string();
-    let _upstream = start("upstream", &[&me.to_string_lossy(), "--role", "upstream", "--port", &up_arg], up_port, &work)?;
+    let _upstream = start(
+        "upstream",
+        &[
+            &me.to_string_lossy(),
+            "--role",
+            "upstream",
+            "--port",
+            &up_arg,
+        ],
+        up_port,
+        &work,
+    )?;
     let up_url = format!("http://127.0.0.1:{up_port}");
     if only != Some("live") {
-        http_part(&livegate, tailcall.as_deref(), &work, up_port, &up_url, duration, connections)?;
+        http_part(
+            &livegate,
+            tailcall.as_deref(),
+            &work,
+            up_port,
+            &up_url,
+            duration,
+            connections,
+        )?;
     }
     if only != Some("http") {
         println!("\n## Live\n\n{}", live::run(&livegate, &work, &up_url)?);
@@ -334,7 +426,15 @@ fn orchestrate(duration: u64, connections: u64, skip_tailcall: bool, only: Optio
 }
 
 /// Cache-hit query throughput through each gateway and straight against the upstream.
-fn http_part(livegate: &FsPath, tailcall: Option<&FsPath>, work: &FsPath, up_port: u16, up_url: &str, duration: u64, connections: u64) -> Result<()> {
+fn http_part(
+    livegate: &FsPath,
+    tailcall: Option<&FsPath>,
+    work: &FsPath,
+    up_port: u16,
+    up_url: &str,
+    duration: u64,
+    connections: u64,
+) -> Result<()> {
     let work = work.to_path_buf();
     let up_url = up_url.to_string();
 
@@ -342,8 +442,19 @@ fn http_part(livegate: &FsPath, tailcall: Option<&FsPath>, work: &FsPath, up_por
     let mut cold = Vec::new();
 
     // Straight against the REST upstream: GET /posts (what Q_FLAT needs, unshaped).
-    let direct = wrk(&format!("{up_url}/posts"), None, duration, connections, &work)?;
-    rows.push(Row { target: "REST upstream (GET /posts)".into(), query: "—", load: direct, rss_mib: None });
+    let direct = wrk(
+        &format!("{up_url}/posts"),
+        None,
+        duration,
+        connections,
+        &work,
+    )?;
+    rows.push(Row {
+        target: "REST upstream (GET /posts)".into(),
+        query: "—",
+        load: direct,
+        rss_mib: None,
+    });
 
     // livegate
     let schema = work.join("livegate.graphql");
@@ -368,7 +479,13 @@ type User {{ id: Int! name: String! username: String! email: String! }}
     let mut targets: Vec<(String, Vec<String>, u16)> = vec![
         (
             "livegate".into(),
-            vec![livegate.to_string_lossy().into(), "--schema".into(), schema.to_string_lossy().into(), "--listen".into(), lg_listen],
+            vec![
+                livegate.to_string_lossy().into(),
+                "--schema".into(),
+                schema.to_string_lossy().into(),
+                "--listen".into(),
+                lg_listen,
+            ],
             lg_port,
         ),
         // The executor path: every request runs the query against the entry cache.
@@ -405,7 +522,15 @@ type User {{ id: Int! name: String! username: String! email: String! }}
             ),
         )
         .map_err(|e| e.to_string())?;
-        targets.push(("Tailcall 1.0.0".into(), vec![tc.to_string_lossy().into(), "start".into(), config.to_string_lossy().into()], tc_port));
+        targets.push((
+            "Tailcall 1.0.0".into(),
+            vec![
+                tc.to_string_lossy().into(),
+                "start".into(),
+                config.to_string_lossy().into(),
+            ],
+            tc_port,
+        ));
     }
 
     let mut reference: Option<(Value, Value)> = None;
@@ -420,7 +545,8 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         let cold_requests = upstream_requests(up_port)?;
         let flat = graphql(&url, Q_FLAT)?;
         for (q, v) in [(Q_NESTED, &nested), (Q_FLAT, &flat)] {
-            if v.get("errors").is_some() || v["data"]["posts"].as_array().map(Vec::len) != Some(100) {
+            if v.get("errors").is_some() || v["data"]["posts"].as_array().map(Vec::len) != Some(100)
+            {
                 return Err(format!("{name} answered {q} wrongly: {v}"));
             }
         }
@@ -439,7 +565,12 @@ type User {{ id: Int! name: String! username: String! email: String! }}
             // Warm-up, then the measured run.
             wrk(&url, Some(&body), 2.min(duration), connections, &work)?;
             let load = wrk(&url, Some(&body), duration, connections, &work)?;
-            rows.push(Row { target: name.clone(), query: q, load, rss_mib: proc.rss_mib() });
+            rows.push(Row {
+                target: name.clone(),
+                query: q,
+                load,
+                rss_mib: proc.rss_mib(),
+            });
         }
         let during_load = upstream_requests(up_port)? - warm_before;
         cold.push((name, cold_requests, during_load));
@@ -447,22 +578,37 @@ type User {{ id: Int! name: String! username: String! email: String! }}
 
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     println!("\nMachine: {} cores, {cpu}; servers on core 0, wrk -t1 -c{connections} -d{duration}s on core 1.\n", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     println!("| target | query | requests/s | p50 ms | p99 ms | RSS MiB after |");
     println!("|---|---|---:|---:|---:|---:|");
     for r in &rows {
-        let rss = r.rss_mib.map(|m| format!("{m:.1}")).unwrap_or_else(|| "—".into());
-        println!("| {} | `{}` | {:.0} | {:.2} | {:.2} | {rss} |", r.target, r.query, r.load.rps, r.load.p50_ms, r.load.p99_ms);
+        let rss = r
+            .rss_mib
+            .map(|m| format!("{m:.1}"))
+            .unwrap_or_else(|| "—".into());
+        println!(
+            "| {} | `{}` | {:.0} | {:.2} | {:.2} | {rss} |",
+            r.target, r.query, r.load.rps, r.load.p50_ms, r.load.p99_ms
+        );
     }
     println!();
     for q in [Q_FLAT, Q_NESTED] {
-        let tc = rows.iter().find(|r| r.target.starts_with("Tailcall") && r.query == q);
+        let tc = rows
+            .iter()
+            .find(|r| r.target.starts_with("Tailcall") && r.query == q);
         for name in ["livegate", "livegate, no response cache"] {
             let lg = rows.iter().find(|r| r.target == name && r.query == q);
             if let (Some(lg), Some(tc)) = (lg, tc) {
-                println!("{name} / Tailcall, `{q}`: {:.2}x requests/s", lg.load.rps / tc.load.rps);
+                println!(
+                    "{name} / Tailcall, `{q}`: {:.2}x requests/s",
+                    lg.load.rps / tc.load.rps
+                );
             }
         }
     }

@@ -85,7 +85,11 @@ struct ArgReader<'a, 'e> {
 }
 
 impl<'a, 'e> ArgReader<'a, 'e> {
-    fn new(directive: &'a Positioned<ConstDirective>, known: &[&str], errors: &'e mut Errors) -> Self {
+    fn new(
+        directive: &'a Positioned<ConstDirective>,
+        known: &[&str],
+        errors: &'e mut Errors,
+    ) -> Self {
         let name = directive.node.name.node.as_str();
         let mut seen: Vec<&str> = Vec::new();
         for (arg, _) in &directive.node.arguments {
@@ -165,7 +169,9 @@ impl<'a, 'e> ArgReader<'a, 'e> {
     }
 
     fn strings(&mut self, arg: &str) -> Vec<Positioned<String>> {
-        let Some(v) = self.get(arg) else { return Vec::new() };
+        let Some(v) = self.get(arg) else {
+            return Vec::new();
+        };
         let list: &[ConstValue] = match &v.node {
             ConstValue::List(items) => items,
             // GraphQL input coercion: a single value stands for a list of one.
@@ -201,7 +207,10 @@ impl<'a, 'e> ArgReader<'a, 'e> {
             let name = self.name();
             self.errors.push(
                 v.pos,
-                format!("@{name}({arg}:) expects one of {}, got {s}", allowed.join(", ")),
+                format!(
+                    "@{name}({arg}:) expects one of {}, got {s}",
+                    allowed.join(", ")
+                ),
             );
             None
         }
@@ -209,7 +218,9 @@ impl<'a, 'e> ArgReader<'a, 'e> {
 
     /// `headers: [{name: "X-A", value: "…"}]`
     fn headers(&mut self, arg: &str) -> Vec<Header> {
-        let Some(v) = self.get(arg) else { return Vec::new() };
+        let Some(v) = self.get(arg) else {
+            return Vec::new();
+        };
         let expected = "a list of {name: String, value: String}";
         let list: &[ConstValue] = match &v.node {
             ConstValue::List(items) => items,
@@ -257,8 +268,15 @@ fn describe(v: &ConstValue) -> String {
     }
 }
 
-pub fn upstream(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<UpstreamDirective>> {
-    let mut r = ArgReader::new(d, &["name", "url", "timeoutMs", "headers", "forwardHeaders"], errors);
+pub fn upstream(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<UpstreamDirective>> {
+    let mut r = ArgReader::new(
+        d,
+        &["name", "url", "timeoutMs", "headers", "forwardHeaders"],
+        errors,
+    );
     let name = r.required_string("name");
     let url = r.required_string("url");
     let timeout_ms = r.uint("timeoutMs");
@@ -276,10 +294,15 @@ pub fn upstream(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<P
     ))
 }
 
-pub fn rest(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<RestDirective>> {
+pub fn rest(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<RestDirective>> {
     let mut r = ArgReader::new(
         d,
-        &["upstream", "method", "path", "query", "body", "headers", "batchKey"],
+        &[
+            "upstream", "method", "path", "query", "body", "headers", "batchKey",
+        ],
         errors,
     );
     let upstream = r.required_string("upstream");
@@ -308,7 +331,12 @@ pub fn rest(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Posit
                     }
                 }
             }
-            other => r.wrong(v.pos, "query", "an object of strings, like {q: \"{args.q}\"}", other),
+            other => r.wrong(
+                v.pos,
+                "query",
+                "an object of strings, like {q: \"{args.q}\"}",
+                other,
+            ),
         }
     }
     let body = r.get("body").cloned();
@@ -328,7 +356,10 @@ pub fn rest(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Posit
     ))
 }
 
-pub fn cache(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<CacheDirective>> {
+pub fn cache(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<CacheDirective>> {
     let mut r = ArgReader::new(d, &["maxAge", "swr", "tags", "scope"], errors);
     if r.get("maxAge").is_none() {
         r.missing("maxAge", "seconds, a non-negative integer");
@@ -371,7 +402,10 @@ pub struct LiveDirective {
     pub poll_ms: Option<Positioned<u64>>,
 }
 
-pub fn live(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<LiveDirective>> {
+pub fn live(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<LiveDirective>> {
     let mut r = ArgReader::new(d, &["pollMs"], errors);
     let poll_ms = r.uint("pollMs");
     if let Some(p) = &poll_ms {
@@ -402,7 +436,9 @@ pub struct UpdatesDirective {
     pub key: Option<Positioned<String>>,
 }
 
-pub const APPLY_MODES: [&str; 7] = ["APPEND", "PREPEND", "UPSERT", "MERGE", "REPLACE", "REMOVE", "REFETCH"];
+pub const APPLY_MODES: [&str; 7] = [
+    "APPEND", "PREPEND", "UPSERT", "MERGE", "REPLACE", "REMOVE", "REFETCH",
+];
 
 fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     let upstream = r.required_string("upstream");
@@ -414,30 +450,60 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
             ConstValue::Object(map) => {
                 for (k, val) in map {
                     match val {
-                        ConstValue::String(s) => when.push((Positioned::new(k.to_string(), v.pos), Positioned::new(s.clone(), v.pos))),
+                        ConstValue::String(s) => when.push((
+                            Positioned::new(k.to_string(), v.pos),
+                            Positioned::new(s.clone(), v.pos),
+                        )),
                         other => r.wrong(v.pos, "when", "an object of strings", other),
                     }
                 }
             }
-            other => r.wrong(v.pos, "when", "an object of strings, like {channel: \"{args.channel}\"}", other),
+            other => r.wrong(
+                v.pos,
+                "when",
+                "an object of strings, like {channel: \"{args.channel}\"}",
+                other,
+            ),
         }
     }
-    Some(SourceDirective { upstream: upstream?, path: path?, when, select })
+    Some(SourceDirective {
+        upstream: upstream?,
+        path: path?,
+        when,
+        select,
+    })
 }
 
-pub fn updates(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<UpdatesDirective>> {
-    let mut r = ArgReader::new(d, &["upstream", "path", "when", "apply", "key", "select"], errors);
+pub fn updates(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<UpdatesDirective>> {
+    let mut r = ArgReader::new(
+        d,
+        &["upstream", "path", "when", "apply", "key", "select"],
+        errors,
+    );
     if r.get("apply").is_none() {
         r.missing("apply", &format!("one of {}", APPLY_MODES.join(", ")));
     }
     let apply = r.enum_value("apply", &APPLY_MODES);
     let key = r.string("key");
     let source = source(&mut r);
-    Some(Positioned::new(UpdatesDirective { source: source?, apply: apply?, key }, d.pos))
+    Some(Positioned::new(
+        UpdatesDirective {
+            source: source?,
+            apply: apply?,
+            key,
+        },
+        d.pos,
+    ))
 }
 
 /// `@stream(upstream, path, when, select)` on a Subscription field.
-pub fn stream(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<SourceDirective>> {
+pub fn stream(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<SourceDirective>> {
     let mut r = ArgReader::new(d, &["upstream", "path", "when", "select"], errors);
     source(&mut r).map(|s| Positioned::new(s, d.pos))
 }

@@ -17,8 +17,8 @@ use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
 pub use directives::{
-    CacheDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective, RestDirective,
-    Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
+    CacheDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective, RestDirective, Scope,
+    SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
 };
 
 /// A positioned error of the configuration stages. `Display` gives
@@ -177,7 +177,10 @@ pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
             let pos = e.positions().next().unwrap_or(Pos { line: 1, column: 1 });
             // The parser's message is a drawing of the line; keep what it says is expected.
             let text = e.to_string();
-            let said = text.lines().find_map(|l| l.trim().strip_prefix("= ")).unwrap_or(text.trim());
+            let said = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("= "))
+                .unwrap_or(text.trim());
             errors.push(pos, format!("syntax error: {said}"));
             return Err(errors.list);
         }
@@ -242,7 +245,10 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
     if def.extend {
         errors.push(
             ty.pos,
-            format!("`extend type {}` is not supported; declare all fields in one type", name.node),
+            format!(
+                "`extend type {}` is not supported; declare all fields in one type",
+                name.node
+            ),
         );
         return None;
     }
@@ -250,7 +256,10 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
     let kind = match &def.kind {
         TypeKind::Object(obj) => {
             if let Some(i) = obj.implements.first() {
-                errors.push(i.pos, "interfaces are not supported yet; remove `implements`");
+                errors.push(
+                    i.pos,
+                    "interfaces are not supported yet; remove `implements`",
+                );
             }
             TypeConfigKind::Object {
                 fields: obj.fields.iter().map(|f| field_config(f, errors)).collect(),
@@ -322,7 +331,11 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
     let mut out = FieldConfig {
         name: def.name.clone().map(|n| n.to_string()),
         ty: def.ty.clone().map(|t| TypeRef::from_parser(&t)),
-        args: def.arguments.iter().map(|a| arg_config(a, errors)).collect(),
+        args: def
+            .arguments
+            .iter()
+            .map(|a| arg_config(a, errors))
+            .collect(),
         description: def.description.as_ref().map(|d| d.node.clone()),
         deprecated: None,
         rest: None,

@@ -7,12 +7,12 @@
 use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, RootFetch};
 use crate::upstream::ws::{Event, Sockets};
-use std::sync::atomic::AtomicBool;
-use tokio::sync::broadcast::error::RecvError;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 pub type SubId = u64;
@@ -36,7 +36,10 @@ struct State {
 impl State {
     /// Forgets a key nobody watches or polls any more.
     fn tidy(&mut self, key: &CacheKey) {
-        let idle = self.keys.get(key).is_some_and(|k| k.subs.is_empty() && !k.polled && !k.fed);
+        let idle = self
+            .keys
+            .get(key)
+            .is_some_and(|k| k.subs.is_empty() && !k.polled && !k.fed);
         if idle {
             if let Some(entry) = self.keys.remove(key) {
                 for tag in &entry.tags {
@@ -104,7 +107,12 @@ impl Hub {
         for dep in deps {
             let entry = st.keys.entry(dep.key).or_default();
             entry.subs.insert(sub, notify.clone());
-            let fresh_tags: Vec<Tag> = dep.tags.iter().filter(|t| !entry.tags.contains(t)).cloned().collect();
+            let fresh_tags: Vec<Tag> = dep
+                .tags
+                .iter()
+                .filter(|t| !entry.tags.contains(t))
+                .cloned()
+                .collect();
             entry.tags.extend(fresh_tags.iter().cloned());
             for tag in fresh_tags {
                 st.tags.entry(tag).or_default().insert(dep.key);
@@ -142,7 +150,12 @@ impl Hub {
     pub fn invalidated(&self, tags: &[Tag]) -> Vec<CacheKey> {
         let keys: Vec<CacheKey> = {
             let st = self.lock();
-            let keys: HashSet<CacheKey> = tags.iter().filter_map(|t| st.tags.get(t)).flatten().copied().collect();
+            let keys: HashSet<CacheKey> = tags
+                .iter()
+                .filter_map(|t| st.tags.get(t))
+                .flatten()
+                .copied()
+                .collect();
             keys.into_iter().collect()
         };
         if !keys.is_empty() {
@@ -163,7 +176,12 @@ impl Hub {
 
     /// Whether `key` has had no subscribers for the grace period; if so, `release` its
     /// keeper's mark and forget the key. `idle_since` is the keeper's own record.
-    fn unused_for_grace(&self, key: &CacheKey, idle_since: &mut Option<tokio::time::Instant>, release: impl FnOnce(&mut KeyEntry)) -> bool {
+    fn unused_for_grace(
+        &self,
+        key: &CacheKey,
+        idle_since: &mut Option<tokio::time::Instant>,
+        release: impl FnOnce(&mut KeyEntry),
+    ) -> bool {
         let mut st = self.lock();
         let watched = st.keys.get(key).is_some_and(|k| !k.subs.is_empty());
         if watched {
@@ -186,7 +204,9 @@ impl Hub {
     /// however many arrive meanwhile), and a reconnect or lost messages refetch. Stops
     /// `grace` after the entry's last subscriber has gone (and with it, its socket tap).
     pub fn feed(self: &Arc<Self>, root: RootFetch) {
-        let Some(crate::deps::Feed { plan, when }) = root.updates.clone() else { return };
+        let Some(crate::deps::Feed { plan, when }) = root.updates.clone() else {
+            return;
+        };
         {
             let mut st = self.lock();
             let entry = st.keys.entry(root.key).or_default();
@@ -208,7 +228,13 @@ impl Hub {
                     let started = tokio::time::Instant::now();
                     match (root.fetch)().await {
                         Ok((value, size)) => {
-                            if hub.cache.store_fetched(root.key, root.policy.clone(), Arc::new(value), size, started) {
+                            if hub.cache.store_fetched(
+                                root.key,
+                                root.policy.clone(),
+                                Arc::new(value),
+                                size,
+                                started,
+                            ) {
                                 hub.changed(&[root.key]);
                             }
                         }
@@ -219,7 +245,9 @@ impl Hub {
             };
             let mut idle_since = None;
             let grace = hub.upgrade().map(|h| h.grace).unwrap_or_default();
-            let mut tick = tokio::time::interval((grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+            let mut tick = tokio::time::interval(
+                (grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            );
             loop {
                 let event = tokio::select! {
                     _ = tick.tick() => None,
@@ -234,7 +262,9 @@ impl Hub {
                         }
                     }
                     Some(Ok(Event::Message(m))) => {
-                        let Some(payload) = super::patch::pick(&m, &plan.source.select) else { continue };
+                        let Some(payload) = super::patch::pick(&m, &plan.source.select) else {
+                            continue;
+                        };
                         if !super::patch::matches(payload, &when) {
                             continue;
                         }
@@ -247,7 +277,9 @@ impl Hub {
                             refetch(&hub);
                             continue;
                         };
-                        if let Some(next) = super::patch::apply(&current, payload, plan.apply, plan.key.as_deref()) {
+                        if let Some(next) =
+                            super::patch::apply(&current, payload, plan.apply, plan.key.as_deref())
+                        {
                             if !(root.fits)(&next) {
                                 tracing::warn!(key = ?root.key, "patched value would not fit the field's type; message skipped");
                                 continue;
@@ -299,7 +331,13 @@ impl Hub {
                     Ok((value, size)) => {
                         if last.as_deref() != Some(&value) {
                             let value = Arc::new(value);
-                            if hub.cache.store_fetched(root.key, root.policy.clone(), value.clone(), size, started) {
+                            if hub.cache.store_fetched(
+                                root.key,
+                                root.policy.clone(),
+                                value.clone(),
+                                size,
+                                started,
+                            ) {
                                 last = Some(value);
                                 hub.changed(&[root.key]);
                             } else {

@@ -30,7 +30,10 @@ pub enum Prepared {
     /// A query or mutation (or a document that does not parse: running it reports why).
     Once(async_graphql::Request),
     /// A live query: run it as this query, again on every change.
-    Live { request: async_graphql::Request, poll: Option<Duration> },
+    Live {
+        request: async_graphql::Request,
+        poll: Option<Duration>,
+    },
     /// An event subscription (`@stream`): the executor's own subscription stream.
     Events(async_graphql::Request),
 }
@@ -43,7 +46,9 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
     let Ok(doc) = req.parsed_query() else {
         return Ok(Prepared::Once(req));
     };
-    let Some(op) = operation(doc, name.as_deref()) else { return Ok(Prepared::Once(req)) };
+    let Some(op) = operation(doc, name.as_deref()) else {
+        return Ok(Prepared::Once(req));
+    };
     if op.node.ty != OperationType::Subscription {
         return Ok(Prepared::Once(req));
     }
@@ -54,7 +59,9 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
         .items
         .iter()
         .filter_map(|s| match &s.node {
-            Selection::Field(f) if f.node.name.node != "__typename" => Some(f.node.name.node.as_str()),
+            Selection::Field(f) if f.node.name.node != "__typename" => {
+                Some(f.node.name.node.as_str())
+            }
             _ => None,
         })
         .collect();
@@ -63,7 +70,9 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
     };
     let plan = &state.runtime.plan;
     let Some(sub_field) = plan.subscription_field(field) else {
-        return Err(format!("`{field}` is not a subscription field of this schema"));
+        return Err(format!(
+            "`{field}` is not a subscription field of this schema"
+        ));
     };
     if sub_field.stream.is_some() {
         return Ok(Prepared::Events(req));
@@ -72,7 +81,8 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
         return Err(format!("`{field}` is not a live field of this schema"));
     };
     let (pos, poll) = (op.pos, live.poll);
-    let query = as_query(&req.query, pos).ok_or("the subscription could not be rewritten as a query")?;
+    let query =
+        as_query(&req.query, pos).ok_or("the subscription could not be rewritten as a query")?;
     let mut request = async_graphql::Request::new(query).variables(req.variables);
     if let Some(name) = req.operation_name {
         request = request.operation_name(name);
@@ -87,7 +97,11 @@ pub fn operation<'d>(
     name: Option<&str>,
 ) -> Option<&'d async_graphql::Positioned<async_graphql::parser::types::OperationDefinition>> {
     match name {
-        Some(name) => doc.operations.iter().find(|(n, _)| n.is_some_and(|n| n.as_str() == name)).map(|(_, op)| op),
+        Some(name) => doc
+            .operations
+            .iter()
+            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))
+            .map(|(_, op)| op),
         None => {
             let mut ops = doc.operations.iter();
             match (ops.next(), ops.next()) {
@@ -100,11 +114,22 @@ pub fn operation<'d>(
 
 /// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.
 fn as_query(text: &str, pos: async_graphql::Pos) -> Option<String> {
-    let line_start: usize = text.split_inclusive('\n').take(pos.line.saturating_sub(1)).map(str::len).sum();
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(pos.line.saturating_sub(1))
+        .map(str::len)
+        .sum();
     let line = &text[line_start..];
     let offset = line_start + line.char_indices().nth(pos.column.saturating_sub(1))?.0;
     const KEYWORD: &str = "subscription";
-    text[offset..].starts_with(KEYWORD).then(|| format!("{}query{}{}", &text[..offset], " ".repeat(KEYWORD.len() - 5), &text[offset + KEYWORD.len()..]))
+    text[offset..].starts_with(KEYWORD).then(|| {
+        format!(
+            "{}query{}{}",
+            &text[..offset],
+            " ".repeat(KEYWORD.len() - 5),
+            &text[offset + KEYWORD.len()..]
+        )
+    })
 }
 
 struct Subscription {
@@ -147,9 +172,17 @@ impl Subscription {
         let hub = self.state.runtime.hub.clone();
         let generation = hub.generation();
         // Boxed: an idle subscription then holds no room for an execution's state.
-        let done = Box::pin(crate::server::execute::run(&self.state, clone_request(&self.request), self.headers.clone())).await;
+        let done = Box::pin(crate::server::execute::run(
+            &self.state,
+            clone_request(&self.request),
+            self.headers.clone(),
+        ))
+        .await;
         if done.request_error {
-            return Some(Frame { body: done.body, request_error: true });
+            return Some(Frame {
+                body: done.body,
+                request_error: true,
+            });
         }
         hub.watch(self.id, &self.notify, &done.read.keys);
         if let Some(root) = &done.read.root {
@@ -169,28 +202,68 @@ impl Subscription {
             return None;
         }
         self.last = Some(done.body.clone());
-        Some(Frame { body: done.body, request_error: false })
+        Some(Frame {
+            body: done.body,
+            request_error: false,
+        })
     }
 }
 
 /// The events of an `@stream` subscription, run by the executor: each upstream message
 /// that matches is one result, nested `@rest` fields resolved through the cache.
-pub fn events(state: &AppState, request: async_graphql::Request, headers: HeaderMap) -> impl Stream<Item = Frame> + Send + 'static {
+pub fn events(
+    state: &AppState,
+    request: async_graphql::Request,
+    headers: HeaderMap,
+) -> impl Stream<Item = Frame> + Send + 'static {
     use futures_util::StreamExt;
     let request = request.data(crate::resolve::ClientHeaders(headers));
-    let active = crate::metrics::GaugeGuard::new(state.runtime.metrics.subscriptions.with_label_values(&["stream"]));
-    state.schema.execute_stream(request).map(move |mut response| {
-        let _alive = &active;
-        let (body, request_error) = crate::server::execute::encode(&mut response);
-        Frame { body, request_error }
-    })
+    let active = crate::metrics::GaugeGuard::new(
+        state
+            .runtime
+            .metrics
+            .subscriptions
+            .with_label_values(&["stream"]),
+    );
+    state
+        .schema
+        .execute_stream(request)
+        .map(move |mut response| {
+            let _alive = &active;
+            let (body, request_error) = crate::server::execute::encode(&mut response);
+            Frame {
+                body,
+                request_error,
+            }
+        })
 }
 
 /// The results of a live query, until the request error that ends it (if any).
-pub fn run(state: AppState, request: async_graphql::Request, headers: HeaderMap, poll: Option<Duration>) -> impl Stream<Item = Frame> + Send {
+pub fn run(
+    state: AppState,
+    request: async_graphql::Request,
+    headers: HeaderMap,
+    poll: Option<Duration>,
+) -> impl Stream<Item = Frame> + Send {
     let hub = state.runtime.hub.clone();
-    let active = crate::metrics::GaugeGuard::new(state.runtime.metrics.subscriptions.with_label_values(&["live"]));
-    let sub = Subscription { _active: active, state, request, headers, poll, id: hub.next_id(), notify: Arc::new(Notify::new()), last: None, started: false };
+    let active = crate::metrics::GaugeGuard::new(
+        state
+            .runtime
+            .metrics
+            .subscriptions
+            .with_label_values(&["live"]),
+    );
+    let sub = Subscription {
+        _active: active,
+        state,
+        request,
+        headers,
+        poll,
+        id: hub.next_id(),
+        notify: Arc::new(Notify::new()),
+        last: None,
+        started: false,
+    };
     futures_util::stream::unfold(Some(sub), |sub| async move {
         let mut sub = sub?;
         loop {
@@ -216,7 +289,10 @@ mod tests {
     fn rewriting_keeps_positions() {
         let text = "# c\n  subscription S($c: String!) { messages(channel: $c) { id } }";
         let out = as_query(text, async_graphql::Pos { line: 2, column: 3 }).expect("rewrites");
-        assert_eq!(out, "# c\n  query        S($c: String!) { messages(channel: $c) { id } }");
+        assert_eq!(
+            out,
+            "# c\n  query        S($c: String!) { messages(channel: $c) { id } }"
+        );
         assert_eq!(out.len(), text.len());
         assert!(as_query(text, async_graphql::Pos { line: 1, column: 1 }).is_none());
     }

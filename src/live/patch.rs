@@ -5,7 +5,10 @@ use crate::template::scalar_text;
 use serde_json::Value;
 
 fn same_key(a: &Value, b: &Value, key: &str) -> bool {
-    match (a.get(key).and_then(scalar_text), b.get(key).and_then(scalar_text)) {
+    match (
+        a.get(key).and_then(scalar_text),
+        b.get(key).and_then(scalar_text),
+    ) {
         (Some(x), Some(y)) => x == y,
         _ => false,
     }
@@ -51,12 +54,19 @@ pub fn apply(current: &Value, message: &Value, mode: Apply, key: Option<&str>) -
 
 /// The payload of `message` at `select` (the message itself when `select` is empty).
 pub fn pick<'a>(message: &'a Value, select: &[String]) -> Option<&'a Value> {
-    select.iter().try_fold(message, |v, seg| v.get(seg.as_str()))
+    select
+        .iter()
+        .try_fold(message, |v, seg| v.get(seg.as_str()))
 }
 
 /// Whether `payload` has each `field` equal to its value (compared as text: 1 = "1").
 pub fn matches(payload: &Value, when: &[(String, String)]) -> bool {
-    when.iter().all(|(field, want)| payload.get(field.as_str()).and_then(scalar_text).is_some_and(|v| &v == want))
+    when.iter().all(|(field, want)| {
+        payload
+            .get(field.as_str())
+            .and_then(scalar_text)
+            .is_some_and(|v| &v == want)
+    })
 }
 
 #[cfg(test)]
@@ -68,16 +78,54 @@ mod tests {
     fn each_mode_does_what_it_says() {
         let list = json!([{"id": 1, "t": "a"}, {"id": 2, "t": "b"}]);
         let m = json!({"id": 2, "t": "B"});
-        assert_eq!(apply(&list, &json!({"id": 3}), Apply::Append, None), Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "b"}, {"id": 3}])));
-        assert_eq!(apply(&list, &json!({"id": 0}), Apply::Prepend, None), Some(json!([{"id": 0}, {"id": 1, "t": "a"}, {"id": 2, "t": "b"}])));
-        assert_eq!(apply(&list, &m, Apply::Upsert, Some("id")), Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "B"}])));
-        assert_eq!(apply(&list, &json!({"id": "3", "t": "c"}), Apply::Upsert, Some("id")).map(|v| v.as_array().map(Vec::len)), Some(Some(3)));
-        assert_eq!(apply(&list, &json!({"id": "2"}), Apply::Remove, Some("id")), Some(json!([{"id": 1, "t": "a"}])));
-        assert_eq!(apply(&list, &json!({"id": 2, "x": 1}), Apply::Merge, Some("id")), Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "b", "x": 1}])));
-        assert_eq!(apply(&json!({"a": 1, "b": 2}), &json!({"b": 3}), Apply::Merge, None), Some(json!({"a": 1, "b": 3})));
-        assert_eq!(apply(&list, &json!({"z": 1}), Apply::Replace, None), Some(json!({"z": 1})));
+        assert_eq!(
+            apply(&list, &json!({"id": 3}), Apply::Append, None),
+            Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "b"}, {"id": 3}]))
+        );
+        assert_eq!(
+            apply(&list, &json!({"id": 0}), Apply::Prepend, None),
+            Some(json!([{"id": 0}, {"id": 1, "t": "a"}, {"id": 2, "t": "b"}]))
+        );
+        assert_eq!(
+            apply(&list, &m, Apply::Upsert, Some("id")),
+            Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "B"}]))
+        );
+        assert_eq!(
+            apply(
+                &list,
+                &json!({"id": "3", "t": "c"}),
+                Apply::Upsert,
+                Some("id")
+            )
+            .map(|v| v.as_array().map(Vec::len)),
+            Some(Some(3))
+        );
+        assert_eq!(
+            apply(&list, &json!({"id": "2"}), Apply::Remove, Some("id")),
+            Some(json!([{"id": 1, "t": "a"}]))
+        );
+        assert_eq!(
+            apply(&list, &json!({"id": 2, "x": 1}), Apply::Merge, Some("id")),
+            Some(json!([{"id": 1, "t": "a"}, {"id": 2, "t": "b", "x": 1}]))
+        );
+        assert_eq!(
+            apply(
+                &json!({"a": 1, "b": 2}),
+                &json!({"b": 3}),
+                Apply::Merge,
+                None
+            ),
+            Some(json!({"a": 1, "b": 3}))
+        );
+        assert_eq!(
+            apply(&list, &json!({"z": 1}), Apply::Replace, None),
+            Some(json!({"z": 1}))
+        );
         // Nothing to do: no change, wrong shape, refetch.
-        assert_eq!(apply(&list, &json!({"id": 9}), Apply::Remove, Some("id")), None);
+        assert_eq!(
+            apply(&list, &json!({"id": 9}), Apply::Remove, Some("id")),
+            None
+        );
         assert_eq!(apply(&json!({"a": 1}), &m, Apply::Append, None), None);
         assert_eq!(apply(&list, &m, Apply::Refetch, None), None);
     }
@@ -86,7 +134,13 @@ mod tests {
     fn selection_and_matching() {
         let msg = json!({"type": "message", "data": {"channel": "general", "id": 7}});
         let p = pick(&msg, &["data".into()]).expect("payload");
-        assert!(matches(p, &[("channel".into(), "general".into()), ("id".into(), "7".into())]));
+        assert!(matches(
+            p,
+            &[
+                ("channel".into(), "general".into()),
+                ("id".into(), "7".into())
+            ]
+        ));
         assert!(!matches(p, &[("channel".into(), "random".into())]));
         assert!(pick(&msg, &["nope".into()]).is_none());
     }

@@ -48,7 +48,13 @@ impl Overrides {
 pub fn upstream_env_var(name: &str) -> String {
     let name: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("LIVEGATE_UPSTREAM_{name}_URL")
 }
@@ -146,7 +152,11 @@ impl Plan {
 }
 
 /// Parses and plans a schema in one step; what `livegate check` and start-up call.
-pub fn load(file: &str, source: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Plan, Vec<ConfigError>> {
+pub fn load(
+    file: &str,
+    source: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Plan, Vec<ConfigError>> {
     let config = config::parse(file, source)?;
     let overrides = Overrides::from_env(env, &config);
     build(&config, &overrides)
@@ -174,32 +184,61 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             TypeConfigKind::Enum { .. } | TypeConfigKind::Scalar => Kind::Leaf,
         };
         if kinds.insert(t.name.node.as_str(), kind).is_some() {
-            errors.push(t.name.pos, format!("type `{}` is defined twice", t.name.node));
+            errors.push(
+                t.name.pos,
+                format!("type `{}` is defined twice", t.name.node),
+            );
         }
     }
 
     let upstreams = upstreams(config, overrides, &mut errors);
 
-    let query = config.query.as_ref().map(|q| q.node.clone()).unwrap_or_else(|| "Query".into());
+    let query = config
+        .query
+        .as_ref()
+        .map(|q| q.node.clone())
+        .unwrap_or_else(|| "Query".into());
     let mutation = match &config.mutation {
         Some(m) => Some(m.node.clone()),
-        None => kinds.contains_key("Mutation").then(|| "Mutation".to_string()),
+        None => kinds
+            .contains_key("Mutation")
+            .then(|| "Mutation".to_string()),
     };
     let subscription = config
         .subscription
         .as_ref()
         .map(|s| s.node.clone())
-        .or_else(|| kinds.contains_key("Subscription").then(|| "Subscription".to_string()));
+        .or_else(|| {
+            kinds
+                .contains_key("Subscription")
+                .then(|| "Subscription".to_string())
+        });
     match kinds.get(query.as_str()) {
         Some(Kind::Output) => {}
         _ => {
-            let pos = config.query.as_ref().map(|q| q.pos).unwrap_or(async_graphql_parser::Pos { line: 1, column: 1 });
-            errors.push(pos, format!("the schema needs an object type `{query}` for queries"));
+            let pos = config
+                .query
+                .as_ref()
+                .map(|q| q.pos)
+                .unwrap_or(async_graphql_parser::Pos { line: 1, column: 1 });
+            errors.push(
+                pos,
+                format!("the schema needs an object type `{query}` for queries"),
+            );
         }
     }
-    for root in [&config.mutation, &config.subscription].into_iter().flatten() {
+    for root in [&config.mutation, &config.subscription]
+        .into_iter()
+        .flatten()
+    {
         if kinds.get(root.node.as_str()) != Some(&Kind::Output) {
-            errors.push(root.pos, format!("root type `{}` is not an object type of this schema", root.node));
+            errors.push(
+                root.pos,
+                format!(
+                    "root type `{}` is not an object type of this schema",
+                    root.node
+                ),
+            );
         }
     }
 
@@ -225,9 +264,19 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                 let mut planned = Vec::new();
                 for f in fields {
                     if seen.insert(f.name.node.as_str(), ()).is_some() {
-                        errors.push(f.name.pos, format!("field `{name}.{}` is defined twice", f.name.node));
+                        errors.push(
+                            f.name.pos,
+                            format!("field `{name}.{}` is defined twice", f.name.node),
+                        );
                     }
-                    let ctx = FieldCtx { config, kinds: &kinds, upstreams: &upstreams, type_name: &name, role, fields };
+                    let ctx = FieldCtx {
+                        config,
+                        kinds: &kinds,
+                        upstreams: &upstreams,
+                        type_name: &name,
+                        role,
+                        fields,
+                    };
                     if role == Role::Subscription {
                         if let Some(p) = live_field(&ctx, &query, f, &mut errors) {
                             planned.push(Arc::new(p));
@@ -246,24 +295,44 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             },
             TypeConfigKind::Scalar => TypePlanKind::Scalar,
         };
-        types.insert(name.clone(), TypePlan { name, description: t.description.clone(), kind });
+        types.insert(
+            name.clone(),
+            TypePlan {
+                name,
+                description: t.description.clone(),
+                kind,
+            },
+        );
     }
 
     if errors.list.is_empty() {
-        Ok(Plan { upstreams, types, query, mutation, subscription })
+        Ok(Plan {
+            upstreams,
+            types,
+            query,
+            mutation,
+            subscription,
+        })
     } else {
         errors.list.sort_by_key(|e| (e.line, e.column));
         Err(errors.list)
     }
 }
 
-fn upstreams(config: &Config, overrides: &Overrides, errors: &mut Errors) -> IndexMap<String, Arc<UpstreamPlan>> {
+fn upstreams(
+    config: &Config,
+    overrides: &Overrides,
+    errors: &mut Errors,
+) -> IndexMap<String, Arc<UpstreamPlan>> {
     let mut out = IndexMap::new();
     for u in &config.upstreams {
         let d = &u.node;
         let name = d.name.node.clone();
         if out.contains_key(&name) {
-            errors.push(d.name.pos, format!("@upstream(name: {name:?}) is defined twice"));
+            errors.push(
+                d.name.pos,
+                format!("@upstream(name: {name:?}) is defined twice"),
+            );
             continue;
         }
         let (raw, source) = match overrides.upstream_urls.get(&name) {
@@ -277,7 +346,10 @@ fn upstreams(config: &Config, overrides: &Overrides, errors: &mut Errors) -> Ind
                 continue;
             }
             Err(e) => {
-                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} is not a valid URL: {e}"));
+                errors.push(
+                    d.url.pos,
+                    format!("@upstream(url: {raw:?}){source} is not a valid URL: {e}"),
+                );
                 continue;
             }
         };
@@ -290,7 +362,10 @@ fn upstreams(config: &Config, overrides: &Overrides, errors: &mut Errors) -> Ind
         for h in &d.forward_headers {
             match http::HeaderName::from_bytes(h.node.as_bytes()) {
                 Ok(n) => forward_headers.push(n),
-                Err(_) => errors.push(h.pos, format!("forwardHeaders: {:?} is not a valid header name", h.node)),
+                Err(_) => errors.push(
+                    h.pos,
+                    format!("forwardHeaders: {:?} is not a valid header name", h.node),
+                ),
             }
         }
         let timeout = match &d.timeout_ms {
@@ -301,17 +376,39 @@ fn upstreams(config: &Config, overrides: &Overrides, errors: &mut Errors) -> Ind
             Some(t) => Some(Duration::from_millis(t.node)),
             None => None,
         };
-        out.insert(name.clone(), Arc::new(UpstreamPlan { name, url, timeout, headers, forward_headers }));
+        out.insert(
+            name.clone(),
+            Arc::new(UpstreamPlan {
+                name,
+                url,
+                timeout,
+                headers,
+                forward_headers,
+            }),
+        );
     }
     out
 }
 
-fn static_header(h: &config::Header, errors: &mut Errors) -> Option<(http::HeaderName, http::HeaderValue)> {
+fn static_header(
+    h: &config::Header,
+    errors: &mut Errors,
+) -> Option<(http::HeaderName, http::HeaderValue)> {
     let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
-        .map_err(|_| errors.push(h.name.pos, format!("{:?} is not a valid header name", h.name.node)))
+        .map_err(|_| {
+            errors.push(
+                h.name.pos,
+                format!("{:?} is not a valid header name", h.name.node),
+            )
+        })
         .ok()?;
     let value = http::HeaderValue::from_str(&h.value.node)
-        .map_err(|_| errors.push(h.value.pos, format!("header {name}: value is not valid in a header")))
+        .map_err(|_| {
+            errors.push(
+                h.value.pos,
+                format!("header {name}: value is not valid in a header"),
+            )
+        })
         .ok()?;
     Some((name, value))
 }
@@ -334,14 +431,25 @@ struct FieldCtx<'a> {
     fields: &'a [FieldConfig],
 }
 
-fn check_type(ty: &Positioned<TypeRef>, want: Kind, kinds: &HashMap<&str, Kind>, errors: &mut Errors) {
+fn check_type(
+    ty: &Positioned<TypeRef>,
+    want: Kind,
+    kinds: &HashMap<&str, Kind>,
+    errors: &mut Errors,
+) {
     let base = ty.node.base_name();
     match kinds.get(base) {
         None => errors.push(ty.pos, format!("unknown type `{base}`")),
         Some(Kind::Leaf) => {}
         Some(k) if *k == want => {}
-        Some(Kind::Input) => errors.push(ty.pos, format!("`{base}` is an input type and cannot be a field's type")),
-        Some(_) => errors.push(ty.pos, format!("`{base}` is an object type and cannot be an argument's type")),
+        Some(Kind::Input) => errors.push(
+            ty.pos,
+            format!("`{base}` is an input type and cannot be a field's type"),
+        ),
+        Some(_) => errors.push(
+            ty.pos,
+            format!("`{base}` is an object type and cannot be an argument's type"),
+        ),
     }
 }
 
@@ -370,7 +478,10 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
                 );
             }
             if let Some(c) = &f.cache {
-                errors.push(c.pos, format!("@cache on `{qualified}` needs @rest on the same field"));
+                errors.push(
+                    c.pos,
+                    format!("@cache on `{qualified}` needs @rest on the same field"),
+                );
             }
             None
         }
@@ -379,7 +490,10 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
     let mut invalidates = Vec::new();
     if let Some(inv) = &f.invalidates {
         if ctx.role != Role::Mutation {
-            errors.push(inv.pos, format!("@invalidates is for mutation fields; `{qualified}` is not one"));
+            errors.push(
+                inv.pos,
+                format!("@invalidates is for mutation fields; `{qualified}` is not one"),
+            );
         }
         for tag in &inv.node.tags {
             if let Some(t) = rest::template(tag, &args, ctx, false, errors) {
@@ -388,15 +502,24 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
         }
     }
     if let Some(l) = &f.live {
-        errors.push(l.pos, format!("@live is for Subscription fields; `{qualified}` is not one"));
+        errors.push(
+            l.pos,
+            format!("@live is for Subscription fields; `{qualified}` is not one"),
+        );
     }
     if let Some(st) = &f.stream {
-        errors.push(st.pos, format!("@stream is for Subscription fields; `{qualified}` is not one"));
+        errors.push(
+            st.pos,
+            format!("@stream is for Subscription fields; `{qualified}` is not one"),
+        );
     }
     let updates = stream::updates(ctx, f, &args, errors);
     if ctx.role == Role::Mutation {
         if let Some(c) = &f.cache {
-            errors.push(c.pos, format!("@cache on mutation `{qualified}`: mutation results are never cached"));
+            errors.push(
+                c.pos,
+                format!("@cache on mutation `{qualified}`: mutation results are never cached"),
+            );
         }
     }
     Some(FieldPlan {
@@ -416,7 +539,12 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
 /// A Subscription field: `@live` mirrors the Query field of the same name, which must
 /// take the same arguments, return the same type, and be cached (its cache entry is what
 /// every subscriber shares).
-fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Errors) -> Option<FieldPlan> {
+fn live_field(
+    ctx: &FieldCtx<'_>,
+    query: &str,
+    f: &FieldConfig,
+    errors: &mut Errors,
+) -> Option<FieldPlan> {
     let qualified = format!("{}.{}", ctx.type_name, f.name.node);
     check_type(&f.ty, Kind::Output, ctx.kinds, errors);
     let args: Vec<ArgPlan> = f.args.iter().map(|a| arg(a, ctx.kinds, errors)).collect();
@@ -430,7 +558,10 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
         }
     }
     if let Some(u) = &f.updates {
-        errors.push(u.pos, format!("@updates is for Query fields; `{qualified}` is not one"));
+        errors.push(
+            u.pos,
+            format!("@updates is for Query fields; `{qualified}` is not one"),
+        );
     }
     if let (Some(_), Some(st)) = (&f.live, &f.stream) {
         errors.push(st.pos, format!("`{qualified}` has both @live and @stream; a Subscription field is one or the other"));
@@ -448,15 +579,31 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
         );
         return None;
     };
-    let twin = ctx.config.types.iter().find(|t| t.name.node == query).and_then(|t| match &t.kind {
-        TypeConfigKind::Object { fields } => fields.iter().find(|q| q.name.node == f.name.node),
-        _ => None,
-    });
+    let twin = ctx
+        .config
+        .types
+        .iter()
+        .find(|t| t.name.node == query)
+        .and_then(|t| match &t.kind {
+            TypeConfigKind::Object { fields } => fields.iter().find(|q| q.name.node == f.name.node),
+            _ => None,
+        });
     let Some(twin) = twin else {
-        errors.push(live.pos, format!("@live on `{qualified}` mirrors `{query}.{}`, which does not exist", f.name.node));
+        errors.push(
+            live.pos,
+            format!(
+                "@live on `{qualified}` mirrors `{query}.{}`, which does not exist",
+                f.name.node
+            ),
+        );
         return None;
     };
-    let sig = |args: &[ArgConfig]| args.iter().map(|a| format!("{}: {}", a.name.node, a.ty.node)).collect::<Vec<_>>().join(", ");
+    let sig = |args: &[ArgConfig]| {
+        args.iter()
+            .map(|a| format!("{}: {}", a.name.node, a.ty.node))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if sig(&f.args) != sig(&twin.args) || f.ty.node != twin.ty.node {
         errors.push(
             live.pos,
@@ -474,12 +621,21 @@ fn live_field(ctx: &FieldCtx<'_>, query: &str, f: &FieldConfig, errors: &mut Err
             format!("@live on `{qualified}` needs @rest and @cache on `{query}.{}`: its cache entry is what subscribers share", f.name.node),
         );
     }
-    let poll = live.node.poll_ms.as_ref().map(|p| Duration::from_millis(p.node));
+    let poll = live
+        .node
+        .poll_ms
+        .as_ref()
+        .map(|p| Duration::from_millis(p.node));
     Some(subscription_plan(f, args, Some(LivePlan { poll }), None))
 }
 
 /// A Subscription field's plan: it resolves nothing itself.
-fn subscription_plan(f: &FieldConfig, args: Vec<ArgPlan>, live: Option<LivePlan>, stream: Option<Arc<SourcePlan>>) -> FieldPlan {
+fn subscription_plan(
+    f: &FieldConfig,
+    args: Vec<ArgPlan>,
+    live: Option<LivePlan>,
+    stream: Option<Arc<SourcePlan>>,
+) -> FieldPlan {
     FieldPlan {
         name: f.name.node.clone(),
         ty: f.ty.node.clone(),

@@ -52,22 +52,50 @@ pub(super) fn plan(
     let upstream = match ctx.upstreams.get(&d.upstream.node) {
         Some(u) => Some(u.clone()),
         // Declared, but its own error (a bad URL, say) is already reported.
-        None if ctx.config.upstreams.iter().any(|u| u.node.name.node == d.upstream.node) => None,
+        None if ctx
+            .config
+            .upstreams
+            .iter()
+            .any(|u| u.node.name.node == d.upstream.node) =>
+        {
+            None
+        }
         None => {
-            let known: Vec<&str> = ctx.config.upstreams.iter().map(|u| u.node.name.node.as_str()).collect();
-            let known = if known.is_empty() { "none".to_string() } else { known.join(", ") };
+            let known: Vec<&str> = ctx
+                .config
+                .upstreams
+                .iter()
+                .map(|u| u.node.name.node.as_str())
+                .collect();
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
             errors.push(
                 d.upstream.pos,
-                format!("@rest(upstream: {:?}) names no @upstream; known: {known}", d.upstream.node),
+                format!(
+                    "@rest(upstream: {:?}) names no @upstream; known: {known}",
+                    d.upstream.node
+                ),
             );
             None
         }
     };
     if !d.path.node.starts_with('/') {
-        errors.push(d.path.pos, format!("@rest(path: {:?}) must start with `/`", d.path.node));
+        errors.push(
+            d.path.pos,
+            format!("@rest(path: {:?}) must start with `/`", d.path.node),
+        );
     }
     if d.path.node.contains('?') || d.path.node.contains('#') {
-        errors.push(d.path.pos, format!("@rest(path: {:?}): put query parameters in `query: {{…}}`", d.path.node));
+        errors.push(
+            d.path.pos,
+            format!(
+                "@rest(path: {:?}): put query parameters in `query: {{…}}`",
+                d.path.node
+            ),
+        );
     }
     let path = template(&d.path, args, ctx, true, errors);
     let query: Vec<(String, Template)> = d
@@ -80,21 +108,40 @@ pub(super) fn plan(
         .iter()
         .filter_map(|h| {
             let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
-                .map_err(|_| errors.push(h.name.pos, format!("{:?} is not a valid header name", h.name.node)))
+                .map_err(|_| {
+                    errors.push(
+                        h.name.pos,
+                        format!("{:?} is not a valid header name", h.name.node),
+                    )
+                })
                 .ok()?;
             Some((name, template(&h.value, args, ctx, true, errors)?))
         })
         .collect();
-    let body = d.body.as_ref().and_then(|b| body(&b.node, b.pos, args, ctx, errors));
+    let body = d
+        .body
+        .as_ref()
+        .and_then(|b| body(&b.node, b.pos, args, ctx, errors));
     if body.is_some() && d.method == HttpMethod::Get {
-        errors.push(r.pos, "@rest: a GET request has no body; set method: POST (or PUT, PATCH)");
+        errors.push(
+            r.pos,
+            "@rest: a GET request has no body; set method: POST (or PUT, PATCH)",
+        );
     }
-    let batch = d.batch_key.as_ref().and_then(|k| batch(ctx, f, d, k, &query, errors));
+    let batch = d
+        .batch_key
+        .as_ref()
+        .and_then(|k| batch(ctx, f, d, k, &query, errors));
 
     let cache = f.cache.as_ref().map(|c| CachePlan {
         max_age: Duration::from_secs(c.node.max_age),
         swr: Duration::from_secs(c.node.swr),
-        tags: c.node.tags.iter().filter_map(|t| template(t, args, ctx, false, errors)).collect(),
+        tags: c
+            .node
+            .tags
+            .iter()
+            .filter_map(|t| template(t, args, ctx, false, errors))
+            .collect(),
         scope: c.node.scope,
     });
     Some(RestPlan {
@@ -118,7 +165,13 @@ fn batch(
     errors: &mut Errors,
 ) -> Option<Batch> {
     let fail = |errors: &mut Errors, why: &str| {
-        errors.push(key.pos, format!("@rest(batchKey: {:?}) on `{}.{}`: {why}", key.node, ctx.type_name, f.name.node));
+        errors.push(
+            key.pos,
+            format!(
+                "@rest(batchKey: {:?}) on `{}.{}`: {why}",
+                key.node, ctx.type_name, f.name.node
+            ),
+        );
         None
     };
     if ctx.role != Role::Object {
@@ -140,32 +193,70 @@ fn batch(
             )
         }
     };
-    let parent_elsewhere = Template::parse(&d.path.node).ok().is_some_and(|t| t.vars().any(|v| v.root == Root::Parent));
+    let parent_elsewhere = Template::parse(&d.path.node)
+        .ok()
+        .is_some_and(|t| t.vars().any(|v| v.root == Root::Parent));
     if parent_elsewhere {
-        return fail(errors, "the path must not use {parent.…}; only the batched query parameter may");
+        return fail(
+            errors,
+            "the path must not use {parent.…}; only the batched query parameter may",
+        );
     }
     let item_type = f.ty.node.base_name();
-    let item_fields = ctx.config.types.iter().find(|t| t.name.node == item_type).and_then(|t| match &t.kind {
-        TypeConfigKind::Object { fields } => Some(fields),
-        _ => None,
-    });
+    let item_fields = ctx
+        .config
+        .types
+        .iter()
+        .find(|t| t.name.node == item_type)
+        .and_then(|t| match &t.kind {
+            TypeConfigKind::Object { fields } => Some(fields),
+            _ => None,
+        });
     match item_fields {
         Some(fields) if fields.iter().any(|x| x.name.node == key.node) => {}
-        Some(_) => return fail(errors, &format!("`{item_type}` has no field `{}` to match items by", key.node)),
+        Some(_) => {
+            return fail(
+                errors,
+                &format!(
+                    "`{item_type}` has no field `{}` to match items by",
+                    key.node
+                ),
+            )
+        }
         None => return fail(errors, &format!("`{item_type}` is not an object type")),
     }
-    Some(Batch { param, key: key.node.clone() })
+    Some(Batch {
+        param,
+        key: key.node.clone(),
+    })
 }
 
-fn body(v: &ConstValue, pos: Pos, args: &[ArgPlan], ctx: &FieldCtx<'_>, errors: &mut Errors) -> Option<Body> {
+fn body(
+    v: &ConstValue,
+    pos: Pos,
+    args: &[ArgPlan],
+    ctx: &FieldCtx<'_>,
+    errors: &mut Errors,
+) -> Option<Body> {
     Some(match v {
-        ConstValue::String(s) => Body::Template(template(&Positioned::new(s.clone(), pos), args, ctx, true, errors)?),
+        ConstValue::String(s) => Body::Template(template(
+            &Positioned::new(s.clone(), pos),
+            args,
+            ctx,
+            true,
+            errors,
+        )?),
         ConstValue::Object(map) => Body::Object(
             map.iter()
                 .filter_map(|(k, v)| Some((k.to_string(), body(v, pos, args, ctx, errors)?)))
                 .collect(),
         ),
-        ConstValue::List(items) => Body::List(items.iter().filter_map(|v| body(v, pos, args, ctx, errors)).collect()),
+        ConstValue::List(items) => Body::List(
+            items
+                .iter()
+                .filter_map(|v| body(v, pos, args, ctx, errors))
+                .collect(),
+        ),
         other => Body::Literal(other.clone().into_json().unwrap_or(serde_json::Value::Null)),
     })
 }
@@ -197,23 +288,42 @@ pub(super) fn template(
     ok.then_some(t)
 }
 
-fn check_var(var: &Var, args: &[ArgPlan], ctx: &FieldCtx<'_>, allow_whole_args: bool) -> Result<(), String> {
+fn check_var(
+    var: &Var,
+    args: &[ArgPlan],
+    ctx: &FieldCtx<'_>,
+    allow_whole_args: bool,
+) -> Result<(), String> {
     match var.root {
         Root::Args => {
             let Some(first) = var.path.first() else {
-                return if allow_whole_args { Ok(()) } else { Err("`{args}` is not allowed here; name one argument".into()) };
+                return if allow_whole_args {
+                    Ok(())
+                } else {
+                    Err("`{args}` is not allowed here; name one argument".into())
+                };
             };
             if args.iter().any(|a| &a.name == first) {
                 Ok(())
             } else {
                 let known: Vec<&str> = args.iter().map(|a| a.name.as_str()).collect();
-                let known = if known.is_empty() { "the field has no arguments".to_string() } else { format!("known: {}", known.join(", ")) };
-                Err(format!("`{{args.{first}}}` names no argument of `{}`; {known}", ctx.type_name))
+                let known = if known.is_empty() {
+                    "the field has no arguments".to_string()
+                } else {
+                    format!("known: {}", known.join(", "))
+                };
+                Err(format!(
+                    "`{{args.{first}}}` names no argument of `{}`; {known}",
+                    ctx.type_name
+                ))
             }
         }
         Root::Parent => {
             if ctx.role != Role::Object {
-                return Err(format!("`{}` has no parent: {{parent.…}} is for fields of object types", ctx.type_name));
+                return Err(format!(
+                    "`{}` has no parent: {{parent.…}} is for fields of object types",
+                    ctx.type_name
+                ));
             }
             let mut fields = ctx.fields;
             let mut type_name = ctx.type_name.to_string();
@@ -233,7 +343,13 @@ fn check_var(var: &Var, args: &[ArgPlan], ctx: &FieldCtx<'_>, allow_whole_args: 
                     ));
                 }
                 type_name = f.ty.node.base_name().to_string();
-                fields = match ctx.config.types.iter().find(|t| t.name.node == type_name).map(|t| &t.kind) {
+                fields = match ctx
+                    .config
+                    .types
+                    .iter()
+                    .find(|t| t.name.node == type_name)
+                    .map(|t| &t.kind)
+                {
                     Some(TypeConfigKind::Object { fields }) => fields,
                     _ => &[],
                 };

@@ -38,13 +38,38 @@ pub struct UpdatesPlan {
     pub key: Option<String>,
 }
 
-pub(super) fn source(ctx: &FieldCtx<'_>, d: &SourceDirective, args: &[ArgPlan], name: &str, errors: &mut Errors) -> Option<SourcePlan> {
+pub(super) fn source(
+    ctx: &FieldCtx<'_>,
+    d: &SourceDirective,
+    args: &[ArgPlan],
+    name: &str,
+    errors: &mut Errors,
+) -> Option<SourcePlan> {
     let upstream = match ctx.upstreams.get(&d.upstream.node) {
         Some(u) => Some(u.clone()),
-        None if ctx.config.upstreams.iter().any(|u| u.node.name.node == d.upstream.node) => None,
+        None if ctx
+            .config
+            .upstreams
+            .iter()
+            .any(|u| u.node.name.node == d.upstream.node) =>
+        {
+            None
+        }
         None => {
-            let known: Vec<&str> = ctx.config.upstreams.iter().map(|u| u.node.name.node.as_str()).collect();
-            errors.push(d.upstream.pos, format!("@{name}(upstream: {:?}) names no @upstream; known: {}", d.upstream.node, known.join(", ")));
+            let known: Vec<&str> = ctx
+                .config
+                .upstreams
+                .iter()
+                .map(|u| u.node.name.node.as_str())
+                .collect();
+            errors.push(
+                d.upstream.pos,
+                format!(
+                    "@{name}(upstream: {:?}) names no @upstream; known: {}",
+                    d.upstream.node,
+                    known.join(", ")
+                ),
+            );
             None
         }
     };
@@ -59,20 +84,39 @@ pub(super) fn source(ctx: &FieldCtx<'_>, d: &SourceDirective, args: &[ArgPlan], 
     }
     let select = match &d.select {
         Some(s) if s.node.split('.').any(str::is_empty) => {
-            errors.push(s.pos, format!("@{name}(select: {:?}) must be a dotted path like \"data.message\"", s.node));
+            errors.push(
+                s.pos,
+                format!(
+                    "@{name}(select: {:?}) must be a dotted path like \"data.message\"",
+                    s.node
+                ),
+            );
             Vec::new()
         }
         Some(s) => s.node.split('.').map(str::to_string).collect(),
         None => Vec::new(),
     };
-    Some(SourcePlan { upstream: upstream?, path: d.path.node.clone(), when, select })
+    Some(SourcePlan {
+        upstream: upstream?,
+        path: d.path.node.clone(),
+        when,
+        select,
+    })
 }
 
-pub(super) fn updates(ctx: &FieldCtx<'_>, f: &FieldConfig, args: &[ArgPlan], errors: &mut Errors) -> Option<Arc<UpdatesPlan>> {
+pub(super) fn updates(
+    ctx: &FieldCtx<'_>,
+    f: &FieldConfig,
+    args: &[ArgPlan],
+    errors: &mut Errors,
+) -> Option<Arc<UpdatesPlan>> {
     let u = f.updates.as_ref()?;
     let qualified = format!("{}.{}", ctx.type_name, f.name.node);
     if ctx.role != Role::Query {
-        errors.push(u.pos, format!("@updates is for Query fields; `{qualified}` is not one"));
+        errors.push(
+            u.pos,
+            format!("@updates is for Query fields; `{qualified}` is not one"),
+        );
         return None;
     }
     if f.rest.is_none() || f.cache.is_none() {
@@ -90,21 +134,48 @@ pub(super) fn updates(ctx: &FieldCtx<'_>, f: &FieldConfig, args: &[ArgPlan], err
     let list = f.ty.node.is_list();
     let key = u.node.key.as_ref().map(|k| k.node.clone());
     let mode = &u.node.apply.node;
-    let fail = |errors: &mut Errors, why: String| errors.push(u.node.apply.pos, format!("@updates(apply: {mode}) on `{qualified}`: {why}"));
+    let fail = |errors: &mut Errors, why: String| {
+        errors.push(
+            u.node.apply.pos,
+            format!("@updates(apply: {mode}) on `{qualified}`: {why}"),
+        )
+    };
     match apply {
-        Apply::Append | Apply::Prepend if !list => fail(errors, format!("needs a list field, and {} is not one", f.ty.node)),
-        Apply::Upsert | Apply::Remove if !list || key.is_none() => fail(errors, "needs a list field and `key` (the item field to match)".into()),
-        Apply::Merge if list && key.is_none() => fail(errors, "on a list needs `key` (the item field to match)".into()),
+        Apply::Append | Apply::Prepend if !list => fail(
+            errors,
+            format!("needs a list field, and {} is not one", f.ty.node),
+        ),
+        Apply::Upsert | Apply::Remove if !list || key.is_none() => fail(
+            errors,
+            "needs a list field and `key` (the item field to match)".into(),
+        ),
+        Apply::Merge if list && key.is_none() => fail(
+            errors,
+            "on a list needs `key` (the item field to match)".into(),
+        ),
         _ => {}
     }
     if let Some(k) = &u.node.key {
         let item = f.ty.node.base_name();
-        let has = ctx.config.types.iter().find(|t| t.name.node == item).is_some_and(|t| match &t.kind {
-            crate::config::TypeConfigKind::Object { fields } => fields.iter().any(|x| x.name.node == k.node),
-            _ => false,
-        });
+        let has = ctx
+            .config
+            .types
+            .iter()
+            .find(|t| t.name.node == item)
+            .is_some_and(|t| match &t.kind {
+                crate::config::TypeConfigKind::Object { fields } => {
+                    fields.iter().any(|x| x.name.node == k.node)
+                }
+                _ => false,
+            });
         if !has {
-            errors.push(k.pos, format!("@updates(key: {:?}): `{item}` has no field `{}`", k.node, k.node));
+            errors.push(
+                k.pos,
+                format!(
+                    "@updates(key: {:?}): `{item}` has no field `{}`",
+                    k.node, k.node
+                ),
+            );
         }
     }
     let source = source(ctx, &u.node.source, args, "updates", errors)?;
@@ -114,6 +185,9 @@ pub(super) fn updates(ctx: &FieldCtx<'_>, f: &FieldConfig, args: &[ArgPlan], err
 /// A type a stream payload can be shaped as.
 pub(super) fn check_stream_type(ty: &Positioned<TypeRef>, errors: &mut Errors) {
     if ty.node.is_list() {
-        errors.push(ty.pos, "a @stream field's events are single messages; its type cannot be a list");
+        errors.push(
+            ty.pos,
+            "a @stream field's events are single messages; its type cannot be a list",
+        );
     }
 }

@@ -8,7 +8,11 @@ const HEAD: &str = r#"extend schema
 "#;
 
 fn errors(body: &str) -> Vec<String> {
-    match load("schema.graphql", &format!("{HEAD}{body}"), Vec::<(String, String)>::new()) {
+    match load(
+        "schema.graphql",
+        &format!("{HEAD}{body}"),
+        Vec::<(String, String)>::new(),
+    ) {
         Ok(_) => vec![],
         Err(e) => e.iter().map(ToString::to_string).collect(),
     }
@@ -16,11 +20,15 @@ fn errors(body: &str) -> Vec<String> {
 
 #[test]
 fn a_good_schema_plans() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema.graphql");
-    let plan = load("schema.graphql", &source, Vec::<(String, String)>::new()).expect("the demo schema is valid");
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .expect("schema.graphql");
+    let plan = load("schema.graphql", &source, Vec::<(String, String)>::new())
+        .expect("the demo schema is valid");
     assert_eq!(plan.query, "Query");
     assert_eq!(plan.mutation.as_deref(), Some("Mutation"));
-    assert!(plan.object_fields("Message").is_some_and(|f| f.iter().any(|f| f.name == "author" && f.rest.is_some())));
+    assert!(plan
+        .object_fields("Message")
+        .is_some_and(|f| f.iter().any(|f| f.name == "author" && f.rest.is_some())));
 }
 
 #[test]
@@ -147,17 +155,39 @@ fn every_error_is_reported_at_once() {
         "type Query {\n  a: String @rest(upstream: \"nope\", path: \"/a\")\n  b: String\n  c(x: Int): String @rest(upstream: \"chat\", path: \"/c/{args.y}\")\n}",
     );
     assert_eq!(got.len(), 3, "{got:#?}");
-    assert!(got[0].starts_with("schema.graphql:5:29: @rest(upstream: \"nope\")"), "{got:#?}");
-    assert!(got[1].starts_with("schema.graphql:6:3: field `Query.b` has no resolver"), "{got:#?}");
-    assert!(got[2].starts_with("schema.graphql:7:51: template \"/c/{args.y}\""), "{got:#?}");
+    assert!(
+        got[0].starts_with("schema.graphql:5:29: @rest(upstream: \"nope\")"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("schema.graphql:6:3: field `Query.b` has no resolver"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with("schema.graphql:7:51: template \"/c/{args.y}\""),
+        "{got:#?}"
+    );
 }
 
 #[test]
 fn upstream_urls_are_checked_and_overridable() {
     let bad = "extend schema @upstream(name: \"api\", url: \"not a url\")\ntype Query { a: String @rest(upstream: \"api\", path: \"/a\") }";
-    let got: Vec<String> = load("s.graphql", bad, Vec::<(String, String)>::new()).err().unwrap_or_default().iter().map(ToString::to_string).collect();
-    assert_eq!(got, [r#"s.graphql:1:43: @upstream(url: "not a url") is not a valid URL: relative URL without a base"#]);
-    let env = vec![("LIVEGATE_UPSTREAM_API_URL".to_string(), "http://10.1.2.3:9/base".to_string())];
+    let got: Vec<String> = load("s.graphql", bad, Vec::<(String, String)>::new())
+        .err()
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        got,
+        [
+            r#"s.graphql:1:43: @upstream(url: "not a url") is not a valid URL: relative URL without a base"#
+        ]
+    );
+    let env = vec![(
+        "LIVEGATE_UPSTREAM_API_URL".to_string(),
+        "http://10.1.2.3:9/base".to_string(),
+    )];
     let plan = load("s.graphql", bad, env).expect("the override replaces the bad URL");
     assert_eq!(plan.upstreams["api"].url.as_str(), "http://10.1.2.3:9/base");
 }
@@ -168,5 +198,8 @@ fn batching_is_checked_for_sense() {
         "type U { id: ID! }\ntype M { uid: ID! u: U @rest(upstream: \"users\", path: \"/u/{parent.uid}\", batchKey: \"id\") }\ntype Query { m: M @rest(upstream: \"chat\", path: \"/m\") }",
     );
     assert_eq!(got.len(), 1, "{got:#?}");
-    assert!(got[0].contains("needs exactly one query parameter that is a lone {parent.…} variable"), "{got:#?}");
+    assert!(
+        got[0].contains("needs exactly one query parameter that is a lone {parent.…} variable"),
+        "{got:#?}"
+    );
 }

@@ -38,18 +38,33 @@ pub struct Batcher {
 
 impl Batcher {
     pub fn new(client: UpstreamClient, window: Duration) -> Self {
-        Batcher { window, client, pending: Arc::default() }
+        Batcher {
+            window,
+            client,
+            pending: Arc::default(),
+        }
     }
 
     /// Joins (or opens) the batch `group` with `value`; the receiver gets this value's
     /// share of the answer, and the size of the whole upstream body.
-    pub fn join(&self, group: CacheKey, spec: BatchSpec, value: String) -> oneshot::Receiver<Result<(Value, usize), UpstreamError>> {
+    pub fn join(
+        &self,
+        group: CacheKey,
+        spec: BatchSpec,
+        value: String,
+    ) -> oneshot::Receiver<Result<(Value, usize), UpstreamError>> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get_mut(&group) {
             Some(batch) => batch.waiters.push((value, tx)),
             None => {
-                pending.insert(group, Pending { spec, waiters: vec![(value, tx)] });
+                pending.insert(
+                    group,
+                    Pending {
+                        spec,
+                        waiters: vec![(value, tx)],
+                    },
+                );
                 let all = self.pending.clone();
                 let client = self.client.clone();
                 let window = self.window;
@@ -102,9 +117,16 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
             for (v, tx) in batch.waiters {
                 let found = by_key.get(&v);
                 let share = if spec.list {
-                    Value::Array(found.map(|f| f.iter().map(|i| (*i).clone()).collect()).unwrap_or_default())
+                    Value::Array(
+                        found
+                            .map(|f| f.iter().map(|i| (*i).clone()).collect())
+                            .unwrap_or_default(),
+                    )
                 } else {
-                    found.and_then(|f| f.first()).map(|i| (*i).clone()).unwrap_or(Value::Null)
+                    found
+                        .and_then(|f| f.first())
+                        .map(|i| (*i).clone())
+                        .unwrap_or(Value::Null)
                 };
                 let _ = tx.send(Ok((share, share_size)));
             }

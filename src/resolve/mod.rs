@@ -8,15 +8,15 @@ pub mod shape;
 pub mod stream;
 
 use crate::cache::{Cache, Tag};
+use crate::deps::{Dep, Deps, FetchFn, RootFetch};
 use crate::live::Hub;
 use crate::metrics::Metrics;
-use crate::deps::{Dep, Deps, FetchFn, RootFetch};
-use futures_util::FutureExt;
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::template::{scalar_text, Vars};
 use crate::upstream::ws::Sockets;
 use crate::upstream::{UpstreamClient, UpstreamError};
 use async_graphql::dynamic::{FieldValue, ResolverContext};
+use futures_util::FutureExt;
 use http::HeaderMap;
 use serde_json::Value;
 use std::sync::Arc;
@@ -49,14 +49,23 @@ impl Runtime {
         let batcher = Batcher::new(client.clone(), batch_window);
         let sockets = Sockets::new(socket_grace);
         let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
-        Runtime { plan, cache, client, batcher, hub, sockets, metrics }
+        Runtime {
+            plan,
+            cache,
+            client,
+            batcher,
+            hub,
+            sockets,
+            metrics,
+        }
     }
 
     /// Drops the entries filed under `tags` and wakes the live queries that read them
     /// (each refetches through the cache: one upstream request per entry). Returns how
     /// many entries that was.
     pub fn invalidate(&self, tags: &[Tag]) -> usize {
-        let mut keys: std::collections::HashSet<_> = self.cache.invalidate(tags).into_iter().collect();
+        let mut keys: std::collections::HashSet<_> =
+            self.cache.invalidate(tags).into_iter().collect();
         keys.extend(self.hub.invalidated(tags));
         self.metrics.invalidated_entries.inc_by(keys.len() as u64);
         keys.len()
@@ -71,7 +80,12 @@ pub struct ClientHeaders(pub HeaderMap);
 type Resolved = Result<Option<FieldValue<'static>>, async_graphql::Error>;
 
 /// A field without `@rest`: the parent object's member of the same name.
-pub fn from_parent(plan: &Plan, ctx: &ResolverContext<'_>, key: &Arc<str>, field: &FieldPlan) -> Option<FieldValue<'static>> {
+pub fn from_parent(
+    plan: &Plan,
+    ctx: &ResolverContext<'_>,
+    key: &Arc<str>,
+    field: &FieldPlan,
+) -> Option<FieldValue<'static>> {
     let parent = ctx.parent_value.downcast_ref::<Node>()?;
     shape::output(plan, parent.field(key), &field.ty)
 }
@@ -79,7 +93,13 @@ pub fn from_parent(plan: &Plan, ctx: &ResolverContext<'_>, key: &Arc<str>, field
 /// A field with `@rest`; its errors are reported here, with their path, and the field
 /// becomes null (async-graphql's dynamic executor drops the path of an error a resolver
 /// returns, so resolvers never return one).
-pub async fn rest_field(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan, ctx: ResolverContext<'_>, mutation: bool) -> Resolved {
+pub async fn rest_field(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    rest: &RestPlan,
+    ctx: ResolverContext<'_>,
+    mutation: bool,
+) -> Resolved {
     let ctx_ref = ctx.ctx;
     match resolve_rest(rt, field, rest, ctx, mutation).await {
         Ok(v) => Ok(v),
@@ -97,21 +117,36 @@ const NON_NULL_NOISE: &str = "internal: non-null types require a return value";
 /// Drops the executor's "non-null … return value" error where a resolver already
 /// reported why that field is null.
 pub fn tidy_errors(errors: &mut Vec<async_graphql::ServerError>) {
-    let explained: Vec<Vec<async_graphql::PathSegment>> =
-        errors.iter().filter(|e| e.message != NON_NULL_NOISE).map(|e| e.path.clone()).collect();
+    let explained: Vec<Vec<async_graphql::PathSegment>> = errors
+        .iter()
+        .filter(|e| e.message != NON_NULL_NOISE)
+        .map(|e| e.path.clone())
+        .collect();
     errors.retain(|e| e.message != NON_NULL_NOISE || !explained.contains(&e.path));
 }
 
 /// Mutations go straight to the upstream (never cached, never
 /// coalesced: two identical mutations are two mutations) and then invalidate their tags.
-async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan, ctx: ResolverContext<'_>, mutation: bool) -> Resolved {
+async fn resolve_rest(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    rest: &RestPlan,
+    ctx: ResolverContext<'_>,
+    mutation: bool,
+) -> Resolved {
     let args = args_json(&ctx);
     let parent = ctx.parent_value.downcast_ref::<Node>();
-    let vars = Vars { args: &args, parent: parent.map(Node::value) };
+    let vars = Vars {
+        args: &args,
+        parent: parent.map(Node::value),
+    };
     let empty = ClientHeaders::default();
     let headers = &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0;
     let no_deps = Deps::default();
-    let deps: &Deps = ctx.data_opt::<Arc<Deps>>().map(|d| &**d).unwrap_or(&no_deps);
+    let deps: &Deps = ctx
+        .data_opt::<Arc<Deps>>()
+        .map(|d| &**d)
+        .unwrap_or(&no_deps);
     let gql = |e: UpstreamError| e.to_graphql();
 
     if mutation {
@@ -121,11 +156,18 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
-            rt.metrics.invalidations.with_label_values(&["mutation"]).inc();
+            rt.metrics
+                .invalidations
+                .with_label_values(&["mutation"])
+                .inc();
             let dropped = rt.invalidate(&tags);
             tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
-        return Ok(shape::output(&rt.plan, Node::new(Arc::new(value)), &field.ty));
+        return Ok(shape::output(
+            &rt.plan,
+            Node::new(Arc::new(value)),
+            &field.ty,
+        ));
     }
 
     if let (Some(batch), Some(_)) = (&rest.batch, parent) {
@@ -133,7 +175,11 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
     }
 
     let req = request::build(rest, vars, headers, None).map_err(gql)?;
-    let scope = rest.cache.as_ref().map(|c| c.scope).unwrap_or(crate::config::Scope::Public);
+    let scope = rest
+        .cache
+        .as_ref()
+        .map(|c| c.scope)
+        .unwrap_or(crate::config::Scope::Public);
     let key = request::cache_key(&req, scope, headers);
     let policy = request::policy(rest, vars);
     let fetch: FetchFn = {
@@ -146,8 +192,12 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
             let req = req.clone();
             async move {
                 let (value, size) = rt.client.send(&req).await?;
-                shape::check(&rt.plan, &value, &field.ty)
-                    .map_err(|detail| UpstreamError::BadResponse { upstream: req.upstream.name.clone(), detail })?;
+                shape::check(&rt.plan, &value, &field.ty).map_err(|detail| {
+                    UpstreamError::BadResponse {
+                        upstream: req.upstream.name.clone(),
+                        detail,
+                    }
+                })?;
                 Ok((value, size))
             }
             .boxed()
@@ -158,14 +208,25 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
             if let (None, Some(policy)) = (parent, &policy) {
                 let updates = field.updates.as_ref().map(|u| crate::deps::Feed {
                     plan: u.clone(),
-                    when: u.source.when.iter().map(|(f, t)| (f.clone(), t.render_string(vars))).collect(),
+                    when: u
+                        .source
+                        .when
+                        .iter()
+                        .map(|(f, t)| (f.clone(), t.render_string(vars)))
+                        .collect(),
                 });
                 let fits = {
                     let rt = rt.clone();
                     let field = field.clone();
                     Arc::new(move |v: &Value| shape::check(&rt.plan, v, &field.ty).is_ok())
                 };
-                deps.set_root(RootFetch { key, policy: policy.clone(), fetch: fetch.clone(), updates, fits });
+                deps.set_root(RootFetch {
+                    key,
+                    policy: policy.clone(),
+                    fetch: fetch.clone(),
+                    updates,
+                    fits,
+                });
             }
             let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
             let loaded = rt.cache.load(key, policy, move || fetch()).await;
@@ -176,7 +237,12 @@ async fn resolve_rest(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, rest: &RestPlan
             };
             rt.metrics.cache_lookups.with_label_values(&[outcome]).inc();
             // A private value must not end up in a response another caller could reuse.
-            deps.add(Some(Dep { key, tags }), loaded.stamp.filter(|_| scope == crate::config::Scope::Public));
+            deps.add(
+                Some(Dep { key, tags }),
+                loaded
+                    .stamp
+                    .filter(|_| scope == crate::config::Scope::Public),
+            );
             loaded.value
         }
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
@@ -199,18 +265,29 @@ async fn batched(
     deps: &Deps,
 ) -> Resolved {
     let gql = |e: UpstreamError| e.to_graphql();
-    let param = rest.query.iter().find(|(name, _)| *name == batch.param).map(|(_, t)| t);
+    let param = rest
+        .query
+        .iter()
+        .find(|(name, _)| *name == batch.param)
+        .map(|(_, t)| t);
     let Some(value) = param.and_then(|t| scalar_text(&t.render_json(vars))) else {
         // No key in the parent: nothing to look up.
         return Ok(None);
     };
-    let scope = rest.cache.as_ref().map(|c| c.scope).unwrap_or(crate::config::Scope::Public);
+    let scope = rest
+        .cache
+        .as_ref()
+        .map(|c| c.scope)
+        .unwrap_or(crate::config::Scope::Public);
     // Each item is cached under the key of its own unbatched request.
     let item = request::build(rest, vars, headers, None).map_err(gql)?;
     let item_key = request::cache_key(&item, scope, headers);
     let public = scope == crate::config::Scope::Public;
     let policy = request::policy(rest, vars);
-    let dep = item_key.map(|key| Dep { key, tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default() });
+    let dep = item_key.map(|key| Dep {
+        key,
+        tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default(),
+    });
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
         rt.metrics.cache_lookups.with_label_values(&["hit"]).inc();
         deps.add(dep, Some(stamp).filter(|_| public));
@@ -219,12 +296,22 @@ async fn batched(
     rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
     let group = request::batch_group(&base, headers);
-    let spec = batch::BatchSpec { base, param: batch.param.clone(), key_field: batch.key.clone(), list: field.ty.is_list() };
+    let spec = batch::BatchSpec {
+        base,
+        param: batch.param.clone(),
+        key_field: batch.key.clone(),
+        list: field.ty.is_list(),
+    };
     let (share, size) = rt
         .batcher
         .join(group, spec, value)
         .await
-        .unwrap_or_else(|_| Err(UpstreamError::Unavailable { upstream: rest.upstream.name.clone(), detail: "batch dropped".into() }))
+        .unwrap_or_else(|_| {
+            Err(UpstreamError::Unavailable {
+                upstream: rest.upstream.name.clone(),
+                detail: "batch dropped".into(),
+            })
+        })
         .map_err(gql)?;
     shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
     let share = Arc::new(share);
@@ -237,7 +324,10 @@ async fn batched(
 }
 
 fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
-    UpstreamError::BadResponse { upstream: rest.upstream.name.clone(), detail }
+    UpstreamError::BadResponse {
+        upstream: rest.upstream.name.clone(),
+        detail,
+    }
 }
 
 /// The field's arguments as one JSON object, what `{args…}` templates read.

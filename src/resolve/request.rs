@@ -15,8 +15,14 @@ const CREDENTIALS: [HeaderName; 2] = [http::header::AUTHORIZATION, http::header:
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded, whatever the schema says.
 const HOP_BY_HOP: [&str; 8] = [
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// Renders the parts of the URL that come before the batched query parameter, and the
@@ -29,7 +35,10 @@ pub fn build(
 ) -> Result<UpstreamRequest, UpstreamError> {
     let upstream = &rest.upstream;
     let path = rest.path.render_path(vars).ok_or_else(|| {
-        UpstreamError::BadInput(format!("a value in path {:?} is missing or null", rest.path.to_string()))
+        UpstreamError::BadInput(format!(
+            "a value in path {:?} is missing or null",
+            rest.path.to_string()
+        ))
     })?;
     let mut url = join(&upstream.url, &path)?;
     {
@@ -79,7 +88,13 @@ pub fn build(
         let json = render_body(b, vars);
         bytes::Bytes::from(serde_json::to_vec(&json).unwrap_or_default())
     });
-    Ok(UpstreamRequest { upstream: upstream.clone(), method: rest.method, url, headers, body })
+    Ok(UpstreamRequest {
+        upstream: upstream.clone(),
+        method: rest.method,
+        url,
+        headers,
+        body,
+    })
 }
 
 /// `base` + `path`, refusing a path with a `.` or `..` segment: the URL parser would
@@ -101,7 +116,12 @@ fn join(base: &url::Url, path: &str) -> Result<url::Url, UpstreamError> {
 fn render_body(b: &Body, vars: Vars<'_>) -> Value {
     match b {
         Body::Template(t) => t.render_json(vars),
-        Body::Object(fields) => Value::Object(fields.iter().map(|(k, v)| (k.clone(), render_body(v, vars))).collect()),
+        Body::Object(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), render_body(v, vars)))
+                .collect(),
+        ),
         Body::List(items) => Value::Array(items.iter().map(|v| render_body(v, vars)).collect()),
         Body::Literal(v) => v.clone(),
     }
@@ -169,5 +189,7 @@ pub fn policy(rest: &RestPlan, vars: Vars<'_>) -> Option<Policy> {
 }
 
 pub fn render_tags(tags: &[Template], vars: Vars<'_>) -> Vec<Tag> {
-    tags.iter().map(|t| Tag::from(t.render_string(vars).as_str())).collect()
+    tags.iter()
+        .map(|t| Tag::from(t.render_string(vars).as_str()))
+        .collect()
 }

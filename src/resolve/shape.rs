@@ -27,7 +27,10 @@ static NULL: Value = Value::Null;
 
 impl Node {
     pub fn new(root: Arc<Value>) -> Self {
-        Node { root, path: Vec::new() }
+        Node {
+            root,
+            path: Vec::new(),
+        }
     }
 
     pub fn value(&self) -> &Value {
@@ -50,7 +53,10 @@ impl Node {
         let mut path = Vec::with_capacity(self.path.len() + 1);
         path.extend(self.path.iter().cloned());
         path.push(seg);
-        Node { root: self.root.clone(), path }
+        Node {
+            root: self.root.clone(),
+            path,
+        }
     }
 }
 
@@ -64,7 +70,8 @@ pub fn output(plan: &Plan, node: Node, ty: &TypeRef) -> Option<FieldValue<'stati
         TypeRef::List { item, .. } => {
             let len = value.as_array().map_or(0, Vec::len);
             Some(FieldValue::list((0..len).map(|i| {
-                output(plan, node.child(Seg::Index(i)), item).unwrap_or(FieldValue::value(GqlValue::Null))
+                output(plan, node.child(Seg::Index(i)), item)
+                    .unwrap_or(FieldValue::value(GqlValue::Null))
             })))
         }
         TypeRef::Named { name, .. } => match plan.types.get(name.as_str()).map(|t| &t.kind) {
@@ -97,9 +104,19 @@ pub fn check(plan: &Plan, value: &Value, ty: &TypeRef) -> Result<(), String> {
 }
 
 fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Result<(), String> {
-    let at = |path: &str| if path.is_empty() { "the body".to_string() } else { format!("`{}`", &path[1..]) };
+    let at = |path: &str| {
+        if path.is_empty() {
+            "the body".to_string()
+        } else {
+            format!("`{}`", &path[1..])
+        }
+    };
     if value.is_null() {
-        return if ty.non_null() { Err(format!("{} is null, but the schema says {ty}", at(path))) } else { Ok(()) };
+        return if ty.non_null() {
+            Err(format!("{} is null, but the schema says {ty}", at(path)))
+        } else {
+            Ok(())
+        };
     }
     match ty {
         TypeRef::List { item, .. } => {
@@ -122,9 +139,9 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
                 "Boolean" => value.is_boolean(),
                 "ID" => value.is_string() || value.is_i64() || value.is_u64(),
                 _ => match plan.types.get(name.as_str()).map(|t| &t.kind) {
-                    Some(TypePlanKind::Enum { values }) => {
-                        value.as_str().is_some_and(|s| values.iter().any(|v| v == s))
-                    }
+                    Some(TypePlanKind::Enum { values }) => value
+                        .as_str()
+                        .is_some_and(|s| values.iter().any(|v| v == s)),
                     Some(TypePlanKind::Object { fields }) => {
                         let Value::Object(map) = value else {
                             return Err(format!("{} should be an object ({name})", at(path)));
@@ -145,7 +162,11 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
             if fits {
                 Ok(())
             } else {
-                Err(format!("{} is {}, but the schema says {name}", at(path), describe(value)))
+                Err(format!(
+                    "{} is {}, but the schema says {name}",
+                    at(path),
+                    describe(value)
+                ))
             }
         }
     }

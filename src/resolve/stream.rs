@@ -17,17 +17,31 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 /// The events of `field` for the arguments in `ctx`.
-pub fn events(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, source: &Arc<SourcePlan>, ctx: &ResolverContext<'_>) -> impl Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'static {
+pub fn events(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    source: &Arc<SourcePlan>,
+    ctx: &ResolverContext<'_>,
+) -> impl Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'static {
     let args = super::args_json(ctx);
-    let vars = crate::template::Vars { args: &args, parent: None };
-    let when: Vec<(String, String)> = source.when.iter().map(|(f, t)| (f.clone(), t.render_string(vars))).collect();
+    let vars = crate::template::Vars {
+        args: &args,
+        parent: None,
+    };
+    let when: Vec<(String, String)> = source
+        .when
+        .iter()
+        .map(|(f, t)| (f.clone(), t.render_string(vars)))
+        .collect();
     let tap = rt.sockets.tap(&source.upstream, &source.path);
     let state = (tap, rt.clone(), field.clone(), source.clone(), when);
     futures_util::stream::unfold(state, |(mut tap, rt, field, source, when)| async move {
         loop {
             match tap.rx.recv().await {
                 Ok(Event::Message(m)) => {
-                    let Some(payload) = patch::pick(&m, &source.select) else { continue };
+                    let Some(payload) = patch::pick(&m, &source.select) else {
+                        continue;
+                    };
                     if !patch::matches(payload, &when) {
                         continue;
                     }
@@ -35,12 +49,15 @@ pub fn events(rt: &Arc<Runtime>, field: &Arc<FieldPlan>, source: &Arc<SourcePlan
                         tracing::warn!(field = %field.name, why, "upstream event does not fit the field's type; skipped");
                         continue;
                     }
-                    let value = shape::output(&rt.plan, Node::new(Arc::new(payload.clone())), &field.ty);
+                    let value =
+                        shape::output(&rt.plan, Node::new(Arc::new(payload.clone())), &field.ty);
                     let item = value.unwrap_or(FieldValue::value(async_graphql::Value::Null));
                     return Some((Ok(item), (tap, rt, field, source, when)));
                 }
                 Ok(Event::Reconnected) => {}
-                Err(RecvError::Lagged(n)) => tracing::warn!(field = %field.name, lost = n, "event subscriber fell behind; oldest events dropped"),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(field = %field.name, lost = n, "event subscriber fell behind; oldest events dropped")
+                }
                 Err(RecvError::Closed) => return None,
             }
         }

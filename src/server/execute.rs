@@ -22,12 +22,20 @@ pub struct Executed {
 }
 
 /// A stored response for `req`, if one is current; else the key to store it under.
-pub fn lookup(state: &AppState, req: &async_graphql::Request, headers: &HeaderMap) -> Result<Executed, Option<CacheKey>> {
+pub fn lookup(
+    state: &AppState,
+    req: &async_graphql::Request,
+    headers: &HeaderMap,
+) -> Result<Executed, Option<CacheKey>> {
     let key = state.responses.key(req, headers);
     match key.as_ref().and_then(|k| state.responses.get(k)) {
         Some(hit) => {
             state.runtime.metrics.response_cache_hits.inc();
-            Ok(Executed { body: hit.body, request_error: false, read: hit.read })
+            Ok(Executed {
+                body: hit.body,
+                request_error: false,
+                read: hit.read,
+            })
         }
         None => Err(key),
     }
@@ -54,17 +62,36 @@ pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
         serde_json::to_vec(&*response)
     };
     let body = Bytes::from(encoded.unwrap_or_else(|e| {
-        json!({"errors": [{"message": format!("the response could not be encoded: {e}")}]}).to_string().into_bytes()
+        json!({"errors": [{"message": format!("the response could not be encoded: {e}")}]})
+            .to_string()
+            .into_bytes()
     }));
     (body, request_error)
 }
 
 /// Executes `req`, and stores the response under `key` when it may be reused.
-pub async fn execute(state: &AppState, mut req: async_graphql::Request, headers: HeaderMap, key: Option<CacheKey>) -> Executed {
+pub async fn execute(
+    state: &AppState,
+    mut req: async_graphql::Request,
+    headers: HeaderMap,
+    key: Option<CacheKey>,
+) -> Executed {
     if let Some(why) = super::limits::check_document(&mut req, &state.limits) {
-        state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
-        let body = Bytes::from(json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]}).to_string());
-        return Executed { body, request_error: true, read: Arc::default() };
+        state
+            .runtime
+            .metrics
+            .rejected
+            .with_label_values(&["limit"])
+            .inc();
+        let body = Bytes::from(
+            json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]})
+                .to_string(),
+        );
+        return Executed {
+            body,
+            request_error: true,
+            read: Arc::default(),
+        };
     }
     let deps = Arc::new(Deps::default());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
@@ -76,5 +103,9 @@ pub async fn execute(state: &AppState, mut req: async_graphql::Request, headers:
             state.responses.put(key, body.clone(), &gathered);
         }
     }
-    Executed { body, request_error, read: gathered.read }
+    Executed {
+        body,
+        request_error,
+        read: gathered.read,
+    }
 }

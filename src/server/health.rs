@@ -15,7 +15,11 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if *state.shutdown.borrow() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "shutting down"}))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "shutting down"})),
+        )
+            .into_response()
     } else {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
     }
@@ -24,12 +28,25 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let rt = &state.runtime;
     let m = &rt.metrics;
-    m.cache_entries.set(i64::try_from(rt.cache.entry_count()).unwrap_or(i64::MAX));
-    m.upstream_sockets_open.set(rt.sockets.stats.open.load(Ordering::Relaxed) as i64);
-    m.upstream_socket_connects.set(i64::try_from(rt.sockets.stats.connects.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+    m.cache_entries
+        .set(i64::try_from(rt.cache.entry_count()).unwrap_or(i64::MAX));
+    m.upstream_sockets_open
+        .set(rt.sockets.stats.open.load(Ordering::Relaxed) as i64);
+    m.upstream_socket_connects
+        .set(i64::try_from(rt.sockets.stats.connects.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     // Counters that mirror counts kept elsewhere: move them up to the count.
     let catch_up = |c: &prometheus::IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
     catch_up(&m.cache_evictions, rt.cache.evictions());
-    catch_up(&m.upstream_socket_reconnects, rt.sockets.stats.reconnects.load(Ordering::Relaxed));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.render()).into_response()
+    catch_up(
+        &m.upstream_socket_reconnects,
+        rt.sockets.stats.reconnects.load(Ordering::Relaxed),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }

@@ -47,7 +47,10 @@ fn negotiate(headers: &HeaderMap) -> Option<Media> {
             (!refused).then_some(ty)
         })
         .collect();
-    if types.iter().any(|t| t == GRAPHQL_RESPONSE_JSON || t == "*/*" || t == "application/*") {
+    if types
+        .iter()
+        .any(|t| t == GRAPHQL_RESPONSE_JSON || t == "*/*" || t == "application/*")
+    {
         Some(Media::GraphqlResponse)
     } else if types.iter().any(|t| t == JSON) {
         Some(Media::Json)
@@ -68,7 +71,8 @@ fn refuse(status: StatusCode, media: Option<Media>, message: impl Into<String>) 
     let media = media.unwrap_or(Media::Json);
     let body = json!({ "errors": [{ "message": message.into() }] });
     let mut res = (status, body.to_string()).into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
     res
 }
 
@@ -111,20 +115,37 @@ fn graphql_request(p: PostBody) -> Result<async_graphql::Request, String> {
 }
 
 /// Admits a long-lived connection (WebSocket, SSE) under the connection limits.
-pub(super) fn admit(state: &AppState, peer: Option<std::net::SocketAddr>) -> Result<super::limits::Admitted, Box<Response>> {
-    let ip = peer.map(|p| p.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+pub(super) fn admit(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+) -> Result<super::limits::Admitted, Box<Response>> {
+    let ip = peer
+        .map(|p| p.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     state.connections.admit(ip, &state.limits).map_err(|why| {
-        state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+        state
+            .runtime
+            .metrics
+            .rejected
+            .with_label_values(&["limit"])
+            .inc();
         Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
     })
 }
 
 fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {
-    parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0)
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
 }
 
 pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> Response {
-    let is_upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let is_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let (mut parts, _) = req.into_parts();
     if is_upgrade {
         use axum::extract::FromRequestParts;
@@ -158,13 +179,30 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     let media = match negotiate(&headers) {
         Some(m) => m,
         None if sse => Media::Json,
-        None => return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json"),
+        None => {
+            return refuse(
+                StatusCode::NOT_ACCEPTABLE,
+                None,
+                "accept application/graphql-response+json or application/json",
+            )
+        }
     };
-    let mut body = PostBody { query: None, variables: None, operation_name: None, extensions: None };
+    let mut body = PostBody {
+        query: None,
+        variables: None,
+        operation_name: None,
+        extensions: None,
+    };
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
         let json_param = |v: &str, name: &str| {
             serde_json::from_str::<Value>(v)
-                .map_err(|e| refuse(StatusCode::BAD_REQUEST, Some(media), format!("`{name}` is not JSON: {e}")))
+                .map_err(|e| {
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        Some(media),
+                        format!("`{name}` is not JSON: {e}"),
+                    )
+                })
                 .map_err(Box::new)
         };
         match &*k {
@@ -186,17 +224,29 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     // A stored response is a query's: serve it before parsing anything.
-    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, peer(&parts_peer)).await {
+    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, peer(&parts_peer)).await
+    {
         Ok(done) => return done,
         Err(go_on) => go_on,
     };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     let mut req = req;
     match operation_type(&mut req) {
-        Some(OperationType::Subscription) => return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE),
+        Some(OperationType::Subscription) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Some(media),
+                SUBSCRIPTIONS_ELSEWHERE,
+            )
+        }
         Some(OperationType::Mutation) => {
-            let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, Some(media), "only queries may be sent with GET; send mutations with POST");
-            res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            let mut res = refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Some(media),
+                "only queries may be sent with GET; send mutations with POST",
+            );
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return res;
         }
         _ => {}
@@ -217,10 +267,24 @@ pub async fn post(
     let media = match negotiate(&headers) {
         Some(m) => m,
         None if sse => Media::Json,
-        None => return refuse(StatusCode::NOT_ACCEPTABLE, None, "accept application/graphql-response+json or application/json"),
+        None => {
+            return refuse(
+                StatusCode::NOT_ACCEPTABLE,
+                None,
+                "accept application/graphql-response+json or application/json",
+            )
+        }
     };
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if essence != JSON && essence != GRAPHQL_RESPONSE_JSON {
         let msg = if content_type.is_empty() {
             "a POST needs `Content-Type: application/json`".to_string()
@@ -232,29 +296,57 @@ pub async fn post(
     let parsed: PostBody = match serde_json::from_slice::<Value>(&body) {
         Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
             Ok(p) => p,
-            Err(e) => return refuse(StatusCode::BAD_REQUEST, Some(media), format!("malformed request: {e}")),
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    Some(media),
+                    format!("malformed request: {e}"),
+                )
+            }
         },
-        Ok(_) => return refuse(StatusCode::BAD_REQUEST, Some(media), "the body must be a JSON object with a `query`"),
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, Some(media), format!("the body is not JSON: {e}")),
+        Ok(_) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Some(media),
+                "the body must be a JSON object with a `query`",
+            )
+        }
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                Some(media),
+                format!("the body is not JSON: {e}"),
+            )
+        }
     };
     let req = match graphql_request(parsed) {
         Ok(r) => r,
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
-    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, connect.map(|c| (c.0).0)).await {
-        Ok(done) => return done,
-        Err(go_on) => go_on,
-    };
+    let (req, key) =
+        match sse_or_stored(&state, req, &headers, media, sse, connect.map(|c| (c.0).0)).await {
+            Ok(done) => return done,
+            Err(go_on) => go_on,
+        };
     let mut req = req;
     if operation_type(&mut req) == Some(OperationType::Subscription) {
-        return refuse(StatusCode::BAD_REQUEST, Some(media), SUBSCRIPTIONS_ELSEWHERE);
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            Some(media),
+            SUBSCRIPTIONS_ELSEWHERE,
+        );
     }
     execute(&state, req, media, headers, key).await
 }
 
 pub async fn method_not_allowed(method: Method) -> Response {
-    let mut res = refuse(StatusCode::METHOD_NOT_ALLOWED, None, format!("{method} is not supported here; use GET or POST"));
-    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    let mut res = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        None,
+        format!("{method} is not supported here; use GET or POST"),
+    );
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
     res
 }
 
@@ -270,7 +362,9 @@ async fn sse_or_stored(
 ) -> Result<Response, (async_graphql::Request, Option<crate::cache::CacheKey>)> {
     if sse {
         return Ok(match admit(state, peer) {
-            Ok(admitted) => super::sse::respond(state.clone(), req, headers.clone(), admitted).await,
+            Ok(admitted) => {
+                super::sse::respond(state.clone(), req, headers.clone(), admitted).await
+            }
             Err(refusal) => *refusal,
         });
     }
@@ -288,15 +382,26 @@ fn operation_type(req: &mut async_graphql::Request) -> Option<OperationType> {
     crate::live::operation(doc, name.as_deref()).map(|op| op.node.ty)
 }
 
-async fn execute(state: &AppState, req: async_graphql::Request, media: Media, headers: HeaderMap, key: Option<crate::cache::CacheKey>) -> Response {
+async fn execute(
+    state: &AppState,
+    req: async_graphql::Request,
+    media: Media,
+    headers: HeaderMap,
+    key: Option<crate::cache::CacheKey>,
+) -> Response {
     let done = super::execute::execute(state, req, headers, key).await;
-    let status = if done.request_error && media == Media::GraphqlResponse { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let status = if done.request_error && media == Media::GraphqlResponse {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
     respond(status, media, done.body)
 }
 
 fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {
     let mut res = (status, body).into_response();
-    res.headers_mut().insert(header::CONTENT_TYPE, media.content_type());
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
     res
 }
 
@@ -315,8 +420,18 @@ mod tests {
         assert_eq!(negotiate(&HeaderMap::new()), Some(Media::GraphqlResponse));
         assert_eq!(negotiate(&accept("*/*")), Some(Media::GraphqlResponse));
         assert_eq!(negotiate(&accept("application/json")), Some(Media::Json));
-        assert_eq!(negotiate(&accept("application/graphql-response+json, application/json;q=0.9")), Some(Media::GraphqlResponse));
-        assert_eq!(negotiate(&accept("application/graphql-response+json;q=0, application/json")), Some(Media::Json));
+        assert_eq!(
+            negotiate(&accept(
+                "application/graphql-response+json, application/json;q=0.9"
+            )),
+            Some(Media::GraphqlResponse)
+        );
+        assert_eq!(
+            negotiate(&accept(
+                "application/graphql-response+json;q=0, application/json"
+            )),
+            Some(Media::Json)
+        );
         assert_eq!(negotiate(&accept("text/plain")), None);
     }
 }

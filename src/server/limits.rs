@@ -46,13 +46,18 @@ pub struct Bucket {
 impl Bucket {
     pub fn new(rate: u32) -> Self {
         let rate = f64::from(rate.max(1));
-        Bucket { rate, tokens: rate, at: tokio::time::Instant::now() }
+        Bucket {
+            rate,
+            tokens: rate,
+            at: tokio::time::Instant::now(),
+        }
     }
 
     /// Takes a token if there is one.
     pub fn take(&mut self) -> bool {
         let now = tokio::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -74,20 +79,38 @@ pub fn check_document(req: &mut async_graphql::Request, limits: &Limits) -> Opti
         set.items
             .iter()
             .map(|s| match &s.node {
-                Selection::Field(f) => usize::from(f.node.alias.is_some()) + aliases(&f.node.selection_set.node),
+                Selection::Field(f) => {
+                    usize::from(f.node.alias.is_some()) + aliases(&f.node.selection_set.node)
+                }
                 Selection::InlineFragment(i) => aliases(&i.node.selection_set.node),
                 Selection::FragmentSpread(_) => 0,
             })
             .sum()
     }
-    let mut count: usize = doc.operations.iter().map(|(_, op)| aliases(&op.node.selection_set.node)).sum();
-    count += doc.fragments.values().map(|f| aliases(&f.node.selection_set.node)).sum::<usize>();
+    let mut count: usize = doc
+        .operations
+        .iter()
+        .map(|(_, op)| aliases(&op.node.selection_set.node))
+        .sum();
+    count += doc
+        .fragments
+        .values()
+        .map(|f| aliases(&f.node.selection_set.node))
+        .sum::<usize>();
     if count > limits.max_aliases {
-        return Some(format!("the document has {count} aliases; {} at most (--max-aliases)", limits.max_aliases));
+        return Some(format!(
+            "the document has {count} aliases; {} at most (--max-aliases)",
+            limits.max_aliases
+        ));
     }
     let op = crate::live::operation(doc, operation_name)?;
     let roots = op.node.selection_set.node.items.len();
-    (roots > limits.max_root_fields).then(|| format!("the operation selects {roots} root fields; {} at most (--max-root-fields)", limits.max_root_fields))
+    (roots > limits.max_root_fields).then(|| {
+        format!(
+            "the operation selects {roots} root fields; {} at most (--max-root-fields)",
+            limits.max_root_fields
+        )
+    })
 }
 
 #[derive(Default)]
@@ -126,14 +149,23 @@ impl Connections {
     pub fn admit(&self, ip: IpAddr, limits: &Limits) -> Result<Admitted, String> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if c.total >= limits.max_connections {
-            return Err(format!("too many connections: the gateway holds {} (--max-connections)", limits.max_connections));
+            return Err(format!(
+                "too many connections: the gateway holds {} (--max-connections)",
+                limits.max_connections
+            ));
         }
         let mine = c.by_ip.get(&ip).copied().unwrap_or(0);
         if mine >= limits.max_connections_per_ip {
-            return Err(format!("too many connections from {ip}: {} at most (--max-connections-per-ip)", limits.max_connections_per_ip));
+            return Err(format!(
+                "too many connections from {ip}: {} at most (--max-connections-per-ip)",
+                limits.max_connections_per_ip
+            ));
         }
         c.total += 1;
         *c.by_ip.entry(ip).or_default() += 1;
-        Ok(Admitted { counts: self.counts.clone(), ip })
+        Ok(Admitted {
+            counts: self.counts.clone(),
+            ip,
+        })
     }
 }

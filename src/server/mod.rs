@@ -3,10 +3,10 @@
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
 pub mod execute;
-pub mod limits;
-mod health;
 mod graphiql;
+mod health;
 mod http;
+pub mod limits;
 pub mod sse;
 pub mod webhook;
 pub mod ws;
@@ -55,7 +55,12 @@ async fn observe(
         _ => None,
     };
     if let (true, Some(reason)) = (graphql, reason) {
-        state.runtime.metrics.rejected.with_label_values(&[reason]).inc();
+        state
+            .runtime
+            .metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc();
     }
     res
 }
@@ -65,10 +70,15 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/graphql",
-            get(http::get).post(http::post).fallback(http::method_not_allowed),
+            get(http::get)
+                .post(http::post)
+                .fallback(http::method_not_allowed),
         )
         .layer(DefaultBodyLimit::max(max_body))
-        .route("/hooks/invalidate", axum::routing::post(webhook::invalidate))
+        .route(
+            "/hooks/invalidate",
+            axum::routing::post(webhook::invalidate),
+        )
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

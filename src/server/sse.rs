@@ -20,7 +20,10 @@ pub fn wants_sse(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/event-stream")))
+        .is_some_and(|a| {
+            a.split(',')
+                .any(|t| t.trim().starts_with("text/event-stream"))
+        })
 }
 
 fn next(body: &[u8]) -> Bytes {
@@ -33,7 +36,12 @@ fn next(body: &[u8]) -> Bytes {
 
 const COMPLETE: &[u8] = b"event: complete\ndata: \n\n";
 
-pub async fn respond(state: AppState, req: async_graphql::Request, headers: HeaderMap, admitted: super::limits::Admitted) -> Response {
+pub async fn respond(
+    state: AppState,
+    req: async_graphql::Request,
+    headers: HeaderMap,
+    admitted: super::limits::Admitted,
+) -> Response {
     let events: BoxStream<'static, Bytes> = match live::prepare(&state, req) {
         Err(message) => {
             let body = json!({"errors": [{"message": message}]}).to_string();
@@ -43,12 +51,27 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
             let done = super::execute::run(&state, req, headers).await;
             stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
         }
-        Ok(Prepared::Live { request, poll }) => frames(&state, live::run(state.clone(), request, headers, poll).boxed(), admitted),
-        Ok(Prepared::Events(request)) => frames(&state, live::events(&state, request, headers).boxed(), admitted),
+        Ok(Prepared::Live { request, poll }) => frames(
+            &state,
+            live::run(state.clone(), request, headers, poll).boxed(),
+            admitted,
+        ),
+        Ok(Prepared::Events(request)) => frames(
+            &state,
+            live::events(&state, request, headers).boxed(),
+            admitted,
+        ),
     };
-    let mut res = (StatusCode::OK, Body::from_stream(events.map(Ok::<_, Infallible>))).into_response();
+    let mut res = (
+        StatusCode::OK,
+        Body::from_stream(events.map(Ok::<_, Infallible>)),
+    )
+        .into_response();
     let h = res.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
@@ -56,7 +79,11 @@ pub async fn respond(state: AppState, req: async_graphql::Request, headers: Head
 
 /// Frames as SSE events, with a keep-alive comment every 15 s, and `complete` when the
 /// frames end (after a request error, when an event source closes, or at shutdown).
-fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>, admitted: super::limits::Admitted) -> BoxStream<'static, Bytes> {
+fn frames(
+    state: &AppState,
+    frames: BoxStream<'static, live::Frame>,
+    admitted: super::limits::Admitted,
+) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
     let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&["sse"]));
     let pushed = metrics.pushed.with_label_values(&["sse"]);
@@ -78,8 +105,11 @@ fn frames(state: &AppState, frames: BoxStream<'static, live::Frame>, admitted: s
     ))
     .map(|_| Bytes::from_static(b": keep-alive\n\n"));
     // End with the results, not with the endless ticks.
-    stream::select(results.map(Some).chain(stream::iter([None])), ticks.map(Some))
-        .take_while(|x| std::future::ready(x.is_some()))
-        .filter_map(std::future::ready)
-        .boxed()
+    stream::select(
+        results.map(Some).chain(stream::iter([None])),
+        ticks.map(Some),
+    )
+    .take_while(|x| std::future::ready(x.is_some()))
+    .filter_map(std::future::ready)
+    .boxed()
 }

@@ -30,7 +30,11 @@ pub struct WebhookOptions {
 
 impl Default for WebhookOptions {
     fn default() -> Self {
-        WebhookOptions { secret: None, token: None, max_body: 64 << 10 }
+        WebhookOptions {
+            secret: None,
+            token: None,
+            max_body: 64 << 10,
+        }
     }
 }
 
@@ -45,7 +49,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn authorised(options: &WebhookOptions, headers: &HeaderMap, body: &[u8]) -> bool {
     if let Some(secret) = &options.secret {
-        let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("sha256="));
+        let signature = headers
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().strip_prefix("sha256="));
         if let Some(sig) = signature.and_then(|s| hex::decode(s).ok()) {
             if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
                 mac.update(body);
@@ -56,7 +63,10 @@ fn authorised(options: &WebhookOptions, headers: &HeaderMap, body: &[u8]) -> boo
         }
     }
     if let Some(token) = &options.token {
-        let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
         if bearer.is_some_and(|b| constant_time_eq(b.trim().as_bytes(), token.as_bytes())) {
             return true;
         }
@@ -73,8 +83,16 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
     let body = match axum::body::to_bytes(Body::new(body), options.max_body).await {
         Ok(b) => b,
         Err(_) => {
-            state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
-            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {} bytes", options.max_body));
+            state
+                .runtime
+                .metrics
+                .rejected
+                .with_label_values(&["limit"])
+                .inc();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is over {} bytes", options.max_body),
+            );
         }
     };
     let metrics = &state.runtime.metrics;
@@ -84,7 +102,10 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
     }
     let tags: Vec<String> = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("tags") {
-            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
             _ => {
                 metrics.rejected.with_label_values(&["malformed"]).inc();
                 return error(StatusCode::BAD_REQUEST, "`tags` must be a list of strings");
@@ -92,15 +113,24 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
         },
         Ok(_) => {
             metrics.rejected.with_label_values(&["malformed"]).inc();
-            return error(StatusCode::BAD_REQUEST, "the body must be a JSON object like {\"tags\": [\"…\"]}");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object like {\"tags\": [\"…\"]}",
+            );
         }
         Err(e) => {
             metrics.rejected.with_label_values(&["malformed"]).inc();
-            return error(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            );
         }
     };
     metrics.invalidations.with_label_values(&["webhook"]).inc();
-    let list: Vec<crate::cache::Tag> = tags.iter().map(|t| crate::cache::Tag::from(t.as_str())).collect();
+    let list: Vec<crate::cache::Tag> = tags
+        .iter()
+        .map(|t| crate::cache::Tag::from(t.as_str()))
+        .collect();
     let invalidated = state.runtime.invalidate(&list);
     tracing::info!(?tags, invalidated, "webhook invalidation");
     Json(json!({"invalidated": invalidated, "tags": tags})).into_response()

@@ -74,11 +74,19 @@ pub async fn serve(state: AppState, socket: WebSocket, headers: HeaderMap) {
     use tracing::Instrument;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    serve_socket(state, socket, headers).instrument(tracing::info_span!("ws", conn)).await
+    serve_socket(state, socket, headers)
+        .instrument(tracing::info_span!("ws", conn))
+        .await
 }
 
 async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
-    let _open = crate::metrics::GaugeGuard::new(state.runtime.metrics.connections.with_label_values(&["websocket"]));
+    let _open = crate::metrics::GaugeGuard::new(
+        state
+            .runtime
+            .metrics
+            .connections
+            .with_label_values(&["websocket"]),
+    );
     let protocol = match socket.protocol().and_then(|p| p.to_str().ok()) {
         Some("graphql-transport-ws") => Some(Protocol::Modern),
         Some("graphql-ws") => Some(Protocol::Legacy),
@@ -90,7 +98,13 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
         while let Some(out) = rx.recv().await {
             let (msg, last) = match out {
                 Out::Text(s) => (Message::Text(Utf8Bytes::from(s)), false),
-                Out::Close(code, reason) => (Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) })), true),
+                Out::Close(code, reason) => (
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(reason),
+                    })),
+                    true,
+                ),
             };
             if sink.send(msg).await.is_err() || last {
                 break;
@@ -102,11 +116,24 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
     let ops: Ops = Arc::default();
     match protocol {
         None => {
-            tx.close(4406, "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws").await;
+            tx.close(
+                4406,
+                "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws",
+            )
+            .await;
         }
         Some(protocol) => {
             let bucket = super::limits::Bucket::new(state.limits.max_operations_per_second);
-            let mut conn = Connection { state, tx: tx.clone(), ops: ops.clone(), headers, protocol, acked: false, init_seen: false, bucket };
+            let mut conn = Connection {
+                state,
+                tx: tx.clone(),
+                ops: ops.clone(),
+                headers,
+                protocol,
+                acked: false,
+                init_seen: false,
+                bucket,
+            };
             conn.read(&mut stream).await;
         }
     }
@@ -143,7 +170,10 @@ impl Connection {
         tokio::pin!(stopping);
         let idle_timeout = self.state.limits.idle_timeout;
         let mut last_activity = tokio::time::Instant::now();
-        let mut idle_check = tokio::time::interval((idle_timeout / 4).clamp(std::time::Duration::from_millis(10), std::time::Duration::from_secs(5)));
+        let mut idle_check = tokio::time::interval((idle_timeout / 4).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(5),
+        ));
         loop {
             tokio::select! {
                 _ = idle_check.tick() => {
@@ -208,7 +238,9 @@ impl Connection {
         match msg.kind.as_str() {
             "connection_init" => {
                 if self.init_seen {
-                    self.tx.close(4429, "Too many initialisation requests").await;
+                    self.tx
+                        .close(4429, "Too many initialisation requests")
+                        .await;
                     return false;
                 }
                 self.init_seen = true;
@@ -234,31 +266,41 @@ impl Connection {
                     return false;
                 };
                 if lock(&self.ops).contains_key(&id) {
-                    self.tx.close(4409, &format!("Subscriber for {id} already exists")).await;
+                    self.tx
+                        .close(4409, &format!("Subscriber for {id} already exists"))
+                        .await;
                     return false;
                 }
                 if let Some(refusal) = self.over_limit() {
-                    return self.tx.json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]})).await;
+                    return self
+                        .tx
+                        .json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]}))
+                        .await;
                 }
                 self.start(id, req);
                 true
             }
-            "complete" => {
-                match msg.id {
-                    Some(id) => {
-                        if let Some(op) = lock(&self.ops).remove(&id) {
-                            op.abort();
-                        }
-                        true
+            "complete" => match msg.id {
+                Some(id) => {
+                    if let Some(op) = lock(&self.ops).remove(&id) {
+                        op.abort();
                     }
-                    None => {
-                        self.tx.close(4400, "Invalid message received: complete needs an id").await;
-                        false
-                    }
+                    true
                 }
-            }
+                None => {
+                    self.tx
+                        .close(4400, "Invalid message received: complete needs an id")
+                        .await;
+                    false
+                }
+            },
             other => {
-                self.tx.close(4400, &format!("Invalid message received: unknown type {other:?}")).await;
+                self.tx
+                    .close(
+                        4400,
+                        &format!("Invalid message received: unknown type {other:?}"),
+                    )
+                    .await;
                 false
             }
         }
@@ -321,17 +363,31 @@ impl Connection {
         } else {
             return None;
         };
-        self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+        self.state
+            .runtime
+            .metrics
+            .rejected
+            .with_label_values(&["limit"])
+            .inc();
         Some(why)
     }
 
     /// `connection_init`'s payload is available to resolvers as request headers: its
     /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`).
     fn take_init_payload(&mut self, payload: Option<&Value>) {
-        let Some(Value::Object(map)) = payload else { return };
-        let nested = map.get("headers").and_then(Value::as_object).into_iter().flatten();
+        let Some(Value::Object(map)) = payload else {
+            return;
+        };
+        let nested = map
+            .get("headers")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten();
         for (k, v) in map.iter().chain(nested) {
-            if let (Ok(name), Some(Ok(value))) = (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), v.as_str().map(HeaderValue::from_str)) {
+            if let (Ok(name), Some(Ok(value))) = (
+                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                v.as_str().map(HeaderValue::from_str),
+            ) {
                 self.headers.insert(name, value);
             }
         }
@@ -347,14 +403,17 @@ impl Connection {
         let mut registry = lock(&self.ops);
         let task_id = id.clone();
         let span = tracing::info_span!("operation", id = %task_id);
-        let task = tokio::spawn(tracing::Instrument::instrument(async move {
-            let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
-            // Unregister before announcing, so the id can be reused at once.
-            lock(&ops).remove(&task_id);
-            if completed {
-                tx.json(json!({"id": task_id, "type": "complete"})).await;
-            }
-        }, span));
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
+                // Unregister before announcing, so the id can be reused at once.
+                lock(&ops).remove(&task_id);
+                if completed {
+                    tx.json(json!({"id": task_id, "type": "complete"})).await;
+                }
+            },
+            span,
+        ));
         registry.insert(id, task.abort_handle());
     }
 }
@@ -366,14 +425,20 @@ struct Incoming {
 }
 
 fn parse(text: &str) -> Option<Incoming> {
-    let Value::Object(mut map) = serde_json::from_str::<Value>(text).ok()? else { return None };
+    let Value::Object(mut map) = serde_json::from_str::<Value>(text).ok()? else {
+        return None;
+    };
     let kind = map.get("type")?.as_str()?.to_string();
     let id = match map.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
         Some(_) => return None,
     };
-    Some(Incoming { kind, id, payload: map.remove("payload").filter(|p| !p.is_null()) })
+    Some(Incoming {
+        kind,
+        id,
+        payload: map.remove("payload").filter(|p| !p.is_null()),
+    })
 }
 
 /// A GraphQL request from a `subscribe`/`start` payload.
@@ -391,22 +456,39 @@ fn request(payload: &Value) -> Option<async_graphql::Request> {
 
 /// The `errors` of a request-error body, as the `error` message's payload.
 fn errors_of(body: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(body).ok().and_then(|mut v| v.get_mut("errors").map(Value::take)).unwrap_or_else(|| json!([{"message": "request error"}]))
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("errors").map(Value::take))
+        .unwrap_or_else(|| json!([{"message": "request error"}]))
 }
 
 /// Runs an operation to its end; `true` when it completed (rather than failed).
-async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req: async_graphql::Request, headers: HeaderMap) -> bool {
+async fn operation(
+    state: &AppState,
+    tx: &Tx,
+    protocol: Protocol,
+    id: &str,
+    req: async_graphql::Request,
+    headers: HeaderMap,
+) -> bool {
     let id_json = Value::String(id.to_string()).to_string();
     let (next, error) = match protocol {
         Protocol::Modern => ("next", "error"),
         Protocol::Legacy => ("data", "error"),
     };
     // Result bodies are JSON already: splice them in rather than re-encode.
-    let result = |body: &[u8]| format!(r#"{{"id":{id_json},"type":"{next}","payload":{}}}"#, String::from_utf8_lossy(body));
-    let failure = |body: &[u8]| json!({"id": id, "type": error, "payload": errors_of(body)}).to_string();
+    let result = |body: &[u8]| {
+        format!(
+            r#"{{"id":{id_json},"type":"{next}","payload":{}}}"#,
+            String::from_utf8_lossy(body)
+        )
+    };
+    let failure =
+        |body: &[u8]| json!({"id": id, "type": error, "payload": errors_of(body)}).to_string();
     let frames = match live::prepare(state, req) {
         Err(message) => {
-            tx.json(json!({"id": id, "type": error, "payload": [{"message": message}]})).await;
+            tx.json(json!({"id": id, "type": error, "payload": [{"message": message}]}))
+                .await;
             return false;
         }
         Ok(Prepared::Once(req)) => {
@@ -417,13 +499,23 @@ async fn operation(state: &AppState, tx: &Tx, protocol: Protocol, id: &str, req:
             }
             return tx.text(result(&done.body)).await;
         }
-        Ok(Prepared::Live { request, poll }) => live::run(state.clone(), request, headers, poll).boxed(),
+        Ok(Prepared::Live { request, poll }) => {
+            live::run(state.clone(), request, headers, poll).boxed()
+        }
         Ok(Prepared::Events(request)) => live::events(state, request, headers).boxed(),
     };
     tokio::pin!(frames);
-    let pushed = state.runtime.metrics.pushed.with_label_values(&["websocket"]);
+    let pushed = state
+        .runtime
+        .metrics
+        .pushed
+        .with_label_values(&["websocket"]);
     while let Some(frame) = frames.next().await {
-        let sent = if frame.request_error { tx.text(failure(&frame.body)).await } else { tx.text(result(&frame.body)).await };
+        let sent = if frame.request_error {
+            tx.text(failure(&frame.body)).await
+        } else {
+            tx.text(result(&frame.body)).await
+        };
         if frame.request_error || !sent {
             return false;
         }
@@ -443,6 +535,9 @@ pub struct WsOptions {
 
 impl Default for WsOptions {
     fn default() -> Self {
-        WsOptions { init_timeout: Duration::from_secs(3), keepalive: Duration::from_secs(12) }
+        WsOptions {
+            init_timeout: Duration::from_secs(3),
+            keepalive: Duration::from_secs(12),
+        }
     }
 }

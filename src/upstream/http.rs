@@ -38,7 +38,12 @@ impl UpstreamClient {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        UpstreamClient { client, default_timeout, max_body, metrics }
+        UpstreamClient {
+            client,
+            default_timeout,
+            max_body,
+            metrics,
+        }
     }
 
     /// Sends `req` and returns the parsed JSON body and its size in bytes.
@@ -64,8 +69,14 @@ impl UpstreamClient {
         if let Err(e) = &result {
             tracing::warn!(upstream = name, method = req.method.as_str(), path = req.url.path(), code = e.code(), error = %e, "upstream request failed");
         }
-        self.metrics.upstream_requests.with_label_values(&[name, req.method.as_str(), status]).inc();
-        self.metrics.upstream_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[name, req.method.as_str(), status])
+            .inc();
+        self.metrics
+            .upstream_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
         result
     }
 
@@ -90,16 +101,28 @@ impl UpstreamClient {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
-        let response = builder.send().await.map_err(|e| UpstreamError::Unavailable {
-            upstream: name.clone(),
-            detail: error_chain(&e),
-        })?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unavailable {
+                upstream: name.clone(),
+                detail: error_chain(&e),
+            })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(UpstreamError::HttpError { upstream: name.clone(), status: status.as_u16() });
+            return Err(UpstreamError::HttpError {
+                upstream: name.clone(),
+                status: status.as_u16(),
+            });
         }
-        let too_large = || UpstreamError::TooLarge { upstream: name.clone(), limit: self.max_body };
-        if response.content_length().is_some_and(|n| n > self.max_body as u64) {
+        let too_large = || UpstreamError::TooLarge {
+            upstream: name.clone(),
+            limit: self.max_body,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
             return Err(too_large());
         }
         let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);

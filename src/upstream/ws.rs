@@ -69,7 +69,11 @@ impl Drop for Tap {
 
 impl Sockets {
     pub fn new(grace: Duration) -> Arc<Sockets> {
-        Arc::new(Sockets { sockets: Mutex::default(), grace, stats: Arc::default() })
+        Arc::new(Sockets {
+            sockets: Mutex::default(),
+            grace,
+            stats: Arc::default(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketKey, Arc<Socket>>> {
@@ -82,12 +86,23 @@ impl Sockets {
         let mut sockets = self.lock();
         if let Some(socket) = sockets.get(&key) {
             socket.taps.fetch_add(1, Ordering::AcqRel);
-            return Tap { rx: socket.tx.subscribe(), socket: socket.clone() };
+            return Tap {
+                rx: socket.tx.subscribe(),
+                socket: socket.clone(),
+            };
         }
         let (tx, rx) = broadcast::channel(BUFFER);
-        let socket = Arc::new(Socket { tx, taps: AtomicUsize::new(1) });
+        let socket = Arc::new(Socket {
+            tx,
+            taps: AtomicUsize::new(1),
+        });
         sockets.insert(key.clone(), socket.clone());
-        tokio::spawn(run(Arc::downgrade(self), key, upstream.clone(), socket.clone()));
+        tokio::spawn(run(
+            Arc::downgrade(self),
+            key,
+            upstream.clone(),
+            socket.clone(),
+        ));
         Tap { rx, socket }
     }
 
@@ -114,26 +129,40 @@ fn ws_url(upstream: &UpstreamPlan, path: &str) -> String {
     let mut url = upstream.url.clone();
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     let _ = url.set_scheme(scheme);
-    url.set_path(&format!("{}{}", upstream.url.path().trim_end_matches('/'), path));
+    url.set_path(&format!(
+        "{}{}",
+        upstream.url.path().trim_end_matches('/'),
+        path
+    ));
     url.to_string()
 }
 
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
 fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
     let factor = 0.5 + (nanos % 1000) as f64 / 1000.0; // 0.5 ..< 1.5
     d.mul_f64(factor)
 }
 
 /// The socket's life: connect, read, reconnect with backoff, until nobody taps it for
 /// `grace`.
-async fn run(owner_weak: std::sync::Weak<Sockets>, key: SocketKey, upstream: Arc<UpstreamPlan>, socket: Arc<Socket>) {
+async fn run(
+    owner_weak: std::sync::Weak<Sockets>,
+    key: SocketKey,
+    upstream: Arc<UpstreamPlan>,
+    socket: Arc<Socket>,
+) {
     let url = ws_url(&upstream, &key.1);
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
-        let Some(owner) = owner_weak.upgrade() else { return };
+        let Some(owner) = owner_weak.upgrade() else {
+            return;
+        };
         let grace = owner.grace;
         let stats = owner.stats.clone();
         // Idle check between attempts too: a dead upstream nobody wants is given up.
@@ -154,7 +183,10 @@ async fn run(owner_weak: std::sync::Weak<Sockets>, key: SocketKey, upstream: Arc
             r
         });
         let connected = match request {
-            Ok(r) => tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(r)).await,
+            Ok(r) => {
+                tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(r))
+                    .await
+            }
             Err(e) => {
                 tracing::error!(url, error = %e, "upstream socket URL is unusable");
                 return;
@@ -171,7 +203,12 @@ async fn run(owner_weak: std::sync::Weak<Sockets>, key: SocketKey, upstream: Arc
                     let _ = socket.tx.send(Event::Reconnected);
                 }
                 connected_before = true;
-                let idle = IdleCheck { owner: &owner_weak, key: &key, socket: &socket, grace };
+                let idle = IdleCheck {
+                    owner: &owner_weak,
+                    key: &key,
+                    socket: &socket,
+                    grace,
+                };
                 let retired = read(ws, &socket, &stats, &idle).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 if retired {
@@ -199,12 +236,16 @@ struct IdleCheck<'a> {
 /// Reads until the socket drops (`false`) or has been untapped for the grace period and
 /// is retired (`true`).
 async fn read(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     socket: &Arc<Socket>,
     stats: &SocketStats,
     idle: &IdleCheck<'_>,
 ) -> bool {
-    let mut tick = tokio::time::interval((idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(
+        (idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
+    );
     let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {

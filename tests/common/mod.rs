@@ -26,12 +26,17 @@ impl Upstream {
         let app = app.layer(middleware::from_fn(move |req: Request, next: Next| {
             let recorder = recorder.clone();
             async move {
-                recorder.lock().expect("log").push(format!("{} {}", req.method(), req.uri()));
+                recorder
+                    .lock()
+                    .expect("log")
+                    .push(format!("{} {}", req.method(), req.uri()));
                 let res: Response = next.run(req).await;
                 res
             }
         }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             axum::serve(listener, app).await.expect("upstream serves");
@@ -54,7 +59,12 @@ impl Upstream {
 
     /// Requests whose "METHOD /path" starts with `prefix`.
     pub fn count_matching(&self, prefix: &str) -> usize {
-        self.log.lock().expect("log").iter().filter(|r| r.starts_with(prefix)).count()
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.starts_with(prefix))
+            .count()
     }
 }
 
@@ -76,11 +86,21 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway on `schema`, where `{up}` (and `{up2}`) stand for upstream URLs.
     pub async fn start(schema: &str, options: livegate::Options) -> Gateway {
-        let plan = match livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new()) {
-            Ok(p) => p,
-            Err(errors) => panic!("test schema is invalid:\n{}", errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")),
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let plan =
+            match livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new()) {
+                Ok(p) => p,
+                Err(errors) => panic!(
+                    "test schema is invalid:\n{}",
+                    errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            };
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gateway");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -90,7 +110,11 @@ impl Gateway {
             .await
             .expect("gateway runs");
         });
-        Gateway { addr, stop: Some(stop), client: reqwest::Client::new() }
+        Gateway {
+            addr,
+            stop: Some(stop),
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -102,7 +126,12 @@ impl Gateway {
         self.query_with(query, json!({}), &[]).await
     }
 
-    pub async fn query_with(&self, query: &str, variables: Value, headers: &[(&str, &str)]) -> Value {
+    pub async fn query_with(
+        &self,
+        query: &str,
+        variables: Value,
+        headers: &[(&str, &str)],
+    ) -> Value {
         let mut req = self
             .client
             .post(self.url())
@@ -119,5 +148,7 @@ impl Gateway {
 
 /// The `extensions.code` of the first error, if any.
 pub fn error_code(response: &Value) -> Option<String> {
-    response["errors"][0]["extensions"]["code"].as_str().map(str::to_string)
+    response["errors"][0]["extensions"]["code"]
+        .as_str()
+        .map(str::to_string)
 }
