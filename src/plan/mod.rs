@@ -431,6 +431,40 @@ struct FieldCtx<'a> {
     fields: &'a [FieldConfig],
 }
 
+/// The `@upstream` a directive names, or the error that it names none. An upstream that
+/// is declared but failed (a bad URL, say) has its own error already: no second one.
+fn upstream(
+    ctx: &FieldCtx<'_>,
+    name: &Positioned<String>,
+    directive: &str,
+    errors: &mut Errors,
+) -> Option<Arc<UpstreamPlan>> {
+    if let Some(u) = ctx.upstreams.get(&name.node) {
+        return Some(u.clone());
+    }
+    let declared: Vec<&str> = ctx
+        .config
+        .upstreams
+        .iter()
+        .map(|u| u.node.name.node.as_str())
+        .collect();
+    if !declared.contains(&name.node.as_str()) {
+        let known = if declared.is_empty() {
+            "none".to_string()
+        } else {
+            declared.join(", ")
+        };
+        errors.push(
+            name.pos,
+            format!(
+                "@{directive}(upstream: {:?}) names no @upstream; known: {known}",
+                name.node
+            ),
+        );
+    }
+    None
+}
+
 fn check_type(
     ty: &Positioned<TypeRef>,
     want: Kind,

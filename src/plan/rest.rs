@@ -49,39 +49,7 @@ pub(super) fn plan(
     errors: &mut Errors,
 ) -> Option<RestPlan> {
     let d = &r.node;
-    let upstream = match ctx.upstreams.get(&d.upstream.node) {
-        Some(u) => Some(u.clone()),
-        // Declared, but its own error (a bad URL, say) is already reported.
-        None if ctx
-            .config
-            .upstreams
-            .iter()
-            .any(|u| u.node.name.node == d.upstream.node) =>
-        {
-            None
-        }
-        None => {
-            let known: Vec<&str> = ctx
-                .config
-                .upstreams
-                .iter()
-                .map(|u| u.node.name.node.as_str())
-                .collect();
-            let known = if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            };
-            errors.push(
-                d.upstream.pos,
-                format!(
-                    "@rest(upstream: {:?}) names no @upstream; known: {known}",
-                    d.upstream.node
-                ),
-            );
-            None
-        }
-    };
+    let upstream = super::upstream(ctx, &d.upstream, "rest", errors);
     if !d.path.node.starts_with('/') {
         errors.push(
             d.path.pos,

@@ -45,34 +45,7 @@ pub(super) fn source(
     name: &str,
     errors: &mut Errors,
 ) -> Option<SourcePlan> {
-    let upstream = match ctx.upstreams.get(&d.upstream.node) {
-        Some(u) => Some(u.clone()),
-        None if ctx
-            .config
-            .upstreams
-            .iter()
-            .any(|u| u.node.name.node == d.upstream.node) =>
-        {
-            None
-        }
-        None => {
-            let known: Vec<&str> = ctx
-                .config
-                .upstreams
-                .iter()
-                .map(|u| u.node.name.node.as_str())
-                .collect();
-            errors.push(
-                d.upstream.pos,
-                format!(
-                    "@{name}(upstream: {:?}) names no @upstream; known: {}",
-                    d.upstream.node,
-                    known.join(", ")
-                ),
-            );
-            None
-        }
-    };
+    let upstream = super::upstream(ctx, &d.upstream, name, errors);
     if !d.path.node.starts_with('/') || d.path.node.contains('{') {
         errors.push(d.path.pos, format!("@{name}(path: {:?}) must be a constant path starting with `/`: one socket serves every subscriber", d.path.node));
     }

@@ -59,6 +59,21 @@ fn negotiate(headers: &HeaderMap) -> Option<Media> {
     }
 }
 
+/// Whether the client wants SSE, and the JSON media type for everything else; `406` when
+/// it accepts none of them.
+fn accepted(headers: &HeaderMap) -> Result<(bool, Media), Box<Response>> {
+    let sse = super::sse::wants_sse(headers);
+    match negotiate(headers) {
+        Some(m) => Ok((sse, m)),
+        None if sse => Ok((sse, Media::Json)),
+        None => Err(Box::new(refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            "accept application/graphql-response+json or application/json",
+        ))),
+    }
+}
+
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -175,17 +190,9 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if raw.is_empty() && wants_html(&headers) {
         return graphiql::page();
     }
-    let sse = super::sse::wants_sse(&headers);
-    let media = match negotiate(&headers) {
-        Some(m) => m,
-        None if sse => Media::Json,
-        None => {
-            return refuse(
-                StatusCode::NOT_ACCEPTABLE,
-                None,
-                "accept application/graphql-response+json or application/json",
-            )
-        }
+    let (sse, media) = match accepted(&headers) {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
     };
     let mut body = PostBody {
         query: None,
@@ -263,17 +270,9 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let sse = super::sse::wants_sse(&headers);
-    let media = match negotiate(&headers) {
-        Some(m) => m,
-        None if sse => Media::Json,
-        None => {
-            return refuse(
-                StatusCode::NOT_ACCEPTABLE,
-                None,
-                "accept application/graphql-response+json or application/json",
-            )
-        }
+    let (sse, media) = match accepted(&headers) {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
     };
     let content_type = headers
         .get(header::CONTENT_TYPE)
