@@ -142,6 +142,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         shutdown: tokio::sync::watch::channel(false).1,
         limits: options.connection_limits.clone(),
         connections: Default::default(),
+        sockets: Default::default(),
     })
 }
 
@@ -157,6 +158,7 @@ pub async fn run(
     let mut state = state(plan, &options)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     state.shutdown = stopping.clone();
+    let sockets = state.sockets.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: closing subscriptions, draining requests");
@@ -173,8 +175,16 @@ pub async fn run(
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(drain).await;
     };
+    // Upgraded sockets live outside hyper's connection tracking: once it has drained,
+    // wait for each socket to have sent its 1012 close frame, or a client sees 1006.
+    let served = async move {
+        serve.await?;
+        sockets.close();
+        sockets.wait().await;
+        Ok::<_, Error>(())
+    };
     tokio::select! {
-        served = serve => served?,
+        served = served => served?,
         _ = deadline => tracing::warn!(?drain, "drain timeout: stopping with requests still open"),
     }
     Ok(())

@@ -177,9 +177,12 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 // memory; GraphQL messages are small, and bigger ones still fit.
                 .read_buffer_size(4 << 10)
                 .write_buffer_size(0)
-                .on_upgrade(move |socket| async move {
-                    let _admitted = admitted;
-                    super::ws::serve(state, socket, headers).await
+                .on_upgrade(move |socket| {
+                    let sockets = state.sockets.clone();
+                    sockets.track_future(async move {
+                        let _admitted = admitted;
+                        super::ws::serve(state, socket, headers).await
+                    })
                 }),
             Err(rejection) => rejection.into_response(),
         };

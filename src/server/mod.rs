@@ -32,6 +32,9 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub limits: limits::Limits,
     pub connections: limits::Connections,
+    /// Upgraded WebSockets, which hyper's graceful shutdown no longer sees: [`crate::run`]
+    /// waits for them to send their close frame before it returns.
+    pub sockets: tokio_util::task::TaskTracker,
 }
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
