@@ -228,3 +228,90 @@ async fn a_failing_non_null_root_field_gets_one_explained_error() {
     assert_eq!(errors[0]["extensions"]["code"], "UPSTREAM_HTTP_ERROR");
     assert_eq!(errors[0]["path"], json!(["broken"]));
 }
+
+/// A list of three things whose owners resolve one by one; owner 2's upstream fails.
+fn owners_app() -> Router {
+    Router::new()
+        .route(
+            "/things",
+            get(|| async { Json(json!([{"id": "1"}, {"id": "2"}, {"id": "3"}])) }),
+        )
+        .route(
+            "/owner/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    if id == "2" {
+                        Err((StatusCode::INTERNAL_SERVER_ERROR, "boom"))
+                    } else {
+                        Ok(Json(json!({"name": format!("owner {id}")})))
+                    }
+                },
+            ),
+        )
+        .merge(faulty_app())
+}
+
+async fn owners_gateway() -> (Upstream, Gateway) {
+    let up = Upstream::start(owners_app()).await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+        type Owner {{ name: String! }}
+        type Thing {{ id: ID! owner: Owner! @rest(upstream: "api", path: "/owner/{{parent.id}}") }}
+        type Query {{
+          broken: Thing! @rest(upstream: "api", path: "/500")
+          ok: Thing @rest(upstream: "api", path: "/ok")
+          strict: [Thing!] @rest(upstream: "api", path: "/things")
+          loose: [Thing] @rest(upstream: "api", path: "/things")
+        }}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, Default::default()).await;
+    (up, gw)
+}
+
+/// Per the spec's null propagation: a failed non-null root field makes `data` null.
+#[tokio::test]
+async fn a_failed_non_null_root_field_makes_data_null() {
+    let (_up, gw) = owners_gateway().await;
+    let r = gw.query("{ ok { id } broken { id } }").await;
+    assert_eq!(r["data"], Value::Null, "{r}");
+    assert!(r.as_object().is_some_and(|o| o.contains_key("data")), "{r}");
+    assert_eq!(r["errors"][0]["path"], json!(["broken"]), "{r}");
+    assert_eq!(r["errors"].as_array().map(Vec::len), Some(1), "{r}");
+}
+
+/// A failed non-null field nulls its parent; a non-null list item nulls the list; a
+/// nullable list item is where the null stops. Aliases and fragments are followed.
+#[tokio::test]
+async fn a_failed_non_null_field_nulls_up_to_the_nearest_nullable_position() {
+    let (_up, gw) = owners_gateway().await;
+    let r = gw
+        .query(
+            "{ ok { id } strict { id owner { name } } \
+               mine: loose { ...F } } fragment F on Thing { id who: owner { name } }",
+        )
+        .await;
+    assert_eq!(r["data"]["ok"], json!({"id": "1"}), "{r}");
+    assert_eq!(
+        r["data"]["strict"],
+        Value::Null,
+        "[Thing!]: one null item nulls the list: {r}"
+    );
+    assert_eq!(
+        r["data"]["mine"],
+        json!([{"id": "1", "who": {"name": "owner 1"}}, null, {"id": "3", "who": {"name": "owner 3"}}]),
+        "[Thing]: only the failed item is null: {r}"
+    );
+    let mut paths: Vec<Value> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["path"].clone())
+        .collect();
+    paths.sort_by_key(Value::to_string);
+    assert_eq!(
+        paths,
+        [json!(["mine", 1, "who"]), json!(["strict", 1, "owner"])],
+        "one error per failed field, with its path: {r}"
+    );
+}

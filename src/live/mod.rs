@@ -225,11 +225,14 @@ pub fn events(
             .subscriptions
             .with_label_values(&["stream"]),
     );
+    let (query, operation) = (request.query.clone(), request.operation_name.clone());
+    let plan = state.runtime.plan.clone();
     state
         .schema
         .execute_stream(request)
         .map(move |mut response| {
             let _alive = &active;
+            crate::resolve::nulls::propagate(&plan, &query, operation.as_deref(), &mut response);
             let (body, request_error) = crate::server::execute::encode(&mut response);
             Frame {
                 body,

@@ -3,6 +3,7 @@
 //! cache, a batch, or the upstream — or a GraphQL error with an `extensions.code`.
 
 mod batch;
+pub mod nulls;
 mod request;
 pub mod shape;
 pub mod stream;

@@ -94,8 +94,15 @@ pub async fn execute(
         };
     }
     let deps = Arc::new(Deps::default());
+    let (query, operation) = (req.query.clone(), req.operation_name.clone());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;
+    crate::resolve::nulls::propagate(
+        &state.runtime.plan,
+        &query,
+        operation.as_deref(),
+        &mut response,
+    );
     let (body, request_error) = encode(&mut response);
     let gathered = deps.take();
     if let Some(key) = key {
