@@ -164,11 +164,9 @@ pub async fn run(
         tracing::info!("shutting down: closing subscriptions, draining requests");
         let _ = stop.send(true);
     };
-    let serve = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(signal);
+    let limits = state.limits.clone();
+    let metrics = state.runtime.metrics.clone();
+    let serve = server::serve(listener, app(state), limits, metrics, signal);
     let mut stopping = stopping;
     let drain = options.drain_timeout;
     let deadline = async move {
@@ -178,13 +176,12 @@ pub async fn run(
     // Upgraded sockets live outside hyper's connection tracking: once it has drained,
     // wait for each socket to have sent its 1012 close frame, or a client sees 1006.
     let served = async move {
-        serve.await?;
+        serve.await;
         sockets.close();
         sockets.wait().await;
-        Ok::<_, Error>(())
     };
     tokio::select! {
-        served = served => served?,
+        () = served => {}
         _ = deadline => tracing::warn!(?drain, "drain timeout: stopping with requests still open"),
     }
     Ok(())

@@ -74,6 +74,19 @@ struct Cli {
     /// Most long-lived connections from one client IP; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
     max_connections_per_ip: usize,
+    /// Most TCP connections of any kind (HTTP, WebSocket, SSE) the gateway holds; more get 503 at accept.
+    #[arg(long, env = "LIVEGATE_MAX_TCP_CONNECTIONS", default_value_t = 20_000)]
+    max_tcp_connections: usize,
+    /// Most TCP connections from one client IP; more get 503 at accept.
+    #[arg(
+        long,
+        env = "LIVEGATE_MAX_TCP_CONNECTIONS_PER_IP",
+        default_value_t = 2_000
+    )]
+    max_tcp_connections_per_ip: usize,
+    /// How long an HTTP/1 client may take to send a request's headers, and how long an idle keep-alive connection stays open, in ms.
+    #[arg(long, env = "LIVEGATE_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
+    header_timeout_ms: u64,
     /// Most operations running at once on one WebSocket; more get an `error` message.
     #[arg(
         long,
@@ -192,6 +205,9 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             idle_timeout: Duration::from_millis(cli.ws_idle_timeout_ms.max(1)),
             max_aliases: cli.max_aliases,
             max_root_fields: cli.max_root_fields,
+            max_tcp_connections: cli.max_tcp_connections,
+            max_tcp_connections_per_ip: cli.max_tcp_connections_per_ip,
+            header_timeout: Duration::from_millis(cli.header_timeout_ms.max(1)),
         },
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub upstream_socket_connects: IntGauge,
     /// Open client connections by transport: `websocket`, `sse`.
     pub connections: IntGaugeVec,
+    /// Open client TCP connections, whatever they carry (HTTP, WebSocket, SSE).
+    pub tcp_connections: IntGauge,
     /// Active subscriptions by kind: `live`, `stream`.
     pub subscriptions: IntGaugeVec,
     /// Results pushed to subscribers, by transport.
@@ -137,6 +139,11 @@ impl Metrics {
                 "livegate_connections",
                 "Open client connections by transport",
                 &["transport"],
+            ),
+            tcp_connections: gauge(
+                &r,
+                "livegate_tcp_connections",
+                "Open client TCP connections, whatever they carry",
             ),
             subscriptions: gauge_vec(
                 &r,

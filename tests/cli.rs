@@ -103,3 +103,35 @@ fn flags_are_documented_in_help() {
     }
     assert!(help.contains("LIVEGATE_LISTEN"), "env names are shown");
 }
+
+/// The README's flag table and `--help` name the same flags.
+#[test]
+fn every_flag_is_in_the_readme_and_every_readme_flag_exists() {
+    fn flag(word: &str) -> Option<String> {
+        let rest = word.strip_prefix("--")?;
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+            .collect();
+        (!name.is_empty()).then(|| format!("--{name}"))
+    }
+    let out = livegate().arg("--help").output().expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let mut in_help: Vec<String> = help
+        .lines()
+        .filter_map(|l| flag(l.trim_start()))
+        .filter(|f| f != "--help" && f != "--version")
+        .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut in_readme: Vec<String> = readme
+        .lines()
+        .filter_map(|l| flag(l.strip_prefix("| `")?))
+        .collect();
+    in_help.sort();
+    in_help.dedup();
+    in_readme.sort();
+    in_readme.dedup();
+    assert!(in_help.len() > 20, "flags found in --help: {in_help:?}");
+    assert_eq!(in_help, in_readme, "--help vs the README's flag table");
+}

@@ -222,6 +222,11 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             &*schema.to_string_lossy(),
             "--listen",
             &listen,
+            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
+            "--max-connections-per-ip",
+            "100000",
+            "--max-tcp-connections-per-ip",
+            "100000",
             "--webhook-token",
             "bench",
         ];
@@ -268,6 +273,11 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             &*schema.to_string_lossy(),
             "--listen",
             &listen,
+            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
+            "--max-connections-per-ip",
+            "100000",
+            "--max-tcp-connections-per-ip",
+            "100000",
             "--webhook-token",
             "bench",
         ];
@@ -313,6 +323,11 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
             &*schema.to_string_lossy(),
             "--listen",
             &listen,
+            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
+            "--max-connections-per-ip",
+            "100000",
+            "--max-tcp-connections-per-ip",
+            "100000",
         ];
         let _gw = start("livegate", &args, port, work)?;
         let url = format!("ws://{listen}/graphql");

@@ -137,15 +137,18 @@ pub(super) fn admit(
     let ip = peer
         .map(|p| p.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    state.connections.admit(ip, &state.limits).map_err(|why| {
-        state
-            .runtime
-            .metrics
-            .rejected
-            .with_label_values(&["limit"])
-            .inc();
-        Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
-    })
+    state
+        .connections
+        .admit(ip, state.limits.long_lived())
+        .map_err(|why| {
+            state
+                .runtime
+                .metrics
+                .rejected
+                .with_label_values(&["limit"])
+                .inc();
+            Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
+        })
 }
 
 fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {

@@ -1,7 +1,9 @@
-//! Connection limits for long-lived connections (WebSocket and SSE): at most
-//! `max_connections` in all, and `max_connections_per_ip` from one client address. A
-//! connection over a limit is refused with `503` and a JSON reason before it is upgraded
-//! or streamed; the others are not affected.
+//! Connection limits. Long-lived connections (WebSocket and SSE): at most
+//! `max_connections` in all, and `max_connections_per_ip` from one client address; one over
+//! a limit is refused with `503` and a JSON reason before it is upgraded or streamed.
+//! TCP connections (whatever they carry): at most `max_tcp_connections` and
+//! `max_tcp_connections_per_ip`; one over a limit gets a `503` and is closed at accept.
+//! Either way the others are not affected.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,6 +22,39 @@ pub struct Limits {
     pub max_aliases: usize,
     /// Root fields in one operation.
     pub max_root_fields: usize,
+    /// TCP connections of any kind, in all and from one client address.
+    pub max_tcp_connections: usize,
+    pub max_tcp_connections_per_ip: usize,
+    /// How long an HTTP/1 connection may take to send a request's headers, counted from
+    /// when the server waits for them: also how long an idle keep-alive connection stays.
+    pub header_timeout: std::time::Duration,
+}
+
+/// A pair of connection limits and the flags that set them.
+pub struct Cap {
+    pub total: usize,
+    pub per_ip: usize,
+    pub flags: (&'static str, &'static str),
+}
+
+impl Limits {
+    /// The limits on WebSocket and SSE connections.
+    pub fn long_lived(&self) -> Cap {
+        Cap {
+            total: self.max_connections,
+            per_ip: self.max_connections_per_ip,
+            flags: ("--max-connections", "--max-connections-per-ip"),
+        }
+    }
+
+    /// The limits on TCP connections.
+    pub fn tcp(&self) -> Cap {
+        Cap {
+            total: self.max_tcp_connections,
+            per_ip: self.max_tcp_connections_per_ip,
+            flags: ("--max-tcp-connections", "--max-tcp-connections-per-ip"),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -32,6 +67,9 @@ impl Default for Limits {
             idle_timeout: std::time::Duration::from_secs(300),
             max_aliases: 30,
             max_root_fields: 20,
+            max_tcp_connections: 20_000,
+            max_tcp_connections_per_ip: 2_000,
+            header_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -119,7 +157,7 @@ struct Counts {
     by_ip: HashMap<IpAddr, usize>,
 }
 
-/// Who holds how many long-lived connections.
+/// Who holds how many connections (one of these per kind of limit).
 #[derive(Clone, Default)]
 pub struct Connections {
     counts: Arc<Mutex<Counts>>,
@@ -146,19 +184,19 @@ impl Drop for Admitted {
 
 impl Connections {
     /// Admits a connection from `ip`, or says which limit it is over.
-    pub fn admit(&self, ip: IpAddr, limits: &Limits) -> Result<Admitted, String> {
+    pub fn admit(&self, ip: IpAddr, cap: Cap) -> Result<Admitted, String> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if c.total >= limits.max_connections {
+        if c.total >= cap.total {
             return Err(format!(
-                "too many connections: the gateway holds {} (--max-connections)",
-                limits.max_connections
+                "too many connections: the gateway holds {} ({})",
+                cap.total, cap.flags.0
             ));
         }
         let mine = c.by_ip.get(&ip).copied().unwrap_or(0);
-        if mine >= limits.max_connections_per_ip {
+        if mine >= cap.per_ip {
             return Err(format!(
-                "too many connections from {ip}: {} at most (--max-connections-per-ip)",
-                limits.max_connections_per_ip
+                "too many connections from {ip}: {} at most ({})",
+                cap.per_ip, cap.flags.1
             ));
         }
         c.total += 1;

@@ -7,9 +7,12 @@ mod graphiql;
 mod health;
 mod http;
 pub mod limits;
+mod listen;
 pub mod sse;
 pub mod webhook;
 pub mod ws;
+
+pub use listen::serve;
 
 use crate::resolve::Runtime;
 use axum::extract::DefaultBodyLimit;
