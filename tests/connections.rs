@@ -5,10 +5,12 @@
 mod common;
 
 use common::Gateway;
+use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
 const SCHEMA: &str = r#"
 extend schema @upstream(name: "api", url: "http://127.0.0.1:9")
@@ -30,6 +32,32 @@ async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
         .bind(SocketAddr::new(IpAddr::V4(source), 0))
         .expect("bind source");
     socket.connect(to).await.expect("connect")
+}
+
+/// A graphql-transport-ws WebSocket to the gateway, acknowledged.
+async fn websocket(
+    to: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{to}/graphql")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .expect("send");
+    let ack = ws.next().await.expect("a message").expect("read");
+    assert_eq!(
+        ack.into_text().expect("text").as_str(),
+        r#"{"type":"connection_ack"}"#
+    );
+    ws
 }
 
 /// Sends one keep-alive request and reads its whole response (headers and
@@ -97,12 +125,10 @@ async fn tcp_connections_per_ip_over_the_limit_get_503_and_others_are_unaffected
     let gw = Gateway::start(SCHEMA, options).await;
     let to = addr_of(&gw);
     let local = Ipv4Addr::new(127, 0, 0, 1);
-    let mut one = connect_from(local, to).await;
+    // One WebSocket (its TCP connection stays counted after the upgrade) and one
+    // keep-alive HTTP connection, both answered.
+    let mut one = websocket(to).await;
     let mut two = connect_from(local, to).await;
-    // Answered: both are admitted and held open (keep-alive).
-    assert!(request(&mut one, "/healthz")
-        .await
-        .starts_with("HTTP/1.1 200"));
     assert!(request(&mut two, "/healthz")
         .await
         .starts_with("HTTP/1.1 200"));
@@ -127,9 +153,17 @@ async fn tcp_connections_per_ip_over_the_limit_get_503_and_others_are_unaffected
         "{page}"
     );
     // The held connections still work.
-    assert!(request(&mut one, "/healthz")
+    assert!(request(&mut two, "/healthz")
         .await
         .starts_with("HTTP/1.1 200"));
+    one.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
+    let pong = one.next().await.expect("a message").expect("read");
+    assert_eq!(
+        pong.into_text().expect("text").as_str(),
+        r#"{"type":"pong"}"#
+    );
 
     // Closing one gives its place back: wait until the gateway has seen the close (its
     // gauge drops), then a new connection from 127.0.0.1 is admitted.
