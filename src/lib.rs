@@ -64,6 +64,9 @@ pub struct Options {
     /// After a shutdown signal, how long in-flight requests may take before the server
     /// stops anyway.
     pub drain_timeout: Duration,
+    /// After a shutdown signal, how long `/readyz` answers 503 while everything is still
+    /// served, so a load balancer stops sending new clients before connections close.
+    pub shutdown_delay: Duration,
     pub connection_limits: server::limits::Limits,
 }
 
@@ -82,6 +85,7 @@ impl Default for Options {
             ws: Default::default(),
             webhook: Default::default(),
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             connection_limits: Default::default(),
         }
     }
@@ -140,6 +144,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         ws: options.ws.clone(),
         webhook: options.webhook.clone(),
         shutdown: tokio::sync::watch::channel(false).1,
+        unready: tokio::sync::watch::channel(false).1,
         limits: options.connection_limits.clone(),
         connections: Default::default(),
         sockets: Default::default(),
@@ -159,8 +164,16 @@ pub async fn run(
     let (stop, stopping) = tokio::sync::watch::channel(false);
     state.shutdown = stopping.clone();
     let sockets = state.sockets.clone();
+    let (unready, _) = tokio::sync::watch::channel(false);
+    state.unready = unready.subscribe();
+    let delay = options.shutdown_delay;
     let signal = async move {
         shutdown.await;
+        let _ = unready.send(true);
+        if !delay.is_zero() {
+            tracing::info!(?delay, "shutting down: /readyz answers 503, still serving");
+            tokio::time::sleep(delay).await;
+        }
         tracing::info!("shutting down: closing subscriptions, draining requests");
         let _ = stop.send(true);
     };

@@ -68,6 +68,9 @@ struct Cli {
     /// After SIGTERM or Ctrl-C, how long in-flight requests may run before the process exits anyway, in ms.
     #[arg(long, env = "LIVEGATE_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// After SIGTERM or Ctrl-C, how long /readyz answers 503 while everything is still served (so a load balancer drains first), in ms.
+    #[arg(long, env = "LIVEGATE_SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    shutdown_delay_ms: u64,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -214,6 +217,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
         },
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
+        shutdown_delay: Duration::from_millis(cli.shutdown_delay_ms),
         webhook: livegate::server::webhook::WebhookOptions {
             secret: cli.webhook_secret.clone().filter(|s| !s.is_empty()),
             token: cli.webhook_token.clone().filter(|s| !s.is_empty()),

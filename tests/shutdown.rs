@@ -113,3 +113,66 @@ async fn in_flight_queries_finish_and_sse_streams_complete() {
     );
     server.await.expect("task").expect("run returns cleanly");
 }
+
+/// With `shutdown_delay`, the signal first turns `/readyz` to 503 while queries are still
+/// served and new connections accepted; `run` returns once the delay has passed.
+#[tokio::test]
+async fn readiness_fails_first_during_the_shutdown_delay() {
+    let up =
+        Upstream::start(Router::new().route("/fast", get(|| async { Json(json!({"id": "f"})) })))
+            .await;
+    let plan = livegate::plan::load(
+        "s.graphql",
+        &SCHEMA.replace("{up}", &up.url()),
+        Vec::<(String, String)>::new(),
+    )
+    .expect("plan");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let options = livegate::Options {
+        shutdown_delay: std::time::Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let server = tokio::spawn(livegate::run(listener, plan, options, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let ready = format!("http://{addr}/readyz");
+    let status = client.get(&ready).send().await.expect("readyz").status();
+    assert_eq!(status, 200);
+
+    stop.send(()).expect("server running");
+    // The signal is taken by the server's task: ask until it has been (each ask answered).
+    let mut body = Value::Null;
+    for _ in 0..1000 {
+        let res = client.get(&ready).send().await.expect("readyz answers");
+        if res.status() == 503 {
+            body = res.json().await.expect("json");
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        body,
+        json!({"status": "unavailable", "reason": "shutting down"})
+    );
+    // Still serving, on a new connection too.
+    let fresh = reqwest::Client::new();
+    let answer: Value = fresh
+        .post(format!("http://{addr}/graphql"))
+        .json(&json!({"query": "{ fast { id } }"}))
+        .send()
+        .await
+        .expect("served during the delay")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer, json!({"data": {"fast": {"id": "f"}}}));
+    server
+        .await
+        .expect("task")
+        .expect("run returns after the delay");
+}

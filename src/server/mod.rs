@@ -33,6 +33,8 @@ pub struct AppState {
     pub webhook: webhook::WebhookOptions,
     /// Turns `true` when the server begins to shut down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Turns `true` at the shutdown signal, `--shutdown-delay-ms` before `shutdown`.
+    pub unready: tokio::sync::watch::Receiver<bool>,
     pub limits: limits::Limits,
     pub connections: limits::Connections,
     /// Upgraded WebSockets, which hyper's graceful shutdown no longer sees: [`crate::run`]
