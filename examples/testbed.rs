@@ -13,7 +13,7 @@
 //!
 //! Flags: `--port` (the gateway's; default any), `--max-connections`, `--max-connections-per-ip`,
 //! `--max-request-body`,
-//! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`,
+//! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`, `--cors-origin`,
 //! `--pad-bytes`.
 
 use axum::extract::{Path, State};
@@ -338,6 +338,11 @@ async fn main() {
     options.connection_limits.max_operations_per_second =
         count("--max-operations-per-second", 1_000) as u32;
     options.connection_limits.idle_timeout = ms("--ws-idle-timeout-ms", 300_000);
+    let origins: Vec<String> = flag("--cors-origin").into_iter().collect();
+    options.cors = match livegate::server::cors::Cors::new(&origins) {
+        Ok(c) => c,
+        Err(e) => return eprintln!("testbed: {e}"),
+    };
     let port: u16 = flag("--port").and_then(|p| p.parse().ok()).unwrap_or(0);
     let gw = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => l,

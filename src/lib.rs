@@ -68,6 +68,8 @@ pub struct Options {
     /// served, so a load balancer stops sending new clients before connections close.
     pub shutdown_delay: Duration,
     pub connection_limits: server::limits::Limits,
+    /// Origins of browser apps allowed to call `/graphql` (`--cors-origin`).
+    pub cors: server::cors::Cors,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             connection_limits: Default::default(),
+            cors: Default::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         unready: tokio::sync::watch::channel(false).1,
         limits: options.connection_limits.clone(),
         connections: Default::default(),
+        cors: options.cors.clone(),
         sockets: Default::default(),
     })
 }

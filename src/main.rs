@@ -71,6 +71,9 @@ struct Cli {
     /// After SIGTERM or Ctrl-C, how long /readyz answers 503 while everything is still served (so a load balancer drains first), in ms.
     #[arg(long, env = "LIVEGATE_SHUTDOWN_DELAY_MS", default_value_t = 0)]
     shutdown_delay_ms: u64,
+    /// Origin of a browser app allowed to call /graphql across origins (CORS, and WebSocket upgrades from that Origin); repeat or comma-separate; `*` allows any origin without credentials. Default: same origin only.
+    #[arg(long, env = "LIVEGATE_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -186,7 +189,9 @@ fn main() -> ExitCode {
 }
 
 fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
+    let cors = livegate::server::cors::Cors::new(&cli.cors_origin).map_err(anyhow::Error::msg)?;
     let options = livegate::Options {
+        cors,
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,

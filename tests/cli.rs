@@ -63,6 +63,26 @@ fn serving_a_bad_schema_exits_before_listening() {
 }
 
 #[test]
+fn a_malformed_cors_origin_exits_before_listening() {
+    let out = livegate()
+        .args([
+            "--schema",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"),
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cors-origin",
+            "https://ok.example,app.example.com",
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cors-origin \"app.example.com\""), "{err}");
+}
+
+#[test]
 fn upstream_urls_come_from_the_environment() {
     let path = write(
         "env.graphql",

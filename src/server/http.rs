@@ -168,6 +168,19 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if is_upgrade {
         use axum::extract::FromRequestParts;
         let headers = parts.headers.clone();
+        if !state.cors.allows_socket(&headers) {
+            state
+                .runtime
+                .metrics
+                .rejected
+                .with_label_values(&["auth"])
+                .inc();
+            return (
+                StatusCode::FORBIDDEN,
+                axum::Json(json!({"errors": [{"message": "this Origin may not open a WebSocket here: allow it with --cors-origin", "extensions": {"code": "FORBIDDEN_ORIGIN"}}]})),
+            )
+                .into_response();
+        }
         let admitted = match admit(&state, peer(&parts)) {
             Ok(a) => a,
             Err(refusal) => return *refusal,

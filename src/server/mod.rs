@@ -2,6 +2,7 @@
 //! WebSocket in both subprotocols, Server-Sent Events, GraphiQL) and the invalidation
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
+pub mod cors;
 pub mod execute;
 mod graphiql;
 mod health;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub unready: tokio::sync::watch::Receiver<bool>,
     pub limits: limits::Limits,
     pub connections: limits::Connections,
+    pub cors: cors::Cors,
     /// Upgraded WebSockets, which hyper's graceful shutdown no longer sees: [`crate::run`]
     /// waits for them to send their close frame before it returns.
     pub sockets: tokio_util::task::TaskTracker,
@@ -75,13 +77,14 @@ async fn observe(
 
 pub fn app(state: AppState) -> Router {
     let max_body = state.max_body;
+    let mut graphql = get(http::get)
+        .post(http::post)
+        .fallback(http::method_not_allowed);
+    if let Some(cors) = state.cors.layer() {
+        graphql = graphql.layer(cors);
+    }
     Router::new()
-        .route(
-            "/graphql",
-            get(http::get)
-                .post(http::post)
-                .fallback(http::method_not_allowed),
-        )
+        .route("/graphql", graphql)
         .layer(DefaultBodyLimit::max(max_body))
         .route(
             "/hooks/invalidate",
