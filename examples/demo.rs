@@ -17,6 +17,10 @@ struct Args {
     /// The invalidation webhook's signing secret (a demo default; set your own in production).
     #[arg(long, env = "LIVEGATE_WEBHOOK_SECRET", default_value = "demo-secret")]
     webhook_secret: String,
+    /// Origin of a browser app (say a dev server on http://localhost:5173) allowed to call
+    /// the gateway across origins; repeat or comma-separate; `*` for any.
+    #[arg(long, env = "LIVEGATE_CORS_ORIGIN", value_delimiter = ',')]
+    cors_origin: Vec<String>,
 }
 
 #[tokio::main]
@@ -95,6 +99,13 @@ async fn main() -> ExitCode {
     };
     let mut options = livegate::Options::default();
     options.webhook.secret = Some(args.webhook_secret);
+    options.cors = match livegate::server::cors::Cors::new(&args.cors_origin) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match livegate::run(listener, plan, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
