@@ -100,6 +100,11 @@ type SharedFetch = Shared<BoxFuture<'static, Fetched>>;
 pub struct Stamp(Weak<Entry>);
 
 impl Stamp {
+    /// Is this the stamp of `entry`?
+    fn is(&self, entry: &Arc<Entry>) -> bool {
+        std::ptr::eq(self.0.as_ptr(), Arc::as_ptr(entry))
+    }
+
     pub fn is_current(&self) -> bool {
         self.0.upgrade().is_some_and(|e| {
             !e.dead.load(Ordering::Acquire) && e.stored.elapsed() < e.policy.max_age
@@ -137,6 +142,9 @@ struct Inner {
     evictions: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
     next_flight: AtomicU64,
+    /// Bumped (under the state lock) by every invalidation: a patch that saw another
+    /// epoch when it began may predate an invalidation, and is not kept.
+    epoch: AtomicU64,
 }
 
 /// How a [`Cache::load`] was answered; the metrics issue counts these.
@@ -214,6 +222,7 @@ impl Cache {
                 evictions,
                 state,
                 next_flight: AtomicU64::new(0),
+                epoch: AtomicU64::new(0),
             }),
         }
     }
@@ -407,17 +416,34 @@ impl Cache {
     }
 
     /// Replaces the value under `key` and keeps the entry's age, policy and tags: a value
-    /// patched from a stream expires when the fetched one would have. `false` when there is
-    /// no live entry to patch (the caller refetches instead).
-    pub fn patch(&self, key: CacheKey, value: Arc<Value>) -> bool {
+    /// patched from a stream expires when the fetched one would have. `expected` is the
+    /// stamp of the entry the new value was computed from ([`Cache::peek`]). `false` when
+    /// that entry is no longer the live one — gone, replaced by a newer store, or
+    /// invalidated while this ran — and nothing was kept (the caller refetches instead).
+    pub fn patch(&self, key: CacheKey, expected: &Stamp, value: Arc<Value>) -> bool {
+        self.patch_between(key, expected, value, || {})
+    }
+
+    /// [`Cache::patch`], running `between` after the checks and before the commit (tests
+    /// put a concurrent invalidation there).
+    fn patch_between(
+        &self,
+        key: CacheKey,
+        expected: &Stamp,
+        value: Arc<Value>,
+        between: impl FnOnce(),
+    ) -> bool {
+        let epoch = self.inner.epoch.load(Ordering::Acquire);
         let Some(old) = self.inner.entries.get(&key) else {
             return false;
         };
-        if old.dead.load(Ordering::Acquire)
+        if !expected.is(&old)
+            || old.dead.load(Ordering::Acquire)
             || old.stored.elapsed() >= old.policy.max_age + old.policy.swr
         {
             return false;
         }
+        between();
         let entry = Arc::new(Entry {
             value,
             stored: old.stored,
@@ -425,9 +451,15 @@ impl Cache {
             size: old.size,
             dead: AtomicBool::new(false),
         });
+        // Not under our lock: moka may call the eviction listener, which takes it.
         self.inner.entries.insert(key, entry.clone());
         old.dead.store(true, Ordering::Release);
         let mut st = lock(&self.inner.state);
+        if self.inner.epoch.load(Ordering::Acquire) != epoch {
+            // An invalidation ran meanwhile; the patched value may predate it.
+            entry.dead.store(true, Ordering::Release);
+            return false;
+        }
         for tag in &entry.policy.tags {
             st.tags
                 .entry(tag.clone())
@@ -458,6 +490,7 @@ impl Cache {
         let mut dropped = Vec::new();
         {
             let mut st = lock(&self.inner.state);
+            self.inner.epoch.fetch_add(1, Ordering::AcqRel);
             for tag in tags {
                 if let Some(keys) = st.tags.remove(tag) {
                     for (key, entry) in keys {
@@ -719,6 +752,49 @@ mod tests {
                 .await
                 .outcome,
             Outcome::Miss
+        );
+    }
+
+    fn stored(cache: &Cache, k: &str, v: i64) -> Stamp {
+        let p = policy(60, 0, &["t"]).expect("policy");
+        cache
+            .store(key(k), p, Arc::new(Value::from(v)), 1)
+            .expect("stored")
+    }
+
+    #[test]
+    fn a_patch_replaces_the_value_it_was_computed_from_and_stays_invalidatable() {
+        let cache = Cache::new(1 << 20);
+        let stamp = stored(&cache, "a", 1);
+        assert!(cache.patch(key("a"), &stamp, Arc::new(Value::from(2))));
+        let (now, _) = cache.peek(&key("a")).expect("fresh");
+        assert_eq!(*now, Value::from(2));
+        assert!(!stamp.is_current(), "the patched-over entry is retired");
+        assert_eq!(cache.invalidate(&[Tag::from("t")]), vec![key("a")]);
+        assert!(cache.peek(&key("a")).is_none());
+    }
+
+    #[test]
+    fn a_patch_computed_from_an_older_value_does_not_overwrite_a_newer_store() {
+        let cache = Cache::new(1 << 20);
+        let old = stored(&cache, "a", 1);
+        stored(&cache, "a", 10); // a refetch landed after the patch read the value
+        assert!(!cache.patch(key("a"), &old, Arc::new(Value::from(2))));
+        let (now, _) = cache.peek(&key("a")).expect("fresh");
+        assert_eq!(*now, Value::from(10));
+    }
+
+    #[test]
+    fn a_patch_racing_an_invalidation_is_not_kept() {
+        let cache = Cache::new(1 << 20);
+        let stamp = stored(&cache, "a", 1);
+        let kept = cache.patch_between(key("a"), &stamp, Arc::new(Value::from(2)), || {
+            cache.invalidate(&[Tag::from("t")]);
+        });
+        assert!(!kept);
+        assert!(
+            cache.peek(&key("a")).is_none(),
+            "nothing from before the invalidation survives it"
         );
     }
 }

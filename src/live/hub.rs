@@ -272,7 +272,7 @@ impl Hub {
                             refetch(&hub);
                             continue;
                         }
-                        let Some((current, _)) = hub.cache.peek(&root.key) else {
+                        let Some((current, stamp)) = hub.cache.peek(&root.key) else {
                             // Nothing fresh to patch: fetch it instead.
                             refetch(&hub);
                             continue;
@@ -284,7 +284,7 @@ impl Hub {
                                 tracing::warn!(key = ?root.key, "patched value would not fit the field's type; message skipped");
                                 continue;
                             }
-                            if hub.cache.patch(root.key, Arc::new(next)) {
+                            if hub.cache.patch(root.key, &stamp, Arc::new(next)) {
                                 hub.changed(&[root.key]);
                             } else {
                                 refetch(&hub);
