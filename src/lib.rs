@@ -70,6 +70,8 @@ pub struct Options {
     pub connection_limits: server::limits::Limits,
     /// Origins of browser apps allowed to call `/graphql` (`--cors-origin`).
     pub cors: server::cors::Cors,
+    /// Certificate authorities trusted for upstreams besides the public web roots.
+    pub upstream_ca: upstream::tls::ExtraRoots,
 }
 
 impl Default for Options {
@@ -90,6 +92,7 @@ impl Default for Options {
             shutdown_delay: Duration::ZERO,
             connection_limits: Default::default(),
             cors: Default::default(),
+            upstream_ca: Default::default(),
         }
     }
 }
@@ -113,6 +116,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         options.upstream_timeout,
         options.max_upstream_body,
         metrics.clone(),
+        &options.upstream_ca,
     );
     let cache = cache::Cache::new(options.cache_bytes);
     let runtime = Arc::new(resolve::Runtime::new(
@@ -123,6 +127,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         options.live_grace,
         options.socket_grace,
         metrics,
+        options.upstream_ca.websocket(),
     ));
     let schema = schema::build(runtime.clone(), &options.limits)
         .map_err(|e| Error::Schema(e.to_string()))?;

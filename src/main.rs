@@ -74,6 +74,9 @@ struct Cli {
     /// Origin of a browser app allowed to call /graphql across origins (CORS, and WebSocket upgrades from that Origin); repeat or comma-separate; `*` allows any origin without credentials. Default: same origin only.
     #[arg(long, env = "LIVEGATE_CORS_ORIGIN", value_delimiter = ',')]
     cors_origin: Vec<String>,
+    /// PEM file of certificate authorities to trust for https/wss upstreams, besides the public web roots.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<String>,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -190,8 +193,15 @@ fn main() -> ExitCode {
 
 fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
     let cors = livegate::server::cors::Cors::new(&cli.cors_origin).map_err(anyhow::Error::msg)?;
+    let upstream_ca = match &cli.upstream_ca_file {
+        Some(path) => {
+            livegate::upstream::tls::ExtraRoots::from_pem_file(path).map_err(anyhow::Error::msg)?
+        }
+        None => Default::default(),
+    };
     let options = livegate::Options {
         cors,
+        upstream_ca,
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,

@@ -32,12 +32,22 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(default_timeout: Duration, max_body: usize, metrics: Arc<Metrics>) -> Self {
-        let client = reqwest::Client::builder()
+    pub fn new(
+        default_timeout: Duration,
+        max_body: usize,
+        metrics: Arc<Metrics>,
+        roots: &super::tls::ExtraRoots,
+    ) -> Self {
+        let mut builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .tcp_nodelay(true);
+        for cert in roots.reqwest() {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "upstream HTTP client: falling back to defaults");
+            reqwest::Client::new()
+        });
         UpstreamClient {
             client,
             default_timeout,

@@ -3,6 +3,7 @@
 //! it came from and how.
 
 pub mod http;
+pub mod tls;
 pub mod ws;
 
 pub use self::http::{UpstreamClient, UpstreamRequest};

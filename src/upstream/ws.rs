@@ -52,6 +52,8 @@ pub struct SocketStats {
 pub struct Sockets {
     sockets: Mutex<HashMap<SocketKey, Arc<Socket>>>,
     grace: Duration,
+    /// TLS for `wss` upstreams when extra roots are configured.
+    tls: Option<tokio_tungstenite::Connector>,
     pub stats: Arc<SocketStats>,
 }
 
@@ -68,10 +70,11 @@ impl Drop for Tap {
 }
 
 impl Sockets {
-    pub fn new(grace: Duration) -> Arc<Sockets> {
+    pub fn new(grace: Duration, tls: Option<tokio_tungstenite::Connector>) -> Arc<Sockets> {
         Arc::new(Sockets {
             sockets: Mutex::default(),
             grace,
+            tls,
             stats: Arc::default(),
         })
     }
@@ -174,6 +177,7 @@ async fn run(
         } else {
             idle_since = None;
         }
+        let tls = owner.tls.clone();
         drop(owner);
 
         let request = url.as_str().into_client_request().map(|mut r| {
@@ -184,8 +188,8 @@ async fn run(
         });
         let connected = match request {
             Ok(r) => {
-                tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(r))
-                    .await
+                let connect = tokio_tungstenite::connect_async_tls_with_config(r, None, false, tls);
+                tokio::time::timeout(Duration::from_secs(10), connect).await
             }
             Err(e) => {
                 tracing::error!(url, error = %e, "upstream socket URL is unusable");
