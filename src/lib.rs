@@ -125,9 +125,8 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         client,
         options.batch_window,
         options.live_grace,
-        options.socket_grace,
+        upstream::ws::Sockets::new(options.socket_grace, options.upstream_ca.websocket()),
         metrics,
-        options.upstream_ca.websocket(),
     ));
     let schema = schema::build(runtime.clone(), &options.limits)
         .map_err(|e| Error::Schema(e.to_string()))?;

@@ -44,12 +44,10 @@ impl Runtime {
         client: UpstreamClient,
         batch_window: Duration,
         live_grace: Duration,
-        socket_grace: Duration,
+        sockets: Arc<Sockets>,
         metrics: Arc<Metrics>,
-        socket_tls: Option<tokio_tungstenite::Connector>,
     ) -> Self {
         let batcher = Batcher::new(client.clone(), batch_window);
-        let sockets = Sockets::new(socket_grace, socket_tls);
         let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
         Runtime {
             plan,
