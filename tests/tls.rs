@@ -8,7 +8,6 @@ use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::Gateway;
-use futures_util::SinkExt;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use serde_json::json;
 use std::sync::Arc;
