@@ -134,6 +134,23 @@ struct State {
     flights: HashMap<CacheKey, Flight>,
     /// tag → the live entries that carry it.
     tags: HashMap<Tag, HashMap<CacheKey, Weak<Entry>>>,
+    /// tag → the epoch and time of its last invalidation, so a value fetched outside a
+    /// flight (a batch item, a poll, a patch) can tell whether its tags were invalidated
+    /// while it was on its way. Pruned of old invalidations when it grows.
+    invalidated: HashMap<Tag, (u64, Instant)>,
+}
+
+/// Invalidation records kept before pruning, and how old a pruned one must be (far
+/// longer than any upstream fetch may take).
+const INVALIDATED_KEPT: usize = 10_000;
+const INVALIDATED_FOR: Duration = Duration::from_secs(300);
+
+impl State {
+    /// Was any of `tags` invalidated after `epoch`?
+    fn invalidated_since(&self, tags: &[Tag], epoch: u64) -> bool {
+        tags.iter()
+            .any(|t| self.invalidated.get(t).is_some_and(|(e, _)| *e > epoch))
+    }
 }
 
 struct Inner {
@@ -142,8 +159,7 @@ struct Inner {
     evictions: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
     next_flight: AtomicU64,
-    /// Bumped (under the state lock) by every invalidation: a patch that saw another
-    /// epoch when it began may predate an invalidation, and is not kept.
+    /// Bumped (under the state lock) by every invalidation; see [`Cache::epoch`].
     epoch: AtomicU64,
 }
 
@@ -332,7 +348,7 @@ impl Cache {
         };
         let stamp = match policy {
             Some(policy) if !poisoned.load(Ordering::Acquire) => {
-                self.insert(key, policy, value.clone(), size, Some(poisoned))
+                self.insert(key, policy, value.clone(), size, Some(poisoned), None)
             }
             _ => None,
         };
@@ -350,6 +366,7 @@ impl Cache {
         value: Arc<Value>,
         size: usize,
         poisoned: Option<&AtomicBool>,
+        since: Option<u64>,
     ) -> Option<Stamp> {
         if !policy.stores() {
             return None;
@@ -370,7 +387,9 @@ impl Cache {
             old.dead.store(true, Ordering::Release);
         }
         let mut st = lock(&self.inner.state);
-        if poisoned.is_some_and(|p| p.load(Ordering::Acquire)) {
+        if poisoned.is_some_and(|p| p.load(Ordering::Acquire))
+            || since.is_some_and(|e| st.invalidated_since(&entry.policy.tags, e))
+        {
             // Invalidated between the check above and now: the value may predate it.
             entry.dead.store(true, Ordering::Release);
             return None;
@@ -384,15 +403,24 @@ impl Cache {
         Some(Stamp(Arc::downgrade(&entry)))
     }
 
-    /// Stores a value fetched outside [`Cache::load`] (a batched request's items).
+    /// The invalidation epoch: take it before fetching outside [`Cache::load`] and pass it
+    /// to [`Cache::store`], which then refuses a value whose tags were invalidated while
+    /// it was fetched (it may predate the change).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Acquire)
+    }
+
+    /// Stores a value fetched outside [`Cache::load`] (a batched request's items) since
+    /// `epoch` ([`Cache::epoch`]); `None` when not stored.
     pub fn store(
         &self,
         key: CacheKey,
         policy: Policy,
         value: Arc<Value>,
         size: usize,
+        epoch: u64,
     ) -> Option<Stamp> {
-        self.insert(key, policy, value, size, None)
+        self.insert(key, policy, value, size, None, Some(epoch))
     }
 
     /// Stores a value fetched from `fetched_at` on, unless the entry already holds one
@@ -405,14 +433,14 @@ impl Cache {
         value: Arc<Value>,
         size: usize,
         fetched_at: Instant,
+        epoch: u64,
     ) -> bool {
         if let Some(e) = self.inner.entries.get(&key) {
             if !e.dead.load(Ordering::Acquire) && e.stored >= fetched_at {
                 return false;
             }
         }
-        self.store(key, policy, value, size);
-        true
+        self.store(key, policy, value, size, epoch).is_some()
     }
 
     /// Replaces the value under `key` and keeps the entry's age, policy and tags: a value
@@ -455,8 +483,8 @@ impl Cache {
         self.inner.entries.insert(key, entry.clone());
         old.dead.store(true, Ordering::Release);
         let mut st = lock(&self.inner.state);
-        if self.inner.epoch.load(Ordering::Acquire) != epoch {
-            // An invalidation ran meanwhile; the patched value may predate it.
+        if st.invalidated_since(&entry.policy.tags, epoch) {
+            // Its tags were invalidated meanwhile; the patched value may predate that.
             entry.dead.store(true, Ordering::Release);
             return false;
         }
@@ -490,7 +518,15 @@ impl Cache {
         let mut dropped = Vec::new();
         {
             let mut st = lock(&self.inner.state);
-            self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+            let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            let now = Instant::now();
+            if st.invalidated.len() > INVALIDATED_KEPT {
+                st.invalidated
+                    .retain(|_, (_, at)| at.elapsed() < INVALIDATED_FOR);
+            }
+            for tag in tags {
+                st.invalidated.insert(tag.clone(), (epoch, now));
+            }
             for tag in tags {
                 if let Some(keys) = st.tags.remove(tag) {
                     for (key, entry) in keys {
@@ -758,7 +794,7 @@ mod tests {
     fn stored(cache: &Cache, k: &str, v: i64) -> Stamp {
         let p = policy(60, 0, &["t"]).expect("policy");
         cache
-            .store(key(k), p, Arc::new(Value::from(v)), 1)
+            .store(key(k), p, Arc::new(Value::from(v)), 1, cache.epoch())
             .expect("stored")
     }
 
@@ -796,5 +832,39 @@ mod tests {
             cache.peek(&key("a")).is_none(),
             "nothing from before the invalidation survives it"
         );
+    }
+
+    #[test]
+    fn a_value_fetched_across_an_invalidation_of_its_tags_is_not_stored() {
+        let cache = Cache::new(1 << 20);
+        let p = || policy(60, 0, &["t"]).expect("policy");
+        let before = cache.epoch(); // a batch or poll starts fetching
+        cache.invalidate(&[Tag::from("other")]);
+        assert!(
+            cache
+                .store(key("a"), p(), Arc::new(Value::from(1)), 1, before)
+                .is_some(),
+            "another tag's invalidation does not matter"
+        );
+        let before = cache.epoch();
+        cache.invalidate(&[Tag::from("t")]); // lands while the fetch is on its way
+        assert!(cache
+            .store(key("b"), p(), Arc::new(Value::from(1)), 1, before)
+            .is_none());
+        assert!(cache.peek(&key("b")).is_none());
+        assert!(cache
+            .store(key("b"), p(), Arc::new(Value::from(2)), 1, cache.epoch())
+            .is_some());
+    }
+
+    #[test]
+    fn a_patch_is_kept_across_an_invalidation_of_other_tags() {
+        let cache = Cache::new(1 << 20);
+        let stamp = stored(&cache, "a", 1);
+        let kept = cache.patch_between(key("a"), &stamp, Arc::new(Value::from(2)), || {
+            cache.invalidate(&[Tag::from("other")]);
+        });
+        assert!(kept);
+        assert_eq!(*cache.peek(&key("a")).expect("fresh").0, Value::from(2));
     }
 }

@@ -225,7 +225,7 @@ impl Hub {
                 }
                 let (hub, root, flag) = (hub.clone(), root.clone(), refetching.clone());
                 tokio::spawn(async move {
-                    let started = tokio::time::Instant::now();
+                    let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
                     match (root.fetch)().await {
                         Ok((value, size)) => {
                             if hub.cache.store_fetched(
@@ -234,6 +234,7 @@ impl Hub {
                                 Arc::new(value),
                                 size,
                                 started,
+                                epoch,
                             ) {
                                 hub.changed(&[root.key]);
                             }
@@ -326,7 +327,7 @@ impl Hub {
                     tracing::debug!(key = ?root.key, "poller stopped");
                     return;
                 }
-                let started = tokio::time::Instant::now();
+                let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
                 match (root.fetch)().await {
                     Ok((value, size)) => {
                         if last.as_deref() != Some(&value) {
@@ -337,6 +338,7 @@ impl Hub {
                                 value.clone(),
                                 size,
                                 started,
+                                epoch,
                             ) {
                                 last = Some(value);
                                 hub.changed(&[root.key]);

@@ -294,6 +294,7 @@ async fn batched(
         return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
     }
     rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
+    let epoch = rt.cache.epoch();
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
     let group = request::batch_group(&base, headers);
     let spec = batch::BatchSpec {
@@ -316,7 +317,7 @@ async fn batched(
     shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
     let share = Arc::new(share);
     let stamp = match (item_key, policy) {
-        (Some(key), Some(policy)) => rt.cache.store(key, policy, share.clone(), size),
+        (Some(key), Some(policy)) => rt.cache.store(key, policy, share.clone(), size, epoch),
         _ => None,
     };
     deps.add(dep, stamp.filter(|_| public));
