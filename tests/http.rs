@@ -239,6 +239,16 @@ async fn mutations_run_over_post() {
 }
 
 #[tokio::test]
+async fn an_operation_whose_fields_are_all_skipped_has_empty_data() {
+    let (up, gw) = setup().await;
+    let r = gw
+        .query(r#"query { thing(id: "1") @skip(if: true) { name } }"#)
+        .await;
+    assert_eq!(r, json!({"data": {}}));
+    assert!(up.requests().is_empty(), "a skipped field is not fetched");
+}
+
+#[tokio::test]
 async fn browsers_get_graphiql() {
     let (_up, gw) = setup().await;
     let res = gw

@@ -53,6 +53,11 @@ pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderM
 /// and no data, and the errors have no path), which per the GraphQL spec has no `data`.
 pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
     crate::resolve::tidy_errors(&mut response.errors);
+    if response.data == async_graphql::Value::Null && response.errors.is_empty() {
+        // The executor answers an operation whose every field was skipped with null; the
+        // spec's answer is an empty object.
+        response.data = async_graphql::Value::Object(Default::default());
+    }
     let request_error = response.data == async_graphql::Value::Null
         && !response.errors.is_empty()
         && response.errors.iter().all(|e| e.path.is_empty());
