@@ -19,6 +19,32 @@ type Query {
 type Subscription { fast: Thing @live }
 "#;
 
+/// A gateway on `up` with `options`: its address, its stop switch and its task.
+async fn start(
+    up: &Upstream,
+    options: livegate::Options,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), livegate::Error>>,
+) {
+    let plan = livegate::plan::load(
+        "s.graphql",
+        &SCHEMA.replace("{up}", &up.url()),
+        Vec::<(String, String)>::new(),
+    )
+    .expect("plan");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(livegate::run(listener, plan, options, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
 #[tokio::test]
 async fn in_flight_queries_finish_and_sse_streams_complete() {
     // The slow upstream answers only when told, and says when it has the request.
@@ -45,25 +71,7 @@ async fn in_flight_queries_finish_and_sse_streams_complete() {
             }),
         );
     let up = Upstream::start(app).await;
-    let plan = livegate::plan::load(
-        "s.graphql",
-        &SCHEMA.replace("{up}", &up.url()),
-        Vec::<(String, String)>::new(),
-    )
-    .expect("plan");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(livegate::run(
-        listener,
-        plan,
-        livegate::Options::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop, server) = start(&up, livegate::Options::default()).await;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/graphql");
 
@@ -121,24 +129,11 @@ async fn readiness_fails_first_during_the_shutdown_delay() {
     let up =
         Upstream::start(Router::new().route("/fast", get(|| async { Json(json!({"id": "f"})) })))
             .await;
-    let plan = livegate::plan::load(
-        "s.graphql",
-        &SCHEMA.replace("{up}", &up.url()),
-        Vec::<(String, String)>::new(),
-    )
-    .expect("plan");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
     let options = livegate::Options {
         shutdown_delay: std::time::Duration::from_millis(1500),
         ..Default::default()
     };
-    let server = tokio::spawn(livegate::run(listener, plan, options, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, server) = start(&up, options).await;
     let client = reqwest::Client::new();
     let ready = format!("http://{addr}/readyz");
     let status = client.get(&ready).send().await.expect("readyz").status();

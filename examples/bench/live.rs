@@ -205,6 +205,36 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Starts the `livegate` binary on `schema` on a free port (with the webhook token `bench`
+/// when asked); its address and process.
+fn gateway(
+    livegate: &Path,
+    schema: &Path,
+    work: &Path,
+    webhook: bool,
+) -> Result<(String, crate::Proc)> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        livegate.to_string_lossy().to_string(),
+        "--schema".into(),
+        schema.to_string_lossy().to_string(),
+        "--listen".into(),
+        listen.clone(),
+        // Every bench client connects from 127.0.0.1: lift the per-IP defaults.
+        "--max-connections-per-ip".into(),
+        "100000".into(),
+        "--max-tcp-connections-per-ip".into(),
+        "100000".into(),
+    ];
+    if webhook {
+        args.extend(["--webhook-token".into(), "bench".into()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = start("livegate", &args, port, work)?;
+    Ok((listen, server))
+}
+
 /// Runs both measurements; returns Markdown.
 pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     // The clients share core 1 with nothing else.
@@ -239,23 +269,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 
     // Memory: 1,000 idle connections, then 10 live subscriptions on each.
     {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let args = [
-            &*livegate.to_string_lossy(),
-            "--schema",
-            &*schema.to_string_lossy(),
-            "--listen",
-            &listen,
-            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
-            "--max-connections-per-ip",
-            "100000",
-            "--max-tcp-connections-per-ip",
-            "100000",
-            "--webhook-token",
-            "bench",
-        ];
-        let gw = start("livegate", &args, port, work)?;
+        let (listen, gw) = gateway(livegate, &schema, work, true)?;
         let url = format!("ws://{listen}/graphql");
         crate::graphql(&format!("http://{listen}/graphql"), "{ posts { id } }")?;
         let base = gw.rss_mib().unwrap_or(f64::NAN);
@@ -290,23 +304,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 
     // Latency: 1,000 subscribers (100 connections × 10), five rounds.
     {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let args = [
-            &*livegate.to_string_lossy(),
-            "--schema",
-            &*schema.to_string_lossy(),
-            "--listen",
-            &listen,
-            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
-            "--max-connections-per-ip",
-            "100000",
-            "--max-tcp-connections-per-ip",
-            "100000",
-            "--webhook-token",
-            "bench",
-        ];
-        let _gw = start("livegate", &args, port, work)?;
+        let (listen, _gw) = gateway(livegate, &schema, work, true)?;
         let url = format!("ws://{listen}/graphql");
         let rounds = rt.block_on(async {
             let fleet = connect(&url, 100).await?;
@@ -340,21 +338,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     // Upstream socket message → push, for @updates live queries and @stream events, with
     // 1,000 and 10,000 subscribers: 3 rounds each, on one gateway.
     {
-        let port = free_port()?;
-        let listen = format!("127.0.0.1:{port}");
-        let args = [
-            &*livegate.to_string_lossy(),
-            "--schema",
-            &*schema.to_string_lossy(),
-            "--listen",
-            &listen,
-            // Every bench client connects from 127.0.0.1: lift the per-IP default (1,000).
-            "--max-connections-per-ip",
-            "100000",
-            "--max-tcp-connections-per-ip",
-            "100000",
-        ];
-        let _gw = start("livegate", &args, port, work)?;
+        let (listen, _gw) = gateway(livegate, &schema, work, false)?;
         let url = format!("ws://{listen}/graphql");
         let before = socket_counts(up_url)?;
         out.push_str("\n| upstream socket message → push | subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|---:|\n");
