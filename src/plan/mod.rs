@@ -390,18 +390,23 @@ fn upstreams(
     out
 }
 
-fn static_header(
-    h: &config::Header,
-    errors: &mut Errors,
-) -> Option<(http::HeaderName, http::HeaderValue)> {
-    let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
+/// A header's name, or an error at its position.
+pub(crate) fn header_name(h: &config::Header, errors: &mut Errors) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(h.name.node.as_bytes())
         .map_err(|_| {
             errors.push(
                 h.name.pos,
                 format!("{:?} is not a valid header name", h.name.node),
             )
         })
-        .ok()?;
+        .ok()
+}
+
+fn static_header(
+    h: &config::Header,
+    errors: &mut Errors,
+) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let name = header_name(h, errors)?;
     let value = http::HeaderValue::from_str(&h.value.node)
         .map_err(|_| {
             errors.push(

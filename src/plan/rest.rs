@@ -75,14 +75,7 @@ pub(super) fn plan(
         .headers
         .iter()
         .filter_map(|h| {
-            let name = http::HeaderName::from_bytes(h.name.node.as_bytes())
-                .map_err(|_| {
-                    errors.push(
-                        h.name.pos,
-                        format!("{:?} is not a valid header name", h.name.node),
-                    )
-                })
-                .ok()?;
+            let name = super::header_name(h, errors)?;
             Some((name, template(&h.value, args, ctx, true, errors)?))
         })
         .collect();
