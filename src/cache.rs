@@ -161,6 +161,10 @@ struct Inner {
     next_flight: AtomicU64,
     /// Bumped (under the state lock) by every invalidation; see [`Cache::epoch`].
     epoch: AtomicU64,
+    /// Bumped (under the state lock) each time a flight retires, which is after its value
+    /// was stored: a load that missed, then finds no flight, knows by this whether one
+    /// finished in between (and its value is now stored) or whether to start one.
+    retired: AtomicU64,
 }
 
 /// How a [`Cache::load`] was answered; the metrics issue counts these.
@@ -239,6 +243,7 @@ impl Cache {
                 state,
                 next_flight: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
+                retired: AtomicU64::new(0),
             }),
         }
     }
@@ -251,30 +256,46 @@ impl Cache {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
     {
-        if policy.as_ref().is_some_and(Policy::stores) {
-            if let Some(e) = self.inner.entries.get(&key) {
-                if !e.dead.load(Ordering::Acquire) {
-                    let age = e.stored.elapsed();
-                    if age < e.policy.max_age {
-                        return Loaded {
-                            value: Ok(e.value.clone()),
-                            outcome: Outcome::Hit,
-                            stamp: Some(Stamp(Arc::downgrade(&e))),
-                        };
-                    }
-                    if age < e.policy.max_age + e.policy.swr {
-                        // Start (or join) the refresh, and do not wait for it.
-                        drop(self.flight(key, policy, fetch));
-                        return Loaded {
-                            value: Ok(e.value.clone()),
-                            outcome: Outcome::Stale,
-                            stamp: None,
-                        };
+        let mut seen = self.inner.retired.load(Ordering::Acquire);
+        let shared = loop {
+            if policy.as_ref().is_some_and(Policy::stores) {
+                if let Some(e) = self.inner.entries.get(&key) {
+                    if !e.dead.load(Ordering::Acquire) {
+                        let age = e.stored.elapsed();
+                        if age < e.policy.max_age {
+                            return Loaded {
+                                value: Ok(e.value.clone()),
+                                outcome: Outcome::Hit,
+                                stamp: Some(Stamp(Arc::downgrade(&e))),
+                            };
+                        }
+                        if age < e.policy.max_age + e.policy.swr {
+                            // Start (or join) the refresh, and do not wait for it.
+                            drop(self.flight(key, policy, fetch));
+                            return Loaded {
+                                value: Ok(e.value.clone()),
+                                outcome: Outcome::Stale,
+                                stamp: None,
+                            };
+                        }
                     }
                 }
             }
-        }
-        match self.flight(key, policy, fetch).await {
+            // Not stored (moka is never called under our lock, so the check above ran
+            // without it). Join the flight for `key`; if there is none but one retired
+            // since the check, its value was stored after the check: look again.
+            let mut st = lock(&self.inner.state);
+            if let Some(f) = st.flights.get(&key) {
+                break f.shared.clone();
+            }
+            let now = self.inner.retired.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                continue;
+            }
+            break self.start(&mut st, key, policy, fetch);
+        };
+        match shared.await {
             Ok((value, stamp)) => Loaded {
                 value: Ok(value),
                 outcome: Outcome::Miss,
@@ -297,6 +318,21 @@ impl Cache {
         if let Some(f) = st.flights.get(&key) {
             return f.shared.clone();
         }
+        self.start(&mut st, key, policy, fetch)
+    }
+
+    /// Starts the flight for `key` (the caller holds the lock and found none).
+    fn start<F, Fut>(
+        &self,
+        st: &mut State,
+        key: CacheKey,
+        policy: Option<Policy>,
+        fetch: F,
+    ) -> SharedFetch
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+    {
         let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
         let poisoned = Arc::new(AtomicBool::new(false));
         let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
@@ -508,6 +544,7 @@ impl Cache {
         let mut st = lock(&self.inner.state);
         if st.flights.get(&key).is_some_and(|f| f.id == id) {
             st.flights.remove(&key);
+            self.inner.retired.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -866,5 +903,34 @@ mod tests {
         });
         assert!(kept);
         assert_eq!(*cache.peek(&key("a")).expect("fresh").0, Value::from(2));
+    }
+
+    /// Loads racing a flight that finishes between their miss and their look for a
+    /// flight must not start a second fetch: many keys, many concurrent loads each.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flight_finishing_between_a_miss_and_the_lock_is_not_fetched_again() {
+        let cache = Cache::new(64 << 20);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let keys = 3000;
+        for k in 0..keys {
+            let loads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (cache, calls) = (cache.clone(), calls.clone());
+                    tokio::spawn(async move {
+                        let fetch = move || {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            async { Ok((Value::from(1), 1)) }.boxed()
+                        };
+                        cache
+                            .load(key(&k.to_string()), policy(60, 0, &[]), fetch)
+                            .await
+                    })
+                })
+                .collect();
+            for l in loads {
+                assert!(l.await.expect("task").value.is_ok());
+            }
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), keys, "one fetch per key");
     }
 }
