@@ -69,10 +69,16 @@ impl Cors {
         if self.any || self.origins.iter().any(|o| o == origin) {
             return true;
         }
-        // Same origin: the Origin's authority is the Host the browser connected to.
-        let host = headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok());
+        // Same origin: the Origin's authority is the Host the browser connected to, or,
+        // behind a proxy that rewrites Host, the X-Forwarded-Host it passes on (a page
+        // cannot set that header on its own WebSocket handshake).
+        let authority_of = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.split(',').next())
+                .map(str::trim)
+        };
         let authority = origin
             .to_str()
             .ok()
@@ -84,7 +90,13 @@ impl Cors {
                     None => host,
                 })
             });
-        matches!((host, authority), (Some(h), Some(a)) if h.eq_ignore_ascii_case(&a))
+        let Some(authority) = authority else {
+            return false;
+        };
+        ["host", "x-forwarded-host"]
+            .into_iter()
+            .filter_map(authority_of)
+            .any(|h| h.eq_ignore_ascii_case(&authority))
     }
 }
 
@@ -131,6 +143,12 @@ mod tests {
         let some = Cors::new(&["https://app.example.com".into()]).expect("cors");
         assert!(some.allows_socket(&headers(Some("https://app.example.com"), "gw:4000")));
         assert!(!some.allows_socket(&headers(Some("https://evil.example"), "gw:4000")));
+        let mut proxied = headers(Some("https://gw.example.com"), "127.0.0.1:4000");
+        proxied.insert("x-forwarded-host", "gw.example.com".parse().expect("h"));
+        assert!(
+            none.allows_socket(&proxied),
+            "same origin behind a Host-rewriting proxy"
+        );
         let any = Cors::new(&["*".into()]).expect("cors");
         assert!(any.allows_socket(&headers(Some("https://evil.example"), "gw:4000")));
     }
