@@ -10,8 +10,10 @@
 //!   so a client that goes away does not cancel it for the others (pingora's lookup
 //!   coalescing). Uncached fields get the same coalescing.
 //! - Tags index the live entries; [`Cache::invalidate`] marks every tagged entry dead and
-//!   poisons fetches in flight for those tags, so a value fetched before an invalidation
-//!   is never stored after it. Errors are never stored.
+//!   records the invalidation epoch of each tag. Every store (a flight's, a batch item's, a
+//!   poll's, a patch) carries the epoch its fetch started at and is refused when one of its
+//!   tags was invalidated since, so a value fetched before an invalidation is never stored
+//!   after it. Errors are never stored.
 
 use crate::upstream::UpstreamError;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -125,8 +127,6 @@ struct Flight {
     id: u64,
     shared: SharedFetch,
     tags: Vec<Tag>,
-    /// An invalidation hit this fetch's tags while it ran: do not store its value.
-    poisoned: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -334,13 +334,13 @@ impl Cache {
         Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
     {
         let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
-        let poisoned = Arc::new(AtomicBool::new(false));
+        // Read under the lock that invalidations bump it under.
+        let epoch = self.epoch();
         let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
         let this = self.clone();
-        let flag = poisoned.clone();
         let task = tokio::spawn(async move {
             let result = fetch().await;
-            this.finish(key, id, &flag, policy, result)
+            this.finish(key, id, epoch, policy, result)
         });
         let shared = async move {
             task.await.unwrap_or_else(|e| {
@@ -358,20 +358,19 @@ impl Cache {
                 id,
                 shared: shared.clone(),
                 tags,
-                poisoned,
             },
         );
         shared
     }
 
-    /// Stores a fetched value (unless an invalidation poisoned the fetch) and retires the
-    /// flight. The moka insert comes first, so there is no moment where a request finds
+    /// Stores a fetched value (unless its tags were invalidated after `epoch`, when the
+    /// fetch started) and retires the flight. The moka insert comes first, so there is no moment where a request finds
     /// neither the flight nor the entry and starts a second fetch.
     fn finish(
         &self,
         key: CacheKey,
         id: u64,
-        poisoned: &AtomicBool,
+        epoch: u64,
         policy: Option<Policy>,
         result: Result<(Value, usize), UpstreamError>,
     ) -> Fetched {
@@ -382,29 +381,24 @@ impl Cache {
                 return Err(e);
             }
         };
-        let stamp = match policy {
-            Some(policy) if !poisoned.load(Ordering::Acquire) => {
-                self.insert(key, policy, value.clone(), size, Some(poisoned), None)
-            }
-            _ => None,
-        };
+        let stamp = policy.and_then(|policy| self.insert(key, policy, value.clone(), size, epoch));
         self.retire(key, id);
         Ok((value, stamp))
     }
 
-    /// Stores `value` under `key` (when the policy stores at all) and indexes its tags.
-    /// The moka insert comes before the flight is retired, so there is no moment where a
-    /// request finds neither the flight nor the entry and starts a second fetch.
+    /// Stores `value`, fetched since `epoch` ([`Cache::epoch`]), under `key` (when the
+    /// policy stores at all and none of its tags was invalidated since) and indexes its
+    /// tags. The moka insert comes before the flight is retired, so there is no moment
+    /// where a request finds neither the flight nor the entry and starts a second fetch.
     fn insert(
         &self,
         key: CacheKey,
         policy: Policy,
         value: Arc<Value>,
         size: usize,
-        poisoned: Option<&AtomicBool>,
-        since: Option<u64>,
+        epoch: u64,
     ) -> Option<Stamp> {
-        if !policy.stores() {
+        if !policy.stores() || lock(&self.inner.state).invalidated_since(&policy.tags, epoch) {
             return None;
         }
         let entry = Arc::new(Entry {
@@ -423,9 +417,7 @@ impl Cache {
             old.dead.store(true, Ordering::Release);
         }
         let mut st = lock(&self.inner.state);
-        if poisoned.is_some_and(|p| p.load(Ordering::Acquire))
-            || since.is_some_and(|e| st.invalidated_since(&entry.policy.tags, e))
-        {
+        if st.invalidated_since(&entry.policy.tags, epoch) {
             // Invalidated between the check above and now: the value may predate it.
             entry.dead.store(true, Ordering::Release);
             return None;
@@ -456,7 +448,7 @@ impl Cache {
         size: usize,
         epoch: u64,
     ) -> Option<Stamp> {
-        self.insert(key, policy, value, size, None, Some(epoch))
+        self.insert(key, policy, value, size, epoch)
     }
 
     /// Stores a value fetched from `fetched_at` on, unless the entry already holds one
@@ -563,8 +555,6 @@ impl Cache {
             }
             for tag in tags {
                 st.invalidated.insert(tag.clone(), (epoch, now));
-            }
-            for tag in tags {
                 if let Some(keys) = st.tags.remove(tag) {
                     for (key, entry) in keys {
                         if let Some(entry) = entry.upgrade() {
@@ -575,13 +565,10 @@ impl Cache {
                     }
                 }
             }
-            st.flights.retain(|_, f| {
-                let hit = f.tags.iter().any(|t| tags.contains(t));
-                if hit {
-                    f.poisoned.store(true, Ordering::Release);
-                }
-                !hit
-            });
+            // Fetches in flight for these tags will not be stored (their epoch predates
+            // this one); new loads must not join them.
+            st.flights
+                .retain(|_, f| !f.tags.iter().any(|t| tags.contains(t)));
         }
         for key in &dropped {
             self.inner.entries.invalidate(key);
