@@ -35,8 +35,8 @@ pub struct Metrics {
     pub invalidations: IntCounterVec,
     /// Cache entries dropped (or live entries woken) by invalidations.
     pub invalidated_entries: IntCounter,
-    /// Requests refused, by reason: `limit`, `auth`, `malformed`.
-    pub rejected: IntCounterVec,
+    /// Requests refused, by reason: `limit`, `auth`, `malformed` (see [`Metrics::reject`]).
+    rejected: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -184,6 +184,26 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Why a request was refused: the `reason` of `livegate_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    Limit,
+    Auth,
+    Malformed,
+}
+
+impl Metrics {
+    /// Counts one refused request.
+    pub fn reject(&self, why: Rejection) {
+        let reason = match why {
+            Rejection::Limit => "limit",
+            Rejection::Auth => "auth",
+            Rejection::Malformed => "malformed",
+        };
+        self.rejected.with_label_values(&[reason]).inc();
     }
 }
 

@@ -85,9 +85,7 @@ pub async fn execute(
         state
             .runtime
             .metrics
-            .rejected
-            .with_label_values(&["limit"])
-            .inc();
+            .reject(crate::metrics::Rejection::Limit);
         let body = Bytes::from(
             json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]})
                 .to_string(),

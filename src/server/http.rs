@@ -144,9 +144,7 @@ pub(super) fn admit(
             state
                 .runtime
                 .metrics
-                .rejected
-                .with_label_values(&["limit"])
-                .inc();
+                .reject(crate::metrics::Rejection::Limit);
             Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
         })
 }
@@ -172,9 +170,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
             state
                 .runtime
                 .metrics
-                .rejected
-                .with_label_values(&["auth"])
-                .inc();
+                .reject(crate::metrics::Rejection::Auth);
             return (
                 StatusCode::FORBIDDEN,
                 axum::Json(json!({"errors": [{"message": "this Origin may not open a WebSocket here: allow it with --cors-origin", "extensions": {"code": "FORBIDDEN_ORIGIN"}}]})),

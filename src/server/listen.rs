@@ -58,7 +58,7 @@ pub async fn serve(
         let admitted = match open.admit(peer.ip(), limits.tcp()) {
             Ok(a) => a,
             Err(why) => {
-                metrics.rejected.with_label_values(&["limit"]).inc();
+                metrics.reject(crate::metrics::Rejection::Limit);
                 tracing::warn!(%peer, reason = %why, "connection refused");
                 tokio::spawn(refuse(stream, why));
                 continue;

@@ -59,18 +59,14 @@ async fn observe(
     let graphql = req.uri().path() == "/graphql";
     let span = tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path());
     let res = next.run(req).instrument(span).await;
+    use crate::metrics::Rejection;
     let reason = match res.status().as_u16() {
-        413 => Some("limit"),
-        400 | 405 | 406 | 415 => Some("malformed"),
+        413 => Some(Rejection::Limit),
+        400 | 405 | 406 | 415 => Some(Rejection::Malformed),
         _ => None,
     };
     if let (true, Some(reason)) = (graphql, reason) {
-        state
-            .runtime
-            .metrics
-            .rejected
-            .with_label_values(&[reason])
-            .inc();
+        state.runtime.metrics.reject(reason);
     }
     res
 }

@@ -86,9 +86,7 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
             state
                 .runtime
                 .metrics
-                .rejected
-                .with_label_values(&["limit"])
-                .inc();
+                .reject(crate::metrics::Rejection::Limit);
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {} bytes", options.max_body),
@@ -97,7 +95,7 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
     };
     let metrics = &state.runtime.metrics;
     if !authorised(options, &parts.headers, &body) {
-        metrics.rejected.with_label_values(&["auth"]).inc();
+        metrics.reject(crate::metrics::Rejection::Auth);
         return error(StatusCode::UNAUTHORIZED, format!("missing or wrong credentials: sign the body ({SIGNATURE_HEADER}: sha256=<hex>) or send Authorization: Bearer <token>"));
     }
     let tags: Vec<String> = match serde_json::from_slice::<Value>(&body) {
@@ -107,19 +105,19 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
                 .filter_map(|t| t.as_str().map(str::to_string))
                 .collect(),
             _ => {
-                metrics.rejected.with_label_values(&["malformed"]).inc();
+                metrics.reject(crate::metrics::Rejection::Malformed);
                 return error(StatusCode::BAD_REQUEST, "`tags` must be a list of strings");
             }
         },
         Ok(_) => {
-            metrics.rejected.with_label_values(&["malformed"]).inc();
+            metrics.reject(crate::metrics::Rejection::Malformed);
             return error(
                 StatusCode::BAD_REQUEST,
                 "the body must be a JSON object like {\"tags\": [\"…\"]}",
             );
         }
         Err(e) => {
-            metrics.rejected.with_label_values(&["malformed"]).inc();
+            metrics.reject(crate::metrics::Rejection::Malformed);
             return error(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not JSON: {e}"),

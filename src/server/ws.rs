@@ -210,7 +210,7 @@ impl Connection {
                         Some(Err(e)) => {
                             // tungstenite refuses a frame over `--max-request-body` this way.
                             if e.to_string().contains("too long") {
-                                self.state.runtime.metrics.rejected.with_label_values(&["limit"]).inc();
+                                self.state.runtime.metrics.reject(crate::metrics::Rejection::Limit);
                                 self.tx.close(1009, "message too big (--max-request-body)").await;
                             }
                             return;
@@ -366,9 +366,7 @@ impl Connection {
         self.state
             .runtime
             .metrics
-            .rejected
-            .with_label_values(&["limit"])
-            .inc();
+            .reject(crate::metrics::Rejection::Limit);
         Some(why)
     }
 
