@@ -67,9 +67,7 @@ pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
         serde_json::to_vec(&*response)
     };
     let body = Bytes::from(encoded.unwrap_or_else(|e| {
-        json!({"errors": [{"message": format!("the response could not be encoded: {e}")}]})
-            .to_string()
-            .into_bytes()
+        super::error_body(&format!("the response could not be encoded: {e}"), None).into_bytes()
     }));
     (body, request_error)
 }
@@ -86,10 +84,7 @@ pub async fn execute(
             .runtime
             .metrics
             .reject(crate::metrics::Rejection::Limit);
-        let body = Bytes::from(
-            json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]})
-                .to_string(),
-        );
+        let body = Bytes::from(super::error_body(&why, Some("LIMIT_EXCEEDED")));
         return Executed {
             body,
             request_error: true,

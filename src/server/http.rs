@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
@@ -84,8 +84,8 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// An HTTP-level refusal: the request never reached GraphQL.
 fn refuse(status: StatusCode, media: Option<Media>, message: impl Into<String>) -> Response {
     let media = media.unwrap_or(Media::Json);
-    let body = json!({ "errors": [{ "message": message.into() }] });
-    let mut res = (status, body.to_string()).into_response();
+    let body = super::error_body(&message.into(), None);
+    let mut res = (status, body).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());
     res
@@ -171,9 +171,11 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 .runtime
                 .metrics
                 .reject(crate::metrics::Rejection::Auth);
+            let why = "this Origin may not open a WebSocket here: allow it with --cors-origin";
             return (
                 StatusCode::FORBIDDEN,
-                axum::Json(json!({"errors": [{"message": "this Origin may not open a WebSocket here: allow it with --cors-origin", "extensions": {"code": "FORBIDDEN_ORIGIN"}}]})),
+                [(header::CONTENT_TYPE, JSON)],
+                super::error_body(why, Some("FORBIDDEN_ORIGIN")),
             )
                 .into_response();
         }

@@ -93,9 +93,7 @@ pub async fn serve(
 /// Answers a connection over a limit with a `503` (before reading anything: a client
 /// that sent a request reads it as the response) and closes it.
 async fn refuse(mut stream: TcpStream, why: String) {
-    let body =
-        serde_json::json!({"errors": [{"message": why, "extensions": {"code": "LIMIT_EXCEEDED"}}]})
-            .to_string();
+    let body = super::error_body(&why, Some("LIMIT_EXCEEDED"));
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()

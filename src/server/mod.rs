@@ -44,6 +44,15 @@ pub struct AppState {
     pub sockets: tokio_util::task::TaskTracker,
 }
 
+/// A GraphQL response body with one error: `message`, and `extensions.code` if given.
+pub(crate) fn error_body(message: &str, code: Option<&str>) -> String {
+    let mut error = serde_json::json!({ "message": message });
+    if let Some(code) = code {
+        error["extensions"] = serde_json::json!({ "code": code });
+    }
+    serde_json::json!({ "errors": [error] }).to_string()
+}
+
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Every log line of a request's work carries its id (and WebSockets their connection id);

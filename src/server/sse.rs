@@ -12,7 +12,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use serde_json::json;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ pub async fn respond(
 ) -> Response {
     let events: BoxStream<'static, Bytes> = match live::prepare(&state, req) {
         Err(message) => {
-            let body = json!({"errors": [{"message": message}]}).to_string();
+            let body = super::error_body(&message, None);
             stream::iter([next(body.as_bytes()), Bytes::from_static(COMPLETE)]).boxed()
         }
         Ok(Prepared::Once(req)) => {
