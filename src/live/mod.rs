@@ -232,8 +232,8 @@ pub fn events(
         .execute_stream(request)
         .map(move |mut response| {
             let _alive = &active;
-            crate::resolve::nulls::propagate(&plan, &query, operation.as_deref(), &mut response);
-            let (body, request_error) = crate::server::execute::encode(&mut response);
+            let (body, request_error) =
+                crate::server::execute::encode(&plan, &query, operation.as_deref(), &mut response);
             Frame {
                 body,
                 request_error,

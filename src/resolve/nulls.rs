@@ -106,35 +106,22 @@ fn fields_named<'d>(
         return;
     }
     for item in &set.items {
-        match &item.node {
+        let inner = match &item.node {
             Selection::Field(f) => {
                 if f.node.response_key().node.as_str() == key {
                     *name = Some(&f.node.name.node);
                     found.push(&f.node.selection_set.node);
                 }
+                continue;
             }
-            Selection::InlineFragment(frag) => {
-                fields_named(
-                    doc,
-                    &frag.node.selection_set.node,
-                    key,
-                    name,
-                    found,
-                    depth + 1,
-                );
-            }
-            Selection::FragmentSpread(spread) => {
-                if let Some(frag) = doc.fragments.get(&spread.node.fragment_name.node) {
-                    fields_named(
-                        doc,
-                        &frag.node.selection_set.node,
-                        key,
-                        name,
-                        found,
-                        depth + 1,
-                    );
-                }
-            }
+            Selection::InlineFragment(frag) => Some(&frag.node.selection_set.node),
+            Selection::FragmentSpread(spread) => doc
+                .fragments
+                .get(&spread.node.fragment_name.node)
+                .map(|frag| &frag.node.selection_set.node),
+        };
+        if let Some(inner) = inner {
+            fields_named(doc, inner, key, name, found, depth + 1);
         }
     }
 }

@@ -49,9 +49,17 @@ pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderM
     }
 }
 
-/// Serialises a response; `true` when it is a request error (parse or validation: errors
-/// and no data, and the errors have no path), which per the GraphQL spec has no `data`.
-pub fn encode(response: &mut async_graphql::Response) -> (Bytes, bool) {
+/// Completes (null propagation, see [`crate::resolve::nulls`]) and serialises the
+/// response to `query` (`operation` of it); `true` when it is a request error (parse or
+/// validation: errors and no data, and the errors have no path), which per the GraphQL
+/// spec has no `data`.
+pub fn encode(
+    plan: &crate::plan::Plan,
+    query: &str,
+    operation: Option<&str>,
+    response: &mut async_graphql::Response,
+) -> (Bytes, bool) {
+    crate::resolve::nulls::propagate(plan, query, operation, response);
     crate::resolve::tidy_errors(&mut response.errors);
     if response.data == async_graphql::Value::Null && response.errors.is_empty() {
         // The executor answers an operation whose every field was skipped with null; the
@@ -95,13 +103,12 @@ pub async fn execute(
     let (query, operation) = (req.query.clone(), req.operation_name.clone());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;
-    crate::resolve::nulls::propagate(
+    let (body, request_error) = encode(
         &state.runtime.plan,
         &query,
         operation.as_deref(),
         &mut response,
     );
-    let (body, request_error) = encode(&mut response);
     let gathered = deps.take();
     if let Some(key) = key {
         if response.errors.is_empty() {
