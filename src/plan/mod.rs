@@ -436,6 +436,17 @@ struct FieldCtx<'a> {
     fields: &'a [FieldConfig],
 }
 
+impl<'a> FieldCtx<'a> {
+    /// The fields of the object type `name` as written, if it is one.
+    fn object_fields(&self, name: &str) -> Option<&'a [FieldConfig]> {
+        let t = self.config.types.iter().find(|t| t.name.node == name)?;
+        match &t.kind {
+            TypeConfigKind::Object { fields } => Some(fields),
+            _ => None,
+        }
+    }
+}
+
 /// The `@upstream` a directive names, or the error that it names none. An upstream that
 /// is declared but failed (a bad URL, say) has its own error already: no second one.
 fn upstream(
@@ -619,14 +630,8 @@ fn live_field(
         return None;
     };
     let twin = ctx
-        .config
-        .types
-        .iter()
-        .find(|t| t.name.node == query)
-        .and_then(|t| match &t.kind {
-            TypeConfigKind::Object { fields } => fields.iter().find(|q| q.name.node == f.name.node),
-            _ => None,
-        });
+        .object_fields(query)
+        .and_then(|fields| fields.iter().find(|q| q.name.node == f.name.node));
     let Some(twin) = twin else {
         errors.push(
             live.pos,

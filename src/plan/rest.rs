@@ -2,7 +2,7 @@
 //! the field's arguments and the parent type's fields, batching checked for sense.
 
 use super::{ArgPlan, CachePlan, FieldCtx, Role, UpstreamPlan};
-use crate::config::{Errors, FieldConfig, HttpMethod, RestDirective, TypeConfigKind};
+use crate::config::{Errors, FieldConfig, HttpMethod, RestDirective};
 use crate::template::{Root, Template, Var};
 use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
@@ -164,15 +164,7 @@ fn batch(
         );
     }
     let item_type = f.ty.node.base_name();
-    let item_fields = ctx
-        .config
-        .types
-        .iter()
-        .find(|t| t.name.node == item_type)
-        .and_then(|t| match &t.kind {
-            TypeConfigKind::Object { fields } => Some(fields),
-            _ => None,
-        });
+    let item_fields = ctx.object_fields(item_type);
     match item_fields {
         Some(fields) if fields.iter().any(|x| x.name.node == key.node) => {}
         Some(_) => {
@@ -304,16 +296,7 @@ fn check_var(
                     ));
                 }
                 type_name = f.ty.node.base_name().to_string();
-                fields = match ctx
-                    .config
-                    .types
-                    .iter()
-                    .find(|t| t.name.node == type_name)
-                    .map(|t| &t.kind)
-                {
-                    Some(TypeConfigKind::Object { fields }) => fields,
-                    _ => &[],
-                };
+                fields = ctx.object_fields(&type_name).unwrap_or(&[]);
             }
             Ok(())
         }

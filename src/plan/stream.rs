@@ -131,16 +131,8 @@ pub(super) fn updates(
     if let Some(k) = &u.node.key {
         let item = f.ty.node.base_name();
         let has = ctx
-            .config
-            .types
-            .iter()
-            .find(|t| t.name.node == item)
-            .is_some_and(|t| match &t.kind {
-                crate::config::TypeConfigKind::Object { fields } => {
-                    fields.iter().any(|x| x.name.node == k.node)
-                }
-                _ => false,
-            });
+            .object_fields(item)
+            .is_some_and(|fields| fields.iter().any(|x| x.name.node == k.node));
         if !has {
             errors.push(
                 k.pos,
