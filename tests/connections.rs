@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Gateway;
+use common::{sample, Gateway};
 use futures_util::{SinkExt, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -16,14 +16,6 @@ const SCHEMA: &str = r#"
 extend schema @upstream(name: "api", url: "http://127.0.0.1:9")
 type Query { hello: String @rest(upstream: "api", path: "/hello") }
 "#;
-
-fn addr_of(gw: &Gateway) -> SocketAddr {
-    let url = gw.url();
-    let host = url
-        .trim_start_matches("http://")
-        .trim_end_matches("/graphql");
-    host.parse().expect("gateway address")
-}
 
 /// A connection to the gateway from `source` (any 127.x address is loopback on Linux).
 async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
@@ -105,25 +97,12 @@ async fn until_closed(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&got).to_string()
 }
 
-/// The value of `series` on a Prometheus page (0 when absent).
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn tcp_connections_per_ip_over_the_limit_get_503_and_others_are_unaffected() {
     let mut options = livegate::Options::default();
     options.connection_limits.max_tcp_connections_per_ip = 2;
     let gw = Gateway::start(SCHEMA, options).await;
-    let to = addr_of(&gw);
+    let to = gw.addr;
     let local = Ipv4Addr::new(127, 0, 0, 1);
     // One WebSocket (its TCP connection stays counted after the upgrade) and one
     // keep-alive HTTP connection, both answered.
@@ -189,7 +168,7 @@ async fn slow_headers_and_idle_keep_alive_connections_are_cut_off() {
     let mut options = livegate::Options::default();
     options.connection_limits.header_timeout = Duration::from_millis(200);
     let gw = Gateway::start(SCHEMA, options).await;
-    let to = addr_of(&gw);
+    let to = gw.addr;
     let local = Ipv4Addr::new(127, 0, 0, 1);
 
     // Half a request, then nothing: the gateway closes the connection.

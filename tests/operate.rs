@@ -4,7 +4,7 @@ mod common;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{Gateway, Upstream};
+use common::{sample, Gateway, Upstream};
 use serde_json::json;
 
 const SCHEMA: &str = r#"
@@ -16,17 +16,6 @@ type Query {
 }
 type Mutation { touch: Thing @rest(upstream: "api", method: POST, path: "/thing") @invalidates(tags: ["thing"]) }
 "#;
-
-/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
-fn sample(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {

@@ -152,3 +152,14 @@ pub fn error_code(response: &Value) -> Option<String> {
         .as_str()
         .map(str::to_string)
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent).
+pub fn sample(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
