@@ -408,17 +408,30 @@ impl Cache {
             size,
             dead: AtomicBool::new(false),
         });
+        let old = self.inner.entries.get(&key);
+        self.commit(key, entry, old, epoch)
+    }
+
+    /// Puts `entry` under `key` in place of `old`, then indexes its tags — unless one of
+    /// them was invalidated after `epoch`, when its value may predate that: then it is dead
+    /// at once and `None`. Not under our lock: moka may call the eviction listener, which
+    /// takes it.
+    fn commit(
+        &self,
+        key: CacheKey,
+        entry: Arc<Entry>,
+        old: Option<Arc<Entry>>,
+        epoch: u64,
+    ) -> Option<Stamp> {
         // The new value goes in before the old one is marked dead: a reader between the two
         // finds one or the other, never a miss (which would fetch again). A response built
         // from the old value stops being reused right after.
-        let old = self.inner.entries.get(&key);
         self.inner.entries.insert(key, entry.clone());
         if let Some(old) = old {
             old.dead.store(true, Ordering::Release);
         }
         let mut st = lock(&self.inner.state);
         if st.invalidated_since(&entry.policy.tags, epoch) {
-            // Invalidated between the check above and now: the value may predate it.
             entry.dead.store(true, Ordering::Release);
             return None;
         }
@@ -489,7 +502,7 @@ impl Cache {
         value: Arc<Value>,
         between: impl FnOnce(),
     ) -> bool {
-        let epoch = self.inner.epoch.load(Ordering::Acquire);
+        let epoch = self.epoch();
         let Some(old) = self.inner.entries.get(&key) else {
             return false;
         };
@@ -507,22 +520,7 @@ impl Cache {
             size: old.size,
             dead: AtomicBool::new(false),
         });
-        // Not under our lock: moka may call the eviction listener, which takes it.
-        self.inner.entries.insert(key, entry.clone());
-        old.dead.store(true, Ordering::Release);
-        let mut st = lock(&self.inner.state);
-        if st.invalidated_since(&entry.policy.tags, epoch) {
-            // Its tags were invalidated meanwhile; the patched value may predate that.
-            entry.dead.store(true, Ordering::Release);
-            return false;
-        }
-        for tag in &entry.policy.tags {
-            st.tags
-                .entry(tag.clone())
-                .or_default()
-                .insert(key, Arc::downgrade(&entry));
-        }
-        true
+        self.commit(key, entry, Some(old), epoch).is_some()
     }
 
     /// The fresh value under `key`, without fetching.
