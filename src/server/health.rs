@@ -14,7 +14,7 @@ pub async fn healthz() -> Response {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if *state.unready.borrow() || *state.shutdown.borrow() {
+    if *state.unready.borrow() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "reason": "shutting down"})),
