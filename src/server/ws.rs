@@ -62,11 +62,62 @@ impl Tx {
     }
 }
 
-/// Running operations of one socket, by id.
-type Ops = Arc<Mutex<HashMap<String, AbortHandle>>>;
+/// One running operation: its task, and the registration it was started under. An id
+/// can be reused as soon as its operation is stopped, so an old operation's task, ending
+/// late, must remove only its own registration, never a newer one under the same id.
+struct Running {
+    generation: u64,
+    task: AbortHandle,
+}
 
-fn lock(ops: &Ops) -> std::sync::MutexGuard<'_, HashMap<String, AbortHandle>> {
-    ops.lock().unwrap_or_else(|p| p.into_inner())
+/// Running operations of one socket, by id.
+#[derive(Clone, Default)]
+struct Ops(Arc<Mutex<OpsInner>>);
+
+#[derive(Default)]
+struct OpsInner {
+    by_id: HashMap<String, Running>,
+    next_generation: u64,
+}
+
+impl Ops {
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpsInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.lock().by_id.contains_key(id)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// Stops the operation registered under `id`, if any.
+    fn stop(&self, id: &str) {
+        if let Some(op) = self.lock().by_id.remove(id) {
+            op.task.abort();
+        }
+    }
+
+    /// Removes `id`'s registration if it is still the one of `generation`.
+    fn finished(&self, id: &str, generation: u64) {
+        let mut ops = self.lock();
+        if ops
+            .by_id
+            .get(id)
+            .is_some_and(|r| r.generation == generation)
+        {
+            ops.by_id.remove(id);
+        }
+    }
+
+    /// Stops every operation (the socket is closing).
+    fn stop_all(&self) {
+        for (_, op) in self.lock().by_id.drain() {
+            op.task.abort();
+        }
+    }
 }
 
 /// Serves one upgraded socket until it closes.
@@ -113,7 +164,8 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
         let _ = sink.close().await;
     });
     let tx = Tx(tx);
-    let ops: Ops = Arc::default();
+    let ops = Ops::default();
+    let closing = tokio_util::sync::CancellationToken::new();
     match protocol {
         None => {
             tx.close(
@@ -128,6 +180,7 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
                 state,
                 tx: tx.clone(),
                 ops: ops.clone(),
+                closing: closing.clone(),
                 headers,
                 protocol,
                 acked: false,
@@ -137,9 +190,10 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
             conn.read(&mut stream).await;
         }
     }
-    for (_, op) in lock(&ops).drain() {
-        op.abort();
-    }
+    // Every operation ends with the socket, whether or not it is still registered: an
+    // operation's task holds a sender of the writer, which would otherwise wait for it.
+    ops.stop_all();
+    closing.cancel();
     drop(tx);
     let _ = writer.await;
 }
@@ -148,6 +202,8 @@ struct Connection {
     state: AppState,
     tx: Tx,
     ops: Ops,
+    /// Cancelled when the socket closes: every operation task ends with it.
+    closing: tokio_util::sync::CancellationToken,
     /// The upgrade request's headers, plus those the `connection_init` payload gives.
     headers: HeaderMap,
     protocol: Protocol,
@@ -177,7 +233,7 @@ impl Connection {
         loop {
             tokio::select! {
                 _ = idle_check.tick() => {
-                    if !lock(&self.ops).is_empty() {
+                    if self.ops.len() > 0 {
                         last_activity = tokio::time::Instant::now();
                     } else if last_activity.elapsed() >= idle_timeout {
                         self.tx.close(1000, "idle: no operation and no message for the idle timeout").await;
@@ -265,7 +321,7 @@ impl Connection {
                     self.tx.close(4400, "Invalid message received: subscribe needs an id and a payload with a query").await;
                     return false;
                 };
-                if lock(&self.ops).contains_key(&id) {
+                if self.ops.contains(&id) {
                     self.tx
                         .close(4409, &format!("Subscriber for {id} already exists"))
                         .await;
@@ -282,9 +338,7 @@ impl Connection {
             }
             "complete" => match msg.id {
                 Some(id) => {
-                    if let Some(op) = lock(&self.ops).remove(&id) {
-                        op.abort();
-                    }
+                    self.ops.stop(&id);
                     true
                 }
                 None => {
@@ -329,9 +383,7 @@ impl Connection {
                     return self.tx.json(json!({"type": "error", "id": id, "payload": [{"message": "start needs a payload with a query"}]})).await;
                 };
                 // The legacy protocol restarts an id that is already running.
-                if let Some(op) = lock(&self.ops).remove(&id) {
-                    op.abort();
-                }
+                self.ops.stop(&id);
                 if let Some(refusal) = self.over_limit() {
                     return self.tx.json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]})).await;
                 }
@@ -339,8 +391,8 @@ impl Connection {
                 true
             }
             "stop" => {
-                if let Some(op) = msg.id.and_then(|id| lock(&self.ops).remove(&id)) {
-                    op.abort();
+                if let Some(id) = msg.id {
+                    self.ops.stop(&id);
                 }
                 true
             }
@@ -355,7 +407,7 @@ impl Connection {
     /// Why one more operation on this socket is refused, if it is.
     fn over_limit(&mut self) -> Option<String> {
         let max = self.state.limits.max_operations_per_connection;
-        let why = if lock(&self.ops).len() >= max {
+        let why = if self.ops.len() >= max {
             format!("too many operations on this connection: {max} at most (--max-operations-per-connection)")
         } else if !self.bucket.take() {
             let rate = self.state.limits.max_operations_per_second;
@@ -391,28 +443,46 @@ impl Connection {
         }
     }
 
-    /// Runs one operation in its own task, registered under `id` until it ends.
+    /// Runs one operation in its own task, registered under `id` until it ends (or the
+    /// socket closes).
     fn start(&self, id: String, req: async_graphql::Request) {
         let state = self.state.clone();
         let tx = self.tx.clone();
         let ops = self.ops.clone();
+        let closing = self.closing.clone();
         let headers = self.headers.clone();
         let protocol = self.protocol;
-        let mut registry = lock(&self.ops);
+        // Registered under the lock the task's own removal takes: the task cannot finish
+        // (and unregister) before it is registered.
+        let mut registry = self.ops.lock();
+        registry.next_generation += 1;
+        let generation = registry.next_generation;
         let task_id = id.clone();
         let span = tracing::info_span!("operation", id = %task_id);
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
-                // Unregister before announcing, so the id can be reused at once.
-                lock(&ops).remove(&task_id);
-                if completed {
-                    tx.json(json!({"id": task_id, "type": "complete"})).await;
+                let run = async {
+                    let completed = operation(&state, &tx, protocol, &task_id, req, headers).await;
+                    // Unregister before announcing, so the id can be reused at once.
+                    ops.finished(&task_id, generation);
+                    if completed {
+                        tx.json(json!({"id": task_id, "type": "complete"})).await;
+                    }
+                };
+                tokio::select! {
+                    () = run => {}
+                    () = closing.cancelled() => {}
                 }
             },
             span,
         ));
-        registry.insert(id, task.abort_handle());
+        registry.by_id.insert(
+            id,
+            Running {
+                generation,
+                task: task.abort_handle(),
+            },
+        );
     }
 }
 

@@ -1,0 +1,183 @@
+//! What a hostile client tried and must not achieve: leaving operations, sockets or
+//! pollers behind by reusing operation ids, among others (issue 8's probe).
+
+mod common;
+
+use common::{sample, Gateway, Upstream};
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the gateway in `protocol`, acknowledged.
+pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{to}/graphql")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .expect("send");
+    loop {
+        let msg = ws.next().await.expect("a message").expect("read");
+        if msg.to_text().expect("text").contains("connection_ack") {
+            return ws;
+        }
+    }
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    gw.client
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Waits (up to 10 s) until `done` holds for the metrics page; returns the last page.
+async fn metrics_until(gw: &Gateway, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = metrics(gw).await;
+        if done(&page) || tokio::time::Instant::now() > deadline {
+            return page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn slow_and_polled_upstream() -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                // Finishes around the time the client stops and restarts the id.
+                let jitter = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_micros() % 3000)
+                    .unwrap_or(0);
+                tokio::time::sleep(Duration::from_micros(u64::from(jitter))).await;
+                // Big enough that completing it takes a while after the upstream answered.
+                axum::Json(serde_json::json!(vec!["slow"; 5_000]))
+            }),
+        )
+        .route("/v", get(|| async { axum::Json(serde_json::json!("v")) }))
+}
+
+const SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Query {
+  slow: [String] @rest(upstream: "api", path: "/slow")
+  v: String @rest(upstream: "api", path: "/v") @cache(maxAge: 60)
+}
+type Subscription { v: String @live(pollMs: 20) }
+"#;
+
+/// Item 1: start `X` as a slow query, restart `X` as a live subscription, stop `X`, over
+/// and over on many sockets, then close them: nothing may be left — no subscription, no
+/// connection, no poller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reusing_operation_ids_leaves_nothing_behind_when_the_socket_closes() {
+    let up = Upstream::start(slow_and_polled_upstream()).await;
+    let options = livegate::Options {
+        live_grace: Duration::from_millis(50),
+        connection_limits: livegate::server::limits::Limits {
+            max_operations_per_second: 1_000_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let mut clients = Vec::new();
+    for n in 0..24 {
+        let addr = gw.addr;
+        clients.push(tokio::spawn(async move {
+            let legacy = n % 2 == 1;
+            let protocol = if legacy { "graphql-ws" } else { "graphql-transport-ws" };
+            let (start, stop) = if legacy {
+                ("start", "stop")
+            } else {
+                ("subscribe", "complete")
+            };
+            let ws = websocket(addr, protocol).await;
+            let (mut sink, mut stream) = ws.split();
+            // Read everything the gateway sends, so its writer never waits on us.
+            let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+            for i in 0..60u64 {
+                let msgs = [
+                    format!(r#"{{"type":"{start}","id":"X","payload":{{"query":"{{ slow }}"}}}}"#),
+                    format!(r#"{{"type":"{stop}","id":"X"}}"#),
+                    format!(r#"{{"type":"{start}","id":"X","payload":{{"query":"subscription {{ v }}"}}}}"#),
+                    format!(r#"{{"type":"{stop}","id":"X"}}"#),
+                ];
+                // Legacy restarts a running id without a stop in between, too.
+                let skip = if legacy && i % 3 == 0 { Some(1) } else { None };
+                for (k, m) in msgs.iter().enumerate() {
+                    if Some(k) == skip {
+                        continue;
+                    }
+                    if sink.send(Message::text(m.clone())).await.is_err() {
+                        return;
+                    }
+                    if k == 0 {
+                        tokio::time::sleep(Duration::from_micros(i * 50 % 3000)).await;
+                    }
+                }
+                // Leave the last one running now and then: closing must end it.
+                if i == 59 && n % 3 == 0 {
+                    let _ = sink
+                        .send(Message::text(format!(
+                            r#"{{"type":"{start}","id":"Y","payload":{{"query":"subscription {{ v }}"}}}}"#
+                        )))
+                        .await;
+                }
+            }
+            let _ = sink.close().await;
+            // A gateway that leaks the operation never closes its side: the assertions
+            // below say so, rather than this client waiting forever.
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }));
+    }
+    for c in clients {
+        c.await.expect("client");
+    }
+    let page = metrics_until(&gw, |p| {
+        sample(p, "livegate_subscriptions{kind=\"live\"}") == 0.0
+            && sample(p, "livegate_connections{transport=\"websocket\"}") == 0.0
+            && sample(p, "livegate_tcp_connections") <= 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(&page, "livegate_subscriptions{kind=\"live\"}"),
+        0.0,
+        "live subscriptions left behind"
+    );
+    assert_eq!(
+        sample(&page, "livegate_connections{transport=\"websocket\"}"),
+        0.0,
+        "WebSockets left open"
+    );
+    // Only the metrics request's own connection.
+    assert!(sample(&page, "livegate_tcp_connections") <= 1.0, "{page}");
+    // Pollers stop after the grace period: the upstream sees no more polls.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let polls = up.count_matching("GET /v");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        up.count_matching("GET /v"),
+        polls,
+        "a poller kept running after every socket closed"
+    );
+}
