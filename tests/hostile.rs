@@ -181,3 +181,193 @@ async fn reusing_operation_ids_leaves_nothing_behind_when_the_socket_closes() {
         "a poller kept running after every socket closed"
     );
 }
+
+const USERS: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type User { id: ID! name: String! friend: User @rest(upstream: "api", path: "/users/{parent.id}") }
+type Query { user(id: ID!): User @rest(upstream: "api", path: "/users/{args.id}") @cache(maxAge: 60) }
+type Subscription { user(id: ID!): User @live }
+"#;
+
+fn users_upstream() -> axum::Router {
+    use axum::extract::Path;
+    axum::Router::new().route(
+        "/users/{id}",
+        axum::routing::get(|Path(id): Path<String>| async move {
+            axum::Json(serde_json::json!({"id": id, "name": format!("user {id}")}))
+        }),
+    )
+}
+
+async fn users_gateway(
+    limits: livegate::server::limits::Limits,
+    max_depth: usize,
+) -> (Upstream, Gateway) {
+    let up = Upstream::start(users_upstream()).await;
+    let options = livegate::Options {
+        connection_limits: limits,
+        limits: livegate::schema::QueryLimits {
+            max_depth,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gw = Gateway::start(&USERS.replace("{up}", &up.url()), options).await;
+    (up, gw)
+}
+
+/// `n` aliased `user` fields.
+fn aliased_users(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("a{i}: user(id: \"{i}\") {{ id }}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Item 4: root fields, aliases and depth are counted through fragments.
+#[tokio::test]
+async fn field_limits_count_through_fragments() {
+    let limits = livegate::server::limits::Limits {
+        max_root_fields: 20,
+        max_aliases: 30,
+        ..Default::default()
+    };
+    let (up, gw) = users_gateway(limits, 4).await;
+    let refused = |r: &serde_json::Value, what: &str| {
+        assert_eq!(
+            common::error_code(r).as_deref(),
+            Some("LIMIT_EXCEEDED"),
+            "{what}: {r}"
+        );
+        assert!(r.get("data").is_none(), "{what}: {r}");
+    };
+    let named = format!("{{ ...R }} fragment R on Query {{ {} }}", aliased_users(25));
+    refused(&gw.query(&named).await, "root fields in a named fragment");
+    let inline = format!("{{ ... on Query {{ {} }} }}", aliased_users(25));
+    refused(
+        &gw.query(&inline).await,
+        "root fields in an inline fragment",
+    );
+    let nested = format!(
+        "{{ ...A }} fragment A on Query {{ ...B }} fragment B on Query {{ ... {{ {} }} }}",
+        aliased_users(21)
+    );
+    refused(&gw.query(&nested).await, "root fields two fragments deep");
+    // 10 aliases, spread four times under distinct parents: 40 aliases run.
+    let spread = format!(
+        "{{ a: user(id: \"1\") {{ ...F }} b: user(id: \"2\") {{ ...F }} c: user(id: \"3\") {{ ...F }} d: user(id: \"4\") {{ ...F }} }} fragment F on User {{ {} }}",
+        (0..10).map(|i| format!("n{i}: name")).collect::<Vec<_>>().join(" ")
+    );
+    refused(&gw.query(&spread).await, "aliases spread four times");
+    // Depth through fragments: user → friend → friend → friend → friend → id is 6 deep.
+    let deep = "{ user(id: \"1\") { ...F } } fragment F on User { friend { ... on User { friend { friend { friend { id } } } } } }";
+    let r = gw.query(deep).await;
+    assert!(
+        r.get("data").is_none() || r["data"].is_null(),
+        "depth through fragments: {r}"
+    );
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nested too deep"),
+        "{r}"
+    );
+    // Within every limit, fragments work.
+    let fine = format!("{{ ...R }} fragment R on Query {{ {} }}", aliased_users(20));
+    let r = gw.query(&fine).await;
+    assert_eq!(r["data"]["a19"]["id"], "19", "{r}");
+    assert!(up.count() >= 20);
+    // A subscription is held to the same limits.
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    let sub = format!(
+        r#"{{"type":"subscribe","id":"1","payload":{{"query":"subscription {{ ...S }} fragment S on Subscription {{ {} }}"}}}}"#,
+        (0..31)
+            .map(|i| format!("u{i}: user(id: \\\"1\\\") {{ id }}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    ws.send(Message::text(sub)).await.expect("send");
+    let reply = ws.next().await.expect("a reply").expect("read");
+    let reply: serde_json::Value =
+        serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert!(
+        reply["payload"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("--max-aliases"),
+        "{reply}"
+    );
+}
+
+/// Also: a required variable is coerced before anything runs, even one only a directive
+/// uses; validation errors are capped; a subscription written with bare CR line ends runs.
+#[tokio::test]
+async fn variables_are_coerced_first_errors_are_capped_and_any_line_end_works() {
+    let (_up, gw) = users_gateway(Default::default(), 32).await;
+    let res = gw
+        .client
+        .post(gw.url())
+        .json(&serde_json::json!({"query": "query Q($x: Boolean!) { user(id: \"1\") @include(if: $x) { id } }"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        res.status(),
+        400,
+        "a missing required variable is a request error"
+    );
+    let r: serde_json::Value = res.json().await.expect("JSON");
+    assert!(r.get("data").is_none(), "{r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("$x"),
+        "{r}"
+    );
+    let r = gw
+        .query_with(
+            "query Q($x: Boolean!) { user(id: \"1\") @include(if: $x) { id } }",
+            serde_json::json!({"x": null}),
+            &[],
+        )
+        .await;
+    assert!(r.get("data").is_none(), "null for a non-null variable: {r}");
+    let r = gw
+        .query_with(
+            "query Q($x: Boolean! = true) { user(id: \"1\") @include(if: $x) { id } }",
+            serde_json::json!({}),
+            &[],
+        )
+        .await;
+    assert_eq!(r["data"]["user"]["id"], "1", "a default stands in: {r}");
+
+    let unknown: String = (0..5_000).map(|i| format!("@d{i} ")).collect();
+    let r = gw
+        .query(&format!("{{ user(id: \"1\") {{ id {unknown} }} }}"))
+        .await;
+    let errors = r["errors"].as_array().unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(errors.len(), 101, "100 errors and one saying how many more");
+    assert!(
+        errors[100]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more"),
+        "{}",
+        errors[100]
+    );
+
+    for nl in ["\r", "\r\n", "\n"] {
+        let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+        let query = format!("# live{nl}subscription{nl}{{ user(id: \"7\") {{ name }} }}");
+        let msg = serde_json::json!({"type": "subscribe", "id": "1", "payload": {"query": query}});
+        ws.send(Message::text(msg.to_string())).await.expect("send");
+        let reply = ws.next().await.expect("a reply").expect("read");
+        let reply: serde_json::Value =
+            serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
+        assert_eq!(reply["type"], "next", "line end {nl:?}: {reply}");
+        assert_eq!(reply["payload"]["data"]["user"]["name"], "user 7");
+    }
+}

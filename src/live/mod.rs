@@ -41,6 +41,13 @@ pub enum Prepared {
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
 /// operation is a subscription livegate cannot serve.
 pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prepared, String> {
+    bare_cr_as_lf(&mut req.query);
+    // The same limits as a query's, for every subscription (an event stream does not go
+    // through the query executor, which checks them again).
+    if let Some(refusal) = crate::server::limits::check_document(&mut req, &state.limits) {
+        state.runtime.metrics.reject(refusal.rejection());
+        return Err(refusal.message);
+    }
     let name = req.operation_name.clone();
     // Parsed once and kept in the request: the executor reuses it.
     let Ok(doc) = req.parsed_query() else {
@@ -113,6 +120,7 @@ pub fn operation<'d>(
 }
 
 /// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.
+/// The text's line ends are `\n` or `\r\n` ([`bare_cr_as_lf`] saw to it).
 fn as_query(text: &str, pos: async_graphql::Pos) -> Option<String> {
     let line_start: usize = text
         .split_inclusive('\n')
@@ -130,6 +138,27 @@ fn as_query(text: &str, pos: async_graphql::Pos) -> Option<String> {
             &text[offset + KEYWORD.len()..]
         )
     })
+}
+
+/// A bare `\r` ends a line in GraphQL, but the parser's positions do not count it as one
+/// (it only resets the column), so positions in such a text cannot be mapped back to it.
+/// Made a `\n`, which means the same everywhere it may stand (between tokens, in a
+/// comment's end, in a block string, whose line ends are normalised to `\n` anyway) and
+/// keeps every byte offset.
+fn bare_cr_as_lf(text: &mut String) {
+    let bytes = text.as_bytes();
+    let bare: Vec<usize> = (0..bytes.len())
+        .filter(|&i| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+        .collect();
+    if bare.is_empty() {
+        return;
+    }
+    let mut owned = std::mem::take(text).into_bytes();
+    for i in bare {
+        owned[i] = b'\n';
+    }
+    // One ASCII byte for another: still UTF-8.
+    *text = String::from_utf8(owned).unwrap_or_default();
 }
 
 struct Subscription {
@@ -298,5 +327,21 @@ mod tests {
         );
         assert_eq!(out.len(), text.len());
         assert!(as_query(text, async_graphql::Pos { line: 1, column: 1 }).is_none());
+    }
+
+    #[test]
+    fn a_subscription_is_found_after_any_line_terminator() {
+        for nl in ["\n", "\r\n", "\r"] {
+            let mut text = format!("# a comment{nl}{nl}  subscription S {{ a }}");
+            super::bare_cr_as_lf(&mut text);
+            let doc = async_graphql::parser::parse_query(&text).expect("parses");
+            let (_, op) = doc.operations.iter().next().expect("an operation");
+            let query = as_query(&text, op.pos).unwrap_or_else(|| panic!("{nl:?} {:?}", op.pos));
+            let nl = nl.replace("\r", "\n").replace("\n\n", "\r\n");
+            assert_eq!(
+                query,
+                format!("# a comment{nl}{nl}  query        S {{ a }}")
+            );
+        }
     }
 }

@@ -59,6 +59,7 @@ pub fn encode(
     operation: Option<&str>,
     response: &mut async_graphql::Response,
 ) -> (Bytes, bool) {
+    cap_errors(&mut response.errors);
     crate::resolve::nulls::propagate(plan, query, operation, response);
     crate::resolve::tidy_errors(&mut response.errors);
     if response.data == async_graphql::Value::Null && response.errors.is_empty() {
@@ -80,6 +81,21 @@ pub fn encode(
     (body, request_error)
 }
 
+/// Errors shown in one response at most (graphql-js stops validating at 100 too): a
+/// document built to fail validation thousands of times gets a short answer.
+pub const MAX_ERRORS: usize = 100;
+
+fn cap_errors(errors: &mut Vec<async_graphql::ServerError>) {
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(async_graphql::ServerError::new(
+            format!("too many errors: {more} more not shown"),
+            None,
+        ));
+    }
+}
+
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(
     state: &AppState,
@@ -88,11 +104,8 @@ pub async fn execute(
     key: Option<CacheKey>,
 ) -> Executed {
     if let Some(why) = super::limits::check_document(&mut req, &state.limits) {
-        state
-            .runtime
-            .metrics
-            .reject(crate::metrics::Rejection::Limit);
-        let body = Bytes::from(super::error_body(&why, Some("LIMIT_EXCEEDED")));
+        state.runtime.metrics.reject(why.rejection());
+        let body = Bytes::from(super::error_body(&why.message, Some(why.code)));
         return Executed {
             body,
             request_error: true,
