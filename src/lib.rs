@@ -72,6 +72,8 @@ pub struct Options {
     pub cors: server::cors::Cors,
     /// Certificate authorities trusted for upstreams besides the public web roots.
     pub upstream_ca: upstream::tls::ExtraRoots,
+    /// Follow upstream redirects within the same origin (else a 3xx is an error).
+    pub follow_redirects: bool,
 }
 
 impl Default for Options {
@@ -93,6 +95,7 @@ impl Default for Options {
             connection_limits: Default::default(),
             cors: Default::default(),
             upstream_ca: Default::default(),
+            follow_redirects: false,
         }
     }
 }
@@ -117,6 +120,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         options.max_upstream_body,
         metrics.clone(),
         &options.upstream_ca,
+        options.follow_redirects,
     );
     let cache = cache::Cache::new(options.cache_bytes);
     let runtime = Arc::new(resolve::Runtime::new(

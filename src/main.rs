@@ -77,6 +77,9 @@ struct Cli {
     /// PEM file of certificate authorities to trust for https/wss upstreams, besides the public web roots.
     #[arg(long, env = "LIVEGATE_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<String>,
+    /// Follow upstream HTTP redirects (up to 5, within the same origin only); without it a 3xx is UPSTREAM_HTTP_ERROR.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_FOLLOW_REDIRECTS")]
+    upstream_follow_redirects: bool,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -202,6 +205,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
     let options = livegate::Options {
         cors,
         upstream_ca,
+        follow_redirects: cli.upstream_follow_redirects,
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,

@@ -37,10 +37,12 @@ impl UpstreamClient {
         max_body: usize,
         metrics: Arc<Metrics>,
         roots: &super::tls::ExtraRoots,
+        follow_redirects: bool,
     ) -> Self {
         let mut builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .redirect(redirects(follow_redirects));
         for cert in roots.reqwest() {
             builder = builder.add_root_certificate(cert);
         }
@@ -77,7 +79,8 @@ impl UpstreamClient {
         };
         let name = req.upstream.name.as_str();
         if let Err(e) = &result {
-            tracing::warn!(upstream = name, method = req.method.as_str(), path = req.url.path(), code = e.code(), error = %e, "upstream request failed");
+            let url = super::redact(&req.url);
+            tracing::warn!(upstream = name, method = req.method.as_str(), url, code = e.code(), error = %e, "upstream request failed");
         }
         self.metrics
             .upstream_requests
@@ -111,14 +114,17 @@ impl UpstreamClient {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(body.clone());
         }
+        // reqwest quotes the URL in its errors; the client gets the upstream's name, the
+        // log the redacted URL.
         let response = builder
             .send()
             .await
             .map_err(|e| UpstreamError::Unavailable {
                 upstream: name.clone(),
-                detail: error_chain(&e),
+                detail: super::scrub(&error_chain(&e.without_url()), &req.url),
             })?;
         let status = response.status();
+        // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
         if !status.is_success() {
             return Err(UpstreamError::HttpError {
                 upstream: name.clone(),
@@ -140,7 +146,10 @@ impl UpstreamClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| UpstreamError::Unavailable {
                 upstream: name.clone(),
-                detail: format!("body broke off: {}", error_chain(&e)),
+                detail: format!(
+                    "body broke off: {}",
+                    super::scrub(&error_chain(&e.without_url()), &req.url)
+                ),
             })?;
             if body.len() + chunk.len() > self.max_body {
                 return Err(too_large());
@@ -157,6 +166,27 @@ impl UpstreamClient {
         })?;
         Ok((value, body.len()))
     }
+}
+
+/// Upstream redirects: none by default (a `3xx` is `UPSTREAM_HTTP_ERROR`: a REST API that
+/// moved is a configuration to fix, and a redirect must never carry an upstream's
+/// credentials elsewhere). With `--upstream-follow-redirects`, up to 5 within the same
+/// origin (scheme, host and port), where the credentials were meant to go anyway.
+fn redirects(follow: bool) -> reqwest::redirect::Policy {
+    if !follow {
+        return reqwest::redirect::Policy::none();
+    }
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 5 || !same_origin {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// reqwest's top-level message is vague ("error sending request"); the causes say why.

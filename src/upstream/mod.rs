@@ -8,6 +8,58 @@ pub mod ws;
 
 pub use self::http::{UpstreamClient, UpstreamRequest};
 
+/// `url` as it may be shown in a log line: no userinfo, no query string (API keys travel
+/// there), no fragment. Clients never see even this; they get the upstream's name.
+pub fn redact(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let secret_query = shown.query().is_some_and(|q| !q.is_empty());
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut out = shown.to_string();
+    if secret_query {
+        out.push_str("?…");
+    }
+    out
+}
+
+/// `message` (an error's text from a library that may quote the URL it was given) with
+/// every secret part of `url` blanked: the URL itself, its query, its userinfo.
+pub fn scrub(message: &str, url: &url::Url) -> String {
+    let mut out = message.replace(url.as_str(), &redact(url));
+    let secrets = [
+        url.query().unwrap_or(""),
+        url.password().unwrap_or(""),
+        url.username(),
+    ];
+    for secret in secrets {
+        // Short strings would blank ordinary words; a key or password is longer.
+        if secret.len() >= 4 {
+            out = out.replace(secret, "…");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redaction_keeps_where_and_drops_secrets() {
+        let url =
+            url::Url::parse("http://me:pa55word@api.example:8080/v1/reset?apikey=SECRET123#x")
+                .expect("url");
+        assert_eq!(super::redact(&url), "http://api.example:8080/v1/reset?…");
+        let said = format!("error sending request for url ({url}): key apikey=SECRET123 for me");
+        let scrubbed = super::scrub(&said, &url);
+        assert!(
+            !scrubbed.contains("SECRET123") && !scrubbed.contains("pa55word"),
+            "{scrubbed}"
+        );
+        assert!(scrubbed.contains("api.example:8080/v1/reset"), "{scrubbed}");
+    }
+}
+
 /// Why an upstream call gave no usable value. Cloneable, because one failed single-flight
 /// fetch is the answer of every request that waited on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -128,7 +128,7 @@ impl Sockets {
     }
 }
 
-fn ws_url(upstream: &UpstreamPlan, path: &str) -> String {
+fn ws_url(upstream: &UpstreamPlan, path: &str) -> url::Url {
     let mut url = upstream.url.clone();
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     let _ = url.set_scheme(scheme);
@@ -137,7 +137,7 @@ fn ws_url(upstream: &UpstreamPlan, path: &str) -> String {
         upstream.url.path().trim_end_matches('/'),
         path
     ));
-    url.to_string()
+    url
 }
 
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
@@ -159,6 +159,9 @@ async fn run(
     socket: Arc<Socket>,
 ) {
     let url = ws_url(&upstream, &key.1);
+    // What log lines show of it: no userinfo, no query.
+    let shown = super::redact(&url);
+    let scrub = |e: &dyn std::fmt::Display| super::scrub(&e.to_string(), &url);
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
@@ -192,7 +195,11 @@ async fn run(
                 tokio::time::timeout(Duration::from_secs(10), connect).await
             }
             Err(e) => {
-                tracing::error!(url, error = %e, "upstream socket URL is unusable");
+                tracing::error!(
+                    url = shown,
+                    error = scrub(&e),
+                    "upstream socket URL is unusable"
+                );
                 return;
             }
         };
@@ -221,8 +228,12 @@ async fn run(
                 }
                 tracing::warn!(upstream = %upstream.name, path = %key.1, "upstream socket dropped; reconnecting");
             }
-            Ok(Err(e)) => tracing::warn!(url, error = %e, "upstream socket failed to connect"),
-            Err(_) => tracing::warn!(url, "upstream socket handshake timed out"),
+            Ok(Err(e)) => tracing::warn!(
+                url = shown,
+                error = scrub(&e),
+                "upstream socket failed to connect"
+            ),
+            Err(_) => tracing::warn!(url = shown, "upstream socket handshake timed out"),
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));

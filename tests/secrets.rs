@@ -1,0 +1,176 @@
+//! An upstream's secrets — the query string of its URL, its userinfo, its header values —
+//! reach neither a client nor a log line; redirects are not followed by default, and with
+//! `--upstream-follow-redirects` only within the same origin.
+
+mod common;
+
+use common::{error_code, Gateway, Upstream};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+/// Every log line of this test binary, as the `livegate` binary would write them.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+    .clone()
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log")).to_string()
+    }
+}
+
+#[tokio::test]
+async fn a_dead_upstreams_url_secrets_reach_neither_client_nor_log() {
+    let logs = capture_logs();
+    // Nothing listens on port 9 of loopback: the upstream is dead.
+    let schema = r#"
+extend schema
+  @upstream(name: "keys", url: "http://admin:pa55word-xyz@127.0.0.1:9/v1?apikey=SECRET123", headers: [{name: "x-api-key", value: "HEADERSECRET456"}])
+type Query { reset: String @rest(upstream: "keys", path: "/reset") }
+type Subscription {
+  events: String @stream(upstream: "keys", path: "/ws")
+}
+"#;
+    let gw = Gateway::start(schema, livegate::Options::default()).await;
+    let r = gw.query("{ reset }").await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("UPSTREAM_UNAVAILABLE"),
+        "{r}"
+    );
+    let text = r.to_string();
+    for secret in [
+        "SECRET123",
+        "pa55word-xyz",
+        "admin",
+        "HEADERSECRET456",
+        "apikey",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "{secret} reached the client: {text}"
+        );
+    }
+    assert!(
+        text.contains("keys"),
+        "the error names the upstream: {text}"
+    );
+
+    // The event stream's socket fails to connect and says so in the log.
+    let res = gw
+        .client
+        .post(gw.url())
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"query": "subscription { events }"}))
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(res.status(), 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !logs.text().contains("upstream socket failed to connect") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no socket failure logged:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(res);
+    let log = logs.text();
+    assert!(log.contains("upstream request failed"), "{log}");
+    assert!(
+        log.contains("127.0.0.1:9/v1/reset"),
+        "the log says where: {log}"
+    );
+    for secret in ["SECRET123", "pa55word-xyz", "HEADERSECRET456"] {
+        assert!(!log.contains(secret), "{secret} reached the log:\n{log}");
+    }
+}
+
+fn redirecting(to: String) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/away",
+            get(move || {
+                let to = to.clone();
+                async move { axum::response::Redirect::temporary(&format!("{to}/landing")) }
+            }),
+        )
+        .route(
+            "/home",
+            get(|| async { axum::response::Redirect::temporary("/landing") }),
+        )
+        .route(
+            "/landing",
+            get(|| async { axum::Json(serde_json::json!("landed")) }),
+        )
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_by_default_and_never_to_another_origin() {
+    let elsewhere = Upstream::start(redirecting(String::new())).await;
+    let up = Upstream::start(redirecting(elsewhere.url())).await;
+    let schema = format!(
+        r#"
+extend schema @upstream(name: "api", url: "{}", headers: [{{name: "authorization", value: "Bearer upstream-key"}}])
+type Query {{
+  away: String @rest(upstream: "api", path: "/away")
+  home: String @rest(upstream: "api", path: "/home")
+}}
+"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let r = gw.query("{ home }").await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("UPSTREAM_HTTP_ERROR"),
+        "{r}"
+    );
+    assert_eq!(r["errors"][0]["extensions"]["status"], 307, "{r}");
+    assert_eq!(up.count_matching("GET /landing"), 0);
+
+    let options = livegate::Options {
+        follow_redirects: true,
+        ..Default::default()
+    };
+    let gw = Gateway::start(&schema, options).await;
+    let r = gw.query("{ home }").await;
+    assert_eq!(r["data"]["home"], "landed", "same origin is followed: {r}");
+    let r = gw.query("{ away }").await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("UPSTREAM_HTTP_ERROR"),
+        "{r}"
+    );
+    assert_eq!(
+        elsewhere.count(),
+        0,
+        "a redirect to another origin must not be followed (it would carry the upstream's key)"
+    );
+}
