@@ -10,7 +10,8 @@
 //!   so a client that goes away does not cancel it for the others (pingora's lookup
 //!   coalescing). Uncached fields get the same coalescing.
 //! - Tags index the live entries; [`Cache::invalidate`] marks every tagged entry dead and
-//!   records the invalidation epoch of each tag. Every store (a flight's, a batch item's, a
+//!   records the invalidation epoch of each tag (in a fixed table of slots by tag hash, so
+//!   the bookkeeping does not grow with the tags ever invalidated). Every store (a flight's, a batch item's, a
 //!   poll's, a patch) carries the epoch its fetch started at and is refused when one of its
 //!   tags was invalidated since, so a value fetched before an invalidation is never stored
 //!   after it. Errors are never stored.
@@ -134,22 +135,56 @@ struct State {
     flights: HashMap<CacheKey, Flight>,
     /// tag → the live entries that carry it.
     tags: HashMap<Tag, HashMap<CacheKey, Weak<Entry>>>,
-    /// tag → the epoch and time of its last invalidation, so a value fetched outside a
-    /// flight (a batch item, a poll, a patch) can tell whether its tags were invalidated
-    /// while it was on its way. Pruned of old invalidations when it grows.
-    invalidated: HashMap<Tag, (u64, Instant)>,
+    /// The epochs of the last invalidations, by tag hash: a value fetched outside a flight
+    /// (a batch item, a poll, a patch) can tell whether its tags were invalidated while it
+    /// was on its way. Fixed in size, so neither memory nor the cost of a store or an
+    /// invalidation grows with how many distinct tags were ever invalidated.
+    invalidated: Invalidations,
 }
 
-/// Invalidation records kept before pruning, and how old a pruned one must be (far
-/// longer than any upstream fetch may take).
-const INVALIDATED_KEPT: usize = 10_000;
-const INVALIDATED_FOR: Duration = Duration::from_secs(300);
+/// The last invalidation epoch of each of [`Invalidations::SLOTS`] slots, a tag going to
+/// the slot its (randomly keyed) hash names. Tags sharing a slot share an epoch, so a store
+/// may be refused because another tag was invalidated meanwhile — a refetch later, never a
+/// stale value kept. The key is random per process, so a client cannot aim tags at
+/// another's slot.
+struct Invalidations {
+    epochs: Box<[u64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Invalidations {
+    fn default() -> Self {
+        Invalidations {
+            epochs: vec![0; Self::SLOTS].into_boxed_slice(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Invalidations {
+    /// 64 Ki slots (512 KiB): with a fetch in flight for a few milliseconds and thousands
+    /// of invalidations a second, a needless refusal stays rare.
+    const SLOTS: usize = 1 << 16;
+
+    fn slot(&self, tag: &Tag) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(&*tag.0) as usize) % Self::SLOTS
+    }
+
+    fn record(&mut self, tag: &Tag, epoch: u64) {
+        let slot = self.slot(tag);
+        self.epochs[slot] = self.epochs[slot].max(epoch);
+    }
+
+    fn since(&self, tag: &Tag, epoch: u64) -> bool {
+        self.epochs[self.slot(tag)] > epoch
+    }
+}
 
 impl State {
-    /// Was any of `tags` invalidated after `epoch`?
+    /// Was any of `tags` (perhaps) invalidated after `epoch`?
     fn invalidated_since(&self, tags: &[Tag], epoch: u64) -> bool {
-        tags.iter()
-            .any(|t| self.invalidated.get(t).is_some_and(|(e, _)| *e > epoch))
+        tags.iter().any(|t| self.invalidated.since(t, epoch))
     }
 }
 
@@ -546,13 +581,8 @@ impl Cache {
         {
             let mut st = lock(&self.inner.state);
             let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-            let now = Instant::now();
-            if st.invalidated.len() > INVALIDATED_KEPT {
-                st.invalidated
-                    .retain(|_, (_, at)| at.elapsed() < INVALIDATED_FOR);
-            }
             for tag in tags {
-                st.invalidated.insert(tag.clone(), (epoch, now));
+                st.invalidated.record(tag, epoch);
                 if let Some(keys) = st.tags.remove(tag) {
                     for (key, entry) in keys {
                         if let Some(entry) = entry.upgrade() {
@@ -877,6 +907,34 @@ mod tests {
         assert!(cache
             .store(key("b"), p(), Arc::new(Value::from(2)), 1, cache.epoch())
             .is_some());
+    }
+
+    /// Issue 8: 1.2M distinct invalidated tags made every invalidation scan them all under
+    /// the global lock. The bookkeeping is now fixed in size, and still exact where it
+    /// matters: a value fetched across its tag's invalidation is refused.
+    #[test]
+    fn invalidation_bookkeeping_stays_fixed_however_many_distinct_tags_were_invalidated() {
+        let cache = Cache::new(1 << 20);
+        let p = || policy(60, 0, &["live"]).expect("policy");
+        for i in 0..300_000 {
+            cache.invalidate(&[Tag::from(format!("distinct:{i}").as_str())]);
+        }
+        {
+            let st = lock(&cache.inner.state);
+            assert!(st.tags.is_empty() && st.flights.is_empty());
+            assert_eq!(st.invalidated.epochs.len(), Invalidations::SLOTS);
+        }
+        assert!(
+            cache
+                .store(key("a"), p(), Arc::new(Value::from(1)), 1, cache.epoch())
+                .is_some(),
+            "a store after them all is kept"
+        );
+        let before = cache.epoch();
+        cache.invalidate(&[Tag::from("live")]);
+        assert!(cache
+            .store(key("b"), p(), Arc::new(Value::from(1)), 1, before)
+            .is_none());
     }
 
     #[test]
