@@ -61,6 +61,8 @@ pub struct Options {
     pub limits: schema::QueryLimits,
     pub ws: server::ws::WsOptions,
     pub webhook: server::webhook::WebhookOptions,
+    /// Deadline and memory bound of request bodies.
+    pub body: server::body::BodyOptions,
     /// After a shutdown signal, how long in-flight requests may take before the server
     /// stops anyway.
     pub drain_timeout: Duration,
@@ -90,6 +92,7 @@ impl Default for Options {
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
             webhook: Default::default(),
+            body: Default::default(),
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             connection_limits: Default::default(),
@@ -160,6 +163,8 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         connections: Default::default(),
         cors: options.cors.clone(),
         sockets: Default::default(),
+        body: options.body.clone(),
+        pending_bodies: Default::default(),
     })
 }
 

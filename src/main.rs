@@ -96,9 +96,15 @@ struct Cli {
         default_value_t = 2_000
     )]
     max_tcp_connections_per_ip: usize,
-    /// How long an HTTP/1 client may take to send a request's headers, and how long an idle keep-alive connection stays open, in ms.
+    /// How long an HTTP/1 client may take to send a request's headers, and how long a connection with no request in flight (never used, idle keep-alive or HTTP/2) or with its writes stalled stays open, in ms.
     #[arg(long, env = "LIVEGATE_HEADER_TIMEOUT_MS", default_value_t = 30_000)]
     header_timeout_ms: u64,
+    /// How long a request's whole body may take to arrive, in ms (then 408).
+    #[arg(long, env = "LIVEGATE_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    body_timeout_ms: u64,
+    /// Most bytes of request bodies still arriving, across the gateway; a body beyond it gets 503 instead of being buffered.
+    #[arg(long, env = "LIVEGATE_MAX_PENDING_BODY_BYTES", default_value_t = 64 << 20)]
+    max_pending_body_bytes: usize,
     /// Most operations running at once on one WebSocket; more get an `error` message.
     #[arg(
         long,
@@ -234,6 +240,10 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
+        },
+        body: livegate::server::body::BodyOptions {
+            timeout: Duration::from_millis(cli.body_timeout_ms.max(1)),
+            max_pending: cli.max_pending_body_bytes,
         },
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         shutdown_delay: Duration::from_millis(cli.shutdown_delay_ms),

@@ -192,3 +192,200 @@ async fn slow_headers_and_idle_keep_alive_connections_are_cut_off() {
         .await
         .starts_with("HTTP/1.1 200"));
 }
+
+/// Issue 8, item 2: a connection that sends nothing, a partial HTTP/2 preface and an
+/// idle HTTP/2 connection are closed after the timeout; one in use (a slow request, an
+/// SSE stream, a WebSocket) is not.
+#[tokio::test]
+async fn connections_not_in_use_are_closed_and_those_in_use_are_kept() {
+    use axum::routing::get;
+    let up = common::Upstream::start(
+        axum::Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                    axum::Json(serde_json::json!("slow"))
+                }),
+            )
+            .route("/n", {
+                let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+                get(move || {
+                    let v = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move { axum::Json(serde_json::json!(v)) }
+                })
+            }),
+    )
+    .await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Query {{
+  slow: String @rest(upstream: "api", path: "/slow")
+  n: Int @rest(upstream: "api", path: "/n") @cache(maxAge: 60)
+}}
+type Subscription {{ n: Int @live(pollMs: 100) }}"#,
+        up.url()
+    );
+    let mut options = livegate::Options::default();
+    options.connection_limits.header_timeout = Duration::from_millis(250);
+    let gw = Gateway::start(&schema, options).await;
+    let to = gw.addr;
+    let local = Ipv4Addr::new(127, 0, 0, 1);
+
+    let mut silent = connect_from(local, to).await;
+    assert_eq!(
+        until_closed(&mut silent).await,
+        "",
+        "a silent connection is closed"
+    );
+
+    let mut preface = connect_from(local, to).await;
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("write");
+    until_closed(&mut preface).await;
+
+    // A whole preface and an empty SETTINGS frame: an HTTP/2 connection, then idle.
+    let mut h2 = connect_from(local, to).await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("write");
+    let said = until_closed(&mut h2).await;
+    assert!(!said.is_empty(), "the gateway spoke HTTP/2 before closing");
+
+    // In use: a request whose upstream takes longer than the timeout is answered.
+    let mut slow = connect_from(local, to).await;
+    let body = r#"{"query":"{ slow }"}"#;
+    let req = format!(
+        "POST /graphql HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\naccept: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    slow.write_all(req.as_bytes()).await.expect("write");
+    let answer = until_closed(&mut slow).await;
+    assert!(answer.contains(r#"{"data":{"slow":"slow"}}"#), "{answer}");
+
+    // In use: an SSE stream keeps getting results well past the timeout.
+    let mut sse = gw
+        .client
+        .post(gw.url())
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"query": "subscription { n }"}))
+        .send()
+        .await
+        .expect("SSE");
+    let started = tokio::time::Instant::now();
+    let mut events = 0;
+    while started.elapsed() < Duration::from_millis(1_200) {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), sse.chunk())
+            .await
+            .expect("the stream goes on")
+            .expect("read")
+            .expect("not ended");
+        events += String::from_utf8_lossy(&chunk)
+            .matches("event: next")
+            .count();
+    }
+    assert!(events >= 3, "only {events} events");
+
+    // In use: a WebSocket, idle on the HTTP level, still answers a ping later.
+    let mut ws = websocket(to).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ws.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
+    let pong = ws.next().await.expect("a message").expect("read");
+    assert_eq!(
+        pong.into_text().expect("text").as_str(),
+        r#"{"type":"pong"}"#
+    );
+}
+
+/// A raw HTTP/1 POST to /graphql whose body declares `length` bytes and sends `sent`.
+async fn partial_post(to: SocketAddr, length: usize, sent: &[u8]) -> TcpStream {
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 1), to).await;
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\naccept: application/graphql-response+json\r\ncontent-length: {length}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    s.write_all(sent).await.expect("write");
+    s
+}
+
+/// Issue 8, item 3: a body that stalls gets 408 within `--body-timeout-ms`; bodies still
+/// arriving are bounded in bytes across the process (503 beyond), and every refusal is a
+/// JSON GraphQL error.
+#[tokio::test]
+async fn request_bodies_have_a_deadline_and_a_memory_bound() {
+    let mut options = livegate::Options::default();
+    options.body.timeout = Duration::from_millis(600);
+    options.body.max_pending = 4_000;
+    options.max_request_body = 3_000;
+    options.webhook.token = Some("t".into());
+    let gw = Gateway::start(SCHEMA, options).await;
+    let to = gw.addr;
+
+    // Holds 2,500 of the 4,000 bytes, and stalls.
+    let mut stalled = partial_post(to, 2_500, b"{\"query\":").await;
+    // Wait until the gateway counts it (its declared length is reserved at once).
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), to).await;
+    let mut over = String::new();
+    for _ in 0..200 {
+        let mut second = partial_post(to, 2_000, b"").await;
+        second.write_all(&[b' '; 10]).await.expect("write");
+        over = until_closed(&mut second).await;
+        if over.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(over.starts_with("HTTP/1.1 503"), "{over}");
+    assert!(over.contains("application/graphql-response+json"), "{over}");
+    assert!(over.contains("--max-pending-body-bytes"), "{over}");
+    // A small body still fits beside it.
+    let r = gw.query("{ __typename }").await;
+    assert_eq!(r["data"]["__typename"], "Query");
+
+    let timed_out = until_closed(&mut stalled).await;
+    assert!(timed_out.starts_with("HTTP/1.1 408"), "{timed_out}");
+    assert!(
+        timed_out.contains(r#""errors""#) && timed_out.contains("--body-timeout-ms"),
+        "{timed_out}"
+    );
+    // Its bytes were given back: the 2,000-byte body now fits.
+    let body = format!(r#"{{"query":"{{ __typename }}"{}}}"#, " ".repeat(1_960));
+    let r = gw.query_raw(&body).await;
+    assert!(r.contains(r#""__typename":"Query""#), "{r}");
+
+    // Over --max-request-body: 413, JSON.
+    let mut big = partial_post(to, 5_000, b"").await;
+    let said = until_closed(&mut big).await;
+    assert!(said.starts_with("HTTP/1.1 413"), "{said}");
+    assert!(
+        said.contains(r#""errors""#) && said.contains("graphql-response+json"),
+        "{said}"
+    );
+
+    // A broken chunked body: 400, JSON.
+    let mut broken = connect_from(Ipv4Addr::new(127, 0, 0, 1), to).await;
+    broken
+        .write_all(b"POST /graphql HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+        .await
+        .expect("write");
+    let said = until_closed(&mut broken).await;
+    assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+    assert!(said.contains(r#""errors""#), "{said}");
+
+    // The webhook's body has the same deadline.
+    let mut hook = connect_from(Ipv4Addr::new(127, 0, 0, 1), to).await;
+    hook.write_all(b"POST /hooks/invalidate HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer t\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"tags\"")
+        .await
+        .expect("write");
+    let said = until_closed(&mut hook).await;
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    let page = request(&mut other, "/metrics").await;
+    assert!(
+        sample(&page, "livegate_rejected_total{reason=\"limit\"}") >= 3.0,
+        "{page}"
+    );
+}

@@ -91,6 +91,15 @@ fn refuse(status: StatusCode, media: Option<Media>, message: impl Into<String>) 
     res
 }
 
+/// A refusal before GraphQL, in the media type `headers` accept (JSON when neither).
+pub(super) fn refusal(
+    status: StatusCode,
+    headers: &HeaderMap,
+    message: impl Into<String>,
+) -> Response {
+    refuse(status, negotiate(headers), message)
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PostBody {
@@ -183,6 +192,9 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
             Ok(a) => a,
             Err(refusal) => return *refusal,
         };
+        // Over HTTP/2 the socket is a stream of the connection, which must not be closed
+        // as idle while the socket lives.
+        let working = parts.extensions.get::<super::Working>().cloned();
         return match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => ws
                 .protocols(super::ws::PROTOCOLS)
@@ -194,7 +206,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 .on_upgrade(move |socket| {
                     let sockets = state.sockets.clone();
                     sockets.track_future(async move {
-                        let _admitted = admitted;
+                        let _held = (admitted, working);
                         super::ws::serve(state, socket, headers).await
                     })
                 }),

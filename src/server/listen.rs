@@ -1,9 +1,15 @@
 //! The accept loop: client TCP connections → hyper (HTTP/1 and HTTP/2, upgrades) → the
-//! router. Written out instead of `axum::serve` for what that does not offer: a timer, so
-//! a client that sends its headers slowly (or holds an idle keep-alive connection) is cut
-//! off after `--header-timeout-ms`; TCP connection limits per gateway and per client
-//! address, refused with a `503` at accept; the `livegate_tcp_connections` gauge; and a
-//! graceful shutdown that waits for open connections up to the caller's deadline.
+//! router. Written out instead of `axum::serve` for what that does not offer:
+//!
+//! - a deadline on every connection that is not in use: one with no request in flight
+//!   (one that never sent a byte, a partial HTTP/2 preface, an idle HTTP/2 or keep-alive
+//!   connection) is closed after `--header-timeout-ms`, as is one whose writes have been
+//!   stalled that long (a client that stopped reading its response or its event stream);
+//!   a request in flight (its body has its own deadline, see [`super::body`]), an SSE
+//!   stream or a WebSocket carried over HTTP/2 keeps its connection;
+//! - TCP connection limits per gateway and per client address, refused with a `503` at
+//!   accept, and the `livegate_tcp_connections` gauge;
+//! - a graceful shutdown that waits for open connections up to the caller's deadline.
 
 use super::limits::{Connections, Limits};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -12,6 +18,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -67,22 +74,58 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // The place is held by the stream itself: an upgraded WebSocket takes the stream
         // out of hyper's connection, and keeps its place until the socket closes.
+        let activity = Arc::new(Activity::new());
         let stream = Counted {
             io: stream,
+            activity: activity.clone(),
             _held: (admitted, GaugeGuard::new(metrics.tcp_connections.clone())),
         };
         let router = app.clone();
+        let busy = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            let working = Working::new(&busy);
             req.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().call(req)
+            // A handler that keeps the connection busy beyond its response (a WebSocket
+            // over HTTP/2) holds a clone of this.
+            req.extensions_mut().insert(working.clone());
+            let call = router.clone().call(req);
+            async move {
+                let res = call.await?;
+                // The request is in flight until its response body is gone (sent, or
+                // dropped with the connection): an event stream keeps it so.
+                Ok::<_, std::convert::Infallible>(res.map(|body| {
+                    axum::body::Body::new(Tracked {
+                        inner: body,
+                        _working: working,
+                    })
+                }))
+            }
         });
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let timeout = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::pin!(conn);
+            let mut check = tokio::time::interval(
+                (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)),
+            );
+            loop {
+                tokio::select! {
+                    ended = &mut conn => {
+                        if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = check.tick() => {
+                        if let Some(why) = activity.expired(timeout) {
+                            tracing::debug!(%peer, why, "connection closed");
+                            return;
+                        }
+                    }
+                }
             }
         });
     }
@@ -105,11 +148,121 @@ async fn refuse(mut stream: TcpStream, why: String) {
     .await;
 }
 
+/// What a connection is doing, for its deadline.
+struct Activity {
+    /// Requests in flight (their response bodies included).
+    working: AtomicUsize,
+    /// Since when it has had no request in flight (ms on `origin`'s clock).
+    idle_since: AtomicU64,
+    /// Since when its writes have been stalled; `u64::MAX` while they are not.
+    stalled_since: AtomicU64,
+    origin: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            working: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            stalled_since: AtomicU64::new(u64::MAX),
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Why the connection should be closed now, if it should.
+    fn expired(&self, timeout: Duration) -> Option<&'static str> {
+        let now = self.now();
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let stalled = self.stalled_since.load(Ordering::Acquire);
+        if stalled != u64::MAX && now.saturating_sub(stalled) >= limit {
+            return Some("writes stalled for the timeout: the client does not read");
+        }
+        let idle = self.working.load(Ordering::Acquire) == 0
+            && now.saturating_sub(self.idle_since.load(Ordering::Acquire)) >= limit;
+        idle.then_some("no request in flight for the timeout")
+    }
+}
+
+/// One request in flight on a connection; clones count once. The last one dropped makes
+/// the connection idle (if no other request is in flight).
+#[derive(Clone)]
+pub struct Working {
+    _shared: Arc<WorkingInner>,
+}
+
+struct WorkingInner(Arc<Activity>);
+
+impl Working {
+    fn new(activity: &Arc<Activity>) -> Self {
+        activity.working.fetch_add(1, Ordering::AcqRel);
+        Working {
+            _shared: Arc::new(WorkingInner(activity.clone())),
+        }
+    }
+}
+
+impl Drop for WorkingInner {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since.store(a.now(), Ordering::Release);
+        a.working.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in flight while it lives.
+struct Tracked {
+    inner: axum::body::Body,
+    _working: Working,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A client's TCP stream, holding its place in the connection limits and the gauge for
-/// as long as it lives.
+/// as long as it lives, and noting when its writes stall.
 struct Counted {
     io: TcpStream,
+    activity: Arc<Activity>,
     _held: (super::limits::Admitted, GaugeGuard),
+}
+
+impl Counted {
+    fn note<T>(&self, poll: Poll<T>) -> Poll<T> {
+        let a = &self.activity;
+        match poll {
+            Poll::Pending => {
+                let _ = a.stalled_since.compare_exchange(
+                    u64::MAX,
+                    a.now(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+            Poll::Ready(_) => a.stalled_since.store(u64::MAX, Ordering::Release),
+        }
+        poll
+    }
 }
 
 impl tokio::io::AsyncRead for Counted {
@@ -128,7 +281,8 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(poll)
     }
 
     fn poll_write_vectored(
@@ -136,7 +290,8 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(poll)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -2,6 +2,7 @@
 //! WebSocket in both subprotocols, Server-Sent Events, GraphiQL) and the invalidation
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
+pub mod body;
 pub mod cors;
 pub mod execute;
 mod graphiql;
@@ -13,7 +14,7 @@ pub mod sse;
 pub mod webhook;
 pub mod ws;
 
-pub use listen::serve;
+pub use listen::{serve, Working};
 
 use crate::resolve::Runtime;
 use axum::extract::DefaultBodyLimit;
@@ -42,6 +43,9 @@ pub struct AppState {
     /// Upgraded WebSockets, which hyper's graceful shutdown no longer sees: [`crate::run`]
     /// waits for them to send their close frame before it returns.
     pub sockets: tokio_util::task::TaskTracker,
+    pub body: body::BodyOptions,
+    /// Bytes of request bodies still arriving, across the gateway.
+    pub pending_bodies: body::Pending,
 }
 
 /// A GraphQL response body with one error: `message`, and `extensions.code` if given.
@@ -70,7 +74,7 @@ async fn observe(
     let res = next.run(req).instrument(span).await;
     use crate::metrics::Rejection;
     let reason = match res.status().as_u16() {
-        413 => Some(Rejection::Limit),
+        408 | 413 => Some(Rejection::Limit),
         400 | 405 | 406 | 415 => Some(Rejection::Malformed),
         _ => None,
     };
@@ -99,6 +103,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::bounded,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

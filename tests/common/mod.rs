@@ -146,6 +146,23 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// POSTs `body` as it is (`Content-Type: application/json`); the response's text.
+    pub async fn query_raw(&self, body: &str) -> String {
+        self.client
+            .post(self.url())
+            .header("accept", "application/json")
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("gateway answers")
+            .text()
+            .await
+            .expect("text")
+    }
+}
+
 /// The `extensions.code` of the first error, if any.
 pub fn error_code(response: &Value) -> Option<String> {
     response["errors"][0]["extensions"]["code"]
