@@ -56,6 +56,9 @@ struct Cli {
     /// How often the legacy graphql-ws protocol's `ka` keep-alive is sent, in ms.
     #[arg(long, env = "LIVEGATE_WS_KEEPALIVE_MS", default_value_t = 12_000)]
     ws_keepalive_ms: u64,
+    /// Bytes of results one WebSocket may have queued for a client that does not read; past it live queries conflate to the latest and event streams lose the oldest.
+    #[arg(long, env = "LIVEGATE_MAX_QUEUED_BYTES", default_value_t = 1 << 20)]
+    max_queued_bytes: usize,
     /// Shared secret of the invalidation webhook's HMAC-SHA256 signatures.
     #[arg(long, env = "LIVEGATE_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
@@ -240,6 +243,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         ws: livegate::server::ws::WsOptions {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
+            max_queued_bytes: cli.max_queued_bytes,
         },
         body: livegate::server::body::BodyOptions {
             timeout: Duration::from_millis(cli.body_timeout_ms.max(1)),

@@ -371,3 +371,111 @@ async fn variables_are_coerced_first_errors_are_capped_and_any_line_end_works() 
         assert_eq!(reply["payload"]["data"]["user"]["name"], "user 7");
     }
 }
+
+/// Item 7: a client that stops reading holds at most `--max-queued-bytes` of results
+/// queued on its socket, not a number of messages: its live query conflates, and when it
+/// reads again it gets a few results ending with the latest — while a reading client on
+/// another socket got every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_bounded_in_bytes_and_conflates() {
+    use axum::routing::get;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let version = std::sync::Arc::new(AtomicU64::new(0));
+    let v = version.clone();
+    let up = Upstream::start(axum::Router::new().route(
+        "/big",
+        get(move || {
+            let n = v.load(Ordering::SeqCst);
+            async move { axum::Json(serde_json::json!({"v": n, "pad": "x".repeat(1 << 20)})) }
+        }),
+    ))
+    .await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Big {{ v: Int pad: String }}
+type Query {{ big: Big @rest(upstream: "api", path: "/big") @cache(maxAge: 600, tags: ["big"]) }}
+type Subscription {{ big: Big @live }}"#,
+        up.url()
+    );
+    let mut options = livegate::Options::default();
+    options.webhook.token = Some("t".into());
+    options.ws.max_queued_bytes = 1 << 20;
+    let gw = Gateway::start(&schema, options).await;
+
+    // The paused client: a small receive buffer, so the kernel holds little for it.
+    let paused = {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("rcvbuf");
+        let tcp = socket.connect(gw.addr).await.expect("connect");
+        let mut req = format!("ws://{}/graphql", gw.addr)
+            .into_client_request()
+            .expect("req");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("h"),
+        );
+        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .expect("upgrade");
+        ws.send(Message::text(r#"{"type":"connection_init"}"#))
+            .await
+            .expect("init");
+        ws.next().await.expect("ack").expect("read");
+        ws
+    };
+    let mut paused = paused;
+    let sub =
+        r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { big { v pad } }"}}"#;
+    paused.send(Message::text(sub)).await.expect("subscribe");
+    let mut reading = websocket(gw.addr, "graphql-transport-ws").await;
+    reading.send(Message::text(sub)).await.expect("subscribe");
+    let value = |m: Message| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(m.to_text().expect("text")).expect("JSON");
+        v["payload"]["data"]["big"]["v"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    assert_eq!(
+        value(reading.next().await.expect("first").expect("read")),
+        0
+    );
+
+    let changes = 40;
+    for n in 1..=changes {
+        version.store(n, Ordering::SeqCst);
+        let res = gw
+            .client
+            .post(format!("http://{}/hooks/invalidate", gw.addr))
+            .bearer_auth("t")
+            .json(&serde_json::json!({"tags": ["big"]}))
+            .send()
+            .await
+            .expect("webhook");
+        assert_eq!(res.status(), 200);
+        // The reading client sees each change before the next one is made.
+        loop {
+            let got = value(reading.next().await.expect("a result").expect("read"));
+            if got == n {
+                break;
+            }
+        }
+    }
+    // Now the paused client reads: a handful of results, the last one the latest.
+    let mut received = 0;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), paused.next())
+            .await
+            .expect("the latest result arrives")
+            .expect("open")
+            .expect("read");
+        received += 1;
+        if value(msg) == changes {
+            break;
+        }
+    }
+    assert!(
+        received <= 12,
+        "{received} results of {changes} changes were queued for a client that did not read"
+    );
+}

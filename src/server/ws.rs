@@ -26,9 +26,10 @@ use tokio::task::AbortHandle;
 
 pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
 
-/// Messages waiting for a socket's writer. When it is full (the client is not reading),
-/// the socket's operations wait, and their live queries conflate.
-const OUTBOX: usize = 16;
+/// Messages waiting for a socket's writer, at most (their bytes are bounded too, by
+/// `--max-queued-bytes`). When either is full (the client is not reading), the socket's
+/// operations wait: their live queries conflate, their event streams lose the oldest.
+const OUTBOX: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Protocol {
@@ -40,17 +41,39 @@ enum Protocol {
 
 /// What the reader asks the writer to do.
 enum Out {
-    Text(String),
+    /// A message, and its share of the socket's byte budget (given back once written).
+    Text(String, tokio::sync::OwnedSemaphorePermit),
     Close(u16, String),
 }
 
 /// Sends to the socket's writer; `false` once the socket is gone.
 #[derive(Clone)]
-struct Tx(mpsc::Sender<Out>);
+struct Tx {
+    out: mpsc::Sender<Out>,
+    /// Bytes the socket may have queued and not yet written.
+    budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size: a bigger message takes all of it (it waits for an empty queue).
+    max: u32,
+}
 
 impl Tx {
+    fn new(out: mpsc::Sender<Out>, max_bytes: usize) -> Self {
+        let max = u32::try_from(max_bytes.max(1)).unwrap_or(u32::MAX);
+        Tx {
+            out,
+            budget: Arc::new(tokio::sync::Semaphore::new(max as usize)),
+            max,
+        }
+    }
+
     async fn text(&self, s: String) -> bool {
-        self.0.send(Out::Text(s)).await.is_ok()
+        let weight = u32::try_from(s.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(weight).await else {
+            return false;
+        };
+        self.out.send(Out::Text(s, permit)).await.is_ok()
     }
 
     async fn json(&self, v: Value) -> bool {
@@ -58,7 +81,7 @@ impl Tx {
     }
 
     async fn close(&self, code: u16, reason: &str) {
-        let _ = self.0.send(Out::Close(code, reason.to_string())).await;
+        let _ = self.out.send(Out::Close(code, reason.to_string())).await;
     }
 }
 
@@ -147,14 +170,15 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
     let (tx, mut rx) = mpsc::channel::<Out>(OUTBOX);
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
-            let (msg, last) = match out {
-                Out::Text(s) => (Message::Text(Utf8Bytes::from(s)), false),
+            let (msg, last, _permit) = match out {
+                Out::Text(s, permit) => (Message::Text(Utf8Bytes::from(s)), false, Some(permit)),
                 Out::Close(code, reason) => (
                     Message::Close(Some(CloseFrame {
                         code,
                         reason: Utf8Bytes::from(reason),
                     })),
                     true,
+                    None,
                 ),
             };
             if sink.send(msg).await.is_err() || last {
@@ -163,7 +187,7 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
         }
         let _ = sink.close().await;
     });
-    let tx = Tx(tx);
+    let tx = Tx::new(tx, state.ws.max_queued_bytes);
     let ops = Ops::default();
     let closing = tokio_util::sync::CancellationToken::new();
     match protocol {
@@ -599,6 +623,8 @@ pub struct WsOptions {
     pub init_timeout: Duration,
     /// How often the legacy protocol's `ka` is sent.
     pub keepalive: Duration,
+    /// Bytes of messages one socket may have queued for a client that does not read.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for WsOptions {
@@ -606,6 +632,7 @@ impl Default for WsOptions {
         WsOptions {
             init_timeout: Duration::from_secs(3),
             keepalive: Duration::from_secs(12),
+            max_queued_bytes: 1 << 20,
         }
     }
 }
