@@ -372,20 +372,18 @@ async fn variables_are_coerced_first_errors_are_capped_and_any_line_end_works() 
     }
 }
 
-/// Item 7: a client that stops reading holds at most `--max-queued-bytes` of results
-/// queued on its socket, not a number of messages: its live query conflates, and when it
-/// reads again it gets a few results ending with the latest — while a reading client on
-/// another socket got every change.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_does_not_read_is_bounded_in_bytes_and_conflates() {
+/// An upstream `/big` of about 1 MiB whose `v` is the counter's value, and a gateway with a
+/// live `big` invalidated by the webhook (token `t`).
+async fn big_gateway(
+    version: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    options: livegate::Options,
+) -> (Upstream, Gateway) {
     use axum::routing::get;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let version = std::sync::Arc::new(AtomicU64::new(0));
-    let v = version.clone();
+    use std::sync::atomic::Ordering;
     let up = Upstream::start(axum::Router::new().route(
         "/big",
         get(move || {
-            let n = v.load(Ordering::SeqCst);
+            let n = version.load(Ordering::SeqCst);
             async move { axum::Json(serde_json::json!({"v": n, "pad": "x".repeat(1 << 20)})) }
         }),
     ))
@@ -397,69 +395,86 @@ type Query {{ big: Big @rest(upstream: "api", path: "/big") @cache(maxAge: 600, 
 type Subscription {{ big: Big @live }}"#,
         up.url()
     );
-    let mut options = livegate::Options::default();
+    let mut options = options;
     options.webhook.token = Some("t".into());
-    options.ws.max_queued_bytes = 1 << 20;
     let gw = Gateway::start(&schema, options).await;
+    (up, gw)
+}
 
-    // The paused client: a small receive buffer, so the kernel holds little for it.
-    let paused = {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        let tcp = socket.connect(gw.addr).await.expect("connect");
-        let mut req = format!("ws://{}/graphql", gw.addr)
-            .into_client_request()
-            .expect("req");
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            "graphql-transport-ws".parse().expect("h"),
-        );
-        let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
-            .await
-            .expect("upgrade");
-        ws.send(Message::text(r#"{"type":"connection_init"}"#))
-            .await
-            .expect("init");
-        ws.next().await.expect("ack").expect("read");
-        ws
-    };
-    let mut paused = paused;
-    let sub =
-        r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { big { v pad } }"}}"#;
-    paused.send(Message::text(sub)).await.expect("subscribe");
+const BIG: &str =
+    r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { big { v pad } }"}}"#;
+
+/// A subscriber of `big` that reads nothing (a small receive buffer, so the kernel holds
+/// little for it).
+async fn paused_subscriber(
+    gw: &Gateway,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let tcp = socket.connect(gw.addr).await.expect("connect");
+    let mut req = format!("ws://{}/graphql", gw.addr)
+        .into_client_request()
+        .expect("req");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("h"),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .expect("init");
+    ws.next().await.expect("ack").expect("read");
+    ws.send(Message::text(BIG)).await.expect("subscribe");
+    ws
+}
+
+async fn invalidate_big(gw: &Gateway) {
+    let res = gw
+        .client
+        .post(format!("http://{}/hooks/invalidate", gw.addr))
+        .bearer_auth("t")
+        .json(&serde_json::json!({"tags": ["big"]}))
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(res.status(), 200);
+}
+
+fn big_version(m: Message) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(m.to_text().expect("text")).expect("JSON");
+    v["payload"]["data"]["big"]["v"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{v}"))
+}
+
+/// Item 7: a client that stops reading holds at most `--max-queued-bytes` of results
+/// queued on its socket, not a number of messages: its live query conflates, and when it
+/// reads again it gets a few results ending with the latest — while a reading client on
+/// another socket got every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_bounded_in_bytes_and_conflates() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let version = std::sync::Arc::new(AtomicU64::new(0));
+    let mut options = livegate::Options::default();
+    options.ws.max_queued_bytes = 1 << 20;
+    let (_up, gw) = big_gateway(version.clone(), options).await;
+    let mut paused = paused_subscriber(&gw).await;
     let mut reading = websocket(gw.addr, "graphql-transport-ws").await;
-    reading.send(Message::text(sub)).await.expect("subscribe");
-    let value = |m: Message| -> u64 {
-        let v: serde_json::Value = serde_json::from_str(m.to_text().expect("text")).expect("JSON");
-        v["payload"]["data"]["big"]["v"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{v}"))
-    };
+    reading.send(Message::text(BIG)).await.expect("subscribe");
     assert_eq!(
-        value(reading.next().await.expect("first").expect("read")),
+        big_version(reading.next().await.expect("first").expect("read")),
         0
     );
 
     let changes = 40;
     for n in 1..=changes {
         version.store(n, Ordering::SeqCst);
-        let res = gw
-            .client
-            .post(format!("http://{}/hooks/invalidate", gw.addr))
-            .bearer_auth("t")
-            .json(&serde_json::json!({"tags": ["big"]}))
-            .send()
-            .await
-            .expect("webhook");
-        assert_eq!(res.status(), 200);
+        invalidate_big(&gw).await;
         // The reading client sees each change before the next one is made.
-        loop {
-            let got = value(reading.next().await.expect("a result").expect("read"));
-            if got == n {
-                break;
-            }
-        }
+        while big_version(reading.next().await.expect("a result").expect("read")) != n {}
     }
     // Now the paused client reads: a handful of results, the last one the latest.
     let mut received = 0;
@@ -470,7 +485,7 @@ type Subscription {{ big: Big @live }}"#,
             .expect("open")
             .expect("read");
         received += 1;
-        if value(msg) == changes {
+        if big_version(msg) == changes {
             break;
         }
     }
@@ -478,4 +493,44 @@ type Subscription {{ big: Big @live }}"#,
         received <= 12,
         "{received} results of {changes} changes were queued for a client that did not read"
     );
+}
+
+/// A client whose socket stays unwritable for `--header-timeout-ms` is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_for_the_timeout_is_disconnected() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let version = std::sync::Arc::new(AtomicU64::new(0));
+    let mut options = livegate::Options::default();
+    options.connection_limits.header_timeout = Duration::from_millis(500);
+    let (_up, gw) = big_gateway(version.clone(), options).await;
+    let _paused = paused_subscriber(&gw).await;
+    let mut reading = websocket(gw.addr, "graphql-transport-ws").await;
+    reading.send(Message::text(BIG)).await.expect("subscribe");
+    reading.next().await.expect("first").expect("read");
+    for n in 1..=12 {
+        version.store(n, Ordering::SeqCst);
+        invalidate_big(&gw).await;
+        while big_version(reading.next().await.expect("a result").expect("read")) != n {}
+    }
+    let page = metrics_until(&gw, |p| {
+        sample(p, "livegate_connections{transport=\"websocket\"}") == 1.0
+    })
+    .await;
+    assert_eq!(
+        sample(&page, "livegate_connections{transport=\"websocket\"}"),
+        1.0,
+        "the client that reads nothing is disconnected, the other stays"
+    );
+    reading
+        .send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
+    assert!(reading
+        .next()
+        .await
+        .expect("pong")
+        .expect("read")
+        .to_text()
+        .expect("t")
+        .contains("pong"));
 }

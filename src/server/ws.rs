@@ -168,6 +168,11 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
     };
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Out>(OUTBOX);
+    let closing = tokio_util::sync::CancellationToken::new();
+    // A client that reads nothing while we have something to write, for as long as an
+    // HTTP connection may stall, is disconnected: its socket would hold memory forever.
+    let stall = state.limits.header_timeout;
+    let stalled = closing.clone();
     let writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let (msg, last, _permit) = match out {
@@ -181,15 +186,20 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
                     None,
                 ),
             };
-            if sink.send(msg).await.is_err() || last {
-                break;
+            match tokio::time::timeout(stall, sink.send(msg)).await {
+                Ok(Ok(())) if !last => {}
+                Ok(_) => break,
+                Err(_) => {
+                    tracing::debug!(?stall, "client does not read: disconnecting");
+                    stalled.cancel();
+                    return;
+                }
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(stall, sink.close()).await;
     });
     let tx = Tx::new(tx, state.ws.max_queued_bytes);
     let ops = Ops::default();
-    let closing = tokio_util::sync::CancellationToken::new();
     match protocol {
         None => {
             tx.close(
@@ -264,6 +274,7 @@ impl Connection {
                         return;
                     }
                 }
+                () = self.closing.cancelled() => return,
                 _ = &mut stopping => {
                     // 1012 Service Restart: graphql-ws (and browsers) reconnect on it.
                     self.tx.close(1012, "server restarting").await;
