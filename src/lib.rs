@@ -132,7 +132,11 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         client,
         options.batch_window,
         options.live_grace,
-        upstream::ws::Sockets::new(options.socket_grace, options.upstream_ca.websocket()),
+        upstream::ws::Sockets::new(
+            options.socket_grace,
+            options.upstream_ca.websocket(),
+            options.max_upstream_body,
+        ),
         metrics,
     ));
     let schema = schema::build(runtime.clone(), &options.limits)

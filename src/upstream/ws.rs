@@ -54,6 +54,8 @@ pub struct Sockets {
     grace: Duration,
     /// TLS for `wss` upstreams when extra roots are configured.
     tls: Option<tokio_tungstenite::Connector>,
+    /// Largest message (and frame) accepted from an upstream socket: `--max-upstream-body`.
+    max_message: usize,
     pub stats: Arc<SocketStats>,
 }
 
@@ -70,11 +72,16 @@ impl Drop for Tap {
 }
 
 impl Sockets {
-    pub fn new(grace: Duration, tls: Option<tokio_tungstenite::Connector>) -> Arc<Sockets> {
+    pub fn new(
+        grace: Duration,
+        tls: Option<tokio_tungstenite::Connector>,
+        max_message: usize,
+    ) -> Arc<Sockets> {
         Arc::new(Sockets {
             sockets: Mutex::default(),
             grace,
             tls,
+            max_message,
             stats: Arc::default(),
         })
     }
@@ -181,6 +188,9 @@ async fn run(
             idle_since = None;
         }
         let tls = owner.tls.clone();
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(owner.max_message))
+            .max_frame_size(Some(owner.max_message));
         drop(owner);
 
         let request = url.as_str().into_client_request().map(|mut r| {
@@ -191,7 +201,8 @@ async fn run(
         });
         let connected = match request {
             Ok(r) => {
-                let connect = tokio_tungstenite::connect_async_tls_with_config(r, None, false, tls);
+                let connect =
+                    tokio_tungstenite::connect_async_tls_with_config(r, Some(config), false, tls);
                 tokio::time::timeout(Duration::from_secs(10), connect).await
             }
             Err(e) => {
@@ -220,7 +231,7 @@ async fn run(
                     socket: &socket,
                     grace,
                 };
-                let retired = read(ws, &socket, &stats, &idle).await;
+                let retired = read(ws, &socket, &stats, &idle, &url).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 if retired {
                     tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket closed: unused");
@@ -257,6 +268,7 @@ async fn read(
     socket: &Arc<Socket>,
     stats: &SocketStats,
     idle: &IdleCheck<'_>,
+    url: &url::Url,
 ) -> bool {
     let mut tick = tokio::time::interval(
         (idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -301,7 +313,22 @@ async fn read(
                     let _ = ws.send(Message::Pong(p)).await;
                 }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return false,
+                Some(Err(e)) => {
+                    // Said here, before the reconnect (a message over the size limit, a
+                    // protocol error, a reset): the fed entries are refetched after it.
+                    let too_big = matches!(
+                        e,
+                        tokio_tungstenite::tungstenite::Error::Capacity(_)
+                    );
+                    let error = super::scrub(&e.to_string(), url);
+                    if too_big {
+                        tracing::warn!(error, "upstream socket sent a message over --max-upstream-body; reconnecting");
+                    } else {
+                        tracing::warn!(error, "upstream socket read failed; reconnecting");
+                    }
+                    return false;
+                }
+                None => return false,
             },
         }
     }

@@ -1,6 +1,7 @@
-//! An upstream's secrets — the query string of its URL, its userinfo, its header values —
-//! reach neither a client nor a log line; redirects are not followed by default, and with
-//! `--upstream-follow-redirects` only within the same origin.
+//! What log lines say, and never say: an upstream's secrets — the query string of its URL,
+//! its userinfo, its header values — reach neither a client nor a log line; redirects are
+//! not followed by default, and with `--upstream-follow-redirects` only within the same
+//! origin; an upstream socket dropped for a message over the size limit says so.
 
 mod common;
 
@@ -172,5 +173,83 @@ type Query {{
         elsewhere.count(),
         0,
         "a redirect to another origin must not be followed (it would carry the upstream's key)"
+    );
+}
+
+/// An upstream socket message over `--max-upstream-body` drops the shared socket with the
+/// reason in the log; the socket reconnects and the entry it feeds is refetched.
+#[tokio::test]
+async fn an_oversized_upstream_socket_message_is_logged_and_the_fed_entry_refetched() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use axum::routing::get;
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let logs = capture_logs();
+    let sockets = Arc::new(AtomicUsize::new(0));
+    let opened = sockets.clone();
+    let up = Upstream::start(
+        axum::Router::new()
+            .route(
+                "/items",
+                get(|| async { axum::Json(serde_json::json!([{"id": "1"}])) }),
+            )
+            .route(
+                "/ws",
+                get(move |ws: WebSocketUpgrade| {
+                    let n = opened.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        ws.on_upgrade(move |mut socket| async move {
+                            if n == 0 {
+                                let huge = format!(r#"{{"id":"{}"}}"#, "x".repeat(100_000));
+                                let _ = socket.send(Message::text(huge)).await;
+                            }
+                            // Then hold the socket open.
+                            while let Some(Ok(_)) = socket.next().await {}
+                        })
+                    }
+                }),
+            ),
+    )
+    .await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Item {{ id: ID! }}
+type Query {{
+  items: [Item!]! @rest(upstream: "api", path: "/items") @cache(maxAge: 600)
+    @updates(upstream: "api", path: "/ws", apply: APPEND)
+}}
+type Subscription {{ items: [Item!]! @live }}"#,
+        up.url()
+    );
+    let options = livegate::Options {
+        max_upstream_body: 64 << 10,
+        ..Default::default()
+    };
+    let gw = Gateway::start(&schema, options).await;
+    let mut sse = gw
+        .client
+        .post(gw.url())
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"query": "subscription { items { id } }"}))
+        .send()
+        .await
+        .expect("SSE");
+    let first = sse.chunk().await.expect("read").expect("a result");
+    assert!(String::from_utf8_lossy(&first).contains(r#""id":"1""#));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sockets.load(Ordering::SeqCst) < 2 || up.count_matching("GET /items") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconnect and refetch: {} sockets, {:?}",
+            sockets.load(Ordering::SeqCst),
+            up.requests()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        logs.text()
+            .contains("upstream socket sent a message over --max-upstream-body"),
+        "{}",
+        logs.text()
     );
 }
