@@ -182,7 +182,7 @@ type Query {{
 async fn an_oversized_upstream_socket_message_is_logged_and_the_fed_entry_refetched() {
     use axum::extract::ws::{Message, WebSocketUpgrade};
     use axum::routing::get;
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let logs = capture_logs();
     let sockets = Arc::new(AtomicUsize::new(0));
