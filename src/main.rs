@@ -65,6 +65,12 @@ struct Cli {
     /// Bearer token accepted by the invalidation webhook.
     #[arg(long, env = "LIVEGATE_WEBHOOK_TOKEN", hide_env_values = true)]
     webhook_token: Option<String>,
+    /// How far, in seconds, a timestamped webhook signature's time may be from the gateway's clock.
+    #[arg(long, env = "LIVEGATE_WEBHOOK_TOLERANCE_S", default_value_t = 300)]
+    webhook_tolerance_s: u64,
+    /// Accept only timestamped webhook signatures (t=…,v1=…), not the untimed sha256= form.
+    #[arg(long, env = "LIVEGATE_WEBHOOK_REQUIRE_TIMESTAMP")]
+    webhook_require_timestamp: bool,
     /// Largest invalidation webhook body, in bytes (larger: 413).
     #[arg(long, env = "LIVEGATE_WEBHOOK_MAX_BODY", default_value_t = 64 << 10)]
     webhook_max_body: usize,
@@ -255,6 +261,11 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             secret: cli.webhook_secret.clone().filter(|s| !s.is_empty()),
             token: cli.webhook_token.clone().filter(|s| !s.is_empty()),
             max_body: cli.webhook_max_body,
+            tolerance: Duration::from_secs(cli.webhook_tolerance_s),
+            require_timestamp: cli.webhook_require_timestamp,
+            seen: livegate::server::webhook::Seen::new(Duration::from_secs(
+                cli.webhook_tolerance_s,
+            )),
         },
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

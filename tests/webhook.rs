@@ -161,3 +161,86 @@ async fn a_signed_or_bearer_call_invalidates_and_says_how_many() {
     .await;
     assert_eq!((status, json["invalidated"].clone()), (200, json!(1)));
 }
+
+fn sign_at(secret: &str, t: i64, body: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.{body}").as_bytes());
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn timestamped_signatures_are_accepted_once_and_only_while_fresh() {
+    let (up, gw) = setup(Some("s3cret"), None).await;
+    let body = r#"{"tags": ["thing:1"]}"#;
+    gw.query(r#"{ thing(id: "1") { id } }"#).await;
+    let signed = sign_at("s3cret", now(), body);
+    let (status, answer) = hook(&gw, body, &[("x-livegate-signature", signed.clone())]).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["invalidated"], 1);
+    gw.query(r#"{ thing(id: "1") { id } }"#).await;
+    assert_eq!(up.count(), 2, "the entry was dropped and refetched");
+
+    // The same call again: a replay.
+    let (status, answer) = hook(&gw, body, &[("x-livegate-signature", signed)]).await;
+    assert_eq!(status, 401);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already used"),
+        "{answer}"
+    );
+    // Ten minutes old, or from the future: stale.
+    for t in [now() - 600, now() + 600] {
+        let (status, answer) = hook(
+            &gw,
+            body,
+            &[("x-livegate-signature", sign_at("s3cret", t, body))],
+        )
+        .await;
+        assert_eq!(status, 401);
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("--webhook-tolerance-s"),
+            "{answer}"
+        );
+    }
+    // Signed with another timestamp than the one it claims.
+    let forged = sign_at("s3cret", now() - 1, body).replacen(
+        &format!("t={}", now() - 1),
+        &format!("t={}", now()),
+        1,
+    );
+    let (status, _) = hook(&gw, body, &[("x-livegate-signature", forged)]).await;
+    assert_eq!(status, 401);
+    gw.query(r#"{ thing(id: "1") { id } }"#).await;
+    assert_eq!(up.count(), 2, "no refused call invalidated anything");
+}
+
+#[tokio::test]
+async fn with_require_timestamp_the_untimed_signature_is_refused() {
+    let up = Upstream::start(Router::new()).await;
+    let mut options = livegate::Options::default();
+    options.webhook.secret = Some("s3cret".into());
+    options.webhook.require_timestamp = true;
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let body = r#"{"tags": ["thing:1"]}"#;
+    let (status, _) = hook(&gw, body, &[("x-livegate-signature", sign("s3cret", body))]).await;
+    assert_eq!(status, 401);
+    let (status, _) = hook(
+        &gw,
+        body,
+        &[("x-livegate-signature", sign_at("s3cret", now(), body))],
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -2,11 +2,15 @@
 //! Every entry filed under them is dropped, and every live query that read one is re-run
 //! (one refetch per entry). Off unless `--webhook-secret` or `--webhook-token` is set.
 //!
-//! Authentication, either of:
-//! - `X-Livegate-Signature: sha256=<hex HMAC-SHA256 of the raw body with the secret>`
-//! - `Authorization: Bearer <token>`
+//! Authentication, any of:
+//! - `X-Livegate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` — the
+//!   timestamped scheme (Stripe's): refused outside `--webhook-tolerance-s` of our clock,
+//!   and each signature accepted once, so a captured call cannot be replayed;
+//! - `X-Livegate-Signature: sha256=<hex HMAC-SHA256 of the raw body with the secret>` —
+//!   unless `--webhook-require-timestamp`;
+//! - `Authorization: Bearer <token>`.
 //!
-//! Both compared in constant time. A rejected request changes nothing.
+//! Compared in constant time. A rejected request changes nothing.
 
 use super::AppState;
 use axum::body::Body;
@@ -26,6 +30,12 @@ pub struct WebhookOptions {
     pub secret: Option<String>,
     pub token: Option<String>,
     pub max_body: usize,
+    /// How far a timestamped signature's time may be from ours.
+    pub tolerance: std::time::Duration,
+    /// Refuse the untimed `sha256=` signature.
+    pub require_timestamp: bool,
+    /// Timestamped signatures already accepted (within the tolerance), by signature.
+    pub seen: Seen,
 }
 
 impl Default for WebhookOptions {
@@ -34,7 +44,122 @@ impl Default for WebhookOptions {
             secret: None,
             token: None,
             max_body: 64 << 10,
+            tolerance: std::time::Duration::from_secs(300),
+            require_timestamp: false,
+            seen: Seen::default(),
         }
+    }
+}
+
+/// Signatures accepted lately: a replay within the tolerance window is refused. Only
+/// valid signatures get in (it takes the secret to make one), each kept twice the
+/// tolerance, and at most 100,000: a sender past that rate may see a replay accepted.
+#[derive(Clone)]
+pub struct Seen(moka::sync::Cache<Vec<u8>, ()>);
+
+impl Seen {
+    /// Remembers signatures for twice `tolerance` (a timestamp may be that far ahead of
+    /// our clock, then as far behind it).
+    pub fn new(tolerance: std::time::Duration) -> Self {
+        Seen(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live((tolerance * 2).max(std::time::Duration::from_secs(1)))
+                .build(),
+        )
+    }
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen::new(std::time::Duration::from_secs(300))
+    }
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seen({} signatures)", self.0.entry_count())
+    }
+}
+
+/// Why a request is not authorised.
+enum Denied {
+    Credentials,
+    Stale,
+    Replayed,
+}
+
+impl Denied {
+    fn message(&self) -> String {
+        match self {
+            Denied::Credentials => format!("missing or wrong credentials: sign the body ({SIGNATURE_HEADER}: t=<unix seconds>,v1=<hex HMAC of \"<t>.<body>\"> or sha256=<hex HMAC of the body>) or send Authorization: Bearer <token>"),
+            Denied::Stale => "the signature's timestamp is outside the accepted window (--webhook-tolerance-s): sign with the current time".to_string(),
+            Denied::Replayed => "this signature was already used: sign each call anew".to_string(),
+        }
+    }
+}
+
+fn hmac(secret: &str, parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+    for p in parts {
+        mac.update(p);
+    }
+    Some(mac)
+}
+
+/// `t=…,v1=…`: the timestamp and every `v1` signature given.
+fn timestamped(header: &str) -> Option<(i64, Vec<Vec<u8>>)> {
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.trim().parse::<i64>().ok(),
+            Some(("v1", v)) => sigs.extend(hex::decode(v.trim()).ok()),
+            _ => {}
+        }
+    }
+    Some((t?, sigs))
+}
+
+fn check_signature(options: &WebhookOptions, header: &str, body: &[u8]) -> Result<(), Denied> {
+    let Some(secret) = &options.secret else {
+        return Err(Denied::Credentials);
+    };
+    if let Some((t, sigs)) = timestamped(header) {
+        let signed = t.to_string();
+        let valid = sigs.iter().find(|sig| {
+            hmac(secret, &[signed.as_bytes(), b".", body])
+                .is_some_and(|mac| mac.verify_slice(sig).is_ok())
+        });
+        let Some(sig) = valid else {
+            return Err(Denied::Credentials);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let tolerance = i64::try_from(options.tolerance.as_secs()).unwrap_or(i64::MAX);
+        if now.abs_diff(t) > tolerance.unsigned_abs() {
+            return Err(Denied::Stale);
+        }
+        // Accepted once: `or_insert` makes a fresh entry only for a signature not seen.
+        if !options.seen.0.entry(sig.clone()).or_insert(()).is_fresh() {
+            return Err(Denied::Replayed);
+        }
+        return Ok(());
+    }
+    if options.require_timestamp {
+        return Err(Denied::Credentials);
+    }
+    let sig = header
+        .trim()
+        .strip_prefix("sha256=")
+        .and_then(|s| hex::decode(s).ok())
+        .ok_or(Denied::Credentials)?;
+    if hmac(secret, &[body]).is_some_and(|mac| mac.verify_slice(&sig).is_ok()) {
+        Ok(())
+    } else {
+        Err(Denied::Credentials)
     }
 }
 
@@ -47,19 +172,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorised(options: &WebhookOptions, headers: &HeaderMap, body: &[u8]) -> bool {
-    if let Some(secret) = &options.secret {
-        let signature = headers
-            .get(SIGNATURE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().strip_prefix("sha256="));
-        if let Some(sig) = signature.and_then(|s| hex::decode(s).ok()) {
-            if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
-                mac.update(body);
-                if mac.verify_slice(&sig).is_ok() {
-                    return true;
-                }
-            }
+fn authorised(options: &WebhookOptions, headers: &HeaderMap, body: &[u8]) -> Result<(), Denied> {
+    let mut denied = Denied::Credentials;
+    if let Some(header) = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()) {
+        match check_signature(options, header, body) {
+            Ok(()) => return Ok(()),
+            Err(why) => denied = why,
         }
     }
     if let Some(token) = &options.token {
@@ -68,10 +186,10 @@ fn authorised(options: &WebhookOptions, headers: &HeaderMap, body: &[u8]) -> boo
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if bearer.is_some_and(|b| constant_time_eq(b.trim().as_bytes(), token.as_bytes())) {
-            return true;
+            return Ok(());
         }
     }
-    false
+    Err(denied)
 }
 
 pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response {
@@ -94,9 +212,9 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
         }
     };
     let metrics = &state.runtime.metrics;
-    if !authorised(options, &parts.headers, &body) {
+    if let Err(denied) = authorised(options, &parts.headers, &body) {
         metrics.reject(crate::metrics::Rejection::Auth);
-        return error(StatusCode::UNAUTHORIZED, format!("missing or wrong credentials: sign the body ({SIGNATURE_HEADER}: sha256=<hex>) or send Authorization: Bearer <token>"));
+        return error(StatusCode::UNAUTHORIZED, denied.message());
     }
     let tags: Vec<String> = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => match map.get("tags") {
