@@ -1,5 +1,11 @@
-//! Hostile input never panics: arbitrary text into the schema loader (and mutations of a
-//! real schema), arbitrary frames into a gateway's WebSocket handler.
+//! Hostile input never panics and always gets a well-formed answer: arbitrary text into
+//! the schema loader (and mutations of a real schema); arbitrary requests — documents,
+//! variables, extensions, bodies, query strings, headers — into `/graphql` over GET, POST
+//! and SSE, and into the webhook; arbitrary frames into a gateway's WebSocket handler,
+//! in both subprotocols.
+//!
+//! Each property runs 300 cases here; `scripts/fuzz` runs them for a million or more
+//! (`LIVEGATE_FUZZ_CASES`).
 
 mod common;
 
@@ -7,8 +13,16 @@ use proptest::prelude::*;
 
 const DEMO: &str = include_str!("../schema.graphql");
 
+/// Cases per property: `LIVEGATE_FUZZ_CASES`, else 300.
+fn cases() -> u32 {
+    std::env::var("LIVEGATE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn the_schema_loader_never_panics_on_arbitrary_text(text in "\\PC{0,400}") {
@@ -63,8 +77,9 @@ async fn arbitrary_websocket_frames_never_take_the_gateway_down() {
         ],
         1..12,
     );
+    let rounds = (cases() / 5).max(60);
     for protocol in ["graphql-transport-ws", "graphql-ws"] {
-        for _ in 0..60 {
+        for _ in 0..rounds {
             let batch = frames.new_tree(&mut runner).expect("strategy").current();
             let mut req = format!("ws://{}/graphql", gw.addr)
                 .into_client_request()
@@ -87,4 +102,268 @@ async fn arbitrary_websocket_frames_never_take_the_gateway_down() {
     // Still serving.
     let r = gw.query("{ __typename }").await;
     assert_eq!(r["data"]["__typename"], "Query");
+}
+
+// ---- the request path -------------------------------------------------------------
+
+const FUZZ_SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "http://127.0.0.1:9")
+type User { id: ID! name: String! friend: User @rest(upstream: "api", path: "/users/{parent.id}") }
+type Query {
+  user(id: ID!): User @rest(upstream: "api", path: "/users/{args.id}") @cache(maxAge: 60, tags: ["u:{args.id}"])
+  users(ids: [ID!], first: Int, q: String): [User!] @rest(upstream: "api", path: "/users", query: {q: "{args.q}"})
+}
+type Mutation { rename(id: ID!, name: String!): User @rest(upstream: "api", method: POST, path: "/users/{args.id}", body: "{args}") @invalidates(tags: ["u:{args.id}"]) }
+type Subscription { user(id: ID!): User @live }
+"#;
+
+/// One gateway (its router, without a socket) for every request case, on one runtime.
+fn router() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static ROUTER: std::sync::OnceLock<(tokio::runtime::Runtime, axum::Router)> =
+        std::sync::OnceLock::new();
+    ROUTER.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let app = rt.block_on(async {
+            let plan =
+                livegate::plan::load("fuzz.graphql", FUZZ_SCHEMA, Vec::<(String, String)>::new())
+                    .unwrap_or_else(|e| panic!("{e:?}"));
+            let mut options = livegate::Options::default();
+            options.webhook.secret = Some("s".into());
+            options.upstream_timeout = std::time::Duration::from_millis(200);
+            livegate::app(livegate::state(plan, &options).expect("state"))
+        });
+        (rt, app)
+    })
+}
+
+/// GraphQL-shaped text: tokens of this schema and of the language, in any order.
+fn document() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("{"),
+        Just("}"),
+        Just("("),
+        Just(")"),
+        Just("["),
+        Just("]"),
+        Just(":"),
+        Just(","),
+        Just("$x"),
+        Just("$y"),
+        Just("..."),
+        Just("fragment F on User"),
+        Just("fragment Q on Query"),
+        Just("...F"),
+        Just("...Q"),
+        Just("on"),
+        Just("query"),
+        Just("mutation"),
+        Just("subscription"),
+        Just("query Q($x: Boolean!, $y: ID = \"1\")"),
+        Just("@skip(if: true)"),
+        Just("@include(if: $x)"),
+        Just("@live"),
+        Just("@unknown"),
+        Just("user(id: \"1\")"),
+        Just("user(id: $y)"),
+        Just("users(ids: [\"1\", 2], first: -1, q: \"a/../b\")"),
+        Just("rename(id: \"1\", name: \"n\")"),
+        Just("id"),
+        Just("name"),
+        Just("friend"),
+        Just("a:"),
+        Just("b:"),
+        Just("\"1\""),
+        Just("1"),
+        Just("1.5e300"),
+        Just("true"),
+        Just("null"),
+        Just("__typename"),
+        Just("__schema { types { name } }"),
+        Just("__type(name: \"User\") { fields { name } }"),
+        Just("#c\n"),
+        Just("\r"),
+        Just("\"\"\"block\r\n\"\"\""),
+        Just("\u{0}"),
+        Just("é"),
+    ];
+    prop_oneof![
+        3 => proptest::collection::vec(token, 0..48).prop_map(|t| t.join(" ")),
+        1 => "\\PC{0,120}",
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(|f| serde_json::json!(f)),
+        "\\PC{0,12}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z$]{0,3}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Shape {
+    Post {
+        body: Vec<u8>,
+        content_type: &'static str,
+    },
+    Get {
+        query: String,
+    },
+    Hook {
+        body: Vec<u8>,
+        signature: String,
+    },
+}
+
+fn request() -> impl Strategy<Value = (Shape, &'static str)> {
+    let post_json = (
+        document(),
+        proptest::option::of(json_value()),
+        proptest::option::of(json_value()),
+        proptest::option::of(json_value()),
+    )
+        .prop_map(|(q, vars, ext, op)| {
+            let mut body = serde_json::json!({ "query": q });
+            if let Some(v) = vars {
+                body["variables"] = v;
+            }
+            if let Some(e) = ext {
+                body["extensions"] = e;
+            }
+            if let Some(o) = op {
+                body["operationName"] = o;
+            }
+            serde_json::to_vec(&body).unwrap_or_default()
+        });
+    let post = prop_oneof![
+        4 => post_json,
+        1 => json_value().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+        1 => proptest::collection::vec(any::<u8>(), 0..200),
+    ];
+    let content_type = prop_oneof![
+        Just("application/json"),
+        Just("application/graphql-response+json; charset=utf-8"),
+        Just("text/plain"),
+        Just(""),
+    ];
+    let get = (document(), proptest::option::of(json_value()), "\\PC{0,20}").prop_map(
+        |(q, vars, junk)| {
+            let mut pairs = url::form_urlencoded::Serializer::new(String::new());
+            pairs.append_pair("query", &q);
+            if let Some(v) = vars {
+                pairs.append_pair("variables", &v.to_string());
+            }
+            pairs.append_pair("extensions", &junk);
+            pairs.finish()
+        },
+    );
+    let hook = (
+        prop_oneof![
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..100)
+        ],
+        "\\PC{0,40}",
+    )
+        .prop_map(|(body, signature)| Shape::Hook { body, signature });
+    let accept = prop_oneof![
+        Just("application/json"),
+        Just("application/graphql-response+json"),
+        Just("*/*"),
+        Just("text/event-stream"),
+        Just("text/html"),
+        Just("image/png"),
+        Just(""),
+    ];
+    (
+        prop_oneof![
+            3 => (post, content_type).prop_map(|(body, content_type)| Shape::Post { body, content_type }),
+            2 => get.prop_map(|query| Shape::Get { query }),
+            1 => hook,
+        ],
+        accept,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// Any request gets an answer with an expected status, and a JSON body unless it is
+    /// an event stream or GraphiQL.
+    #[test]
+    fn any_request_gets_a_well_formed_answer((shape, accept) in request()) {
+        use tower::ServiceExt;
+        let (rt, app) = router();
+        let mut builder = http::Request::builder();
+        if !accept.is_empty() {
+            builder = builder.header("accept", accept);
+        }
+        let (req, hook) = match &shape {
+            Shape::Post { body, content_type } => {
+                if !content_type.is_empty() {
+                    builder = builder.header("content-type", *content_type);
+                }
+                (builder.method("POST").uri("/graphql").body(axum::body::Body::from(body.clone())), false)
+            }
+            Shape::Get { query } => (builder.uri(format!("/graphql?{query}")).body(axum::body::Body::empty()), false),
+            Shape::Hook { body, signature } => {
+                let builder = match http::HeaderValue::from_str(signature) {
+                    Ok(v) => builder.header("x-livegate-signature", v),
+                    Err(_) => builder,
+                };
+                (builder.method("POST").uri("/hooks/invalidate").body(axum::body::Body::from(body.clone())), true)
+            }
+        };
+        let req = req.expect("request");
+        let answered = rt.block_on(async {
+            let res = app.clone().oneshot(req).await.expect("infallible");
+            let status = res.status().as_u16();
+            let kind = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let mut body = res.into_body().into_data_stream();
+            use futures_util::StreamExt;
+            // An event stream may go on: its first event is enough.
+            let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await;
+            let mut bytes = match first {
+                Ok(Some(Ok(b))) => b.to_vec(),
+                Ok(_) => Vec::new(),
+                Err(_) => panic!("no answer within 5 s"),
+            };
+            if !kind.starts_with("text/event-stream") {
+                while let Some(Ok(more)) = body.next().await {
+                    bytes.extend_from_slice(&more);
+                }
+            }
+            (status, kind, bytes)
+        });
+        let (status, kind, bytes) = answered;
+        if hook {
+            prop_assert!([200, 400, 401, 413].contains(&status), "webhook status {status}");
+        } else {
+            prop_assert!([200, 400, 405, 406, 413, 415].contains(&status), "status {status}");
+        }
+        if kind.starts_with("text/event-stream") {
+            prop_assert_eq!(status, 200);
+            let text = String::from_utf8_lossy(&bytes);
+            prop_assert!(text.starts_with("event: ") || text.starts_with(':') || text.is_empty(), "{text}");
+        } else if !kind.starts_with("text/html") {
+            let parsed = serde_json::from_slice::<serde_json::Value>(&bytes);
+            prop_assert!(parsed.is_ok(), "{status} {kind}: not JSON: {}", String::from_utf8_lossy(&bytes));
+            let parsed = parsed.unwrap_or_default();
+            if !hook {
+                prop_assert!(parsed.get("data").is_some() || parsed["errors"].is_array(), "{parsed}");
+            }
+        }
+    }
 }
