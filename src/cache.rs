@@ -33,6 +33,11 @@ use tokio::time::Instant;
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
+    /// The whole key in hex: its name in the second level.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
     /// Hashes the parts that make a request distinct; each part is length-prefixed, so
     /// no two different part lists hash the same bytes.
     pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -76,6 +81,9 @@ pub struct Policy {
     pub max_age: Duration,
     pub swr: Duration,
     pub tags: Vec<Tag>,
+    /// May be shared with other replicas (`PUBLIC`); a `PRIVATE` value never leaves
+    /// this one.
+    pub shared: bool,
 }
 
 impl Policy {
@@ -150,6 +158,8 @@ struct State {
 struct Invalidations {
     epochs: Box<[u64]>,
     hasher: std::collections::hash_map::RandomState,
+    /// The epoch at which everything was invalidated last.
+    everything: u64,
 }
 
 impl Default for Invalidations {
@@ -157,6 +167,7 @@ impl Default for Invalidations {
         Invalidations {
             epochs: vec![0; Self::SLOTS].into_boxed_slice(),
             hasher: Default::default(),
+            everything: 0,
         }
     }
 }
@@ -177,7 +188,7 @@ impl Invalidations {
     }
 
     fn since(&self, tag: &Tag, epoch: u64) -> bool {
-        self.epochs[self.slot(tag)] > epoch
+        self.everything > epoch || self.epochs[self.slot(tag)] > epoch
     }
 }
 
@@ -196,6 +207,8 @@ struct Inner {
     next_flight: AtomicU64,
     /// Bumped (under the state lock) by every invalidation; see [`Cache::epoch`].
     epoch: AtomicU64,
+    /// Where misses look before the upstream, and fetched values go for other replicas.
+    bus: crate::bus::Bus,
     /// Bumped (under the state lock) each time a flight retires, which is after its value
     /// was stored: a load that missed, then finds no flight, knows by this whether one
     /// finished in between (and its value is now stored) or whether to start one.
@@ -225,7 +238,8 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Expiry {
         e: &Arc<Entry>,
         _: std::time::Instant,
     ) -> Option<Duration> {
-        Some(e.policy.max_age + e.policy.swr)
+        // A value from another replica arrives with some of its life spent.
+        Some((e.policy.max_age + e.policy.swr).saturating_sub(e.stored.elapsed()))
     }
 }
 
@@ -238,6 +252,11 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 impl Cache {
     /// A cache holding at most about `budget_bytes` of upstream bodies.
     pub fn new(budget_bytes: u64) -> Self {
+        Cache::with_bus(budget_bytes, crate::bus::Bus::local())
+    }
+
+    /// The same, sharing values with other replicas over `bus`.
+    pub fn with_bus(budget_bytes: u64, bus: crate::bus::Bus) -> Self {
         let state: Arc<Mutex<State>> = Arc::default();
         let index = state.clone();
         let evictions = Arc::new(AtomicU64::new(0));
@@ -278,6 +297,7 @@ impl Cache {
                 state,
                 next_flight: AtomicU64::new(0),
                 epoch: AtomicU64::new(0),
+                bus,
                 retired: AtomicU64::new(0),
             }),
         }
@@ -374,7 +394,7 @@ impl Cache {
         let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let result = fetch().await;
+            let result = this.inner.bus.load(key, policy.as_ref(), fetch).await;
             this.finish(key, id, epoch, policy, result)
         });
         let shared = async move {
@@ -407,16 +427,17 @@ impl Cache {
         id: u64,
         epoch: u64,
         policy: Option<Policy>,
-        result: Result<(Value, usize), UpstreamError>,
+        result: Result<crate::bus::Shared, UpstreamError>,
     ) -> Fetched {
-        let (value, size) = match result {
-            Ok((v, size)) => (Arc::new(v), size),
+        let (value, size, age) = match result {
+            Ok(shared) => (Arc::new(shared.value), shared.size, shared.age),
             Err(e) => {
                 self.retire(key, id);
                 return Err(e);
             }
         };
-        let stamp = policy.and_then(|policy| self.insert(key, policy, value.clone(), size, epoch));
+        let stamp = policy
+            .and_then(|policy| self.insert_aged(key, policy, value.clone(), size, epoch, age));
         self.retire(key, id);
         Ok((value, stamp))
     }
@@ -433,12 +454,29 @@ impl Cache {
         size: usize,
         epoch: u64,
     ) -> Option<Stamp> {
-        if !policy.stores() || lock(&self.inner.state).invalidated_since(&policy.tags, epoch) {
+        self.insert_aged(key, policy, value, size, epoch, Duration::ZERO)
+    }
+
+    /// [`Cache::insert`] of a value already `age` old (another replica fetched it).
+    fn insert_aged(
+        &self,
+        key: CacheKey,
+        policy: Policy,
+        value: Arc<Value>,
+        size: usize,
+        epoch: u64,
+        age: Duration,
+    ) -> Option<Stamp> {
+        if !policy.stores()
+            || age >= policy.max_age + policy.swr
+            || lock(&self.inner.state).invalidated_since(&policy.tags, epoch)
+        {
             return None;
         }
+        let now = Instant::now();
         let entry = Arc::new(Entry {
             value,
-            stored: Instant::now(),
+            stored: now.checked_sub(age).unwrap_or(now),
             policy,
             size,
             dead: AtomicBool::new(false),
@@ -604,6 +642,27 @@ impl Cache {
         dropped
     }
 
+    /// The bus this cache shares values over.
+    pub fn bus(&self) -> &crate::bus::Bus {
+        &self.inner.bus
+    }
+
+    /// Drops every entry and makes every fetch in flight unstorable (another replica's
+    /// changes were lost: nothing here can be trusted to be current).
+    pub fn invalidate_all(&self) {
+        {
+            let mut st = lock(&self.inner.state);
+            let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            st.invalidated.everything = epoch;
+            st.tags.clear();
+            st.flights.clear();
+        }
+        for (_, entry) in self.inner.entries.iter() {
+            entry.dead.store(true, Ordering::Release);
+        }
+        self.inner.entries.invalidate_all();
+    }
+
     /// Entries dropped so far to stay within the byte budget.
     pub fn evictions(&self) -> u64 {
         self.inner.evictions.load(Ordering::Relaxed)
@@ -627,6 +686,7 @@ mod tests {
 
     fn policy(max_age: u64, swr: u64, tags: &[&str]) -> Option<Policy> {
         Some(Policy {
+            shared: true,
             max_age: Duration::from_secs(max_age),
             swr: Duration::from_secs(swr),
             tags: tags.iter().map(|t| Tag::from(*t)).collect(),

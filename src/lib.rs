@@ -8,6 +8,8 @@
 //!   `file:line:col`. Pure and synchronous, like `config`.
 //! - [`schema`] ③ Plan → async-graphql dynamic schema.
 //! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
+//! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache):
+//!   in-process, or through Redis with `--redis-url`.
 //! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight.
 //! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
 //!   entry they were built from is.
@@ -17,6 +19,7 @@
 //! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! exactly what `main.rs` runs.
 
+pub mod bus;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -76,6 +79,8 @@ pub struct Options {
     pub upstream_ca: upstream::tls::ExtraRoots,
     /// Follow upstream redirects within the same origin (else a 3xx is an error).
     pub follow_redirects: bool,
+    /// Share invalidations and cached values with other replicas through Redis.
+    pub redis: Option<bus::redis::RedisOptions>,
 }
 
 impl Default for Options {
@@ -99,6 +104,7 @@ impl Default for Options {
             cors: Default::default(),
             upstream_ca: Default::default(),
             follow_redirects: false,
+            redis: None,
         }
     }
 }
@@ -110,6 +116,8 @@ pub enum Error {
     Config(Vec<config::ConfigError>),
     #[error("the schema could not be built: {0}")]
     Schema(String),
+    #[error("{0}")]
+    Redis(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -125,7 +133,15 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         &options.upstream_ca,
         options.follow_redirects,
     );
-    let cache = cache::Cache::new(options.cache_bytes);
+    let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
+    let bus = match &options.redis {
+        Some(r) => bus::Bus::redis(
+            bus::redis::RedisBus::start(r.clone(), metrics.clone(), remote_tx)
+                .map_err(Error::Redis)?,
+        ),
+        None => bus::Bus::local(),
+    };
+    let cache = cache::Cache::with_bus(options.cache_bytes, bus);
     let runtime = Arc::new(resolve::Runtime::new(
         plan,
         cache,
@@ -139,6 +155,17 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         ),
         metrics,
     ));
+    // Invalidations from other replicas apply here as if made here (but are not sent on).
+    let weak = Arc::downgrade(&runtime);
+    tokio::spawn(async move {
+        let mut remote_rx = remote_rx;
+        while let Some(remote) = remote_rx.recv().await {
+            let Some(runtime) = weak.upgrade() else {
+                return;
+            };
+            runtime.apply_remote(remote);
+        }
+    });
     let schema = schema::build(runtime.clone(), &options.limits)
         .map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.

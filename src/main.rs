@@ -142,6 +142,18 @@ struct Cli {
     /// Highest complexity (number of fields selected) accepted in an operation.
     #[arg(long, env = "LIVEGATE_MAX_COMPLEXITY", default_value_t = 10_000)]
     max_complexity: usize,
+    /// Redis shared by several replicas (redis://, rediss://, a password in the URL works): invalidations reach every replica and cached values are shared. Without it everything stays in this process.
+    #[arg(long, env = "LIVEGATE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key, so several gateways can share one Redis.
+    #[arg(long, env = "LIVEGATE_REDIS_PREFIX", default_value = "livegate:")]
+    redis_prefix: String,
+    /// Deadline of every Redis call, in ms; past it Redis counts as down for that call.
+    #[arg(long, env = "LIVEGATE_REDIS_TIMEOUT_MS", default_value_t = 250)]
+    redis_timeout_ms: u64,
+    /// How long a replica waits for another replica's fetch of the same entry before fetching itself, in ms.
+    #[arg(long, env = "LIVEGATE_REDIS_FILL_WAIT_MS", default_value_t = 10_000)]
+    redis_fill_wait_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LIVEGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -221,6 +233,14 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         cors,
         upstream_ca,
         follow_redirects: cli.upstream_follow_redirects,
+        redis: cli.redis_url.clone().filter(|u| !u.is_empty()).map(|url| {
+            livegate::bus::redis::RedisOptions {
+                url,
+                prefix: cli.redis_prefix.clone(),
+                timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
+                fill_wait: Duration::from_millis(cli.redis_fill_wait_ms),
+            }
+        }),
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,

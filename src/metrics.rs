@@ -37,6 +37,15 @@ pub struct Metrics {
     pub invalidated_entries: IntCounter,
     /// Requests refused, by reason: `limit`, `auth`, `malformed` (see [`Metrics::reject`]).
     rejected: IntCounterVec,
+    /// 1 while Redis answers (with `--redis-url`), else 0.
+    pub redis_up: IntGauge,
+    /// Messages on the replicas' bus, by direction (`published`, `received`) and kind
+    /// (`invalidation`, `everything`).
+    pub bus_messages: IntCounterVec,
+    /// Messages and entries read from Redis and skipped as malformed or of another format.
+    pub bus_skipped: IntCounterVec,
+    /// Second-level (Redis) cache lookups by outcome: `hit`, `miss`, `error`.
+    pub l2_lookups: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -174,6 +183,25 @@ impl Metrics {
                 "livegate_rejected_total",
                 "Requests refused by reason (limit, auth, malformed)",
                 &["reason"],
+            ),
+            redis_up: gauge(&r, "livegate_redis_up", "1 while Redis answers (with --redis-url), else 0"),
+            bus_messages: counter_vec(
+                &r,
+                "livegate_bus_messages_total",
+                "Messages between replicas by direction (published, received) and kind (invalidation, everything)",
+                &["direction", "kind"],
+            ),
+            bus_skipped: counter_vec(
+                &r,
+                "livegate_bus_skipped_total",
+                "Messages and entries read from Redis and skipped: malformed or of another format version",
+                &["kind"],
+            ),
+            l2_lookups: counter_vec(
+                &r,
+                "livegate_l2_lookups_total",
+                "Second-level (Redis) cache lookups by outcome (hit, miss, error)",
+                &["outcome"],
             ),
             registry: r,
         }

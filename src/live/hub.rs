@@ -132,6 +132,17 @@ impl Hub {
         }
     }
 
+    /// Everything may have changed: wake every subscription.
+    pub fn changed_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let st = self.lock();
+        for entry in st.keys.values() {
+            for notify in entry.subs.values() {
+                notify.notify_one();
+            }
+        }
+    }
+
     /// The entries under `keys` changed: wake everyone who read them.
     pub fn changed(&self, keys: &[CacheKey]) {
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub hub: Arc<Hub>,
     pub sockets: Arc<Sockets>,
     pub metrics: Arc<Metrics>,
+    /// Invalidations reach the other replicas through it.
+    pub bus: crate::bus::Bus,
 }
 
 impl Runtime {
@@ -47,6 +49,7 @@ impl Runtime {
         sockets: Arc<Sockets>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let bus = cache.bus().clone();
         let batcher = Batcher::new(client.clone(), batch_window);
         let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
         Runtime {
@@ -57,13 +60,35 @@ impl Runtime {
             hub,
             sockets,
             metrics,
+            bus,
         }
     }
 
-    /// Drops the entries filed under `tags` and wakes the live queries that read them
-    /// (each refetches through the cache: one upstream request per entry). Returns how
-    /// many entries that was.
-    pub fn invalidate(&self, tags: &[Tag]) -> usize {
+    /// Drops the entries filed under `tags`, here and on every other replica, and wakes
+    /// the live queries that read them (each refetches through the cache: one upstream
+    /// request per entry). The other replicas are told first, which also drops the
+    /// shared second-level entries, so the refetches here cannot find the old value
+    /// there. Returns how many entries this replica dropped.
+    pub async fn invalidate(&self, tags: &[Tag]) -> usize {
+        self.bus.invalidated(tags).await;
+        self.invalidate_local(tags)
+    }
+
+    /// What another replica said changed, applied here.
+    pub fn apply_remote(&self, remote: crate::bus::Remote) {
+        match remote {
+            crate::bus::Remote::Tags(tags) => {
+                self.invalidate_local(&tags);
+            }
+            crate::bus::Remote::Everything => {
+                self.cache.invalidate_all();
+                self.hub.changed_all();
+            }
+        }
+    }
+
+    /// [`Runtime::invalidate`] on this replica only.
+    pub fn invalidate_local(&self, tags: &[Tag]) -> usize {
         let mut keys: std::collections::HashSet<_> =
             self.cache.invalidate(tags).into_iter().collect();
         keys.extend(self.hub.invalidated(tags));
@@ -160,7 +185,7 @@ async fn resolve_rest(
                 .invalidations
                 .with_label_values(&["mutation"])
                 .inc();
-            let dropped = rt.invalidate(&tags);
+            let dropped = rt.invalidate(&tags).await;
             tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
         return Ok(shape::output(

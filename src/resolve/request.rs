@@ -185,6 +185,7 @@ pub fn policy(rest: &RestPlan, vars: Vars<'_>) -> Option<Policy> {
         max_age: c.max_age,
         swr: c.swr,
         tags: render_tags(&c.tags, vars),
+        shared: c.scope != Scope::Private,
     })
 }
 

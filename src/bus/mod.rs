@@ -1,0 +1,86 @@
+//! Stage ⑤ — how invalidations and cached values travel between replicas. One interface,
+//! [`Bus`], with two implementations: in-process (the default: nothing travels, every
+//! method is a no-op or a miss) and Redis ([`redis::RedisBus`], `--redis-url`). The
+//! runtime and the cache talk to the bus; they never ask whether Redis is on.
+//!
+//! Input: local invalidations (published, after the second-level entries they name are
+//! dropped) and cache misses (looked up in the second level, filled under a lock).
+//! Output: invalidations from other replicas ([`Remote`]), delivered to the handler given
+//! at start, and values other replicas fetched.
+
+pub mod redis;
+
+use crate::cache::{CacheKey, Policy, Tag};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What another replica says changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// These tags were invalidated.
+    Tags(Vec<Tag>),
+    /// Messages were lost (the replica was cut off longer than the stream keeps them, or
+    /// the stream was reset): treat everything as changed.
+    Everything,
+}
+
+/// A value another replica stored, and how old it is.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub value: Value,
+    pub size: usize,
+    pub age: Duration,
+}
+
+/// The replicas' shared channel. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Bus {
+    redis: Option<Arc<redis::RedisBus>>,
+}
+
+impl Bus {
+    /// Nothing shared: one replica.
+    pub fn local() -> Bus {
+        Bus::default()
+    }
+
+    /// Shared through Redis; remote invalidations go to `on_remote`.
+    pub fn redis(bus: Arc<redis::RedisBus>) -> Bus {
+        Bus { redis: Some(bus) }
+    }
+
+    /// Tells the other replicas that `tags` changed, after dropping the second-level
+    /// entries filed under them (so a replica that refetches on hearing it cannot find
+    /// the old value there). Returns when done or when Redis did not answer in time.
+    pub async fn invalidated(&self, tags: &[Tag]) {
+        if let Some(r) = &self.redis {
+            r.publish_invalidation(tags).await;
+        }
+    }
+
+    /// Looks up, and if needed fills, the second level for `key`: another replica's
+    /// value when there is one (or when one arrives while another replica fetches it),
+    /// else `fetch`'s, stored for the others. Only shared (`PUBLIC`) entries take part.
+    pub async fn load<F, Fut>(
+        &self,
+        key: CacheKey,
+        policy: Option<&Policy>,
+        fetch: F,
+    ) -> Result<Shared, crate::upstream::UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(Value, usize), crate::upstream::UpstreamError>>,
+    {
+        match (&self.redis, policy) {
+            (Some(r), Some(p)) if p.shared && !(p.max_age + p.swr).is_zero() => {
+                r.load(key, p, fetch).await
+            }
+            _ => fetch().await.map(|(value, size)| Shared {
+                value,
+                size,
+                age: Duration::ZERO,
+            }),
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The Redis implementation of the bus (`--redis-url`).
+//!
+//! Keys, all under one hash tag `{<prefix>}` so the scripts also run on Redis Cluster
+//! (one slot), and every one with a TTL:
+//!
+//! - `{p}inv` — the invalidation stream (`XADD … MAXLEN ~ 10000`, expires a day after its
+//!   last entry). Each replica reads it from the last id it saw, so one that was cut off
+//!   catches up when it reconnects; one that finds entries it can no longer read (trimmed
+//!   past it, or the stream reset) treats everything as changed, once.
+//! - `{p}c:<key>` — a second-level cache entry (JSON with its age and policy), expiring at
+//!   `maxAge + swr`. Only `PUBLIC` entries: a `PRIVATE` value never leaves the replica.
+//! - `{p}t:<tag>` — the second-level keys filed under a tag, expiring with the longest.
+//! - `{p}f:<key>` — the fill lock: concurrent misses of one key on several replicas make
+//!   one upstream request; the others wait (bounded) for its value, and fetch themselves
+//!   if the holder dies (its lock expires) or takes too long.
+//! - `{p}gen` — bumped by every invalidation: a value fetched across one is not stored.
+//!
+//! Redis down is not livegate down: every call has a deadline (`--redis-timeout-ms`); a
+//! lookup that fails is a miss, a publish that fails leaves the invalidation local, and
+//! the stream reader reconnects by itself. `livegate_redis_up` says which it is; the
+//! change is logged once. A stream message that is malformed or of an unknown format
+//! version is skipped and counted, never trusted.
+
+use super::{Remote, Shared};
+use crate::cache::{CacheKey, Policy, Tag};
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamError;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OnceCell};
+
+/// The format of what this version writes to Redis; other versions' messages are skipped.
+const FORMAT: &str = "1";
+
+/// Redis settings; flags of the binary.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    pub url: String,
+    pub prefix: String,
+    /// Deadline of every Redis call.
+    pub timeout: Duration,
+    /// How long a replica waits for another's fetch of the same key before fetching itself.
+    pub fill_wait: Duration,
+}
+
+pub struct RedisBus {
+    client: redis::Client,
+    /// Connected lazily (and kept reconnecting by the manager once connected).
+    conn: OnceCell<ConnectionManager>,
+    options: RedisOptions,
+    /// This replica, so it skips its own messages.
+    origin: String,
+    up: AtomicBool,
+    /// When a connection attempt last failed: calls within a second of it do not wait
+    /// for another attempt (Redis down must not slow every cache miss).
+    failed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    metrics: Arc<Metrics>,
+    invalidate: redis::Script,
+    store: redis::Script,
+    unlock: redis::Script,
+}
+
+/// `redis://user:password@host/…` without its password, for log lines.
+fn shown(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| crate::upstream::redact(&u))
+        .unwrap_or_else(|_| "(unparsable URL)".into())
+}
+
+impl RedisBus {
+    /// Checks the URL (a mistake there is a start-up error); connects in the background.
+    /// Remote invalidations are sent to `remote`.
+    pub fn start(
+        options: RedisOptions,
+        metrics: Arc<Metrics>,
+        remote: mpsc::UnboundedSender<Remote>,
+    ) -> Result<Arc<RedisBus>, String> {
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| {
+            // The error may quote the URL, password and all.
+            let why = match url::Url::parse(&options.url) {
+                Ok(u) => crate::upstream::scrub(&e.to_string(), &u),
+                Err(_) => "not a URL".to_string(),
+            };
+            format!("--redis-url {}: {why}", shown(&options.url))
+        })?;
+        let origin = {
+            use std::hash::{BuildHasher, Hash, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            std::time::SystemTime::now().hash(&mut h);
+            std::process::id().hash(&mut h);
+            format!("{:016x}", h.finish())
+        };
+        let bus = Arc::new(RedisBus {
+            client,
+            conn: OnceCell::new(),
+            options,
+            origin,
+            up: AtomicBool::new(false),
+            failed_at: std::sync::Mutex::new(None),
+            metrics,
+            invalidate: redis::Script::new(INVALIDATE),
+            store: redis::Script::new(STORE),
+            unlock: redis::Script::new(UNLOCK),
+        });
+        bus.metrics.redis_up.set(0);
+        tokio::spawn(read_stream(Arc::downgrade(&bus), remote));
+        Ok(bus)
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{{{}}}{name}", self.options.prefix)
+    }
+
+    fn entry_key(&self, key: &CacheKey) -> String {
+        self.key(&format!("c:{}", key.hex()))
+    }
+
+    /// Notes whether Redis answered; logs a change once.
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            self.metrics.redis_up.set(i64::from(up));
+            if up {
+                tracing::info!(
+                    redis = shown(&self.options.url),
+                    "redis is up: sharing with the other replicas"
+                );
+            } else {
+                tracing::warn!(redis = shown(&self.options.url), "redis is unreachable: invalidations stay local and every replica fetches for itself until it is back");
+            }
+        }
+    }
+
+    /// The connection, once Redis has been reached (never waits longer than the deadline).
+    async fn conn(&self) -> Option<ConnectionManager> {
+        if let Some(c) = self.conn.get() {
+            return Some(c.clone());
+        }
+        {
+            let failed = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+            if failed.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return None;
+            }
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.options.timeout)
+            .set_response_timeout(self.options.timeout)
+            .set_number_of_retries(1)
+            .set_max_delay(1_000);
+        let connect = ConnectionManager::new_with_config(self.client.clone(), config);
+        match tokio::time::timeout(self.options.timeout * 2, connect).await {
+            Ok(Ok(c)) => Some(self.conn.get_or_init(|| async { c }).await.clone()),
+            _ => {
+                *self.failed_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(tokio::time::Instant::now());
+                self.set_up(false);
+                None
+            }
+        }
+    }
+
+    /// Runs one call with the deadline; `None` (and Redis marked down) on any failure.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.conn().await?;
+        match tokio::time::timeout(self.options.timeout, f(conn)).await {
+            Ok(Ok(v)) => {
+                self.set_up(true);
+                Some(v)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(what, error = %e, "redis call failed");
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.set_up(false);
+                }
+                None
+            }
+            Err(_) => {
+                tracing::debug!(what, "redis call timed out");
+                self.set_up(false);
+                None
+            }
+        }
+    }
+
+    pub async fn publish_invalidation(&self, tags: &[Tag]) {
+        let mut inv = self.invalidate.prepare_invoke();
+        inv.key(self.key("gen")).key(self.key("inv"));
+        for t in tags {
+            inv.key(self.key(&format!("t:{t}")));
+        }
+        let names: Vec<&str> = tags.iter().map(|t| &*t.0).collect();
+        inv.arg(10_000)
+            .arg(&self.origin)
+            .arg(json!(names).to_string())
+            .arg(STREAM_TTL_MS)
+            .arg(FORMAT);
+        let sent: Option<String> = self
+            .call("publish invalidation", |mut c| async move {
+                inv.invoke_async(&mut c).await
+            })
+            .await;
+        if sent.is_some() {
+            self.metrics
+                .bus_messages
+                .with_label_values(&["published", "invalidation"])
+                .inc();
+        }
+    }
+
+    /// The invalidation generation now (`None` when Redis does not answer).
+    async fn generation(&self) -> Option<String> {
+        let key = self.key("gen");
+        self.call("read generation", |mut c| async move {
+            let g: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
+            Ok(g.unwrap_or_else(|| "0".into()))
+        })
+        .await
+    }
+
+    async fn lookup(&self, key: &CacheKey) -> Option<Option<Shared>> {
+        let name = self.entry_key(key);
+        let raw: Option<Option<Vec<u8>>> = self
+            .call("second-level lookup", |mut c| async move {
+                redis::cmd("GET").arg(name).query_async(&mut c).await
+            })
+            .await;
+        let raw = raw?;
+        Some(raw.and_then(|bytes| {
+            let parsed = decode_entry(&bytes);
+            if parsed.is_none() {
+                self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
+            }
+            parsed
+        }))
+    }
+
+    pub async fn load<F, Fut>(
+        &self,
+        key: CacheKey,
+        policy: &Policy,
+        fetch: F,
+    ) -> Result<Shared, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(Value, usize), UpstreamError>>,
+    {
+        let outcome = |o: &str| self.metrics.l2_lookups.with_label_values(&[o]).inc();
+        let fetched = |r: Result<(Value, usize), UpstreamError>| {
+            r.map(|(value, size)| Shared {
+                value,
+                size,
+                age: Duration::ZERO,
+            })
+        };
+        // The generation first: a value fetched after it is stored only if no invalidation
+        // came in between.
+        let Some(generation) = self.generation().await else {
+            outcome("error");
+            return fetched(fetch().await);
+        };
+        match self.lookup(&key).await {
+            Some(Some(hit)) => {
+                outcome("hit");
+                return Ok(hit);
+            }
+            None => {
+                outcome("error");
+                return fetched(fetch().await);
+            }
+            Some(None) => {}
+        }
+        let lock = self.key(&format!("f:{}", key.hex()));
+        let token = format!("{}:{}", self.origin, fastrand::u64(..));
+        let wait = self.options.fill_wait;
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let won: Option<Option<String>> = {
+            let (lock, token) = (lock.clone(), token.clone());
+            self.call("fill lock", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(lock)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(wait_ms)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await
+        };
+        match won {
+            Some(Some(_)) => {
+                outcome("miss");
+                let result = fetch().await;
+                if let Ok((value, _)) = &result {
+                    self.put(&key, value, policy, &generation).await;
+                }
+                let mut unlock = self.unlock.prepare_invoke();
+                unlock.key(lock).arg(token);
+                let _: Option<i64> = self
+                    .call("fill unlock", |mut c| async move {
+                        unlock.invoke_async(&mut c).await
+                    })
+                    .await;
+                fetched(result)
+            }
+            Some(None) => {
+                // Another replica is fetching it: wait for its value, within bounds.
+                let deadline = tokio::time::Instant::now() + wait;
+                let mut pause = Duration::from_millis(5);
+                while tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    if let Some(Some(hit)) = self.lookup(&key).await {
+                        outcome("hit");
+                        return Ok(hit);
+                    }
+                    let held: Option<i64> = {
+                        let lock = lock.clone();
+                        self.call("fill lock check", |mut c| async move {
+                            redis::cmd("EXISTS").arg(lock).query_async(&mut c).await
+                        })
+                        .await
+                    };
+                    if held != Some(1) {
+                        // Released without a value (it failed, or was invalidated), or
+                        // expired with its holder: fetch ourselves.
+                        break;
+                    }
+                }
+                outcome("miss");
+                fetched(fetch().await)
+            }
+            None => {
+                outcome("error");
+                fetched(fetch().await)
+            }
+        }
+    }
+
+    async fn put(&self, key: &CacheKey, value: &Value, policy: &Policy, generation: &str) {
+        let ttl = u64::try_from((policy.max_age + policy.swr).as_millis()).unwrap_or(u64::MAX);
+        if ttl == 0 {
+            return;
+        }
+        let entry = json!({
+            "v": FORMAT,
+            "stored": now_ms(),
+            "value": value,
+        })
+        .to_string();
+        let name = self.entry_key(key);
+        let mut store = self.store.prepare_invoke();
+        store.key(name.clone()).key(self.key("gen"));
+        for t in &policy.tags {
+            store.key(self.key(&format!("t:{t}")));
+        }
+        store.arg(entry).arg(ttl).arg(generation).arg(name);
+        let _: Option<i64> = self
+            .call("second-level store", |mut c| async move {
+                store.invoke_async(&mut c).await
+            })
+            .await;
+    }
+}
+
+/// A second-level entry as stored, if it is one of ours.
+fn decode_entry(bytes: &[u8]) -> Option<Shared> {
+    let v: Value = serde_json::from_slice(bytes).ok()?;
+    if v.get("v")?.as_str()? != FORMAT {
+        return None;
+    }
+    let stored = v.get("stored")?.as_u64()?;
+    let value = v.get("value")?.clone();
+    Some(Shared {
+        size: bytes.len(),
+        value,
+        age: Duration::from_millis(now_ms().saturating_sub(stored)),
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How long the invalidation stream lives after its last entry.
+const STREAM_TTL_MS: u64 = 24 * 3600 * 1000;
+
+/// KEYS: gen, stream, tag sets…; ARGV: maxlen, origin, tags JSON, stream TTL, format.
+/// Drops the second-level entries of every tag, bumps the generation, then appends the
+/// message: a replica that hears it cannot find the old value any more.
+const INVALIDATE: &str = r#"
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 604800000)
+for i = 3, #KEYS do
+  local members = redis.call('SMEMBERS', KEYS[i])
+  for _, k in ipairs(members) do redis.call('DEL', k) end
+  redis.call('DEL', KEYS[i])
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', 'inv', 'tags', ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return id
+"#;
+
+/// KEYS: entry, gen, tag sets…; ARGV: entry JSON, TTL ms, generation at fetch, entry name.
+/// Stores only if no invalidation happened since the fetch began.
+const STORE: &str = r#"
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+return 1
+"#;
+
+/// KEYS: lock; ARGV: token. Compare-and-delete.
+const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// A Redis stream id, ordered as Redis orders them.
+fn id_parts(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// A field of an `XINFO STREAM` reply (a flat list of names and values in RESP2).
+fn info_field(info: &redis::Value, name: &str) -> Option<String> {
+    let redis::Value::Array(items) = info else {
+        return None;
+    };
+    let mut it = items.iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if redis::from_redis_value::<String>(k).ok().as_deref() == Some(name) {
+            return redis::from_redis_value::<String>(v).ok();
+        }
+    }
+    None
+}
+
+/// Reads the invalidation stream for as long as the bus lives, from the last id seen.
+async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSender<Remote>) {
+    let mut last: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(this) = bus.upgrade() else { return };
+        let stream = this.key("inv");
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(this.options.timeout)
+            .set_response_timeout(Duration::from_secs(5));
+        let connected = tokio::time::timeout(
+            this.options.timeout * 2,
+            this.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await;
+        let mut conn = match connected {
+            Ok(Ok(c)) => c,
+            _ => {
+                this.set_up(false);
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        // Where to read from, and whether anything was lost while we were away.
+        let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await;
+        let (newest, deleted) = match &info {
+            Ok(v) => (
+                info_field(v, "last-generated-id").unwrap_or_else(|| "0-0".into()),
+                info_field(v, "max-deleted-entry-id").unwrap_or_else(|| "0-0".into()),
+            ),
+            // No such key: an empty stream.
+            Err(e) if e.kind() == redis::ErrorKind::ResponseError => ("0-0".into(), "0-0".into()),
+            Err(_) => {
+                this.set_up(false);
+                continue;
+            }
+        };
+        this.set_up(true);
+        match &last {
+            None => last = Some(newest.clone()),
+            Some(seen) => {
+                let lost =
+                    id_parts(&deleted) > id_parts(seen) || id_parts(&newest) < id_parts(seen);
+                if lost {
+                    tracing::warn!("invalidations were lost while cut off from redis: dropping every local entry and re-running every live query");
+                    this.metrics
+                        .bus_messages
+                        .with_label_values(&["received", "everything"])
+                        .inc();
+                    if remote.send(Remote::Everything).is_err() {
+                        return;
+                    }
+                    last = Some(newest.clone());
+                }
+            }
+        }
+        // Read until the connection fails.
+        loop {
+            let from = last.clone().unwrap_or_else(|| "0-0".into());
+            let opts = redis::streams::StreamReadOptions::default()
+                .block(1_000)
+                .count(256);
+            let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = {
+                use redis::AsyncCommands;
+                conn.xread_options(&[&stream], &[&from], &opts).await
+            };
+            let reply = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "redis stream read failed");
+                    this.set_up(false);
+                    break;
+                }
+            };
+            this.set_up(true);
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    last = Some(entry.id.clone());
+                    match decode_message(&entry.map) {
+                        Some((origin, _)) if origin == this.origin => {}
+                        Some((_, tags)) => {
+                            this.metrics
+                                .bus_messages
+                                .with_label_values(&["received", "invalidation"])
+                                .inc();
+                            if remote.send(Remote::Tags(tags)).is_err() {
+                                return;
+                            }
+                        }
+                        None => {
+                            this.metrics
+                                .bus_skipped
+                                .with_label_values(&["invalidation"])
+                                .inc();
+                            tracing::debug!(id = entry.id, "skipped a malformed or unknown-format message on the invalidation stream");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An invalidation message's origin and tags, if it is one in our format.
+fn decode_message(
+    map: &std::collections::HashMap<String, redis::Value>,
+) -> Option<(String, Vec<Tag>)> {
+    let field = |name: &str| {
+        map.get(name)
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+    };
+    if field("v")? != FORMAT || field("k")? != "inv" {
+        return None;
+    }
+    let origin = field("o")?;
+    let tags: Vec<String> = serde_json::from_str(&field("tags")?).ok()?;
+    Some((origin, tags.iter().map(|t| Tag::from(t.as_str())).collect()))
+}
