@@ -35,6 +35,29 @@ use tokio::sync::{mpsc, OnceCell};
 /// The format of what this version writes to Redis; other versions' messages are skipped.
 const FORMAT: &str = "1";
 
+/// Invalidations made while Redis was down, published when it is back: the tags, up to
+/// [`Unsent::MAX`]; past that, only that everything changed.
+#[derive(Default)]
+struct Unsent {
+    tags: std::collections::BTreeSet<Tag>,
+    everything: bool,
+}
+
+impl Unsent {
+    const MAX: usize = 10_000;
+
+    fn add(&mut self, tags: &[Tag]) {
+        if self.everything {
+            return;
+        }
+        self.tags.extend(tags.iter().cloned());
+        if self.tags.len() > Self::MAX {
+            self.tags.clear();
+            self.everything = true;
+        }
+    }
+}
+
 /// Redis settings; flags of the binary.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
@@ -57,6 +80,7 @@ pub struct RedisBus {
     /// When a connection attempt last failed: calls within a second of it do not wait
     /// for another attempt (Redis down must not slow every cache miss).
     failed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+    unsent: std::sync::Mutex<Unsent>,
     metrics: Arc<Metrics>,
     invalidate: redis::Script,
     store: redis::Script,
@@ -100,6 +124,7 @@ impl RedisBus {
             origin,
             up: AtomicBool::new(false),
             failed_at: std::sync::Mutex::new(None),
+            unsent: Default::default(),
             metrics,
             invalidate: redis::Script::new(INVALIDATE),
             store: redis::Script::new(STORE),
@@ -188,9 +213,50 @@ impl RedisBus {
         }
     }
 
+    /// Publishes `tags` (dropping their second-level entries first); if Redis does not
+    /// take it, the tags wait in [`Unsent`] for the reconnect.
     pub async fn publish_invalidation(&self, tags: &[Tag]) {
+        self.flush_unsent().await;
+        if !self.publish(tags, "inv").await {
+            self.unsent().add(tags);
+        }
+    }
+
+    fn unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
+        self.unsent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes what could not be published while Redis was down: the tags, or — when
+    /// there were too many to remember — that everything changed.
+    async fn flush_unsent(&self) {
+        let (tags, everything) = {
+            let mut u = self.unsent();
+            if u.tags.is_empty() && !u.everything {
+                return;
+            }
+            (
+                std::mem::take(&mut u.tags),
+                std::mem::take(&mut u.everything),
+            )
+        };
+        let tags: Vec<Tag> = tags.into_iter().collect();
+        let sent = if everything {
+            self.publish(&[], "all").await
+        } else {
+            self.publish(&tags, "inv").await
+        };
+        if !sent {
+            let mut u = self.unsent();
+            u.add(&tags);
+            u.everything |= everything;
+        }
+    }
+
+    async fn publish(&self, tags: &[Tag], kind: &'static str) -> bool {
         let mut inv = self.invalidate.prepare_invoke();
-        inv.key(self.key("gen")).key(self.key("inv"));
+        inv.key(self.key("gen"))
+            .key(self.key("inv"))
+            .key(self.key("all"));
         for t in tags {
             inv.key(self.key(&format!("t:{t}")));
         }
@@ -199,44 +265,59 @@ impl RedisBus {
             .arg(&self.origin)
             .arg(json!(names).to_string())
             .arg(STREAM_TTL_MS)
-            .arg(FORMAT);
+            .arg(FORMAT)
+            .arg(kind);
         let sent: Option<String> = self
             .call("publish invalidation", |mut c| async move {
                 inv.invoke_async(&mut c).await
             })
             .await;
         if sent.is_some() {
+            let label = if kind == "all" {
+                "everything"
+            } else {
+                "invalidation"
+            };
             self.metrics
                 .bus_messages
-                .with_label_values(&["published", "invalidation"])
+                .with_label_values(&["published", label])
                 .inc();
         }
+        sent.is_some()
     }
 
     /// The invalidation generation now (`None` when Redis does not answer).
-    async fn generation(&self) -> Option<String> {
-        let key = self.key("gen");
+    /// The invalidation generation and the "everything changed" count now (`None` when
+    /// Redis does not answer).
+    async fn generation(&self) -> Option<(String, String)> {
+        let keys = [self.key("gen"), self.key("all")];
         self.call("read generation", |mut c| async move {
-            let g: Option<String> = redis::cmd("GET").arg(key).query_async(&mut c).await?;
-            Ok(g.unwrap_or_else(|| "0".into()))
+            let g: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+            let at = |i: usize| g.get(i).cloned().flatten().unwrap_or_else(|| "0".into());
+            Ok((at(0), at(1)))
         })
         .await
     }
 
+    /// The second-level entry for `key`: `Some(None)` when there is none (or it predates
+    /// an "everything changed"), `None` when Redis did not answer.
     async fn lookup(&self, key: &CacheKey) -> Option<Option<Shared>> {
-        let name = self.entry_key(key);
-        let raw: Option<Option<Vec<u8>>> = self
+        let keys = [self.entry_key(key), self.key("all")];
+        let raw: Option<(Option<Vec<u8>>, Option<String>)> = self
             .call("second-level lookup", |mut c| async move {
-                redis::cmd("GET").arg(name).query_async(&mut c).await
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
             })
             .await;
-        let raw = raw?;
+        let (raw, all) = raw?;
+        let all = all.unwrap_or_else(|| "0".into());
         Some(raw.and_then(|bytes| {
             let parsed = decode_entry(&bytes);
             if parsed.is_none() {
                 self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
             }
             parsed
+                .filter(|(_, stored_all)| *stored_all == all)
+                .map(|(shared, _)| shared)
         }))
     }
 
@@ -343,7 +424,13 @@ impl RedisBus {
         }
     }
 
-    async fn put(&self, key: &CacheKey, value: &Value, policy: &Policy, generation: &str) {
+    async fn put(
+        &self,
+        key: &CacheKey,
+        value: &Value,
+        policy: &Policy,
+        generation: &(String, String),
+    ) {
         let ttl = u64::try_from((policy.max_age + policy.swr).as_millis()).unwrap_or(u64::MAX);
         if ttl == 0 {
             return;
@@ -351,6 +438,7 @@ impl RedisBus {
         let entry = json!({
             "v": FORMAT,
             "stored": now_ms(),
+            "all": generation.1,
             "value": value,
         })
         .to_string();
@@ -360,7 +448,7 @@ impl RedisBus {
         for t in &policy.tags {
             store.key(self.key(&format!("t:{t}")));
         }
-        store.arg(entry).arg(ttl).arg(generation).arg(name);
+        store.arg(entry).arg(ttl).arg(&generation.0).arg(name);
         let _: Option<i64> = self
             .call("second-level store", |mut c| async move {
                 store.invoke_async(&mut c).await
@@ -369,19 +457,22 @@ impl RedisBus {
     }
 }
 
-/// A second-level entry as stored, if it is one of ours.
-fn decode_entry(bytes: &[u8]) -> Option<Shared> {
+/// A second-level entry as stored, if it is one of ours, with the "everything changed"
+/// count it was fetched under.
+fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
     if v.get("v")?.as_str()? != FORMAT {
         return None;
     }
     let stored = v.get("stored")?.as_u64()?;
+    let all = v.get("all")?.as_str()?.to_string();
     let value = v.get("value")?.clone();
-    Some(Shared {
+    let shared = Shared {
         size: bytes.len(),
         value,
         age: Duration::from_millis(now_ms().saturating_sub(stored)),
-    })
+    };
+    Some((shared, all))
 }
 
 fn now_ms() -> u64 {
@@ -394,18 +485,23 @@ fn now_ms() -> u64 {
 /// How long the invalidation stream lives after its last entry.
 const STREAM_TTL_MS: u64 = 24 * 3600 * 1000;
 
-/// KEYS: gen, stream, tag sets…; ARGV: maxlen, origin, tags JSON, stream TTL, format.
+/// KEYS: gen, stream, all, tag sets…; ARGV: maxlen, origin, tags JSON, stream TTL, format,
+/// kind (`inv`, or `all` when everything changed, which also drops the second level).
 /// Drops the second-level entries of every tag, bumps the generation, then appends the
 /// message: a replica that hears it cannot find the old value any more.
 const INVALIDATE: &str = r#"
 redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], 604800000)
-for i = 3, #KEYS do
+for i = 4, #KEYS do
   local members = redis.call('SMEMBERS', KEYS[i])
   for _, k in ipairs(members) do redis.call('DEL', k) end
   redis.call('DEL', KEYS[i])
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', 'inv', 'tags', ARGV[3])
+if ARGV[6] == 'all' then
+  redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], 604800000)
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', ARGV[6], 'tags', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return id
 "#;
@@ -431,12 +527,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// A Redis stream id, ordered as Redis orders them.
-fn id_parts(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
-
 /// A field of an `XINFO STREAM` reply (a flat list of names and values in RESP2).
 fn info_field(info: &redis::Value, name: &str) -> Option<String> {
     let redis::Value::Array(items) = info else {
@@ -453,7 +543,9 @@ fn info_field(info: &redis::Value, name: &str) -> Option<String> {
 
 /// Reads the invalidation stream for as long as the bus lives, from the last id seen.
 async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSender<Remote>) {
+    // The last entry read, and how many entries the stream had up to it (its position).
     let mut last: Option<String> = None;
+    let mut position: u64 = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(this) = bus.upgrade() else { return };
@@ -477,46 +569,71 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         // Where to read from, and whether anything was lost while we were away.
-        let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-            .arg("STREAM")
+        let exists: redis::RedisResult<i64> = redis::cmd("EXISTS")
             .arg(&stream)
             .query_async(&mut conn)
             .await;
-        let (newest, deleted) = match &info {
-            Ok(v) => (
-                info_field(v, "last-generated-id").unwrap_or_else(|| "0-0".into()),
-                info_field(v, "max-deleted-entry-id").unwrap_or_else(|| "0-0".into()),
-            ),
-            // No such key: an empty stream.
-            Err(e) if e.kind() == redis::ErrorKind::ResponseError => ("0-0".into(), "0-0".into()),
-            Err(_) => {
+        let info: redis::RedisResult<Option<redis::Value>> = match exists {
+            Ok(0) => Ok(None),
+            Ok(_) => redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .map(Some),
+            Err(e) => Err(e),
+        };
+        // The stream's newest id, how many entries were ever added, how many are left.
+        let (newest, added, length) = match &info {
+            Ok(Some(v)) => {
+                let number = |name| {
+                    info_field(v, name)
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                (
+                    info_field(v, "last-generated-id").unwrap_or_else(|| "0-0".into()),
+                    number("entries-added"),
+                    number("length"),
+                )
+            }
+            // No stream (never written, expired, or a new Redis): nothing in it.
+            Ok(None) => ("0-0".into(), 0, 0),
+            Err(e) => {
+                tracing::debug!(error = %e, "redis stream position unknown");
                 this.set_up(false);
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
         this.set_up(true);
-        match &last {
-            None => last = Some(newest.clone()),
-            Some(seen) => {
-                let lost =
-                    id_parts(&deleted) > id_parts(seen) || id_parts(&newest) < id_parts(seen);
-                if lost {
-                    tracing::warn!("invalidations were lost while cut off from redis: dropping every local entry and re-running every live query");
-                    this.metrics
-                        .bus_messages
-                        .with_label_values(&["received", "everything"])
-                        .inc();
-                    if remote.send(Remote::Everything).is_err() {
-                        return;
-                    }
-                    last = Some(newest.clone());
+        backoff = Duration::from_millis(100);
+        // What this replica could not say while Redis was away.
+        this.flush_unsent().await;
+        // Entries are trimmed oldest first: if more were deleted than we had read up to,
+        // some we never read are gone; fewer ever added than we read means a new stream.
+        let lost = last.is_some() && (added < position || added.saturating_sub(length) > position);
+        if last.is_none() || lost {
+            if lost {
+                tracing::warn!("invalidations were lost while cut off from redis: dropping every local entry and re-running every live query");
+                this.metrics
+                    .bus_messages
+                    .with_label_values(&["received", "everything"])
+                    .inc();
+                if remote.send(Remote::Everything).is_err() {
+                    return;
                 }
             }
+            last = Some(newest.clone());
+            position = added;
         }
         // Read until the connection fails.
         loop {
+            // Retried every read (at most a second apart) until Redis takes it.
+            this.flush_unsent().await;
             let from = last.clone().unwrap_or_else(|| "0-0".into());
             let opts = redis::streams::StreamReadOptions::default()
                 .block(1_000)
@@ -537,14 +654,19 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
             for key in reply.map(|r| r.keys).unwrap_or_default() {
                 for entry in key.ids {
                     last = Some(entry.id.clone());
+                    position += 1;
                     match decode_message(&entry.map) {
                         Some((origin, _)) if origin == this.origin => {}
-                        Some((_, tags)) => {
+                        Some((_, said)) => {
+                            let label = match said {
+                                Remote::Tags(_) => "invalidation",
+                                Remote::Everything => "everything",
+                            };
                             this.metrics
                                 .bus_messages
-                                .with_label_values(&["received", "invalidation"])
+                                .with_label_values(&["received", label])
                                 .inc();
-                            if remote.send(Remote::Tags(tags)).is_err() {
+                            if remote.send(said).is_err() {
                                 return;
                             }
                         }
@@ -565,15 +687,22 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
 /// An invalidation message's origin and tags, if it is one in our format.
 fn decode_message(
     map: &std::collections::HashMap<String, redis::Value>,
-) -> Option<(String, Vec<Tag>)> {
+) -> Option<(String, Remote)> {
     let field = |name: &str| {
         map.get(name)
             .and_then(|v| redis::from_redis_value::<String>(v).ok())
     };
-    if field("v")? != FORMAT || field("k")? != "inv" {
+    if field("v")? != FORMAT {
         return None;
     }
     let origin = field("o")?;
-    let tags: Vec<String> = serde_json::from_str(&field("tags")?).ok()?;
-    Some((origin, tags.iter().map(|t| Tag::from(t.as_str())).collect()))
+    match field("k")?.as_str() {
+        "inv" => {
+            let tags: Vec<String> = serde_json::from_str(&field("tags")?).ok()?;
+            let tags = tags.iter().map(|t| Tag::from(t.as_str())).collect();
+            Some((origin, Remote::Tags(tags)))
+        }
+        "all" => Some((origin, Remote::Everything)),
+        _ => None,
+    }
 }

@@ -2,6 +2,8 @@
 //! request they get, and the real gateway started with `livegate::run` on port 0.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;

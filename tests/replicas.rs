@@ -1,0 +1,505 @@
+//! Several replicas, one live system (`--redis-url`): a real `redis-server` started by the
+//! test, two or three gateways in this process, and an upstream that counts requests.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::{sample, Gateway, Upstream};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Thing { id: ID! v: Int! }
+type Query {
+  thing(id: ID!): Thing @rest(upstream: "api", path: "/things/{args.id}") @cache(maxAge: 600, tags: ["thing:{args.id}"])
+  mine: Thing @rest(upstream: "api", path: "/things/mine") @cache(maxAge: 600, scope: PRIVATE)
+}
+type Mutation {
+  touch(id: ID!): Thing @rest(upstream: "api", method: POST, path: "/things/{args.id}") @invalidates(tags: ["thing:{args.id}"])
+}
+type Subscription { thing(id: ID!): Thing @live }
+"#;
+
+/// An upstream whose things carry a version that every POST bumps.
+async fn upstream() -> (Upstream, Arc<AtomicU64>) {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let version = Arc::new(AtomicU64::new(0));
+    let (read, bump) = (version.clone(), version.clone());
+    let up = Upstream::start(
+        axum::Router::new().route(
+            "/things/{id}",
+            get(move |Path(id): Path<String>| {
+                let v = read.load(Ordering::SeqCst);
+                async move { axum::Json(json!({"id": id, "v": v})) }
+            })
+            .post(move |Path(id): Path<String>| {
+                let v = bump.fetch_add(1, Ordering::SeqCst) + 1;
+                async move { axum::Json(json!({"id": id, "v": v})) }
+            }),
+        ),
+    )
+    .await;
+    (up, version)
+}
+
+fn options(redis: &str, prefix: &str) -> livegate::Options {
+    let mut o = livegate::Options {
+        redis: Some(livegate::bus::redis::RedisOptions {
+            url: redis.to_string(),
+            prefix: prefix.to_string(),
+            timeout: Duration::from_millis(250),
+            fill_wait: Duration::from_secs(5),
+        }),
+        ..Default::default()
+    };
+    o.webhook.token = Some("t".into());
+    o
+}
+
+async fn replicas(n: usize, up: &Upstream, redis: &str, prefix: &str) -> Vec<Gateway> {
+    let schema = SCHEMA.replace("{up}", &up.url());
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(Gateway::start(&schema, options(redis, prefix)).await);
+    }
+    // Each is connected when its gauge says so.
+    for gw in &out {
+        until(gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    }
+    out
+}
+
+async fn metrics(gw: &Gateway) -> String {
+    gw.client
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Waits (up to 10 s) until `done` holds for `gw`'s metrics; the last page.
+async fn until(gw: &Gateway, done: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = metrics(gw).await;
+        if done(&page) {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A live subscription over SSE: its results, one at a time.
+struct Live {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl Live {
+    async fn start(gw: &Gateway, query: &str) -> Live {
+        let res = gw
+            .client
+            .post(gw.url())
+            .header("accept", "text/event-stream")
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .expect("SSE");
+        assert_eq!(res.status(), 200);
+        Live {
+            res,
+            buf: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    if event.starts_with("event: next") {
+                        return serde_json::from_str(data).expect("JSON data");
+                    }
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.res.chunk())
+                .await
+                .expect("a result within 10 s")
+                .expect("read")
+                .expect("the stream goes on");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next result whose `thing.v` is `v` (earlier ones skipped).
+    async fn until_version(&mut self, v: u64) {
+        loop {
+            let r = self.next().await;
+            if r["data"]["thing"]["v"] == v {
+                return;
+            }
+        }
+    }
+}
+
+async fn webhook(gw: &Gateway, tags: &[&str]) {
+    let res = gw
+        .client
+        .post(format!("http://{}/hooks/invalidate", gw.addr))
+        .bearer_auth("t")
+        .json(&json!({ "tags": tags }))
+        .send()
+        .await
+        .expect("webhook");
+    assert_eq!(res.status(), 200);
+}
+
+const THING: &str = r#"subscription { thing(id: "1") { id v } }"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_replica_reaches_the_others_with_one_refetch_per_entry() {
+    let redis = RedisServer::start();
+    let (up, version) = upstream().await;
+    let gws = replicas(2, &up, &redis.url(), "t1:").await;
+    let (a, b) = (&gws[0], &gws[1]);
+    let mut on_a = Live::start(a, THING).await;
+    on_a.until_version(0).await;
+    let mut on_b = Live::start(b, THING).await;
+    on_b.until_version(0).await;
+    assert_eq!(
+        up.count_matching("GET /things/1"),
+        1,
+        "B found A's value in Redis"
+    );
+
+    // A mutation on A reaches B's subscriber; the entry is refetched once in all.
+    let r = a.query(r#"mutation { touch(id: "1") { v } }"#).await;
+    assert_eq!(r["data"]["touch"]["v"], 1, "{r}");
+    on_b.until_version(1).await;
+    on_a.until_version(1).await;
+    assert_eq!(up.count_matching("GET /things/1"), 2, "{:?}", up.requests());
+
+    // A webhook on B reaches A's subscriber.
+    version.store(7, Ordering::SeqCst);
+    webhook(b, &["thing:1"]).await;
+    on_a.until_version(7).await;
+    on_b.until_version(7).await;
+    assert_eq!(up.count_matching("GET /things/1"), 3, "{:?}", up.requests());
+
+    let page = metrics(a).await;
+    assert!(
+        sample(
+            &page,
+            "livegate_bus_messages_total{direction=\"published\",kind=\"invalidation\"}"
+        ) >= 1.0,
+        "{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "livegate_bus_messages_total{direction=\"received\",kind=\"invalidation\"}"
+        ) >= 1.0,
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_one_cache_and_one_fetch_per_cold_key() {
+    let redis = RedisServer::start();
+    let (up, _) = upstream().await;
+    let gws = replicas(3, &up, &redis.url(), "t2:").await;
+    let r = gws[0].query(r#"{ thing(id: "a") { v } }"#).await;
+    assert_eq!(r["data"]["thing"]["v"], 0);
+    let r = gws[1].query(r#"{ thing(id: "a") { v } }"#).await;
+    assert_eq!(r["data"]["thing"]["v"], 0);
+    assert_eq!(
+        up.count_matching("GET /things/a"),
+        1,
+        "a query on A, then on B: one request"
+    );
+    let page = metrics(&gws[1]).await;
+    assert_eq!(
+        sample(&page, "livegate_l2_lookups_total{outcome=\"hit\"}"),
+        1.0,
+        "{page}"
+    );
+
+    // 3 replicas × 20 concurrent identical cold queries: one upstream request.
+    let mut all = Vec::new();
+    for gw in &gws {
+        for _ in 0..20 {
+            let (client, url) = (gw.client.clone(), gw.url());
+            all.push(tokio::spawn(async move {
+                let r: Value = client
+                    .post(url)
+                    .json(&json!({"query": r#"{ thing(id: "cold") { v } }"#}))
+                    .send()
+                    .await
+                    .expect("answer")
+                    .json()
+                    .await
+                    .expect("JSON");
+                r
+            }));
+        }
+    }
+    for q in all {
+        let r = q.await.expect("query");
+        assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
+    }
+    assert_eq!(
+        up.count_matching("GET /things/cold"),
+        1,
+        "{:?}",
+        up.requests()
+    );
+
+    // A PRIVATE entry never reaches Redis: each replica fetches its own.
+    for gw in &gws[..2] {
+        let r = gw
+            .query_with(
+                "{ mine { v } }",
+                json!({}),
+                &[("authorization", "Bearer u1")],
+            )
+            .await;
+        assert_eq!(r["data"]["mine"]["v"], 0, "{r}");
+    }
+    assert_eq!(up.count_matching("GET /things/mine"), 2);
+
+    // Every key livegate wrote has a TTL, and none holds the credentials.
+    let mut conn = redis.connection().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    assert!(!keys.is_empty());
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("pttl");
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("type");
+        if kind == "string" {
+            let v: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("get");
+            assert!(!String::from_utf8_lossy(&v).contains("u1"), "{key}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_format_messages_are_skipped_and_counted() {
+    let redis = RedisServer::start();
+    let (up, version) = upstream().await;
+    let gws = replicas(2, &up, &redis.url(), "t3:").await;
+    let mut on_b = Live::start(&gws[1], THING).await;
+    on_b.until_version(0).await;
+    let mut conn = redis.connection().await;
+    let stream = "{t3:}inv";
+    for fields in [
+        vec![("v", "1"), ("o", "x"), ("k", "inv"), ("tags", "not json")],
+        vec![
+            ("v", "99"),
+            ("o", "x"),
+            ("k", "inv"),
+            ("tags", "[\"thing:1\"]"),
+        ],
+        vec![("garbage", "\u{0}\u{ff}")],
+    ] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.expect("xadd");
+    }
+    for gw in &gws {
+        until(gw, |p| {
+            sample(p, "livegate_bus_skipped_total{kind=\"invalidation\"}") == 3.0
+        })
+        .await;
+    }
+    // A malformed second-level entry is a miss, not a crash.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{t3:}}c:{}", "00".repeat(32)))
+        .arg("{not json")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("set");
+    // Still working: a real invalidation goes through.
+    version.store(5, Ordering::SeqCst);
+    webhook(&gws[0], &["thing:1"]).await;
+    on_b.until_version(5).await;
+    assert_eq!(up.count_matching("GET /things/1"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_not_livegate_down_and_the_replicas_rejoin() {
+    let mut redis = RedisServer::start();
+    let (up, version) = upstream().await;
+    let gws = replicas(2, &up, &redis.url(), "t4:").await;
+    let (a, b) = (&gws[0], &gws[1]);
+    let mut on_a = Live::start(a, THING).await;
+    on_a.until_version(0).await;
+    let mut on_b = Live::start(b, THING).await;
+    on_b.until_version(0).await;
+
+    redis.stop();
+    // Queries are answered (from the upstream) within their timeouts.
+    let r = a.query(r#"{ thing(id: "2") { v } }"#).await;
+    assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
+    until(a, |p| sample(p, "livegate_redis_up") == 0.0).await;
+    // An invalidation applies on the replica that got it.
+    version.store(1, Ordering::SeqCst);
+    webhook(a, &["thing:1"]).await;
+    on_a.until_version(1).await;
+
+    redis.resume();
+    for gw in &gws {
+        until(gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    }
+    // B lost what was said meanwhile (the new Redis has an empty stream): it treats
+    // everything as changed once, so its subscriber is current again.
+    on_b.until_version(1).await;
+    // And a webhook on A reaches B again.
+    version.store(2, Ordering::SeqCst);
+    webhook(a, &["thing:1"]).await;
+    on_b.until_version(2).await;
+    on_a.until_version(2).await;
+}
+
+/// A TCP proxy to Redis that the test can cut (every connection closed, new ones refused)
+/// and restore: one replica cut off while the others go on.
+struct Proxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(to: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                if *watch.borrow() {
+                    continue; // dropped: refused
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn set_cut(&self, cut: bool) {
+        let _ = self.cut.send(cut);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_catches_up_and_one_that_lost_messages_starts_over() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(redis.port).await;
+    let (up, version) = upstream().await;
+    let schema = SCHEMA.replace("{up}", &up.url());
+    let a = Gateway::start(&schema, options(&redis.url(), "t5:")).await;
+    let b = Gateway::start(&schema, options(&proxy.url(), "t5:")).await;
+    for gw in [&a, &b] {
+        until(gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    }
+    let mut on_b = Live::start(&b, THING).await;
+    on_b.until_version(0).await;
+    // Something on the stream, so B has a position in it.
+    webhook(&a, &["thing:other"]).await;
+    until(&b, |p| {
+        sample(
+            p,
+            "livegate_bus_messages_total{direction=\"received\",kind=\"invalidation\"}",
+        ) == 1.0
+    })
+    .await;
+
+    // Cut off, B misses an invalidation; back, it reads it from where it was.
+    proxy.set_cut(true);
+    until(&b, |p| sample(p, "livegate_redis_up") == 0.0).await;
+    version.store(1, Ordering::SeqCst);
+    webhook(&a, &["thing:1"]).await;
+    proxy.set_cut(false);
+    on_b.until_version(1).await;
+    let page = metrics(&b).await;
+    assert_eq!(
+        sample(
+            &page,
+            "livegate_bus_messages_total{direction=\"received\",kind=\"everything\"}"
+        ),
+        0.0,
+        "{page}"
+    );
+
+    // Cut off again, and what it missed is trimmed away meanwhile: it cannot know what
+    // changed, so it treats everything as changed once.
+    proxy.set_cut(true);
+    until(&b, |p| sample(p, "livegate_redis_up") == 0.0).await;
+    version.store(2, Ordering::SeqCst);
+    webhook(&a, &["thing:1"]).await;
+    let mut conn = redis.connection().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg("{t5:}inv")
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("xtrim");
+    proxy.set_cut(false);
+    on_b.until_version(2).await;
+    let page = until(&b, |p| {
+        sample(
+            p,
+            "livegate_bus_messages_total{direction=\"received\",kind=\"everything\"}",
+        ) == 1.0
+    })
+    .await;
+    assert!(page.contains("livegate_redis_up"));
+    until(&b, |p| sample(p, "livegate_redis_up") == 1.0).await;
+}
