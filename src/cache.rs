@@ -38,6 +38,12 @@ impl CacheKey {
         hex::encode(self.0)
     }
 
+    /// The key [`CacheKey::hex`] wrote, if `s` is one.
+    pub fn from_hex(s: &str) -> Option<CacheKey> {
+        let bytes: [u8; 32] = hex::decode(s).ok()?.try_into().ok()?;
+        Some(CacheKey(bytes))
+    }
+
     /// Hashes the parts that make a request distinct; each part is length-prefixed, so
     /// no two different part lists hash the same bytes.
     pub fn from_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
@@ -640,6 +646,14 @@ impl Cache {
             self.inner.entries.invalidate(key);
         }
         dropped
+    }
+
+    /// Drops the entry under `key` (another replica has a newer value for it).
+    pub fn forget(&self, key: &CacheKey) {
+        if let Some(e) = self.inner.entries.get(key) {
+            e.dead.store(true, Ordering::Release);
+        }
+        self.inner.entries.invalidate(key);
     }
 
     /// The bus this cache shares values over.

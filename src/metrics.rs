@@ -46,6 +46,8 @@ pub struct Metrics {
     pub bus_skipped: IntCounterVec,
     /// Second-level (Redis) cache lookups by outcome: `hit`, `miss`, `error`.
     pub l2_lookups: IntCounterVec,
+    /// Cluster-wide leases taken by this replica (`acquired`; a poller's work moving here).
+    pub leases: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -202,6 +204,12 @@ impl Metrics {
                 "livegate_l2_lookups_total",
                 "Second-level (Redis) cache lookups by outcome (hit, miss, error)",
                 &["outcome"],
+            ),
+            leases: counter_vec(
+                &r,
+                "livegate_leases_total",
+                "Cluster-wide leases (one poller per live entry) taken by this replica",
+                &["event"],
             ),
             registry: r,
         }

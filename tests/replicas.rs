@@ -16,11 +16,15 @@ type Thing { id: ID! v: Int! }
 type Query {
   thing(id: ID!): Thing @rest(upstream: "api", path: "/things/{args.id}") @cache(maxAge: 600, tags: ["thing:{args.id}"])
   mine: Thing @rest(upstream: "api", path: "/things/mine") @cache(maxAge: 600, scope: PRIVATE)
+  polled: Thing @rest(upstream: "api", path: "/things/polled") @cache(maxAge: 600)
 }
 type Mutation {
   touch(id: ID!): Thing @rest(upstream: "api", method: POST, path: "/things/{args.id}") @invalidates(tags: ["thing:{args.id}"])
 }
-type Subscription { thing(id: ID!): Thing @live }
+type Subscription {
+  thing(id: ID!): Thing @live
+  polled: Thing @live(pollMs: 100)
+}
 "#;
 
 /// An upstream whose things carry a version that every POST bumps.
@@ -145,9 +149,14 @@ impl Live {
 
     /// The next result whose `thing.v` is `v` (earlier ones skipped).
     async fn until_version(&mut self, v: u64) {
+        self.until_field("thing", v).await
+    }
+
+    /// The next result whose `<field>.v` is `v`.
+    async fn until_field(&mut self, field: &str, v: u64) {
         loop {
             let r = self.next().await;
-            if r["data"]["thing"]["v"] == v {
+            if r["data"][field]["v"] == v {
                 return;
             }
         }
@@ -502,4 +511,135 @@ async fn a_replica_cut_off_catches_up_and_one_that_lost_messages_starts_over() {
     .await;
     assert!(page.contains("livegate_redis_up"));
     until(&b, |p| sample(p, "livegate_redis_up") == 1.0).await;
+}
+
+/// A replica in its own `livegate` process, which the test can kill outright.
+struct Process {
+    child: std::process::Child,
+    gateway: Gateway,
+    _schema: tempfile_path::Removed,
+}
+
+mod tempfile_path {
+    /// A file removed when dropped.
+    pub struct Removed(pub std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+impl Process {
+    async fn start(schema: &str, redis: &str, prefix: &str) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let path = std::env::temp_dir().join(format!(
+            "livegate-replica-{}-{port}.graphql",
+            std::process::id()
+        ));
+        std::fs::write(&path, schema).expect("schema file");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_livegate"))
+            .arg("--schema")
+            .arg(&path)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--redis-url",
+                redis,
+                "--redis-prefix",
+                prefix,
+                "--webhook-token",
+                "t",
+            ])
+            .env("LIVEGATE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("livegate starts");
+        let gateway = Gateway::at(([127, 0, 0, 1], port).into());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while gateway
+            .client
+            .get(format!("http://{}/healthz", gateway.addr))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replica did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Process {
+            child,
+            gateway,
+            _schema: tempfile_path::Removed(path),
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn leases_taken(gw: &Gateway) -> f64 {
+    sample(
+        &metrics(gw).await,
+        "livegate_leases_total{event=\"acquired\"}",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_poller_per_live_entry_for_the_whole_cluster_and_a_survivor_takes_over() {
+    let redis = RedisServer::start();
+    let (up, version) = upstream().await;
+    // The first replica, in a process of its own, polls first: it takes the lease.
+    let first = Process::start(&SCHEMA.replace("{up}", &up.url()), &redis.url(), "t6:").await;
+    let mut on_first = Live::start(&first.gateway, "subscription { polled { v } }").await;
+    on_first.until_field("polled", 0).await;
+    until(&first.gateway, |p| {
+        sample(p, "livegate_leases_total{event=\"acquired\"}") == 1.0
+    })
+    .await;
+    let gws = replicas(2, &up, &redis.url(), "t6:").await;
+    let mut subs = Vec::new();
+    for gw in &gws {
+        let mut live = Live::start(gw, "subscription { polled { v } }").await;
+        live.until_field("polled", 0).await;
+        subs.push(live);
+    }
+    // Over a second, one poll per 100 ms in all (three replicas polling would be 30).
+    let before = up.count_matching("GET /things/polled");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let polls = up.count_matching("GET /things/polled") - before;
+    assert!((5..=15).contains(&polls), "{polls} polls in a second");
+    // A change found by the one poller reaches every replica's subscriber.
+    version.store(1, Ordering::SeqCst);
+    on_first.until_field("polled", 1).await;
+    for live in &mut subs {
+        live.until_field("polled", 1).await;
+    }
+    for gw in &gws {
+        assert_eq!(leases_taken(gw).await, 0.0);
+    }
+
+    // The poller's replica dies: a survivor takes over within the lease time, and every
+    // survivor's subscriber gets the next change.
+    drop(on_first);
+    drop(first);
+    version.store(2, Ordering::SeqCst);
+    for live in &mut subs {
+        live.until_field("polled", 2).await;
+    }
+    let mut taken = 0.0;
+    for gw in &gws {
+        taken += leases_taken(gw).await;
+    }
+    assert_eq!(taken, 1.0, "one survivor took the poller over");
 }

@@ -23,6 +23,9 @@ pub enum Remote {
     /// Messages were lost (the replica was cut off longer than the stream keeps them, or
     /// the stream was reset): treat everything as changed.
     Everything,
+    /// The replica that polls these entries found new values (stored in the second
+    /// level): drop the local copies and re-run who read them.
+    Changed(Vec<CacheKey>),
 }
 
 /// A value another replica stored, and how old it is.
@@ -56,6 +59,34 @@ impl Bus {
     pub async fn invalidated(&self, tags: &[Tag]) {
         if let Some(r) = &self.redis {
             r.publish_invalidation(tags).await;
+        }
+    }
+
+    /// Whether this replica holds (or has just taken) the cluster-wide lease `name` for
+    /// `ttl`: one holder does the work (one poller per live entry). In-process, and while
+    /// Redis does not answer, always `true`: every replica does its own work rather than
+    /// none doing it.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> bool {
+        match &self.redis {
+            Some(r) => r.lease(name, ttl).await.unwrap_or(true),
+            None => true,
+        }
+    }
+
+    /// Gives the lease `name` up, if this replica holds it.
+    pub async fn release(&self, name: &str) {
+        if let Some(r) = &self.redis {
+            r.release(name).await;
+        }
+    }
+
+    /// A new value of `key`, found by this replica (a poll): stored in the second level
+    /// and announced, so every replica's subscribers get it without fetching it.
+    pub async fn changed(&self, key: CacheKey, value: &Value, policy: &Policy) {
+        if let Some(r) = &self.redis {
+            if policy.shared {
+                r.changed(key, value, policy).await;
+            }
         }
     }
 

@@ -81,7 +81,10 @@ pub struct RedisBus {
     /// for another attempt (Redis down must not slow every cache miss).
     failed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     unsent: std::sync::Mutex<Unsent>,
+    /// Leases this replica holds.
+    held: std::sync::Mutex<std::collections::HashSet<String>>,
     metrics: Arc<Metrics>,
+    lease: redis::Script,
     invalidate: redis::Script,
     store: redis::Script,
     unlock: redis::Script,
@@ -125,7 +128,9 @@ impl RedisBus {
             up: AtomicBool::new(false),
             failed_at: std::sync::Mutex::new(None),
             unsent: Default::default(),
+            held: Default::default(),
             metrics,
+            lease: redis::Script::new(LEASE),
             invalidate: redis::Script::new(INVALIDATE),
             store: redis::Script::new(STORE),
             unlock: redis::Script::new(UNLOCK),
@@ -424,6 +429,94 @@ impl RedisBus {
         }
     }
 
+    /// Takes or renews the lease `name`; `None` when Redis does not answer.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<bool> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut lease = self.lease.prepare_invoke();
+        lease
+            .key(self.key(&format!("lease:{name}")))
+            .arg(&self.origin)
+            .arg(ttl_ms);
+        let held: Option<i64> = self
+            .call(
+                "lease",
+                |mut c| async move { lease.invoke_async(&mut c).await },
+            )
+            .await;
+        let held = held? == 1;
+        let taken = held && !self.leases().contains(name);
+        if held {
+            self.leases().insert(name.to_string());
+        } else {
+            self.leases().remove(name);
+        }
+        if taken {
+            self.metrics.leases.with_label_values(&["acquired"]).inc();
+        }
+        Some(held)
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub async fn release(&self, name: &str) {
+        if !self.leases().remove(name) {
+            return;
+        }
+        let mut unlock = self.unlock.prepare_invoke();
+        unlock
+            .key(self.key(&format!("lease:{name}")))
+            .arg(&self.origin);
+        let _: Option<i64> = self
+            .call("lease release", |mut c| async move {
+                unlock.invoke_async(&mut c).await
+            })
+            .await;
+    }
+
+    pub async fn changed(&self, key: CacheKey, value: &Value, policy: &Policy) {
+        let Some(generation) = self.generation().await else {
+            return;
+        };
+        self.put(&key, value, policy, &generation).await;
+        let stream = self.key("inv");
+        let origin = self.origin.clone();
+        let hex = key.hex();
+        let sent: Option<String> = self
+            .call("publish change", |mut c| async move {
+                let id: String = redis::cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(10_000)
+                    .arg("*")
+                    .arg("v")
+                    .arg(FORMAT)
+                    .arg("o")
+                    .arg(origin)
+                    .arg("k")
+                    .arg("key")
+                    .arg("keys")
+                    .arg(json!([hex]).to_string())
+                    .query_async(&mut c)
+                    .await?;
+                let _: i64 = redis::cmd("PEXPIRE")
+                    .arg(&stream)
+                    .arg(STREAM_TTL_MS)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(id)
+            })
+            .await;
+        if sent.is_some() {
+            self.metrics
+                .bus_messages
+                .with_label_values(&["published", "changed"])
+                .inc();
+        }
+    }
+
     async fn put(
         &self,
         key: &CacheKey,
@@ -519,6 +612,20 @@ for i = 3, #KEYS do
   end
 end
 return 1
+"#;
+
+/// KEYS: lease; ARGV: holder, TTL ms. Takes a free lease, renews one this holder has.
+const LEASE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
 "#;
 
 /// KEYS: lock; ARGV: token. Compare-and-delete.
@@ -661,6 +768,7 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
                             let label = match said {
                                 Remote::Tags(_) => "invalidation",
                                 Remote::Everything => "everything",
+                                Remote::Changed(_) => "changed",
                             };
                             this.metrics
                                 .bus_messages
@@ -703,6 +811,14 @@ fn decode_message(
             Some((origin, Remote::Tags(tags)))
         }
         "all" => Some((origin, Remote::Everything)),
+        "key" => {
+            let keys: Vec<String> = serde_json::from_str(&field("keys")?).ok()?;
+            let keys = keys
+                .iter()
+                .map(|k| CacheKey::from_hex(k))
+                .collect::<Option<Vec<_>>>()?;
+            Some((origin, Remote::Changed(keys)))
+        }
         _ => None,
     }
 }

@@ -325,6 +325,11 @@ impl Hub {
         }
         self.pollers_started.fetch_add(1, Ordering::Relaxed);
         let hub = Arc::downgrade(self);
+        // One replica polls an entry for the cluster: the one holding this lease, which
+        // a survivor takes over within three intervals (at least a second) of its
+        // holder's end. The others get each new value from it, through the bus.
+        let lease = format!("poll:{}", root.key.hex());
+        let lease_for = (every * 3).max(Duration::from_secs(1));
         tokio::spawn(async move {
             let mut last = None;
             let mut idle_since: Option<tokio::time::Instant> = None;
@@ -336,7 +341,13 @@ impl Hub {
                 }
                 if hub.unused_for_grace(&root.key, &mut idle_since, |e| e.polled = false) {
                     tracing::debug!(key = ?root.key, "poller stopped");
+                    hub.cache.bus().release(&lease).await;
                     return;
+                }
+                if !hub.cache.bus().lease(&lease, lease_for).await {
+                    // Another replica polls it; what it finds arrives as a change.
+                    last = None;
+                    continue;
                 }
                 let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
                 match (root.fetch)().await {
@@ -351,8 +362,12 @@ impl Hub {
                                 started,
                                 epoch,
                             ) {
-                                last = Some(value);
                                 hub.changed(&[root.key]);
+                                hub.cache
+                                    .bus()
+                                    .changed(root.key, &value, &root.policy)
+                                    .await;
+                                last = Some(value);
                             } else {
                                 // Something newer landed while this poll ran: compare with it next time.
                                 last = None;

@@ -84,6 +84,12 @@ impl Runtime {
                 self.cache.invalidate_all();
                 self.hub.changed_all();
             }
+            crate::bus::Remote::Changed(keys) => {
+                for key in &keys {
+                    self.cache.forget(key);
+                }
+                self.hub.changed(&keys);
+            }
         }
     }
 

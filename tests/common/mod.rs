@@ -149,6 +149,15 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// A gateway some other way started (a `livegate` process) at `addr`.
+    pub fn at(addr: SocketAddr) -> Gateway {
+        Gateway {
+            addr,
+            stop: None,
+            client: reqwest::Client::new(),
+        }
+    }
+
     /// POSTs `body` as it is (`Content-Type: application/json`); the response's text.
     pub async fn query_raw(&self, body: &str) -> String {
         self.client
