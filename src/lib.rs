@@ -141,7 +141,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         ),
         None => bus::Bus::local(),
     };
-    let cache = cache::Cache::with_bus(options.cache_bytes, bus);
+    let cache = cache::Cache::with_bus(options.cache_bytes, bus.clone());
     let runtime = Arc::new(resolve::Runtime::new(
         plan,
         cache,
@@ -152,6 +152,11 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
             options.socket_grace,
             options.upstream_ca.websocket(),
             options.max_upstream_body,
+            bus.clone(),
+            options
+                .redis
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(10), |r| r.lease),
         ),
         metrics,
     ));

@@ -154,6 +154,9 @@ struct Cli {
     /// How long a replica waits for another replica's fetch of the same entry before fetching itself, in ms.
     #[arg(long, env = "LIVEGATE_REDIS_FILL_WAIT_MS", default_value_t = 10_000)]
     redis_fill_wait_ms: u64,
+    /// How long the lease on an upstream socket lasts unrenewed, in ms: with several replicas, one holds each socket, and a survivor takes over within this after its holder dies.
+    #[arg(long, env = "LIVEGATE_REDIS_LEASE_MS", default_value_t = 10_000)]
+    redis_lease_ms: u64,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LIVEGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -239,6 +242,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
                 prefix: cli.redis_prefix.clone(),
                 timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
                 fill_wait: Duration::from_millis(cli.redis_fill_wait_ms),
+                lease: Duration::from_millis(cli.redis_lease_ms.max(100)),
             }
         }),
         cache_bytes: cli.cache_size_mb << 20,

@@ -57,6 +57,7 @@ fn options(redis: &str, prefix: &str) -> livegate::Options {
             prefix: prefix.to_string(),
             timeout: Duration::from_millis(250),
             fill_wait: Duration::from_secs(5),
+            lease: Duration::from_millis(1_000),
         }),
         ..Default::default()
     };
@@ -588,11 +589,11 @@ impl Drop for Process {
     }
 }
 
+/// Leases this replica took, free or from a holder that stopped renewing.
 async fn leases_taken(gw: &Gateway) -> f64 {
-    sample(
-        &metrics(gw).await,
-        "livegate_leases_total{event=\"acquired\"}",
-    )
+    let page = metrics(gw).await;
+    sample(&page, "livegate_leases_total{event=\"acquired\"}")
+        + sample(&page, "livegate_leases_total{event=\"takeover\"}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -642,4 +643,157 @@ async fn one_poller_per_live_entry_for_the_whole_cluster_and_a_survivor_takes_ov
         taken += leases_taken(gw).await;
     }
     assert_eq!(taken, 1.0, "one survivor took the poller over");
+}
+
+const STREAMS: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Msg { text: String! }
+type Query {
+  msgs: [Msg!]! @rest(upstream: "api", path: "/msgs") @cache(maxAge: 600)
+    @updates(upstream: "api", path: "/ws", apply: APPEND)
+}
+type Subscription {
+  msgs: [Msg!]! @live
+  msgAdded: Msg @stream(upstream: "api", path: "/ws")
+}
+"#;
+
+/// An upstream with `/msgs` and a `/ws` that sends every connected socket what the test
+/// broadcasts; it counts the sockets opened and open.
+struct Sockets {
+    up: Upstream,
+    say: tokio::sync::broadcast::Sender<String>,
+    opened: Arc<AtomicU64>,
+    open: Arc<AtomicU64>,
+}
+
+async fn socket_upstream() -> Sockets {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use axum::routing::get;
+    use futures_util::StreamExt;
+    let (say, _) = tokio::sync::broadcast::channel::<String>(64);
+    let (opened, open) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (tx, o1, o2) = (say.clone(), opened.clone(), open.clone());
+    let up = Upstream::start(
+        axum::Router::new()
+            .route("/msgs", get(|| async { axum::Json(json!([{"text": "first"}])) }))
+            .route(
+                "/ws",
+                get(move |ws: WebSocketUpgrade| {
+                    let (tx, opened, open) = (tx.clone(), o1.clone(), o2.clone());
+                    async move {
+                        ws.on_upgrade(move |socket| async move {
+                            opened.fetch_add(1, Ordering::SeqCst);
+                            open.fetch_add(1, Ordering::SeqCst);
+                            let (mut sink, mut stream) = socket.split();
+                            let mut heard = tx.subscribe();
+                            loop {
+                                tokio::select! {
+                                    said = heard.recv() => match said {
+                                        Ok(text) => {
+                                            use futures_util::SinkExt;
+                                            if sink.send(Message::text(text)).await.is_err() { break; }
+                                        }
+                                        Err(_) => break,
+                                    },
+                                    got = stream.next() => if !matches!(got, Some(Ok(_))) { break },
+                                }
+                            }
+                            open.fetch_sub(1, Ordering::SeqCst);
+                        })
+                    }
+                }),
+            ),
+    )
+    .await;
+    Sockets {
+        up,
+        say,
+        opened,
+        open,
+    }
+}
+
+impl Sockets {
+    /// Says `text` on the upstream socket until every subscriber has heard it.
+    async fn until_heard(&self, text: &str, subs: &mut [Live]) {
+        let mut heard = vec![false; subs.len()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while heard.iter().any(|h| !h) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not heard by all: {heard:?}"
+            );
+            let _ = self.say.send(json!({"text": text}).to_string());
+            for (i, live) in subs.iter_mut().enumerate() {
+                if heard[i] {
+                    continue;
+                }
+                if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), live.next()).await {
+                    heard[i] = r.to_string().contains(text);
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over() {
+    let redis = RedisServer::start();
+    let sockets = socket_upstream().await;
+    let schema = STREAMS.replace("{up}", &sockets.up.url());
+    let first = Process::start(&schema, &redis.url(), "t7:").await;
+    let on_first = Live::start(&first.gateway, "subscription { msgAdded { text } }").await;
+    until(&first.gateway, |p| {
+        sample(p, "livegate_leases_total{event=\"acquired\"}") == 1.0
+    })
+    .await;
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let gw = Gateway::start(&schema, options(&redis.url(), "t7:")).await;
+        until(&gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+        gws.push(gw);
+    }
+    let mut subs = Vec::new();
+    for gw in &gws {
+        let mut live = Live::start(gw, "subscription { msgs { text } }").await;
+        live.next().await; // [first]
+        subs.push(live);
+        subs.push(Live::start(gw, "subscription { msgAdded { text } }").await);
+    }
+    let mut everyone = vec![on_first];
+    everyone.append(&mut subs);
+    sockets.until_heard("m1", &mut everyone).await;
+    assert_eq!(
+        sockets.opened.load(Ordering::SeqCst),
+        1,
+        "one upstream socket for three replicas"
+    );
+    let fetched = sockets.up.count_matching("GET /msgs");
+
+    // The holder dies: a survivor opens the one socket, and every survivor's
+    // subscribers get the next message; each fed entry is refetched once per replica.
+    let mut survivors = everyone.split_off(1);
+    drop(everyone);
+    drop(first);
+    sockets.until_heard("m2", &mut survivors).await;
+    assert_eq!(
+        sockets.opened.load(Ordering::SeqCst),
+        2,
+        "the survivor opened one socket"
+    );
+    assert_eq!(sockets.open.load(Ordering::SeqCst), 1);
+    let refetched = sockets.up.count_matching("GET /msgs") - fetched;
+    assert!(
+        (1..=2).contains(&refetched),
+        "{refetched} refetches of the fed entry"
+    );
+    let mut takeovers = 0.0;
+    for gw in &gws {
+        takeovers += sample(
+            &metrics(gw).await,
+            "livegate_leases_total{event=\"takeover\"}",
+        );
+    }
+    assert_eq!(takeovers, 1.0);
 }

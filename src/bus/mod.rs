@@ -28,6 +28,18 @@ pub enum Remote {
     Changed(Vec<CacheKey>),
 }
 
+/// Who does a piece of cluster-wide work (see [`Bus::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Nobody to share it with (in-process, or Redis unreachable): do it, alone.
+    Solo,
+    /// This replica does it, under this generation (a fencing token: messages of an older
+    /// holder are dropped).
+    Held(u64),
+    /// Another replica does it.
+    Other,
+}
+
 /// A value another replica stored, and how old it is.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -62,14 +74,35 @@ impl Bus {
         }
     }
 
-    /// Whether this replica holds (or has just taken) the cluster-wide lease `name` for
-    /// `ttl`: one holder does the work (one poller per live entry). In-process, and while
-    /// Redis does not answer, always `true`: every replica does its own work rather than
-    /// none doing it.
-    pub async fn lease(&self, name: &str, ttl: Duration) -> bool {
+    /// Who does the cluster-wide work `name` (an upstream socket, a poller) for the next
+    /// `ttl`: this replica takes the lease when it is free and renews it while it holds
+    /// it. In-process, and while Redis does not answer, [`Lease::Solo`]: every replica
+    /// does its own work rather than none doing it.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Lease {
         match &self.redis {
-            Some(r) => r.lease(name, ttl).await.unwrap_or(true),
-            None => true,
+            Some(r) => match r.lease(name, ttl).await {
+                Some(0) => Lease::Other,
+                Some(generation) => Lease::Held(generation),
+                None => Lease::Solo,
+            },
+            None => Lease::Solo,
+        }
+    }
+
+    /// Republishes an upstream socket's `message`, received by the holder of the lease
+    /// `name` under `generation`, to every replica following it.
+    pub async fn publish_event(&self, name: &str, generation: u64, message: &str) {
+        if let Some(r) = &self.redis {
+            r.publish_event(name, generation, message).await;
+        }
+    }
+
+    /// The messages the holder of `name` republishes, from now on; `None` in-process or
+    /// while Redis does not answer.
+    pub async fn events(&self, name: &str) -> Option<redis::Events> {
+        match &self.redis {
+            Some(r) => r.events(name).await,
+            None => None,
         }
     }
 

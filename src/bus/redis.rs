@@ -67,6 +67,9 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// How long a replica waits for another's fetch of the same key before fetching itself.
     pub fill_wait: Duration,
+    /// How long a lease (an upstream socket's) lasts unrenewed: a survivor takes a dead
+    /// holder's socket over within it.
+    pub lease: Duration,
 }
 
 pub struct RedisBus {
@@ -85,6 +88,7 @@ pub struct RedisBus {
     held: std::sync::Mutex<std::collections::HashSet<String>>,
     metrics: Arc<Metrics>,
     lease: redis::Script,
+    release: redis::Script,
     invalidate: redis::Script,
     store: redis::Script,
     unlock: redis::Script,
@@ -131,6 +135,7 @@ impl RedisBus {
             held: Default::default(),
             metrics,
             lease: redis::Script::new(LEASE),
+            release: redis::Script::new(RELEASE),
             invalidate: redis::Script::new(INVALIDATE),
             store: redis::Script::new(STORE),
             unlock: redis::Script::new(UNLOCK),
@@ -429,21 +434,23 @@ impl RedisBus {
         }
     }
 
-    /// Takes or renews the lease `name`; `None` when Redis does not answer.
-    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<bool> {
+    /// Takes or renews the lease `name`: its generation while this replica holds it, 0
+    /// while another does, `None` when Redis does not answer.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Option<u64> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut lease = self.lease.prepare_invoke();
         lease
             .key(self.key(&format!("lease:{name}")))
+            .key(self.key(&format!("leasegen:{name}")))
             .arg(&self.origin)
             .arg(ttl_ms);
-        let held: Option<i64> = self
+        let generation: u64 = self
             .call(
                 "lease",
                 |mut c| async move { lease.invoke_async(&mut c).await },
             )
-            .await;
-        let held = held? == 1;
+            .await?;
+        let held = generation > 0;
         let taken = held && !self.leases().contains(name);
         if held {
             self.leases().insert(name.to_string());
@@ -451,9 +458,86 @@ impl RedisBus {
             self.leases().remove(name);
         }
         if taken {
-            self.metrics.leases.with_label_values(&["acquired"]).inc();
+            let event = if generation > 1 {
+                "takeover"
+            } else {
+                "acquired"
+            };
+            self.metrics.leases.with_label_values(&[event]).inc();
         }
-        Some(held)
+        Some(generation)
+    }
+
+    pub async fn publish_event(&self, name: &str, generation: u64, message: &str) {
+        let stream = self.key(&format!("ev:{name}"));
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(1_000)
+            .arg("*")
+            .arg("v")
+            .arg(FORMAT)
+            .arg("g")
+            .arg(generation)
+            .arg("m")
+            .arg(message)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&stream)
+            .arg(STREAM_TTL_MS)
+            .ignore();
+        let sent: Option<()> = self
+            .call("publish event", |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
+            .await;
+        if sent.is_some() {
+            self.metrics
+                .bus_messages
+                .with_label_values(&["published", "event"])
+                .inc();
+        }
+    }
+
+    /// A reader of the events of `name`, from the stream's end now.
+    pub async fn events(self: &Arc<Self>, name: &str) -> Option<Events> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.options.timeout)
+            .set_response_timeout(Duration::from_secs(5));
+        let mut conn = tokio::time::timeout(
+            self.options.timeout * 2,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let stream = self.key(&format!("ev:{name}"));
+        let newest: Option<String> = {
+            let read: redis::RedisResult<redis::streams::StreamRangeReply> =
+                redis::cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await;
+            read.ok().map(|r| {
+                r.ids
+                    .first()
+                    .map(|e| e.id.clone())
+                    .unwrap_or_else(|| "0-0".into())
+            })
+        };
+        Some(Events {
+            bus: self.clone(),
+            conn,
+            stream,
+            from: newest?,
+        })
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
@@ -464,13 +548,13 @@ impl RedisBus {
         if !self.leases().remove(name) {
             return;
         }
-        let mut unlock = self.unlock.prepare_invoke();
-        unlock
+        let mut release = self.release.prepare_invoke();
+        release
             .key(self.key(&format!("lease:{name}")))
             .arg(&self.origin);
         let _: Option<i64> = self
             .call("lease release", |mut c| async move {
-                unlock.invoke_async(&mut c).await
+                release.invoke_async(&mut c).await
             })
             .await;
     }
@@ -614,16 +698,30 @@ end
 return 1
 "#;
 
-/// KEYS: lease; ARGV: holder, TTL ms. Takes a free lease, renews one this holder has.
+/// KEYS: lease, its generation counter; ARGV: holder, TTL ms. Takes a free lease (with
+/// the next generation) or renews one this holder has; its generation, or 0 when another
+/// replica holds it. The lease's value is `<holder>:<generation>`.
 const LEASE: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+  local g = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 604800000)
+  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. g, 'PX', ARGV[2])
+  return g
 end
-if v == ARGV[1] then
+local holder, g = string.match(v, '^(.*):(%d+)$')
+if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return tonumber(g)
+end
+return 0
+"#;
+
+/// KEYS: lease; ARGV: holder. Deletes the lease if this holder has it.
+const RELEASE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 "#;
@@ -820,5 +918,67 @@ fn decode_message(
             Some((origin, Remote::Changed(keys)))
         }
         _ => None,
+    }
+}
+
+/// The messages an upstream socket's holder republishes, read by a replica that follows.
+pub struct Events {
+    bus: Arc<RedisBus>,
+    conn: redis::aio::MultiplexedConnection,
+    stream: String,
+    from: String,
+}
+
+impl Events {
+    /// The next messages (waiting up to a second): each with the generation of the
+    /// holder that sent it. `Err` when Redis did not answer.
+    pub async fn next(&mut self) -> Result<Vec<(u64, Arc<Value>)>, ()> {
+        use redis::AsyncCommands;
+        let opts = redis::streams::StreamReadOptions::default()
+            .block(1_000)
+            .count(256);
+        let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = self
+            .conn
+            .xread_options(&[&self.stream], &[&self.from], &opts)
+            .await;
+        let reply = read.map_err(|e| {
+            tracing::debug!(error = %e, "redis event stream read failed");
+        })?;
+        let mut out = Vec::new();
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                self.from = entry.id.clone();
+                let field = |name: &str| {
+                    entry
+                        .map
+                        .get(name)
+                        .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                };
+                let decoded = (field("v").as_deref() == Some(FORMAT))
+                    .then(|| {
+                        let generation = field("g")?.parse::<u64>().ok()?;
+                        let message = serde_json::from_str::<Value>(&field("m")?).ok()?;
+                        Some((generation, Arc::new(message)))
+                    })
+                    .flatten();
+                match decoded {
+                    Some(m) => {
+                        self.bus
+                            .metrics
+                            .bus_messages
+                            .with_label_values(&["received", "event"])
+                            .inc();
+                        out.push(m);
+                    }
+                    None => self
+                        .bus
+                        .metrics
+                        .bus_skipped
+                        .with_label_values(&["event"])
+                        .inc(),
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -344,7 +344,7 @@ impl Hub {
                     hub.cache.bus().release(&lease).await;
                     return;
                 }
-                if !hub.cache.bus().lease(&lease, lease_for).await {
+                if hub.cache.bus().lease(&lease, lease_for).await == crate::bus::Lease::Other {
                     // Another replica polls it; what it finds arrives as a change.
                     last = None;
                     continue;

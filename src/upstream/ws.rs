@@ -12,6 +12,7 @@
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
+use crate::bus::Lease;
 use crate::plan::UpstreamPlan;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -56,6 +57,10 @@ pub struct Sockets {
     tls: Option<tokio_tungstenite::Connector>,
     /// Largest message (and frame) accepted from an upstream socket: `--max-upstream-body`.
     max_message: usize,
+    /// With other replicas: one of them holds each socket (a lease of `lease` in Redis)
+    /// and republishes its messages; the others follow.
+    bus: crate::bus::Bus,
+    lease: Duration,
     pub stats: Arc<SocketStats>,
 }
 
@@ -76,12 +81,16 @@ impl Sockets {
         grace: Duration,
         tls: Option<tokio_tungstenite::Connector>,
         max_message: usize,
+        bus: crate::bus::Bus,
+        lease: Duration,
     ) -> Arc<Sockets> {
         Arc::new(Sockets {
             sockets: Mutex::default(),
             grace,
             tls,
             max_message,
+            bus,
+            lease,
             stats: Arc::default(),
         })
     }
@@ -158,7 +167,10 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// The socket's life: connect, read, reconnect with backoff, until nobody taps it for
-/// `grace`.
+/// `grace`. With other replicas, only the holder of the socket's lease connects (and
+/// republishes what it reads); the others follow the republished messages, and take the
+/// lease over when its holder stops renewing it (then announce a reconnect: the entries
+/// they feed refetch).
 async fn run(
     owner_weak: std::sync::Weak<Sockets>,
     key: SocketKey,
@@ -169,6 +181,7 @@ async fn run(
     // What log lines show of it: no userinfo, no query.
     let shown = super::redact(&url);
     let scrub = |e: &dyn std::fmt::Display| super::scrub(&e.to_string(), &url);
+    let lease_name = format!("sock:{}:{}", key.0, key.1);
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
@@ -182,6 +195,7 @@ async fn run(
         if socket.taps.load(Ordering::Acquire) == 0 {
             let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= grace && owner.retire_if_idle(&key, &socket) {
+                owner.bus.release(&lease_name).await;
                 return;
             }
         } else {
@@ -191,7 +205,27 @@ async fn run(
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .max_message_size(Some(owner.max_message))
             .max_frame_size(Some(owner.max_message));
+        let (bus, lease_for) = (owner.bus.clone(), owner.lease);
         drop(owner);
+
+        let role = bus.lease(&lease_name, lease_for).await;
+        if role == Lease::Other {
+            let follower = Follower {
+                owner: &owner_weak,
+                key: &key,
+                socket: &socket,
+                bus: &bus,
+                name: &lease_name,
+                lease_for,
+                grace,
+            };
+            if follower.follow().await {
+                return;
+            }
+            // Our turn (or Redis is away): connect, and say that messages may be missed.
+            connected_before = true;
+            continue;
+        }
 
         let request = url.as_str().into_client_request().map(|mut r| {
             for (k, v) in &upstream.headers {
@@ -231,13 +265,28 @@ async fn run(
                     socket: &socket,
                     grace,
                 };
-                let retired = read(ws, &socket, &stats, &idle, &url).await;
+                let mut holder = Holder {
+                    bus: &bus,
+                    name: &lease_name,
+                    lease_for,
+                    role,
+                };
+                let ended = read(ws, &socket, &stats, &idle, &url, &mut holder).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
-                if retired {
-                    tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket closed: unused");
-                    return;
+                match ended {
+                    Ended::Retired => {
+                        tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket closed: unused");
+                        bus.release(&lease_name).await;
+                        return;
+                    }
+                    Ended::LostLease => {
+                        tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket handed over to the replica holding its lease");
+                        continue;
+                    }
+                    Ended::Dropped => {
+                        tracing::warn!(upstream = %upstream.name, path = %key.1, "upstream socket dropped; reconnecting");
+                    }
                 }
-                tracing::warn!(upstream = %upstream.name, path = %key.1, "upstream socket dropped; reconnecting");
             }
             Ok(Err(e)) => tracing::warn!(
                 url = shown,
@@ -251,6 +300,99 @@ async fn run(
     }
 }
 
+/// Why [`read`] stopped reading.
+enum Ended {
+    /// Nobody taps the socket any more.
+    Retired,
+    /// It dropped: reconnect.
+    Dropped,
+    /// Another replica holds the socket's lease now: follow it.
+    LostLease,
+}
+
+/// The socket's lease, as its holder renews it and republishes under it.
+struct Holder<'a> {
+    bus: &'a crate::bus::Bus,
+    name: &'a str,
+    lease_for: Duration,
+    role: Lease,
+}
+
+impl Holder<'_> {
+    /// Renews the lease; `false` when another replica has it now.
+    async fn renew(&mut self) -> bool {
+        self.role = self.bus.lease(self.name, self.lease_for).await;
+        self.role != Lease::Other
+    }
+
+    async fn republish(&self, text: &str) {
+        if let Lease::Held(generation) = self.role {
+            self.bus.publish_event(self.name, generation, text).await;
+        }
+    }
+}
+
+/// A replica following the socket another replica holds.
+struct Follower<'a> {
+    owner: &'a std::sync::Weak<Sockets>,
+    key: &'a SocketKey,
+    socket: &'a Arc<Socket>,
+    bus: &'a crate::bus::Bus,
+    name: &'a str,
+    lease_for: Duration,
+    grace: Duration,
+}
+
+impl Follower<'_> {
+    /// Passes the holder's messages on to this replica's taps until the socket is unused
+    /// for the grace period (`true`), or until this replica should hold it: the lease is
+    /// free, or Redis is away (`false`). A message of an older holder than one already
+    /// heard is dropped; a newer holder means messages may have been missed meanwhile.
+    async fn follow(&self) -> bool {
+        let Some(mut events) = self.bus.events(self.name).await else {
+            return false;
+        };
+        let mut newest = 0u64;
+        let renew_every = (self.lease_for / 3).max(Duration::from_millis(50));
+        let mut renew_at = tokio::time::Instant::now() + renew_every;
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        loop {
+            let Ok(batch) = events.next().await else {
+                return false;
+            };
+            for (generation, message) in batch {
+                if generation < newest {
+                    continue;
+                }
+                if generation > newest && newest != 0 {
+                    let _ = self.socket.tx.send(Event::Reconnected);
+                }
+                newest = generation;
+                let _ = self.socket.tx.send(Event::Message(message));
+            }
+            if self.socket.taps.load(Ordering::Acquire) == 0 {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                let retire = since.elapsed() >= self.grace
+                    && self
+                        .owner
+                        .upgrade()
+                        .is_none_or(|o| o.retire_if_idle(self.key, self.socket));
+                if retire {
+                    return true;
+                }
+            } else {
+                idle_since = None;
+            }
+            if tokio::time::Instant::now() >= renew_at {
+                renew_at = tokio::time::Instant::now() + renew_every;
+                if self.bus.lease(self.name, self.lease_for).await != Lease::Other {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 /// What `read` needs to decide the socket is no longer wanted.
 struct IdleCheck<'a> {
     owner: &'a std::sync::Weak<Sockets>,
@@ -259,8 +401,9 @@ struct IdleCheck<'a> {
     grace: Duration,
 }
 
-/// Reads until the socket drops (`false`) or has been untapped for the grace period and
-/// is retired (`true`).
+/// Reads until the socket drops, has been untapped for the grace period and is retired,
+/// or its lease is another replica's now; renews the lease and republishes each message
+/// under it meanwhile.
 async fn read(
     mut ws: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
@@ -269,13 +412,22 @@ async fn read(
     stats: &SocketStats,
     idle: &IdleCheck<'_>,
     url: &url::Url,
-) -> bool {
+    holder: &mut Holder<'_>,
+) -> Ended {
     let mut tick = tokio::time::interval(
         (idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
     );
+    let mut renew = tokio::time::interval((holder.lease_for / 3).max(Duration::from_millis(50)));
+    renew.tick().await;
     let mut idle_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
+            _ = renew.tick() => {
+                if !holder.renew().await {
+                    let _ = ws.close(None).await;
+                    return Ended::LostLease;
+                }
+            }
             _ = tick.tick() => {
                 if idle.socket.taps.load(Ordering::Acquire) > 0 {
                     idle_since = None;
@@ -287,7 +439,7 @@ async fn read(
                     let retire = idle.owner.upgrade().is_none_or(|o| o.retire_if_idle(idle.key, idle.socket));
                     if retire {
                         let _ = ws.close(None).await;
-                        return true;
+                        return Ended::Retired;
                     }
                 }
             }
@@ -295,6 +447,7 @@ async fn read(
                 Some(Ok(Message::Text(text))) => match serde_json::from_str::<Value>(text.as_str()) {
                     Ok(v) => {
                         let _ = socket.tx.send(Event::Message(Arc::new(v)));
+                        holder.republish(text.as_str()).await;
                     }
                     Err(_) => {
                         stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -303,6 +456,7 @@ async fn read(
                 },
                 Some(Ok(Message::Binary(b))) => match serde_json::from_slice::<Value>(&b) {
                     Ok(v) => {
+                        holder.republish(&v.to_string()).await;
                         let _ = socket.tx.send(Event::Message(Arc::new(v)));
                     }
                     Err(_) => {
@@ -326,9 +480,9 @@ async fn read(
                     } else {
                         tracing::warn!(error, "upstream socket read failed; reconnecting");
                     }
-                    return false;
+                    return Ended::Dropped;
                 }
-                None => return false,
+                None => return Ended::Dropped,
             },
         }
     }
