@@ -21,6 +21,9 @@ struct Args {
     /// the gateway across origins; repeat or comma-separate; `*` for any.
     #[arg(long, env = "LIVEGATE_CORS_ORIGIN", value_delimiter = ',')]
     cors_origin: Vec<String>,
+    /// Redis shared with other replicas (`scripts/replicas` starts one beside the demo).
+    #[arg(long, env = "LIVEGATE_REDIS_URL")]
+    redis_url: Option<String>,
 }
 
 #[tokio::main]
@@ -99,6 +102,15 @@ async fn main() -> ExitCode {
     };
     let mut options = livegate::Options::default();
     options.webhook.secret = Some(args.webhook_secret);
+    options.redis = args
+        .redis_url
+        .map(|url| livegate::bus::redis::RedisOptions {
+            url,
+            prefix: "livegate:".into(),
+            timeout: std::time::Duration::from_millis(250),
+            fill_wait: std::time::Duration::from_secs(10),
+            lease: std::time::Duration::from_secs(10),
+        });
     options.cors = match livegate::server::cors::Cors::new(&args.cors_origin) {
         Ok(c) => c,
         Err(e) => {

@@ -40,13 +40,13 @@ pub struct Metrics {
     /// 1 while Redis answers (with `--redis-url`), else 0.
     pub redis_up: IntGauge,
     /// Messages on the replicas' bus, by direction (`published`, `received`) and kind
-    /// (`invalidation`, `everything`).
+    /// (`invalidation`, `everything`, `changed` by a poller, upstream socket `event`).
     pub bus_messages: IntCounterVec,
     /// Messages and entries read from Redis and skipped as malformed or of another format.
     pub bus_skipped: IntCounterVec,
     /// Second-level (Redis) cache lookups by outcome: `hit`, `miss`, `error`.
     pub l2_lookups: IntCounterVec,
-    /// Cluster-wide leases taken by this replica (`acquired`; a poller's work moving here).
+    /// Cluster-wide leases this replica took: `acquired` (free) or `takeover`.
     pub leases: IntCounterVec,
 }
 
@@ -190,7 +190,7 @@ impl Metrics {
             bus_messages: counter_vec(
                 &r,
                 "livegate_bus_messages_total",
-                "Messages between replicas by direction (published, received) and kind (invalidation, everything)",
+                "Messages between replicas by direction (published, received) and kind (invalidation, everything, changed, event)",
                 &["direction", "kind"],
             ),
             bus_skipped: counter_vec(
@@ -208,7 +208,7 @@ impl Metrics {
             leases: counter_vec(
                 &r,
                 "livegate_leases_total",
-                "Cluster-wide leases (one poller per live entry) taken by this replica",
+                "Cluster-wide leases (an upstream socket, a live entry's poller) this replica took: acquired (free) or takeover (from a holder that stopped renewing)",
                 &["event"],
             ),
             registry: r,
