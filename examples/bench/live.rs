@@ -24,7 +24,7 @@ struct Round {
     progress: Notify,
 }
 
-struct Fleet {
+pub(crate) struct Fleet {
     round: Arc<Round>,
     writers: Vec<tokio::sync::mpsc::Sender<String>>,
     readers: Vec<tokio::task::JoinHandle<()>>,
@@ -41,7 +41,7 @@ impl Drop for Fleet {
 }
 
 /// Opens `connections` graphql-transport-ws sockets, each acknowledged.
-async fn connect(url: &str, connections: usize) -> Result<Fleet> {
+pub(crate) async fn connect(url: &str, connections: usize) -> Result<Fleet> {
     let round = Arc::new(Round::default());
     let mut writers = Vec::new();
     let mut readers = Vec::new();
@@ -100,7 +100,7 @@ async fn connect(url: &str, connections: usize) -> Result<Fleet> {
 impl Fleet {
     /// Subscribes `per_connection` operations `query` on every socket; for live queries,
     /// waits for all first results.
-    async fn subscribe(&self, per_connection: usize, query: &str) -> Result<()> {
+    pub(crate) async fn subscribe(&self, per_connection: usize, query: &str) -> Result<()> {
         let total = self.writers.len() * per_connection;
         self.round
             .times
@@ -165,7 +165,12 @@ impl Fleet {
     }
 
     /// One change: bump the upstream, then time the webhook → every push.
-    async fn change(&self, n: usize, gateway: &str, upstream: &str) -> Result<Vec<Duration>> {
+    pub(crate) async fn change(
+        &self,
+        n: usize,
+        gateway: &str,
+        upstream: &str,
+    ) -> Result<Vec<Duration>> {
         self.round
             .times
             .lock()
@@ -381,7 +386,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 }
 
 /// The upstream's (open, total) `/ws` sockets.
-fn socket_counts(up_url: &str) -> Result<(u64, u64)> {
+pub(crate) fn socket_counts(up_url: &str) -> Result<(u64, u64)> {
     let v: serde_json::Value = serde_json::from_str(&http("GET", &format!("{up_url}/_ws"), None)?)
         .map_err(|e| e.to_string())?;
     Ok((

@@ -11,12 +11,14 @@
 //! Needs `wrk` and `taskset` (Debian: `apt-get install wrk util-linux`) and, for Tailcall,
 //! `npm` (the binary comes from the npm package `@tailcallhq/core-linux-x64-gnu@1.0.0`,
 //! installed under `bench/` on first use). Flags: `--duration SECS` (default 10),
-//! `--connections N` (default 64), `--skip-tailcall`, `--only http|live`.
+//! `--connections N` (default 64), `--skip-tailcall`, `--only http|live|replicas`.
+//! The replicas part ([`replicas`]) needs Debian's `redis-server`.
 //!
 //! The live part ([`live`]) measures memory per idle connection and subscription, and
 //! webhook-to-push latency.
 
 mod live;
+mod replicas;
 
 use axum::extract::{Path, State};
 use axum::http::header;
@@ -386,7 +388,7 @@ fn orchestrate(
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let livegate = livegate_binary(&root)?;
-    let tailcall = if skip_tailcall || only == Some("live") {
+    let tailcall = if skip_tailcall || only.is_some_and(|o| o != "http") {
         None
     } else {
         Some(tailcall_binary(&root)?)
@@ -407,7 +409,7 @@ fn orchestrate(
         &work,
     )?;
     let up_url = format!("http://127.0.0.1:{up_port}");
-    if only != Some("live") {
+    if only.is_none() || only == Some("http") {
         http_part(
             &livegate,
             tailcall.as_deref(),
@@ -418,8 +420,14 @@ fn orchestrate(
             connections,
         )?;
     }
-    if only != Some("http") {
+    if only.is_none() || only == Some("live") {
         println!("\n## Live\n\n{}", live::run(&livegate, &work, &up_url)?);
+    }
+    if only.is_none() || only == Some("replicas") {
+        println!(
+            "\n## Replicas\n\n{}",
+            replicas::run(&livegate, &work, &up_url)?
+        );
     }
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
