@@ -797,3 +797,45 @@ async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over() {
     }
     assert_eq!(takeovers, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_before_redis() {
+    let mut redis = RedisServer::start_with_password(Some("pa55-word-xyz"));
+    let (up, version) = upstream().await;
+    // A replica started while Redis is down serves, degraded, and joins when it is up.
+    redis.stop();
+    let schema = SCHEMA.replace("{up}", &up.url());
+    let a = Gateway::start(&schema, options(&redis.url(), "t8:")).await;
+    let r = a.query(r#"{ thing(id: "1") { v } }"#).await;
+    assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
+    assert_eq!(sample(&metrics(&a).await, "livegate_redis_up"), 0.0);
+    redis.resume();
+    until(&a, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    let b = Gateway::start(&schema, options(&redis.url(), "t8:")).await;
+    until(&b, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    let mut on_b = Live::start(&b, THING).await;
+    on_b.until_version(0).await;
+    version.store(3, Ordering::SeqCst);
+    webhook(&a, &["thing:1"]).await;
+    on_b.until_version(3).await;
+
+    // A wrong password: Redis is "down" for that replica, and the error shows no password.
+    let wrong = redis.url().replace("pa55-word-xyz", "wrong-pa55-abc");
+    let c = Gateway::start(&schema, options(&wrong, "t8:")).await;
+    let r = c.query(r#"{ thing(id: "9") { v } }"#).await;
+    assert_eq!(r["data"]["thing"]["v"], 3, "{r}");
+    let page = metrics(&c).await;
+    assert_eq!(sample(&page, "livegate_redis_up"), 0.0);
+    assert!(!page.contains("pa55"));
+    // A malformed URL is a start-up error that does not show the password either.
+    let plan =
+        livegate::plan::load("s.graphql", &schema, Vec::<(String, String)>::new()).expect("plan");
+    let err = match livegate::state(plan, &options("redis://:pa55-word-xyz@[::1", "t8:")) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a malformed URL is refused"),
+    };
+    assert!(
+        err.contains("--redis-url") && !err.contains("pa55"),
+        "{err}"
+    );
+}
