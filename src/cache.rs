@@ -315,7 +315,7 @@ impl Cache {
     pub async fn load<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> Loaded
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+        Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let mut seen = self.inner.retired.load(Ordering::Acquire);
         let shared = loop {
@@ -373,7 +373,7 @@ impl Cache {
     fn flight<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> SharedFetch
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+        Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let mut st = lock(&self.inner.state);
         if let Some(f) = st.flights.get(&key) {
@@ -392,7 +392,7 @@ impl Cache {
     ) -> SharedFetch
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(Value, usize), UpstreamError>> + Send + 'static,
+        Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
         // Read under the lock that invalidations bump it under.
@@ -435,14 +435,22 @@ impl Cache {
         policy: Option<Policy>,
         result: Result<crate::bus::Shared, UpstreamError>,
     ) -> Fetched {
-        let (value, size, age) = match result {
-            Ok(shared) => (Arc::new(shared.value), shared.size, shared.age),
+        let (value, size, age, shareable) = match result {
+            Ok(shared) => (
+                Arc::new(shared.value),
+                shared.size,
+                shared.age,
+                shared.shareable,
+            ),
             Err(e) => {
                 self.retire(key, id);
                 return Err(e);
             }
         };
+        // The upstream said no shared cache may keep it: the callers of this flight get it,
+        // nobody later does.
         let stamp = policy
+            .filter(|_| shareable)
             .and_then(|policy| self.insert_aged(key, policy, value.clone(), size, epoch, age));
         self.retire(key, id);
         Ok((value, stamp))
@@ -710,13 +718,13 @@ mod tests {
     /// A fetch that counts its calls and answers `n` (the call number).
     fn counting(
         calls: &Arc<AtomicUsize>,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> {
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>> {
         let calls = calls.clone();
         move || {
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::task::yield_now().await;
-                Ok((Value::from(n), 1))
+                Ok(crate::upstream::Answer::new(Value::from(n), 1))
             }
             .boxed()
         }
@@ -782,7 +790,7 @@ mod tests {
         let slow = move || {
             async move {
                 let _ = rx.await;
-                Ok((Value::from("old"), 3))
+                Ok(crate::upstream::Answer::new(Value::from("old"), 3))
             }
             .boxed()
         };
@@ -1036,7 +1044,7 @@ mod tests {
                     tokio::spawn(async move {
                         let fetch = move || {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            async { Ok((Value::from(1), 1)) }.boxed()
+                            async { Ok(crate::upstream::Answer::new(Value::from(1), 1)) }.boxed()
                         };
                         cache
                             .load(key(&k.to_string()), policy(60, 0, &[]), fetch)

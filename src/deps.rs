@@ -10,8 +10,9 @@ use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
 /// A fetch that can be run again: how the hub polls a live query's root entry.
-pub type FetchFn =
-    Arc<dyn Fn() -> BoxFuture<'static, Result<(Value, usize), UpstreamError>> + Send + Sync>;
+pub type FetchFn = Arc<
+    dyn Fn() -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>> + Send + Sync,
+>;
 
 /// One cache entry an operation read, and the tags it is filed under.
 #[derive(Clone, Debug)]

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub bus_skipped: IntCounterVec,
     /// Second-level (Redis) cache lookups by outcome: `hit`, `miss`, `error`.
     pub l2_lookups: IntCounterVec,
+    /// Upstream answers marked `Cache-Control: private` or `no-store`, by upstream: served
+    /// to the caller, never stored.
+    pub uncacheable: IntCounterVec,
     /// Cluster-wide leases this replica took: `acquired` (free) or `takeover`.
     pub leases: IntCounterVec,
 }
@@ -204,6 +207,12 @@ impl Metrics {
                 "livegate_l2_lookups_total",
                 "Second-level (Redis) cache lookups by outcome (hit, miss, error)",
                 &["outcome"],
+            ),
+            uncacheable: counter_vec(
+                &r,
+                "livegate_upstream_uncacheable_total",
+                "Upstream answers marked Cache-Control private or no-store: served to the caller, never stored in a shared cache",
+                &["upstream"],
             ),
             leases: counter_vec(
                 &r,

@@ -314,3 +314,69 @@ async fn a_repeated_query_is_answered_again_only_while_every_entry_behind_it_is_
         "only the invalidated user was refetched"
     );
 }
+
+/// An upstream answer marked `Cache-Control: private` or `no-store` is never stored for
+/// anyone, whatever `@cache` says (RFC 9111): each caller gets a fresh answer. A normal
+/// answer from the same upstream is cached, as the control.
+#[tokio::test]
+async fn answers_the_upstream_marks_private_or_no_store_are_never_cached() {
+    use axum::http::header::{HeaderMap, CACHE_CONTROL};
+    let n = Arc::new(AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/who/{mark}",
+        get(move |Path(mark): Path<String>| {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let mut headers = HeaderMap::new();
+                let value = match mark.as_str() {
+                    "private" => "private, max-age=600",
+                    "nostore" => "no-store",
+                    _ => "public, max-age=600",
+                };
+                headers.insert(CACHE_CONTROL, value.parse().expect("header"));
+                (headers, Json(json!({"call": i})))
+            }
+        }),
+    );
+    let up = Upstream::start(app).await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Who {{ call: Int! }}
+type Query {{ who(mark: String!): Who @rest(upstream: "api", path: "/who/{{args.mark}}") @cache(maxAge: 600) }}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    for mark in ["private", "nostore", "public"] {
+        let q = format!(r#"{{ who(mark: "{mark}") {{ call }} }}"#);
+        let first = gw.query(&q).await;
+        let second = gw.query(&q).await;
+        let path = format!("GET /who/{mark}");
+        if mark == "public" {
+            assert_eq!(first, second, "a public answer is cached");
+            assert_eq!(up.count_matching(&path), 1);
+        } else {
+            assert_ne!(
+                first, second,
+                "a {mark} answer is never served to another request"
+            );
+            assert_eq!(up.count_matching(&path), 2, "{mark}");
+        }
+    }
+    let page = gw
+        .client
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_upstream_uncacheable_total{upstream=\"api\"}"
+        ),
+        4.0,
+        "{page}"
+    );
+}

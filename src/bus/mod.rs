@@ -40,12 +40,25 @@ pub enum Lease {
     Other,
 }
 
-/// A value another replica stored, and how old it is.
+/// A value another replica stored, and how old it is (or one just fetched, of age 0).
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub value: Value,
     pub size: usize,
     pub age: Duration,
+    /// A shared cache may keep it (see [`crate::upstream::Answer::shareable`]).
+    pub shareable: bool,
+}
+
+impl From<crate::upstream::Answer> for Shared {
+    fn from(a: crate::upstream::Answer) -> Shared {
+        Shared {
+            value: a.value,
+            size: a.size,
+            age: Duration::ZERO,
+            shareable: a.shareable,
+        }
+    }
 }
 
 /// The replicas' shared channel. Cheap to clone.
@@ -134,17 +147,15 @@ impl Bus {
     ) -> Result<Shared, crate::upstream::UpstreamError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(Value, usize), crate::upstream::UpstreamError>>,
+        Fut: std::future::Future<
+            Output = Result<crate::upstream::Answer, crate::upstream::UpstreamError>,
+        >,
     {
         match (&self.redis, policy) {
             (Some(r), Some(p)) if p.shared && !(p.max_age + p.swr).is_zero() => {
                 r.load(key, p, fetch).await
             }
-            _ => fetch().await.map(|(value, size)| Shared {
-                value,
-                size,
-                age: Duration::ZERO,
-            }),
+            _ => fetch().await.map(Shared::from),
         }
     }
 }

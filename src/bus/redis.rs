@@ -339,16 +339,10 @@ impl RedisBus {
     ) -> Result<Shared, UpstreamError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(Value, usize), UpstreamError>>,
+        Fut: std::future::Future<Output = Result<crate::upstream::Answer, UpstreamError>>,
     {
         let outcome = |o: &str| self.metrics.l2_lookups.with_label_values(&[o]).inc();
-        let fetched = |r: Result<(Value, usize), UpstreamError>| {
-            r.map(|(value, size)| Shared {
-                value,
-                size,
-                age: Duration::ZERO,
-            })
-        };
+        let fetched = |r: Result<crate::upstream::Answer, UpstreamError>| r.map(Shared::from);
         // The generation first: a value fetched after it is stored only if no invalidation
         // came in between.
         let Some(generation) = self.generation().await else {
@@ -388,8 +382,10 @@ impl RedisBus {
             Some(Some(_)) => {
                 outcome("miss");
                 let result = fetch().await;
-                if let Ok((value, _)) = &result {
-                    self.put(&key, value, policy, &generation).await;
+                if let Ok(answer) = &result {
+                    if answer.shareable {
+                        self.put(&key, &answer.value, policy, &generation).await;
+                    }
                 }
                 let mut unlock = self.unlock.prepare_invoke();
                 unlock.key(lock).arg(token);
@@ -648,6 +644,7 @@ fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
         size: bytes.len(),
         value,
         age: Duration::from_millis(now_ms().saturating_sub(stored)),
+        shareable: true,
     };
     Some((shared, all))
 }

@@ -238,15 +238,19 @@ impl Hub {
                 tokio::spawn(async move {
                     let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
                     match (root.fetch)().await {
-                        Ok((value, size)) => {
-                            if hub.cache.store_fetched(
-                                root.key,
-                                root.policy.clone(),
-                                Arc::new(value),
-                                size,
-                                started,
-                                epoch,
-                            ) {
+                        Ok(answer) => {
+                            // An answer no shared cache may keep: the subscribers re-run
+                            // and fetch their own.
+                            if !answer.shareable
+                                || hub.cache.store_fetched(
+                                    root.key,
+                                    root.policy.clone(),
+                                    Arc::new(answer.value),
+                                    answer.size,
+                                    started,
+                                    epoch,
+                                )
+                            {
                                 hub.changed(&[root.key]);
                             }
                         }
@@ -351,9 +355,18 @@ impl Hub {
                 }
                 let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
                 match (root.fetch)().await {
-                    Ok((value, size)) => {
-                        if last.as_deref() != Some(&value) {
-                            let value = Arc::new(value);
+                    Ok(answer) if !answer.shareable => {
+                        // Not for a shared cache: tell the subscribers it changed; each
+                        // re-run fetches its own.
+                        if last.as_deref() != Some(&answer.value) {
+                            last = Some(Arc::new(answer.value));
+                            hub.changed(&[root.key]);
+                        }
+                    }
+                    Ok(answer) => {
+                        let size = answer.size;
+                        if last.as_deref() != Some(&answer.value) {
+                            let value = Arc::new(answer.value);
                             if hub.cache.store_fetched(
                                 root.key,
                                 root.policy.clone(),

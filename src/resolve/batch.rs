@@ -5,7 +5,7 @@
 
 use crate::cache::CacheKey;
 use crate::template::scalar_text;
-use crate::upstream::{UpstreamClient, UpstreamError, UpstreamRequest};
+use crate::upstream::{Answer, UpstreamClient, UpstreamError, UpstreamRequest};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ pub struct BatchSpec {
     pub list: bool,
 }
 
-type Reply = oneshot::Sender<Result<(Value, usize), UpstreamError>>;
+type Reply = oneshot::Sender<Result<Answer, UpstreamError>>;
 
 struct Pending {
     spec: BatchSpec,
@@ -52,7 +52,7 @@ impl Batcher {
         group: CacheKey,
         spec: BatchSpec,
         value: String,
-    ) -> oneshot::Receiver<Result<(Value, usize), UpstreamError>> {
+    ) -> oneshot::Receiver<Result<Answer, UpstreamError>> {
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.get_mut(&group) {
@@ -93,20 +93,23 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
             pairs.append_pair(&spec.param, v);
         }
     }
-    let result = client.send(&req).await.and_then(|(body, size)| match body {
-        Value::Array(items) => Ok((items, size)),
-        other => Err(UpstreamError::BadResponse {
-            upstream: req.upstream.name.clone(),
-            detail: format!("a batched request must answer a list, got {}", kind(&other)),
-        }),
-    });
+    let result = client
+        .send(&req)
+        .await
+        .and_then(|answer| match answer.value {
+            Value::Array(items) => Ok((items, answer.size, answer.shareable)),
+            other => Err(UpstreamError::BadResponse {
+                upstream: req.upstream.name.clone(),
+                detail: format!("a batched request must answer a list, got {}", kind(&other)),
+            }),
+        });
     match result {
         Err(e) => {
             for (_, tx) in batch.waiters {
                 let _ = tx.send(Err(e.clone()));
             }
         }
-        Ok((items, size)) => {
+        Ok((items, size, shareable)) => {
             let mut by_key: HashMap<String, Vec<&Value>> = HashMap::new();
             for item in &items {
                 if let Some(k) = item.get(&spec.key_field).and_then(scalar_text) {
@@ -128,7 +131,11 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                         .map(|i| (*i).clone())
                         .unwrap_or(Value::Null)
                 };
-                let _ = tx.send(Ok((share, share_size)));
+                let _ = tx.send(Ok(Answer {
+                    value: share,
+                    size: share_size,
+                    shareable,
+                }));
             }
         }
     }

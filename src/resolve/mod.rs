@@ -37,6 +37,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Invalidations reach the other replicas through it.
     pub bus: crate::bus::Bus,
+    /// Fields already warned about (see [`Runtime::warn_unshareable`]).
+    warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runtime {
@@ -61,6 +63,7 @@ impl Runtime {
             sockets,
             metrics,
             bus,
+            warned: Default::default(),
         }
     }
 
@@ -90,6 +93,19 @@ impl Runtime {
                 }
                 self.hub.changed(&keys);
             }
+        }
+    }
+
+    /// Says once per field that its upstream forbade a shared cache to keep its answers,
+    /// when the schema asked to cache them (`@cache` on a field whose upstream marks
+    /// answers `private` is a mistake: it is served uncached).
+    pub fn warn_unshareable(&self, field: &str, cached: bool) {
+        if !cached {
+            return;
+        }
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.insert(field.to_string()) {
+            tracing::warn!(field, "the upstream marks this field's answers Cache-Control private or no-store: they are served to the caller and never cached, whatever @cache says");
         }
     }
 
@@ -183,7 +199,7 @@ async fn resolve_rest(
     if mutation {
         deps.spoil();
         let req = request::build(rest, vars, headers, None).map_err(gql)?;
-        let (value, _) = rt.client.send(&req).await.map_err(gql)?;
+        let value = rt.client.send(&req).await.map_err(gql)?.value;
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
@@ -213,6 +229,7 @@ async fn resolve_rest(
         .unwrap_or(crate::config::Scope::Public);
     let key = request::cache_key(&req, scope, headers);
     let policy = request::policy(rest, vars);
+    let rest_cached = rest.cache.is_some();
     let fetch: FetchFn = {
         let rt = rt.clone();
         let field = field.clone();
@@ -222,14 +239,17 @@ async fn resolve_rest(
             let field = field.clone();
             let req = req.clone();
             async move {
-                let (value, size) = rt.client.send(&req).await?;
-                shape::check(&rt.plan, &value, &field.ty).map_err(|detail| {
+                let answer = rt.client.send(&req).await?;
+                if !answer.shareable {
+                    rt.warn_unshareable(&field.name, rest_cached);
+                }
+                shape::check(&rt.plan, &answer.value, &field.ty).map_err(|detail| {
                     UpstreamError::BadResponse {
                         upstream: req.upstream.name.clone(),
                         detail,
                     }
                 })?;
-                Ok((value, size))
+                Ok(answer)
             }
             .boxed()
         })
@@ -279,7 +299,7 @@ async fn resolve_rest(
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
         None => {
             deps.spoil();
-            fetch().await.map(|(v, _)| Arc::new(v))
+            fetch().await.map(|a| Arc::new(a.value))
         }
     }
     .map_err(gql)?;
@@ -334,7 +354,7 @@ async fn batched(
         key_field: batch.key.clone(),
         list: field.ty.is_list(),
     };
-    let (share, size) = rt
+    let answer = rt
         .batcher
         .join(group, spec, value)
         .await
@@ -345,10 +365,16 @@ async fn batched(
             })
         })
         .map_err(gql)?;
-    shape::check(&rt.plan, &share, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
-    let share = Arc::new(share);
+    shape::check(&rt.plan, &answer.value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
+    if !answer.shareable {
+        rt.warn_unshareable(&field.name, rest.cache.is_some());
+    }
+    let share = Arc::new(answer.value);
     let stamp = match (item_key, policy) {
-        (Some(key), Some(policy)) => rt.cache.store(key, policy, share.clone(), size, epoch),
+        (Some(key), Some(policy)) if answer.shareable => {
+            rt.cache
+                .store(key, policy, share.clone(), answer.size, epoch)
+        }
         _ => None,
     };
     deps.add(dep, stamp.filter(|_| public));

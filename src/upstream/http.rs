@@ -22,6 +22,36 @@ pub struct UpstreamRequest {
     pub body: Option<Bytes>,
 }
 
+/// An upstream's answer: its JSON, its size, and whether a shared cache may keep it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub value: Value,
+    pub size: usize,
+    /// `false` when the upstream said `Cache-Control: private` or `no-store`: the value
+    /// goes to the caller who asked and is never stored for anyone (RFC 9111), whatever
+    /// the schema's `@cache` says.
+    pub shareable: bool,
+}
+
+impl Answer {
+    /// A value a shared cache may keep.
+    pub fn new(value: Value, size: usize) -> Answer {
+        Answer {
+            value,
+            size,
+            shareable: true,
+        }
+    }
+}
+
+/// Whether a `Cache-Control` value forbids a shared cache to store the response.
+fn forbids_sharing(cache_control: &str) -> bool {
+    cache_control.split(',').any(|d| {
+        let name = d.split('=').next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
+    })
+}
+
 /// The shared client of all upstream calls.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -59,7 +89,7 @@ impl UpstreamClient {
     }
 
     /// Sends `req` and returns the parsed JSON body and its size in bytes.
-    pub async fn send(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {
+    pub async fn send(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
         let started = std::time::Instant::now();
         let result = match tokio::time::timeout(timeout, self.exchange(req)).await {
@@ -93,7 +123,7 @@ impl UpstreamClient {
         result
     }
 
-    async fn exchange(&self, req: &UpstreamRequest) -> Result<(Value, usize), UpstreamError> {
+    async fn exchange(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
         let name = &req.upstream.name;
         let method = match req.method {
             HttpMethod::Get => reqwest::Method::GET,
@@ -131,6 +161,18 @@ impl UpstreamClient {
                 status: status.as_u16(),
             });
         }
+        let shareable = !response
+            .headers()
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(forbids_sharing);
+        if !shareable {
+            self.metrics
+                .uncacheable
+                .with_label_values(&[name.as_str()])
+                .inc();
+        }
         let too_large = || UpstreamError::TooLarge {
             upstream: name.clone(),
             limit: self.max_body,
@@ -158,13 +200,21 @@ impl UpstreamClient {
         }
         if body.is_empty() || body.iter().all(u8::is_ascii_whitespace) {
             // 204 and empty 200s: "no value", which a nullable field shows as null.
-            return Ok((Value::Null, 0));
+            return Ok(Answer {
+                value: Value::Null,
+                size: 0,
+                shareable,
+            });
         }
         let value = serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
             upstream: name.clone(),
             detail: format!("body is not JSON ({e})"),
         })?;
-        Ok((value, body.len()))
+        Ok(Answer {
+            value,
+            size: body.len(),
+            shareable,
+        })
     }
 }
 
