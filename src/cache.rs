@@ -28,6 +28,13 @@ use std::time::Duration;
 // tokio's clock, so paused-time tests reach freshness decisions.
 use tokio::time::Instant;
 
+/// A fetched value, as it is stored.
+pub struct Fetch {
+    pub value: Arc<Value>,
+    pub size: usize,
+    pub validators: crate::upstream::Validators,
+}
+
 /// A cache entry's identity: SHA-256 of the canonical upstream request.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CacheKey([u8; 32]);
@@ -104,6 +111,8 @@ pub struct Entry {
     stored: Instant,
     policy: Policy,
     size: usize,
+    /// The upstream's `ETag`/`Last-Modified` for this value: a poll asks whether it changed.
+    validators: crate::upstream::Validators,
     /// Set by an invalidation; a dead entry is a miss until moka drops it.
     dead: AtomicBool,
 }
@@ -435,12 +444,13 @@ impl Cache {
         policy: Option<Policy>,
         result: Result<crate::bus::Shared, UpstreamError>,
     ) -> Fetched {
-        let (value, size, age, shareable) = match result {
+        let (value, size, age, shareable, validators) = match result {
             Ok(shared) => (
                 Arc::new(shared.value),
                 shared.size,
                 shared.age,
                 shared.shareable,
+                shared.validators,
             ),
             Err(e) => {
                 self.retire(key, id);
@@ -449,9 +459,14 @@ impl Cache {
         };
         // The upstream said no shared cache may keep it: the callers of this flight get it,
         // nobody later does.
-        let stamp = policy
-            .filter(|_| shareable)
-            .and_then(|policy| self.insert_aged(key, policy, value.clone(), size, epoch, age));
+        let stamp = policy.filter(|_| shareable).and_then(|policy| {
+            let fetched = Fetch {
+                value: value.clone(),
+                size,
+                validators,
+            };
+            self.insert_aged(key, policy, fetched, epoch, age)
+        });
         self.retire(key, id);
         Ok((value, stamp))
     }
@@ -468,7 +483,12 @@ impl Cache {
         size: usize,
         epoch: u64,
     ) -> Option<Stamp> {
-        self.insert_aged(key, policy, value, size, epoch, Duration::ZERO)
+        let fetched = Fetch {
+            value,
+            size,
+            validators: Default::default(),
+        };
+        self.insert_aged(key, policy, fetched, epoch, Duration::ZERO)
     }
 
     /// [`Cache::insert`] of a value already `age` old (another replica fetched it).
@@ -476,8 +496,7 @@ impl Cache {
         &self,
         key: CacheKey,
         policy: Policy,
-        value: Arc<Value>,
-        size: usize,
+        fetched: Fetch,
         epoch: u64,
         age: Duration,
     ) -> Option<Stamp> {
@@ -489,10 +508,11 @@ impl Cache {
         }
         let now = Instant::now();
         let entry = Arc::new(Entry {
-            value,
+            value: fetched.value,
             stored: now.checked_sub(age).unwrap_or(now),
             policy,
-            size,
+            size: fetched.size,
+            validators: fetched.validators,
             dead: AtomicBool::new(false),
         });
         let old = self.inner.entries.get(&key);
@@ -558,8 +578,7 @@ impl Cache {
         &self,
         key: CacheKey,
         policy: Policy,
-        value: Arc<Value>,
-        size: usize,
+        fetched: Fetch,
         fetched_at: Instant,
         epoch: u64,
     ) -> bool {
@@ -568,7 +587,44 @@ impl Cache {
                 return false;
             }
         }
-        self.store(key, policy, value, size, epoch).is_some()
+        self.insert_aged(key, policy, fetched, epoch, Duration::ZERO)
+            .is_some()
+    }
+
+    /// The validators of the value stored under `key`, while it is current, and its stamp:
+    /// what a poll sends to ask whether the value changed.
+    pub fn validators(&self, key: &CacheKey) -> Option<(crate::upstream::Validators, Stamp)> {
+        let e = self.inner.entries.get(key)?;
+        let stamp = Stamp(Arc::downgrade(&e));
+        (stamp.is_current() && !e.validators.is_empty()).then(|| (e.validators.clone(), stamp))
+    }
+
+    /// The upstream said the value under `key` (the one `expected` names) has not changed
+    /// (`304`): it is fresh again from now, with `validators`, its subscribers not woken.
+    /// `false` when that entry is gone or replaced, or its tags were invalidated since
+    /// `epoch`.
+    pub fn renew(
+        &self,
+        key: CacheKey,
+        expected: &Stamp,
+        validators: crate::upstream::Validators,
+        epoch: u64,
+    ) -> bool {
+        let Some(old) = self.inner.entries.get(&key) else {
+            return false;
+        };
+        if !expected.is(&old) || old.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let entry = Arc::new(Entry {
+            value: old.value.clone(),
+            stored: Instant::now(),
+            policy: old.policy.clone(),
+            size: old.size,
+            validators,
+            dead: AtomicBool::new(false),
+        });
+        self.commit(key, entry, Some(old), epoch).is_some()
     }
 
     /// Replaces the value under `key` and keeps the entry's age, policy and tags: a value
@@ -605,6 +661,8 @@ impl Cache {
             stored: old.stored,
             policy: old.policy.clone(),
             size: old.size,
+            // The value is no longer the one the validators describe.
+            validators: Default::default(),
             dead: AtomicBool::new(false),
         });
         self.commit(key, entry, Some(old), epoch).is_some()

@@ -9,9 +9,14 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 
-/// A fetch that can be run again: how the hub polls a live query's root entry.
+/// A fetch that can be run again: how the hub polls a live query's root entry. With
+/// validators it is conditional, and a `304` answers `not_modified`.
 pub type FetchFn = Arc<
-    dyn Fn() -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>> + Send + Sync,
+    dyn Fn(
+            crate::upstream::Validators,
+        ) -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>>
+        + Send
+        + Sync,
 >;
 
 /// One cache entry an operation read, and the tags it is filed under.

@@ -380,3 +380,108 @@ type Query {{ who(mark: String!): Who @rest(upstream: "api", path: "/who/{{args.
         "{page}"
     );
 }
+
+/// Polling an unchanged entry that has an ETag: after the first answer the upstream
+/// answers `304` to every poll, and subscribers get exactly one result; a change gets
+/// one more.
+#[tokio::test]
+async fn polls_revalidate_with_the_etag_and_a_304_wakes_nobody() {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let version = Arc::new(AtomicUsize::new(1));
+    let (full, not_modified) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (v, f, nm) = (version.clone(), full.clone(), not_modified.clone());
+    let app = Router::new().route(
+        "/doc",
+        get(move |headers: HeaderMap| {
+            let current = format!("\"v{}\"", v.load(Ordering::SeqCst));
+            let (f, nm) = (f.clone(), nm.clone());
+            async move {
+                let asked = headers
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|h| h.to_str().ok());
+                if asked == Some(current.as_str()) {
+                    nm.fetch_add(1, Ordering::SeqCst);
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, current)]).into_response();
+                }
+                f.fetch_add(1, Ordering::SeqCst);
+                (
+                    [(header::ETAG, current.clone())],
+                    Json(json!({"etag": current})),
+                )
+                    .into_response()
+            }
+        }),
+    );
+    let up = Upstream::start(app).await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Doc {{ etag: String! }}
+type Query {{ doc: Doc @rest(upstream: "api", path: "/doc") @cache(maxAge: 600) }}
+type Subscription {{ doc: Doc @live(pollMs: 30) }}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let res = gw
+            .client
+            .post(gw.url())
+            .header("accept", "text/event-stream")
+            .json(&json!({"query": "subscription { doc { etag } }"}))
+            .send()
+            .await
+            .expect("SSE");
+        streams.push(res);
+    }
+    async fn next_event(
+        res: &mut reqwest::Response,
+        within: std::time::Duration,
+    ) -> Option<String> {
+        let mut got = String::new();
+        loop {
+            match tokio::time::timeout(within, res.chunk()).await {
+                Ok(Ok(Some(c))) => {
+                    got.push_str(&String::from_utf8_lossy(&c));
+                    if got.contains("event: next") && got.ends_with("\n\n") {
+                        return Some(got);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+    for s in &mut streams {
+        let first = next_event(s, std::time::Duration::from_secs(5))
+            .await
+            .expect("a first result");
+        assert!(first.contains("v1"), "{first}");
+    }
+    // Several poll intervals: only 304s, and nothing pushed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while not_modified.load(Ordering::SeqCst) < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no conditional polls"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(full.load(Ordering::SeqCst), 1, "one full answer, then 304s");
+    for s in &mut streams {
+        assert!(
+            next_event(s, std::time::Duration::from_millis(200))
+                .await
+                .is_none(),
+            "a 304 pushed something"
+        );
+    }
+    // A change: one full answer, one more result each.
+    version.store(2, Ordering::SeqCst);
+    for s in &mut streams {
+        let next = next_event(s, std::time::Duration::from_secs(5))
+            .await
+            .expect("the change");
+        assert!(next.contains("v2"), "{next}");
+    }
+    assert_eq!(full.load(Ordering::SeqCst), 2);
+}

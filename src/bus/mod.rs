@@ -48,6 +48,8 @@ pub struct Shared {
     pub age: Duration,
     /// A shared cache may keep it (see [`crate::upstream::Answer::shareable`]).
     pub shareable: bool,
+    /// For a later conditional request (a value from Redis has none).
+    pub validators: crate::upstream::Validators,
 }
 
 impl From<crate::upstream::Answer> for Shared {
@@ -57,6 +59,7 @@ impl From<crate::upstream::Answer> for Shared {
             size: a.size,
             age: Duration::ZERO,
             shareable: a.shareable,
+            validators: a.validators,
         }
     }
 }

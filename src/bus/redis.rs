@@ -645,6 +645,7 @@ fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
         value,
         age: Duration::from_millis(now_ms().saturating_sub(stored)),
         shareable: true,
+        validators: Default::default(),
     };
     Some((shared, all))
 }

@@ -237,7 +237,7 @@ impl Hub {
                 let (hub, root, flag) = (hub.clone(), root.clone(), refetching.clone());
                 tokio::spawn(async move {
                     let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
-                    match (root.fetch)().await {
+                    match (root.fetch)(Default::default()).await {
                         Ok(answer) => {
                             // An answer no shared cache may keep: the subscribers re-run
                             // and fetch their own.
@@ -245,8 +245,11 @@ impl Hub {
                                 || hub.cache.store_fetched(
                                     root.key,
                                     root.policy.clone(),
-                                    Arc::new(answer.value),
-                                    answer.size,
+                                    crate::cache::Fetch {
+                                        value: Arc::new(answer.value),
+                                        size: answer.size,
+                                        validators: answer.validators,
+                                    },
                                     started,
                                     epoch,
                                 )
@@ -354,7 +357,16 @@ impl Hub {
                     continue;
                 }
                 let (started, epoch) = (tokio::time::Instant::now(), hub.cache.epoch());
-                match (root.fetch)().await {
+                // Conditional when the stored value has an ETag or a date: a `304` renews
+                // it, with no body to read and nobody to wake.
+                let current = hub.cache.validators(&root.key);
+                let validators = current.as_ref().map(|(v, _)| v.clone()).unwrap_or_default();
+                match (root.fetch)(validators).await {
+                    Ok(answer) if answer.not_modified => {
+                        if let Some((_, stamp)) = &current {
+                            hub.cache.renew(root.key, stamp, answer.validators, epoch);
+                        }
+                    }
                     Ok(answer) if !answer.shareable => {
                         // Not for a shared cache: tell the subscribers it changed; each
                         // re-run fetches its own.
@@ -364,14 +376,18 @@ impl Hub {
                         }
                     }
                     Ok(answer) => {
-                        let size = answer.size;
+                        let (size, validators) = (answer.size, answer.validators);
                         if last.as_deref() != Some(&answer.value) {
                             let value = Arc::new(answer.value);
+                            let fetched = crate::cache::Fetch {
+                                value: value.clone(),
+                                size,
+                                validators,
+                            };
                             if hub.cache.store_fetched(
                                 root.key,
                                 root.policy.clone(),
-                                value.clone(),
-                                size,
+                                fetched,
                                 started,
                                 epoch,
                             ) {

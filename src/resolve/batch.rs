@@ -132,9 +132,8 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                         .unwrap_or(Value::Null)
                 };
                 let _ = tx.send(Ok(Answer {
-                    value: share,
-                    size: share_size,
                     shareable,
+                    ..Answer::new(share, share_size)
                 }));
             }
         }

@@ -234,12 +234,15 @@ async fn resolve_rest(
         let rt = rt.clone();
         let field = field.clone();
         let req = Arc::new(req);
-        Arc::new(move || {
+        Arc::new(move |validators: crate::upstream::Validators| {
             let rt = rt.clone();
             let field = field.clone();
             let req = req.clone();
             async move {
-                let answer = rt.client.send(&req).await?;
+                let answer = rt.client.send_if(&req, &validators).await?;
+                if answer.not_modified {
+                    return Ok(answer);
+                }
                 if !answer.shareable {
                     rt.warn_unshareable(&field.name, rest_cached);
                 }
@@ -280,7 +283,10 @@ async fn resolve_rest(
                 });
             }
             let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
-            let loaded = rt.cache.load(key, policy, move || fetch()).await;
+            let loaded = rt
+                .cache
+                .load(key, policy, move || fetch(Default::default()))
+                .await;
             let outcome = match loaded.outcome {
                 crate::cache::Outcome::Hit => "hit",
                 crate::cache::Outcome::Stale => "stale",
@@ -299,7 +305,7 @@ async fn resolve_rest(
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
         None => {
             deps.spoil();
-            fetch().await.map(|a| Arc::new(a.value))
+            fetch(Default::default()).await.map(|a| Arc::new(a.value))
         }
     }
     .map_err(gql)?;

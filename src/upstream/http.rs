@@ -31,6 +31,11 @@ pub struct Answer {
     /// goes to the caller who asked and is never stored for anyone (RFC 9111), whatever
     /// the schema's `@cache` says.
     pub shareable: bool,
+    /// The upstream's `ETag` and `Last-Modified`, for a later conditional request.
+    pub validators: Validators,
+    /// The upstream answered `304 Not Modified` to a conditional request: `value` is
+    /// nothing, the stored one stands.
+    pub not_modified: bool,
 }
 
 impl Answer {
@@ -40,6 +45,29 @@ impl Answer {
             value,
             size,
             shareable: true,
+            validators: Validators::default(),
+            not_modified: false,
+        }
+    }
+}
+
+/// What a conditional request sends back: `If-None-Match` with the `ETag`,
+/// `If-Modified-Since` with the `Last-Modified` date.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<http::HeaderValue>,
+    pub last_modified: Option<http::HeaderValue>,
+}
+
+impl Validators {
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+
+    fn of(headers: &http::HeaderMap) -> Validators {
+        Validators {
+            etag: headers.get(http::header::ETAG).cloned(),
+            last_modified: headers.get(http::header::LAST_MODIFIED).cloned(),
         }
     }
 }
@@ -90,9 +118,19 @@ impl UpstreamClient {
 
     /// Sends `req` and returns the parsed JSON body and its size in bytes.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
+        self.send_if(req, &Validators::default()).await
+    }
+
+    /// Sends `req`, conditional on `validators` when there are any: a `304` is an
+    /// [`Answer`] that says `not_modified`, without a body.
+    pub async fn send_if(
+        &self,
+        req: &UpstreamRequest,
+        validators: &Validators,
+    ) -> Result<Answer, UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(req)).await {
+        let result = match tokio::time::timeout(timeout, self.exchange(req, validators)).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: req.upstream.name.clone(),
@@ -123,7 +161,11 @@ impl UpstreamClient {
         result
     }
 
-    async fn exchange(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
+    async fn exchange(
+        &self,
+        req: &UpstreamRequest,
+        validators: &Validators,
+    ) -> Result<Answer, UpstreamError> {
         let name = &req.upstream.name;
         let method = match req.method {
             HttpMethod::Get => reqwest::Method::GET,
@@ -138,6 +180,12 @@ impl UpstreamClient {
             .header(http::header::ACCEPT, "application/json");
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
+        }
+        if let Some(etag) = &validators.etag {
+            builder = builder.header(http::header::IF_NONE_MATCH, etag);
+        }
+        if let Some(date) = &validators.last_modified {
+            builder = builder.header(http::header::IF_MODIFIED_SINCE, date);
         }
         if let Some(body) = &req.body {
             builder = builder
@@ -154,6 +202,20 @@ impl UpstreamClient {
                 detail: super::scrub(&error_chain(&e.without_url()), &req.url),
             })?;
         let status = response.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED && !validators.is_empty() {
+            let fresh = Validators::of(response.headers());
+            return Ok(Answer {
+                value: Value::Null,
+                size: 0,
+                shareable: true,
+                validators: if fresh.is_empty() {
+                    validators.clone()
+                } else {
+                    fresh
+                },
+                not_modified: true,
+            });
+        }
         // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
         if !status.is_success() {
             return Err(UpstreamError::HttpError {
@@ -167,6 +229,11 @@ impl UpstreamClient {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(forbids_sharing);
+        let kept = if shareable {
+            Validators::of(response.headers())
+        } else {
+            Validators::default()
+        };
         if !shareable {
             self.metrics
                 .uncacheable
@@ -204,6 +271,8 @@ impl UpstreamClient {
                 value: Value::Null,
                 size: 0,
                 shareable,
+                validators: kept,
+                not_modified: false,
             });
         }
         let value = serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
@@ -214,6 +283,8 @@ impl UpstreamClient {
             value,
             size: body.len(),
             shareable,
+            validators: kept,
+            not_modified: false,
         })
     }
 }

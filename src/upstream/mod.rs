@@ -6,7 +6,7 @@ pub mod http;
 pub mod tls;
 pub mod ws;
 
-pub use self::http::{Answer, UpstreamClient, UpstreamRequest};
+pub use self::http::{Answer, UpstreamClient, UpstreamRequest, Validators};
 
 /// `url` as it may be shown in a log line: no userinfo, no query string (API keys travel
 /// there), no fragment. Clients never see even this; they get the upstream's name.
