@@ -205,12 +205,28 @@ impl Invalidations {
     fn since(&self, tag: &Tag, epoch: u64) -> bool {
         self.everything > epoch || self.epochs[self.slot(tag)] > epoch
     }
+
+    /// One entry, rather than a tag, was replaced elsewhere (see [`Cache::forget`]).
+    fn key_slot(&self, key: &CacheKey) -> usize {
+        use std::hash::BuildHasher;
+        (self.hasher.hash_one(key.0) as usize) % Self::SLOTS
+    }
+
+    fn record_key(&mut self, key: &CacheKey, epoch: u64) {
+        let slot = self.key_slot(key);
+        self.epochs[slot] = self.epochs[slot].max(epoch);
+    }
+
+    fn key_since(&self, key: &CacheKey, epoch: u64) -> bool {
+        self.epochs[self.key_slot(key)] > epoch
+    }
 }
 
 impl State {
-    /// Was any of `tags` (perhaps) invalidated after `epoch`?
-    fn invalidated_since(&self, tags: &[Tag], epoch: u64) -> bool {
-        tags.iter().any(|t| self.invalidated.since(t, epoch))
+    /// Was any of `tags`, or the entry `key` itself, (perhaps) invalidated after `epoch`?
+    fn invalidated_since(&self, key: &CacheKey, tags: &[Tag], epoch: u64) -> bool {
+        self.invalidated.key_since(key, epoch)
+            || tags.iter().any(|t| self.invalidated.since(t, epoch))
     }
 }
 
@@ -255,6 +271,18 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Expiry {
     ) -> Option<Duration> {
         // A value from another replica arrives with some of its life spent.
         Some((e.policy.max_age + e.policy.swr).saturating_sub(e.stored.elapsed()))
+    }
+
+    /// A replaced entry (a refetch, a patch, a `304` renewal) lives as long as its own
+    /// value, not as long as the one it replaced.
+    fn expire_after_update(
+        &self,
+        key: &CacheKey,
+        e: &Arc<Entry>,
+        at: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, e, at)
     }
 }
 
@@ -502,7 +530,7 @@ impl Cache {
     ) -> Option<Stamp> {
         if !policy.stores()
             || age >= policy.max_age + policy.swr
-            || lock(&self.inner.state).invalidated_since(&policy.tags, epoch)
+            || lock(&self.inner.state).invalidated_since(&key, &policy.tags, epoch)
         {
             return None;
         }
@@ -538,7 +566,7 @@ impl Cache {
             old.dead.store(true, Ordering::Release);
         }
         let mut st = lock(&self.inner.state);
-        if st.invalidated_since(&entry.policy.tags, epoch) {
+        if st.invalidated_since(&key, &entry.policy.tags, epoch) {
             entry.dead.store(true, Ordering::Release);
             return None;
         }
@@ -715,7 +743,15 @@ impl Cache {
     }
 
     /// Drops the entry under `key` (another replica has a newer value for it).
+    /// A fetch of `key` already running here may predate that value: it is not stored, and
+    /// new loads do not join it.
     pub fn forget(&self, key: &CacheKey) {
+        {
+            let mut st = lock(&self.inner.state);
+            let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            st.invalidated.record_key(key, epoch);
+            st.flights.remove(key);
+        }
         if let Some(e) = self.inner.entries.get(key) {
             e.dead.store(true, Ordering::Release);
         }

@@ -131,7 +131,9 @@ impl Bus {
 
     /// A new value of `key`, found by this replica (a poll): stored in the second level
     /// and announced, so every replica's subscribers get it without fetching it.
-    pub async fn changed(&self, key: CacheKey, value: &Value, policy: &Policy) {
+    /// `value: None` announces a new value no shared cache may keep: the others fetch
+    /// their own.
+    pub async fn changed(&self, key: CacheKey, value: Option<&Value>, policy: &Policy) {
         if let Some(r) = &self.redis {
             if policy.shared {
                 r.changed(key, value, policy).await;

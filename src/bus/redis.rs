@@ -9,11 +9,17 @@
 //!   past it, or the stream reset) treats everything as changed, once.
 //! - `{p}c:<key>` — a second-level cache entry (JSON with its age and policy), expiring at
 //!   `maxAge + swr`. Only `PUBLIC` entries: a `PRIVATE` value never leaves the replica.
-//! - `{p}t:<tag>` — the second-level keys filed under a tag, expiring with the longest.
+//! - `{p}t:<tag>` — the second-level keys filed under a tag (a sorted set by expiry,
+//!   trimmed as it is written), expiring with the longest.
 //! - `{p}f:<key>` — the fill lock: concurrent misses of one key on several replicas make
 //!   one upstream request; the others wait (bounded) for its value, and fetch themselves
 //!   if the holder dies (its lock expires) or takes too long.
-//! - `{p}gen` — bumped by every invalidation: a value fetched across one is not stored.
+//! - `{p}gen` — bumped by every invalidation (and every polled change): a value fetched
+//!   across one is not stored.
+//! - `{p}lease:<name>`, `{p}leasegen:<name>` — who holds an upstream socket or a poller,
+//!   and the generation (fencing token) of the latest holder.
+//! - `{p}ev:<name>` — what a socket's holder republishes (`MAXLEN ~ 100`; a message over
+//!   1 MiB is replaced by a marker that makes the followers refetch).
 //!
 //! Redis down is not livegate down: every call has a deadline (`--redis-timeout-ms`); a
 //! lookup that fails is a miss, a publish that fails leaves the invalidation local, and
@@ -45,6 +51,10 @@ struct Unsent {
 
 impl Unsent {
     const MAX: usize = 10_000;
+
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty() && !self.everything
+    }
 
     fn add(&mut self, tags: &[Tag]) {
         if self.everything {
@@ -89,6 +99,7 @@ pub struct RedisBus {
     metrics: Arc<Metrics>,
     lease: redis::Script,
     release: redis::Script,
+    changed: redis::Script,
     invalidate: redis::Script,
     store: redis::Script,
     unlock: redis::Script,
@@ -136,6 +147,7 @@ impl RedisBus {
             metrics,
             lease: redis::Script::new(LEASE),
             release: redis::Script::new(RELEASE),
+            changed: redis::Script::new(CHANGED),
             invalidate: redis::Script::new(INVALIDATE),
             store: redis::Script::new(STORE),
             unlock: redis::Script::new(UNLOCK),
@@ -349,8 +361,14 @@ impl RedisBus {
             outcome("error");
             return fetched(fetch().await);
         };
+        // Invalidations not yet published: Redis may still hold what they dropped here.
+        if !self.unsent().is_empty() {
+            outcome("error");
+            return fetched(fetch().await);
+        }
         match self.lookup(&key).await {
-            Some(Some(hit)) => {
+            // Only a fresh value: a stale one is being refreshed, by this fetch.
+            Some(Some(hit)) if hit.age < policy.max_age => {
                 outcome("hit");
                 return Ok(hit);
             }
@@ -358,7 +376,7 @@ impl RedisBus {
                 outcome("error");
                 return fetched(fetch().await);
             }
-            Some(None) => {}
+            Some(_) => {}
         }
         let lock = self.key(&format!("f:{}", key.hex()));
         let token = format!("{}:{}", self.origin, fastrand::u64(..));
@@ -404,8 +422,10 @@ impl RedisBus {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                     if let Some(Some(hit)) = self.lookup(&key).await {
-                        outcome("hit");
-                        return Ok(hit);
+                        if hit.age < policy.max_age {
+                            outcome("hit");
+                            return Ok(hit);
+                        }
                     }
                     let held: Option<i64> = {
                         let lock = lock.clone();
@@ -464,14 +484,21 @@ impl RedisBus {
         Some(generation)
     }
 
+    /// Republishes one upstream socket message; one over [`MAX_EVENT`] bytes is not
+    /// copied into Redis: the followers get a gap marker (an empty message) and refetch.
     pub async fn publish_event(&self, name: &str, generation: u64, message: &str) {
+        let message = if message.len() > MAX_EVENT {
+            ""
+        } else {
+            message
+        };
         let stream = self.key(&format!("ev:{name}"));
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
             .arg(&stream)
             .arg("MAXLEN")
             .arg("~")
-            .arg(1_000)
+            .arg(100)
             .arg("*")
             .arg("v")
             .arg(FORMAT)
@@ -555,38 +582,42 @@ impl RedisBus {
             .await;
     }
 
-    pub async fn changed(&self, key: CacheKey, value: &Value, policy: &Policy) {
-        let Some(generation) = self.generation().await else {
+    /// A poll found a new value of `key` (`None`: one no shared cache may keep). In one
+    /// step: the generation moves (a fill of `key` running elsewhere, which may have
+    /// fetched the older value, is then not stored), the value replaces the stored one (or
+    /// the stored one is dropped), and the change is announced.
+    pub async fn changed(&self, key: CacheKey, value: Option<&Value>, policy: &Policy) {
+        let Some((_, all)) = self.generation().await else {
             return;
         };
-        self.put(&key, value, policy, &generation).await;
-        let stream = self.key("inv");
-        let origin = self.origin.clone();
-        let hex = key.hex();
+        let ttl = u64::try_from((policy.max_age + policy.swr).as_millis()).unwrap_or(u64::MAX);
+        let entry = value
+            .filter(|_| ttl > 0)
+            .map(|value| {
+                json!({"v": FORMAT, "stored": now_ms(), "all": all, "value": value}).to_string()
+            })
+            .unwrap_or_default();
+        let name = self.entry_key(&key);
+        let mut changed = self.changed.prepare_invoke();
+        changed
+            .key(self.key("gen"))
+            .key(name.clone())
+            .key(self.key("inv"));
+        for t in &policy.tags {
+            changed.key(self.key(&format!("t:{t}")));
+        }
+        changed
+            .arg(entry)
+            .arg(ttl.max(1))
+            .arg(name)
+            .arg(FORMAT)
+            .arg(&self.origin)
+            .arg(json!([key.hex()]).to_string())
+            .arg(STREAM_TTL_MS)
+            .arg(now_ms());
         let sent: Option<String> = self
             .call("publish change", |mut c| async move {
-                let id: String = redis::cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(10_000)
-                    .arg("*")
-                    .arg("v")
-                    .arg(FORMAT)
-                    .arg("o")
-                    .arg(origin)
-                    .arg("k")
-                    .arg("key")
-                    .arg("keys")
-                    .arg(json!([hex]).to_string())
-                    .query_async(&mut c)
-                    .await?;
-                let _: i64 = redis::cmd("PEXPIRE")
-                    .arg(&stream)
-                    .arg(STREAM_TTL_MS)
-                    .query_async(&mut c)
-                    .await?;
-                Ok(id)
+                changed.invoke_async(&mut c).await
             })
             .await;
         if sent.is_some() {
@@ -621,7 +652,12 @@ impl RedisBus {
         for t in &policy.tags {
             store.key(self.key(&format!("t:{t}")));
         }
-        store.arg(entry).arg(ttl).arg(&generation.0).arg(name);
+        store
+            .arg(entry)
+            .arg(ttl)
+            .arg(&generation.0)
+            .arg(name)
+            .arg(now_ms());
         let _: Option<i64> = self
             .call("second-level store", |mut c| async move {
                 store.invoke_async(&mut c).await
@@ -657,6 +693,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The largest upstream socket message copied into Redis for the followers (each event
+/// stream keeps about 100): beyond it they are told to refetch instead.
+const MAX_EVENT: usize = 1 << 20;
+
 /// How long the invalidation stream lives after its last entry.
 const STREAM_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -668,7 +708,7 @@ const INVALIDATE: &str = r#"
 redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], 604800000)
 for i = 4, #KEYS do
-  local members = redis.call('SMEMBERS', KEYS[i])
+  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
   for _, k in ipairs(members) do redis.call('DEL', k) end
   redis.call('DEL', KEYS[i])
 end
@@ -681,14 +721,18 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return id
 "#;
 
-/// KEYS: entry, gen, tag sets…; ARGV: entry JSON, TTL ms, generation at fetch, entry name.
+/// KEYS: entry, gen, tag sets…; ARGV: entry JSON, TTL ms, generation at fetch, entry name,
+/// now (ms). A tag's set is sorted by when each entry expires, and trimmed of expired ones
+/// at every store: a hot tag does not collect the names of long-gone entries.
 /// Stores only if no invalidation happened since the fetch began.
 const STORE: &str = r#"
 local gen = redis.call('GET', KEYS[2]) or '0'
 if gen ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local expires = tonumber(ARGV[5]) + tonumber(ARGV[2])
 for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[5])
+  redis.call('ZADD', KEYS[i], expires, ARGV[4])
   if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
   end
@@ -710,6 +754,7 @@ end
 local holder, g = string.match(v, '^(.*):(%d+)$')
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], 604800000)
   return tonumber(g)
 end
 return 0
@@ -722,6 +767,29 @@ if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+"#;
+
+/// KEYS: gen, entry, stream, tag sets…; ARGV: entry JSON (empty: drop it), TTL ms, entry
+/// name, format, origin, keys JSON, stream TTL, now (ms). See [`RedisBus::changed`].
+const CHANGED: &str = r#"
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 604800000)
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+  local expires = tonumber(ARGV[8]) + tonumber(ARGV[2])
+  for i = 4, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[8])
+    redis.call('ZADD', KEYS[i], expires, ARGV[3])
+    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
+      redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    end
+  end
+else
+  redis.call('DEL', KEYS[2])
+end
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'v', ARGV[4], 'o', ARGV[5], 'k', 'key', 'keys', ARGV[6])
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
+return id
 "#;
 
 /// KEYS: lock; ARGV: token. Compare-and-delete.
@@ -750,6 +818,9 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
     let mut last: Option<String> = None;
     let mut position: u64 = 0;
     let mut backoff = Duration::from_millis(100);
+    // Whether this replica ran without Redis before it first reached it: what it cached
+    // meanwhile may have missed other replicas' invalidations.
+    let mut degraded_start = false;
     loop {
         let Some(this) = bus.upgrade() else { return };
         let stream = this.key("inv");
@@ -766,6 +837,7 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
             Ok(Ok(c)) => c,
             _ => {
                 this.set_up(false);
+                degraded_start |= last.is_none();
                 drop(this);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -790,19 +862,16 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
         // The stream's newest id, how many entries were ever added, how many are left.
         let (newest, added, length) = match &info {
             Ok(Some(v)) => {
-                let number = |name| {
-                    info_field(v, name)
-                        .and_then(|n| n.parse::<u64>().ok())
-                        .unwrap_or(0)
-                };
+                let number = |name| info_field(v, name).and_then(|n| n.parse::<u64>().ok());
                 (
                     info_field(v, "last-generated-id").unwrap_or_else(|| "0-0".into()),
+                    // Redis 7 and later; without it losses cannot be told, and are not assumed.
                     number("entries-added"),
-                    number("length"),
+                    number("length").unwrap_or(0),
                 )
             }
             // No stream (never written, expired, or a new Redis): nothing in it.
-            Ok(None) => ("0-0".into(), 0, 0),
+            Ok(None) => ("0-0".into(), Some(0), 0),
             Err(e) => {
                 tracing::debug!(error = %e, "redis stream position unknown");
                 this.set_up(false);
@@ -818,7 +887,12 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
         this.flush_unsent().await;
         // Entries are trimmed oldest first: if more were deleted than we had read up to,
         // some we never read are gone; fewer ever added than we read means a new stream.
-        let lost = last.is_some() && (added < position || added.saturating_sub(length) > position);
+        let lost = match (&last, added) {
+            (Some(_), Some(added)) => added < position || added.saturating_sub(length) > position,
+            (None, _) => degraded_start,
+            (Some(_), None) => false,
+        };
+        let added = added.unwrap_or(position);
         if last.is_none() || lost {
             if lost {
                 tracing::warn!("invalidations were lost while cut off from redis: dropping every local entry and re-running every live query");
@@ -850,6 +924,7 @@ async fn read_stream(bus: std::sync::Weak<RedisBus>, remote: mpsc::UnboundedSend
                 Err(e) => {
                     tracing::debug!(error = %e, "redis stream read failed");
                     this.set_up(false);
+                    tokio::time::sleep(backoff).await;
                     break;
                 }
             };
@@ -930,11 +1005,11 @@ pub struct Events {
 impl Events {
     /// The next messages (waiting up to a second): each with the generation of the
     /// holder that sent it. `Err` when Redis did not answer.
-    pub async fn next(&mut self) -> Result<Vec<(u64, Arc<Value>)>, ()> {
+    pub async fn next(&mut self) -> Result<Vec<(u64, Option<Arc<Value>>)>, ()> {
         use redis::AsyncCommands;
         let opts = redis::streams::StreamReadOptions::default()
             .block(1_000)
-            .count(256);
+            .count(32);
         let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = self
             .conn
             .xread_options(&[&self.stream], &[&self.from], &opts)
@@ -955,8 +1030,12 @@ impl Events {
                 let decoded = (field("v").as_deref() == Some(FORMAT))
                     .then(|| {
                         let generation = field("g")?.parse::<u64>().ok()?;
-                        let message = serde_json::from_str::<Value>(&field("m")?).ok()?;
-                        Some((generation, Arc::new(message)))
+                        let message = field("m")?;
+                        if message.is_empty() {
+                            return Some((generation, None));
+                        }
+                        let message = serde_json::from_str::<Value>(&message).ok()?;
+                        Some((generation, Some(Arc::new(message))))
                     })
                     .flatten();
                 match decoded {

@@ -351,7 +351,10 @@ impl Hub {
                     hub.cache.bus().release(&lease).await;
                     return;
                 }
-                if hub.cache.bus().lease(&lease, lease_for).await == crate::bus::Lease::Other {
+                // A PRIVATE entry is per caller: every replica polls its own.
+                if root.policy.shared
+                    && hub.cache.bus().lease(&lease, lease_for).await == crate::bus::Lease::Other
+                {
                     // Another replica polls it; what it finds arrives as a change.
                     last = None;
                     continue;
@@ -373,6 +376,7 @@ impl Hub {
                         if last.as_deref() != Some(&answer.value) {
                             last = Some(Arc::new(answer.value));
                             hub.changed(&[root.key]);
+                            hub.cache.bus().changed(root.key, None, &root.policy).await;
                         }
                     }
                     Ok(answer) => {
@@ -394,7 +398,7 @@ impl Hub {
                                 hub.changed(&[root.key]);
                                 hub.cache
                                     .bus()
-                                    .changed(root.key, &value, &root.policy)
+                                    .changed(root.key, Some(&value), &root.policy)
                                     .await;
                                 last = Some(value);
                             } else {

@@ -160,7 +160,13 @@ async fn read(
 /// Middleware: the request goes on with its body read in full, or is answered here.
 /// WebSocket upgrades pass untouched: over HTTP/2 the request's body is the socket.
 pub async fn bounded(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE) {
+    let websocket = req.method() == Method::GET
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if req.method() == Method::CONNECT || websocket {
         return next.run(req).await;
     }
     let webhook = req.uri().path() == "/hooks/invalidate";

@@ -219,10 +219,17 @@ async fn run(
                 lease_for,
                 grace,
             };
-            if follower.follow().await {
-                return;
+            match follower.follow(connected_before).await {
+                Followed::Retired => return,
+                // Our turn: connect, and say that messages may have been missed.
+                Followed::Ours => {}
+                // Redis would not let us follow: try again after a pause (then, if it is
+                // away, hold our own socket).
+                Followed::Failed => {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
             }
-            // Our turn (or Redis is away): connect, and say that messages may be missed.
             connected_before = true;
             continue;
         }
@@ -319,9 +326,14 @@ struct Holder<'a> {
 }
 
 impl Holder<'_> {
-    /// Renews the lease; `false` when another replica has it now.
+    /// Renews the lease; `false` when another replica has it now. A renewal Redis did
+    /// not answer keeps the generation held so far (the next one may still get through;
+    /// followers must not see a gap without a new generation).
     async fn renew(&mut self) -> bool {
-        self.role = self.bus.lease(self.name, self.lease_for).await;
+        self.role = match (self.bus.lease(self.name, self.lease_for).await, self.role) {
+            (Lease::Solo, Lease::Held(generation)) => Lease::Held(generation),
+            (now, _) => now,
+        };
         self.role != Lease::Other
     }
 
@@ -343,22 +355,36 @@ struct Follower<'a> {
     grace: Duration,
 }
 
+/// How following ended.
+enum Followed {
+    /// Nobody taps the socket any more.
+    Retired,
+    /// The lease is free (or Redis is away): this replica should hold the socket.
+    Ours,
+    /// The holder's messages could not be read.
+    Failed,
+}
+
 impl Follower<'_> {
     /// Passes the holder's messages on to this replica's taps until the socket is unused
-    /// for the grace period (`true`), or until this replica should hold it: the lease is
-    /// free, or Redis is away (`false`). A message of an older holder than one already
-    /// heard is dropped; a newer holder means messages may have been missed meanwhile.
-    async fn follow(&self) -> bool {
+    /// for the grace period, until this replica should hold it, or until the messages
+    /// cannot be read. A message of an older holder than one already heard is dropped; a
+    /// newer holder means messages may have been missed meanwhile, and so does starting
+    /// to follow again (`resumed`): the taps are told to refetch.
+    async fn follow(&self, resumed: bool) -> Followed {
         let Some(mut events) = self.bus.events(self.name).await else {
-            return false;
+            return Followed::Failed;
         };
+        if resumed {
+            let _ = self.socket.tx.send(Event::Reconnected);
+        }
         let mut newest = 0u64;
         let renew_every = (self.lease_for / 3).max(Duration::from_millis(50));
         let mut renew_at = tokio::time::Instant::now() + renew_every;
         let mut idle_since: Option<tokio::time::Instant> = None;
         loop {
             let Ok(batch) = events.next().await else {
-                return false;
+                return Followed::Failed;
             };
             for (generation, message) in batch {
                 if generation < newest {
@@ -368,7 +394,12 @@ impl Follower<'_> {
                     let _ = self.socket.tx.send(Event::Reconnected);
                 }
                 newest = generation;
-                let _ = self.socket.tx.send(Event::Message(message));
+                let event = match message {
+                    Some(m) => Event::Message(m),
+                    // Too big to pass through Redis: refetch instead.
+                    None => Event::Reconnected,
+                };
+                let _ = self.socket.tx.send(event);
             }
             if self.socket.taps.load(Ordering::Acquire) == 0 {
                 let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
@@ -378,7 +409,7 @@ impl Follower<'_> {
                         .upgrade()
                         .is_none_or(|o| o.retire_if_idle(self.key, self.socket));
                 if retire {
-                    return true;
+                    return Followed::Retired;
                 }
             } else {
                 idle_since = None;
@@ -386,7 +417,7 @@ impl Follower<'_> {
             if tokio::time::Instant::now() >= renew_at {
                 renew_at = tokio::time::Instant::now() + renew_every;
                 if self.bus.lease(self.name, self.lease_for).await != Lease::Other {
-                    return false;
+                    return Followed::Ours;
                 }
             }
         }
