@@ -17,6 +17,8 @@ type Query {
   thing(id: ID!): Thing @rest(upstream: "api", path: "/things/{args.id}") @cache(maxAge: 600, tags: ["thing:{args.id}"])
   mine: Thing @rest(upstream: "api", path: "/things/mine") @cache(maxAge: 600, scope: PRIVATE)
   polled: Thing @rest(upstream: "api", path: "/things/polled") @cache(maxAge: 600)
+  volatile: Thing @rest(upstream: "api", path: "/volatile") @cache(maxAge: 600)
+  brief: Thing @rest(upstream: "api", path: "/things/brief") @cache(maxAge: 1, swr: 60)
 }
 type Mutation {
   touch(id: ID!): Thing @rest(upstream: "api", method: POST, path: "/things/{args.id}") @invalidates(tags: ["thing:{args.id}"])
@@ -24,6 +26,7 @@ type Mutation {
 type Subscription {
   thing(id: ID!): Thing @live
   polled: Thing @live(pollMs: 100)
+  volatile: Thing @live(pollMs: 100)
 }
 "#;
 
@@ -33,18 +36,32 @@ async fn upstream() -> (Upstream, Arc<AtomicU64>) {
     use axum::routing::get;
     let version = Arc::new(AtomicU64::new(0));
     let (read, bump) = (version.clone(), version.clone());
+    let volatile = version.clone();
     let up = Upstream::start(
-        axum::Router::new().route(
-            "/things/{id}",
-            get(move |Path(id): Path<String>| {
-                let v = read.load(Ordering::SeqCst);
-                async move { axum::Json(json!({"id": id, "v": v})) }
-            })
-            .post(move |Path(id): Path<String>| {
-                let v = bump.fetch_add(1, Ordering::SeqCst) + 1;
-                async move { axum::Json(json!({"id": id, "v": v})) }
-            }),
-        ),
+        axum::Router::new()
+            .route(
+                "/volatile",
+                get(move || {
+                    let v = volatile.load(Ordering::SeqCst);
+                    async move {
+                        (
+                            [(axum::http::header::CACHE_CONTROL, "no-store")],
+                            axum::Json(json!({"id": "volatile", "v": v})),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/things/{id}",
+                get(move |Path(id): Path<String>| {
+                    let v = read.load(Ordering::SeqCst);
+                    async move { axum::Json(json!({"id": id, "v": v})) }
+                })
+                .post(move |Path(id): Path<String>| {
+                    let v = bump.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move { axum::Json(json!({"id": id, "v": v})) }
+                }),
+            ),
     )
     .await;
     (up, version)
@@ -837,5 +854,35 @@ async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_
     assert!(
         err.contains("--redis-url") && !err.contains("pa55"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unshareable_polled_entry_still_reaches_every_replica_and_stale_values_are_refreshed() {
+    let redis = RedisServer::start();
+    let (up, version) = upstream().await;
+    let gws = replicas(2, &up, &redis.url(), "t9:").await;
+    // A PUBLIC field whose upstream says no-store: one replica polls, the other hears of
+    // each change (and fetches its own copy).
+    let mut subs = Vec::new();
+    for gw in &gws {
+        let mut live = Live::start(gw, "subscription { volatile { v } }").await;
+        live.until_field("volatile", 0).await;
+        subs.push(live);
+    }
+    version.store(1, Ordering::SeqCst);
+    for live in &mut subs {
+        live.until_field("volatile", 1).await;
+    }
+
+    // Past maxAge, a value another replica stored is stale: B fetches anew, not serves it.
+    let r = gws[0].query("{ brief { v } }").await;
+    assert_eq!(r["data"]["brief"]["v"], 1, "{r}");
+    version.store(2, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let r = gws[1].query("{ brief { v } }").await;
+    assert_eq!(
+        r["data"]["brief"]["v"], 2,
+        "B refreshed the stale value: {r}"
     );
 }
