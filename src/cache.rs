@@ -499,27 +499,11 @@ impl Cache {
         Ok((value, stamp))
     }
 
-    /// Stores `value`, fetched since `epoch` ([`Cache::epoch`]), under `key` (when the
-    /// policy stores at all and none of its tags was invalidated since) and indexes its
-    /// tags. The moka insert comes before the flight is retired, so there is no moment
-    /// where a request finds neither the flight nor the entry and starts a second fetch.
-    fn insert(
-        &self,
-        key: CacheKey,
-        policy: Policy,
-        value: Arc<Value>,
-        size: usize,
-        epoch: u64,
-    ) -> Option<Stamp> {
-        let fetched = Fetch {
-            value,
-            size,
-            validators: Default::default(),
-        };
-        self.insert_aged(key, policy, fetched, epoch, Duration::ZERO)
-    }
-
-    /// [`Cache::insert`] of a value already `age` old (another replica fetched it).
+    /// Stores `fetched`, fetched since `epoch` ([`Cache::epoch`]) and already `age` old
+    /// (another replica fetched it), under `key` — when the policy stores at all and none
+    /// of its tags (nor the key) was invalidated since — and indexes its tags. The moka
+    /// insert comes before the flight is retired, so there is no moment where a request
+    /// finds neither the flight nor the entry and starts a second fetch.
     fn insert_aged(
         &self,
         key: CacheKey,
@@ -596,7 +580,12 @@ impl Cache {
         size: usize,
         epoch: u64,
     ) -> Option<Stamp> {
-        self.insert(key, policy, value, size, epoch)
+        let fetched = Fetch {
+            value,
+            size,
+            validators: Default::default(),
+        };
+        self.insert_aged(key, policy, fetched, epoch, Duration::ZERO)
     }
 
     /// Stores a value fetched from `fetched_at` on, unless the entry already holds one

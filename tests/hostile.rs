@@ -34,27 +34,8 @@ pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
     }
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    gw.client
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
-}
-
-/// Waits (up to 10 s) until `done` holds for the metrics page; returns the last page.
 async fn metrics_until(gw: &Gateway, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = metrics(gw).await;
-        if done(&page) || tokio::time::Instant::now() > deadline {
-            return page;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gw.metrics_until(done).await
 }
 
 fn slow_and_polled_upstream() -> axum::Router {

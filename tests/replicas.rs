@@ -96,30 +96,14 @@ async fn replicas(n: usize, up: &Upstream, redis: &str, prefix: &str) -> Vec<Gat
 }
 
 async fn metrics(gw: &Gateway) -> String {
-    gw.client
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
+    gw.metrics().await
 }
 
 /// Waits (up to 10 s) until `done` holds for `gw`'s metrics; the last page.
 async fn until(gw: &Gateway, done: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = metrics(gw).await;
-        if done(&page) {
-            return page;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never reached:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let page = gw.metrics_until(&done).await;
+    assert!(done(&page), "never reached:\n{page}");
+    page
 }
 
 /// A live subscription over SSE: its results, one at a time.

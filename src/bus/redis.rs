@@ -244,6 +244,16 @@ impl RedisBus {
         }
     }
 
+    /// Counts a message this replica got onto a stream.
+    fn published(&self, sent: bool, kind: &str) {
+        if sent {
+            self.metrics
+                .bus_messages
+                .with_label_values(&["published", kind])
+                .inc();
+        }
+    }
+
     fn unsent(&self) -> std::sync::MutexGuard<'_, Unsent> {
         self.unsent.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -294,17 +304,14 @@ impl RedisBus {
                 inv.invoke_async(&mut c).await
             })
             .await;
-        if sent.is_some() {
-            let label = if kind == "all" {
+        self.published(
+            sent.is_some(),
+            if kind == "all" {
                 "everything"
             } else {
                 "invalidation"
-            };
-            self.metrics
-                .bus_messages
-                .with_label_values(&["published", label])
-                .inc();
-        }
+            },
+        );
         sent.is_some()
     }
 
@@ -516,12 +523,7 @@ impl RedisBus {
                 pipe.query_async(&mut c).await
             })
             .await;
-        if sent.is_some() {
-            self.metrics
-                .bus_messages
-                .with_label_values(&["published", "event"])
-                .inc();
-        }
+        self.published(sent.is_some(), "event");
     }
 
     /// A reader of the events of `name`, from the stream's end now.
@@ -620,12 +622,7 @@ impl RedisBus {
                 changed.invoke_async(&mut c).await
             })
             .await;
-        if sent.is_some() {
-            self.metrics
-                .bus_messages
-                .with_label_values(&["published", "changed"])
-                .inc();
-        }
+        self.published(sent.is_some(), "changed");
     }
 
     async fn put(

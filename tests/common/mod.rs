@@ -149,6 +149,31 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Waits (up to 10 s) until `done` holds for the metrics page; the last page, whether
+    /// or not it got there (the caller asserts what it needs).
+    pub async fn metrics_until(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let page = self.metrics().await;
+            if done(&page) || tokio::time::Instant::now() > deadline {
+                return page;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// A gateway some other way started (a `livegate` process) at `addr`.
     pub fn at(addr: SocketAddr) -> Gateway {
         Gateway {
