@@ -362,15 +362,7 @@ type Query {{ who(mark: String!): Who @rest(upstream: "api", path: "/who/{{args.
             assert_eq!(up.count_matching(&path), 2, "{mark}");
         }
     }
-    let page = gw
-        .client
-        .get(format!("http://{}/metrics", gw.addr))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let page = gw.metrics().await;
     assert_eq!(
         common::sample(
             &page,
