@@ -45,7 +45,7 @@ impl HttpMethod {
     }
 }
 
-/// `@rest(upstream, method, path, query, body, headers, batchKey)` on a field.
+/// `@rest(upstream, method, path, query, body, headers, batchKey, select)` on a field.
 #[derive(Debug, Clone)]
 pub struct RestDirective {
     pub upstream: Positioned<String>,
@@ -55,6 +55,8 @@ pub struct RestDirective {
     pub body: Option<Positioned<ConstValue>>,
     pub headers: Vec<Header>,
     pub batch_key: Option<Positioned<String>>,
+    /// Where in the upstream's JSON the field's value is (`data.items`).
+    pub select: Option<Positioned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -301,7 +303,7 @@ pub fn rest(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "method", "path", "query", "body", "headers", "batchKey",
+            "upstream", "method", "path", "query", "body", "headers", "batchKey", "select",
         ],
         errors,
     );
@@ -342,8 +344,10 @@ pub fn rest(
     let body = r.get("body").cloned();
     let headers = r.headers("headers");
     let batch_key = r.string("batchKey");
+    let select = r.string("select");
     Some(Positioned::new(
         RestDirective {
+            select,
             upstream: upstream?,
             method,
             path: path?,

@@ -19,6 +19,31 @@ pub struct RestPlan {
     pub headers: Vec<(http::HeaderName, Template)>,
     pub batch: Option<Batch>,
     pub cache: Option<CachePlan>,
+    /// `select`: the path of the field's value in the upstream's JSON (empty: all of it).
+    pub select: Vec<String>,
+}
+
+/// A `select` path (`"data.items"`), or why it is not one.
+pub(super) fn dotted(
+    directive: &str,
+    select: Option<&Positioned<String>>,
+    example: &str,
+    errors: &mut Errors,
+) -> Vec<String> {
+    match select {
+        Some(s) if s.node.split('.').any(str::is_empty) => {
+            errors.push(
+                s.pos,
+                format!(
+                    "@{directive}(select: {:?}) must be a dotted path like \"{example}\"",
+                    s.node
+                ),
+            );
+            Vec::new()
+        }
+        Some(s) => s.node.split('.').map(str::to_string).collect(),
+        None => Vec::new(),
+    }
 }
 
 /// A request body: JSON whose strings may be templates.
@@ -105,7 +130,9 @@ pub(super) fn plan(
             .collect(),
         scope: c.node.scope,
     });
+    let select = dotted("rest", d.select.as_ref(), "data.items", errors);
     Some(RestPlan {
+        select,
         upstream: upstream?,
         method: d.method,
         path: path?,

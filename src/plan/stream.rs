@@ -55,20 +55,7 @@ pub(super) fn source(
             when.push((k.node.clone(), t));
         }
     }
-    let select = match &d.select {
-        Some(s) if s.node.split('.').any(str::is_empty) => {
-            errors.push(
-                s.pos,
-                format!(
-                    "@{name}(select: {:?}) must be a dotted path like \"data.message\"",
-                    s.node
-                ),
-            );
-            Vec::new()
-        }
-        Some(s) => s.node.split('.').map(str::to_string).collect(),
-        None => Vec::new(),
-    };
+    let select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);
     Some(SourcePlan {
         upstream: upstream?,
         path: d.path.node.clone(),

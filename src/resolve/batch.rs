@@ -21,6 +21,19 @@ pub struct BatchSpec {
     pub key_field: String,
     /// The field is a list: each waiter gets every matching item, not the first.
     pub list: bool,
+    /// Where the list of items is in the answer (`select`).
+    pub select: Vec<String>,
+}
+
+/// The part of `value` at `path`, taken out without copying (all of it for no path).
+pub fn pick_owned(mut value: Value, path: &[String]) -> Option<Value> {
+    for seg in path {
+        value = match value {
+            Value::Object(mut map) => map.remove(seg.as_str())?,
+            _ => return None,
+        };
+    }
+    Some(value)
 }
 
 type Reply = oneshot::Sender<Result<Answer, UpstreamError>>;
@@ -93,11 +106,18 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
             pairs.append_pair(&spec.param, v);
         }
     }
+    let selected = |value: Value| {
+        pick_owned(value, &spec.select).ok_or_else(|| UpstreamError::BadResponse {
+            upstream: req.upstream.name.clone(),
+            detail: format!("the response has no `{}` (select)", spec.select.join(".")),
+        })
+    };
     let result = client
         .send(&req)
         .await
-        .and_then(|answer| match answer.value {
-            Value::Array(items) => Ok((items, answer.size, answer.shareable)),
+        .and_then(|answer| Ok((selected(answer.value)?, answer.size, answer.shareable)))
+        .and_then(|(value, size, shareable)| match value {
+            Value::Array(items) => Ok((items, size, shareable)),
             other => Err(UpstreamError::BadResponse {
                 upstream: req.upstream.name.clone(),
                 detail: format!("a batched request must answer a list, got {}", kind(&other)),

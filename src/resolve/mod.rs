@@ -199,7 +199,7 @@ async fn resolve_rest(
     if mutation {
         deps.spoil();
         let req = request::build(rest, vars, headers, None).map_err(gql)?;
-        let value = rt.client.send(&req).await.map_err(gql)?.value;
+        let value = select(rest, rt.client.send(&req).await).map_err(gql)?.value;
         shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
@@ -239,7 +239,11 @@ async fn resolve_rest(
             let field = field.clone();
             let req = req.clone();
             async move {
-                let answer = rt.client.send_if(&req, &validators).await?;
+                let sent = rt.client.send_if(&req, &validators).await;
+                let answer = match &field.rest {
+                    Some(rest) => select(rest, sent)?,
+                    None => sent?,
+                };
                 if answer.not_modified {
                     return Ok(answer);
                 }
@@ -355,6 +359,7 @@ async fn batched(
     let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
     let group = request::batch_group(&base, headers);
     let spec = batch::BatchSpec {
+        select: rest.select.clone(),
         base,
         param: batch.param.clone(),
         key_field: batch.key.clone(),
@@ -385,6 +390,26 @@ async fn batched(
     };
     deps.add(dep, stamp.filter(|_| public));
     Ok(shape::output(&rt.plan, Node::new(share), &field.ty))
+}
+
+/// The part of an upstream answer the field's `select` names (all of it without one);
+/// an answer without that part is a bad response.
+fn select(
+    rest: &RestPlan,
+    answer: Result<crate::upstream::Answer, UpstreamError>,
+) -> Result<crate::upstream::Answer, UpstreamError> {
+    let mut answer = answer?;
+    if rest.select.is_empty() || answer.not_modified {
+        return Ok(answer);
+    }
+    answer.value =
+        batch::pick_owned(std::mem::take(&mut answer.value), &rest.select).ok_or_else(|| {
+            bad(
+                rest,
+                format!("the response has no `{}` (select)", rest.select.join(".")),
+            )
+        })?;
+    Ok(answer)
 }
 
 fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
