@@ -870,3 +870,40 @@ async fn an_unshareable_polled_entry_still_reaches_every_replica_and_stale_value
         "B refreshed the stale value: {r}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_redis_is_back() {
+    let mut redis = RedisServer::start();
+    let sockets = socket_upstream().await;
+    let schema = STREAMS.replace("{up}", &sockets.up.url());
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let gw = Gateway::start(&schema, options(&redis.url(), "t10:")).await;
+        until(&gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+        gws.push(gw);
+    }
+    let mut subs = Vec::new();
+    for gw in &gws {
+        subs.push(Live::start(gw, "subscription { msgAdded { text } }").await);
+    }
+    sockets.until_heard("before", &mut subs).await;
+    assert_eq!(sockets.open.load(Ordering::SeqCst), 1);
+
+    // Redis goes away: every replica's subscribers keep getting upstream events (the
+    // followers open sockets of their own).
+    redis.stop();
+    sockets.until_heard("during", &mut subs).await;
+
+    // Redis is back: the replicas settle on one socket again, and events still flow.
+    redis.resume();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sockets.open.load(Ordering::SeqCst) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} sockets open after Redis came back",
+            sockets.open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sockets.until_heard("after", &mut subs).await;
+}
