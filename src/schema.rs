@@ -146,14 +146,9 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                                 }
                             })
                         }),
-                        None => {
-                            let key: Arc<str> = Arc::from(f.name.as_str());
-                            Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
-                                FieldFuture::Value(resolve::from_parent(
-                                    &rt.plan, &ctx, &key, &field,
-                                ))
-                            })
-                        }
+                        None => Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
+                            FieldFuture::Value(resolve::from_parent(&rt.plan, &ctx, &field))
+                        }),
                     };
                     for a in &f.args {
                         out = out.argument(input_value(a));

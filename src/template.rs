@@ -102,6 +102,18 @@ impl Template {
         })
     }
 
+    /// Replaces the path of each `{parent.…}` variable with `f(path)`: GraphQL field names
+    /// become the members they read (`@map`).
+    pub fn map_parent_paths(&mut self, mut f: impl FnMut(&[String]) -> Vec<String>) {
+        for part in &mut self.parts {
+            if let Part::Var(v) = part {
+                if v.root == Root::Parent {
+                    v.path = f(&v.path);
+                }
+            }
+        }
+    }
+
     /// The template is exactly one variable: it renders to that value, keeping its type.
     pub fn single_var(&self) -> Option<&Var> {
         match self.parts.as_slice() {

@@ -1,5 +1,7 @@
 //! Real REST API shapes (issue 10): `@rest(select:)` reads the field's value from inside a
-//! wrapped answer — for a list, an object, a batch (selected first), and a live query.
+//! wrapped answer — for a list, an object, a batch (selected first), and a live query;
+//! `@map(from:)` reads a field from a member under another name or a nested path, and
+//! `{parent.x}` templates read what field `x` reads.
 
 mod common;
 
@@ -45,6 +47,19 @@ fn api() -> Router {
             }),
         )
         .route("/empty", get(|| async { Json(json!({"meta": {}})) }))
+        .route(
+            "/issues",
+            get(|| async {
+                Json(json!([
+                    {"issue_id": 1, "created_at": "2026-11-25", "owner": {"login": "ada", "user_id": "7"}},
+                    {"issue_id": 2, "created_at": "2026-11-26", "owner": {"login": "bob", "user_id": "8"}}
+                ]))
+            }),
+        )
+        .route(
+            "/broken-issues",
+            get(|| async { Json(json!([{"created_at": "x", "owner": {"login": "z", "user_id": "9"}}])) }),
+        )
 }
 
 const SCHEMA: &str = r#"
@@ -60,6 +75,15 @@ type Query {
   repos: [Repo!]! @rest(upstream: "api", path: "/repos", select: "data.items") @cache(maxAge: 60)
   repo(id: ID!): Repo @rest(upstream: "api", path: "/repo/{args.id}", select: "data") @cache(maxAge: 60)
   broken: [Repo!] @rest(upstream: "api", path: "/empty", select: "data.items")
+  issues: [Issue!]! @rest(upstream: "api", path: "/issues") @cache(maxAge: 60)
+  brokenIssues: [Issue!] @rest(upstream: "api", path: "/broken-issues")
+}
+type Issue {
+  id: ID! @map(from: "issue_id")
+  createdAt: String! @map(from: "created_at")
+  ownerLogin: String @map(from: "owner.login")
+  ownerId: ID @map(from: "owner.user_id")
+  owner: Owner @rest(upstream: "api", path: "/owners", query: {id: "{parent.ownerId}"}, batchKey: "id", select: "results")
 }
 type Subscription { repos: [Repo!]! @live }
 "#;
@@ -153,4 +177,65 @@ type Query {
             )),
         "{messages:?}"
     );
+}
+
+#[tokio::test]
+async fn map_reads_members_under_other_names_and_nested_paths() {
+    let (up, gw) = setup().await;
+    let r = gw
+        .query("{ issues { id createdAt ownerLogin owner { id login } } }")
+        .await;
+    assert_eq!(
+        r["data"]["issues"],
+        json!([
+            {"id": "1", "createdAt": "2026-11-25", "ownerLogin": "ada", "owner": {"id": "7", "login": "user7"}},
+            {"id": "2", "createdAt": "2026-11-26", "ownerLogin": "bob", "owner": {"id": "8", "login": "user8"}}
+        ]),
+        "{r}"
+    );
+    assert!(
+        up.requests()
+            .iter()
+            .any(|q| q.starts_with("GET /owners?id=7&id=8")),
+        "{{parent.ownerId}} read owner.user_id: {:?}",
+        up.requests()
+    );
+    // A mapped non-null member that is missing fails the field, as an unmapped one would.
+    let r = gw.query("{ brokenIssues { id } }").await;
+    assert_eq!(
+        error_code(&r).as_deref(),
+        Some("UPSTREAM_BAD_RESPONSE"),
+        "{r}"
+    );
+}
+
+#[test]
+fn map_mistakes_are_reported_with_their_position() {
+    let schema = r#"extend schema @upstream(name: "api", url: "http://127.0.0.1:9")
+type T { a: String @map(from: "x..y") b: String @map(from: "b") @rest(upstream: "api", path: "/b") }
+type Query {
+  t: T @rest(upstream: "api", path: "/t")
+  q: String @rest(upstream: "api", path: "/q") @map(from: "other")
+}"#;
+    let errors = livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
+        .expect_err("refused");
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for (at, says) in [
+        (
+            "schema.graphql:2:",
+            r#"@map(from: "x..y") must be a member name or a dotted path"#,
+        ),
+        (
+            "schema.graphql:2:",
+            "@map on `T.b`: a field with @rest reads its own upstream answer",
+        ),
+        ("schema.graphql:5:", "@map is for fields of object types"),
+    ] {
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.starts_with(at) && m.contains(says)),
+            "{says}: {messages:?}"
+        );
+    }
 }

@@ -406,6 +406,12 @@ pub struct LiveDirective {
     pub poll_ms: Option<Positioned<u64>>,
 }
 
+/// `@map(from: "created_at")` on a field of an object type.
+pub fn map(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<String>> {
+    let mut r = ArgReader::new(d, &["from"], errors);
+    r.required_string("from")
+}
+
 pub fn live(
     d: &Positioned<ConstDirective>,
     errors: &mut Errors,

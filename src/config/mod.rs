@@ -138,6 +138,8 @@ pub struct FieldConfig {
     pub live: Option<Positioned<LiveDirective>>,
     pub updates: Option<Positioned<UpdatesDirective>>,
     pub stream: Option<Positioned<SourceDirective>>,
+    /// `@map(from: "owner.login")`: the member of the parent's upstream data this field reads.
+    pub map: Option<Positioned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -344,6 +346,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         live: None,
         updates: None,
         stream: None,
+        map: None,
     };
     let field = out.name.node.clone();
     for d in &def.directives {
@@ -356,6 +359,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
             "live" => put(&mut out.live, directives::live(d, errors)),
             "updates" => put(&mut out.updates, directives::updates(d, errors)),
             "stream" => put(&mut out.stream, directives::stream(d, errors)),
+            "map" => put(&mut out.map, directives::map(d, errors)),
             "deprecated" => {
                 out.deprecated = Some(directives::deprecated(d, errors));
                 false
@@ -363,7 +367,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
             other => {
                 errors.push(
                     d.pos,
-                    format!("unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"),
+                    format!("unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated"),
                 );
                 false
             }

@@ -103,6 +103,43 @@ pub struct FieldPlan {
     pub updates: Option<Arc<UpdatesPlan>>,
     /// A Subscription field whose events are upstream socket messages.
     pub stream: Option<Arc<SourcePlan>>,
+    /// Where a field without `@rest` reads its value in the parent's upstream data: its
+    /// own name, or the path `@map(from:)` gives.
+    pub member: Vec<Arc<str>>,
+}
+
+/// The member path of `f` in its parent's data, checking its `@map`.
+fn member(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Vec<Arc<str>> {
+    let own = || vec![Arc::from(f.name.node.as_str())];
+    let Some(m) = &f.map else {
+        return own();
+    };
+    let qualified = format!("{}.{}", ctx.type_name, f.name.node);
+    if ctx.role != Role::Object {
+        errors.push(
+            m.pos,
+            format!("@map is for fields of object types, read from their parent's data; `{qualified}` is not one"),
+        );
+        return own();
+    }
+    if f.rest.is_some() {
+        errors.push(
+            m.pos,
+            format!("@map on `{qualified}`: a field with @rest reads its own upstream answer, not its parent's data"),
+        );
+        return own();
+    }
+    if m.node.split('.').any(str::is_empty) {
+        errors.push(
+            m.pos,
+            format!(
+                "@map(from: {:?}) must be a member name or a dotted path like \"owner.login\"",
+                m.node
+            ),
+        );
+        return own();
+    }
+    m.node.split('.').map(Arc::from).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +315,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         fields,
                     };
                     if role == Role::Subscription {
+                        member(&ctx, f, &mut errors);
                         if let Some(p) = live_field(&ctx, &query, f, &mut errors) {
                             planned.push(Arc::new(p));
                         }
@@ -564,6 +602,7 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
         );
     }
     let updates = stream::updates(ctx, f, &args, errors);
+    let member = member(ctx, f, errors);
     if ctx.role == Role::Mutation {
         if let Some(c) = &f.cache {
             errors.push(
@@ -583,6 +622,7 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
         live: None,
         updates,
         stream: None,
+        member,
     })
 }
 
@@ -691,6 +731,7 @@ fn subscription_plan(
         live,
         updates: None,
         stream,
+        member: vec![Arc::from(f.name.node.as_str())],
     }
 }
 

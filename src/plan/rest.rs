@@ -265,7 +265,31 @@ pub(super) fn template(
             ok = false;
         }
     }
+    let mut t = t;
+    // `{parent.x}` names GraphQL fields; it reads what those fields read.
+    t.map_parent_paths(|path| parent_members(ctx, path));
     ok.then_some(t)
+}
+
+/// The members of the parent's upstream data that the field path `path` reads.
+fn parent_members(ctx: &FieldCtx<'_>, path: &[String]) -> Vec<String> {
+    let mut fields = ctx.fields;
+    let mut out = Vec::new();
+    for seg in path {
+        match fields.iter().find(|f| &f.name.node == seg) {
+            Some(f) => {
+                match &f.map {
+                    Some(m) if !m.node.split('.').any(str::is_empty) => {
+                        out.extend(m.node.split('.').map(str::to_string))
+                    }
+                    _ => out.push(seg.clone()),
+                }
+                fields = ctx.object_fields(f.ty.node.base_name()).unwrap_or(&[]);
+            }
+            None => out.push(seg.clone()),
+        }
+    }
+    out
 }
 
 fn check_var(

@@ -64,7 +64,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: [String] @rset(upstream: \"chat\", path: \"/m\") }",
-            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @deprecated"],
+            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated"],
         ),
         (
             "type Query { m: [Strin] @rest(upstream: \"chat\", path: \"/m\") }",

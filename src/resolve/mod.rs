@@ -126,15 +126,15 @@ pub struct ClientHeaders(pub HeaderMap);
 
 type Resolved = Result<Option<FieldValue<'static>>, async_graphql::Error>;
 
-/// A field without `@rest`: the parent object's member of the same name.
+/// A field without `@rest`: the parent object's member of the same name, or the one
+/// `@map(from:)` names.
 pub fn from_parent(
     plan: &Plan,
     ctx: &ResolverContext<'_>,
-    key: &Arc<str>,
     field: &FieldPlan,
 ) -> Option<FieldValue<'static>> {
     let parent = ctx.parent_value.downcast_ref::<Node>()?;
-    shape::output(plan, parent.field(key), &field.ty)
+    shape::output(plan, parent.at(&field.member), &field.ty)
 }
 
 /// A field with `@rest`; its errors are reported here, with their path, and the field

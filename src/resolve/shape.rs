@@ -49,6 +49,17 @@ impl Node {
         self.child(Seg::Key(name.clone()))
     }
 
+    /// The place at a member path below this one (`@map(from: "owner.login")`).
+    pub fn at(&self, members: &[Arc<str>]) -> Node {
+        let mut path = Vec::with_capacity(self.path.len() + members.len());
+        path.extend(self.path.iter().cloned());
+        path.extend(members.iter().map(|m| Seg::Key(m.clone())));
+        Node {
+            root: self.root.clone(),
+            path,
+        }
+    }
+
     fn child(&self, seg: Seg) -> Node {
         let mut path = Vec::with_capacity(self.path.len() + 1);
         path.extend(self.path.iter().cloned());
@@ -80,6 +91,10 @@ pub fn output(plan: &Plan, node: Node, ty: &TypeRef) -> Option<FieldValue<'stati
                 Value::String(s) => Some(FieldValue::value(GqlValue::Enum(Name::new(s)))),
                 _ => None,
             },
+            // GraphQL serialises an ID as a string, whatever the upstream sent.
+            _ if name == "ID" && value.is_number() => {
+                Some(FieldValue::value(GqlValue::String(value.to_string())))
+            }
             _ => Some(FieldValue::value(leaf(value))),
         },
     }
@@ -143,14 +158,19 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
                         .as_str()
                         .is_some_and(|s| values.iter().any(|v| v == s)),
                     Some(TypePlanKind::Object { fields }) => {
-                        let Value::Object(map) = value else {
+                        if !value.is_object() {
                             return Err(format!("{} should be an object ({name})", at(path)));
-                        };
+                        }
                         for f in fields.iter().filter(|f| f.rest.is_none()) {
                             let len = path.len();
                             path.push('.');
                             path.push_str(&f.name);
-                            check_at(plan, map.get(&f.name).unwrap_or(&Value::Null), &f.ty, path)?;
+                            let found = f
+                                .member
+                                .iter()
+                                .try_fold(value, |v, m| v.get(&**m))
+                                .unwrap_or(&Value::Null);
+                            check_at(plan, found, &f.ty, path)?;
                             path.truncate(len);
                         }
                         true
