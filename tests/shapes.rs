@@ -239,3 +239,96 @@ type Query {
         );
     }
 }
+
+/// Patches from `@updates` and events from `@stream` are upstream-shaped: they are read
+/// through `@map` too, and an UPSERT `key` names the GraphQL field (matched on its member).
+#[tokio::test]
+async fn socket_patches_and_events_go_through_map() {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    let (say, _) = tokio::sync::broadcast::channel::<String>(16);
+    let tx = say.clone();
+    let app = api().route(
+        "/ws",
+        get(move |ws: WebSocketUpgrade| {
+            let tx = tx.clone();
+            async move {
+                ws.on_upgrade(move |socket| async move {
+                    let (mut sink, mut stream) = socket.split();
+                    let mut heard = tx.subscribe();
+                    loop {
+                        tokio::select! {
+                            said = heard.recv() => match said {
+                                Ok(text) => if sink.send(Message::text(text)).await.is_err() { break },
+                                Err(_) => break,
+                            },
+                            got = stream.next() => if !matches!(got, Some(Ok(_))) { break },
+                        }
+                    }
+                })
+            }
+        }),
+    );
+    let up = Upstream::start(app).await;
+    let schema = SCHEMA
+        .replace(
+            r#"issues: [Issue!]! @rest(upstream: "api", path: "/issues") @cache(maxAge: 60)"#,
+            r#"issues: [Issue!]! @rest(upstream: "api", path: "/issues") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", apply: UPSERT, key: "id")"#,
+        )
+        .replace(
+            "type Subscription { repos: [Repo!]! @live }",
+            r#"type Subscription {
+  repos: [Repo!]! @live
+  issues: [Issue!]! @live
+  issueEvents: Issue @stream(upstream: "api", path: "/ws")
+}"#,
+        )
+        .replace("{up}", &up.url());
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let sse = |query: &'static str| {
+        let client = gw.client.clone();
+        let url = gw.url();
+        async move {
+            client
+                .post(url)
+                .header("accept", "text/event-stream")
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("SSE")
+        }
+    };
+    let mut live = sse("subscription { issues { id createdAt } }").await;
+    let mut events = sse("subscription { issueEvents { id ownerLogin } }").await;
+    let first = live.chunk().await.expect("read").expect("first");
+    assert!(String::from_utf8_lossy(&first).contains(r#"{"id":"1","createdAt":"2026-11-25"}"#));
+    let message =
+        json!({"issue_id": 1, "created_at": "edited", "owner": {"login": "eve", "user_id": "7"}});
+    let mut got_event = String::new();
+    let mut got_patch = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(got_patch.contains("edited") && got_event.contains("eve")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "patch: {got_patch}\nevent: {got_event}"
+        );
+        let _ = say.send(message.to_string());
+        let wait = std::time::Duration::from_millis(200);
+        if let Ok(Ok(Some(c))) = tokio::time::timeout(wait, live.chunk()).await {
+            got_patch.push_str(&String::from_utf8_lossy(&c));
+        }
+        if let Ok(Ok(Some(c))) = tokio::time::timeout(wait, events.chunk()).await {
+            got_event.push_str(&String::from_utf8_lossy(&c));
+        }
+    }
+    assert!(
+        got_patch
+            .contains(r#"{"id":"1","createdAt":"edited"},{"id":"2","createdAt":"2026-11-26"}"#),
+        "the item with issue_id 1 was upserted in place: {got_patch}"
+    );
+    assert!(
+        got_event.contains(r#"{"id":"1","ownerLogin":"eve"}"#),
+        "{got_event}"
+    );
+}

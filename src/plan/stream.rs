@@ -92,7 +92,7 @@ pub(super) fn updates(
         _ => Apply::Refetch,
     };
     let list = f.ty.node.is_list();
-    let key = u.node.key.as_ref().map(|k| k.node.clone());
+    let mut key = u.node.key.as_ref().map(|k| k.node.clone());
     let mode = &u.node.apply.node;
     let fail = |errors: &mut Errors, why: String| {
         errors.push(
@@ -117,10 +117,20 @@ pub(super) fn updates(
     }
     if let Some(k) = &u.node.key {
         let item = f.ty.node.base_name();
-        let has = ctx
+        let field = ctx
             .object_fields(item)
-            .is_some_and(|fields| fields.iter().any(|x| x.name.node == k.node));
-        if !has {
+            .and_then(|fields| fields.iter().find(|x| x.name.node == k.node));
+        // Messages are upstream-shaped: the key is the member the field reads (`@map`).
+        if let Some(m) = field.and_then(|x| x.map.as_ref()) {
+            if m.node.contains('.') {
+                errors.push(
+                    k.pos,
+                    format!("@updates(key: {:?}): `{item}.{}` reads the nested member {:?}; a key must be a top-level member", k.node, k.node, m.node),
+                );
+            }
+            key = Some(m.node.clone());
+        }
+        if field.is_none() {
             errors.push(
                 k.pos,
                 format!(
