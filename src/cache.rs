@@ -28,6 +28,13 @@ use std::time::Duration;
 // tokio's clock, so paused-time tests reach freshness decisions.
 use tokio::time::Instant;
 
+/// A stale entry a refresh asks the upstream about (`If-None-Match` and so on).
+struct Revalidate {
+    validators: crate::upstream::Validators,
+    stamp: Stamp,
+    value: Arc<Value>,
+}
+
 /// A fetched value, as it is stored.
 pub struct Fetch {
     pub value: Arc<Value>,
@@ -351,7 +358,7 @@ impl Cache {
     /// already running. `policy: None` never stores, but still coalesces.
     pub async fn load<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> Loaded
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(crate::upstream::Validators) -> Fut + Send + 'static,
         Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let mut seen = self.inner.retired.load(Ordering::Acquire);
@@ -368,8 +375,14 @@ impl Cache {
                             };
                         }
                         if age < e.policy.max_age + e.policy.swr {
-                            // Start (or join) the refresh, and do not wait for it.
-                            drop(self.flight(key, policy, fetch));
+                            // Start (or join) the refresh, and do not wait for it. It is
+                            // conditional when the value has validators: a `304` renews it.
+                            let revalidate = (!e.validators.is_empty()).then(|| Revalidate {
+                                validators: e.validators.clone(),
+                                stamp: Stamp(Arc::downgrade(&e)),
+                                value: e.value.clone(),
+                            });
+                            drop(self.flight(key, policy, fetch, revalidate));
                             return Loaded {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Stale,
@@ -391,7 +404,7 @@ impl Cache {
                 seen = now;
                 continue;
             }
-            break self.start(&mut st, key, policy, fetch);
+            break self.start(&mut st, key, policy, fetch, None);
         };
         match shared.await {
             Ok((value, stamp)) => Loaded {
@@ -407,16 +420,22 @@ impl Cache {
         }
     }
 
-    fn flight<F, Fut>(&self, key: CacheKey, policy: Option<Policy>, fetch: F) -> SharedFetch
+    fn flight<F, Fut>(
+        &self,
+        key: CacheKey,
+        policy: Option<Policy>,
+        fetch: F,
+        revalidate: Option<Revalidate>,
+    ) -> SharedFetch
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(crate::upstream::Validators) -> Fut + Send + 'static,
         Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let mut st = lock(&self.inner.state);
         if let Some(f) = st.flights.get(&key) {
             return f.shared.clone();
         }
-        self.start(&mut st, key, policy, fetch)
+        self.start(&mut st, key, policy, fetch, revalidate)
     }
 
     /// Starts the flight for `key` (the caller holds the lock and found none).
@@ -426,9 +445,10 @@ impl Cache {
         key: CacheKey,
         policy: Option<Policy>,
         fetch: F,
+        revalidate: Option<Revalidate>,
     ) -> SharedFetch
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: FnOnce(crate::upstream::Validators) -> Fut + Send + 'static,
         Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let id = self.inner.next_flight.fetch_add(1, Ordering::Relaxed);
@@ -436,9 +456,14 @@ impl Cache {
         let epoch = self.epoch();
         let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
         let this = self.clone();
+        let validators = revalidate
+            .as_ref()
+            .map(|r| r.validators.clone())
+            .unwrap_or_default();
         let task = tokio::spawn(async move {
+            let fetch = move || fetch(validators);
             let result = this.inner.bus.load(key, policy.as_ref(), fetch).await;
-            this.finish(key, id, epoch, policy, result)
+            this.finish(key, id, epoch, policy, result, revalidate)
         });
         let shared = async move {
             task.await.unwrap_or_else(|e| {
@@ -471,7 +496,21 @@ impl Cache {
         epoch: u64,
         policy: Option<Policy>,
         result: Result<crate::bus::Shared, UpstreamError>,
+        revalidate: Option<Revalidate>,
     ) -> Fetched {
+        if let (Ok(shared), Some(r)) = (&result, revalidate) {
+            if shared.not_modified {
+                // The stale value is current again: renewed in place (unless it was
+                // replaced or invalidated meanwhile), and what this flight answers.
+                let stamp = self
+                    .renew(key, &r.stamp, shared.validators.clone(), epoch)
+                    .then(|| self.inner.entries.get(&key))
+                    .flatten()
+                    .map(|e| Stamp(Arc::downgrade(&e)));
+                self.retire(key, id);
+                return Ok((r.value, stamp));
+            }
+        }
         let (value, size, age, shareable, validators) = match result {
             Ok(shared) => (
                 Arc::new(shared.value),
@@ -801,9 +840,11 @@ mod tests {
     /// A fetch that counts its calls and answers `n` (the call number).
     fn counting(
         calls: &Arc<AtomicUsize>,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>> {
+    ) -> impl FnOnce(
+        crate::upstream::Validators,
+    ) -> BoxFuture<'static, Result<crate::upstream::Answer, UpstreamError>> {
         let calls = calls.clone();
-        move || {
+        move |_| {
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::task::yield_now().await;
@@ -870,7 +911,7 @@ mod tests {
     async fn a_fetch_invalidated_in_flight_is_not_stored() {
         let cache = Cache::new(1 << 20);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let slow = move || {
+        let slow = move |_: crate::upstream::Validators| {
             async move {
                 let _ = rx.await;
                 Ok(crate::upstream::Answer::new(Value::from("old"), 3))
@@ -909,7 +950,7 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_stored() {
         let cache = Cache::new(1 << 20);
-        let fail = || {
+        let fail = |_: crate::upstream::Validators| {
             async {
                 Err(UpstreamError::HttpError {
                     upstream: "u".into(),
@@ -1125,7 +1166,7 @@ mod tests {
                 .map(|_| {
                     let (cache, calls) = (cache.clone(), calls.clone());
                     tokio::spawn(async move {
-                        let fetch = move || {
+                        let fetch = move |_: crate::upstream::Validators| {
                             calls.fetch_add(1, Ordering::SeqCst);
                             async { Ok(crate::upstream::Answer::new(Value::from(1), 1)) }.boxed()
                         };

@@ -477,3 +477,60 @@ type Subscription {{ doc: Doc @live(pollMs: 30) }}"#,
     }
     assert_eq!(full.load(Ordering::SeqCst), 2);
 }
+
+/// A stale-while-revalidate refresh of a value with an ETag is conditional: a `304`
+/// renews the entry (fresh again, no body read) instead of fetching it anew.
+#[tokio::test]
+async fn stale_while_revalidate_refreshes_revalidate_with_the_etag() {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    let (full, not_modified) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (f, nm) = (full.clone(), not_modified.clone());
+    let app = Router::new().route(
+        "/doc",
+        get(move |headers: HeaderMap| {
+            let (f, nm) = (f.clone(), nm.clone());
+            async move {
+                if headers
+                    .get(header::IF_NONE_MATCH)
+                    .and_then(|h| h.to_str().ok())
+                    == Some("\"v1\"")
+                {
+                    nm.fetch_add(1, Ordering::SeqCst);
+                    return (StatusCode::NOT_MODIFIED, [(header::ETAG, "\"v1\"")]).into_response();
+                }
+                f.fetch_add(1, Ordering::SeqCst);
+                ([(header::ETAG, "\"v1\"")], Json(json!({"etag": "v1"}))).into_response()
+            }
+        }),
+    );
+    let up = Upstream::start(app).await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Doc {{ etag: String! }}
+type Query {{ doc: Doc @rest(upstream: "api", path: "/doc") @cache(maxAge: 1, swr: 60) }}"#,
+        up.url()
+    );
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let first = gw.query("{ doc { etag } }").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    // Stale: served at once, refreshed behind it.
+    assert_eq!(gw.query("{ doc { etag } }").await, first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while not_modified.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no conditional refresh"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Renewed: fresh again, so the next query asks the upstream nothing.
+    assert_eq!(gw.query("{ doc { etag } }").await, first);
+    assert_eq!(full.load(Ordering::SeqCst), 1, "one full answer");
+    assert_eq!(
+        not_modified.load(Ordering::SeqCst),
+        1,
+        "one 304, then a hit"
+    );
+    assert_eq!(up.count(), 2);
+}

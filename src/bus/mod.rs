@@ -50,6 +50,8 @@ pub struct Shared {
     pub shareable: bool,
     /// For a later conditional request (a value from Redis has none).
     pub validators: crate::upstream::Validators,
+    /// The upstream answered `304` to a conditional refresh: no value, the stale one stands.
+    pub not_modified: bool,
 }
 
 impl From<crate::upstream::Answer> for Shared {
@@ -60,6 +62,7 @@ impl From<crate::upstream::Answer> for Shared {
             age: Duration::ZERO,
             shareable: a.shareable,
             validators: a.validators,
+            not_modified: a.not_modified,
         }
     }
 }

@@ -408,7 +408,8 @@ impl RedisBus {
                 outcome("miss");
                 let result = fetch().await;
                 if let Ok(answer) = &result {
-                    if answer.shareable {
+                    // A 304 has no value to share.
+                    if answer.shareable && !answer.not_modified {
                         self.put(&key, &answer.value, policy, &generation).await;
                     }
                 }
@@ -679,6 +680,7 @@ fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
         age: Duration::from_millis(now_ms().saturating_sub(stored)),
         shareable: true,
         validators: Default::default(),
+        not_modified: false,
     };
     Some((shared, all))
 }

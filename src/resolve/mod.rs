@@ -289,7 +289,7 @@ async fn resolve_rest(
             let tags = policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default();
             let loaded = rt
                 .cache
-                .load(key, policy, move || fetch(Default::default()))
+                .load(key, policy, move |validators| fetch(validators))
                 .await;
             let outcome = match loaded.outcome {
                 crate::cache::Outcome::Hit => "hit",
