@@ -210,13 +210,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Starts the `livegate` binary on `schema` on a free port (with the webhook token `bench`
-/// when asked); its address and process.
-fn gateway(
+/// Starts the `livegate` binary on `schema` on a free port, with `extra` flags (the
+/// webhook token `bench` when `webhook`); its address and process.
+pub(crate) fn gateway(
     livegate: &Path,
     schema: &Path,
     work: &Path,
     webhook: bool,
+    extra: &[&str],
 ) -> Result<(String, crate::Proc)> {
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -235,6 +236,7 @@ fn gateway(
     if webhook {
         args.extend(["--webhook-token".into(), "bench".into()]);
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let server = start("livegate", &args, port, work)?;
     Ok((listen, server))
@@ -274,7 +276,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 
     // Memory: 1,000 idle connections, then 10 live subscriptions on each.
     {
-        let (listen, gw) = gateway(livegate, &schema, work, true)?;
+        let (listen, gw) = gateway(livegate, &schema, work, true, &[])?;
         let url = format!("ws://{listen}/graphql");
         crate::graphql(&format!("http://{listen}/graphql"), "{ posts { id } }")?;
         let base = gw.rss_mib().unwrap_or(f64::NAN);
@@ -309,7 +311,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 
     // Latency: 1,000 subscribers (100 connections × 10), five rounds.
     {
-        let (listen, _gw) = gateway(livegate, &schema, work, true)?;
+        let (listen, _gw) = gateway(livegate, &schema, work, true, &[])?;
         let url = format!("ws://{listen}/graphql");
         let rounds = rt.block_on(async {
             let fleet = connect(&url, 100).await?;
@@ -343,7 +345,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     // Upstream socket message → push, for @updates live queries and @stream events, with
     // 1,000 and 10,000 subscribers: 3 rounds each, on one gateway.
     {
-        let (listen, _gw) = gateway(livegate, &schema, work, false)?;
+        let (listen, _gw) = gateway(livegate, &schema, work, false, &[])?;
         let url = format!("ws://{listen}/graphql");
         let before = socket_counts(up_url)?;
         out.push_str("\n| upstream socket message → push | subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|---:|\n");

@@ -10,6 +10,7 @@
 //!
 //! Gateways and Redis run pinned to core 0, the clients on core 1.
 
+use crate::live::gateway;
 use crate::{free_port, http, start, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,34 +33,6 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
 type User {{ id: Int! name: String! }}
 "#
     )
-}
-
-/// Starts a gateway (the `livegate` binary) with `extra` flags; its address and process.
-fn gateway(
-    livegate: &Path,
-    schema: &Path,
-    work: &Path,
-    extra: &[&str],
-) -> Result<(String, crate::Proc)> {
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut args: Vec<String> = vec![
-        livegate.to_string_lossy().to_string(),
-        "--schema".into(),
-        schema.to_string_lossy().to_string(),
-        "--listen".into(),
-        listen.clone(),
-        "--max-connections-per-ip".into(),
-        "100000".into(),
-        "--max-tcp-connections-per-ip".into(),
-        "100000".into(),
-        "--webhook-token".into(),
-        "bench".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = start("livegate", &args, port, work)?;
-    Ok((listen, server))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -146,7 +119,7 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     // Webhook → push: one gateway, then webhook on A and subscribers on B.
     out.push_str("| webhook → push, 1,000 subscribers (100 sockets × 10) | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");
     {
-        let (g, _gp) = gateway(livegate, &schema_path, work, &[])?;
+        let (g, _gp) = gateway(livegate, &schema_path, work, true, &[])?;
         let rounds = rt.block_on(async {
             let fleet = crate::live::connect(&format!("ws://{g}/graphql"), 100).await?;
             fleet.subscribe(10, LIVE).await?;
@@ -162,8 +135,8 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     }
     {
         let flags = ["--redis-url", redis.as_str(), "--redis-prefix", "bench1:"];
-        let (a, _ap) = gateway(livegate, &schema_path, work, &flags)?;
-        let (b, _bp) = gateway(livegate, &schema_path, work, &flags)?;
+        let (a, _ap) = gateway(livegate, &schema_path, work, true, &flags)?;
+        let (b, _bp) = gateway(livegate, &schema_path, work, true, &flags)?;
         let rounds = rt.block_on(async {
             let fleet = crate::live::connect(&format!("ws://{b}/graphql"), 100).await?;
             fleet.subscribe(10, LIVE).await?;
@@ -186,7 +159,7 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
         let flags = ["--redis-url", redis.as_str(), "--redis-prefix", "bench2:"];
         let mut replicas = Vec::new();
         for _ in 0..3 {
-            replicas.push(gateway(livegate, &schema_path, work, &flags)?);
+            replicas.push(gateway(livegate, &schema_path, work, true, &flags)?);
         }
         let before_sockets = crate::live::socket_counts(up_url)?;
         http("GET", &format!("{up_url}/_reset"), None)?;
@@ -228,8 +201,8 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
             "--response-cache-mb",
             "0",
         ];
-        let (a, _ap) = gateway(livegate, &schema_path, work, &flags)?;
-        let (b, _bp) = gateway(livegate, &schema_path, work, &flags)?;
+        let (a, _ap) = gateway(livegate, &schema_path, work, true, &flags)?;
+        let (b, _bp) = gateway(livegate, &schema_path, work, true, &flags)?;
         let (fill, l2, local) = rt.block_on(async {
             let fill = distinct_queries(&format!("http://{a}/graphql"), 1..2001).await?;
             let l2 = distinct_queries(&format!("http://{b}/graphql"), 1..2001).await?;
