@@ -147,9 +147,9 @@ impl RedisBus {
             metrics,
             lease: redis::Script::new(LEASE),
             release: redis::Script::new(RELEASE),
-            changed: redis::Script::new(CHANGED),
+            changed: redis::Script::new(&format!("{PUT}{CHANGED}")),
             invalidate: redis::Script::new(INVALIDATE),
-            store: redis::Script::new(STORE),
+            store: redis::Script::new(&format!("{PUT}{STORE}")),
             unlock: redis::Script::new(UNLOCK),
         });
         bus.metrics.redis_up.set(0);
@@ -720,22 +720,31 @@ redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return id
 "#;
 
+/// The one way STORE and CHANGED write a second-level entry: the entry, expiring after its
+/// TTL, and its name in the set of each tag from `KEYS[first]` on. A tag's set is sorted
+/// by when each entry expires, and trimmed of expired ones at every store: a hot tag does
+/// not collect the names of long-gone entries.
+const PUT: &str = r#"
+local function put(entry, json, ttl, name, now, first)
+  redis.call('SET', entry, json, 'PX', ttl)
+  local expires = tonumber(now) + tonumber(ttl)
+  for i = first, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    redis.call('ZADD', KEYS[i], expires, name)
+    if redis.call('PTTL', KEYS[i]) < tonumber(ttl) then
+      redis.call('PEXPIRE', KEYS[i], ttl)
+    end
+  end
+end
+"#;
+
 /// KEYS: entry, gen, tag sets…; ARGV: entry JSON, TTL ms, generation at fetch, entry name,
-/// now (ms). A tag's set is sorted by when each entry expires, and trimmed of expired ones
-/// at every store: a hot tag does not collect the names of long-gone entries.
+/// now (ms).
 /// Stores only if no invalidation happened since the fetch began.
 const STORE: &str = r#"
 local gen = redis.call('GET', KEYS[2]) or '0'
 if gen ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local expires = tonumber(ARGV[5]) + tonumber(ARGV[2])
-for i = 3, #KEYS do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[5])
-  redis.call('ZADD', KEYS[i], expires, ARGV[4])
-  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-  end
-end
+put(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], 3)
 return 1
 "#;
 
@@ -774,15 +783,7 @@ const CHANGED: &str = r#"
 redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], 604800000)
 if ARGV[1] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  local expires = tonumber(ARGV[8]) + tonumber(ARGV[2])
-  for i = 4, #KEYS do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[8])
-    redis.call('ZADD', KEYS[i], expires, ARGV[3])
-    if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) then
-      redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    end
-  end
+  put(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[8], 4)
 else
   redis.call('DEL', KEYS[2])
 end
