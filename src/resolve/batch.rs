@@ -25,17 +25,6 @@ pub struct BatchSpec {
     pub select: Vec<String>,
 }
 
-/// The part of `value` at `path`, taken out without copying (all of it for no path).
-pub fn pick_owned(mut value: Value, path: &[String]) -> Option<Value> {
-    for seg in path {
-        value = match value {
-            Value::Object(mut map) => map.remove(seg.as_str())?,
-            _ => return None,
-        };
-    }
-    Some(value)
-}
-
 type Reply = oneshot::Sender<Result<Answer, UpstreamError>>;
 
 struct Pending {
@@ -106,18 +95,12 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
             pairs.append_pair(&spec.param, v);
         }
     }
-    let selected = |value: Value| {
-        pick_owned(value, &spec.select).ok_or_else(|| UpstreamError::BadResponse {
-            upstream: req.upstream.name.clone(),
-            detail: format!("the response has no `{}` (select)", spec.select.join(".")),
-        })
-    };
     let result = client
         .send(&req)
         .await
-        .and_then(|answer| Ok((selected(answer.value)?, answer.size, answer.shareable)))
-        .and_then(|(value, size, shareable)| match value {
-            Value::Array(items) => Ok((items, size, shareable)),
+        .and_then(|answer| super::shape::select(answer, &spec.select, &req.upstream.name))
+        .and_then(|answer| match answer.value {
+            Value::Array(items) => Ok((items, answer.size, answer.shareable)),
             other => Err(UpstreamError::BadResponse {
                 upstream: req.upstream.name.clone(),
                 detail: format!("a batched request must answer a list, got {}", kind(&other)),

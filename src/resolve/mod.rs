@@ -398,18 +398,7 @@ fn select(
     rest: &RestPlan,
     answer: Result<crate::upstream::Answer, UpstreamError>,
 ) -> Result<crate::upstream::Answer, UpstreamError> {
-    let mut answer = answer?;
-    if rest.select.is_empty() || answer.not_modified {
-        return Ok(answer);
-    }
-    answer.value =
-        batch::pick_owned(std::mem::take(&mut answer.value), &rest.select).ok_or_else(|| {
-            bad(
-                rest,
-                format!("the response has no `{}` (select)", rest.select.join(".")),
-            )
-        })?;
-    Ok(answer)
+    shape::select(answer?, &rest.select, &rest.upstream.name)
 }
 
 fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
