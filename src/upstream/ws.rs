@@ -189,17 +189,17 @@ async fn run(
         let Some(owner) = owner_weak.upgrade() else {
             return;
         };
-        let grace = owner.grace;
         let stats = owner.stats.clone();
+        let idle = IdleCheck {
+            owner: &owner_weak,
+            key: &key,
+            socket: &socket,
+            grace: owner.grace,
+        };
         // Idle check between attempts too: a dead upstream nobody wants is given up.
-        if socket.taps.load(Ordering::Acquire) == 0 {
-            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= grace && owner.retire_if_idle(&key, &socket) {
-                owner.bus.release(&lease_name).await;
-                return;
-            }
-        } else {
-            idle_since = None;
+        if idle.retired(&mut idle_since) {
+            owner.bus.release(&lease_name).await;
+            return;
         }
         let tls = owner.tls.clone();
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
@@ -211,13 +211,10 @@ async fn run(
         let role = bus.lease(&lease_name, lease_for).await;
         if role == Lease::Other {
             let follower = Follower {
-                owner: &owner_weak,
-                key: &key,
-                socket: &socket,
+                idle: &idle,
                 bus: &bus,
                 name: &lease_name,
                 lease_for,
-                grace,
             };
             match follower.follow(connected_before).await {
                 Followed::Retired => return,
@@ -266,12 +263,6 @@ async fn run(
                     let _ = socket.tx.send(Event::Reconnected);
                 }
                 connected_before = true;
-                let idle = IdleCheck {
-                    owner: &owner_weak,
-                    key: &key,
-                    socket: &socket,
-                    grace,
-                };
                 let mut holder = Holder {
                     bus: &bus,
                     name: &lease_name,
@@ -346,13 +337,10 @@ impl Holder<'_> {
 
 /// A replica following the socket another replica holds.
 struct Follower<'a> {
-    owner: &'a std::sync::Weak<Sockets>,
-    key: &'a SocketKey,
-    socket: &'a Arc<Socket>,
+    idle: &'a IdleCheck<'a>,
     bus: &'a crate::bus::Bus,
     name: &'a str,
     lease_for: Duration,
-    grace: Duration,
 }
 
 /// How following ended.
@@ -375,8 +363,9 @@ impl Follower<'_> {
         let Some(mut events) = self.bus.events(self.name).await else {
             return Followed::Failed;
         };
+        let socket = self.idle.socket;
         if resumed {
-            let _ = self.socket.tx.send(Event::Reconnected);
+            let _ = socket.tx.send(Event::Reconnected);
         }
         let mut newest = 0u64;
         let renew_every = (self.lease_for / 3).max(Duration::from_millis(50));
@@ -391,7 +380,7 @@ impl Follower<'_> {
                     continue;
                 }
                 if generation > newest && newest != 0 {
-                    let _ = self.socket.tx.send(Event::Reconnected);
+                    let _ = socket.tx.send(Event::Reconnected);
                 }
                 newest = generation;
                 let event = match message {
@@ -399,20 +388,10 @@ impl Follower<'_> {
                     // Too big to pass through Redis: refetch instead.
                     None => Event::Reconnected,
                 };
-                let _ = self.socket.tx.send(event);
+                let _ = socket.tx.send(event);
             }
-            if self.socket.taps.load(Ordering::Acquire) == 0 {
-                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                let retire = since.elapsed() >= self.grace
-                    && self
-                        .owner
-                        .upgrade()
-                        .is_none_or(|o| o.retire_if_idle(self.key, self.socket));
-                if retire {
-                    return Followed::Retired;
-                }
-            } else {
-                idle_since = None;
+            if self.idle.retired(&mut idle_since) {
+                return Followed::Retired;
             }
             if tokio::time::Instant::now() >= renew_at {
                 renew_at = tokio::time::Instant::now() + renew_every;
@@ -424,12 +403,31 @@ impl Follower<'_> {
     }
 }
 
-/// What `read` needs to decide the socket is no longer wanted.
+/// What decides the socket is no longer wanted, wherever the socket's task is: between
+/// connection attempts, reading as the holder, or following.
 struct IdleCheck<'a> {
     owner: &'a std::sync::Weak<Sockets>,
     key: &'a SocketKey,
     socket: &'a Arc<Socket>,
     grace: Duration,
+}
+
+impl IdleCheck<'_> {
+    /// Whether nobody has tapped the socket for the grace period, in which case it is
+    /// forgotten (or its owner is gone): then the task ends. `idle_since` is the caller's
+    /// record of since when nobody taps it.
+    fn retired(&self, idle_since: &mut Option<tokio::time::Instant>) -> bool {
+        if self.socket.taps.load(Ordering::Acquire) > 0 {
+            *idle_since = None;
+            return false;
+        }
+        let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+        since.elapsed() >= self.grace
+            && self
+                .owner
+                .upgrade()
+                .is_none_or(|o| o.retire_if_idle(self.key, self.socket))
+    }
 }
 
 /// Reads until the socket drops, has been untapped for the grace period and is retired,
@@ -460,18 +458,9 @@ async fn read(
                 }
             }
             _ = tick.tick() => {
-                if idle.socket.taps.load(Ordering::Acquire) > 0 {
-                    idle_since = None;
-                    continue;
-                }
-                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= idle.grace {
-                    // The owner is gone, or nobody tapped the socket since: close it.
-                    let retire = idle.owner.upgrade().is_none_or(|o| o.retire_if_idle(idle.key, idle.socket));
-                    if retire {
-                        let _ = ws.close(None).await;
-                        return Ended::Retired;
-                    }
+                if idle.retired(&mut idle_since) {
+                    let _ = ws.close(None).await;
+                    return Ended::Retired;
                 }
             }
             msg = ws.next() => match msg {
