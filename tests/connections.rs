@@ -27,29 +27,8 @@ async fn connect_from(source: Ipv4Addr, to: SocketAddr) -> TcpStream {
 }
 
 /// A graphql-transport-ws WebSocket to the gateway, acknowledged.
-async fn websocket(
-    to: SocketAddr,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{to}/graphql")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
-    ws.send(Message::text(r#"{"type":"connection_init"}"#))
-        .await
-        .expect("send");
-    let ack = ws.next().await.expect("a message").expect("read");
-    assert_eq!(
-        ack.into_text().expect("text").as_str(),
-        r#"{"type":"connection_ack"}"#
-    );
-    ws
+async fn websocket(to: SocketAddr) -> common::Ws {
+    common::websocket(to, "graphql-transport-ws").await
 }
 
 /// Sends one keep-alive request and reads its whole response (headers and

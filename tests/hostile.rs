@@ -3,40 +3,10 @@
 
 mod common;
 
-use common::{sample, Gateway, Upstream};
+use common::{sample, websocket, Gateway, Upstream};
 use futures_util::{SinkExt, StreamExt};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// A WebSocket to the gateway in `protocol`, acknowledged.
-pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{to}/graphql")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
-    ws.send(Message::text(r#"{"type":"connection_init"}"#))
-        .await
-        .expect("send");
-    loop {
-        let msg = ws.next().await.expect("a message").expect("read");
-        if msg.to_text().expect("text").contains("connection_ack") {
-            return ws;
-        }
-    }
-}
-
-async fn metrics_until(gw: &Gateway, done: impl Fn(&str) -> bool) -> String {
-    gw.metrics_until(done).await
-}
 
 fn slow_and_polled_upstream() -> axum::Router {
     use axum::routing::get;
@@ -134,12 +104,13 @@ async fn reusing_operation_ids_leaves_nothing_behind_when_the_socket_closes() {
     for c in clients {
         c.await.expect("client");
     }
-    let page = metrics_until(&gw, |p| {
-        sample(p, "livegate_subscriptions{kind=\"live\"}") == 0.0
-            && sample(p, "livegate_connections{transport=\"websocket\"}") == 0.0
-            && sample(p, "livegate_tcp_connections") <= 1.0
-    })
-    .await;
+    let page = gw
+        .metrics_until(|p| {
+            sample(p, "livegate_subscriptions{kind=\"live\"}") == 0.0
+                && sample(p, "livegate_connections{transport=\"websocket\"}") == 0.0
+                && sample(p, "livegate_tcp_connections") <= 1.0
+        })
+        .await;
     assert_eq!(
         sample(&page, "livegate_subscriptions{kind=\"live\"}"),
         0.0,
@@ -493,10 +464,9 @@ async fn a_client_that_reads_nothing_for_the_timeout_is_disconnected() {
         invalidate_big(&gw).await;
         while big_version(reading.next().await.expect("a result").expect("read")) != n {}
     }
-    let page = metrics_until(&gw, |p| {
-        sample(p, "livegate_connections{transport=\"websocket\"}") == 1.0
-    })
-    .await;
+    let page = gw
+        .metrics_until(|p| sample(p, "livegate_connections{transport=\"websocket\"}") == 1.0)
+        .await;
     assert_eq!(
         sample(&page, "livegate_connections{transport=\"websocket\"}"),
         1.0,

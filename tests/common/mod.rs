@@ -199,6 +199,35 @@ impl Gateway {
     }
 }
 
+/// A WebSocket to the gateway.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket to the gateway in `protocol` (`graphql-transport-ws` or `graphql-ws`),
+/// initialised: its first message is the acknowledgement.
+pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut req = format!("ws://{to}/graphql")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .expect("send");
+    let ack = ws.next().await.expect("a message").expect("read");
+    assert_eq!(
+        ack.into_text().expect("text").as_str(),
+        r#"{"type":"connection_ack"}"#
+    );
+    ws
+}
+
 /// The `extensions.code` of the first error, if any.
 pub fn error_code(response: &Value) -> Option<String> {
     response["errors"][0]["extensions"]["code"]
