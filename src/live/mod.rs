@@ -42,13 +42,18 @@ pub enum Prepared {
 /// operation is a subscription livegate cannot serve.
 pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prepared, String> {
     bare_cr_as_lf(&mut req.query);
-    // The same limits as a query's, for every subscription (an event stream does not go
-    // through the query executor, which checks them again).
-    if let Some(refusal) = crate::server::limits::check_document(&mut req, &state.limits) {
-        state.runtime.metrics.reject(refusal.rejection());
-        return Err(refusal.message);
-    }
     let name = req.operation_name.clone();
+    let subscription = req.parsed_query().is_ok_and(|doc| {
+        operation(doc, name.as_deref()).is_some_and(|op| op.node.ty == OperationType::Subscription)
+    });
+    // A subscription is held to the same limits as a query (an event stream never reaches
+    // the query executor, where queries and mutations are checked).
+    if subscription {
+        if let Some(refusal) = crate::server::limits::check_document(&mut req, &state.limits) {
+            state.runtime.metrics.reject(refusal.rejection());
+            return Err(refusal.message);
+        }
+    }
     // Parsed once and kept in the request: the executor reuses it.
     let Ok(doc) = req.parsed_query() else {
         return Ok(Prepared::Once(req));
