@@ -315,7 +315,6 @@ impl RedisBus {
         sent.is_some()
     }
 
-    /// The invalidation generation now (`None` when Redis does not answer).
     /// The invalidation generation and the "everything changed" count now (`None` when
     /// Redis does not answer).
     async fn generation(&self) -> Option<(String, String)> {
@@ -328,18 +327,22 @@ impl RedisBus {
         .await
     }
 
-    /// The second-level entry for `key`: `Some(None)` when there is none (or it predates
-    /// an "everything changed"), `None` when Redis did not answer.
-    async fn lookup(&self, key: &CacheKey) -> Option<Option<Shared>> {
-        let keys = [self.entry_key(key), self.key("all")];
-        let raw: Option<(Option<Vec<u8>>, Option<String>)> = self
+    /// In one round trip: the generation pair ([`RedisBus::generation`]) and the
+    /// second-level entry for `key` (`None` when there is none, or it predates an
+    /// "everything changed"); `None` when Redis did not answer.
+    async fn read(&self, key: &CacheKey) -> Option<((String, String), Option<Shared>)> {
+        let keys = [self.key("gen"), self.key("all"), self.entry_key(key)];
+        let raw: Option<Generations> = self
             .call("second-level lookup", |mut c| async move {
                 redis::cmd("MGET").arg(&keys).query_async(&mut c).await
             })
             .await;
-        let (raw, all) = raw?;
-        let all = all.unwrap_or_else(|| "0".into());
-        Some(raw.and_then(|bytes| {
+        let (generation, all, raw) = raw?;
+        let (generation, all) = (
+            generation.unwrap_or_else(|| "0".into()),
+            all.unwrap_or_else(|| "0".into()),
+        );
+        let entry = raw.and_then(|bytes| {
             let parsed = decode_entry(&bytes);
             if parsed.is_none() {
                 self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
@@ -347,7 +350,8 @@ impl RedisBus {
             parsed
                 .filter(|(_, stored_all)| *stored_all == all)
                 .map(|(shared, _)| shared)
-        }))
+        });
+        Some(((generation, all), entry))
     }
 
     pub async fn load<F, Fut>(
@@ -362,29 +366,25 @@ impl RedisBus {
     {
         let outcome = |o: &str| self.metrics.l2_lookups.with_label_values(&[o]).inc();
         let fetched = |r: Result<crate::upstream::Answer, UpstreamError>| r.map(Shared::from);
-        // The generation first: a value fetched after it is stored only if no invalidation
-        // came in between.
-        let Some(generation) = self.generation().await else {
-            outcome("error");
-            return fetched(fetch().await);
-        };
         // Invalidations not yet published: Redis may still hold what they dropped here.
         if !self.unsent().is_empty() {
             outcome("error");
             return fetched(fetch().await);
         }
-        match self.lookup(&key).await {
+        // The generation with the entry: a value fetched after this is stored only if no
+        // invalidation came in between.
+        let generation = match self.read(&key).await {
             // Only a fresh value: a stale one is being refreshed, by this fetch.
-            Some(Some(hit)) if hit.age < policy.max_age => {
+            Some((_, Some(hit))) if hit.age < policy.max_age => {
                 outcome("hit");
                 return Ok(hit);
             }
+            Some((generation, _)) => generation,
             None => {
                 outcome("error");
                 return fetched(fetch().await);
             }
-            Some(_) => {}
-        }
+        };
         let lock = self.key(&format!("f:{}", key.hex()));
         let token = format!("{}:{}", self.origin, fastrand::u64(..));
         let wait = self.options.fill_wait;
@@ -429,7 +429,7 @@ impl RedisBus {
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some(Some(hit)) = self.lookup(&key).await {
+                    if let Some((_, Some(hit))) = self.read(&key).await {
                         if hit.age < policy.max_age {
                             outcome("hit");
                             return Ok(hit);
@@ -663,6 +663,9 @@ impl RedisBus {
             .await;
     }
 }
+
+/// `MGET gen all entry`: the generation, the "everything changed" count, the entry.
+type Generations = (Option<String>, Option<String>, Option<Vec<u8>>);
 
 /// A second-level entry as stored, if it is one of ours, with the "everything changed"
 /// count it was fetched under.
