@@ -1,4 +1,4 @@
-//! `cargo run --release --example demo`: the bundled demo upstreams (chat and users) on
+//! `cargo run --release --example demo`: the bundled demo upstreams (chat, users, activity) on
 //! the loopback addresses `schema.graphql` names, and the gateway serving that schema.
 
 use clap::Parser;
@@ -53,10 +53,7 @@ async fn main() -> ExitCode {
     };
     // Each demo upstream listens where the schema (or its env override) says it is.
     let mut upstreams = Vec::new();
-    for (name, app) in [
-        ("chat", livegate::demo::chat_app()),
-        ("users", livegate::demo::users_app()),
-    ] {
+    for (name, app) in livegate::demo::apps() {
         let Some(up) = plan.upstreams.get(name) else {
             eprintln!("the schema has no @upstream named {name:?}");
             return ExitCode::FAILURE;
@@ -68,7 +65,7 @@ async fn main() -> ExitCode {
         );
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => {
-                upstreams.push(format!("  demo upstream {name:<6} http://{addr}"));
+                upstreams.push(format!("  demo upstream {name:<8} http://{addr}"));
                 livegate::demo::spawn(l, app);
             }
             Err(e) => {

@@ -1,7 +1,10 @@
 //! The bundled demo upstreams behind `cargo run --example demo`: a chat service (messages
-//! by channel, `POST` to send, and a WebSocket `/ws` that announces each new message) and
-//! a users service (`/users/{id}` and the batch endpoint `/users?id=1&id=2`). Plain REST
-//! with in-memory data, so the demo needs nothing else on the machine.
+//! by channel, `POST` to send, and a WebSocket `/ws` that announces each new message), a
+//! users service (`/users/{id}` and the batch endpoint `/users?id=1&id=2`), and an
+//! activity service shaped like the public event APIs (GitHub's, say): a wrapped list,
+//! `snake_case` members, nested objects, a `type` per event, an `ETag` that answers `304`,
+//! and a WebSocket `/ws` that announces each new event. Plain REST with in-memory data, so
+//! the demo needs nothing else on the machine.
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -195,6 +198,171 @@ pub fn users_app() -> Router {
     Router::new()
         .route("/users", get(list_users))
         .route("/users/{id}", get(get_user))
+}
+
+#[derive(Clone)]
+struct Activity {
+    /// Newest first.
+    events: Arc<Mutex<Vec<Value>>>,
+    announce: broadcast::Sender<Value>,
+}
+
+fn actor(login: &str) -> Value {
+    let (id, name) = USERS
+        .iter()
+        .find(|(_, n)| {
+            n.split(' ')
+                .next()
+                .is_some_and(|f| f.eq_ignore_ascii_case(login))
+        })
+        .map(|(i, n)| (*i, *n))
+        .unwrap_or(("0", "someone"));
+    json!({"login": login, "display_name": name, "user_id": id})
+}
+
+fn event(id: usize, kind: &str, login: &str, repo: &str, payload: Value) -> Value {
+    json!({
+        "id": format!("e{id}"), "type": kind,
+        "created_at": format!("2026-11-25T09:{:02}:00Z", id % 60),
+        "actor": actor(login), "repo": {"full_name": repo}, "payload": payload,
+    })
+}
+
+impl Activity {
+    fn new() -> Self {
+        let seed = vec![
+            event(3, "star", "linus", "livegate/livegate", json!({})),
+            event(
+                2,
+                "issue",
+                "grace",
+                "livegate/livegate",
+                json!({"action": "opened", "issue": {"number": 7, "title": "Subscriptions over HTTP multipart"}}),
+            ),
+            event(
+                1,
+                "push",
+                "ada",
+                "livegate/livegate",
+                json!({"ref": "main", "size": 2, "commits": [{"message": "Interfaces and unions"}]}),
+            ),
+        ];
+        let (announce, _) = broadcast::channel(256);
+        Activity {
+            events: Arc::new(Mutex::new(seed)),
+            announce,
+        }
+    }
+
+    /// The feed's validator: it changes with every new event.
+    fn etag(events: &[Value]) -> String {
+        format!("\"feed-{}\"", events.len())
+    }
+}
+
+/// `GET /events`: `{"data": [...], "meta": {...}}`, newest first, with an `ETag`; a
+/// request whose `If-None-Match` still matches gets `304 Not Modified` and no body.
+async fn list_events(State(act): State<Activity>, headers: axum::http::HeaderMap) -> Response {
+    let events = act.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let etag = Activity::etag(&events);
+    let fresh = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
+    let cache = [
+        (axum::http::header::ETAG, etag),
+        (axum::http::header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if fresh {
+        return (StatusCode::NOT_MODIFIED, cache).into_response();
+    }
+    let count = events.len();
+    (
+        cache,
+        Json(json!({"data": events, "meta": {"count": count, "next_cursor": null}})),
+    )
+        .into_response()
+}
+
+async fn get_event(State(act): State<Activity>, Path(id): Path<String>) -> Response {
+    let events = act.events.lock().unwrap_or_else(|p| p.into_inner());
+    match events.iter().find(|e| e["id"] == id.as_str()) {
+        Some(e) => Json(json!({"data": e})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": {"code": "not_found", "message": "no such event"}})),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    repo: String,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// `POST /events` `{"type": "star", "repo": "…", "actor": "ada"}`: records an event,
+/// announces it on `/ws`, answers `{"data": event}`.
+async fn post_event(State(act): State<Activity>, body: axum::body::Bytes) -> Response {
+    let new: NewEvent = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"code": "bad_request", "message": e.to_string()}})),
+            )
+                .into_response()
+        }
+    };
+    if !["push", "issue", "star"].contains(&new.kind.as_str()) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": {"code": "bad_type", "message": "type is push, issue or star"}})),
+        )
+            .into_response();
+    }
+    let created = {
+        let mut events = act.events.lock().unwrap_or_else(|p| p.into_inner());
+        let e = event(
+            events.len() + 1,
+            &new.kind,
+            new.actor.as_deref().unwrap_or("ada"),
+            &new.repo,
+            new.payload.unwrap_or_else(|| json!({})),
+        );
+        events.insert(0, e.clone());
+        e
+    };
+    let _ = act.announce.send(created.clone());
+    (StatusCode::CREATED, Json(json!({"data": created}))).into_response()
+}
+
+async fn activity_ws(State(act): State<Activity>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(move |socket| announce(socket, act.announce.subscribe()))
+}
+
+/// The activity service's routes.
+pub fn activity_app() -> Router {
+    Router::new()
+        .route("/events", get(list_events).post(post_event))
+        .route("/events/{id}", get(get_event))
+        .route("/ws", get(activity_ws))
+        .with_state(Activity::new())
+}
+
+/// Every demo upstream by the name `schema.graphql` gives it.
+pub fn apps() -> Vec<(&'static str, Router)> {
+    vec![
+        ("chat", chat_app()),
+        ("users", users_app()),
+        ("activity", activity_app()),
+    ]
 }
 
 /// Serves `app` on `listener` in the background.

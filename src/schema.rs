@@ -6,8 +6,9 @@ use crate::config::TypeRef;
 use crate::plan::{ArgPlan, TypePlanKind};
 use crate::resolve::{self, Runtime};
 use async_graphql::dynamic::{
-    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Object, Scalar, Schema,
-    SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef as DynTypeRef,
+    Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Interface, InterfaceField,
+    Object, Scalar, Schema, SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture,
+    TypeRef as DynTypeRef, Union,
 };
 use std::sync::Arc;
 
@@ -28,6 +29,22 @@ impl Default for QueryLimits {
             disable_introspection: false,
         }
     }
+}
+
+/// Adds a field plan's arguments, description and deprecation to `$out`, a dynamic
+/// `Field` or `InterfaceField` (same builder methods, no shared trait).
+macro_rules! declare {
+    ($out:ident, $f:expr) => {
+        for a in &$f.args {
+            $out = $out.argument(input_value(a));
+        }
+        if let Some(d) = &$f.description {
+            $out = $out.description(d.clone());
+        }
+        if let Some(reason) = &$f.deprecated {
+            $out = $out.deprecation(reason.as_deref());
+        }
+    };
 }
 
 fn type_ref(ty: &TypeRef) -> DynTypeRef {
@@ -88,7 +105,7 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
     }
     for t in plan.types.values() {
         builder = match &t.kind {
-            TypePlanKind::Object { fields }
+            TypePlanKind::Object { fields, .. }
                 if plan.subscription.as_deref() == Some(t.name.as_str()) =>
             {
                 // `@stream` fields are executor subscriptions: each event is an upstream
@@ -123,11 +140,14 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                 }
                 builder.register(sub)
             }
-            TypePlanKind::Object { fields } => {
+            TypePlanKind::Object { fields, implements } => {
                 let is_mutation = plan.mutation.as_deref() == Some(t.name.as_str());
                 let mut obj = Object::new(t.name.clone());
                 if let Some(d) = &t.description {
                     obj = obj.description(d.clone());
+                }
+                for i in implements {
+                    obj = obj.implement(i.clone());
                 }
                 for f in fields {
                     let field = f.clone();
@@ -150,18 +170,32 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                             FieldFuture::Value(resolve::from_parent(&rt.plan, &ctx, &field))
                         }),
                     };
-                    for a in &f.args {
-                        out = out.argument(input_value(a));
-                    }
-                    if let Some(d) = &f.description {
-                        out = out.description(d.clone());
-                    }
-                    if let Some(reason) = &f.deprecated {
-                        out = out.deprecation(reason.as_deref());
-                    }
+                    declare!(out, f);
                     obj = obj.field(out);
                 }
                 builder.register(obj)
+            }
+            TypePlanKind::Interface { fields, .. } => {
+                let mut interface = Interface::new(t.name.clone());
+                if let Some(d) = &t.description {
+                    interface = interface.description(d.clone());
+                }
+                for f in fields {
+                    let mut out = InterfaceField::new(f.name.clone(), type_ref(&f.ty));
+                    declare!(out, f);
+                    interface = interface.field(out);
+                }
+                builder.register(interface)
+            }
+            TypePlanKind::Union { possible } => {
+                let mut union = Union::new(t.name.clone());
+                if let Some(d) = &t.description {
+                    union = union.description(d.clone());
+                }
+                for member in &possible.types {
+                    union = union.possible_type(member.clone());
+                }
+                builder.register(union)
             }
             TypePlanKind::InputObject { fields } => {
                 let mut obj = InputObject::new(t.name.clone());

@@ -51,25 +51,31 @@ fn blocks_after(marker: &str, n: usize) -> Vec<String> {
 /// The demo as `cargo run --example demo` sets it up (upstreams, schema, webhook secret),
 /// on ephemeral ports: returns the gateway's and the chat upstream's addresses.
 async fn demo() -> (String, String) {
-    let chat = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let users = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let chat_addr = chat.local_addr().expect("addr").to_string();
-    let env = vec![
-        (
-            "LIVEGATE_UPSTREAM_CHAT_URL".to_string(),
-            format!("http://{chat_addr}"),
-        ),
-        (
-            "LIVEGATE_UPSTREAM_USERS_URL".to_string(),
-            format!("http://{}", users.local_addr().expect("addr")),
-        ),
-    ];
-    livegate::demo::spawn(chat, livegate::demo::chat_app());
-    livegate::demo::spawn(users, livegate::demo::users_app());
+    let (gateway, upstreams) = demo_with_upstreams().await;
+    let chat = upstreams
+        .iter()
+        .find(|(n, _)| *n == "chat")
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    (gateway, chat)
+}
+
+/// [`demo`], with every demo upstream's name and address.
+async fn demo_with_upstreams() -> (String, Vec<(&'static str, String)>) {
+    let mut env = Vec::new();
+    let mut upstreams = Vec::new();
+    for (name, app) in livegate::demo::apps() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        upstreams.push((name, addr.clone()));
+        env.push((
+            livegate::plan::upstream_env_var(name),
+            format!("http://{addr}"),
+        ));
+        livegate::demo::spawn(listener, app);
+    }
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
         .expect("schema");
     let plan = livegate::plan::load("schema.graphql", &source, env).expect("demo schema");
@@ -85,7 +91,7 @@ async fn demo() -> (String, String) {
         options,
         std::future::pending(),
     ));
-    (addr.to_string(), chat_addr)
+    (addr.to_string(), upstreams)
 }
 
 /// A `curl -N` of the README, as pasted (ports aside), whose SSE `data:` lines are read
@@ -247,4 +253,91 @@ async fn the_readme_tour_works_against_the_demo() {
         outputs[4]["data"]["users"].as_array().map(Vec::len),
         Some(3)
     );
+}
+
+/// Runs `script` with `sh` and returns its standard output.
+async fn sh(script: &str) -> String {
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[tokio::test]
+async fn the_readme_rest_shapes_example_works_against_the_demo() {
+    let (addr, upstreams) = demo_with_upstreams().await;
+    let fix = |s: &str| {
+        let mut s = s.replace("127.0.0.1:4000", &addr);
+        for (name, port) in [("chat", 4001), ("users", 4002), ("activity", 4003)] {
+            if let Some((_, a)) = upstreams.iter().find(|(n, _)| *n == name) {
+                s = s.replace(&format!("127.0.0.1:{port}"), a);
+            }
+        }
+        s
+    };
+    let blocks = blocks_after("REST APIs as they are:", 4);
+    assert_eq!(blocks.len(), 4);
+    let feed: Value = serde_json::from_str(&sh(&fix(&blocks[0])).await).expect("JSON");
+    assert!(feed.get("errors").is_none(), "{feed}");
+    assert_eq!(
+        feed["data"]["feed"][1],
+        serde_json::json!({"__typename": "IssueEvent", "number": 7,
+            "title": "Subscriptions over HTTP multipart", "id": "e2",
+            "actor": {"name": "Grace Hopper", "user": {"id": "2"}}}),
+        "{feed}"
+    );
+    assert_eq!(feed["data"]["feed"][2]["branch"], "main", "{feed}");
+    let mut live = Sse::start(&fix(&blocks[1]));
+    let first = live.next_event().await;
+    assert_eq!(first["data"]["feed"][0]["id"], "e3", "{first}");
+    // The star through the gateway, then the event posted to the service directly.
+    let mut commands = blocks[2]
+        .split("\ncurl")
+        .map(|c| c.trim().trim_start_matches("curl").to_string())
+        .filter(|c| !c.is_empty());
+    let star = commands.next().expect("the mutation");
+    let direct = commands.next().expect("the direct post");
+    let starred: Value =
+        serde_json::from_str(&sh(&fix(&format!("curl {star}"))).await).expect("JSON");
+    assert_eq!(starred["data"]["star"]["id"], "e4", "{starred}");
+    let next = live.next_event().await;
+    assert_eq!(
+        next["data"]["feed"][0],
+        serde_json::json!({"__typename": "StarEvent", "id": "e4", "actor": {"login": "ada"}}),
+        "{next}"
+    );
+    sh(&fix(&format!("curl {direct}"))).await;
+    let next = live.next_event().await;
+    assert_eq!(
+        next["data"]["feed"][0],
+        serde_json::json!({"__typename": "PushEvent", "id": "e5", "actor": {"login": "grace"}}),
+        "{next}"
+    );
+    // The next poll finds the feed unchanged: a 304, counted.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(fix(&blocks[3]))
+            .output()
+            .await
+            .expect("sh");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(r#"upstream="activity""#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 304 counted: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }

@@ -244,31 +244,8 @@ type Query {
 /// through `@map` too, and an UPSERT `key` names the GraphQL field (matched on its member).
 #[tokio::test]
 async fn socket_patches_and_events_go_through_map() {
-    use axum::extract::ws::{Message, WebSocketUpgrade};
-    use futures_util::{SinkExt, StreamExt};
     let (say, _) = tokio::sync::broadcast::channel::<String>(16);
-    let tx = say.clone();
-    let app = api().route(
-        "/ws",
-        get(move |ws: WebSocketUpgrade| {
-            let tx = tx.clone();
-            async move {
-                ws.on_upgrade(move |socket| async move {
-                    let (mut sink, mut stream) = socket.split();
-                    let mut heard = tx.subscribe();
-                    loop {
-                        tokio::select! {
-                            said = heard.recv() => match said {
-                                Ok(text) => if sink.send(Message::text(text)).await.is_err() { break },
-                                Err(_) => break,
-                            },
-                            got = stream.next() => if !matches!(got, Some(Ok(_))) { break },
-                        }
-                    }
-                })
-            }
-        }),
-    );
+    let app = api().route("/ws", common::announcer(say.clone()));
     let up = Upstream::start(app).await;
     let schema = SCHEMA
         .replace(

@@ -406,6 +406,63 @@ pub struct LiveDirective {
     pub poll_ms: Option<Positioned<u64>>,
 }
 
+/// `@discriminate(field: "type", map: {push: "PushEvent"})` on an interface or union: the
+/// member of an upstream object that names its concrete type, and the translation of its
+/// values into type names (none: the values are type names).
+#[derive(Debug, Clone)]
+pub struct DiscriminateDirective {
+    pub field: Positioned<String>,
+    /// Upstream value → type name, in the order written.
+    pub map: Vec<(Positioned<String>, Positioned<String>)>,
+}
+
+pub fn discriminate(
+    d: &Positioned<ConstDirective>,
+    errors: &mut Errors,
+) -> Option<Positioned<DiscriminateDirective>> {
+    let mut r = ArgReader::new(d, &["field", "map"], errors);
+    let field = r.required_string("field");
+    let mut map = Vec::new();
+    if let Some(v) = r.get("map") {
+        let expected = "an object of type names like {push: \"PushEvent\"}, or a list like [{value: \"push-event\", type: \"PushEvent\"}]";
+        let at = |s: &str| Positioned::new(s.to_string(), v.pos);
+        match &v.node {
+            ConstValue::Object(pairs) => {
+                for (k, t) in pairs {
+                    match t {
+                        ConstValue::String(t) => map.push((at(k), at(t))),
+                        other => r.wrong(v.pos, "map", expected, other),
+                    }
+                }
+            }
+            ConstValue::List(items) => {
+                for item in items {
+                    let pair = match item {
+                        ConstValue::Object(o) if o.len() == 2 => {
+                            match (o.get("value"), o.get("type")) {
+                                (Some(ConstValue::String(k)), Some(ConstValue::String(t))) => {
+                                    Some((at(k), at(t)))
+                                }
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    };
+                    match pair {
+                        Some(p) => map.push(p),
+                        None => r.wrong(v.pos, "map", expected, item),
+                    }
+                }
+            }
+            other => r.wrong(v.pos, "map", expected, other),
+        }
+    }
+    Some(Positioned::new(
+        DiscriminateDirective { field: field?, map },
+        d.pos,
+    ))
+}
+
 /// `@map(from: "created_at")` on a field of an object type.
 pub fn map(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<String>> {
     let mut r = ArgReader::new(d, &["from"], errors);

@@ -17,8 +17,8 @@ use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
 pub use directives::{
-    CacheDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective, RestDirective, Scope,
-    SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
+    CacheDirective, DiscriminateDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective,
+    RestDirective, Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
 };
 
 /// A positioned error of the configuration stages. `Display` gives
@@ -144,9 +144,26 @@ pub struct FieldConfig {
 
 #[derive(Debug, Clone)]
 pub enum TypeConfigKind {
-    Object { fields: Vec<FieldConfig> },
-    InputObject { fields: Vec<ArgConfig> },
-    Enum { values: Vec<Positioned<String>> },
+    Object {
+        fields: Vec<FieldConfig>,
+        /// The interfaces it implements, as written.
+        implements: Vec<Positioned<String>>,
+    },
+    /// An interface: its fields, and how to tell an upstream object's type.
+    Interface {
+        fields: Vec<FieldConfig>,
+        discriminate: Option<Positioned<DiscriminateDirective>>,
+    },
+    Union {
+        members: Vec<Positioned<String>>,
+        discriminate: Option<Positioned<DiscriminateDirective>>,
+    },
+    InputObject {
+        fields: Vec<ArgConfig>,
+    },
+    Enum {
+        values: Vec<Positioned<String>>,
+    },
     Scalar,
 }
 
@@ -254,19 +271,48 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
         );
         return None;
     }
-    reject_directives(&def.directives, "a type", errors);
-    let kind = match &def.kind {
-        TypeKind::Object(obj) => {
-            if let Some(i) = obj.implements.first() {
-                errors.push(
-                    i.pos,
-                    "interfaces are not supported yet; remove `implements`",
-                );
+    let abstract_type = matches!(def.kind, TypeKind::Interface(_) | TypeKind::Union(_));
+    let mut discriminate = None;
+    for d in &def.directives {
+        match d.node.name.node.as_str() {
+            "discriminate" if abstract_type => {
+                if put(&mut discriminate, directives::discriminate(d, errors)) {
+                    errors.push(
+                        d.pos,
+                        format!("@discriminate is given twice on `{}`", name.node),
+                    );
+                }
             }
-            TypeConfigKind::Object {
-                fields: obj.fields.iter().map(|f| field_config(f, errors)).collect(),
-            }
+            "discriminate" => errors.push(
+                d.pos,
+                format!(
+                    "@discriminate is for interface and union types; `{}` is neither",
+                    name.node
+                ),
+            ),
+            other => errors.push(
+                d.pos,
+                format!(
+                    "directive @{other} is not allowed on a type{}",
+                    if abstract_type {
+                        "; known on interfaces and unions: @discriminate"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
         }
+    }
+    let names = |list: &[Positioned<async_graphql_value::Name>]| -> Vec<Positioned<String>> {
+        list.iter()
+            .map(|n| n.clone().map(|n| n.to_string()))
+            .collect()
+    };
+    let kind = match &def.kind {
+        TypeKind::Object(obj) => TypeConfigKind::Object {
+            fields: obj.fields.iter().map(|f| field_config(f, errors)).collect(),
+            implements: names(&obj.implements),
+        },
         TypeKind::InputObject(input) => TypeConfigKind::InputObject {
             fields: input.fields.iter().map(|a| arg_config(a, errors)).collect(),
         },
@@ -281,14 +327,25 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
                 .collect(),
         },
         TypeKind::Scalar => TypeConfigKind::Scalar,
-        TypeKind::Interface(_) => {
-            errors.push(ty.pos, "interfaces are not supported yet");
-            return None;
+        TypeKind::Interface(i) => {
+            if let Some(first) = i.implements.first() {
+                errors.push(
+                    first.pos,
+                    format!(
+                        "interface `{}` implements another interface, which livegate does not support; list every interface on the object types instead",
+                        name.node
+                    ),
+                );
+            }
+            TypeConfigKind::Interface {
+                fields: i.fields.iter().map(|f| field_config(f, errors)).collect(),
+                discriminate,
+            }
         }
-        TypeKind::Union(_) => {
-            errors.push(ty.pos, "unions are not supported yet");
-            return None;
-        }
+        TypeKind::Union(u) => TypeConfigKind::Union {
+            members: names(&u.members),
+            discriminate,
+        },
     };
     Some(TypeConfig {
         name,

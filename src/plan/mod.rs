@@ -5,6 +5,7 @@
 //!
 //! Pure and synchronous, like [`crate::config`]: a string in, `Result<Plan, Vec<_>>` out.
 
+mod abstracts;
 mod rest;
 mod stream;
 
@@ -18,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use abstracts::Possible;
 pub use rest::{Batch, Body, RestPlan};
 pub use stream::{Apply, SourcePlan, UpdatesPlan};
 
@@ -150,9 +152,26 @@ pub struct LivePlan {
 
 #[derive(Debug)]
 pub enum TypePlanKind {
-    Object { fields: Vec<Arc<FieldPlan>> },
-    InputObject { fields: Vec<ArgPlan> },
-    Enum { values: Vec<String> },
+    Object {
+        fields: Vec<Arc<FieldPlan>>,
+        /// The interfaces it implements.
+        implements: Vec<String>,
+    },
+    /// Its fields are declared for queries and introspection; values are resolved by
+    /// the fields of the concrete object type [`Possible::type_of`] picks.
+    Interface {
+        fields: Vec<Arc<FieldPlan>>,
+        possible: Possible,
+    },
+    Union {
+        possible: Possible,
+    },
+    InputObject {
+        fields: Vec<ArgPlan>,
+    },
+    Enum {
+        values: Vec<String>,
+    },
     Scalar,
 }
 
@@ -182,9 +201,33 @@ impl Plan {
 
     pub fn object_fields(&self, type_name: &str) -> Option<&[Arc<FieldPlan>]> {
         match &self.types.get(type_name)?.kind {
-            TypePlanKind::Object { fields } => Some(fields),
+            TypePlanKind::Object { fields, .. } => Some(fields),
             _ => None,
         }
+    }
+
+    /// The interface's or union's possible types, if `type_name` is one.
+    pub fn possible(&self, type_name: &str) -> Option<&Possible> {
+        match &self.types.get(type_name)?.kind {
+            TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible } => {
+                Some(possible)
+            }
+            _ => None,
+        }
+    }
+
+    /// The field `name` selected on a value of `type_name`: the object's own, or for an
+    /// interface or union, the first possible type's field of that name (a selection in a
+    /// fragment on one of them).
+    pub fn field(&self, type_name: &str, name: &str) -> Option<&Arc<FieldPlan>> {
+        if let Some(fields) = self.object_fields(type_name) {
+            return fields.iter().find(|f| f.name == name);
+        }
+        let possible = self.possible(type_name)?;
+        possible.types.iter().find_map(|t| {
+            self.object_fields(t)
+                .and_then(|fields| fields.iter().find(|f| f.name == name))
+        })
     }
 }
 
@@ -204,9 +247,10 @@ pub const BUILTIN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID
 /// What a named type is, as far as type positions care.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    Output, // object
-    Input,  // input object
-    Leaf,   // scalar or enum
+    Output,   // object
+    Abstract, // interface or union
+    Input,    // input object
+    Leaf,     // scalar or enum
 }
 
 pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigError>> {
@@ -217,6 +261,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
     for t in &config.types {
         let kind = match t.kind {
             TypeConfigKind::Object { .. } => Kind::Output,
+            TypeConfigKind::Interface { .. } | TypeConfigKind::Union { .. } => Kind::Abstract,
             TypeConfigKind::InputObject { .. } => Kind::Input,
             TypeConfigKind::Enum { .. } | TypeConfigKind::Scalar => Kind::Leaf,
         };
@@ -279,6 +324,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
         }
     }
 
+    let relations = abstracts::Relations::new(config);
     let mut types = IndexMap::new();
     for t in &config.types {
         let name = t.name.node.clone();
@@ -293,7 +339,65 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             Role::Object
         };
         let kind = match &t.kind {
-            TypeConfigKind::Object { fields } => {
+            TypeConfigKind::Interface {
+                fields,
+                discriminate,
+            } => {
+                let possible = abstracts::possible(
+                    &kinds,
+                    &relations,
+                    &t.name,
+                    None,
+                    discriminate.as_ref(),
+                    &mut errors,
+                );
+                let ctx = FieldCtx {
+                    config,
+                    kinds: &kinds,
+                    upstreams: &upstreams,
+                    type_name: &name,
+                    role: Role::Interface,
+                    fields,
+                    relations: &relations,
+                };
+                if fields.is_empty() {
+                    errors.push(t.name.pos, format!("interface `{name}` has no fields"));
+                }
+                let fields = fields
+                    .iter()
+                    .map(|f| Arc::new(interface_field(&ctx, f, &mut errors)))
+                    .collect();
+                TypePlanKind::Interface { fields, possible }
+            }
+            TypeConfigKind::Union {
+                members,
+                discriminate,
+            } => TypePlanKind::Union {
+                possible: abstracts::possible(
+                    &kinds,
+                    &relations,
+                    &t.name,
+                    Some(members),
+                    discriminate.as_ref(),
+                    &mut errors,
+                ),
+            },
+            TypeConfigKind::Object { fields, implements } => {
+                if role == Role::Subscription && !implements.is_empty() {
+                    errors.push(
+                        implements[0].pos,
+                        format!("the subscription type `{name}` cannot implement an interface: its fields are streams, not values"),
+                    );
+                }
+                abstracts::check_implements(
+                    config,
+                    &kinds,
+                    &relations,
+                    &name,
+                    fields,
+                    implements,
+                    &mut errors,
+                );
                 if fields.is_empty() {
                     errors.push(t.name.pos, format!("type `{name}` has no fields"));
                 }
@@ -313,6 +417,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         type_name: &name,
                         role,
                         fields,
+                        relations: &relations,
                     };
                     if role == Role::Subscription {
                         member(&ctx, f, &mut errors);
@@ -323,7 +428,10 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         planned.push(Arc::new(p));
                     }
                 }
-                TypePlanKind::Object { fields: planned }
+                TypePlanKind::Object {
+                    fields: planned,
+                    implements: implements.iter().map(|i| i.node.clone()).collect(),
+                }
             }
             TypeConfigKind::InputObject { fields } => TypePlanKind::InputObject {
                 fields: fields.iter().map(|a| arg(a, &kinds, &mut errors)).collect(),
@@ -462,6 +570,7 @@ enum Role {
     Mutation,
     Subscription,
     Object,
+    Interface,
 }
 
 struct FieldCtx<'a> {
@@ -472,6 +581,7 @@ struct FieldCtx<'a> {
     role: Role,
     /// All fields of the enclosing type: what `{parent.x}` may name.
     fields: &'a [FieldConfig],
+    relations: &'a abstracts::Relations<'a>,
 }
 
 impl<'a> FieldCtx<'a> {
@@ -479,9 +589,46 @@ impl<'a> FieldCtx<'a> {
     fn object_fields(&self, name: &str) -> Option<&'a [FieldConfig]> {
         let t = self.config.types.iter().find(|t| t.name.node == name)?;
         match &t.kind {
-            TypeConfigKind::Object { fields } => Some(fields),
+            TypeConfigKind::Object { fields, .. } => Some(fields),
             _ => None,
         }
+    }
+
+    /// The upstream member that the field `key` of items of type `item` reads: its
+    /// `@map(from:)`, or its name. For an interface or union, every possible type must
+    /// have the field and read the same member. `Err` says why there is none.
+    fn key_member(&self, item: &str, key: &str) -> Result<String, String> {
+        let types: Vec<&str> = match self.kinds.get(item) {
+            Some(Kind::Output) => vec![item],
+            Some(Kind::Abstract) => self.relations.possible(item).to_vec(),
+            _ => return Err(format!("`{item}` is not an object type")),
+        };
+        let mut member: Option<String> = None;
+        for t in types {
+            let field = self
+                .object_fields(t)
+                .and_then(|fields| fields.iter().find(|x| x.name.node == key))
+                .ok_or_else(|| format!("`{t}` has no field `{key}`"))?;
+            let m = match &field.map {
+                Some(m) if m.node.contains('.') => {
+                    return Err(format!(
+                    "`{t}.{key}` reads the nested member {:?}; a key must be a top-level member",
+                    m.node
+                ))
+                }
+                Some(m) => m.node.clone(),
+                None => key.to_string(),
+            };
+            match &member {
+                Some(earlier) if *earlier != m => {
+                    return Err(format!(
+                        "the types of `{item}` read `{key}` from different members ({earlier:?}, {m:?})"
+                    ))
+                }
+                _ => member = Some(m),
+            }
+        }
+        member.ok_or_else(|| format!("`{item}` has no possible type"))
     }
 }
 
@@ -530,6 +677,11 @@ fn check_type(
         None => errors.push(ty.pos, format!("unknown type `{base}`")),
         Some(Kind::Leaf) => {}
         Some(k) if *k == want => {}
+        Some(Kind::Abstract) if want == Kind::Output => {}
+        Some(Kind::Abstract) => errors.push(
+            ty.pos,
+            format!("`{base}` is an interface or union type and cannot be an argument's type"),
+        ),
         Some(Kind::Input) => errors.push(
             ty.pos,
             format!("`{base}` is an input type and cannot be a field's type"),
@@ -626,6 +778,34 @@ fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> Option<Fie
     })
 }
 
+/// A field of an interface: declared for queries and introspection, resolved by the
+/// implementing types' fields, so it takes no directive but `@deprecated`.
+fn interface_field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) -> FieldPlan {
+    check_type(&f.ty, Kind::Output, ctx.kinds, errors);
+    let args: Vec<ArgPlan> = f.args.iter().map(|a| arg(a, ctx.kinds, errors)).collect();
+    let given = [
+        (f.rest.as_ref().map(|d| d.pos), "@rest"),
+        (f.cache.as_ref().map(|d| d.pos), "@cache"),
+        (f.invalidates.as_ref().map(|d| d.pos), "@invalidates"),
+        (f.live.as_ref().map(|d| d.pos), "@live"),
+        (f.updates.as_ref().map(|d| d.pos), "@updates"),
+        (f.stream.as_ref().map(|d| d.pos), "@stream"),
+        (f.map.as_ref().map(|d| d.pos), "@map"),
+    ];
+    for (pos, directive) in given {
+        if let Some(pos) = pos {
+            errors.push(
+                pos,
+                format!(
+                    "{directive} on interface field `{}.{}` is not read: each implementing type's field says where its value comes from",
+                    ctx.type_name, f.name.node
+                ),
+            );
+        }
+    }
+    subscription_plan(f, args, None, None)
+}
+
 /// A Subscription field: `@live` mirrors the Query field of the same name, which must
 /// take the same arguments, return the same type, and be cached (its cache entry is what
 /// every subscriber shares).
@@ -713,7 +893,8 @@ fn live_field(
     Some(subscription_plan(f, args, Some(LivePlan { poll }), None))
 }
 
-/// A Subscription field's plan: it resolves nothing itself.
+/// The plan of a field that resolves nothing itself: a Subscription field, or an
+/// interface's field.
 fn subscription_plan(
     f: &FieldConfig,
     args: Vec<ArgPlan>,

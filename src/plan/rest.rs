@@ -190,25 +190,13 @@ fn batch(
             "the path must not use {parent.…}; only the batched query parameter may",
         );
     }
-    let item_type = f.ty.node.base_name();
-    let item_fields = ctx.object_fields(item_type);
-    match item_fields {
-        Some(fields) if fields.iter().any(|x| x.name.node == key.node) => {}
-        Some(_) => {
-            return fail(
-                errors,
-                &format!(
-                    "`{item_type}` has no field `{}` to match items by",
-                    key.node
-                ),
-            )
-        }
-        None => return fail(errors, &format!("`{item_type}` is not an object type")),
-    }
-    Some(Batch {
-        param,
-        key: key.node.clone(),
-    })
+    // The batch answer is upstream-shaped: items are matched by the member the key
+    // field reads (`@map`).
+    let member = match ctx.key_member(f.ty.node.base_name(), &key.node) {
+        Ok(m) => m,
+        Err(why) => return fail(errors, &why),
+    };
+    Some(Batch { param, key: member })
 }
 
 fn body(

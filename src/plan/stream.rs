@@ -116,28 +116,10 @@ pub(super) fn updates(
         _ => {}
     }
     if let Some(k) = &u.node.key {
-        let item = f.ty.node.base_name();
-        let field = ctx
-            .object_fields(item)
-            .and_then(|fields| fields.iter().find(|x| x.name.node == k.node));
         // Messages are upstream-shaped: the key is the member the field reads (`@map`).
-        if let Some(m) = field.and_then(|x| x.map.as_ref()) {
-            if m.node.contains('.') {
-                errors.push(
-                    k.pos,
-                    format!("@updates(key: {:?}): `{item}.{}` reads the nested member {:?}; a key must be a top-level member", k.node, k.node, m.node),
-                );
-            }
-            key = Some(m.node.clone());
-        }
-        if field.is_none() {
-            errors.push(
-                k.pos,
-                format!(
-                    "@updates(key: {:?}): `{item}` has no field `{}`",
-                    k.node, k.node
-                ),
-            );
+        match ctx.key_member(f.ty.node.base_name(), &k.node) {
+            Ok(m) => key = Some(m),
+            Err(why) => errors.push(k.pos, format!("@updates(key: {:?}): {why}", k.node)),
         }
     }
     let source = source(ctx, &u.node.source, args, "updates", errors)?;

@@ -203,3 +203,87 @@ fn batching_is_checked_for_sense() {
         "{got:#?}"
     );
 }
+
+/// Each mistake in interfaces, unions and `@discriminate`, with its exact message.
+#[test]
+fn interface_and_union_mistakes_get_exact_errors() {
+    const Q: &str = "\ntype Query { x: U @rest(upstream: \"chat\", path: \"/x\") }";
+    const A: &str = "type A { id: ID! }\ntype B { id: ID! }";
+    let table: &[(String, &[&str])] = &[
+        (
+            format!("union U = A | B\n{A}{Q}"),
+            &["schema.graphql:4:7: union `U` needs @discriminate(field: …): the member of its upstream objects that names their type, like @discriminate(field: \"type\")"],
+        ),
+        (
+            format!("union U @discriminate(field: \"t\", map: {{a: \"A\", c: \"C\"}}) = A | B\n{A}{Q}"),
+            &[
+                "schema.graphql:4:9: @discriminate(map:) on `U` gives no value for `B`; every possible type needs one",
+                "schema.graphql:4:40: @discriminate(map:) on `U`: `C` is not a member of `U`; members: A, B",
+            ],
+        ),
+        (
+            format!("union U @discriminate(field: \"t\") = A | Nope | Int | A\n{A}{Q}"),
+            &[
+                "schema.graphql:4:41: union `U`: unknown type `Nope`",
+                "schema.graphql:4:48: union `U`: `Int` is not an object type; a union's members are object types",
+                "schema.graphql:4:54: union `U` lists `A` twice",
+            ],
+        ),
+        (
+            format!("union U @discriminate(field: \"a..b\", map: 3) = A | B\n{A}{Q}"),
+            &[
+                "schema.graphql:4:43: @discriminate(map:) expects an object of type names like {push: \"PushEvent\"}, or a list like [{value: \"push-event\", type: \"PushEvent\"}], got the number 3",
+            ],
+        ),
+        (
+            format!("interface U @discriminate(field: \"t\") {{ id: ID! n(first: Int): [String!] }}\ntype A implements U {{ id: String n(first: String, after: Int!): [String] }}\ntype B implements U & U {{ x: Int }}{Q}"),
+            &[
+                "schema.graphql:5:27: `A.id` is `String`, but `U.id` is `ID!`; an implementation's field has the interface's type or a more specific one",
+                "schema.graphql:5:43: argument `first` of `A.n` is `String`, but `U.n` declares `Int`",
+                "schema.graphql:5:58: argument `after: Int!` of `A.n` is required, but `U.n` does not declare it; make it optional",
+                "schema.graphql:5:65: `A.n` is `[String]`, but `U.n` is `[String!]`; an implementation's field has the interface's type or a more specific one",
+                "schema.graphql:6:19: `B` implements `U` but has no field `id: ID!`",
+                "schema.graphql:6:19: `B` implements `U` but has no field `n: [String!]`",
+                "schema.graphql:6:23: `B` implements `U` twice",
+            ],
+        ),
+        (
+            format!("interface U @discriminate(field: \"t\") {{ id: ID! @rest(upstream: \"chat\", path: \"/i\") name: String @map(from: \"n\") }}{Q}"),
+            &[
+                "schema.graphql:4:11: interface `U` has no object type that implements it, so no value can have it",
+                "schema.graphql:4:49: @rest on interface field `U.id` is not read: each implementing type's field says where its value comes from",
+                "schema.graphql:4:109: @map on interface field `U.name` is not read: each implementing type's field says where its value comes from",
+            ],
+        ),
+        (
+            format!("type A implements String & Nope & Query {{ id: ID! }}\nunion U @discriminate(field: \"a..b\") = A{Q}"),
+            &[
+                "schema.graphql:4:19: `A` implements `String`, which is not an interface",
+                "schema.graphql:4:28: `A` implements `Nope`, an unknown type",
+                "schema.graphql:4:35: `A` implements `Query`, which is not an interface",
+                "schema.graphql:5:30: @discriminate(field: \"a..b\") must be a member name or a dotted path like \"meta.kind\"",
+            ],
+        ),
+        (
+            format!("type T @discriminate(field: \"t\") {{ a: Int }}\nunion U @discriminate(field: \"t\") @cache(maxAge: 1) = T{Q}"),
+            &[
+                "schema.graphql:4:8: @discriminate is for interface and union types; `T` is neither",
+                "schema.graphql:5:35: directive @cache is not allowed on a type; known on interfaces and unions: @discriminate",
+            ],
+        ),
+        (
+            format!("union U @discriminate(field: \"t\") = A | B\n{A}\ntype Query {{ x(u: U): String @rest(upstream: \"chat\", path: \"/x\") }}"),
+            &["schema.graphql:7:19: `U` is an interface or union type and cannot be an argument's type"],
+        ),
+        (
+            "union U @discriminate(field: \"t\") = A | B\ntype A { id: ID! @map(from: \"a_id\") }\ntype B { id: ID! }\ntype Query { x: [U] @rest(upstream: \"chat\", path: \"/x\") @cache(maxAge: 1) @updates(upstream: \"chat\", path: \"/ws\", apply: UPSERT, key: \"id\") }".to_string(),
+            &["schema.graphql:7:135: @updates(key: \"id\"): the types of `U` read `id` from different members (\"a_id\", \"id\")"],
+        ),
+    ];
+    let wrong: Vec<String> = table
+        .iter()
+        .filter(|(body, want)| errors(body) != *want)
+        .map(|(body, _)| format!("{body}\n=> {:#?}", errors(body)))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}

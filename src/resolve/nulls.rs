@@ -75,10 +75,7 @@ fn types_along<'p>(
                     fields_named(doc, set, key, &mut name, &mut found, 0);
                 }
                 let name = name?;
-                let field = plan
-                    .object_fields(&object)?
-                    .iter()
-                    .find(|f| f.name == name.as_str())?;
+                let field = plan.field(&object, name.as_str())?;
                 types.push(&field.ty);
                 object = field.ty.base_name().to_string();
                 sets = found;

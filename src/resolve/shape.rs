@@ -87,6 +87,12 @@ pub fn output(plan: &Plan, node: Node, ty: &TypeRef) -> Option<FieldValue<'stati
         }
         TypeRef::Named { name, .. } => match plan.types.get(name.as_str()).map(|t| &t.kind) {
             Some(TypePlanKind::Object { .. }) => Some(FieldValue::owned_any(node)),
+            // [`check`] proved the discriminator names a type; a value that was not
+            // checked and names none is null.
+            Some(TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible }) => {
+                let concrete = possible.type_of(value).ok()?.to_string();
+                Some(FieldValue::owned_any(node).with_type(concrete))
+            }
             Some(TypePlanKind::Enum { .. }) => match value {
                 Value::String(s) => Some(FieldValue::value(GqlValue::Enum(Name::new(s)))),
                 _ => None,
@@ -147,7 +153,7 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
         if path.is_empty() {
             "the body".to_string()
         } else {
-            format!("`{}`", &path[1..])
+            format!("`{}`", path.strip_prefix('.').unwrap_or(path))
         }
     };
     if value.is_null() {
@@ -181,22 +187,24 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
                     Some(TypePlanKind::Enum { values }) => value
                         .as_str()
                         .is_some_and(|s| values.iter().any(|v| v == s)),
-                    Some(TypePlanKind::Object { fields }) => {
+                    Some(TypePlanKind::Object { fields, .. }) => {
                         if !value.is_object() {
                             return Err(format!("{} should be an object ({name})", at(path)));
                         }
-                        for f in fields.iter().filter(|f| f.rest.is_none()) {
-                            let len = path.len();
-                            path.push('.');
-                            path.push_str(&f.name);
-                            let found = f
-                                .member
-                                .iter()
-                                .try_fold(value, |v, m| v.get(&**m))
-                                .unwrap_or(&Value::Null);
-                            check_at(plan, found, &f.ty, path)?;
-                            path.truncate(len);
+                        check_fields(plan, value, fields, path)?;
+                        true
+                    }
+                    Some(
+                        TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible },
+                    ) => {
+                        if !value.is_object() {
+                            return Err(format!("{} should be an object ({name})", at(path)));
                         }
+                        let concrete = possible
+                            .type_of(value)
+                            .map_err(|why| format!("{} {why}", at(path)))?;
+                        let fields = plan.object_fields(concrete).unwrap_or(&[]);
+                        check_fields(plan, value, fields, path)?;
                         true
                     }
                     // Custom scalars accept any JSON.
@@ -214,6 +222,29 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
             }
         }
     }
+}
+
+/// Checks the members of the upstream object `value` that `fields` read (those without
+/// their own `@rest`).
+fn check_fields(
+    plan: &Plan,
+    value: &Value,
+    fields: &[Arc<crate::plan::FieldPlan>],
+    path: &mut String,
+) -> Result<(), String> {
+    for f in fields.iter().filter(|f| f.rest.is_none()) {
+        let len = path.len();
+        path.push('.');
+        path.push_str(&f.name);
+        let found = f
+            .member
+            .iter()
+            .try_fold(value, |v, m| v.get(&**m))
+            .unwrap_or(&Value::Null);
+        check_at(plan, found, &f.ty, path)?;
+        path.truncate(len);
+    }
+    Ok(())
 }
 
 fn describe(v: &Value) -> String {

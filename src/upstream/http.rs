@@ -138,6 +138,8 @@ impl UpstreamClient {
             }),
         };
         let status = match &result {
+            // A conditional request answered without a body: the economy ETags buy.
+            Ok(answer) if answer.not_modified => "304",
             Ok(_) => "2xx",
             Err(UpstreamError::HttpError { status, .. }) if *status < 500 => "4xx",
             Err(UpstreamError::HttpError { .. }) => "5xx",

@@ -245,3 +245,28 @@ pub fn sample(page: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// An upstream WebSocket route that sends every string said on `say` to each connected
+/// socket, as a text frame, until the socket closes.
+pub fn announcer(say: tokio::sync::broadcast::Sender<String>) -> axum::routing::MethodRouter {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    axum::routing::get(move |ws: WebSocketUpgrade| {
+        let tx = say.clone();
+        async move {
+            ws.on_upgrade(move |socket| async move {
+                let (mut sink, mut stream) = socket.split();
+                let mut heard = tx.subscribe();
+                loop {
+                    tokio::select! {
+                        said = heard.recv() => match said {
+                            Ok(text) => if sink.send(Message::text(text)).await.is_err() { break },
+                            Err(_) => break,
+                        },
+                        got = stream.next() => if !matches!(got, Some(Ok(_))) { break },
+                    }
+                }
+            })
+        }
+    })
+}
