@@ -46,6 +46,17 @@ fn api() -> Router {
                 Json(json!({"results": results, "next": null}))
             }),
         )
+        .route(
+            "/people",
+            get(|Query(q): Query<Vec<(String, String)>>| async move {
+                let people: Vec<Value> = q
+                    .iter()
+                    .filter(|(k, _)| k == "id")
+                    .map(|(_, id)| json!({"person_id": id, "handle": format!("@p{id}")}))
+                    .collect();
+                Json(json!({"people": people}))
+            }),
+        )
         .route("/empty", get(|| async { Json(json!({"meta": {}})) }))
         .route(
             "/issues",
@@ -84,7 +95,9 @@ type Issue {
   ownerLogin: String @map(from: "owner.login")
   ownerId: ID @map(from: "owner.user_id")
   owner: Owner @rest(upstream: "api", path: "/owners", query: {id: "{parent.ownerId}"}, batchKey: "id", select: "results")
+  person: Person @rest(upstream: "api", path: "/people", query: {id: "{parent.ownerId}"}, batchKey: "id", select: "people")
 }
+type Person { id: ID! @map(from: "person_id") handle: String! }
 type Subscription { repos: [Repo!]! @live }
 "#;
 
@@ -200,6 +213,15 @@ async fn map_reads_members_under_other_names_and_nested_paths() {
         "{{parent.ownerId}} read owner.user_id: {:?}",
         up.requests()
     );
+    // A batch answer is upstream-shaped: its items are matched on the member the key
+    // field reads (`Person.id` reads `person_id`).
+    let r = gw.query("{ issues { person { id handle } } }").await;
+    assert_eq!(
+        r["data"]["issues"],
+        json!([{"person": {"id": "7", "handle": "@p7"}}, {"person": {"id": "8", "handle": "@p8"}}]),
+        "{r}"
+    );
+    assert_eq!(up.count_matching("GET /people"), 1, "{:?}", up.requests());
     // A mapped non-null member that is missing fails the field, as an unmapped one would.
     let r = gw.query("{ brokenIssues { id } }").await;
     assert_eq!(
