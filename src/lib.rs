@@ -24,6 +24,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod deps;
+pub mod exec;
 pub mod live;
 pub mod metrics;
 pub mod plan;
@@ -188,6 +189,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
     ));
     Ok(AppState {
         schema,
+        executor: Arc::new(exec::Executor::default()),
         runtime,
         max_body: options.max_request_body,
         responses,

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub uncacheable: IntCounterVec,
     /// Cluster-wide leases this replica took: `acquired` (free) or `takeover`.
     pub leases: IntCounterVec,
+    /// Prepared-document cache lookups of the executor: `hit` or `miss`.
+    pub plans: IntCounterVec,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -219,6 +221,12 @@ impl Metrics {
                 "livegate_leases_total",
                 "Cluster-wide leases (an upstream socket, a live entry's poller) this replica took: acquired (free) or takeover (from a holder that stopped renewing)",
                 &["event"],
+            ),
+            plans: counter_vec(
+                &r,
+                "livegate_prepared_documents_total",
+                "Executor lookups of a parsed and validated document by (document, operation name): hit, or miss (parsed and validated now)",
+                &["result"],
             ),
             registry: r,
         }

@@ -99,7 +99,8 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
         plan.subscription.as_deref(),
     )
     .limit_depth(limits.max_depth)
-    .limit_complexity(limits.max_complexity);
+    .limit_complexity(limits.max_complexity)
+    .extension(crate::exec::Gate);
     if limits.disable_introspection {
         builder = builder.disable_introspection();
     }

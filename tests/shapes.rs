@@ -102,13 +102,7 @@ type Subscription { repos: [Repo!]! @live }
 "#;
 
 async fn setup() -> (Upstream, Gateway) {
-    let up = Upstream::start(api()).await;
-    let gw = Gateway::start(
-        &SCHEMA.replace("{up}", &up.url()),
-        livegate::Options::default(),
-    )
-    .await;
-    (up, gw)
+    common::serve(api(), SCHEMA).await
 }
 
 #[tokio::test]

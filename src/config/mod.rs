@@ -65,7 +65,7 @@ pub enum TypeRef {
 }
 
 impl TypeRef {
-    fn from_parser(ty: &async_graphql_parser::types::Type) -> TypeRef {
+    pub fn from_parser(ty: &async_graphql_parser::types::Type) -> TypeRef {
         let non_null = !ty.nullable;
         match &ty.base {
             BaseType::Named(name) => TypeRef::Named {

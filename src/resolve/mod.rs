@@ -8,7 +8,7 @@ mod request;
 pub mod shape;
 pub mod stream;
 
-use crate::cache::{Cache, Tag};
+use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, Deps, FetchFn, RootFetch};
 use crate::live::Hub;
 use crate::metrics::Metrics;
@@ -137,7 +137,8 @@ pub fn from_parent(
     shape::output(plan, parent.at(&field.member), &field.ty)
 }
 
-/// A field with `@rest`; its errors are reported here, with their path, and the field
+/// A field with `@rest`, for async-graphql's dynamic executor (introspection documents
+/// and `@stream` events); its errors are reported here, with their path, and the field
 /// becomes null (async-graphql's dynamic executor drops the path of an error a resolver
 /// returns, so resolvers never return one).
 pub async fn rest_field(
@@ -148,13 +149,55 @@ pub async fn rest_field(
     mutation: bool,
 ) -> Resolved {
     let ctx_ref = ctx.ctx;
-    match resolve_rest(rt, field, rest, ctx, mutation).await {
-        Ok(v) => Ok(v),
+    let args = args_json(&ctx);
+    let empty = ClientHeaders::default();
+    let no_deps = Deps::default();
+    let call = Call {
+        args: &args,
+        parent: ctx.parent_value.downcast_ref::<Node>().map(Node::value),
+        headers: &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0,
+        deps: ctx
+            .data_opt::<Arc<Deps>>()
+            .map(|d| &**d)
+            .unwrap_or(&no_deps),
+        mutation,
+    };
+    let fetched = fetch(rt, field, rest, call).await.and_then(|f| match f {
+        // This executor completes a value only if all of it fits (the planned executor
+        // completes leaf by leaf).
+        Some(f) => shape::check(&rt.plan, &f.value, &field.ty)
+            .map(|()| Some(f.value))
+            .map_err(|d| bad(rest, d)),
+        None => Ok(None),
+    });
+    match fetched {
+        Ok(v) => Ok(v.and_then(|v| shape::output(&rt.plan, Node::new(v), &field.ty))),
         Err(e) => {
+            let e = e.to_graphql();
             ctx_ref.add_error(ctx_ref.set_error_path(e.into_server_error(ctx_ref.item.pos)));
             Ok(None)
         }
     }
+}
+
+/// What a `@rest` field is called with.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    /// The field's arguments as one JSON object (what `{args…}` reads).
+    pub args: &'a Value,
+    /// The parent object's upstream data (what `{parent…}` reads); `None` at the root.
+    pub parent: Option<&'a Value>,
+    pub headers: &'a HeaderMap,
+    /// Collects the cache entries read.
+    pub deps: &'a Deps,
+    pub mutation: bool,
+}
+
+/// A `@rest` field's value: the selected part of the upstream answer, and the cache
+/// entry it came from (`None`: not from a shared entry).
+pub struct Fetched {
+    pub value: Arc<Value>,
+    pub key: Option<CacheKey>,
 }
 
 /// The message async-graphql gives a non-null field that resolved to null: noise after
@@ -172,35 +215,29 @@ pub fn tidy_errors(errors: &mut Vec<async_graphql::ServerError>) {
     errors.retain(|e| e.message != NON_NULL_NOISE || !explained.contains(&e.path));
 }
 
-/// Mutations go straight to the upstream (never cached, never
-/// coalesced: two identical mutations are two mutations) and then invalidate their tags.
-async fn resolve_rest(
+/// Fetches a `@rest` field's value through the shared cache (a batch, for a `batchKey`
+/// field); `None` when a batched field's parent has no key. Mutations go straight to the
+/// upstream (never cached, never coalesced: two identical mutations are two mutations)
+/// and then invalidate their tags. The value is upstream-shaped and not checked against
+/// the field's type: the executor completes what is selected.
+pub async fn fetch(
     rt: &Arc<Runtime>,
     field: &Arc<FieldPlan>,
     rest: &RestPlan,
-    ctx: ResolverContext<'_>,
-    mutation: bool,
-) -> Resolved {
-    let args = args_json(&ctx);
-    let parent = ctx.parent_value.downcast_ref::<Node>();
+    call: Call<'_>,
+) -> Result<Option<Fetched>, UpstreamError> {
+    let parent = call.parent;
     let vars = Vars {
-        args: &args,
-        parent: parent.map(Node::value),
+        args: call.args,
+        parent,
     };
-    let empty = ClientHeaders::default();
-    let headers = &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0;
-    let no_deps = Deps::default();
-    let deps: &Deps = ctx
-        .data_opt::<Arc<Deps>>()
-        .map(|d| &**d)
-        .unwrap_or(&no_deps);
-    let gql = |e: UpstreamError| e.to_graphql();
+    let headers = call.headers;
+    let deps = call.deps;
 
-    if mutation {
+    if call.mutation {
         deps.spoil();
-        let req = request::build(rest, vars, headers, None).map_err(gql)?;
-        let value = select(rest, rt.client.send(&req).await).map_err(gql)?.value;
-        shape::check(&rt.plan, &value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
+        let req = request::build(rest, vars, headers, None)?;
+        let value = select(rest, rt.client.send(&req).await)?.value;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
             rt.metrics
@@ -210,18 +247,17 @@ async fn resolve_rest(
             let dropped = rt.invalidate(&tags).await;
             tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
-        return Ok(shape::output(
-            &rt.plan,
-            Node::new(Arc::new(value)),
-            &field.ty,
-        ));
+        return Ok(Some(Fetched {
+            value: Arc::new(value),
+            key: None,
+        }));
     }
 
     if let (Some(batch), Some(_)) = (&rest.batch, parent) {
         return batched(rt, field, rest, batch, vars, headers, deps).await;
     }
 
-    let req = request::build(rest, vars, headers, None).map_err(gql)?;
+    let req = request::build(rest, vars, headers, None)?;
     let scope = rest
         .cache
         .as_ref()
@@ -250,18 +286,12 @@ async fn resolve_rest(
                 if !answer.shareable {
                     rt.warn_unshareable(&field.name, rest_cached);
                 }
-                shape::check(&rt.plan, &answer.value, &field.ty).map_err(|detail| {
-                    UpstreamError::BadResponse {
-                        upstream: req.upstream.name.clone(),
-                        detail,
-                    }
-                })?;
                 Ok(answer)
             }
             .boxed()
         })
     };
-    let value = match key {
+    match key {
         Some(key) => {
             if let (None, Some(policy)) = (parent, &policy) {
                 let updates = field.updates.as_ref().map(|u| crate::deps::Feed {
@@ -304,16 +334,20 @@ async fn resolve_rest(
                     .stamp
                     .filter(|_| scope == crate::config::Scope::Public),
             );
-            loaded.value
+            Ok(Some(Fetched {
+                value: loaded.value?,
+                key: Some(key),
+            }))
         }
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
         None => {
             deps.spoil();
-            fetch(Default::default()).await.map(|a| Arc::new(a.value))
+            Ok(Some(Fetched {
+                value: Arc::new(fetch(Default::default()).await?.value),
+                key: None,
+            }))
         }
     }
-    .map_err(gql)?;
-    Ok(shape::output(&rt.plan, Node::new(value), &field.ty))
 }
 
 async fn batched(
@@ -324,8 +358,7 @@ async fn batched(
     vars: Vars<'_>,
     headers: &HeaderMap,
     deps: &Deps,
-) -> Resolved {
-    let gql = |e: UpstreamError| e.to_graphql();
+) -> Result<Option<Fetched>, UpstreamError> {
     let param = rest
         .query
         .iter()
@@ -341,7 +374,7 @@ async fn batched(
         .map(|c| c.scope)
         .unwrap_or(crate::config::Scope::Public);
     // Each item is cached under the key of its own unbatched request.
-    let item = request::build(rest, vars, headers, None).map_err(gql)?;
+    let item = request::build(rest, vars, headers, None)?;
     let item_key = request::cache_key(&item, scope, headers);
     let public = scope == crate::config::Scope::Public;
     let policy = request::policy(rest, vars);
@@ -352,11 +385,14 @@ async fn batched(
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
         rt.metrics.cache_lookups.with_label_values(&["hit"]).inc();
         deps.add(dep, Some(stamp).filter(|_| public));
-        return Ok(shape::output(&rt.plan, Node::new(hit), &field.ty));
+        return Ok(Some(Fetched {
+            value: hit,
+            key: item_key,
+        }));
     }
     rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
     let epoch = rt.cache.epoch();
-    let base = request::build(rest, vars, headers, Some(&batch.param)).map_err(gql)?;
+    let base = request::build(rest, vars, headers, Some(&batch.param))?;
     let group = request::batch_group(&base, headers);
     let spec = batch::BatchSpec {
         select: rest.select.clone(),
@@ -374,9 +410,7 @@ async fn batched(
                 upstream: rest.upstream.name.clone(),
                 detail: "batch dropped".into(),
             })
-        })
-        .map_err(gql)?;
-    shape::check(&rt.plan, &answer.value, &field.ty).map_err(|d| bad(rest, d).to_graphql())?;
+        })?;
     if !answer.shareable {
         rt.warn_unshareable(&field.name, rest.cache.is_some());
     }
@@ -389,7 +423,10 @@ async fn batched(
         _ => None,
     };
     deps.add(dep, stamp.filter(|_| public));
-    Ok(shape::output(&rt.plan, Node::new(share), &field.ty))
+    Ok(Some(Fetched {
+        value: share,
+        key: item_key.filter(|_| answer.shareable),
+    }))
 }
 
 /// The part of an upstream answer the field's `select` names (all of it without one);

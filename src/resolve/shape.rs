@@ -247,7 +247,8 @@ fn check_fields(
     Ok(())
 }
 
-fn describe(v: &Value) -> String {
+/// A JSON value in words, for error messages.
+pub(crate) fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("the boolean {b}"),

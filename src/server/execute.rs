@@ -81,20 +81,7 @@ pub fn encode(
     (body, request_error)
 }
 
-/// Errors shown in one response at most (graphql-js stops validating at 100 too): a
-/// document built to fail validation thousands of times gets a short answer.
-pub const MAX_ERRORS: usize = 100;
-
-fn cap_errors(errors: &mut Vec<async_graphql::ServerError>) {
-    if errors.len() > MAX_ERRORS {
-        let more = errors.len() - MAX_ERRORS;
-        errors.truncate(MAX_ERRORS);
-        errors.push(async_graphql::ServerError::new(
-            format!("too many errors: {more} more not shown"),
-            None,
-        ));
-    }
-}
+pub use crate::exec::{cap_errors, MAX_ERRORS};
 
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(
@@ -113,6 +100,25 @@ pub async fn execute(
         };
     }
     let deps = Arc::new(Deps::default());
+    let prepared = state
+        .executor
+        .prepare(&state.schema, &state.runtime, &mut req)
+        .await;
+    if let Some(prepared) = prepared.filter(|p| !p.fallback()) {
+        let out =
+            crate::exec::execute(&state.runtime, &prepared, &req.variables, &headers, &deps).await;
+        let gathered = deps.take();
+        if let Some(key) = key {
+            if !out.has_errors {
+                state.responses.put(key, out.body.clone(), &gathered);
+            }
+        }
+        return Executed {
+            body: out.body,
+            request_error: out.request_error,
+            read: gathered.read,
+        };
+    }
     let (query, operation) = (req.query.clone(), req.operation_name.clone());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
     let mut response = state.schema.execute(req).await;

@@ -26,6 +26,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub schema: async_graphql::dynamic::Schema,
+    /// The planned executor and its prepared documents.
+    pub executor: Arc<crate::exec::Executor>,
     pub runtime: Arc<Runtime>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,

@@ -270,3 +270,15 @@ pub fn announcer(say: tokio::sync::broadcast::Sender<String>) -> axum::routing::
         }
     })
 }
+
+/// An upstream serving `app`, and a gateway (default options) serving `schema` with
+/// `{up}` standing for that upstream's URL.
+pub async fn serve(app: Router, schema: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start(app).await;
+    let gw = Gateway::start(
+        &schema.replace("{up}", &up.url()),
+        livegate::Options::default(),
+    )
+    .await;
+    (up, gw)
+}

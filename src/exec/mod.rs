@@ -1,0 +1,579 @@
+//! Stage ④½ — the planned executor, for queries, mutations and live re-runs. Input: a
+//! request (document, operation name, variables), the client's headers and a [`Deps`]
+//! collector. Output: the GraphQL response as JSON bytes.
+//!
+//! A document is parsed and validated once per (document, operation name) — async-graphql
+//! validates it, through its public API, with no variables, so the result is the
+//! document's alone — and kept, prepared, in a bounded cache. Per request: variables are
+//! coerced, `@skip`/`@include` applied while collecting fields, and then two passes:
+//!
+//! 1. **fetch**, level by level: every `@rest` field of a level is one task per distinct
+//!    (field, parent object), all run at once — so a `batchKey` field's keys of all
+//!    parents join one batch, and the shared cache deduplicates the rest; a mutation's
+//!    root fields run one after another, each with its whole subtree;
+//! 2. **write**: the selection is completed from the fetched upstream JSON straight into
+//!    the output bytes, in selection order, per the spec: each selected leaf coerced (a
+//!    wrong kind is null and an error at that leaf, with `path` and `locations`), and a
+//!    null in a non-null position makes the nearest nullable parent null (the writer
+//!    truncates back to that parent's start).
+//!
+//! What stays on async-graphql's dynamic executor: documents that select `__schema` or
+//! `__type` (introspection), documents that do not parse or validate (it reports why,
+//! with the messages users already know), and `@stream` events.
+
+pub mod vars;
+mod write;
+
+use crate::deps::Deps;
+use crate::plan::{FieldPlan, Plan, TypePlanKind};
+use crate::resolve::{Call, Fetched, Runtime};
+use crate::upstream::UpstreamError;
+use async_graphql::parser::types::{
+    ExecutableDocument, Field, OperationDefinition, OperationType, Selection, SelectionSet,
+};
+use async_graphql::{Name, Positioned};
+use async_graphql_value::{ConstValue, Value as GqlValue};
+use bytes::Bytes;
+use http::HeaderMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// A document ready to run: parsed, validated, its operation picked.
+pub struct Prepared {
+    query: String,
+    operation_name: Option<String>,
+    doc: ExecutableDocument,
+    op: Positioned<OperationDefinition>,
+    /// Documents the dynamic executor must run (introspection).
+    fallback: bool,
+}
+
+/// Marks a request that async-graphql should only parse and validate (see [`Gate`]).
+struct ValidateOnly;
+
+/// The schema extension that stops a [`ValidateOnly`] request after validation.
+pub struct Gate;
+
+impl async_graphql::extensions::ExtensionFactory for Gate {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(GateExt)
+    }
+}
+
+struct GateExt;
+
+#[async_graphql::async_trait::async_trait]
+impl async_graphql::extensions::Extension for GateExt {
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        if ctx.data_opt::<ValidateOnly>().is_some() {
+            return async_graphql::Response::new(ConstValue::Null);
+        }
+        next.run(ctx, operation_name).await
+    }
+}
+
+/// The prepared-document cache.
+pub struct Executor {
+    prepared: moka::sync::Cache<u64, Arc<Prepared>>,
+}
+
+/// Bytes of prepared documents kept (a parsed document weighs about 8× its text).
+const PREPARED_BUDGET: u64 = 64 << 20;
+
+impl Default for Executor {
+    fn default() -> Self {
+        Executor {
+            prepared: moka::sync::Cache::builder()
+                .max_capacity(PREPARED_BUDGET)
+                .weigher(|_, p: &Arc<Prepared>| {
+                    u32::try_from(p.query.len().saturating_mul(8).saturating_add(1024))
+                        .unwrap_or(u32::MAX)
+                })
+                .build(),
+        }
+    }
+}
+
+/// One execution's result.
+pub struct Output {
+    pub body: Bytes,
+    /// No data: the request itself failed (its variables).
+    pub request_error: bool,
+    /// The response has errors (it must not be reused).
+    pub has_errors: bool,
+}
+
+fn doc_key(query: &str, operation_name: Option<&str>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    query.hash(&mut h);
+    operation_name.hash(&mut h);
+    h.finish()
+}
+
+impl Executor {
+    /// The prepared form of `req`'s document, from the cache or made now; `None` when
+    /// the dynamic executor must run it (it does not parse or validate: that executor
+    /// says why).
+    pub async fn prepare(
+        &self,
+        schema: &async_graphql::dynamic::Schema,
+        rt: &Runtime,
+        req: &mut async_graphql::Request,
+    ) -> Option<Arc<Prepared>> {
+        let key = doc_key(&req.query, req.operation_name.as_deref());
+        if let Some(p) = self.prepared.get(&key) {
+            if p.query == req.query && p.operation_name == req.operation_name {
+                rt.metrics.plans.with_label_values(&["hit"]).inc();
+                return Some(p);
+            }
+        }
+        rt.metrics.plans.with_label_values(&["miss"]).inc();
+        let doc = req.parsed_query().ok()?.clone();
+        let mut check = async_graphql::Request::new(req.query.clone()).data(ValidateOnly);
+        if let Some(name) = &req.operation_name {
+            check = check.operation_name(name.clone());
+        }
+        if !schema.execute(check).await.errors.is_empty() {
+            return None;
+        }
+        let op = crate::live::operation(&doc, req.operation_name.as_deref())?.clone();
+        let fallback = introspects(&doc, &op.node.selection_set.node, 0);
+        let prepared = Arc::new(Prepared {
+            query: req.query.clone(),
+            operation_name: req.operation_name.clone(),
+            doc,
+            op,
+            fallback,
+        });
+        self.prepared.insert(key, prepared.clone());
+        Some(prepared)
+    }
+}
+
+/// Whether the root selection (through fragments) has `__schema` or `__type`.
+fn introspects(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bool {
+    depth < 64
+        && set.items.iter().any(|s| match &s.node {
+            Selection::Field(f) => matches!(f.node.name.node.as_str(), "__schema" | "__type"),
+            Selection::InlineFragment(i) => introspects(doc, &i.node.selection_set.node, depth + 1),
+            Selection::FragmentSpread(s) => doc
+                .fragments
+                .get(&s.node.fragment_name.node)
+                .is_some_and(|f| introspects(doc, &f.node.selection_set.node, depth + 1)),
+        })
+}
+
+impl Prepared {
+    pub fn fallback(&self) -> bool {
+        self.fallback
+    }
+}
+
+/// Fields of one selection answering under one response key, merged.
+struct Group<'d, 'p> {
+    key: &'d str,
+    /// The first of the merged fields: its arguments and position are the field's.
+    node: &'d Positioned<Field>,
+    /// `None`: `__typename`.
+    field: Option<&'p Arc<FieldPlan>>,
+    /// The merged fields' selection sets.
+    sub: Vec<&'d SelectionSet>,
+}
+
+type Groups<'d, 'p> = Arc<Vec<Group<'d, 'p>>>;
+
+/// What one request's execution shares.
+struct Run<'a> {
+    rt: &'a Arc<Runtime>,
+    plan: &'a Plan,
+    doc: &'a ExecutableDocument,
+    vars: HashMap<Name, ConstValue>,
+    headers: &'a HeaderMap,
+    deps: &'a Deps,
+    /// Collected fields by (object type, selection sets).
+    collected: std::sync::Mutex<HashMap<(usize, Vec<usize>), Groups<'a, 'a>>>,
+}
+
+/// A fetched `@rest` field by (field node, parent object); parent 0 is the root.
+type Results = HashMap<(usize, usize), Result<Option<Fetched>, UpstreamError>>;
+
+fn addr<T>(r: &T) -> usize {
+    r as *const T as usize
+}
+
+/// One `@rest` field to fetch for one parent.
+struct Task<'d, 'p, 'v> {
+    field: &'p Arc<FieldPlan>,
+    node: &'d Positioned<Field>,
+    sub: Vec<&'d SelectionSet>,
+    parent: Option<&'v Value>,
+}
+
+impl<'a> Run<'a> {
+    fn condition(
+        &self,
+        directives: &[Positioned<async_graphql::parser::types::Directive>],
+    ) -> bool {
+        for d in directives {
+            let include = match d.node.name.node.as_str() {
+                "skip" => false,
+                "include" => true,
+                _ => continue,
+            };
+            let value = d.node.get_argument("if").map(|v| match &v.node {
+                GqlValue::Boolean(b) => *b,
+                GqlValue::Variable(name) => {
+                    matches!(self.vars.get(name), Some(ConstValue::Boolean(true)))
+                }
+                _ => false,
+            });
+            if value.is_some_and(|v| v != include) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn applies(&self, condition: &str, object: &str) -> bool {
+        condition == object
+            || self
+                .plan
+                .possible(condition)
+                .is_some_and(|p| p.types.iter().any(|t| t == object))
+    }
+
+    /// CollectFields for the object type `object` over the merged `sets`.
+    fn collect(&self, object: &'a str, sets: &[&'a SelectionSet]) -> Groups<'a, 'a> {
+        let key = (
+            object.as_ptr() as usize,
+            sets.iter().map(|s| addr(*s)).collect(),
+        );
+        if let Some(g) = self
+            .collected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return g.clone();
+        }
+        let mut groups: Vec<Group<'a, 'a>> = Vec::new();
+        let mut visited: Vec<&str> = Vec::new();
+        let fields = self.plan.object_fields(object).unwrap_or(&[]);
+        for set in sets {
+            self.collect_into(object, fields, set, &mut groups, &mut visited);
+        }
+        let groups = Arc::new(groups);
+        self.collected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, groups.clone());
+        groups
+    }
+
+    fn collect_into(
+        &self,
+        object: &'a str,
+        fields: &'a [Arc<FieldPlan>],
+        set: &'a SelectionSet,
+        groups: &mut Vec<Group<'a, 'a>>,
+        visited: &mut Vec<&'a str>,
+    ) {
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    if !self.condition(&f.node.directives) {
+                        continue;
+                    }
+                    let key = f.node.response_key().node.as_str();
+                    if let Some(g) = groups.iter_mut().find(|g| g.key == key) {
+                        g.sub.push(&f.node.selection_set.node);
+                        continue;
+                    }
+                    let name = f.node.name.node.as_str();
+                    let field = fields.iter().find(|p| p.name == name);
+                    if field.is_none() && name != "__typename" {
+                        continue; // validation makes this unreachable
+                    }
+                    groups.push(Group {
+                        key,
+                        node: f,
+                        field,
+                        sub: vec![&f.node.selection_set.node],
+                    });
+                }
+                Selection::InlineFragment(i) => {
+                    if !self.condition(&i.node.directives) {
+                        continue;
+                    }
+                    if let Some(c) = &i.node.type_condition {
+                        if !self.applies(&c.node.on.node, object) {
+                            continue;
+                        }
+                    }
+                    self.collect_into(object, fields, &i.node.selection_set.node, groups, visited);
+                }
+                Selection::FragmentSpread(s) => {
+                    let name = s.node.fragment_name.node.as_str();
+                    if !self.condition(&s.node.directives) || visited.contains(&name) {
+                        continue;
+                    }
+                    visited.push(name);
+                    let Some(frag) = self.doc.fragments.get(&s.node.fragment_name.node) else {
+                        continue;
+                    };
+                    if !self.applies(&frag.node.type_condition.node.on.node, object) {
+                        continue;
+                    }
+                    self.collect_into(
+                        object,
+                        fields,
+                        &frag.node.selection_set.node,
+                        groups,
+                        visited,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The concrete object type of `value` as a `type_name` (for an interface or union,
+    /// the one its discriminator names).
+    fn concrete<'v>(&self, type_name: &'a str, value: &'v Value) -> Option<&'a str> {
+        match &self.plan.types.get(type_name)?.kind {
+            TypePlanKind::Object { .. } => Some(type_name),
+            TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible } => {
+                possible.type_of(value).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// The field's arguments as one JSON object: literals and variables coerced, defaults
+    /// applied; an argument with neither value nor default is absent.
+    fn args(&self, node: &Positioned<Field>, field: &FieldPlan) -> Value {
+        let mut out = serde_json::Map::new();
+        for a in &field.args {
+            let given = node
+                .node
+                .get_argument(&a.name)
+                .and_then(|v| {
+                    v.node
+                        .clone()
+                        .into_const_with(|name| self.vars.get(&name).cloned().ok_or(()))
+                        .ok()
+                })
+                .and_then(|v| vars::coerce(self.plan, &a.ty, &v).ok());
+            if let Some(v) = given.or_else(|| a.default.clone()) {
+                out.insert(a.name.clone(), v.into_json().unwrap_or(Value::Null));
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// The `@rest` fields below `value` (of type `ty`, selected by `sets`) down to the
+    /// next `@rest` fields: the next level's tasks.
+    fn descend<'v>(
+        &self,
+        value: &'v Value,
+        ty: &'a crate::config::TypeRef,
+        sets: &[&'a SelectionSet],
+        tasks: &mut Vec<Task<'a, 'a, 'v>>,
+    ) {
+        use crate::config::TypeRef;
+        match (ty, value) {
+            (_, Value::Null) => {}
+            (TypeRef::List { item, .. }, Value::Array(items)) => {
+                for v in items {
+                    self.descend(v, item, sets, tasks);
+                }
+            }
+            (TypeRef::Named { name, .. }, Value::Object(_)) => {
+                let Some(object) = self.concrete(name, value) else {
+                    return;
+                };
+                for g in self.collect(object, sets).iter() {
+                    let Some(field) = g.field else { continue };
+                    if field.rest.is_some() {
+                        tasks.push(Task {
+                            field,
+                            node: g.node,
+                            sub: g.sub.clone(),
+                            parent: Some(value),
+                        });
+                    } else if !g.sub.iter().all(|s| s.items.is_empty()) {
+                        let member = field
+                            .member
+                            .iter()
+                            .try_fold(value, |v, m| v.get(&**m))
+                            .unwrap_or(&Value::Null);
+                        self.descend(member, &field.ty, &g.sub, tasks);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Fetches `first` and, level by level, every `@rest` field below, into `results`.
+    async fn fetch_levels(
+        &self,
+        first: Vec<Task<'a, 'a, '_>>,
+        results: &mut Results,
+        mutation: bool,
+    ) {
+        let mut level = self.fetch_tasks(first, results, mutation).await;
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            for (value, field, sub) in &level {
+                self.descend(value, &field.ty, sub, &mut next);
+            }
+            level = self.fetch_tasks(next, results, false).await;
+        }
+    }
+
+    /// Runs `tasks` (distinct ones, all at once; for a mutation, the one root field),
+    /// stores their outcomes, and returns the values fetched with what selects them.
+    async fn fetch_tasks(
+        &self,
+        tasks: Vec<Task<'a, 'a, '_>>,
+        results: &mut Results,
+        mutation: bool,
+    ) -> Vec<(Arc<Value>, &'a Arc<FieldPlan>, Vec<&'a SelectionSet>)> {
+        let mut seen = std::collections::HashSet::new();
+        let tasks: Vec<_> = tasks
+            .into_iter()
+            .filter(|t| {
+                let key = (addr(t.node), t.parent.map_or(0, addr));
+                !results.contains_key(&key) && seen.insert(key)
+            })
+            .collect();
+        let args: Vec<Value> = tasks.iter().map(|t| self.args(t.node, t.field)).collect();
+        let outcomes = futures_util::future::join_all(tasks.iter().zip(&args).map(|(t, args)| {
+            let call = Call {
+                args,
+                parent: t.parent,
+                headers: self.headers,
+                deps: self.deps,
+                mutation,
+            };
+            async move {
+                match &t.field.rest {
+                    Some(rest) => crate::resolve::fetch(self.rt, t.field, rest, call).await,
+                    None => Ok(None),
+                }
+            }
+        }))
+        .await;
+        let mut next = Vec::new();
+        for (t, outcome) in tasks.into_iter().zip(outcomes) {
+            if let Ok(Some(f)) = &outcome {
+                next.push((f.value.clone(), t.field, t.sub));
+            }
+            results.insert((addr(t.node), t.parent.map_or(0, addr)), outcome);
+        }
+        next
+    }
+}
+
+/// Errors shown in one response at most (graphql-js stops validating at 100 too): a
+/// document built to fail thousands of times gets a short answer.
+pub const MAX_ERRORS: usize = 100;
+
+/// Keeps the first [`MAX_ERRORS`] errors, and says how many more there were.
+pub fn cap_errors(errors: &mut Vec<async_graphql::ServerError>) {
+    if errors.len() > MAX_ERRORS {
+        let more = errors.len() - MAX_ERRORS;
+        errors.truncate(MAX_ERRORS);
+        errors.push(async_graphql::ServerError::new(
+            format!("too many errors: {more} more not shown"),
+            None,
+        ));
+    }
+}
+
+/// Runs a prepared query or mutation. The caller checked [`Prepared::fallback`].
+pub async fn execute(
+    rt: &Arc<Runtime>,
+    prepared: &Prepared,
+    variables: &async_graphql::Variables,
+    headers: &HeaderMap,
+    deps: &Deps,
+) -> Output {
+    let plan = &*rt.plan;
+    let op = &prepared.op.node;
+    let vars = match vars::coerce_variables(plan, &op.variable_definitions, variables) {
+        Ok(v) => v,
+        Err(message) => {
+            let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": "BAD_USER_INPUT"}}]});
+            return Output {
+                body: Bytes::from(body.to_string()),
+                request_error: true,
+                has_errors: true,
+            };
+        }
+    };
+    let (root_type, mutation) = match op.ty {
+        OperationType::Mutation => (plan.mutation.as_deref().unwrap_or(&plan.query), true),
+        // A live query runs as the query of the same text.
+        _ => (plan.query.as_str(), false),
+    };
+    let run = Run {
+        rt,
+        plan,
+        doc: &prepared.doc,
+        vars,
+        headers,
+        deps,
+        collected: Default::default(),
+    };
+    let top = [&op.selection_set.node];
+    let groups = run.collect(root_type, &top);
+    let mut results = Results::new();
+    fn task<'d, 'p>(g: &Group<'d, 'p>) -> Option<Task<'d, 'p, 'static>> {
+        g.field.filter(|f| f.rest.is_some()).map(|field| Task {
+            field,
+            node: g.node,
+            sub: g.sub.clone(),
+            parent: None,
+        })
+    }
+    if mutation {
+        for g in groups.iter() {
+            if let Some(t) = task(g) {
+                run.fetch_levels(vec![t], &mut results, true).await;
+            }
+        }
+    } else {
+        let tasks = groups.iter().filter_map(task).collect();
+        run.fetch_levels(tasks, &mut results, false).await;
+    }
+    let root = Value::Object(Default::default());
+    let written = write::Writer::new(&run, &results).root(root_type, &root, &top);
+    for key in &written.misfits {
+        rt.cache.forget(key);
+    }
+    let mut errors = written.errors;
+    cap_errors(&mut errors);
+    let mut body = Vec::with_capacity(written.data.len() + 32);
+    body.extend_from_slice(b"{\"data\":");
+    body.extend_from_slice(&written.data);
+    if !errors.is_empty() {
+        body.extend_from_slice(b",\"errors\":");
+        if serde_json::to_writer(&mut body, &errors).is_err() {
+            body.extend_from_slice(b"[]");
+        }
+    }
+    body.push(b'}');
+    Output {
+        body: Bytes::from(body),
+        request_error: false,
+        has_errors: !errors.is_empty(),
+    }
+}

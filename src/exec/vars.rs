@@ -1,0 +1,168 @@
+//! Input coercion (the spec's CoerceVariableValues and CoerceArgumentValues): variable
+//! values against their declared types, and argument values (literals with variables
+//! substituted) against the argument's type, with input-object field defaults applied.
+
+use crate::config::TypeRef;
+use crate::plan::{Plan, TypePlanKind};
+use async_graphql::parser::types::VariableDefinition;
+use async_graphql::{Name, Positioned};
+use async_graphql_value::{ConstValue, Number};
+use std::collections::HashMap;
+
+/// The coerced values of the operation's variables; a variable that was neither given
+/// nor has a default is absent. `Err` is the request error's message.
+pub fn coerce_variables(
+    plan: &Plan,
+    defs: &[Positioned<VariableDefinition>],
+    given: &async_graphql::Variables,
+) -> Result<HashMap<Name, ConstValue>, String> {
+    let mut out = HashMap::with_capacity(defs.len());
+    for def in defs {
+        let name = &def.node.name.node;
+        let ty = TypeRef::from_parser(&def.node.var_type.node);
+        match given.get(name) {
+            None => {
+                if let Some(d) = &def.node.default_value {
+                    out.insert(name.clone(), d.node.clone());
+                } else if ty.non_null() {
+                    return Err(format!(
+                        "variable `${name}` of required type `{ty}` was not provided"
+                    ));
+                }
+            }
+            Some(ConstValue::Null) if ty.non_null() => {
+                return Err(format!(
+                    "variable `${name}` of non-null type `{ty}` must not be null"
+                ));
+            }
+            Some(v) => {
+                let coerced = coerce(plan, &ty, v).map_err(|why| {
+                    format!("variable `${name}` got an invalid value for type `{ty}`: {why}")
+                })?;
+                out.insert(name.clone(), coerced);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `value` as an input of type `ty`, or why it is not one.
+pub fn coerce(plan: &Plan, ty: &TypeRef, value: &ConstValue) -> Result<ConstValue, String> {
+    if matches!(value, ConstValue::Null) {
+        return if ty.non_null() {
+            Err(format!("null is not allowed for `{ty}`"))
+        } else {
+            Ok(ConstValue::Null)
+        };
+    }
+    match ty {
+        TypeRef::List { item, .. } => match value {
+            ConstValue::List(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| coerce(plan, item, v).map_err(|why| format!("at [{i}]: {why}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map(ConstValue::List),
+            // A single value stands for a list of one.
+            single => Ok(ConstValue::List(vec![coerce(plan, item, single)?])),
+        },
+        TypeRef::Named { name, .. } => named(plan, name, value),
+    }
+}
+
+fn named(plan: &Plan, name: &str, value: &ConstValue) -> Result<ConstValue, String> {
+    let wrong = || Err(format!("{} is not a valid {name}", describe(value)));
+    match name {
+        "Int" => match value {
+            ConstValue::Number(n) if n.as_i64().is_some_and(|i| i32::try_from(i).is_ok()) => {
+                Ok(value.clone())
+            }
+            _ => wrong(),
+        },
+        "Float" => match value {
+            ConstValue::Number(n) => Ok(ConstValue::Number(
+                Number::from_f64(n.as_f64().unwrap_or(0.0)).unwrap_or_else(|| n.clone()),
+            )),
+            _ => wrong(),
+        },
+        "String" => match value {
+            ConstValue::String(_) => Ok(value.clone()),
+            _ => wrong(),
+        },
+        "Boolean" => match value {
+            ConstValue::Boolean(_) => Ok(value.clone()),
+            _ => wrong(),
+        },
+        "ID" => match value {
+            ConstValue::String(_) => Ok(value.clone()),
+            ConstValue::Number(n) if n.is_i64() || n.is_u64() => {
+                Ok(ConstValue::String(n.to_string()))
+            }
+            _ => wrong(),
+        },
+        _ => match plan.types.get(name).map(|t| &t.kind) {
+            Some(TypePlanKind::Enum { values }) => {
+                let s = match value {
+                    ConstValue::Enum(e) => e.as_str(),
+                    ConstValue::String(s) => s.as_str(),
+                    _ => return wrong(),
+                };
+                if values.iter().any(|v| v == s) {
+                    Ok(ConstValue::Enum(Name::new(s)))
+                } else {
+                    wrong()
+                }
+            }
+            Some(TypePlanKind::InputObject { fields }) => {
+                let ConstValue::Object(given) = value else {
+                    return wrong();
+                };
+                if let Some(unknown) = given
+                    .keys()
+                    .find(|k| !fields.iter().any(|f| f.name == k.as_str()))
+                {
+                    return Err(format!("`{unknown}` is not a field of `{name}`"));
+                }
+                let mut out = async_graphql::indexmap::IndexMap::new();
+                for f in fields {
+                    match given.get(f.name.as_str()) {
+                        Some(v) => {
+                            let v = coerce(plan, &f.ty, v)
+                                .map_err(|why| format!("field `{}`: {why}", f.name))?;
+                            out.insert(Name::new(&f.name), v);
+                        }
+                        None => match &f.default {
+                            Some(d) => {
+                                out.insert(Name::new(&f.name), d.clone());
+                            }
+                            None if f.ty.non_null() => {
+                                return Err(format!(
+                                    "field `{}` of type `{}` is required",
+                                    f.name, f.ty
+                                ))
+                            }
+                            None => {}
+                        },
+                    }
+                }
+                Ok(ConstValue::Object(out))
+            }
+            // Custom scalars take any value.
+            _ => Ok(value.clone()),
+        },
+    }
+}
+
+fn describe(v: &ConstValue) -> String {
+    match v {
+        ConstValue::Null => "null".into(),
+        ConstValue::Number(n) => format!("the number {n}"),
+        ConstValue::String(s) if s.len() <= 40 => format!("the string {s:?}"),
+        ConstValue::String(_) => "a string".into(),
+        ConstValue::Boolean(b) => format!("the boolean {b}"),
+        ConstValue::Binary(_) => "binary data".into(),
+        ConstValue::Enum(e) => format!("the enum value {e}"),
+        ConstValue::List(_) => "a list".into(),
+        ConstValue::Object(_) => "an object".into(),
+    }
+}

@@ -1,0 +1,364 @@
+//! The write pass: completes the selection from the fetched upstream JSON straight into
+//! the response bytes (the spec's CompleteValue), recording each field error with its
+//! path and location, and propagating nulls by truncating back to the nearest nullable
+//! position.
+
+use super::{addr, Group, Results, Run};
+use crate::cache::CacheKey;
+use crate::config::TypeRef;
+use crate::plan::TypePlanKind;
+use crate::upstream::UpstreamError;
+use async_graphql::parser::types::SelectionSet;
+use async_graphql::{PathSegment, Pos, ServerError};
+use serde_json::Value;
+
+static NULL: Value = Value::Null;
+
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Where the value being completed came from: its upstream, its cache entry, and the
+/// path length at which its `@rest` field's value starts.
+#[derive(Clone, Copy)]
+struct Src<'r> {
+    upstream: &'r str,
+    key: Option<CacheKey>,
+    depth: usize,
+}
+
+/// This position must be null; `reported`: its error is recorded already.
+struct Null {
+    reported: bool,
+}
+
+pub(super) struct Written {
+    /// The `data` member's JSON.
+    pub data: Vec<u8>,
+    pub errors: Vec<ServerError>,
+    /// Cache entries whose value did not fit what was selected: dropped, so the next
+    /// request asks the upstream again.
+    pub misfits: Vec<CacheKey>,
+}
+
+pub(super) struct Writer<'r, 'a> {
+    run: &'r Run<'a>,
+    results: &'r Results,
+    buf: Vec<u8>,
+    path: Vec<Seg<'a>>,
+    errors: Vec<ServerError>,
+    misfits: Vec<CacheKey>,
+}
+
+impl<'r, 'a> Writer<'r, 'a> {
+    pub fn new(run: &'r Run<'a>, results: &'r Results) -> Self {
+        Writer {
+            run,
+            results,
+            buf: Vec::with_capacity(1024),
+            path: Vec::new(),
+            errors: Vec::new(),
+            misfits: Vec::new(),
+        }
+    }
+
+    /// Writes the root object (`data`): `null` if a non-null root field is null.
+    pub fn root(mut self, root_type: &'a str, root: &Value, sets: &[&'a SelectionSet]) -> Written {
+        if self.object(root_type, root, 0, sets, None).is_err() {
+            self.buf.clear();
+            self.buf.extend_from_slice(b"null");
+        }
+        Written {
+            data: self.buf,
+            errors: self.errors,
+            misfits: self.misfits,
+        }
+    }
+
+    fn object(
+        &mut self,
+        object: &'a str,
+        value: &Value,
+        parent: usize,
+        sets: &[&'a SelectionSet],
+        src: Option<Src<'r>>,
+    ) -> Result<(), Null> {
+        let groups = self.run.collect(object, sets);
+        self.buf.push(b'{');
+        for (i, g) in groups.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(g.key.as_bytes());
+            self.buf.extend_from_slice(b"\":");
+            self.path.push(Seg::Key(g.key));
+            let done = self.field(object, g, value, parent, src);
+            self.path.pop();
+            done?;
+        }
+        self.buf.push(b'}');
+        Ok(())
+    }
+
+    fn field(
+        &mut self,
+        object: &'a str,
+        g: &Group<'a, 'a>,
+        value: &Value,
+        parent: usize,
+        src: Option<Src<'r>>,
+    ) -> Result<(), Null> {
+        let pos = g.node.pos;
+        let Some(field) = g.field else {
+            self.string(object);
+            return Ok(());
+        };
+        let Some(rest) = &field.rest else {
+            let member = field
+                .member
+                .iter()
+                .try_fold(value, |v, m| v.get(&**m))
+                .unwrap_or(&NULL);
+            return self.complete(&field.ty, member, &g.sub, src, pos);
+        };
+        let results = self.results;
+        match results.get(&(addr(g.node), parent)) {
+            Some(Ok(Some(fetched))) => {
+                let src = Src {
+                    upstream: &rest.upstream.name,
+                    key: fetched.key,
+                    depth: self.path.len(),
+                };
+                self.complete(&field.ty, &fetched.value, &g.sub, Some(src), pos)
+            }
+            Some(Err(e)) => {
+                self.error(e.to_graphql().into_server_error(pos));
+                if field.ty.non_null() {
+                    Err(Null { reported: true })
+                } else {
+                    self.buf.extend_from_slice(b"null");
+                    Ok(())
+                }
+            }
+            // A batched field whose parent has no key.
+            Some(Ok(None)) | None => self.complete(&field.ty, &NULL, &g.sub, src, pos),
+        }
+    }
+
+    /// Writes `value` completed as `ty`, or `null` where an error (or a null) allows;
+    /// `Err` when this non-null position is null: the caller's position is null too.
+    fn complete(
+        &mut self,
+        ty: &'a TypeRef,
+        value: &Value,
+        sets: &[&'a SelectionSet],
+        src: Option<Src<'r>>,
+        pos: Pos,
+    ) -> Result<(), Null> {
+        let mark = self.buf.len();
+        match self.inner(ty, value, sets, src, pos) {
+            Ok(()) => Ok(()),
+            Err(null) => {
+                self.buf.truncate(mark);
+                if ty.non_null() {
+                    if !null.reported {
+                        self.misfit(src, pos, format!("is null, but the schema says {ty}"));
+                    }
+                    Err(Null { reported: true })
+                } else {
+                    self.buf.extend_from_slice(b"null");
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn inner(
+        &mut self,
+        ty: &'a TypeRef,
+        value: &Value,
+        sets: &[&'a SelectionSet],
+        src: Option<Src<'r>>,
+        pos: Pos,
+    ) -> Result<(), Null> {
+        if value.is_null() {
+            return Err(Null { reported: false });
+        }
+        let name = match ty {
+            TypeRef::List { item, .. } => {
+                let Value::Array(items) = value else {
+                    self.misfit(src, pos, format!("should be a list ({ty})"));
+                    return Err(Null { reported: true });
+                };
+                self.buf.push(b'[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.buf.push(b',');
+                    }
+                    self.path.push(Seg::Index(i));
+                    let done = self.complete(item, v, sets, src, pos);
+                    self.path.pop();
+                    done?;
+                }
+                self.buf.push(b']');
+                return Ok(());
+            }
+            TypeRef::Named { name, .. } => name.as_str(),
+        };
+        let fits = match name {
+            "Int" => match value.as_i64().filter(|n| i32::try_from(*n).is_ok()) {
+                Some(n) => {
+                    self.buf.extend_from_slice(n.to_string().as_bytes());
+                    true
+                }
+                None => false,
+            },
+            "Float" => match value {
+                Value::Number(n) => {
+                    self.buf.extend_from_slice(n.to_string().as_bytes());
+                    true
+                }
+                _ => false,
+            },
+            "String" => match value {
+                Value::String(s) => {
+                    self.string(s);
+                    true
+                }
+                _ => false,
+            },
+            "Boolean" => match value {
+                Value::Bool(b) => {
+                    self.buf
+                        .extend_from_slice(if *b { b"true" } else { b"false" });
+                    true
+                }
+                _ => false,
+            },
+            // GraphQL serialises an ID as a string, whatever the upstream sent.
+            "ID" => match value {
+                Value::String(s) => {
+                    self.string(s);
+                    true
+                }
+                Value::Number(n) if n.is_i64() || n.is_u64() => {
+                    self.string(&n.to_string());
+                    true
+                }
+                _ => false,
+            },
+            _ => {
+                let run = self.run;
+                let kind = run.plan.types.get(name).map(|t| &t.kind);
+                let composite = matches!(
+                    kind,
+                    Some(
+                        TypePlanKind::Object { .. }
+                            | TypePlanKind::Interface { .. }
+                            | TypePlanKind::Union { .. }
+                    )
+                );
+                if composite && !value.is_object() {
+                    self.misfit(src, pos, format!("should be an object ({name})"));
+                    return Err(Null { reported: true });
+                }
+                match kind {
+                    Some(TypePlanKind::Object { .. }) => {
+                        return self.object(name, value, addr(value), sets, src);
+                    }
+                    Some(
+                        TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible },
+                    ) => {
+                        return match possible.type_of(value) {
+                            Ok(concrete) => self.object(concrete, value, addr(value), sets, src),
+                            Err(why) => {
+                                self.misfit(src, pos, why);
+                                Err(Null { reported: true })
+                            }
+                        };
+                    }
+                    Some(TypePlanKind::Enum { values }) => match value {
+                        Value::String(s) if values.iter().any(|v| v == s) => {
+                            self.string(s);
+                            true
+                        }
+                        _ => false,
+                    },
+                    // Custom scalars are any JSON.
+                    _ => {
+                        if serde_json::to_writer(&mut self.buf, value).is_err() {
+                            self.buf.extend_from_slice(b"null");
+                        }
+                        true
+                    }
+                }
+            }
+        };
+        if fits {
+            Ok(())
+        } else {
+            self.misfit(
+                src,
+                pos,
+                format!(
+                    "is {}, but the schema says {name}",
+                    crate::resolve::shape::describe(value)
+                ),
+            );
+            Err(Null { reported: true })
+        }
+    }
+
+    fn string(&mut self, s: &str) {
+        if serde_json::to_writer(&mut self.buf, s).is_err() {
+            self.buf.extend_from_slice(b"null");
+        }
+    }
+
+    /// Records that the upstream's value at the current position does not fit: a
+    /// `UPSTREAM_BAD_RESPONSE` error here, naming the place in the upstream's answer.
+    fn misfit(&mut self, src: Option<Src<'r>>, pos: Pos, what: String) {
+        let Some(src) = src else {
+            self.error(ServerError::new(what, Some(pos)));
+            return;
+        };
+        let mut place = String::new();
+        for seg in self.path.iter().skip(src.depth) {
+            match seg {
+                Seg::Key(k) => {
+                    place.push('.');
+                    place.push_str(k);
+                }
+                Seg::Index(i) => place.push_str(&format!("[{i}]")),
+            }
+        }
+        let at = match place.strip_prefix('.').unwrap_or(&place) {
+            "" => "the body".to_string(),
+            p => format!("`{p}`"),
+        };
+        if let Some(key) = src.key {
+            self.misfits.push(key);
+        }
+        let e = UpstreamError::BadResponse {
+            upstream: src.upstream.to_string(),
+            detail: format!("{at} {what}"),
+        };
+        self.error(e.to_graphql().into_server_error(pos));
+    }
+
+    /// Records `e` at the current path.
+    fn error(&mut self, mut e: ServerError) {
+        e.path = self
+            .path
+            .iter()
+            .map(|s| match s {
+                Seg::Key(k) => PathSegment::Field((*k).to_string()),
+                Seg::Index(i) => PathSegment::Index(*i),
+            })
+            .collect();
+        self.errors.push(e);
+    }
+}
