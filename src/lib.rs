@@ -125,6 +125,10 @@ pub enum Error {
 
 /// Builds the shared state of a gateway serving `plan`.
 pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
+    shared(plan, options).map(AppState::new)
+}
+
+fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     let plan = Arc::new(plan);
     let metrics = Arc::new(metrics::Metrics::new());
     let client = upstream::UpstreamClient::new(
@@ -187,7 +191,7 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
         options.response_cache_bytes,
         vary,
     ));
-    Ok(AppState {
+    Ok(server::Shared {
         schema,
         executor: Arc::new(exec::Executor::default()),
         runtime,
@@ -215,12 +219,13 @@ pub async fn run(
     options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let mut state = state(plan, &options)?;
+    let mut shared = shared(plan, &options)?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    state.shutdown = stopping.clone();
-    let sockets = state.sockets.clone();
+    shared.shutdown = stopping.clone();
+    let sockets = shared.sockets.clone();
     let (unready, _) = tokio::sync::watch::channel(false);
-    state.unready = unready.subscribe();
+    shared.unready = unready.subscribe();
+    let state = AppState::new(shared);
     let delay = options.shutdown_delay;
     let signal = async move {
         shutdown.await;

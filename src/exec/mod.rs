@@ -118,9 +118,20 @@ fn doc_key(query: &str, operation_name: Option<&str>) -> u64 {
 }
 
 impl Executor {
-    /// The prepared form of `req`'s document, from the cache or made now; `None` when
-    /// the dynamic executor must run it (it does not parse or validate: that executor
-    /// says why).
+    /// The prepared form of `req`'s document, if it is in the cache.
+    pub fn cached(&self, rt: &Runtime, req: &async_graphql::Request) -> Option<Arc<Prepared>> {
+        let key = doc_key(&req.query, req.operation_name.as_deref());
+        let p = self
+            .prepared
+            .get(&key)
+            .filter(|p| p.query == req.query && p.operation_name == req.operation_name)?;
+        rt.metrics.plans.with_label_values(&["hit"]).inc();
+        Some(p)
+    }
+
+    /// Parses, validates and keeps `req`'s document (the caller found it not
+    /// [`Executor::cached`]); `None` when the dynamic executor must run it (it does not
+    /// parse or validate: that executor says why).
     pub async fn prepare(
         &self,
         schema: &async_graphql::dynamic::Schema,
@@ -128,12 +139,6 @@ impl Executor {
         req: &mut async_graphql::Request,
     ) -> Option<Arc<Prepared>> {
         let key = doc_key(&req.query, req.operation_name.as_deref());
-        if let Some(p) = self.prepared.get(&key) {
-            if p.query == req.query && p.operation_name == req.operation_name {
-                rt.metrics.plans.with_label_values(&["hit"]).inc();
-                return Some(p);
-            }
-        }
         rt.metrics.plans.with_label_values(&["miss"]).inc();
         let doc = req.parsed_query().ok()?.clone();
         let mut check = async_graphql::Request::new(req.query.clone()).data(ValidateOnly);
@@ -197,12 +202,32 @@ struct Run<'a> {
     vars: HashMap<Name, ConstValue>,
     headers: &'a HeaderMap,
     deps: &'a Deps,
-    /// Collected fields by (object type, selection sets).
-    collected: std::sync::Mutex<HashMap<(usize, Vec<usize>), Groups<'a, 'a>>>,
+    /// Collected fields by (object type, selection sets), most recent last.
+    collected: std::sync::Mutex<Vec<(usize, Box<[usize]>, Groups<'a, 'a>)>>,
+    /// Whether a `@rest` field is selected below (type, selection sets).
+    rest_below: std::sync::Mutex<Vec<(usize, Box<[usize]>, bool)>>,
 }
 
+/// What fetching a `@rest` field gave.
+type Outcome = Result<Option<Fetched>, UpstreamError>;
+
 /// A fetched `@rest` field by (field node, parent object); parent 0 is the root.
-type Results = HashMap<(usize, usize), Result<Option<Fetched>, UpstreamError>>;
+type Results = HashMap<(usize, usize), Arc<Outcome>>;
+
+/// The member at `path` of an upstream object (null when missing). Upstream objects
+/// are small: a scan beats hashing the key.
+fn read<'v>(value: &'v Value, path: &[Arc<str>]) -> &'v Value {
+    static NULL: Value = Value::Null;
+    path.iter()
+        .try_fold(value, |v, m| match v {
+            Value::Object(map) if map.len() <= 12 => {
+                map.iter().find(|(k, _)| k.as_str() == &**m).map(|(_, v)| v)
+            }
+            Value::Object(map) => map.get(&**m),
+            _ => None,
+        })
+        .unwrap_or(&NULL)
+}
 
 fn addr<T>(r: &T) -> usize {
     r as *const T as usize
@@ -249,19 +274,18 @@ impl<'a> Run<'a> {
                 .is_some_and(|p| p.types.iter().any(|t| t == object))
     }
 
-    /// CollectFields for the object type `object` over the merged `sets`.
+    /// CollectFields for the object type `object` over the merged `sets`, once per
+    /// request for each (type, sets): the objects of a list share it.
     fn collect(&self, object: &'a str, sets: &[&'a SelectionSet]) -> Groups<'a, 'a> {
-        let key = (
-            object.as_ptr() as usize,
-            sets.iter().map(|s| addr(*s)).collect(),
-        );
-        if let Some(g) = self
-            .collected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        let ptr = object.as_ptr() as usize;
+        let same = |(o, s, _): &&(usize, Box<[usize]>, Groups<'a, 'a>)| {
+            *o == ptr && s.len() == sets.len() && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
+        };
         {
-            return g.clone();
+            let memo = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, _, g)) = memo.iter().rev().find(same) {
+                return g.clone();
+            }
         }
         let mut groups: Vec<Group<'a, 'a>> = Vec::new();
         let mut visited: Vec<&str> = Vec::new();
@@ -270,10 +294,12 @@ impl<'a> Run<'a> {
             self.collect_into(object, fields, set, &mut groups, &mut visited);
         }
         let groups = Arc::new(groups);
-        self.collected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, groups.clone());
+        let mut memo = self.collected.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the document's selections and types; a scan past this is slower
+        // than collecting again.
+        if memo.len() < 256 {
+            memo.push((ptr, sets.iter().map(|s| addr(*s)).collect(), groups.clone()));
+        }
         groups
     }
 
@@ -377,6 +403,47 @@ impl<'a> Run<'a> {
         Value::Object(out)
     }
 
+    /// Whether `sets` on a value of type `type_name` select a `@rest` field at any depth
+    /// (whatever `@skip` and `@include` say): if not, nothing below needs fetching.
+    fn selects_rest(&self, type_name: &'a str, sets: &[&'a SelectionSet], depth: usize) -> bool {
+        if sets.iter().all(|s| s.items.is_empty()) {
+            return false;
+        }
+        let ptr = type_name.as_ptr() as usize;
+        let known = self
+            .rest_below
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(t, s, _)| {
+                *t == ptr
+                    && s.len() == sets.len()
+                    && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
+            })
+            .map(|(_, _, below)| *below);
+        if let Some(below) = known {
+            return below;
+        }
+        let objects: Vec<&'a str> = match self.plan.possible(type_name) {
+            Some(p) => p.types.iter().map(String::as_str).collect(),
+            None => vec![type_name],
+        };
+        // Past this depth, assume there is (validation bounds real documents far below).
+        let below = depth > 64
+            || objects.iter().any(|object| {
+                self.collect(object, sets).iter().any(|g| {
+                    g.field.is_some_and(|f| {
+                        f.rest.is_some() || self.selects_rest(f.ty.base_name(), &g.sub, depth + 1)
+                    })
+                })
+            });
+        let mut memo = self.rest_below.lock().unwrap_or_else(|p| p.into_inner());
+        if memo.len() < 256 {
+            memo.push((ptr, sets.iter().map(|s| addr(*s)).collect(), below));
+        }
+        below
+    }
+
     /// The `@rest` fields below `value` (of type `ty`, selected by `sets`) down to the
     /// next `@rest` fields: the next level's tasks.
     fn descend<'v>(
@@ -387,6 +454,9 @@ impl<'a> Run<'a> {
         tasks: &mut Vec<Task<'a, 'a, 'v>>,
     ) {
         use crate::config::TypeRef;
+        if !self.selects_rest(ty.base_name(), sets, 0) {
+            return;
+        }
         match (ty, value) {
             (_, Value::Null) => {}
             (TypeRef::List { item, .. }, Value::Array(items)) => {
@@ -408,11 +478,7 @@ impl<'a> Run<'a> {
                             parent: Some(value),
                         });
                     } else if !g.sub.iter().all(|s| s.items.is_empty()) {
-                        let member = field
-                            .member
-                            .iter()
-                            .try_fold(value, |v, m| v.get(&**m))
-                            .unwrap_or(&Value::Null);
+                        let member = read(value, &field.member);
                         self.descend(member, &field.ty, &g.sub, tasks);
                     }
                 }
@@ -438,45 +504,77 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs `tasks` (distinct ones, all at once; for a mutation, the one root field),
-    /// stores their outcomes, and returns the values fetched with what selects them.
+    /// Runs `tasks` (all at once; for a mutation, the one root field), each distinct
+    /// request once: tasks of one field whose parents agree on what its request reads
+    /// share one fetch. Stores every task's outcome, and returns the distinct values
+    /// fetched with what selects them.
     async fn fetch_tasks(
         &self,
         tasks: Vec<Task<'a, 'a, '_>>,
         results: &mut Results,
         mutation: bool,
     ) -> Vec<(Arc<Value>, &'a Arc<FieldPlan>, Vec<&'a SelectionSet>)> {
-        let mut seen = std::collections::HashSet::new();
-        let tasks: Vec<_> = tasks
-            .into_iter()
-            .filter(|t| {
-                let key = (addr(t.node), t.parent.map_or(0, addr));
-                !results.contains_key(&key) && seen.insert(key)
-            })
-            .collect();
-        let args: Vec<Value> = tasks.iter().map(|t| self.args(t.node, t.field)).collect();
-        let outcomes = futures_util::future::join_all(tasks.iter().zip(&args).map(|(t, args)| {
-            let call = Call {
-                args,
-                parent: t.parent,
-                headers: self.headers,
-                deps: self.deps,
-                mutation,
-            };
-            async move {
-                match &t.field.rest {
-                    Some(rest) => crate::resolve::fetch(self.rt, t.field, rest, call).await,
-                    None => Ok(None),
+        // Distinct requests, and for each task the index of its request.
+        let mut distinct: Vec<&Task<'a, 'a, '_>> = Vec::new();
+        let mut by_identity: HashMap<(usize, String), usize> = HashMap::new();
+        let mut slots: Vec<(usize, (usize, usize))> = Vec::with_capacity(tasks.len());
+        for t in &tasks {
+            let at = (addr(t.node), t.parent.map_or(0, addr));
+            if results.contains_key(&at) {
+                continue;
+            }
+            let reads = match (&t.field.rest, t.parent) {
+                (Some(rest), Some(parent)) if !mutation => {
+                    let mut text = String::new();
+                    for path in &rest.parent_reads {
+                        let v = path.iter().try_fold(parent, |v, m| v.get(m.as_str()));
+                        text.push_str(&v.map(Value::to_string).unwrap_or_default());
+                        text.push('\u{1f}');
+                    }
+                    text
                 }
+                // A root field: one per node; a mutation field is never shared.
+                _ => format!("{:x}", at.1),
+            };
+            let n = distinct.len();
+            let index = *by_identity.entry((at.0, reads)).or_insert(n);
+            if index == n {
+                distinct.push(t);
             }
-        }))
-        .await;
+            slots.push((index, at));
+        }
+        let args: Vec<Value> = distinct
+            .iter()
+            .map(|t| self.args(t.node, t.field))
+            .collect();
+        let outcomes =
+            futures_util::future::join_all(distinct.iter().zip(&args).map(|(t, args)| {
+                let call = Call {
+                    args,
+                    parent: t.parent,
+                    headers: self.headers,
+                    deps: self.deps,
+                    mutation,
+                };
+                async move {
+                    match &t.field.rest {
+                        Some(rest) => crate::resolve::fetch(self.rt, t.field, rest, call).await,
+                        None => Ok(None),
+                    }
+                }
+            }))
+            .await;
         let mut next = Vec::new();
-        for (t, outcome) in tasks.into_iter().zip(outcomes) {
-            if let Ok(Some(f)) = &outcome {
-                next.push((f.value.clone(), t.field, t.sub));
+        let outcomes: Vec<Arc<Outcome>> = outcomes.into_iter().map(Arc::new).collect();
+        for (t, outcome) in distinct.iter().zip(&outcomes) {
+            if let Ok(Some(f)) = &**outcome {
+                next.push((f.value.clone(), t.field, t.sub.clone()));
             }
-            results.insert((addr(t.node), t.parent.map_or(0, addr)), outcome);
+        }
+        for (index, at) in slots {
+            if let Some(outcome) = outcomes.get(index) {
+                results.insert(at, outcome.clone());
+            }
         }
         next
     }
@@ -532,6 +630,7 @@ pub async fn execute(
         headers,
         deps,
         collected: Default::default(),
+        rest_below: Default::default(),
     };
     let top = [&op.selection_set.node];
     let groups = run.collect(root_type, &top);

@@ -117,15 +117,11 @@ impl<'r, 'a> Writer<'r, 'a> {
             return Ok(());
         };
         let Some(rest) = &field.rest else {
-            let member = field
-                .member
-                .iter()
-                .try_fold(value, |v, m| v.get(&**m))
-                .unwrap_or(&NULL);
+            let member = super::read(value, &field.member);
             return self.complete(&field.ty, member, &g.sub, src, pos);
         };
         let results = self.results;
-        match results.get(&(addr(g.node), parent)) {
+        match results.get(&(addr(g.node), parent)).map(|o| &**o) {
             Some(Ok(Some(fetched))) => {
                 let src = Src {
                     upstream: &rest.upstream.name,

@@ -21,6 +21,40 @@ pub struct RestPlan {
     pub cache: Option<CachePlan>,
     /// `select`: the path of the field's value in the upstream's JSON (empty: all of it).
     pub select: Vec<String>,
+    /// Every `{parent.…}` member path the request and its tags read: two parents that
+    /// agree on these make the same request.
+    pub parent_reads: Vec<Vec<String>>,
+}
+
+impl RestPlan {
+    fn gather_parent_reads(&mut self) {
+        let mut out: Vec<Vec<String>> = Vec::new();
+        let mut add = |t: &Template| {
+            for v in t.vars() {
+                if v.root == Root::Parent && !out.contains(&v.path) {
+                    out.push(v.path.clone());
+                }
+            }
+        };
+        add(&self.path);
+        self.query.iter().for_each(|(_, t)| add(t));
+        self.headers.iter().for_each(|(_, t)| add(t));
+        if let Some(c) = &self.cache {
+            c.tags.iter().for_each(&mut add);
+        }
+        fn body(b: &Body, add: &mut dyn FnMut(&Template)) {
+            match b {
+                Body::Template(t) => add(t),
+                Body::Object(fields) => fields.iter().for_each(|(_, b)| body(b, add)),
+                Body::List(items) => items.iter().for_each(|b| body(b, add)),
+                Body::Literal(_) => {}
+            }
+        }
+        if let Some(b) = &self.body {
+            body(b, &mut add);
+        }
+        self.parent_reads = out;
+    }
 }
 
 /// A `select` path (`"data.items"`), or why it is not one.
@@ -131,7 +165,7 @@ pub(super) fn plan(
         scope: c.node.scope,
     });
     let select = dotted("rest", d.select.as_ref(), "data.items", errors);
-    Some(RestPlan {
+    let mut plan = RestPlan {
         select,
         upstream: upstream?,
         method: d.method,
@@ -141,7 +175,10 @@ pub(super) fn plan(
         headers,
         batch,
         cache,
-    })
+        parent_reads: Vec::new(),
+    };
+    plan.gather_parent_reads();
+    Some(plan)
 }
 
 fn batch(

@@ -195,6 +195,7 @@ pub struct Call<'a> {
 
 /// A `@rest` field's value: the selected part of the upstream answer, and the cache
 /// entry it came from (`None`: not from a shared entry).
+#[derive(Clone)]
 pub struct Fetched {
     pub value: Arc<Value>,
     pub key: Option<CacheKey>,

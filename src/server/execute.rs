@@ -90,6 +90,12 @@ pub async fn execute(
     headers: HeaderMap,
     key: Option<CacheKey>,
 ) -> Executed {
+    // A prepared document passed the document's limits when it was prepared; its
+    // variables are checked as they are coerced.
+    let prepared = state.executor.cached(&state.runtime, &req);
+    if prepared.is_some() {
+        return run_prepared(state, prepared, req, headers, key).await;
+    }
     if let Some(why) = super::limits::check_document(&mut req, &state.limits) {
         state.runtime.metrics.reject(why.rejection());
         let body = Bytes::from(super::error_body(&why.message, Some(why.code)));
@@ -99,11 +105,23 @@ pub async fn execute(
             read: Arc::default(),
         };
     }
-    let deps = Arc::new(Deps::default());
     let prepared = state
         .executor
         .prepare(&state.schema, &state.runtime, &mut req)
         .await;
+    run_prepared(state, prepared, req, headers, key).await
+}
+
+/// Runs `req` with the planned executor when its document is `prepared` for it, else
+/// with the dynamic executor.
+async fn run_prepared(
+    state: &AppState,
+    prepared: Option<Arc<crate::exec::Prepared>>,
+    req: async_graphql::Request,
+    headers: HeaderMap,
+    key: Option<CacheKey>,
+) -> Executed {
+    let deps = Arc::new(Deps::default());
     if let Some(prepared) = prepared.filter(|p| !p.fallback()) {
         let out =
             crate::exec::execute(&state.runtime, &prepared, &req.variables, &headers, &deps).await;

@@ -23,8 +23,25 @@ use axum::Router;
 use std::sync::Arc;
 
 /// What every handler shares.
+/// What every request handler shares: one `Arc`, so extracting it is one increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct Shared {
     pub schema: async_graphql::dynamic::Schema,
     /// The planned executor and its prepared documents.
     pub executor: Arc<crate::exec::Executor>,
