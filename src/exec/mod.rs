@@ -202,14 +202,54 @@ struct Run<'a> {
     vars: HashMap<Name, ConstValue>,
     headers: &'a HeaderMap,
     deps: &'a Deps,
-    /// Collected fields by (object type, selection sets), most recent last.
-    collected: std::sync::Mutex<Vec<(usize, Box<[usize]>, Groups<'a, 'a>)>>,
+    /// Collected fields by (object type, selection sets).
+    collected: Memo<Groups<'a, 'a>>,
     /// Whether a `@rest` field is selected below (type, selection sets).
-    rest_below: std::sync::Mutex<Vec<(usize, Box<[usize]>, bool)>>,
+    rest_below: Memo<bool>,
 }
 
 /// What fetching a `@rest` field gave.
 type Outcome = Result<Option<Fetched>, UpstreamError>;
+
+/// Values by (type name, selection sets), compared by address: a request has few
+/// distinct ones, so a scan beats hashing.
+struct Memo<T>(std::sync::Mutex<Vec<MemoEntry<T>>>);
+
+/// (type name's address, selection sets' addresses, value)
+type MemoEntry<T> = (usize, Box<[usize]>, T);
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo(Default::default())
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    fn get(&self, type_name: &str, sets: &[&SelectionSet]) -> Option<T> {
+        let ptr = type_name.as_ptr() as usize;
+        let memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        memo.iter()
+            .rev()
+            .find(|(t, s, _)| {
+                *t == ptr
+                    && s.len() == sets.len()
+                    && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
+            })
+            .map(|(_, _, v)| v.clone())
+    }
+
+    fn put(&self, type_name: &str, sets: &[&SelectionSet], value: T) {
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Bounded by the document's selections and types; past this, work is redone.
+        if memo.len() < 256 {
+            memo.push((
+                type_name.as_ptr() as usize,
+                sets.iter().map(|s| addr(*s)).collect(),
+                value,
+            ));
+        }
+    }
+}
 
 /// A fetched `@rest` field by (field node, parent object); parent 0 is the root.
 type Results = HashMap<(usize, usize), Arc<Outcome>>;
@@ -277,15 +317,8 @@ impl<'a> Run<'a> {
     /// CollectFields for the object type `object` over the merged `sets`, once per
     /// request for each (type, sets): the objects of a list share it.
     fn collect(&self, object: &'a str, sets: &[&'a SelectionSet]) -> Groups<'a, 'a> {
-        let ptr = object.as_ptr() as usize;
-        let same = |(o, s, _): &&(usize, Box<[usize]>, Groups<'a, 'a>)| {
-            *o == ptr && s.len() == sets.len() && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
-        };
-        {
-            let memo = self.collected.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, _, g)) = memo.iter().rev().find(same) {
-                return g.clone();
-            }
+        if let Some(g) = self.collected.get(object, sets) {
+            return g;
         }
         let mut groups: Vec<Group<'a, 'a>> = Vec::new();
         let mut visited: Vec<&str> = Vec::new();
@@ -294,12 +327,7 @@ impl<'a> Run<'a> {
             self.collect_into(object, fields, set, &mut groups, &mut visited);
         }
         let groups = Arc::new(groups);
-        let mut memo = self.collected.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded by the document's selections and types; a scan past this is slower
-        // than collecting again.
-        if memo.len() < 256 {
-            memo.push((ptr, sets.iter().map(|s| addr(*s)).collect(), groups.clone()));
-        }
+        self.collected.put(object, sets, groups.clone());
         groups
     }
 
@@ -409,19 +437,7 @@ impl<'a> Run<'a> {
         if sets.iter().all(|s| s.items.is_empty()) {
             return false;
         }
-        let ptr = type_name.as_ptr() as usize;
-        let known = self
-            .rest_below
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|(t, s, _)| {
-                *t == ptr
-                    && s.len() == sets.len()
-                    && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
-            })
-            .map(|(_, _, below)| *below);
-        if let Some(below) = known {
+        if let Some(below) = self.rest_below.get(type_name, sets) {
             return below;
         }
         let objects: Vec<&'a str> = match self.plan.possible(type_name) {
@@ -437,10 +453,7 @@ impl<'a> Run<'a> {
                     })
                 })
             });
-        let mut memo = self.rest_below.lock().unwrap_or_else(|p| p.into_inner());
-        if memo.len() < 256 {
-            memo.push((ptr, sets.iter().map(|s| addr(*s)).collect(), below));
-        }
+        self.rest_below.put(type_name, sets, below);
         below
     }
 
