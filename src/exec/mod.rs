@@ -120,13 +120,18 @@ fn doc_key(query: &str, operation_name: Option<&str>) -> u64 {
 impl Executor {
     /// The prepared form of `req`'s document, if it is in the cache.
     pub fn cached(&self, rt: &Runtime, req: &async_graphql::Request) -> Option<Arc<Prepared>> {
-        let key = doc_key(&req.query, req.operation_name.as_deref());
-        let p = self
-            .prepared
-            .get(&key)
-            .filter(|p| p.query == req.query && p.operation_name == req.operation_name)?;
+        let p = self.peek(req)?;
         rt.metrics.plans.with_label_values(&["hit"]).inc();
         Some(p)
+    }
+
+    /// [`Executor::cached`], not counted: for a transport that wants to know the
+    /// operation's type without parsing the document again.
+    pub fn peek(&self, req: &async_graphql::Request) -> Option<Arc<Prepared>> {
+        let key = doc_key(&req.query, req.operation_name.as_deref());
+        self.prepared
+            .get(&key)
+            .filter(|p| p.query == req.query && p.operation_name == req.operation_name)
     }
 
     /// Parses, validates and keeps `req`'s document (the caller found it not
@@ -178,6 +183,11 @@ fn introspects(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bo
 impl Prepared {
     pub fn fallback(&self) -> bool {
         self.fallback
+    }
+
+    /// The operation's type.
+    pub fn kind(&self) -> OperationType {
+        self.op.node.ty
     }
 }
 

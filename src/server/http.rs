@@ -267,7 +267,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     let mut req = req;
-    match operation_type(&mut req) {
+    match operation_type(&state, &mut req) {
         Some(OperationType::Subscription) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -357,7 +357,7 @@ pub async fn post(
             Err(go_on) => go_on,
         };
     let mut req = req;
-    if operation_type(&mut req) == Some(OperationType::Subscription) {
+    if operation_type(&state, &mut req) == Some(OperationType::Subscription) {
         return refuse(
             StatusCode::BAD_REQUEST,
             Some(media),
@@ -402,9 +402,13 @@ async fn sse_or_stored(
     }
 }
 
-/// The type of the operation `req` would run, when its document parses. The parse is kept
-/// in the request, so the executor does not parse it again.
-fn operation_type(req: &mut async_graphql::Request) -> Option<OperationType> {
+/// The type of the operation `req` would run, when its document parses: known from the
+/// executor's prepared document, or parsed now (the parse is kept in the request, so the
+/// executor does not parse it again).
+fn operation_type(state: &AppState, req: &mut async_graphql::Request) -> Option<OperationType> {
+    if let Some(p) = state.executor.peek(req) {
+        return Some(p.kind());
+    }
     let name = req.operation_name.clone();
     let doc = req.parsed_query().ok()?;
     crate::live::operation(doc, name.as_deref()).map(|op| op.node.ty)
