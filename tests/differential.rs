@@ -90,14 +90,14 @@ fn item(world: u64, i: u64, depth: u32) -> Value {
         Vec::new()
     };
     json!({
-        "id": if s(3) % 5 == 0 { json!(i) } else { json!(format!("i{i}")) },
+        "id": if s(3).is_multiple_of(5) { json!(i) } else { json!(format!("i{i}")) },
         "world": world,
         "name": sometimes(world, i * 100 + 4, json!(format!("item {i}"))),
         "n": sometimes(world, i * 100 + 5, json!(i as i64 * 3)),
-        "flag": sometimes(world, i * 100 + 6, json!(i % 2 == 0)),
+        "flag": sometimes(world, i * 100 + 6, json!(i.is_multiple_of(2))),
         "tags": sometimes(world, i * 100 + 7, Value::Array(tags)),
         "ownerId": format!("{}", s(8) % 4),
-        "kind": sometimes(world, i * 100 + 9, json!(if i % 2 == 0 { "A" } else { "B" })),
+        "kind": sometimes(world, i * 100 + 9, json!(if i.is_multiple_of(2) { "A" } else { "B" })),
         "rel": sometimes(world, i * 100 + 11, Value::Array(rel)),
     })
 }
@@ -116,7 +116,7 @@ fn owner(world: u64, id: &str) -> Result<Value, u16> {
         world,
         id.len() as u64 * 31 + id.bytes().map(u64::from).sum::<u64>(),
     );
-    if h % 7 == 0 {
+    if h.is_multiple_of(7) {
         return Err(500);
     }
     Ok(json!({
