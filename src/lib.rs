@@ -191,12 +191,20 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         options.response_cache_bytes,
         vary,
     ));
-    Ok(server::Shared {
+    let engine = Arc::new(exec::Engine {
         schema,
-        executor: Arc::new(exec::Executor::default()),
+        runtime: runtime.clone(),
+        responses,
+        executor: exec::Executor::default(),
+        limits: exec::limits::DocumentLimits {
+            max_aliases: options.connection_limits.max_aliases,
+            max_root_fields: options.connection_limits.max_root_fields,
+        },
+    });
+    Ok(server::Shared {
+        engine,
         runtime,
         max_body: options.max_request_body,
-        responses,
         ws: options.ws.clone(),
         webhook: options.webhook.clone(),
         shutdown: tokio::sync::watch::channel(false).1,

@@ -21,8 +21,12 @@
 //! `__type` (introspection), documents that do not parse or validate (it reports why,
 //! with the messages users already know), and `@stream` events.
 
+pub mod limits;
+mod run;
 pub mod vars;
 mod write;
+
+pub use run::{encode, execute as execute_request, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::{FieldPlan, Plan, TypePlanKind};
@@ -39,6 +43,50 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+/// What running an operation needs, whichever transport (or the live hub) asks: below
+/// the transports and the live hub, which both use it.
+pub struct Engine {
+    /// async-graphql's dynamic schema: validation, introspection, `@stream` events.
+    pub schema: async_graphql::dynamic::Schema,
+    pub runtime: Arc<Runtime>,
+    /// Whole responses of repeated queries.
+    pub responses: Arc<crate::response_cache::ResponseCache>,
+    /// Prepared documents.
+    pub executor: Executor,
+    pub limits: limits::DocumentLimits,
+}
+
+/// The operation a request runs: the one named, or the only one (GraphQL's rule: several
+/// unnamed-for operations is an error the executor reports).
+pub fn operation<'d>(
+    doc: &'d ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'d Positioned<OperationDefinition>> {
+    match name {
+        Some(name) => doc
+            .operations
+            .iter()
+            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))
+            .map(|(_, op)| op),
+        None => {
+            let mut ops = doc.operations.iter();
+            match (ops.next(), ops.next()) {
+                (Some((_, op)), None) => Some(op),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// A GraphQL response body with one error: `message`, and `extensions.code` if given.
+pub fn error_body(message: &str, code: Option<&str>) -> String {
+    let mut error = serde_json::json!({ "message": message });
+    if let Some(code) = code {
+        error["extensions"] = serde_json::json!({ "code": code });
+    }
+    serde_json::json!({ "errors": [error] }).to_string()
+}
 
 /// A document ready to run: parsed, validated, its operation picked.
 pub struct Prepared {
@@ -153,7 +201,7 @@ impl Executor {
         if !schema.execute(check).await.errors.is_empty() {
             return None;
         }
-        let op = crate::live::operation(&doc, req.operation_name.as_deref())?.clone();
+        let op = operation(&doc, req.operation_name.as_deref())?.clone();
         let fallback = introspects(&doc, &op.node.selection_set.node, 0);
         let prepared = Arc::new(Prepared {
             query: req.query.clone(),

@@ -14,7 +14,7 @@
 pub mod hub;
 pub mod patch;
 
-use crate::server::AppState;
+use crate::exec::Engine;
 use async_graphql::parser::types::{OperationType, Selection};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -40,17 +40,18 @@ pub enum Prepared {
 
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
 /// operation is a subscription livegate cannot serve.
-pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prepared, String> {
+pub fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared, String> {
     bare_cr_as_lf(&mut req.query);
     let name = req.operation_name.clone();
     let subscription = req.parsed_query().is_ok_and(|doc| {
-        operation(doc, name.as_deref()).is_some_and(|op| op.node.ty == OperationType::Subscription)
+        crate::exec::operation(doc, name.as_deref())
+            .is_some_and(|op| op.node.ty == OperationType::Subscription)
     });
     // A subscription is held to the same limits as a query (an event stream never reaches
     // the query executor, where queries and mutations are checked).
     if subscription {
-        if let Some(refusal) = crate::server::limits::check_document(&mut req, &state.limits) {
-            state.runtime.metrics.reject(refusal.rejection());
+        if let Some(refusal) = crate::exec::limits::check_document(&mut req, &engine.limits) {
+            engine.runtime.metrics.reject(refusal.rejection());
             return Err(refusal.message);
         }
     }
@@ -58,7 +59,7 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
     let Ok(doc) = req.parsed_query() else {
         return Ok(Prepared::Once(req));
     };
-    let Some(op) = operation(doc, name.as_deref()) else {
+    let Some(op) = crate::exec::operation(doc, name.as_deref()) else {
         return Ok(Prepared::Once(req));
     };
     if op.node.ty != OperationType::Subscription {
@@ -80,7 +81,7 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
     let [field] = fields.as_slice() else {
         return Err("a subscription selects exactly one root field".into());
     };
-    let plan = &state.runtime.plan;
+    let plan = &engine.runtime.plan;
     let Some(sub_field) = plan.subscription_field(field) else {
         return Err(format!(
             "`{field}` is not a subscription field of this schema"
@@ -100,28 +101,6 @@ pub fn prepare(state: &AppState, mut req: async_graphql::Request) -> Result<Prep
         request = request.operation_name(name);
     }
     Ok(Prepared::Live { request, poll })
-}
-
-/// The operation a request runs: the one named, or the only one (GraphQL's rule: several
-/// unnamed-for operations is an error the executor reports).
-pub fn operation<'d>(
-    doc: &'d async_graphql::parser::types::ExecutableDocument,
-    name: Option<&str>,
-) -> Option<&'d async_graphql::Positioned<async_graphql::parser::types::OperationDefinition>> {
-    match name {
-        Some(name) => doc
-            .operations
-            .iter()
-            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))
-            .map(|(_, op)| op),
-        None => {
-            let mut ops = doc.operations.iter();
-            match (ops.next(), ops.next()) {
-                (Some((_, op)), None) => Some(op),
-                _ => None,
-            }
-        }
-    }
 }
 
 /// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.
@@ -168,7 +147,7 @@ fn bare_cr_as_lf(text: &mut String) {
 
 struct Subscription {
     _active: crate::metrics::GaugeGuard,
-    state: AppState,
+    engine: Arc<Engine>,
     request: async_graphql::Request,
     headers: HeaderMap,
     poll: Option<Duration>,
@@ -180,7 +159,7 @@ struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.state.runtime.hub.unwatch(self.id);
+        self.engine.runtime.hub.unwatch(self.id);
     }
 }
 
@@ -203,11 +182,11 @@ pub struct Frame {
 impl Subscription {
     /// Runs the query and watches what it read; `None` when nothing changed for the client.
     async fn step(&mut self) -> Option<Frame> {
-        let hub = self.state.runtime.hub.clone();
+        let hub = self.engine.runtime.hub.clone();
         let generation = hub.generation();
         // Boxed: an idle subscription then holds no room for an execution's state.
-        let done = Box::pin(crate::server::execute::run(
-            &self.state,
+        let done = Box::pin(crate::exec::run(
+            &self.engine,
             clone_request(&self.request),
             self.headers.clone(),
         ))
@@ -246,28 +225,28 @@ impl Subscription {
 /// The events of an `@stream` subscription, run by the executor: each upstream message
 /// that matches is one result, nested `@rest` fields resolved through the cache.
 pub fn events(
-    state: &AppState,
+    engine: &Engine,
     request: async_graphql::Request,
     headers: HeaderMap,
 ) -> impl Stream<Item = Frame> + Send + 'static {
     use futures_util::StreamExt;
     let request = request.data(crate::resolve::ClientHeaders(headers));
     let active = crate::metrics::GaugeGuard::new(
-        state
+        engine
             .runtime
             .metrics
             .subscriptions
             .with_label_values(&["stream"]),
     );
     let (query, operation) = (request.query.clone(), request.operation_name.clone());
-    let plan = state.runtime.plan.clone();
-    state
+    let plan = engine.runtime.plan.clone();
+    engine
         .schema
         .execute_stream(request)
         .map(move |mut response| {
             let _alive = &active;
             let (body, request_error) =
-                crate::server::execute::encode(&plan, &query, operation.as_deref(), &mut response);
+                crate::exec::encode(&plan, &query, operation.as_deref(), &mut response);
             Frame {
                 body,
                 request_error,
@@ -277,14 +256,14 @@ pub fn events(
 
 /// The results of a live query, until the request error that ends it (if any).
 pub fn run(
-    state: AppState,
+    engine: Arc<Engine>,
     request: async_graphql::Request,
     headers: HeaderMap,
     poll: Option<Duration>,
 ) -> impl Stream<Item = Frame> + Send {
-    let hub = state.runtime.hub.clone();
+    let hub = engine.runtime.hub.clone();
     let active = crate::metrics::GaugeGuard::new(
-        state
+        engine
             .runtime
             .metrics
             .subscriptions
@@ -292,7 +271,7 @@ pub fn run(
     );
     let sub = Subscription {
         _active: active,
-        state,
+        engine,
         request,
         headers,
         poll,

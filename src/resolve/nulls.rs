@@ -30,7 +30,7 @@ pub fn propagate(
     let Ok(doc) = async_graphql::parser::parse_query(query) else {
         return;
     };
-    let Some(op) = crate::live::operation(&doc, operation_name) else {
+    let Some(op) = crate::exec::operation(&doc, operation_name) else {
         return;
     };
     let root = match op.node.ty {

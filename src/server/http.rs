@@ -396,7 +396,7 @@ async fn sse_or_stored(
             Err(refusal) => *refusal,
         });
     }
-    match super::execute::lookup(state, &req, headers) {
+    match crate::exec::lookup(&state.engine, &req, headers) {
         Ok(hit) => Ok(respond(StatusCode::OK, media, hit.body)),
         Err(key) => Err((req, key)),
     }
@@ -406,12 +406,12 @@ async fn sse_or_stored(
 /// executor's prepared document, or parsed now (the parse is kept in the request, so the
 /// executor does not parse it again).
 fn operation_type(state: &AppState, req: &mut async_graphql::Request) -> Option<OperationType> {
-    if let Some(p) = state.executor.peek(req) {
+    if let Some(p) = state.engine.executor.peek(req) {
         return Some(p.kind());
     }
     let name = req.operation_name.clone();
     let doc = req.parsed_query().ok()?;
-    crate::live::operation(doc, name.as_deref()).map(|op| op.node.ty)
+    crate::exec::operation(doc, name.as_deref()).map(|op| op.node.ty)
 }
 
 async fn execute(
@@ -421,7 +421,7 @@ async fn execute(
     headers: HeaderMap,
     key: Option<crate::cache::CacheKey>,
 ) -> Response {
-    let done = super::execute::execute(state, req, headers, key).await;
+    let done = crate::exec::execute_request(&state.engine, req, headers, key).await;
     let status = if done.request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {

@@ -4,7 +4,6 @@
 
 pub mod body;
 pub mod cors;
-pub mod execute;
 mod graphiql;
 mod health;
 mod http;
@@ -42,14 +41,11 @@ impl std::ops::Deref for AppState {
 
 /// The state behind [`AppState`].
 pub struct Shared {
-    pub schema: async_graphql::dynamic::Schema,
-    /// The planned executor and its prepared documents.
-    pub executor: Arc<crate::exec::Executor>,
+    /// What runs operations (shared with the live hub's re-runs).
+    pub engine: Arc<crate::exec::Engine>,
     pub runtime: Arc<Runtime>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,
-    /// Whole responses of repeated queries.
-    pub responses: Arc<crate::response_cache::ResponseCache>,
     pub ws: ws::WsOptions,
     pub webhook: webhook::WebhookOptions,
     /// Turns `true` when the server begins to shut down.
@@ -67,14 +63,7 @@ pub struct Shared {
     pub pending_bodies: body::Pending,
 }
 
-/// A GraphQL response body with one error: `message`, and `extensions.code` if given.
-pub(crate) fn error_body(message: &str, code: Option<&str>) -> String {
-    let mut error = serde_json::json!({ "message": message });
-    if let Some(code) = code {
-        error["extensions"] = serde_json::json!({ "code": code });
-    }
-    serde_json::json!({ "errors": [error] }).to_string()
-}
+pub(crate) use crate::exec::error_body;
 
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 

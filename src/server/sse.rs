@@ -41,23 +41,23 @@ pub async fn respond(
     headers: HeaderMap,
     admitted: super::limits::Admitted,
 ) -> Response {
-    let events: BoxStream<'static, Bytes> = match live::prepare(&state, req) {
+    let events: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
         Err(message) => {
             let body = super::error_body(&message, None);
             stream::iter([next(body.as_bytes()), Bytes::from_static(COMPLETE)]).boxed()
         }
         Ok(Prepared::Once(req)) => {
-            let done = super::execute::run(&state, req, headers).await;
+            let done = crate::exec::run(&state.engine, req, headers).await;
             stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
         }
         Ok(Prepared::Live { request, poll }) => frames(
             &state,
-            live::run(state.clone(), request, headers, poll).boxed(),
+            live::run(state.engine.clone(), request, headers, poll).boxed(),
             admitted,
         ),
         Ok(Prepared::Events(request)) => frames(
             &state,
-            live::events(&state, request, headers).boxed(),
+            live::events(&state.engine, request, headers).boxed(),
             admitted,
         ),
     };

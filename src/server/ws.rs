@@ -588,14 +588,14 @@ async fn operation(
     };
     let failure =
         |body: &[u8]| json!({"id": id, "type": error, "payload": errors_of(body)}).to_string();
-    let frames = match live::prepare(state, req) {
+    let frames = match live::prepare(&state.engine, req) {
         Err(message) => {
             tx.json(json!({"id": id, "type": error, "payload": [{"message": message}]}))
                 .await;
             return false;
         }
         Ok(Prepared::Once(req)) => {
-            let done = Box::pin(super::execute::run(state, req, headers)).await;
+            let done = Box::pin(crate::exec::run(&state.engine, req, headers)).await;
             if done.request_error {
                 tx.text(failure(&done.body)).await;
                 return false;
@@ -603,9 +603,9 @@ async fn operation(
             return tx.text(result(&done.body)).await;
         }
         Ok(Prepared::Live { request, poll }) => {
-            live::run(state.clone(), request, headers, poll).boxed()
+            live::run(state.engine.clone(), request, headers, poll).boxed()
         }
-        Ok(Prepared::Events(request)) => live::events(state, request, headers).boxed(),
+        Ok(Prepared::Events(request)) => live::events(&state.engine, request, headers).boxed(),
     };
     tokio::pin!(frames);
     let pushed = state

@@ -1,8 +1,9 @@
-//! Running one operation for any transport: the whole-response cache first, then the
-//! executor with a [`Deps`] collector, so callers learn what the result was built from
-//! (the live hub watches those entries).
+//! Running one operation for any transport (and for the live hub's re-runs): the
+//! whole-response cache first, then the planned executor (or the dynamic one, for what
+//! it still runs) with a [`Deps`] collector, so callers learn what the result was built
+//! from (the live hub watches those entries).
 
-use super::AppState;
+use super::Engine;
 use crate::cache::CacheKey;
 use crate::deps::{Deps, Read};
 use crate::resolve::ClientHeaders;
@@ -23,14 +24,14 @@ pub struct Executed {
 
 /// A stored response for `req`, if one is current; else the key to store it under.
 pub fn lookup(
-    state: &AppState,
+    engine: &Engine,
     req: &async_graphql::Request,
     headers: &HeaderMap,
 ) -> Result<Executed, Option<CacheKey>> {
-    let key = state.responses.key(req, headers);
-    match key.as_ref().and_then(|k| state.responses.get(k)) {
+    let key = engine.responses.key(req, headers);
+    match key.as_ref().and_then(|k| engine.responses.get(k)) {
         Some(hit) => {
-            state.runtime.metrics.response_cache_hits.inc();
+            engine.runtime.metrics.response_cache_hits.inc();
             Ok(Executed {
                 body: hit.body,
                 request_error: false,
@@ -42,10 +43,10 @@ pub fn lookup(
 }
 
 /// Runs `req`, from the response cache when it can.
-pub async fn run(state: &AppState, req: async_graphql::Request, headers: HeaderMap) -> Executed {
-    match lookup(state, &req, &headers) {
+pub async fn run(engine: &Engine, req: async_graphql::Request, headers: HeaderMap) -> Executed {
+    match lookup(engine, &req, &headers) {
         Ok(hit) => hit,
-        Err(key) => execute(state, req, headers, key).await,
+        Err(key) => execute(engine, req, headers, key).await,
     }
 }
 
@@ -81,23 +82,23 @@ pub fn encode(
     (body, request_error)
 }
 
-pub use crate::exec::{cap_errors, MAX_ERRORS};
+use super::cap_errors;
 
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(
-    state: &AppState,
+    engine: &Engine,
     mut req: async_graphql::Request,
     headers: HeaderMap,
     key: Option<CacheKey>,
 ) -> Executed {
     // A prepared document passed the document's limits when it was prepared; its
     // variables are checked as they are coerced.
-    let prepared = state.executor.cached(&state.runtime, &req);
+    let prepared = engine.executor.cached(&engine.runtime, &req);
     if prepared.is_some() {
-        return run_prepared(state, prepared, req, headers, key).await;
+        return run_prepared(engine, prepared, req, headers, key).await;
     }
-    if let Some(why) = super::limits::check_document(&mut req, &state.limits) {
-        state.runtime.metrics.reject(why.rejection());
+    if let Some(why) = super::limits::check_document(&mut req, &engine.limits) {
+        engine.runtime.metrics.reject(why.rejection());
         let body = Bytes::from(super::error_body(&why.message, Some(why.code)));
         return Executed {
             body,
@@ -105,30 +106,29 @@ pub async fn execute(
             read: Arc::default(),
         };
     }
-    let prepared = state
+    let prepared = engine
         .executor
-        .prepare(&state.schema, &state.runtime, &mut req)
+        .prepare(&engine.schema, &engine.runtime, &mut req)
         .await;
-    run_prepared(state, prepared, req, headers, key).await
+    run_prepared(engine, prepared, req, headers, key).await
 }
 
 /// Runs `req` with the planned executor when its document is `prepared` for it, else
 /// with the dynamic executor.
 async fn run_prepared(
-    state: &AppState,
-    prepared: Option<Arc<crate::exec::Prepared>>,
+    engine: &Engine,
+    prepared: Option<Arc<super::Prepared>>,
     req: async_graphql::Request,
     headers: HeaderMap,
     key: Option<CacheKey>,
 ) -> Executed {
     let deps = Arc::new(Deps::default());
     if let Some(prepared) = prepared.filter(|p| !p.fallback()) {
-        let out =
-            crate::exec::execute(&state.runtime, &prepared, &req.variables, &headers, &deps).await;
+        let out = super::execute(&engine.runtime, &prepared, &req.variables, &headers, &deps).await;
         let gathered = deps.take();
         if let Some(key) = key {
             if !out.has_errors {
-                state.responses.put(key, out.body.clone(), &gathered);
+                engine.responses.put(key, out.body.clone(), &gathered);
             }
         }
         return Executed {
@@ -139,9 +139,9 @@ async fn run_prepared(
     }
     let (query, operation) = (req.query.clone(), req.operation_name.clone());
     let req = req.data(ClientHeaders(headers)).data(deps.clone());
-    let mut response = state.schema.execute(req).await;
+    let mut response = engine.schema.execute(req).await;
     let (body, request_error) = encode(
-        &state.runtime.plan,
+        &engine.runtime.plan,
         &query,
         operation.as_deref(),
         &mut response,
@@ -149,7 +149,7 @@ async fn run_prepared(
     let gathered = deps.take();
     if let Some(key) = key {
         if response.errors.is_empty() {
-            state.responses.put(key, body.clone(), &gathered);
+            engine.responses.put(key, body.clone(), &gathered);
         }
     }
     Executed {
