@@ -2,7 +2,7 @@
 //! apollo-compiler's validated documents and its `resolvers` execution, run over the same
 //! upstream JSON. Random valid operations (aliases, fields selected twice and merged,
 //! named and inline fragments, fragments on a union, `__typename`, `@skip`/`@include` with
-//! literals and variables, nested `@rest` fields) against a deterministic upstream whose
+//! literals and variables, arguments from literals, given variables and variable defaults, nested `@rest` fields) against a deterministic upstream whose
 //! worlds inject nulls, wrong kinds, unknown union members and HTTP errors. Each response
 //! must equal the reference's on `data` (byte for byte, key order included) and on the set
 //! of error paths.
@@ -263,6 +263,9 @@ struct Gen {
     rng: fastrand::Rng,
     fragments: Vec<String>,
     uses_v: bool,
+    /// Variable declarations other than `$v`, and the values given for them.
+    decls: Vec<String>,
+    given: serde_json::Map<String, Value>,
 }
 
 impl Gen {
@@ -369,7 +372,20 @@ impl Gen {
         out.join(" ")
     }
 
-    fn operation(&mut self, world: u64) -> String {
+    fn operation(&mut self, world_id: u64) -> String {
+        // The world as a literal, a given variable, or a variable's default.
+        let world = match self.rng.u8(0..3) {
+            0 => {
+                self.decls.push("$w: Int!".into());
+                self.given.insert("w".into(), json!(world_id));
+                "$w".to_string()
+            }
+            1 => {
+                self.decls.push(format!("$w: Int = {world_id}"));
+                "$w".to_string()
+            }
+            _ => world_id.to_string(),
+        };
         let root = match self.rng.u8(0..3) {
             0 => format!("strictItems(world: {world}) {{ {} }}", self.fields("Item", 0)),
             1 => format!(
@@ -380,14 +396,17 @@ impl Gen {
             _ => format!("items(world: {world}) {{ {} }}", self.fields("Item", 0)),
         };
         let second = if self.rng.bool() {
-            format!(" other: items(world: {}) {{ id name }}", world + 1)
+            format!(" other: items(world: {}) {{ id name }}", world_id + 1)
         } else {
             String::new()
         };
-        let head = if self.uses_v {
-            "query Q($v: Boolean!)"
+        if self.uses_v {
+            self.decls.push("$v: Boolean!".into());
+        }
+        let head = if self.decls.is_empty() {
+            "query Q".to_string()
         } else {
-            "query Q"
+            format!("query Q({})", self.decls.join(", "))
         };
         let mut doc = format!("{head} {{ {root}{second} }}");
         for f in &self.fragments {
@@ -425,6 +444,8 @@ async fn the_executor_agrees_with_the_reference_on_random_operations() {
             rng: fastrand::Rng::with_seed(case),
             fragments: Vec::new(),
             uses_v: false,
+            decls: Vec::new(),
+            given: serde_json::Map::new(),
         };
         let world = case % 97;
         let query = gen.operation(world);
@@ -440,9 +461,12 @@ async fn the_executor_agrees_with_the_reference_on_random_operations() {
                 continue;
             }
         };
-        let mut vars = apollo_compiler::response::JsonMap::new();
         if gen.uses_v {
-            vars.insert("v", v.into());
+            gen.given.insert("v".into(), json!(v));
+        }
+        let mut vars = apollo_compiler::response::JsonMap::new();
+        for (name, value) in &gen.given {
+            vars.insert(name.as_str(), value.clone().into());
         }
         let root = Obj {
             ty: "Query".into(),
@@ -454,11 +478,7 @@ async fn the_executor_agrees_with_the_reference_on_random_operations() {
             .execute_sync(&root)
             .unwrap_or_else(|e| panic!("reference refused {query}: {e:?}"));
         let reference: Value = serde_json::to_value(&reference).expect("reference JSON");
-        let variables = if gen.uses_v {
-            json!({ "v": v })
-        } else {
-            json!({})
-        };
+        let variables = Value::Object(gen.given.clone());
         let body = gw
             .query_raw(&json!({"query": query, "variables": variables}).to_string())
             .await;
