@@ -41,6 +41,12 @@ pub async fn respond(
     headers: HeaderMap,
     admitted: super::limits::Admitted,
 ) -> Response {
+    // Kept for the stream's life: a copy that does not hold hyper's read buffer.
+    let headers = {
+        let copy = super::detached(&headers);
+        drop(headers);
+        copy
+    };
     let events: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
         Err(message) => {
             let body = super::error_body(&message, None);
