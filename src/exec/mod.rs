@@ -675,24 +675,136 @@ pub async fn execute(
     headers: &HeaderMap,
     deps: &Deps,
 ) -> Output {
-    let plan = &*rt.plan;
-    let op = &prepared.op.node;
-    let vars = match vars::coerce_variables(plan, &op.variable_definitions, variables) {
+    let vars = match coerce(rt, prepared, variables) {
         Ok(v) => v,
-        Err(message) => {
-            let body = serde_json::json!({"errors": [{"message": message, "extensions": {"code": "BAD_USER_INPUT"}}]});
-            return Output {
-                body: Bytes::from(body.to_string()),
-                request_error: true,
-                has_errors: true,
-            };
-        }
+        Err(refused) => return refused,
     };
-    let (root_type, mutation) = match op.ty {
+    let plan = &*rt.plan;
+    let (root_type, mutation) = match prepared.op.node.ty {
         OperationType::Mutation => (plan.mutation.as_deref().unwrap_or(&plan.query), true),
         // A live query runs as the query of the same text.
         _ => (plan.query.as_str(), false),
     };
+    let root = Value::Object(Default::default());
+    execute_on(
+        rt, prepared, vars, headers, deps, root_type, mutation, &root,
+    )
+    .await
+}
+
+/// The operation's variables, coerced; or the request error that refuses them.
+fn coerce(
+    rt: &Runtime,
+    prepared: &Prepared,
+    variables: &async_graphql::Variables,
+) -> Result<HashMap<Name, ConstValue>, Output> {
+    vars::coerce_variables(&rt.plan, &prepared.op.node.variable_definitions, variables).map_err(
+        |message| Output {
+            body: Bytes::from(error_body(&message, Some("BAD_USER_INPUT"))),
+            request_error: true,
+            has_errors: true,
+        },
+    )
+}
+
+/// An `@stream` subscription ready to run its events: the field, its arguments, the
+/// coerced variables.
+pub struct EventCall {
+    pub field: Arc<FieldPlan>,
+    pub args: Value,
+    vars: HashMap<Name, ConstValue>,
+}
+
+/// Coerces a prepared subscription's variables and finds its `@stream` root field.
+pub fn events_call(
+    rt: &Arc<Runtime>,
+    prepared: &Prepared,
+    variables: &async_graphql::Variables,
+) -> Result<EventCall, Output> {
+    let vars = coerce(rt, prepared, variables)?;
+    let plan = &*rt.plan;
+    let no_headers = HeaderMap::new();
+    let no_deps = Deps::default();
+    let run = Run {
+        rt,
+        plan,
+        doc: &prepared.doc,
+        vars,
+        headers: &no_headers,
+        deps: &no_deps,
+        collected: Default::default(),
+        rest_below: Default::default(),
+    };
+    let root_type = plan.subscription.as_deref().unwrap_or("Subscription");
+    let top = [&prepared.op.node.selection_set.node];
+    let groups = run.collect(root_type, &top);
+    let found = groups
+        .iter()
+        .find_map(|g| g.field.filter(|f| f.stream.is_some()).map(|f| (g.node, f)));
+    let Some((node, field)) = found else {
+        return Err(Output {
+            body: Bytes::from(error_body("the subscription selects no event field", None)),
+            request_error: true,
+            has_errors: true,
+        });
+    };
+    let args = run.args(node, field);
+    let field = field.clone();
+    drop(groups);
+    Ok(EventCall {
+        field,
+        args,
+        vars: run.vars,
+    })
+}
+
+/// One event of an `@stream` subscription: the selection completed over `payload` as
+/// the value of the subscription's field, nested `@rest` fields fetched as for a query.
+pub async fn execute_event(
+    rt: &Arc<Runtime>,
+    prepared: &Prepared,
+    call: &EventCall,
+    headers: &HeaderMap,
+    payload: &Value,
+) -> Output {
+    let plan = &*rt.plan;
+    let root_type = plan.subscription.as_deref().unwrap_or("Subscription");
+    let mut root = serde_json::Map::new();
+    root.insert(call.field.name.clone(), payload.clone());
+    let root = Value::Object(root);
+    let deps = Deps::default();
+    execute_on(
+        rt,
+        prepared,
+        call.vars.clone(),
+        headers,
+        &deps,
+        root_type,
+        false,
+        &root,
+    )
+    .await
+}
+
+/// Fetches and writes `prepared`'s selection on `root` (a value of `root_type`).
+#[allow(clippy::too_many_arguments)]
+async fn execute_on(
+    rt: &Arc<Runtime>,
+    prepared: &Prepared,
+    vars: HashMap<Name, ConstValue>,
+    headers: &HeaderMap,
+    deps: &Deps,
+    root_type: &str,
+    mutation: bool,
+    root: &Value,
+) -> Output {
+    let plan = &*rt.plan;
+    let op = &prepared.op.node;
+    let root_type: &str = plan
+        .types
+        .get_key_value(root_type)
+        .map(|(k, _)| k.as_str())
+        .unwrap_or(root_type);
     let run = Run {
         rt,
         plan,
@@ -706,7 +818,7 @@ pub async fn execute(
     let top = [&op.selection_set.node];
     let groups = run.collect(root_type, &top);
     let mut results = Results::new();
-    fn task<'d, 'p>(g: &Group<'d, 'p>) -> Option<Task<'d, 'p, 'static>> {
+    fn task<'d, 'p, 'v>(g: &Group<'d, 'p>) -> Option<Task<'d, 'p, 'v>> {
         g.field.filter(|f| f.rest.is_some()).map(|field| Task {
             field,
             node: g.node,
@@ -721,11 +833,17 @@ pub async fn execute(
             }
         }
     } else {
-        let tasks = groups.iter().filter_map(task).collect();
+        let mut tasks: Vec<Task<'_, '_, '_>> = groups.iter().filter_map(task).collect();
+        // Root fields read from the root value (an event's payload) select `@rest`
+        // fields below them.
+        for g in groups.iter() {
+            if let Some(field) = g.field.filter(|f| f.rest.is_none()) {
+                run.descend(read(root, &field.member), &field.ty, &g.sub, &mut tasks);
+            }
+        }
         run.fetch_levels(tasks, &mut results, false).await;
     }
-    let root = Value::Object(Default::default());
-    let written = write::Writer::new(&run, &results).root(root_type, &root, &top);
+    let written = write::Writer::new(&run, &results).root(root_type, root, &top);
     for key in &written.misfits {
         rt.cache.forget(key);
     }

@@ -222,15 +222,16 @@ impl Subscription {
     }
 }
 
-/// The events of an `@stream` subscription, run by the executor: each upstream message
-/// that matches is one result, nested `@rest` fields resolved through the cache.
+/// The events of an `@stream` subscription: each upstream message that matches is one
+/// result, the selection completed over it by the planned executor, nested `@rest` fields
+/// resolved through the cache. A document the executor cannot prepare (it does not
+/// validate) goes to async-graphql's executor, which says why.
 pub fn events(
-    engine: &Engine,
+    engine: Arc<Engine>,
     request: async_graphql::Request,
     headers: HeaderMap,
-) -> impl Stream<Item = Frame> + Send + 'static {
+) -> futures_util::stream::BoxStream<'static, Frame> {
     use futures_util::StreamExt;
-    let request = request.data(crate::resolve::ClientHeaders(headers));
     let active = crate::metrics::GaugeGuard::new(
         engine
             .runtime
@@ -238,13 +239,72 @@ pub fn events(
             .subscriptions
             .with_label_values(&["stream"]),
     );
+    futures_util::stream::once(async move {
+        let mut request = request;
+        let prepared = match engine.executor.cached(&engine.runtime, &request) {
+            Some(p) => Some(p),
+            None => {
+                engine
+                    .executor
+                    .prepare(&engine.schema, &engine.runtime, &mut request)
+                    .await
+            }
+        };
+        let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
+            return dynamic_events(&engine, request, headers);
+        };
+        let call = match crate::exec::events_call(&engine.runtime, &prepared, &request.variables) {
+            Ok(call) => Arc::new(call),
+            Err(refused) => {
+                return futures_util::stream::iter([Frame {
+                    body: refused.body,
+                    request_error: true,
+                }])
+                .boxed()
+            }
+        };
+        let Some(source) = call.field.stream.clone() else {
+            return futures_util::stream::empty().boxed();
+        };
+        let rt = engine.runtime.clone();
+        let headers = Arc::new(headers);
+        crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args)
+            .then(move |payload| {
+                let (rt, prepared, call, headers) =
+                    (rt.clone(), prepared.clone(), call.clone(), headers.clone());
+                async move {
+                    let out =
+                        crate::exec::execute_event(&rt, &prepared, &call, &headers, &payload).await;
+                    Frame {
+                        body: out.body,
+                        request_error: false,
+                    }
+                }
+            })
+            .boxed()
+    })
+    .flatten()
+    .map(move |frame| {
+        let _alive = &active;
+        frame
+    })
+    .boxed()
+}
+
+/// [`events`] on async-graphql's executor: for a document it could not prepare.
+fn dynamic_events(
+    engine: &Engine,
+    request: async_graphql::Request,
+    headers: HeaderMap,
+) -> futures_util::stream::BoxStream<'static, Frame> {
+    use futures_util::StreamExt;
+    let request = request.data(crate::resolve::ClientHeaders(headers));
     let (query, operation) = (request.query.clone(), request.operation_name.clone());
     let plan = engine.runtime.plan.clone();
     engine
         .schema
         .execute_stream(request)
         .map(move |mut response| {
-            let _alive = &active;
             let (body, request_error) =
                 crate::exec::encode(&plan, &query, operation.as_deref(), &mut response);
             Frame {
@@ -252,6 +312,7 @@ pub fn events(
                 request_error,
             }
         })
+        .boxed()
 }
 
 /// The results of a live query, until the request error that ends it (if any).

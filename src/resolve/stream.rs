@@ -16,18 +16,32 @@ use futures_util::Stream;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
-/// The events of `field` for the arguments in `ctx`.
+/// The events of `field` for the arguments in `ctx`, for async-graphql's executor.
 pub fn events(
     rt: &Arc<Runtime>,
     field: &Arc<FieldPlan>,
     source: &Arc<SourcePlan>,
     ctx: &ResolverContext<'_>,
 ) -> impl Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'static {
+    use futures_util::StreamExt;
     let args = super::args_json(ctx);
-    let vars = crate::template::Vars {
-        args: &args,
-        parent: None,
-    };
+    let (plan, ty) = (rt.plan.clone(), field.ty.clone());
+    payloads(rt, field, source, &args).map(move |payload| {
+        let value = shape::output(&plan, Node::new(payload), &ty);
+        Ok(value.unwrap_or(FieldValue::value(async_graphql::Value::Null)))
+    })
+}
+
+/// The payloads of `field`'s events for the arguments `args`: each upstream message that
+/// matches `when`, at its `select` path, and fits the field's type (one that does not is
+/// skipped with a warning).
+pub fn payloads(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    source: &Arc<SourcePlan>,
+    args: &serde_json::Value,
+) -> impl Stream<Item = Arc<serde_json::Value>> + Send + 'static {
+    let vars = crate::template::Vars { args, parent: None };
     let when: Vec<(String, String)> = source
         .when
         .iter()
@@ -49,10 +63,8 @@ pub fn events(
                         tracing::warn!(field = %field.name, why, "upstream event does not fit the field's type; skipped");
                         continue;
                     }
-                    let value =
-                        shape::output(&rt.plan, Node::new(Arc::new(payload.clone())), &field.ty);
-                    let item = value.unwrap_or(FieldValue::value(async_graphql::Value::Null));
-                    return Some((Ok(item), (tap, rt, field, source, when)));
+                    let payload = Arc::new(payload.clone());
+                    return Some((payload, (tap, rt, field, source, when)));
                 }
                 Ok(Event::Reconnected) => {}
                 Err(RecvError::Lagged(n)) => {

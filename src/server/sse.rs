@@ -63,7 +63,7 @@ pub async fn respond(
         ),
         Ok(Prepared::Events(request)) => frames(
             &state,
-            live::events(&state.engine, request, headers).boxed(),
+            live::events(state.engine.clone(), request, headers).boxed(),
             admitted,
         ),
     };

@@ -605,7 +605,9 @@ async fn operation(
         Ok(Prepared::Live { request, poll }) => {
             live::run(state.engine.clone(), request, headers, poll).boxed()
         }
-        Ok(Prepared::Events(request)) => live::events(&state.engine, request, headers).boxed(),
+        Ok(Prepared::Events(request)) => {
+            live::events(state.engine.clone(), request, headers).boxed()
+        }
     };
     tokio::pin!(frames);
     let pushed = state
