@@ -239,7 +239,9 @@ pub fn events(
             .subscriptions
             .with_label_values(&["stream"]),
     );
-    futures_util::stream::once(async move {
+    // Boxed on its own: preparing (validation included) needs a large future, freed once
+    // it is done rather than kept in the stream's allocation for the subscription's life.
+    futures_util::stream::once(Box::pin(async move {
         let mut request = request;
         let prepared = match engine.executor.cached(&engine.runtime, &request) {
             Some(p) => Some(p),
@@ -282,7 +284,7 @@ pub fn events(
                 }
             })
             .boxed()
-    })
+    }))
     .flatten()
     .map(move |frame| {
         let _alive = &active;
