@@ -24,6 +24,11 @@ struct Args {
     /// Redis shared with other replicas (`scripts/replicas` starts one beside the demo).
     #[arg(long, env = "LIVEGATE_REDIS_URL")]
     redis_url: Option<String>,
+    /// Long-lived connections (WebSocket, SSE) and TCP connections one client address may
+    /// hold, as the gateway's --max-connections-per-ip (default 1,000); `scripts/memory`
+    /// opens many sockets from 127.0.0.1.
+    #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    max_connections_per_ip: usize,
 }
 
 #[tokio::main]
@@ -108,6 +113,18 @@ async fn main() -> ExitCode {
             fill_wait: std::time::Duration::from_secs(10),
             lease: std::time::Duration::from_secs(10),
         });
+    let per_ip = args.max_connections_per_ip;
+    options.connection_limits.max_connections_per_ip = per_ip;
+    options.connection_limits.max_connections =
+        options.connection_limits.max_connections.max(per_ip);
+    options.connection_limits.max_tcp_connections_per_ip = options
+        .connection_limits
+        .max_tcp_connections_per_ip
+        .max(per_ip + 100);
+    options.connection_limits.max_tcp_connections = options
+        .connection_limits
+        .max_tcp_connections
+        .max(per_ip + 100);
     options.cors = match livegate::server::cors::Cors::new(&args.cors_origin) {
         Ok(c) => c,
         Err(e) => {
