@@ -173,7 +173,10 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
     // HTTP connection may stall, is disconnected: its socket would hold memory forever.
     let stall = state.limits.header_timeout;
     let stalled = closing.clone();
-    let writer = tokio::spawn(async move {
+    // The writer runs beside the reader in the connection's own task (not a task of its
+    // own: a task per socket less), so a client that does not read still cannot stall
+    // the reading of its messages.
+    let writer = async move {
         while let Some(out) = rx.recv().await {
             let (msg, last, _permit) = match out {
                 Out::Text(s, permit) => (Message::Text(Utf8Bytes::from(s)), false, Some(permit)),
@@ -197,39 +200,41 @@ async fn serve_socket(state: AppState, socket: WebSocket, headers: HeaderMap) {
             }
         }
         let _ = tokio::time::timeout(stall, sink.close()).await;
-    });
+    };
     let tx = Tx::new(tx, state.ws.max_queued_bytes);
     let ops = Ops::default();
-    match protocol {
-        None => {
-            tx.close(
-                4406,
-                "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws",
-            )
-            .await;
+    let reader = async move {
+        match protocol {
+            None => {
+                tx.close(
+                    4406,
+                    "Subprotocol not acceptable: use graphql-transport-ws or graphql-ws",
+                )
+                .await;
+            }
+            Some(protocol) => {
+                let bucket = super::limits::Bucket::new(state.limits.max_operations_per_second);
+                let mut conn = Connection {
+                    state,
+                    tx: tx.clone(),
+                    ops: ops.clone(),
+                    closing: closing.clone(),
+                    headers,
+                    protocol,
+                    acked: false,
+                    init_seen: false,
+                    bucket,
+                };
+                conn.read(&mut stream).await;
+            }
         }
-        Some(protocol) => {
-            let bucket = super::limits::Bucket::new(state.limits.max_operations_per_second);
-            let mut conn = Connection {
-                state,
-                tx: tx.clone(),
-                ops: ops.clone(),
-                closing: closing.clone(),
-                headers,
-                protocol,
-                acked: false,
-                init_seen: false,
-                bucket,
-            };
-            conn.read(&mut stream).await;
-        }
-    }
-    // Every operation ends with the socket, whether or not it is still registered: an
-    // operation's task holds a sender of the writer, which would otherwise wait for it.
-    ops.stop_all();
-    closing.cancel();
-    drop(tx);
-    let _ = writer.await;
+        // Every operation ends with the socket, whether or not it is still registered: an
+        // operation's task holds a sender of the writer, which would otherwise wait for it.
+        ops.stop_all();
+        closing.cancel();
+        drop(tx);
+    };
+    tokio::join!(reader, writer);
 }
 
 struct Connection {
