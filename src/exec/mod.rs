@@ -765,12 +765,12 @@ pub async fn execute_event(
     prepared: &Prepared,
     call: &EventCall,
     headers: &HeaderMap,
-    payload: &Value,
+    payload: Value,
 ) -> Output {
     let plan = &*rt.plan;
     let root_type = plan.subscription.as_deref().unwrap_or("Subscription");
     let mut root = serde_json::Map::new();
-    root.insert(call.field.name.clone(), payload.clone());
+    root.insert(call.field.name.clone(), payload);
     let root = Value::Object(root);
     let deps = Deps::default();
     execute_on(

@@ -275,8 +275,11 @@ pub fn events(
                 let (rt, prepared, call, headers) =
                     (rt.clone(), prepared.clone(), call.clone(), headers.clone());
                 async move {
+                    // This subscriber's own copy of the message: taken, not copied again.
+                    let payload =
+                        Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
                     let out =
-                        crate::exec::execute_event(&rt, &prepared, &call, &headers, &payload).await;
+                        crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
                     Frame {
                         body: out.body,
                         request_error: false,
