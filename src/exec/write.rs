@@ -7,6 +7,7 @@ use super::{addr, Group, Results, Run};
 use crate::cache::CacheKey;
 use crate::config::TypeRef;
 use crate::plan::TypePlanKind;
+use crate::resolve::shape;
 use crate::upstream::UpstreamError;
 use async_graphql::parser::types::SelectionSet;
 use async_graphql::{PathSegment, Pos, ServerError};
@@ -204,108 +205,47 @@ impl<'r, 'a> Writer<'r, 'a> {
             }
             TypeRef::Named { name, .. } => name.as_str(),
         };
-        let fits = match name {
-            "Int" => match value.as_i64().filter(|n| i32::try_from(*n).is_ok()) {
-                Some(n) => {
-                    self.buf.extend_from_slice(n.to_string().as_bytes());
-                    true
-                }
-                None => false,
-            },
-            "Float" => match value {
-                Value::Number(n) => {
-                    self.buf.extend_from_slice(n.to_string().as_bytes());
-                    true
-                }
-                _ => false,
-            },
-            "String" => match value {
-                Value::String(s) => {
-                    self.string(s);
-                    true
-                }
-                _ => false,
-            },
-            "Boolean" => match value {
-                Value::Bool(b) => {
-                    self.buf
-                        .extend_from_slice(if *b { b"true" } else { b"false" });
-                    true
-                }
-                _ => false,
-            },
-            // GraphQL serialises an ID as a string, whatever the upstream sent.
-            "ID" => match value {
-                Value::String(s) => {
-                    self.string(s);
-                    true
-                }
-                Value::Number(n) if n.is_i64() || n.is_u64() => {
-                    self.string(&n.to_string());
-                    true
-                }
-                _ => false,
-            },
-            _ => {
-                let run = self.run;
-                let kind = run.plan.types.get(name).map(|t| &t.kind);
-                let composite = matches!(
-                    kind,
-                    Some(
-                        TypePlanKind::Object { .. }
-                            | TypePlanKind::Interface { .. }
-                            | TypePlanKind::Union { .. }
-                    )
-                );
-                if composite && !value.is_object() {
-                    self.misfit(src, pos, format!("should be an object ({name})"));
-                    return Err(Null { reported: true });
-                }
-                match kind {
-                    Some(TypePlanKind::Object { .. }) => {
-                        return self.object(name, value, addr(value), sets, src);
-                    }
-                    Some(
-                        TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible },
-                    ) => {
-                        return match possible.type_of(value) {
-                            Ok(concrete) => self.object(concrete, value, addr(value), sets, src),
-                            Err(why) => {
-                                self.misfit(src, pos, why);
-                                Err(Null { reported: true })
-                            }
-                        };
-                    }
-                    Some(TypePlanKind::Enum { values }) => match value {
-                        Value::String(s) if values.iter().any(|v| v == s) => {
-                            self.string(s);
-                            true
-                        }
-                        _ => false,
-                    },
-                    // Custom scalars are any JSON.
-                    _ => {
-                        if serde_json::to_writer(&mut self.buf, value).is_err() {
-                            self.buf.extend_from_slice(b"null");
-                        }
-                        true
-                    }
-                }
+        let run = self.run;
+        match shape::composite(run.plan, name) {
+            Some(TypePlanKind::Object { .. }) if value.is_object() => {
+                return self.object(name, value, addr(value), sets, src);
             }
-        };
-        if fits {
-            Ok(())
-        } else {
+            Some(TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible })
+                if value.is_object() =>
+            {
+                return match possible.type_of(value) {
+                    Ok(concrete) => self.object(concrete, value, addr(value), sets, src),
+                    Err(why) => {
+                        self.misfit(src, pos, why);
+                        Err(Null { reported: true })
+                    }
+                };
+            }
+            Some(_) => {
+                self.misfit(src, pos, format!("should be an object ({name})"));
+                return Err(Null { reported: true });
+            }
+            None => {}
+        }
+        if !shape::leaf_fits(run.plan, name, value) {
             self.misfit(
                 src,
                 pos,
-                format!(
-                    "is {}, but the schema says {name}",
-                    crate::resolve::shape::describe(value)
-                ),
+                format!("is {}, but the schema says {name}", shape::describe(value)),
             );
-            Err(Null { reported: true })
+            return Err(Null { reported: true });
         }
+        match value {
+            // GraphQL serialises an ID as a string, whatever the upstream sent.
+            Value::Number(n) if name == "ID" => self.string(&n.to_string()),
+            // A leaf that fits is written as the upstream sent it.
+            _ => {
+                if serde_json::to_writer(&mut self.buf, value).is_err() {
+                    self.buf.extend_from_slice(b"null");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn string(&mut self, s: &str) {

@@ -1,7 +1,8 @@
-//! Upstream JSON against the schema's types: [`check`] proves a fetched body fits the
-//! field's type before it is cached (a lying upstream gets `UPSTREAM_BAD_RESPONSE`, not a
-//! cached lie), and [`output`] hands parts of a cached body to the executor without
-//! copying them: a [`Node`] is the shared body plus a path into it.
+//! Upstream JSON against the schema's types: [`check`] proves a whole value fits the
+//! field's type (for the dynamic executor, `@stream` messages and `@updates` patches; the
+//! planned executor completes leaf by leaf with [`leaf_fits`]), [`output`] hands parts of
+//! a cached body to the dynamic executor without copying them: a [`Node`] is the shared
+//! body plus a path into it.
 
 use crate::config::TypeRef;
 use crate::plan::{Plan, TypePlanKind};
@@ -177,26 +178,17 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
             Ok(())
         }
         TypeRef::Named { name, .. } => {
-            let fits = match name.as_str() {
-                "Int" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
-                "Float" => value.is_number(),
-                "String" => value.is_string(),
-                "Boolean" => value.is_boolean(),
-                "ID" => value.is_string() || value.is_i64() || value.is_u64(),
-                _ => match plan.types.get(name.as_str()).map(|t| &t.kind) {
-                    Some(TypePlanKind::Enum { values }) => value
-                        .as_str()
-                        .is_some_and(|s| values.iter().any(|v| v == s)),
-                    Some(TypePlanKind::Object { fields, .. }) => {
+            let fits = match composite(plan, name) {
+                None => leaf_fits(plan, name, value),
+                Some(kind) => match kind {
+                    TypePlanKind::Object { fields, .. } => {
                         if !value.is_object() {
                             return Err(format!("{} should be an object ({name})", at(path)));
                         }
                         check_fields(plan, value, fields, path)?;
                         true
                     }
-                    Some(
-                        TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible },
-                    ) => {
+                    TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible } => {
                         if !value.is_object() {
                             return Err(format!("{} should be an object ({name})", at(path)));
                         }
@@ -207,7 +199,6 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
                         check_fields(plan, value, fields, path)?;
                         true
                     }
-                    // Custom scalars accept any JSON.
                     _ => true,
                 },
             };
@@ -221,6 +212,42 @@ fn check_at(plan: &Plan, value: &Value, ty: &TypeRef, path: &mut String) -> Resu
                 ))
             }
         }
+    }
+}
+
+/// The kind of the named type `name` when it is an object, interface or union type;
+/// `None` for a leaf (a built-in scalar is looked up in no table).
+pub(crate) fn composite<'p>(plan: &'p Plan, name: &str) -> Option<&'p TypePlanKind> {
+    if matches!(name, "Int" | "Float" | "String" | "Boolean" | "ID") {
+        return None;
+    }
+    plan.types.get(name).map(|t| &t.kind).filter(|k| {
+        matches!(
+            k,
+            TypePlanKind::Object { .. }
+                | TypePlanKind::Interface { .. }
+                | TypePlanKind::Union { .. }
+        )
+    })
+}
+
+/// Whether the upstream value `value` (not null) is a valid result of the leaf type
+/// `name`: an `Int` in 32 bits, any number for `Float`, a string or an integer for `ID`,
+/// one of an enum's values, anything for a custom scalar.
+pub(crate) fn leaf_fits(plan: &Plan, name: &str, value: &Value) -> bool {
+    match name {
+        "Int" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        "Float" => value.is_number(),
+        "String" => value.is_string(),
+        "Boolean" => value.is_boolean(),
+        "ID" => value.is_string() || value.is_i64() || value.is_u64(),
+        _ => match plan.types.get(name).map(|t| &t.kind) {
+            Some(TypePlanKind::Enum { values }) => value
+                .as_str()
+                .is_some_and(|s| values.iter().any(|v| v == s)),
+            // Custom scalars accept any JSON.
+            _ => true,
+        },
     }
 }
 
