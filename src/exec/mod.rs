@@ -26,7 +26,7 @@ mod run;
 pub mod vars;
 mod write;
 
-pub use run::{encode, execute as execute_request, lookup, run, Executed};
+pub use run::{encode, execute, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::{FieldPlan, Plan, TypePlanKind};
@@ -195,6 +195,8 @@ impl Executor {
         rt.metrics.plans.with_label_values(&["miss"]).inc();
         let doc = req.parsed_query().ok()?.clone();
         let mut check = async_graphql::Request::new(req.query.clone()).data(ValidateOnly);
+        // Validated from the document parsed above, not parsed a second time.
+        check.set_parsed_query(doc.clone());
         if let Some(name) = &req.operation_name {
             check = check.operation_name(name.clone());
         }
@@ -524,15 +526,26 @@ impl<'a> Run<'a> {
         sets: &[&'a SelectionSet],
         tasks: &mut Vec<Task<'a, 'a, 'v>>,
     ) {
-        use crate::config::TypeRef;
-        if !self.selects_rest(ty.base_name(), sets, 0) {
-            return;
+        if self.selects_rest(ty.base_name(), sets, 0) {
+            self.descend_selected(value, ty, sets, tasks);
         }
+    }
+
+    /// [`Run::descend`] once it is known that `sets` select `@rest` below `ty`'s named
+    /// type: a list's items (of that same named type) are not asked again.
+    fn descend_selected<'v>(
+        &self,
+        value: &'v Value,
+        ty: &'a crate::config::TypeRef,
+        sets: &[&'a SelectionSet],
+        tasks: &mut Vec<Task<'a, 'a, 'v>>,
+    ) {
+        use crate::config::TypeRef;
         match (ty, value) {
             (_, Value::Null) => {}
             (TypeRef::List { item, .. }, Value::Array(items)) => {
                 for v in items {
-                    self.descend(v, item, sets, tasks);
+                    self.descend_selected(v, item, sets, tasks);
                 }
             }
             (TypeRef::Named { name, .. }, Value::Object(_)) => {
@@ -668,7 +681,7 @@ pub fn cap_errors(errors: &mut Vec<async_graphql::ServerError>) {
 }
 
 /// Runs a prepared query or mutation. The caller checked [`Prepared::fallback`].
-pub async fn execute(
+pub async fn execute_planned(
     rt: &Arc<Runtime>,
     prepared: &Prepared,
     variables: &async_graphql::Variables,

@@ -124,7 +124,9 @@ async fn run_prepared(
 ) -> Executed {
     let deps = Arc::new(Deps::default());
     if let Some(prepared) = prepared.filter(|p| !p.fallback()) {
-        let out = super::execute(&engine.runtime, &prepared, &req.variables, &headers, &deps).await;
+        let out =
+            super::execute_planned(&engine.runtime, &prepared, &req.variables, &headers, &deps)
+                .await;
         let gathered = deps.take();
         if let Some(key) = key {
             if !out.has_errors {

@@ -394,7 +394,7 @@ async fn sse_or_stored(
     if sse {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
-                super::sse::respond(state.clone(), req, headers.clone(), admitted).await
+                super::sse::respond(state.clone(), req, super::detached(headers), admitted).await
             }
             Err(refusal) => *refusal,
         });
@@ -424,7 +424,7 @@ async fn execute(
     headers: HeaderMap,
     key: Option<crate::cache::CacheKey>,
 ) -> Response {
-    let done = crate::exec::execute_request(&state.engine, req, headers, key).await;
+    let done = crate::exec::execute(&state.engine, req, headers, key).await;
     let status = if done.request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {

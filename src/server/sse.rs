@@ -38,15 +38,11 @@ const COMPLETE: &[u8] = b"event: complete\ndata: \n\n";
 pub async fn respond(
     state: AppState,
     req: async_graphql::Request,
+    // Kept for the stream's life: the caller passes a copy that does not hold hyper's
+    // read buffer (see `detached`).
     headers: HeaderMap,
     admitted: super::limits::Admitted,
 ) -> Response {
-    // Kept for the stream's life: a copy that does not hold hyper's read buffer.
-    let headers = {
-        let copy = super::detached(&headers);
-        drop(headers);
-        copy
-    };
     let events: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
         Err(message) => {
             let body = super::error_body(&message, None);
