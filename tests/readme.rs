@@ -154,13 +154,7 @@ async fn the_readme_live_data_example_works_against_the_demo() {
     let mut events = Sse::start(&fix(&blocks[1]));
     let mut event = None;
     for _ in 0..10 {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(fix(&blocks[2]))
-            .output()
-            .await
-            .expect("sh");
-        assert!(out.status.success());
+        sh(&fix(&blocks[2])).await;
         if let Ok(e) =
             tokio::time::timeout(std::time::Duration::from_secs(1), events.next_event()).await
         {
@@ -186,13 +180,7 @@ async fn the_readme_live_data_example_works_against_the_demo() {
         "{event}"
     );
     // The webhook.
-    let out = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(fix(&blocks[3]))
-        .output()
-        .await
-        .expect("sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = sh(&fix(&blocks[3])).await;
     assert!(
         stdout.ends_with(r#"{"invalidated":1,"tags":["messages:general"]}"#),
         "{stdout}"
@@ -208,23 +196,9 @@ async fn the_readme_tour_works_against_the_demo() {
     let mut outputs = Vec::new();
     for cmd in &commands {
         let cmd = cmd.replace("127.0.0.1:4000", &addr.to_string());
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .await
-            .expect("sh runs");
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{cmd}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
+        let stdout = sh(&cmd).await;
+        let json: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {stdout}"));
         outputs.push(json);
     }
     for (cmd, out) in commands.iter().zip(&outputs).take(4) {
