@@ -267,11 +267,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     )
     .map_err(|e| e.to_string())?;
     http("GET", &format!("{up_url}/_reset"), None)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = client_runtime()?;
     let mut out = String::new();
 
     // Memory: 1,000 idle connections, then 10 live subscriptions on each.
@@ -312,20 +308,7 @@ type Post {{ id: Int! userId: Int! title: String! body: String! }}
     // Latency: 1,000 subscribers (100 connections × 10), five rounds.
     {
         let (listen, _gw) = gateway(livegate, &schema, work, true, &[])?;
-        let url = format!("ws://{listen}/graphql");
-        let rounds = rt.block_on(async {
-            let fleet = connect(&url, 100).await?;
-            fleet.subscribe(10, LIVE).await?;
-            let mut rounds = Vec::new();
-            for _ in 0..5 {
-                rounds.push(
-                    fleet
-                        .change(1000, &format!("http://{listen}"), up_url)
-                        .await?,
-                );
-            }
-            Ok::<_, String>(rounds)
-        })?;
+        let rounds = webhook_rounds(&rt, &listen, &listen, LIVE, up_url, 5)?;
         out.push_str("| webhook → push, 1,000 subscribers | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");
         for (i, lat) in rounds.iter().enumerate() {
             out.push_str(&format!(
@@ -395,4 +378,38 @@ pub(crate) fn socket_counts(up_url: &str) -> Result<(u64, u64)> {
         v["open"].as_u64().unwrap_or(0),
         v["total"].as_u64().unwrap_or(0),
     ))
+}
+
+/// The runtime the bench's clients run on (one worker: the client side of the machine).
+pub fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Opens 100 sockets to `subscribe_at`, 10 live subscriptions on each, then times
+/// `rounds` webhook invalidations sent to `webhook_at` (each a list of push latencies).
+pub fn webhook_rounds(
+    rt: &tokio::runtime::Runtime,
+    subscribe_at: &str,
+    webhook_at: &str,
+    query: &str,
+    up_url: &str,
+    rounds: usize,
+) -> Result<Vec<Vec<std::time::Duration>>> {
+    rt.block_on(async {
+        let fleet = connect(&format!("ws://{subscribe_at}/graphql"), 100).await?;
+        fleet.subscribe(10, query).await?;
+        let mut timed = Vec::new();
+        for _ in 0..rounds {
+            timed.push(
+                fleet
+                    .change(1000, &format!("http://{webhook_at}"), up_url)
+                    .await?,
+            );
+        }
+        Ok::<_, String>(timed)
+    })
 }

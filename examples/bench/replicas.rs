@@ -109,26 +109,14 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
         work,
     )?;
     let redis = format!("redis://127.0.0.1:{redis_port}");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = crate::live::client_runtime()?;
     let mut out = String::new();
 
     // Webhook → push: one gateway, then webhook on A and subscribers on B.
     out.push_str("| webhook → push, 1,000 subscribers (100 sockets × 10) | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");
     {
         let (g, _gp) = gateway(livegate, &schema_path, work, true, &[])?;
-        let rounds = rt.block_on(async {
-            let fleet = crate::live::connect(&format!("ws://{g}/graphql"), 100).await?;
-            fleet.subscribe(10, LIVE).await?;
-            let mut rounds = Vec::new();
-            for _ in 0..3 {
-                rounds.push(fleet.change(1000, &format!("http://{g}"), up_url).await?);
-            }
-            Ok::<_, String>(rounds)
-        })?;
+        let rounds = crate::live::webhook_rounds(&rt, &g, &g, LIVE, up_url, 3)?;
         for (i, lat) in rounds.iter().enumerate() {
             out.push_str(&row(&format!("single gateway, round {}", i + 1), lat));
         }
@@ -137,15 +125,7 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
         let flags = ["--redis-url", redis.as_str(), "--redis-prefix", "bench1:"];
         let (a, _ap) = gateway(livegate, &schema_path, work, true, &flags)?;
         let (b, _bp) = gateway(livegate, &schema_path, work, true, &flags)?;
-        let rounds = rt.block_on(async {
-            let fleet = crate::live::connect(&format!("ws://{b}/graphql"), 100).await?;
-            fleet.subscribe(10, LIVE).await?;
-            let mut rounds = Vec::new();
-            for _ in 0..3 {
-                rounds.push(fleet.change(1000, &format!("http://{a}"), up_url).await?);
-            }
-            Ok::<_, String>(rounds)
-        })?;
+        let rounds = crate::live::webhook_rounds(&rt, &b, &a, LIVE, up_url, 3)?;
         for (i, lat) in rounds.iter().enumerate() {
             out.push_str(&row(
                 &format!("webhook on replica A, subscribers on B, round {}", i + 1),
