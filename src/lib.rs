@@ -215,6 +215,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         sockets: Default::default(),
         body: options.body.clone(),
         pending_bodies: Default::default(),
+        topics: Default::default(),
     })
 }
 

@@ -31,6 +31,11 @@ pub struct Metrics {
     pub subscriptions: IntGaugeVec,
     /// Results pushed to subscribers, by transport.
     pub pushed: IntCounterVec,
+    /// Distinct subscriptions (operation, variables, credentials), each run once for all
+    /// its subscribers, by kind.
+    pub subscription_groups: IntGaugeVec,
+    /// Events dropped for clients that read too slowly.
+    pub events_dropped: IntCounter,
     /// Invalidation requests by source: `webhook`, `mutation`.
     pub invalidations: IntCounterVec,
     /// Cache entries dropped (or live entries woken) by invalidations.
@@ -60,6 +65,12 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     // Names are constants of this file; registering twice is the only failure, and each
     // registry is new.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
 }
@@ -105,34 +116,10 @@ impl Metrics {
                 "Shared-cache lookups by outcome (hit, miss, stale)",
                 &["outcome"],
             ),
-            response_cache_hits: {
-                let c = IntCounter::new(
-                    "livegate_response_cache_hits_total",
-                    "Whole responses served from the response cache",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                let _ = r.register(Box::new(c.clone()));
-                c
-            },
+            response_cache_hits: counter(&r, "livegate_response_cache_hits_total", "Whole responses served from the response cache"),
             cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
-            cache_evictions: {
-                let c = IntCounter::new(
-                    "livegate_cache_evictions_total",
-                    "Entries dropped to stay within the cache's byte budget",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                let _ = r.register(Box::new(c.clone()));
-                c
-            },
-            upstream_socket_reconnects: {
-                let c = IntCounter::new(
-                    "livegate_upstream_socket_reconnects_total",
-                    "Upstream WebSocket reconnects after a drop",
-                )
-                .unwrap_or_else(|e| panic!("{e}"));
-                let _ = r.register(Box::new(c.clone()));
-                c
-            },
+            cache_evictions: counter(&r, "livegate_cache_evictions_total", "Entries dropped to stay within the cache's byte budget"),
+            upstream_socket_reconnects: counter(&r, "livegate_upstream_socket_reconnects_total", "Upstream WebSocket reconnects after a drop"),
             upstream_requests: counter_vec(
                 &r,
                 "livegate_upstream_requests_total",
@@ -173,18 +160,24 @@ impl Metrics {
                 "Results pushed to subscribers by transport",
                 &["transport"],
             ),
+            subscription_groups: gauge_vec(
+                &r,
+                "livegate_subscription_groups",
+                "Distinct subscriptions (operation, variables, credentials) by kind, each executed once for all its subscribers",
+                &["kind"],
+            ),
+            events_dropped: counter(
+                &r,
+                "livegate_events_dropped_total",
+                "Events dropped for clients that read too slowly (the oldest queued go first)",
+            ),
             invalidations: counter_vec(
                 &r,
                 "livegate_invalidations_total",
                 "Invalidations received by source (webhook, mutation)",
                 &["source"],
             ),
-            invalidated_entries: {
-                let c = IntCounter::new("livegate_invalidated_entries_total", "Cache or live entries invalidations dropped or woke (each costs at most one refetch)")
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let _ = r.register(Box::new(c.clone()));
-                c
-            },
+            invalidated_entries: counter(&r, "livegate_invalidated_entries_total", "Cache or live entries invalidations dropped or woke (each costs at most one refetch)"),
             rejected: counter_vec(
                 &r,
                 "livegate_rejected_total",

@@ -51,9 +51,23 @@ impl ResponseCache {
         ResponseCache { entries, vary }
     }
 
+    /// The request headers that can change an upstream's answer: credentials
+    /// (`Authorization`, `Cookie`) and every upstream's `forwardHeaders`. A long-lived
+    /// connection keeps these of its request's headers, and no others.
+    pub fn vary(&self) -> &[HeaderName] {
+        &self.vary
+    }
+
     /// The key of a request, or `None` when the cache is off.
     pub fn key(&self, req: &async_graphql::Request, headers: &HeaderMap) -> Option<CacheKey> {
         self.entries.as_ref()?;
+        Some(self.identity(req, headers))
+    }
+
+    /// What makes two requests the same operation for the same caller: the document, the
+    /// operation's name, the variables, and every request header that can change an
+    /// upstream's answer. Live subscriptions with one identity share one execution.
+    pub fn identity(&self, req: &async_graphql::Request, headers: &HeaderMap) -> CacheKey {
         let variables = serde_json::to_vec(&req.variables).unwrap_or_default();
         let mut parts: Vec<&[u8]> = vec![
             req.query.as_bytes(),
@@ -66,7 +80,7 @@ impl ResponseCache {
                 parts.push(v.as_bytes());
             }
         }
-        Some(CacheKey::from_parts(parts))
+        CacheKey::from_parts(parts)
     }
 
     /// The stored response, if every entry it was built from is still current.

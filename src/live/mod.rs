@@ -1,29 +1,30 @@
-//! Stage ⑤ — live queries. Input: a subscription operation on an `@live` field. Output: a
-//! stream of GraphQL results: the current one at once, then a new one whenever a cache
-//! entry behind any field the client selected changes, and nothing when the change leaves
-//! the client's own selection as it was.
+//! Stage ⑤ — live queries and event subscriptions. Input: a subscription operation on an
+//! `@live` or `@stream` field. Output: results pushed into each subscriber's [`Outbox`]:
+//! for a live query the current result at once, then a new one whenever a cache entry
+//! behind any field the client selected changes, and nothing when the change leaves the
+//! client's own selection as it was; for events, one result per matching upstream message.
 //!
 //! A live operation runs as the *query* of the same text (`subscription` becomes `query`,
 //! padded, so error positions stay right): `@live` fields mirror Query fields by plan. Each
 //! run gathers the entries it read ([`crate::deps`]); the [`Hub`] wakes the subscription
 //! when one changes, and the next run goes through the shared cache (and the
-//! whole-response cache), so N subscribers of one entry cost one refetch. The wake-up is a
-//! [`Notify`] permit: however many changes arrive while a client is slow, it gets one
-//! re-run with the latest data (conflation), and memory stays bounded.
+//! whole-response cache), so N subscribers of one entry cost one refetch. Subscribers of
+//! the same operation, variables and credentials share one run and one encoded result
+//! ([`topic`]). The wake-up is a `Notify` permit, and a live result waiting in a slow
+//! client's outbox is replaced by a newer one (conflation): memory stays bounded.
 
 pub mod hub;
+pub mod outbox;
 pub mod patch;
+pub mod topic;
 
 use crate::exec::Engine;
 use async_graphql::parser::types::{OperationType, Selection};
-use bytes::Bytes;
-use futures_util::Stream;
-use http::HeaderMap;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 pub use hub::Hub;
+pub use outbox::{Frame, Outbox};
+pub use topic::{Framing, Subscribed, Subscriber, Topics};
 
 /// What a transport should do with an operation.
 pub enum Prepared {
@@ -145,222 +146,12 @@ fn bare_cr_as_lf(text: &mut String) {
     *text = String::from_utf8(owned).unwrap_or_default();
 }
 
-struct Subscription {
-    _active: crate::metrics::GaugeGuard,
-    engine: Arc<Engine>,
-    request: async_graphql::Request,
-    headers: HeaderMap,
-    poll: Option<Duration>,
-    id: hub::SubId,
-    notify: Arc<Notify>,
-    last: Option<Bytes>,
-    started: bool,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.engine.runtime.hub.unwatch(self.id);
-    }
-}
-
 fn clone_request(r: &async_graphql::Request) -> async_graphql::Request {
     let mut out = async_graphql::Request::new(r.query.clone()).variables(r.variables.clone());
     if let Some(name) = &r.operation_name {
         out = out.operation_name(name.clone());
     }
     out
-}
-
-/// One result of a live query.
-pub struct Frame {
-    /// A JSON GraphQL response.
-    pub body: Bytes,
-    /// The operation failed to parse or validate: this is its only frame.
-    pub request_error: bool,
-}
-
-impl Subscription {
-    /// Runs the query and watches what it read; `None` when nothing changed for the client.
-    async fn step(&mut self) -> Option<Frame> {
-        let hub = self.engine.runtime.hub.clone();
-        let generation = hub.generation();
-        // Boxed: an idle subscription then holds no room for an execution's state.
-        let done = Box::pin(crate::exec::run(
-            &self.engine,
-            clone_request(&self.request),
-            self.headers.clone(),
-        ))
-        .await;
-        if done.request_error {
-            return Some(Frame {
-                body: done.body,
-                request_error: true,
-            });
-        }
-        hub.watch(self.id, &self.notify, &done.read.keys);
-        if let Some(root) = &done.read.root {
-            if let Some(every) = self.poll {
-                hub.poll(root.clone(), every);
-            }
-            if root.updates.is_some() {
-                hub.feed(root.clone());
-            }
-        }
-        // A change may have landed while we ran, before we were watching: look again
-        // after this result (a permit, so at most one extra run).
-        if hub.generation() != generation {
-            self.notify.notify_one();
-        }
-        if self.last.as_ref() == Some(&done.body) {
-            return None;
-        }
-        self.last = Some(done.body.clone());
-        Some(Frame {
-            body: done.body,
-            request_error: false,
-        })
-    }
-}
-
-/// The events of an `@stream` subscription: each upstream message that matches is one
-/// result, the selection completed over it by the planned executor, nested `@rest` fields
-/// resolved through the cache. A document the executor cannot prepare (it does not
-/// validate) goes to async-graphql's executor, which says why.
-pub fn events(
-    engine: Arc<Engine>,
-    request: async_graphql::Request,
-    headers: HeaderMap,
-) -> futures_util::stream::BoxStream<'static, Frame> {
-    use futures_util::StreamExt;
-    let active = crate::metrics::GaugeGuard::new(
-        engine
-            .runtime
-            .metrics
-            .subscriptions
-            .with_label_values(&["stream"]),
-    );
-    // Boxed on its own: preparing (validation included) needs a large future, freed once
-    // it is done rather than kept in the stream's allocation for the subscription's life.
-    futures_util::stream::once(Box::pin(async move {
-        let mut request = request;
-        let prepared = match engine.executor.cached(&engine.runtime, &request) {
-            Some(p) => Some(p),
-            None => {
-                engine
-                    .executor
-                    .prepare(&engine.schema, &engine.runtime, &mut request)
-                    .await
-            }
-        };
-        let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
-            return dynamic_events(&engine, request, headers);
-        };
-        let call = match crate::exec::events_call(&engine.runtime, &prepared, &request.variables) {
-            Ok(call) => Arc::new(call),
-            Err(refused) => {
-                return futures_util::stream::iter([Frame {
-                    body: refused.body,
-                    request_error: true,
-                }])
-                .boxed()
-            }
-        };
-        let Some(source) = call.field.stream.clone() else {
-            return futures_util::stream::empty().boxed();
-        };
-        let rt = engine.runtime.clone();
-        let headers = Arc::new(headers);
-        crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args)
-            .then(move |payload| {
-                let (rt, prepared, call, headers) =
-                    (rt.clone(), prepared.clone(), call.clone(), headers.clone());
-                async move {
-                    // This subscriber's own copy of the message: taken, not copied again.
-                    let payload =
-                        Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
-                    let out =
-                        crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
-                    Frame {
-                        body: out.body,
-                        request_error: false,
-                    }
-                }
-            })
-            .boxed()
-    }))
-    .flatten()
-    .map(move |frame| {
-        let _alive = &active;
-        frame
-    })
-    .boxed()
-}
-
-/// [`events`] on async-graphql's executor: for a document it could not prepare.
-fn dynamic_events(
-    engine: &Engine,
-    request: async_graphql::Request,
-    headers: HeaderMap,
-) -> futures_util::stream::BoxStream<'static, Frame> {
-    use futures_util::StreamExt;
-    let request = request.data(crate::resolve::ClientHeaders(headers));
-    let (query, operation) = (request.query.clone(), request.operation_name.clone());
-    let plan = engine.runtime.plan.clone();
-    engine
-        .schema
-        .execute_stream(request)
-        .map(move |mut response| {
-            let (body, request_error) =
-                crate::exec::encode(&plan, &query, operation.as_deref(), &mut response);
-            Frame {
-                body,
-                request_error,
-            }
-        })
-        .boxed()
-}
-
-/// The results of a live query, until the request error that ends it (if any).
-pub fn run(
-    engine: Arc<Engine>,
-    request: async_graphql::Request,
-    headers: HeaderMap,
-    poll: Option<Duration>,
-) -> impl Stream<Item = Frame> + Send {
-    let hub = engine.runtime.hub.clone();
-    let active = crate::metrics::GaugeGuard::new(
-        engine
-            .runtime
-            .metrics
-            .subscriptions
-            .with_label_values(&["live"]),
-    );
-    let sub = Subscription {
-        _active: active,
-        engine,
-        request,
-        headers,
-        poll,
-        id: hub.next_id(),
-        notify: Arc::new(Notify::new()),
-        last: None,
-        started: false,
-    };
-    futures_util::stream::unfold(Some(sub), |sub| async move {
-        let mut sub = sub?;
-        loop {
-            if sub.started {
-                sub.notify.notified().await;
-            }
-            let out = sub.step().await;
-            sub.started = true;
-            match out {
-                Some(frame) if frame.request_error => return Some((frame, None)),
-                Some(frame) => return Some((frame, Some(sub))),
-                None => {}
-            }
-        }
-    })
 }
 
 #[cfg(test)]

@@ -175,8 +175,8 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if is_upgrade {
         use axum::extract::FromRequestParts;
         // Kept for the socket's life: a copy that does not hold hyper's read buffer.
-        let headers = super::detached(&parts.headers);
-        if !state.cors.allows_socket(&headers) {
+        let headers = super::detached(&parts.headers, state.engine.responses.vary());
+        if !state.cors.allows_socket(&parts.headers) {
             state
                 .runtime
                 .metrics
@@ -202,16 +202,14 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 .max_message_size(state.max_body)
                 // tungstenite's defaults (128 KiB each way) dominate an idle socket's
                 // memory; GraphQL messages are small (a bigger one is read in more
-                // calls). 1 KiB: 29 KiB per idle connection with one subscription, 32 KiB
-                // with 4 KiB (the demo, 1,000 sockets, RSS).
-                .read_buffer_size(1 << 10)
+                // calls, its buffer grown to its size and freed with it). 256 bytes hold
+                // a typical `subscribe`; 1 KiB cost 0.8 KiB more per idle socket.
+                .read_buffer_size(256)
                 .write_buffer_size(0)
                 .on_upgrade(move |socket| {
-                    let sockets = state.sockets.clone();
-                    sockets.track_future(async move {
-                        let _held = (admitted, working);
-                        super::ws::serve(state, socket, headers).await
-                    })
+                    // The socket's own tasks take over; axum's upgrade task ends here.
+                    super::ws::serve(state, socket, headers, (admitted, working));
+                    std::future::ready(())
                 }),
             Err(rejection) => rejection.into_response(),
         };
@@ -394,7 +392,8 @@ async fn sse_or_stored(
     if sse {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
-                super::sse::respond(state.clone(), req, super::detached(headers), admitted).await
+                let kept = super::detached(headers, state.engine.responses.vary());
+                super::sse::respond(state.clone(), req, kept, admitted).await
             }
             Err(refusal) => *refusal,
         });

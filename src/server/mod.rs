@@ -61,17 +61,24 @@ pub struct Shared {
     pub body: body::BodyOptions,
     /// Bytes of request bodies still arriving, across the gateway.
     pub pending_bodies: body::Pending,
+    /// Running subscriptions, shared by subscribers of the same operation.
+    pub topics: Arc<crate::live::Topics>,
 }
 
 pub(crate) use crate::exec::error_body;
 
-/// A copy of `headers` in allocations of its own. hyper parses header values as slices of
-/// its connection's read buffer (16 KiB), so a long-lived connection that kept the
-/// request's `HeaderMap` (a WebSocket, an SSE stream: forwarded headers and `PRIVATE`
-/// keys need them) kept that whole buffer alive; the copy holds only the headers' bytes.
-pub(crate) fn detached(headers: &::http::HeaderMap) -> ::http::HeaderMap {
-    let mut out = ::http::HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
+/// A copy of the `kept` headers of `headers`, in allocations of its own. hyper parses
+/// header values as slices of its connection's read buffer (16 KiB), so a long-lived
+/// connection that kept the request's `HeaderMap` (a WebSocket, an SSE stream: forwarded
+/// headers and `PRIVATE` keys need them) kept that whole buffer alive; the copy holds only
+/// the bytes of the headers that can change an upstream's answer (credentials and every
+/// forwarded header: [`crate::response_cache::ResponseCache::vary`]), nothing else.
+pub(crate) fn detached(
+    headers: &::http::HeaderMap,
+    kept: &[::http::HeaderName],
+) -> ::http::HeaderMap {
+    let mut out = ::http::HeaderMap::new();
+    for (name, value) in headers.iter().filter(|(n, _)| kept.contains(n)) {
         let name = match ::http::HeaderName::from_bytes(name.as_str().as_bytes()) {
             Ok(n) => n,
             Err(_) => continue,
@@ -140,8 +147,8 @@ pub fn app(state: AppState) -> Router {
 
 #[cfg(test)]
 mod detached_tests {
-    /// The copy has every header, its own bytes (not a slice of the request's buffer),
-    /// and keeps the sensitive flag.
+    /// The copy has every kept header, its own bytes (not a slice of the request's
+    /// buffer), keeps the sensitive flag, and nothing else.
     #[test]
     fn a_detached_copy_owns_its_bytes() {
         let buffer = bytes::Bytes::from_static(b"Bearer t0ken;x-trace: abc");
@@ -151,7 +158,13 @@ mod detached_tests {
         headers.insert(::http::header::AUTHORIZATION, auth);
         headers.append("x-trace", ::http::HeaderValue::from_static("a"));
         headers.append("x-trace", ::http::HeaderValue::from_static("b"));
-        let copy = super::detached(&headers);
+        headers.append("x-other", ::http::HeaderValue::from_static("c"));
+        let kept = [
+            ::http::header::AUTHORIZATION,
+            ::http::HeaderName::from_static("x-trace"),
+        ];
+        let copy = super::detached(&headers, &kept);
+        headers.remove("x-other");
         assert_eq!(copy, headers);
         let (a, b) = (
             &copy[::http::header::AUTHORIZATION],

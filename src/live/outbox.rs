@@ -1,0 +1,374 @@
+//! What one client connection (a WebSocket, an SSE stream) has yet to be sent: a bounded
+//! queue that the connection's writer drains and that subscriptions push into directly,
+//! from whichever task ran the change — a subscription holds no task of its own.
+//!
+//! The queue's bytes are bounded (`--max-queued-bytes`); what happens when a client does
+//! not read depends on what is queued:
+//! - a live query's result replaces the one of the same operation still waiting
+//!   (conflation: the client gets the latest, and memory stays bounded);
+//! - an event pushes out the oldest queued events (of any operation of the connection),
+//!   counted in `lost` and logged;
+//! - anything else (acknowledgements, a query's result, errors, `complete`) waits for
+//!   room ([`Outbox::push_wait`]): the reader that sends it stops reading meanwhile.
+//!
+//! A frame is a small head and tail around a shared body: subscribers of one change share
+//! the body's bytes ([`Bytes`]); only the head (the operation id) is theirs.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// One message for the client.
+pub enum Frame {
+    /// `head` + `body` + `tail`, written as one message.
+    Parts {
+        head: Arc<str>,
+        body: Bytes,
+        tail: &'static str,
+    },
+    /// A message of its own.
+    Text(String),
+    /// Close the connection (a WebSocket close frame with this code and reason).
+    Close(u16, String),
+    /// The subscription `tag` has ended: the transport forgets it (its last messages were
+    /// queued before this). Not written.
+    Ended(u64),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Frame::Parts { head, body, tail } => head.len() + body.len() + tail.len(),
+            Frame::Text(s) => s.len(),
+            Frame::Close(_, reason) => reason.len() + 2,
+            Frame::Ended(_) => 0,
+        }
+    }
+
+    /// Appends the message's bytes to `out`.
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Frame::Parts { head, body, tail } => {
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(body);
+                out.extend_from_slice(tail.as_bytes());
+            }
+            Frame::Text(s) | Frame::Close(_, s) => out.extend_from_slice(s.as_bytes()),
+            Frame::Ended(_) => {}
+        }
+    }
+
+    /// The message as one string. A body that is not UTF-8 (never the case for the JSON
+    /// the executor writes) is replaced lossily rather than sent broken.
+    pub fn text(&self) -> String {
+        match self {
+            Frame::Parts { head, body, tail } => {
+                let mut s = String::with_capacity(head.len() + body.len() + tail.len());
+                s.push_str(head);
+                s.push_str(&String::from_utf8_lossy(body));
+                s.push_str(tail);
+                s
+            }
+            Frame::Text(s) => s.clone(),
+            Frame::Close(_, reason) => reason.clone(),
+            Frame::Ended(_) => String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Waits for room; never dropped.
+    Ordered,
+    /// A live query's result: replaced by a newer one of the same subscription.
+    Live(u64),
+    /// An event: dropped (oldest first) when the queue is full.
+    Event(u64),
+}
+
+struct Queued {
+    kind: Kind,
+    frame: Frame,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    bytes: usize,
+    /// Nothing more is sent: the queue is dropped, pushes are refused.
+    closed: bool,
+    /// Nothing more is queued, but what is queued is still sent.
+    finishing: bool,
+}
+
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    /// Wakes the writer (one permit: any number of pushes, one wake-up).
+    ready: Notify,
+    /// Wakes pushers waiting for room.
+    room: Notify,
+    max_bytes: usize,
+    /// Events dropped because the client did not read.
+    lost: AtomicU64,
+    /// `livegate_events_dropped_total`.
+    dropped: prometheus::IntCounter,
+}
+
+impl Outbox {
+    pub fn new(max_bytes: usize, dropped: prometheus::IntCounter) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            queue: Mutex::default(),
+            ready: Notify::new(),
+            room: Notify::new(),
+            max_bytes: max_bytes.max(1),
+            lost: AtomicU64::new(0),
+            dropped,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the connection is gone or going (nothing pushed now would be sent).
+    pub fn is_closed(&self) -> bool {
+        let q = self.lock();
+        q.closed || q.finishing
+    }
+
+    /// Nothing more will be queued: the writer sends what is queued, then [`Outbox::take`]
+    /// returns empty.
+    pub fn finish(&self) {
+        self.lock().finishing = true;
+        self.room.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    /// The connection is gone: pushes are refused from now on, and waiting ones give up.
+    pub fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.items.clear();
+        q.bytes = 0;
+        drop(q);
+        self.room.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    /// Events dropped so far because the client read too slowly.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Queues `frame` once there is room for it (a frame bigger than the whole budget
+    /// waits for an empty queue); `false` once the connection is gone.
+    pub async fn push_wait(&self, frame: Frame) -> bool {
+        let need = frame.len();
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut q = self.lock();
+                if q.closed || q.finishing {
+                    return false;
+                }
+                if q.items.is_empty() || q.bytes + need <= self.max_bytes {
+                    q.bytes += need;
+                    q.items.push_back(Queued {
+                        kind: Kind::Ordered,
+                        frame,
+                    });
+                    drop(q);
+                    self.ready.notify_one();
+                    return true;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Queues a live query's result for subscription `tag`, replacing one of the same
+    /// subscription still waiting; `false` once the connection is gone.
+    pub fn push_live(&self, tag: u64, frame: Frame) -> bool {
+        let mut q = self.lock();
+        if q.closed || q.finishing {
+            return false;
+        }
+        let need = frame.len();
+        if let Some(old) = q.items.iter_mut().find(|i| i.kind == Kind::Live(tag)) {
+            let was = old.frame.len();
+            old.frame = frame;
+            q.bytes = q.bytes - was + need;
+            return true;
+        }
+        q.bytes += need;
+        q.items.push_back(Queued {
+            kind: Kind::Live(tag),
+            frame,
+        });
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues an event for subscription `tag`, dropping the oldest queued events while
+    /// the queue is over its budget; `false` once the connection is gone.
+    pub fn push_event(&self, tag: u64, frame: Frame) -> bool {
+        let mut q = self.lock();
+        if q.closed || q.finishing {
+            return false;
+        }
+        let need = frame.len();
+        let mut dropped = 0u64;
+        while q.bytes + need > self.max_bytes {
+            let Some(at) = q
+                .items
+                .iter()
+                .position(|i| matches!(i.kind, Kind::Event(_)))
+            else {
+                break;
+            };
+            if let Some(old) = q.items.remove(at) {
+                q.bytes -= old.frame.len();
+                dropped += 1;
+            }
+        }
+        q.bytes += need;
+        q.items.push_back(Queued {
+            kind: Kind::Event(tag),
+            frame,
+        });
+        drop(q);
+        if dropped > 0 {
+            self.lost.fetch_add(dropped, Ordering::Relaxed);
+            self.dropped.inc_by(dropped);
+            tracing::warn!(
+                lost = dropped,
+                "a client reads too slowly: its oldest queued events were dropped"
+            );
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues a subscription's last message (if any) and [`Frame::Ended`] after it, room or
+    /// not (once per subscription, so bounded by the connection's operations).
+    pub fn push_final(&self, last: Option<Frame>, tag: u64) {
+        self.push_now(last.into_iter().chain([Frame::Ended(tag)]));
+    }
+
+    /// Queues `frames` at once, room or not: for what is sent once per operation or per
+    /// connection (its end, a close frame), so bounded by them.
+    pub fn push_now(&self, frames: impl IntoIterator<Item = Frame>) {
+        let mut q = self.lock();
+        if q.closed || q.finishing {
+            return;
+        }
+        for frame in frames {
+            q.bytes += frame.len();
+            q.items.push_back(Queued {
+                kind: Kind::Ordered,
+                frame,
+            });
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Waits for queued frames and takes them, up to `max_bytes` of them (at least one,
+    /// and a [`Frame::Ended`] always with the frame before it); empty once the connection
+    /// is closed.
+    pub async fn take(&self, max_bytes: usize) -> Vec<Frame> {
+        loop {
+            {
+                let mut q = self.lock();
+                if q.closed || (q.finishing && q.items.is_empty()) {
+                    return Vec::new();
+                }
+                if !q.items.is_empty() {
+                    let mut out = Vec::new();
+                    let mut taken = 0;
+                    while let Some(next) = q.items.front() {
+                        let len = next.frame.len();
+                        if len > 0 && !out.is_empty() && taken + len > max_bytes {
+                            break;
+                        }
+                        taken += len;
+                        if let Some(item) = q.items.pop_front() {
+                            out.push(item.frame);
+                        }
+                    }
+                    q.bytes -= taken;
+                    if q.items.is_empty() {
+                        // An idle connection keeps no room for a queue it no longer has.
+                        q.items = VecDeque::new();
+                    }
+                    drop(q);
+                    self.room.notify_waiters();
+                    return out;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter() -> prometheus::IntCounter {
+        prometheus::IntCounter::new("dropped", "dropped").expect("a valid counter")
+    }
+
+    fn parts(body: &'static str) -> Frame {
+        Frame::Parts {
+            head: Arc::from("<"),
+            body: Bytes::from_static(body.as_bytes()),
+            tail: ">",
+        }
+    }
+
+    #[tokio::test]
+    async fn live_results_conflate_and_events_drop_oldest() {
+        let out = Outbox::new(10, counter());
+        assert!(out.push_live(1, parts("a")));
+        assert!(out.push_live(1, parts("b")));
+        assert!(out.push_live(2, parts("c")));
+        let got: Vec<String> = out.take(1 << 20).await.iter().map(Frame::text).collect();
+        assert_eq!(got, ["<b>", "<c>"]);
+
+        for body in ["1", "2", "3", "4", "5"] {
+            assert!(out.push_event(7, parts(body)));
+        }
+        let got: Vec<String> = out.take(1 << 20).await.iter().map(Frame::text).collect();
+        assert_eq!(got, ["<3>", "<4>", "<5>"]);
+        assert_eq!(out.lost(), 2);
+    }
+
+    #[tokio::test]
+    async fn ordered_frames_wait_for_room_and_give_up_on_close() {
+        let out = Outbox::new(4, counter());
+        assert!(out.push_wait(Frame::Text("abc".into())).await);
+        let waiting = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push_wait(Frame::Text("def".into())).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert_eq!(out.take(1).await.len(), 1);
+        assert!(waiting.await.expect("joins"));
+        let blocked = {
+            let out = out.clone();
+            tokio::spawn(async move { out.push_wait(Frame::Text("ghi".into())).await })
+        };
+        tokio::task::yield_now().await;
+        out.close();
+        assert!(!blocked.await.expect("joins"));
+        assert!(out.take(10).await.is_empty());
+        assert!(!out.push_live(1, parts("x")));
+    }
+}

@@ -1,0 +1,426 @@
+//! Shared subscriptions. Subscribers of the same operation with the same variables and
+//! the same credentials (every request header that can change an upstream's answer: see
+//! [`crate::response_cache::ResponseCache::identity`]) form one [`Topic`]: one execution
+//! per change or event, one encoded result, pushed into each subscriber's [`Outbox`] with
+//! only the frame around it (the operation id) its own. An idle subscriber is an entry in
+//! its topic — no task, no stream — and the topic's one task does the work of a change.
+//!
+//! A topic ends when its last subscriber leaves (its task is stopped, its hub watch and
+//! socket tap go with it), when its live query turns out to be a request error (every
+//! subscriber gets the error), or when its event source closes (every subscriber gets
+//! `complete`).
+
+use super::outbox::{Frame, Outbox};
+use crate::cache::CacheKey;
+use crate::exec::Engine;
+use bytes::Bytes;
+use http::HeaderMap;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+/// How a transport frames results for one subscriber.
+pub trait Framing: Send + Sync {
+    /// A result (a JSON GraphQL response).
+    fn next(&self, body: &Bytes) -> Frame;
+    /// The request error that ends the subscription (a JSON response with `errors`).
+    fn failure(&self, body: &Bytes) -> Frame;
+    /// The message that says the subscription is over, if the transport has one.
+    fn complete(&self) -> Option<Frame>;
+    /// The transport's name in `livegate_messages_pushed_total`.
+    fn transport(&self) -> &'static str;
+}
+
+/// Where one subscriber's results go.
+pub struct Subscriber {
+    pub outbox: Arc<Outbox>,
+    pub framing: Arc<dyn Framing>,
+    /// The subscription's number on its connection: it comes back in [`Frame::Ended`].
+    pub tag: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Live,
+    Events,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Live => "live",
+            Kind::Events => "stream",
+        }
+    }
+}
+
+/// The topics of this gateway, by identity.
+/// The key is the identity and whether it is a live query (`true`) or events.
+#[derive(Default)]
+pub struct Topics {
+    map: Mutex<HashMap<(CacheKey, bool), Arc<Topic>>>,
+}
+
+pub struct Topic {
+    kind: Kind,
+    key: (CacheKey, bool),
+    registry: Weak<Topics>,
+    state: Mutex<State>,
+    task: Mutex<Option<AbortHandle>>,
+    /// Counts this topic in `livegate_subscription_groups` while it lives.
+    _group: crate::metrics::GaugeGuard,
+}
+
+#[derive(Default)]
+struct State {
+    subscribers: HashMap<u64, Subscriber>,
+    /// A live query's latest result: what a new subscriber gets at once.
+    last: Option<Bytes>,
+    closed: bool,
+}
+
+/// One subscriber's place in a topic; leaving is dropping it.
+pub struct Subscribed {
+    topic: Arc<Topic>,
+    id: u64,
+    _active: crate::metrics::GaugeGuard,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        self.topic.leave(self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Topics {
+    /// Subscribes to the live query `request` (the subscription rewritten as a query),
+    /// joining the topic of its identity or starting one.
+    pub fn live(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        request: async_graphql::Request,
+        headers: &HeaderMap,
+        poll: Option<Duration>,
+        subscriber: Subscriber,
+    ) -> Subscribed {
+        let key = (engine.responses.identity(&request, headers), true);
+        self.join(engine, Kind::Live, key, subscriber, |topic| {
+            let headers = headers.clone();
+            tokio::spawn(run_live(topic, engine.clone(), request, headers, poll)).abort_handle()
+        })
+    }
+
+    /// Subscribes to the `@stream` subscription `request`: joins its topic, or prepares the
+    /// document and starts one. `None` when the request is refused (the subscriber has been
+    /// sent why, and that it ended).
+    pub async fn events(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        mut request: async_graphql::Request,
+        headers: &HeaderMap,
+        subscriber: Subscriber,
+    ) -> Option<Subscribed> {
+        let key = (engine.responses.identity(&request, headers), false);
+        let subscriber = match self.running(&key) {
+            Some(topic) => match topic.add(engine, subscriber) {
+                Ok(joined) => return Some(joined),
+                Err(back) => back,
+            },
+            None => subscriber,
+        };
+        let prepared = match engine.executor.cached(&engine.runtime, &request) {
+            Some(p) => Some(p),
+            None => {
+                engine
+                    .executor
+                    .prepare(&engine.schema, &engine.runtime, &mut request)
+                    .await
+            }
+        };
+        let refused = |body: Bytes| {
+            end_one(&subscriber, Some(&body));
+            None::<Subscribed>
+        };
+        let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
+            // The document does not validate: async-graphql's executor says why.
+            let done = crate::exec::run(engine, request, headers.clone()).await;
+            return refused(done.body);
+        };
+        let call = match crate::exec::events_call(&engine.runtime, &prepared, &request.variables) {
+            Ok(call) => call,
+            Err(out) => return refused(out.body),
+        };
+        let Some(source) = call.field.stream.clone() else {
+            return refused(Bytes::from(crate::exec::error_body(
+                "the subscription selects no event field",
+                None,
+            )));
+        };
+        Some(self.join(engine, Kind::Events, key, subscriber, |topic| {
+            let rt = engine.runtime.clone();
+            let pushed = rt.metrics.pushed.clone();
+            let headers = headers.clone();
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                let payloads =
+                    crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args);
+                tokio::pin!(payloads);
+                while let Some(payload) = payloads.next().await {
+                    let payload =
+                        Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
+                    let out =
+                        crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
+                    topic.publish(&out.body, &pushed);
+                }
+                // The event source is gone for good: every subscriber is complete.
+                topic.end(None);
+            })
+            .abort_handle()
+        }))
+    }
+
+    /// The topic under `key`, if it still runs.
+    fn running(&self, key: &(CacheKey, bool)) -> Option<Arc<Topic>> {
+        lock(&self.map).get(key).cloned()
+    }
+
+    /// Joins the running topic under `key`, or starts one with `start`.
+    fn join(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        kind: Kind,
+        key: (CacheKey, bool),
+        subscriber: Subscriber,
+        start: impl FnOnce(Arc<Topic>) -> AbortHandle,
+    ) -> Subscribed {
+        let mut map = lock(&self.map);
+        let subscriber = match map.get(&key) {
+            // A topic ending on its own refuses; a new one takes its place.
+            Some(topic) => match topic.add(engine, subscriber) {
+                Ok(joined) => return joined,
+                Err(back) => back,
+            },
+            None => subscriber,
+        };
+        let topic = Arc::new(Topic {
+            kind,
+            key,
+            registry: Arc::downgrade(self),
+            state: Mutex::default(),
+            task: Mutex::new(None),
+            _group: crate::metrics::GaugeGuard::new(
+                engine
+                    .runtime
+                    .metrics
+                    .subscription_groups
+                    .with_label_values(&[kind.label()]),
+            ),
+        });
+        // In before anyone else can find the topic (and, leaving, end it).
+        let joined = topic.enter(&mut lock(&topic.state), engine, subscriber);
+        map.insert(key, topic.clone());
+        drop(map);
+        let task = start(topic.clone());
+        let mut slot = lock(&topic.task);
+        if lock(&topic.state).closed {
+            // Everyone left while it started.
+            task.abort();
+        } else {
+            *slot = Some(task);
+        }
+        joined
+    }
+
+    /// Distinct subscriptions running now.
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Numbers subscribers across topics.
+static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
+
+impl Topic {
+    /// Adds `subscriber`; gives it back if the topic has ended.
+    fn add(
+        self: &Arc<Self>,
+        engine: &Engine,
+        subscriber: Subscriber,
+    ) -> Result<Subscribed, Subscriber> {
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(subscriber);
+        }
+        Ok(self.enter(&mut st, engine, subscriber))
+    }
+
+    /// Adds `subscriber` to the open topic whose state `st` is.
+    fn enter(self: &Arc<Self>, st: &mut State, engine: &Engine, subscriber: Subscriber) -> Subscribed {
+        // A live query's newcomer gets the latest result at once (the first run, still
+        // going, will push it otherwise).
+        if let Some(last) = &st.last {
+            subscriber
+                .outbox
+                .push_live(subscriber.tag, subscriber.framing.next(last));
+        }
+        let id = NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed);
+        st.subscribers.insert(id, subscriber);
+        Subscribed {
+            _active: crate::metrics::GaugeGuard::new(
+                engine
+                    .runtime
+                    .metrics
+                    .subscriptions
+                    .with_label_values(&[self.kind.label()]),
+            ),
+            topic: self.clone(),
+            id,
+        }
+    }
+
+    fn leave(self: &Arc<Self>, id: u64) {
+        let emptied = {
+            let mut st = lock(&self.state);
+            st.subscribers.remove(&id);
+            let emptied = st.subscribers.is_empty() && !st.closed;
+            if emptied {
+                st.closed = true;
+            }
+            emptied
+        };
+        if emptied {
+            if let Some(task) = lock(&self.task).take() {
+                task.abort();
+            }
+            self.unregister();
+        }
+    }
+
+    fn unregister(self: &Arc<Self>) {
+        if let Some(registry) = self.registry.upgrade() {
+            let mut map = lock(&registry.map);
+            if map.get(&self.key).is_some_and(|t| Arc::ptr_eq(t, self)) {
+                map.remove(&self.key);
+            }
+        }
+    }
+
+    /// Pushes one result (a live query's, unless it is the one pushed last) or event to
+    /// every subscriber: one body, each in its own frame.
+    fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) {
+        let mut st = lock(&self.state);
+        if self.kind == Kind::Live {
+            if st.last.as_ref() == Some(body) {
+                return;
+            }
+            st.last = Some(body.clone());
+        }
+        let mut counts: [(&'static str, u64); 4] = [("", 0); 4];
+        st.subscribers.retain(|_, s| {
+            let frame = s.framing.next(body);
+            let queued = match self.kind {
+                Kind::Live => s.outbox.push_live(s.tag, frame),
+                Kind::Events => s.outbox.push_event(s.tag, frame),
+            };
+            if queued {
+                let transport = s.framing.transport();
+                if let Some(slot) = counts.iter_mut().find(|(t, n)| *t == transport || *n == 0) {
+                    *slot = (transport, slot.1 + 1);
+                }
+            }
+            queued
+        });
+        drop(st);
+        for (transport, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            pushed.with_label_values(&[transport]).inc_by(n);
+        }
+    }
+
+    /// Ends the topic: each subscriber gets `failure` (or `complete`).
+    fn end(self: &Arc<Self>, failure: Option<&Bytes>) {
+        let subscribers = {
+            let mut st = lock(&self.state);
+            st.closed = true;
+            std::mem::take(&mut st.subscribers)
+        };
+        self.unregister();
+        for s in subscribers.values() {
+            end_one(s, failure);
+        }
+    }
+}
+
+/// Tells one subscriber its subscription is over: the request error, or `complete`.
+fn end_one(s: &Subscriber, failure: Option<&Bytes>) {
+    let last = match failure {
+        Some(body) => Some(s.framing.failure(body)),
+        None => s.framing.complete(),
+    };
+    s.outbox.push_final(last, s.tag);
+}
+
+/// Stops watching the hub when the live topic's task ends (or is stopped).
+struct Unwatch(Arc<super::Hub>, super::hub::SubId);
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        self.0.unwatch(self.1);
+    }
+}
+
+/// A live topic's task: runs the query, pushes the result if it changed, watches what it
+/// read, and waits for one of those entries to change (one permit however many changes
+/// arrive meanwhile: a slow upstream sees one re-run, not a queue of them).
+async fn run_live(
+    topic: Arc<Topic>,
+    engine: Arc<Engine>,
+    request: async_graphql::Request,
+    headers: HeaderMap,
+    poll: Option<Duration>,
+) {
+    let hub = engine.runtime.hub.clone();
+    let watch = Unwatch(hub.clone(), hub.next_id());
+    let notify = Arc::new(Notify::new());
+    let pushed = engine.runtime.metrics.pushed.clone();
+    loop {
+        let generation = hub.generation();
+        // Boxed: between runs the task holds no room for an execution's state.
+        let done = Box::pin(crate::exec::run(
+            &engine,
+            super::clone_request(&request),
+            headers.clone(),
+        ))
+        .await;
+        if done.request_error {
+            topic.end(Some(&done.body));
+            return;
+        }
+        hub.watch(watch.1, &notify, &done.read.keys);
+        if let Some(root) = &done.read.root {
+            if let Some(every) = poll {
+                hub.poll(root.clone(), every);
+            }
+            if root.updates.is_some() {
+                hub.feed(root.clone());
+            }
+        }
+        // A change may have landed while we ran, before we were watching: look again
+        // after this result (a permit, so at most one extra run).
+        if hub.generation() != generation {
+            notify.notify_one();
+        }
+        topic.publish(&done.body, &pushed);
+        notify.notified().await;
+    }
+}
