@@ -56,7 +56,7 @@ struct Cli {
     /// How often the legacy graphql-ws protocol's `ka` keep-alive is sent, in ms.
     #[arg(long, env = "LIVEGATE_WS_KEEPALIVE_MS", default_value_t = 12_000)]
     ws_keepalive_ms: u64,
-    /// Bytes of results one WebSocket may have queued for a client that does not read; past it live queries conflate to the latest and event streams lose the oldest.
+    /// Bytes of messages one WebSocket or SSE stream may have queued for a client that does not read; past it live queries conflate to the latest and event streams lose the oldest.
     #[arg(long, env = "LIVEGATE_MAX_QUEUED_BYTES", default_value_t = 1 << 20)]
     max_queued_bytes: usize,
     /// Shared secret of the invalidation webhook's HMAC-SHA256 signatures.

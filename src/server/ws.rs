@@ -7,10 +7,11 @@
 //! - `graphql-ws` (subscriptions-transport-ws, legacy): `connection_init`/`connection_ack`
 //!   /`ka`, `start`/`data`/`error`/`complete`/`stop`, `connection_terminate`.
 //!
-//! A socket offering neither is closed with 4406. Queries and mutations run once; live
-//! queries run until the client completes them. Every socket has one writer task fed by a
-//! bounded channel: a client that does not read stalls only its own operations, whose
-//! live queries then conflate (see [`crate::live`]).
+//! A socket offering neither is closed with 4406. Queries and mutations run once, each in
+//! a short task; subscriptions join their shared subscription ([`crate::live::topic`]) and
+//! run until the client completes them. Every socket has a reader task and a writer task
+//! fed by the socket's bounded [`Outbox`]: a client that does not read slows nobody else;
+//! its live queries conflate, its events lose the oldest (see [`crate::live::outbox`]).
 
 use super::AppState;
 use crate::live::{self, Frame, Outbox, Prepared};
@@ -785,7 +786,8 @@ pub struct WsOptions {
     pub init_timeout: Duration,
     /// How often the legacy protocol's `ka` is sent.
     pub keepalive: Duration,
-    /// Bytes of messages one socket may have queued for a client that does not read.
+    /// Bytes of messages one socket (or SSE stream) may have queued for a client that does
+    /// not read.
     pub max_queued_bytes: usize,
 }
 

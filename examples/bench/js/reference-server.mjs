@@ -1,10 +1,13 @@
-// The reference server of `scripts/memory`: graphql-js + graphql-ws over `ws` on Node, the
-// demo's shape — `messageAdded(channel)` events fed by the `sendMessage` mutation.
+// The reference server of `scripts/memory`: graphql-js + graphql-ws over `ws` on Node
+// (WebSocket on /graphql) and graphql-sse (SSE on /graphql/stream), the demo's shape —
+// `messageAdded(channel)` events fed by the `sendMessage` mutation.
 // Usage: node reference-server.mjs PORT
 import { createRequire } from 'node:module';
+import http from 'node:http';
 const require = createRequire(new URL('../../../tests/js/package.json', import.meta.url));
-const { buildSchema } = require('graphql');
+const { buildSchema, execute, subscribe: subscribeTo } = require('graphql');
 const { useServer } = require('graphql-ws/lib/use/ws');
+const { createHandler } = require('graphql-sse/lib/use/http');
 const { WebSocketServer } = require('ws');
 
 const schema = buildSchema(`
@@ -49,9 +52,18 @@ const roots = {
 };
 
 const port = +process.argv[2] || 4100;
-const server = new WebSocketServer({ port, host: '127.0.0.1', path: '/graphql' });
+const sse = createHandler({
+  schema,
+  execute: (args) => execute({ ...args, rootValue: roots }),
+  subscribe: (args) => subscribeTo({ ...args, rootValue: roots }),
+});
+const server = http.createServer((req, res) => {
+  if (req.url.startsWith('/graphql/stream')) return sse(req, res);
+  res.writeHead(404).end();
+});
+const sockets = new WebSocketServer({ server, path: '/graphql' });
 useServer({
   schema,
   roots: { query: roots, mutation: roots, subscription: roots },
-}, server);
-console.log(`reference server on ${port}`);
+}, sockets);
+server.listen(port, '127.0.0.1', () => console.log(`reference server on ${port}`));
