@@ -94,8 +94,8 @@ async fn demo_with_upstreams() -> (String, Vec<(&'static str, String)>) {
     (addr.to_string(), upstreams)
 }
 
-/// A `curl -N` of the README, as pasted (ports aside), whose SSE `data:` lines are read
-/// as they come.
+/// A `curl -N` of the README, as pasted (ports aside), whose SSE `data:` lines (or
+/// multipart parts) are read as they come.
 struct Sse {
     _child: tokio::process::Child,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
@@ -128,6 +128,11 @@ impl Sse {
                 .expect("stream open");
             if let Some(data) = line.strip_prefix("data: ") {
                 return serde_json::from_str::<Value>(data).expect("JSON event");
+            }
+            // A multipart part's body (a heartbeat `{}` has no payload).
+            if line.starts_with("{\"payload\":") {
+                let mut part = serde_json::from_str::<Value>(&line).expect("JSON part");
+                return part["payload"].take();
             }
         }
     }

@@ -266,7 +266,12 @@ impl Topic {
     }
 
     /// Adds `subscriber` to the open topic whose state `st` is.
-    fn enter(self: &Arc<Self>, st: &mut State, engine: &Engine, subscriber: Subscriber) -> Subscribed {
+    fn enter(
+        self: &Arc<Self>,
+        st: &mut State,
+        engine: &Engine,
+        subscriber: Subscriber,
+    ) -> Subscribed {
         // A live query's newcomer gets the latest result at once (the first run, still
         // going, will push it otherwise).
         if let Some(last) = &st.last {

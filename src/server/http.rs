@@ -59,19 +59,32 @@ fn negotiate(headers: &HeaderMap) -> Option<Media> {
     }
 }
 
-/// Whether the client wants SSE, and the JSON media type for everything else; `406` when
+/// What the client accepts: a streaming format (SSE, multipart subscriptions), and the
+/// JSON media type for everything else (`None`: only the streaming format); `406` when
 /// it accepts none of them.
-fn accepted(headers: &HeaderMap) -> Result<(bool, Media), Box<Response>> {
-    let sse = super::sse::wants_sse(headers);
-    match negotiate(headers) {
-        Some(m) => Ok((sse, m)),
-        None if sse => Ok((sse, Media::Json)),
-        None => Err(Box::new(refuse(
+fn accepted(headers: &HeaderMap) -> Result<Accepted, Box<Response>> {
+    let stream = super::sse::wanted(headers);
+    let json = negotiate(headers);
+    if stream.is_none() && json.is_none() {
+        return Err(Box::new(refuse(
             StatusCode::NOT_ACCEPTABLE,
             None,
-            "accept application/graphql-response+json or application/json",
-        ))),
+            "accept application/graphql-response+json or application/json (or text/event-stream, or multipart/mixed;subscriptionSpec=1.0 for subscriptions)",
+        )));
     }
+    Ok(Accepted {
+        stream,
+        json,
+        media: json.unwrap_or(Media::Json),
+    })
+}
+
+#[derive(Clone, Copy)]
+struct Accepted {
+    stream: Option<super::sse::Format>,
+    json: Option<Media>,
+    /// The JSON media type of an answer that is not streamed.
+    media: Media,
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -220,10 +233,11 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if raw.is_empty() && wants_html(&headers) {
         return graphiql::page();
     }
-    let (sse, media) = match accepted(&headers) {
+    let accepted = match accepted(&headers) {
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    let media = accepted.media;
     let mut body = PostBody {
         query: None,
         variables: None,
@@ -261,11 +275,11 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     // A stored response is a query's: serve it before parsing anything.
-    let (req, key) = match sse_or_stored(&state, req, &headers, media, sse, peer(&parts_peer)).await
-    {
-        Ok(done) => return done,
-        Err(go_on) => go_on,
-    };
+    let (req, key) =
+        match streamed_or_stored(&state, req, &headers, accepted, peer(&parts_peer)).await {
+            Ok(done) => return done,
+            Err(go_on) => go_on,
+        };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     let mut req = req;
     match operation_type(&state, &mut req) {
@@ -292,7 +306,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
 }
 
 const SUBSCRIPTIONS_ELSEWHERE: &str =
-    "subscriptions need a WebSocket (subprotocol graphql-transport-ws or graphql-ws) or Server-Sent Events (Accept: text/event-stream)";
+    "subscriptions need a WebSocket (subprotocol graphql-transport-ws or graphql-ws), Server-Sent Events (Accept: text/event-stream) or multipart HTTP (Accept: multipart/mixed;subscriptionSpec=1.0)";
 
 pub async fn post(
     State(state): State<AppState>,
@@ -300,10 +314,11 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (sse, media) = match accepted(&headers) {
+    let accepted = match accepted(&headers) {
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    let media = accepted.media;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -353,7 +368,7 @@ pub async fn post(
         Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
     };
     let (req, key) =
-        match sse_or_stored(&state, req, &headers, media, sse, connect.map(|c| (c.0).0)).await {
+        match streamed_or_stored(&state, req, &headers, accepted, connect.map(|c| (c.0).0)).await {
             Ok(done) => return done,
             Err(go_on) => go_on,
         };
@@ -379,27 +394,36 @@ pub async fn method_not_allowed(method: Method) -> Response {
     res
 }
 
-/// What GET and POST do first with a well-formed request: stream it over SSE, or answer
-/// it from the response cache. Otherwise the request goes on, with its cache key.
-async fn sse_or_stored(
+/// What GET and POST do first with a well-formed request: stream it (SSE: anything;
+/// multipart: a subscription, or anything when JSON is not accepted), or answer it from
+/// the response cache. Otherwise the request goes on, with its cache key.
+async fn streamed_or_stored(
     state: &AppState,
-    req: async_graphql::Request,
+    mut req: async_graphql::Request,
     headers: &HeaderMap,
-    media: Media,
-    sse: bool,
+    accepted: Accepted,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<Response, (async_graphql::Request, Option<crate::cache::CacheKey>)> {
-    if sse {
+    use super::sse::Format;
+    let streamed = match accepted.stream {
+        Some(Format::Sse) => true,
+        Some(Format::Multipart) => {
+            accepted.json.is_none()
+                || operation_type(state, &mut req) == Some(OperationType::Subscription)
+        }
+        None => false,
+    };
+    if let (true, Some(format)) = (streamed, accepted.stream) {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
                 let kept = super::detached(headers, state.engine.responses.vary());
-                super::sse::respond(state.clone(), req, kept, admitted).await
+                super::sse::respond(state.clone(), req, kept, admitted, format).await
             }
             Err(refusal) => *refusal,
         });
     }
     match crate::exec::lookup(&state.engine, &req, headers) {
-        Ok(hit) => Ok(respond(StatusCode::OK, media, hit.body)),
+        Ok(hit) => Ok(respond(StatusCode::OK, accepted.media, hit.body)),
         Err(key) => Err((req, key)),
     }
 }

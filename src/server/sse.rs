@@ -1,9 +1,16 @@
-//! GraphQL over Server-Sent Events, graphql-sse's distinct connections mode: a request
-//! with `Accept: text/event-stream` (POST body or GET parameters, as for plain HTTP) gets
-//! an event stream of `next` events, then `complete`. Errors found before execution are
-//! a `next` event too (a 4xx would leave an `EventSource` with no reason). A live query
-//! streams until the client closes the connection; a comment line every 15 s keeps
-//! proxies from timing it out.
+//! Results streamed over one HTTP response, in two formats:
+//!
+//! - **Server-Sent Events**, graphql-sse's distinct connections mode: a request with
+//!   `Accept: text/event-stream` (POST body or GET parameters, as for plain HTTP) gets an
+//!   event stream of `next` events, then `complete`. Errors found before execution are a
+//!   `next` event too (a 4xx would leave an `EventSource` with no reason). A comment line
+//!   every 15 s keeps proxies from timing it out.
+//! - **Apollo's multipart HTTP subscriptions**: a subscription with
+//!   `Accept: multipart/mixed;subscriptionSpec=1.0` gets `multipart/mixed;boundary="graphql"`,
+//!   a part `{"payload": result}` per result, a heartbeat part `{}` every 5 s, and the
+//!   closing boundary at the end.
+//!
+//! A live query streams until the client closes the connection.
 
 use super::AppState;
 use crate::live::{self, Frame, Outbox, Prepared};
@@ -16,36 +23,118 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub fn wants_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| {
-            a.split(',')
-                .any(|t| t.trim().starts_with("text/event-stream"))
-        })
+/// How results are written into the response.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    Sse,
+    Multipart,
 }
 
-fn next(body: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(b"event: next\ndata: ");
-    out.extend_from_slice(body);
-    out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
+/// The streaming format `headers` ask for, if any: SSE, or Apollo's multipart
+/// subscriptions (`multipart/mixed` with a `subscriptionSpec`; `multipart/mixed` for
+/// `@defer` alone is not a subscription transport).
+pub fn wanted(headers: &HeaderMap) -> Option<Format> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    let mut found = None;
+    for t in accept.split(',') {
+        let mut params = t.split(';').map(str::trim);
+        let ty = params.next().unwrap_or("").to_ascii_lowercase();
+        if ty == "text/event-stream" {
+            return Some(Format::Sse);
+        }
+        if ty == "multipart/mixed"
+            && params.any(|p| p.to_ascii_lowercase().starts_with("subscriptionspec="))
+        {
+            found = Some(Format::Multipart);
+        }
+    }
+    found
 }
 
+const MULTIPART_TYPE: &str = "multipart/mixed;boundary=\"graphql\";subscriptionSpec=\"1.0\"";
+/// The delimiter that ends each multipart part (and, first of all, the preamble): a
+/// reader hands a part on when the delimiter after it arrives.
+const DELIMITER: &str = "\r\n--graphql";
+const PART_HEAD: &str = "\r\ncontent-type: application/json\r\n\r\n";
 const COMPLETE: &[u8] = b"event: complete\ndata: \n\n";
 
-/// SSE frames: every result (a request error too) is a `next` event; `complete` is
-/// written when the stream ends, however it ends.
-struct SseFraming(Arc<str>);
+impl Format {
+    fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Format::Sse => "text/event-stream; charset=utf-8",
+            Format::Multipart => MULTIPART_TYPE,
+        })
+    }
 
-impl live::Framing for SseFraming {
+    /// What the body starts with.
+    fn start(self) -> Bytes {
+        match self {
+            Format::Sse => Bytes::new(),
+            Format::Multipart => Bytes::from_static(DELIMITER.as_bytes()),
+        }
+    }
+
+    /// What the body ends with, however the stream ends.
+    fn end(self) -> Bytes {
+        match self {
+            Format::Sse => Bytes::from_static(COMPLETE),
+            Format::Multipart => Bytes::from_static(b"--\r\n"),
+        }
+    }
+
+    /// The keep-alive written while nothing else is, and how often.
+    fn keep_alive(self) -> (Duration, Bytes) {
+        match self {
+            Format::Sse => (
+                Duration::from_secs(15),
+                Bytes::from_static(b": keep-alive\n\n"),
+            ),
+            Format::Multipart => (
+                Duration::from_secs(5),
+                Bytes::from(format!("{PART_HEAD}{{}}{DELIMITER}")),
+            ),
+        }
+    }
+
+    fn framing(self) -> Arc<dyn live::Framing> {
+        Arc::new(match self {
+            Format::Sse => Framed {
+                head: Arc::from("event: next\ndata: "),
+                tail: "\n\n",
+                transport: "sse",
+            },
+            Format::Multipart => Framed {
+                head: Arc::from(format!("{PART_HEAD}{{\"payload\":")),
+                tail: "}\r\n--graphql",
+                transport: "multipart",
+            },
+        })
+    }
+
+    /// One result, the whole body.
+    fn once(self, body: &[u8]) -> Bytes {
+        let framing = self.framing();
+        let mut out = self.start().to_vec();
+        live::Framing::next(&*framing, &Bytes::copy_from_slice(body)).append_to(&mut out);
+        out.extend_from_slice(&self.end());
+        Bytes::from(out)
+    }
+}
+
+/// Each result (a request error too) between a head and a tail; the stream's end is
+/// written when it ends, however it ends.
+struct Framed {
+    head: Arc<str>,
+    tail: &'static str,
+    transport: &'static str,
+}
+
+impl live::Framing for Framed {
     fn next(&self, body: &Bytes) -> Frame {
         Frame::Parts {
-            head: self.0.clone(),
+            head: self.head.clone(),
             body: body.clone(),
-            tail: "\n\n",
+            tail: self.tail,
         }
     }
 
@@ -58,13 +147,14 @@ impl live::Framing for SseFraming {
     }
 
     fn transport(&self) -> &'static str {
-        "sse"
+        self.transport
     }
 }
 
-/// Bytes of queued events written to the response in one chunk, at most.
+/// Bytes of queued results written to the response in one chunk, at most.
 const BATCH: usize = 64 << 10;
 
+/// Streams `req`'s results in `format`. A query or mutation gets its one result.
 pub async fn respond(
     state: AppState,
     req: async_graphql::Request,
@@ -72,15 +162,16 @@ pub async fn respond(
     // read buffer (see `detached`).
     headers: HeaderMap,
     admitted: super::limits::Admitted,
+    format: Format,
 ) -> Response {
-    let events: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
+    let body: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
         Err(message) => {
             let body = super::error_body(&message, None);
-            stream::iter([next(body.as_bytes()), Bytes::from_static(COMPLETE)]).boxed()
+            stream::iter([format.once(body.as_bytes())]).boxed()
         }
         Ok(Prepared::Once(req)) => {
             let done = crate::exec::run(&state.engine, req, headers).await;
-            stream::iter([next(&done.body), Bytes::from_static(COMPLETE)]).boxed()
+            stream::iter([format.once(&done.body)]).boxed()
         }
         Ok(how) => {
             let outbox = Outbox::new(
@@ -89,7 +180,7 @@ pub async fn respond(
             );
             let subscriber = live::Subscriber {
                 outbox: outbox.clone(),
-                framing: Arc::new(SseFraming(Arc::from("event: next\ndata: "))),
+                framing: format.framing(),
                 tag: 1,
             };
             let engine = &state.engine;
@@ -107,35 +198,37 @@ pub async fn respond(
                 }
                 Prepared::Once(_) => None,
             };
-            frames(&state, outbox, place, admitted)
+            frames(&state, outbox, place, admitted, format)
         }
     };
     let mut res = (
         StatusCode::OK,
-        Body::from_stream(events.map(Ok::<_, Infallible>)),
+        Body::from_stream(body.map(Ok::<_, Infallible>)),
     )
         .into_response();
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    h.insert(header::CONTENT_TYPE, format.content_type());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
 }
 
-/// The subscription's frames as SSE events, several queued ones in one chunk, with a
-/// keep-alive comment every 15 s, and `complete` when the subscription ends (after a
-/// request error, when an event source closes, or at shutdown).
+/// The subscription's results, several queued ones in one chunk, with a keep-alive while
+/// idle, and the format's end when the subscription ends (after a request error, when an
+/// event source closes, or at shutdown).
 fn frames(
     state: &AppState,
     outbox: Arc<Outbox>,
     place: Option<live::Subscribed>,
     admitted: super::limits::Admitted,
+    format: Format,
 ) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
-    let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&["sse"]));
+    let transport = match format {
+        Format::Sse => "sse",
+        Format::Multipart => "multipart",
+    };
+    let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&[transport]));
     let mut shutdown = state.shutdown.clone();
     let stopping = async move {
         let _ = shutdown.wait_for(|s| *s).await;
@@ -164,18 +257,72 @@ fn frames(
     })
     .filter(|chunk| std::future::ready(!chunk.is_empty()))
     .take_until(stopping)
-    .chain(stream::iter([Bytes::from_static(COMPLETE)]));
+    .chain(stream::iter([format.end()]));
+    let (every, beat) = format.keep_alive();
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(15),
-        Duration::from_secs(15),
+        tokio::time::Instant::now() + every,
+        every,
     ))
-    .map(|_| Bytes::from_static(b": keep-alive\n\n"));
+    .map(move |_| beat.clone());
     // End with the results, not with the endless ticks.
-    stream::select(
+    let body = stream::select(
         results.map(Some).chain(stream::iter([None])),
         ticks.map(Some),
     )
     .take_while(|x| std::future::ready(x.is_some()))
-    .filter_map(std::future::ready)
-    .boxed()
+    .filter_map(std::future::ready);
+    stream::iter([format.start()])
+        .filter(|b| std::future::ready(!b.is_empty()))
+        .chain(body)
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn streaming_formats_are_told_apart() {
+        assert_eq!(wanted(&accept("text/event-stream")), Some(Format::Sse));
+        assert_eq!(
+            wanted(&accept(
+                "multipart/mixed;boundary=\"graphql\";subscriptionSpec=1.0,application/json"
+            )),
+            Some(Format::Multipart)
+        );
+        assert_eq!(
+            wanted(&accept(
+                "multipart/mixed;subscriptionSpec=\"1.0\", application/json"
+            )),
+            Some(Format::Multipart)
+        );
+        // Apollo Client's Accept for queries: @defer's multipart, not a subscription's.
+        assert_eq!(
+            wanted(&accept(
+                "multipart/mixed;deferSpec=20220824,application/graphql-response+json,application/json;q=0.9"
+            )),
+            None
+        );
+        assert_eq!(wanted(&accept("application/json")), None);
+    }
+
+    #[test]
+    fn a_single_result_is_one_part_between_delimiters() {
+        let body = Format::Multipart.once(br#"{"data":{"a":1}}"#);
+        assert_eq!(
+            &body[..],
+            &b"\r\n--graphql\r\ncontent-type: application/json\r\n\r\n{\"payload\":{\"data\":{\"a\":1}}}\r\n--graphql--\r\n"[..]
+        );
+        let body = Format::Sse.once(br#"{"data":{"a":1}}"#);
+        assert_eq!(
+            &body[..],
+            &b"event: next\ndata: {\"data\":{\"a\":1}}\n\nevent: complete\ndata: \n\n"[..]
+        );
+    }
 }
