@@ -82,6 +82,10 @@ pub struct Options {
     pub follow_redirects: bool,
     /// Share invalidations and cached values with other replicas through Redis.
     pub redis: Option<bus::redis::RedisOptions>,
+    /// Automatic persisted queries and trusted documents.
+    pub persisted: server::persisted::Options,
+    /// Most operations in one batched request (a JSON array); 0 refuses batches.
+    pub max_batch: usize,
 }
 
 impl Default for Options {
@@ -106,6 +110,8 @@ impl Default for Options {
             upstream_ca: Default::default(),
             follow_redirects: false,
             redis: None,
+            persisted: Default::default(),
+            max_batch: 10,
         }
     }
 }
@@ -119,6 +125,8 @@ pub enum Error {
     Schema(String),
     #[error("{0}")]
     Redis(String),
+    #[error("{0}")]
+    Persisted(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -191,6 +199,14 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         options.response_cache_bytes,
         vary,
     ));
+    let persisted = server::persisted::Persisted::load(
+        options.persisted.manifest.as_deref(),
+        options.persisted.only,
+        options.persisted.apq_bytes,
+        bus.clone(),
+        runtime.metrics.persisted.clone(),
+    )
+    .map_err(Error::Persisted)?;
     let engine = Arc::new(exec::Engine {
         schema,
         runtime: runtime.clone(),
@@ -216,6 +232,8 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         body: options.body.clone(),
         pending_bodies: Default::default(),
         topics: Default::default(),
+        persisted: Arc::new(persisted),
+        max_batch: options.max_batch,
     })
 }
 

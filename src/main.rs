@@ -157,6 +157,18 @@ struct Cli {
     /// How long the lease on an upstream socket lasts unrenewed, in ms: with several replicas, one holds each socket, and a survivor takes over within this after its holder dies.
     #[arg(long, env = "LIVEGATE_REDIS_LEASE_MS", default_value_t = 10_000)]
     redis_lease_ms: u64,
+    /// Trusted documents: a JSON manifest of id → document (Apollo's persisted query manifest, or Relay's and GraphQL Codegen's `{"id": "document"}`); a request names one by `extensions.persistedQuery.sha256Hash` or `documentId`.
+    #[arg(long, env = "LIVEGATE_PERSISTED_DOCUMENTS")]
+    persisted_documents: Option<std::path::PathBuf>,
+    /// Run only the documents of --persisted-documents, on every transport: any other is refused (PERSISTED_QUERY_NOT_IN_LIST), and automatic persisted queries register nothing.
+    #[arg(long, env = "LIVEGATE_PERSISTED_ONLY")]
+    persisted_only: bool,
+    /// Memory for automatic persisted queries (documents registered by hash), in MiB; 0 turns them off.
+    #[arg(long, env = "LIVEGATE_APQ_CACHE_MB", default_value_t = 16)]
+    apq_cache_mb: u64,
+    /// Most operations in one batched request (a JSON array of operations); 0 refuses batches.
+    #[arg(long, env = "LIVEGATE_MAX_BATCH_SIZE", default_value_t = 10)]
+    max_batch_size: usize,
     /// Log format: `text` or `json`.
     #[arg(long, env = "LIVEGATE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -233,6 +245,12 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         None => Default::default(),
     };
     let options = livegate::Options {
+        persisted: livegate::server::persisted::Options {
+            manifest: cli.persisted_documents.clone(),
+            only: cli.persisted_only,
+            apq_bytes: cli.apq_cache_mb << 20,
+        },
+        max_batch: cli.max_batch_size,
         cors,
         upstream_ca,
         follow_redirects: cli.upstream_follow_redirects,

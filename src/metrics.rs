@@ -36,6 +36,8 @@ pub struct Metrics {
     pub subscription_groups: IntGaugeVec,
     /// Events dropped for clients that read too slowly.
     pub events_dropped: IntCounter,
+    /// Persisted-document lookups by result: `hit`, `miss`, `registered`, `refused`.
+    pub persisted: IntCounterVec,
     /// Invalidation requests by source: `webhook`, `mutation`.
     pub invalidations: IntCounterVec,
     /// Cache entries dropped (or live entries woken) by invalidations.
@@ -165,6 +167,12 @@ impl Metrics {
                 "livegate_subscription_groups",
                 "Distinct subscriptions (operation, variables, credentials) by kind, each executed once for all its subscribers",
                 &["kind"],
+            ),
+            persisted: counter_vec(
+                &r,
+                "livegate_persisted_documents_total",
+                "Persisted documents (APQ, trusted) by result: hit, miss, registered, refused",
+                &["result"],
             ),
             events_dropped: counter(
                 &r,

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{announcer, sample, Gateway, Upstream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -93,12 +93,7 @@ async fn subscribe(ws: &mut common::Ws, id: &str, query: &str) {
 }
 
 async fn next(ws: &mut common::Ws) -> Value {
-    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-        .await
-        .expect("a message within 10 s")
-        .expect("open")
-        .expect("read");
-    serde_json::from_str(msg.to_text().expect("text")).expect("JSON")
+    common::next_json(ws).await
 }
 
 async fn groups_and_subscriptions(gw: &Gateway, kind: &str, groups: f64, subscriptions: f64) {

@@ -340,7 +340,7 @@ proptest! {
                 Ok(_) => Vec::new(),
                 Err(_) => panic!("no answer within 5 s"),
             };
-            if !kind.starts_with("text/event-stream") {
+            if !kind.starts_with("text/event-stream") && !kind.starts_with("multipart/") {
                 while let Some(Ok(more)) = body.next().await {
                     bytes.extend_from_slice(&more);
                 }
@@ -357,12 +357,22 @@ proptest! {
             prop_assert_eq!(status, 200);
             let text = String::from_utf8_lossy(&bytes);
             prop_assert!(text.starts_with("event: ") || text.starts_with(':') || text.is_empty(), "{text}");
+        } else if kind.starts_with("multipart/mixed") {
+            prop_assert_eq!(status, 200);
+            prop_assert!(bytes.starts_with(b"\r\n--graphql"), "{}", String::from_utf8_lossy(&bytes));
         } else if !kind.starts_with("text/html") {
             let parsed = serde_json::from_slice::<serde_json::Value>(&bytes);
             prop_assert!(parsed.is_ok(), "{status} {kind}: not JSON: {}", String::from_utf8_lossy(&bytes));
             let parsed = parsed.unwrap_or_default();
             if !hook {
-                prop_assert!(parsed.get("data").is_some() || parsed["errors"].is_array(), "{parsed}");
+                // A batch (a JSON array of operations) is answered with an array of results.
+                let results = match &parsed {
+                    serde_json::Value::Array(items) => items.clone(),
+                    one => vec![one.clone()],
+                };
+                for r in results {
+                    prop_assert!(r.get("data").is_some() || r["errors"].is_array(), "{r}");
+                }
             }
         }
     }

@@ -164,9 +164,10 @@ async fn malformed_requests_get_clear_4xx() {
         }
         req.send()
     };
-    let cases: [(&str, Option<&str>, u16, &str); 7] = [
+    let cases: [(&str, Option<&str>, u16, &str); 8] = [
         ("{not json", Some("application/json"), 400, "not JSON"),
-        ("[1, 2]", Some("application/json"), 400, "JSON object"),
+        ("[1, 2]", Some("application/json"), 400, "JSON objects"),
+        ("3", Some("application/json"), 400, "JSON object"),
         (
             r#"{"variables": {}}"#,
             Some("application/json"),

@@ -320,3 +320,29 @@ async fn the_readme_rest_shapes_example_works_against_the_demo() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test]
+async fn the_readme_persisted_queries_and_batch_examples_work_against_the_demo() {
+    let (addr, _) = demo().await;
+    let fix = |s: &str| s.replace("127.0.0.1:4000", &addr);
+    let apq = blocks_after("**Automatic persisted queries**", 1);
+    let out = sh(&fix(&apq[0])).await;
+    let answers: Vec<Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    assert_eq!(answers.len(), 3, "{out}");
+    assert_eq!(
+        answers[0]["errors"][0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND",
+        "{out}"
+    );
+    assert_eq!(answers[0]["errors"][0]["message"], "PersistedQueryNotFound");
+    assert_eq!(answers[1]["data"]["__typename"], "Query", "{out}");
+    assert_eq!(answers[2]["data"]["__typename"], "Query", "{out}");
+
+    let batch = blocks_after("**Batches**", 1);
+    let out: Value = serde_json::from_str(&sh(&fix(&batch[0])).await).expect("JSON");
+    assert_eq!(out[0]["data"]["__typename"], "Query", "{out}");
+    assert_eq!(out[1]["data"]["user"]["name"], "Ada Lovelace", "{out}");
+    assert_eq!(out.as_array().map(Vec::len), Some(2), "{out}");
+}

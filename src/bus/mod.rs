@@ -93,6 +93,21 @@ impl Bus {
         }
     }
 
+    /// A document another replica persisted (APQ) under `hash`; `None` in-process.
+    pub async fn document(&self, hash: &str) -> Option<String> {
+        match &self.redis {
+            Some(r) => r.document(hash).await,
+            None => None,
+        }
+    }
+
+    /// Shares a persisted document with the other replicas, for `ttl`.
+    pub async fn put_document(&self, hash: &str, document: &str, ttl: Duration) {
+        if let Some(r) = &self.redis {
+            r.put_document(hash, document, ttl).await;
+        }
+    }
+
     /// Who does the cluster-wide work `name` (an upstream socket, a poller) for the next
     /// `ttl`: this replica takes the lease when it is free and renews it while it holds
     /// it. In-process, and while Redis does not answer, [`Lease::Solo`]: every replica

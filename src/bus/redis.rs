@@ -458,6 +458,37 @@ impl RedisBus {
         }
     }
 
+    /// The document persisted (APQ) under `hash` by any replica, if Redis has it.
+    pub async fn document(&self, hash: &str) -> Option<String> {
+        let key = self.key(&format!("apq:{hash}"));
+        self.call("apq get", |mut c| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+        })
+        .await
+        .flatten()
+    }
+
+    /// Persists `document` under `hash` for every replica, for `ttl`.
+    pub async fn put_document(&self, hash: &str, document: &str, ttl: Duration) {
+        let key = self.key(&format!("apq:{hash}"));
+        let secs = ttl.as_secs().max(1);
+        let document = document.to_string();
+        let _: Option<()> = self
+            .call("apq set", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(document)
+                    .arg("EX")
+                    .arg(secs)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await;
+    }
+
     /// Takes or renews the lease `name`: its generation while this replica holds it, 0
     /// while another does, `None` when Redis does not answer.
     pub async fn lease(&self, name: &str, ttl: Duration) -> Option<u64> {

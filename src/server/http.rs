@@ -123,30 +123,65 @@ struct PostBody {
     operation_name: Option<Value>,
     #[serde(default)]
     extensions: Option<Value>,
+    /// A trusted document's id (the GraphQL-over-HTTP persisted documents proposal).
+    #[serde(default)]
+    document_id: Option<Value>,
 }
 
-/// A well-formed GraphQL-over-HTTP request, or why it is not one (a 400).
-fn graphql_request(p: PostBody) -> Result<async_graphql::Request, String> {
-    let bad = |m: &str| m.to_string();
+/// Why a request is not run: an HTTP status, a message, and a code for the client.
+struct Refused {
+    status: StatusCode,
+    message: String,
+    code: Option<&'static str>,
+}
+
+impl Refused {
+    fn bad(message: impl Into<String>) -> Self {
+        Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            code: None,
+        }
+    }
+
+    fn response(self, media: Media) -> Response {
+        let body = super::error_body(&self.message, self.code);
+        respond(self.status, media, Bytes::from(body))
+    }
+}
+
+/// A well-formed GraphQL-over-HTTP request (its document its own or a persisted one), or
+/// why it is not one.
+async fn graphql_request(state: &AppState, p: PostBody) -> Result<async_graphql::Request, Refused> {
     let query = match p.query {
-        Some(Value::String(q)) => q,
-        Some(_) => return Err(bad("`query` must be a string")),
-        None => return Err(bad("the request has no `query`")),
+        Some(Value::String(q)) => Some(q),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err(Refused::bad("`query` must be a string")),
     };
+    let extensions = match p.extensions {
+        None | Some(Value::Null) => None,
+        Some(e @ Value::Object(_)) => Some(e),
+        Some(_) => return Err(Refused::bad("`extensions` must be an object")),
+    };
+    let query = state
+        .persisted
+        .document(query, extensions.as_ref(), p.document_id.as_ref())
+        .await
+        .map_err(|r| Refused {
+            status: r.status,
+            message: r.message,
+            code: Some(r.code),
+        })?;
     let mut req = async_graphql::Request::new(query);
     match p.variables {
         None | Some(Value::Null) => {}
         Some(v @ Value::Object(_)) => req = req.variables(async_graphql::Variables::from_json(v)),
-        Some(_) => return Err(bad("`variables` must be an object")),
+        Some(_) => return Err(Refused::bad("`variables` must be an object")),
     }
     match p.operation_name {
         None | Some(Value::Null) => {}
         Some(Value::String(name)) => req = req.operation_name(name),
-        Some(_) => return Err(bad("`operationName` must be a string")),
-    }
-    match p.extensions {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(_) => return Err(bad("`extensions` must be an object")),
+        Some(_) => return Err(Refused::bad("`operationName` must be a string")),
     }
     Ok(req)
 }
@@ -243,6 +278,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         variables: None,
         operation_name: None,
         extensions: None,
+        document_id: None,
     };
     for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
         let json_param = |v: &str, name: &str| {
@@ -259,6 +295,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         match &*k {
             "query" => body.query = Some(Value::String(v.into_owned())),
             "operationName" => body.operation_name = Some(Value::String(v.into_owned())),
+            "documentId" => body.document_id = Some(Value::String(v.into_owned())),
             "variables" => match json_param(&v, "variables") {
                 Ok(v) => body.variables = Some(v),
                 Err(r) => return *r,
@@ -270,9 +307,9 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
             _ => {}
         }
     }
-    let req = match graphql_request(body) {
+    let req = match graphql_request(&state, body).await {
         Ok(r) => r,
-        Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
+        Err(refused) => return refused.response(media),
     };
     // A stored response is a query's: serve it before parsing anything.
     let (req, key) =
@@ -337,35 +374,35 @@ pub async fn post(
         };
         return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(media), msg);
     }
-    let parsed: PostBody = match serde_json::from_slice::<Value>(&body) {
-        Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
-            Ok(p) => p,
+    let parsed: PostBody =
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
+                Ok(p) => p,
+                Err(e) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        Some(media),
+                        format!("malformed request: {e}"),
+                    )
+                }
+            },
+            Ok(Value::Array(operations)) => return batch(&state, operations, headers, media).await,
+            Ok(_) => return refuse(
+                StatusCode::BAD_REQUEST,
+                Some(media),
+                "the body must be a JSON object with a `query` (or a JSON array of them: a batch)",
+            ),
             Err(e) => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     Some(media),
-                    format!("malformed request: {e}"),
+                    format!("the body is not JSON: {e}"),
                 )
             }
-        },
-        Ok(_) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                Some(media),
-                "the body must be a JSON object with a `query`",
-            )
-        }
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                Some(media),
-                format!("the body is not JSON: {e}"),
-            )
-        }
-    };
-    let req = match graphql_request(parsed) {
+        };
+    let req = match graphql_request(&state, parsed).await {
         Ok(r) => r,
-        Err(m) => return refuse(StatusCode::BAD_REQUEST, Some(media), m),
+        Err(refused) => return refused.response(media),
     };
     let (req, key) =
         match streamed_or_stored(&state, req, &headers, accepted, connect.map(|c| (c.0).0)).await {
@@ -381,6 +418,74 @@ pub async fn post(
         );
     }
     execute(&state, req, media, headers, key).await
+}
+
+/// A batched request: a JSON array of operations, answered with the array of their
+/// results in the same order (`200`; each result carries its own errors). At most
+/// `--max-batch-size` operations; each is held to every per-request limit as a request
+/// of its own. Queries and mutations only, run concurrently.
+async fn batch(
+    state: &AppState,
+    operations: Vec<Value>,
+    headers: HeaderMap,
+    media: Media,
+) -> Response {
+    let max = state.max_batch;
+    if max == 0 || operations.len() > max || operations.is_empty() {
+        state
+            .runtime
+            .metrics
+            .reject(crate::metrics::Rejection::Limit);
+        let why = match (max, operations.len()) {
+            (0, _) => "batched requests are turned off (--max-batch-size 0)".to_string(),
+            (_, 0) => "an empty batch: send at least one operation".to_string(),
+            (_, n) => format!("a batch of {n} operations; at most {max} (--max-batch-size)"),
+        };
+        return refuse(StatusCode::BAD_REQUEST, Some(media), why);
+    }
+    if !operations.iter().all(Value::is_object) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            Some(media),
+            "a batch is a JSON array of JSON objects, each with a `query`",
+        );
+    }
+    let runs = operations.into_iter().map(|op| {
+        let headers = headers.clone();
+        async move {
+            let refused = |r: Refused| Bytes::from(super::error_body(&r.message, r.code));
+            let parsed = match op {
+                v @ Value::Object(_) => serde_json::from_value::<PostBody>(v)
+                    .map_err(|e| Refused::bad(format!("malformed operation: {e}"))),
+                _ => Err(Refused::bad(
+                    "each operation of a batch is a JSON object with a `query`",
+                )),
+            };
+            let req = match parsed {
+                Ok(p) => graphql_request(state, p).await,
+                Err(r) => Err(r),
+            };
+            let mut req = match req {
+                Ok(req) => req,
+                Err(r) => return refused(r),
+            };
+            if operation_type(state, &mut req) == Some(OperationType::Subscription) {
+                return refused(Refused::bad(SUBSCRIPTIONS_ELSEWHERE));
+            }
+            crate::exec::run(&state.engine, req, headers).await.body
+        }
+    });
+    let bodies = futures_util::future::join_all(runs).await;
+    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, body) in bodies.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+    }
+    out.push(b']');
+    respond(StatusCode::OK, media, Bytes::from(out))
 }
 
 pub async fn method_not_allowed(method: Method) -> Response {

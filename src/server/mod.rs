@@ -9,6 +9,7 @@ mod health;
 mod http;
 pub mod limits;
 mod listen;
+pub mod persisted;
 pub mod sse;
 pub mod webhook;
 pub mod ws;
@@ -63,6 +64,10 @@ pub struct Shared {
     pub pending_bodies: body::Pending,
     /// Running subscriptions, shared by subscribers of the same operation.
     pub topics: Arc<crate::live::Topics>,
+    /// Persisted documents: APQ and the trusted manifest.
+    pub persisted: Arc<persisted::Persisted>,
+    /// Most operations in one batched request.
+    pub max_batch: usize,
 }
 
 pub(crate) use crate::exec::error_body;

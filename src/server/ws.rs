@@ -541,7 +541,8 @@ impl Connection {
                     self.tx.close(4401, "Unauthorized");
                     return false;
                 }
-                let (Some(id), Some(req)) = (msg.id, msg.payload.as_ref().and_then(request)) else {
+                let (Some(id), Some(payload)) = (msg.id, msg.payload.filter(names_a_document))
+                else {
                     self.tx.close(4400, "Invalid message received: subscribe needs an id and a payload with a query");
                     return false;
                 };
@@ -550,6 +551,15 @@ impl Connection {
                         .close(4409, &format!("Subscriber for {id} already exists"));
                     return false;
                 }
+                let req = match self.request(&payload).await {
+                    Ok(req) => req,
+                    Err(refused) => {
+                        return self
+                            .tx
+                            .json(json!({"id": id, "type": "error", "payload": [refused]}))
+                            .await
+                    }
+                };
                 if let Some(refusal) = self.over_limit() {
                     return self
                         .tx
@@ -599,8 +609,14 @@ impl Connection {
                 if !self.acked {
                     return self.tx.json(json!({"type": "error", "id": id, "payload": [{"message": "send connection_init first"}]})).await;
                 }
-                let Some(req) = msg.payload.as_ref().and_then(request) else {
+                let Some(payload) = msg.payload.filter(names_a_document) else {
                     return self.tx.json(json!({"type": "error", "id": id, "payload": [{"message": "start needs a payload with a query"}]})).await;
+                };
+                let req = match self.request(&payload).await {
+                    Ok(req) => req,
+                    Err(refused) => {
+                        return self.tx.json(json!({"id": id, "type": "error", "payload": [refused]})).await
+                    }
                 };
                 // The legacy protocol restarts an id that is already running.
                 self.ops.stop(&id);
@@ -622,6 +638,29 @@ impl Connection {
             }
             other => self.tx.json(json!({"type": "connection_error", "payload": {"message": format!("unknown message type {other:?}")}})).await,
         }
+    }
+
+    /// The GraphQL request of a `subscribe`/`start` payload, its document its own or a
+    /// persisted one; a refusal is the `error` message's payload entry.
+    async fn request(&self, payload: &Value) -> Result<async_graphql::Request, Value> {
+        let query = payload
+            .get("query")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let query = self
+            .state
+            .persisted
+            .document(query, payload.get("extensions"), payload.get("documentId"))
+            .await
+            .map_err(|r| json!({"message": r.message, "extensions": {"code": r.code}}))?;
+        let mut req = async_graphql::Request::new(query);
+        if let Some(v @ Value::Object(_)) = payload.get("variables") {
+            req = req.variables(async_graphql::Variables::from_json(v.clone()));
+        }
+        if let Some(name) = payload.get("operationName").and_then(Value::as_str) {
+            req = req.operation_name(name);
+        }
+        Ok(req)
     }
 
     /// Why one more operation on this socket is refused, if it is.
@@ -758,17 +797,15 @@ fn parse(text: &str) -> Option<Incoming> {
     })
 }
 
-/// A GraphQL request from a `subscribe`/`start` payload.
-fn request(payload: &Value) -> Option<async_graphql::Request> {
-    let query = payload.get("query")?.as_str()?;
-    let mut req = async_graphql::Request::new(query);
-    if let Some(v @ Value::Object(_)) = payload.get("variables") {
-        req = req.variables(async_graphql::Variables::from_json(v.clone()));
-    }
-    if let Some(name) = payload.get("operationName").and_then(Value::as_str) {
-        req = req.operation_name(name);
-    }
-    Some(req)
+/// Whether a `subscribe`/`start` payload names a document: its own `query`, or a
+/// persisted one (`extensions.persistedQuery`, `documentId`).
+fn names_a_document(payload: &Value) -> bool {
+    payload.get("query").is_some_and(Value::is_string)
+        || payload
+            .get("extensions")
+            .and_then(|e| e.get("persistedQuery"))
+            .is_some()
+        || payload.get("documentId").is_some()
 }
 
 /// The `errors` of a request-error body, as the `error` message's payload.

@@ -228,6 +228,17 @@ pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
     ws
 }
 
+/// The next message of a gateway WebSocket, as JSON (within 10 s).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    use futures_util::StreamExt;
+    let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("open")
+        .expect("read");
+    serde_json::from_str(msg.to_text().expect("text")).expect("JSON")
+}
+
 /// The `extensions.code` of the first error, if any.
 pub fn error_code(response: &Value) -> Option<String> {
     response["errors"][0]["extensions"]["code"]

@@ -106,3 +106,49 @@ test('the multipart response as the protocol writes it', async () => {
   });
   assert.equal(await once.text(), '\r\n--graphql\r\ncontent-type: application/json\r\n\r\n{"payload":{"data":{"messages":[]}}}\r\n--graphql--\r\n');
 });
+
+test('createPersistedQueryLink: the hash alone first, the text once, then the hash alone', async () => {
+  const { createPersistedQueryLink } = require('@apollo/client/link/persisted-queries');
+  const { createHash } = await import('node:crypto');
+  const sent = [];
+  const link = createPersistedQueryLink({ sha256: (q) => createHash('sha256').update(q).digest('hex') }).concat(
+    new HttpLink({
+      uri: tb.graphql,
+      fetch: async (uri, init) => { sent.push(JSON.parse(init.body)); return fetch(uri, init); },
+    }),
+  );
+  const query = gql('query Apq { counter { parity } }');
+  const first = new ApolloClient({ link, cache: new InMemoryCache() });
+  assert.deepEqual(plain((await first.query({ query, fetchPolicy: 'no-cache' })).data), { counter: { parity: 'even' } });
+  // Unknown hash, then the hash with the text.
+  assert.equal(sent.length, 2);
+  assert.equal(sent[0].query, undefined);
+  assert.ok(sent[0].extensions.persistedQuery.sha256Hash);
+  assert.ok(sent[1].query.includes('counter'));
+  // A new client: the gateway knows the hash now, so it is sent alone, once.
+  const second = new ApolloClient({ link, cache: new InMemoryCache() });
+  assert.deepEqual(plain((await second.query({ query, fetchPolicy: 'no-cache' })).data), { counter: { parity: 'even' } });
+  assert.equal(sent.length, 3);
+  assert.equal(sent[2].query, undefined);
+});
+
+test('BatchHttpLink: several queries in one request, each its own result', async () => {
+  const { BatchHttpLink } = require('@apollo/client/link/batch-http');
+  let requests = 0;
+  const link = new BatchHttpLink({
+    uri: tb.graphql,
+    batchMax: 5,
+    batchInterval: 20,
+    fetch: async (uri, init) => { requests++; return fetch(uri, init); },
+  });
+  const c = new ApolloClient({ link, cache: new InMemoryCache() });
+  const [a, b, bad] = await Promise.all([
+    c.query({ query: gql('{ counter { parity } }'), fetchPolicy: 'no-cache' }),
+    c.query({ query: gql('query Two { messages(channel: "batch") { text } }'), fetchPolicy: 'no-cache' }),
+    c.query({ query: gql('query Bad { counter { nope } }'), fetchPolicy: 'no-cache', errorPolicy: 'all' }),
+  ]);
+  assert.equal(requests, 1);
+  assert.deepEqual(plain(a.data), { counter: { parity: 'even' } });
+  assert.deepEqual(plain(b.data), { messages: [] });
+  assert.match(JSON.stringify(bad.errors), /nope/);
+});
