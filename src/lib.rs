@@ -234,6 +234,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         topics: Default::default(),
         persisted: Arc::new(persisted),
         max_batch: options.max_batch,
+        reservations: Default::default(),
     })
 }
 

@@ -46,7 +46,7 @@ impl Cors {
     /// The CORS layer for `/graphql`, if any origin is allowed.
     pub fn layer(&self) -> Option<CorsLayer> {
         let base = CorsLayer::new()
-            .allow_methods([Method::GET, Method::POST])
+            .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
             .max_age(Duration::from_secs(600));
         if self.any {
             Some(base.allow_origin(Any).allow_headers(Any))

@@ -264,6 +264,16 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     }
     let raw = parts.uri.query().unwrap_or_default().to_string();
     let headers = parts.headers.clone();
+    if let Some(token) = super::reservations::token(&headers, Some(&raw)) {
+        if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
+            return super::reservations::stream(&state, &token);
+        }
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            None,
+            "a GET with a reservation token opens its stream (Accept: text/event-stream); POST operations to it",
+        );
+    }
     let parts_peer = parts;
     if raw.is_empty() && wants_html(&headers) {
         return graphiql::page();
@@ -348,9 +358,13 @@ const SUBSCRIPTIONS_ELSEWHERE: &str =
 pub async fn post(
     State(state): State<AppState>,
     connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(token) = super::reservations::token(&headers, uri.query()) {
+        return reserved(&state, &token, headers, &body).await;
+    }
     let accepted = match accepted(&headers) {
         Ok(found) => found,
         Err(refusal) => return *refusal,
@@ -488,14 +502,48 @@ async fn batch(
     respond(StatusCode::OK, media, Bytes::from(out))
 }
 
+/// A POST with a reservation token (graphql-sse's single connection mode): the
+/// reservation's stream, or an operation whose results go to it.
+async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]) -> Response {
+    if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
+        return super::reservations::stream(state, token);
+    }
+    let parsed = match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => serde_json::from_value::<PostBody>(v)
+            .map_err(|e| Refused::bad(format!("malformed request: {e}"))),
+        _ => Err(Refused::bad(
+            "the body must be a JSON object with a `query`",
+        )),
+    };
+    let operation_id = parsed.as_ref().ok().and_then(|p| {
+        p.extensions
+            .as_ref()
+            .and_then(|e| e.get("operationId"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let req = match parsed {
+        Ok(p) => graphql_request(state, p).await,
+        Err(r) => Err(r),
+    };
+    let req = match req {
+        Ok(req) => req,
+        Err(refused) => return refused.response(Media::Json),
+    };
+    let kept = super::detached(&headers, state.engine.responses.vary());
+    super::reservations::operation(state, token, req, operation_id, kept).await
+}
+
 pub async fn method_not_allowed(method: Method) -> Response {
     let mut res = refuse(
         StatusCode::METHOD_NOT_ALLOWED,
         None,
-        format!("{method} is not supported here; use GET or POST"),
+        format!("{method} is not supported here; use GET or POST (PUT and DELETE: graphql-sse's reservations)"),
     );
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+    res.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, POST, PUT, DELETE"),
+    );
     res
 }
 

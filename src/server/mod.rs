@@ -10,6 +10,7 @@ mod http;
 pub mod limits;
 mod listen;
 pub mod persisted;
+pub mod reservations;
 pub mod sse;
 pub mod webhook;
 pub mod ws;
@@ -68,6 +69,8 @@ pub struct Shared {
     pub persisted: Arc<persisted::Persisted>,
     /// Most operations in one batched request.
     pub max_batch: usize,
+    /// graphql-sse single connection mode's reservations.
+    pub reservations: Arc<reservations::Reservations>,
 }
 
 pub(crate) use crate::exec::error_body;
@@ -127,6 +130,8 @@ pub fn app(state: AppState) -> Router {
     let max_body = state.max_body;
     let mut graphql = get(http::get)
         .post(http::post)
+        .put(reservations::put)
+        .delete(reservations::delete)
         .fallback(http::method_not_allowed);
     if let Some(cors) = state.cors.layer() {
         graphql = graphql.layer(cors);

@@ -198,7 +198,8 @@ pub async fn respond(
                 }
                 Prepared::Once(_) => None,
             };
-            frames(&state, outbox, place, admitted, format)
+            let held = (place, admitted);
+            frames(&state, outbox, held, format, |_| true)
         }
     };
     let mut res = (
@@ -213,15 +214,16 @@ pub async fn respond(
     res
 }
 
-/// The subscription's results, several queued ones in one chunk, with a keep-alive while
-/// idle, and the format's end when the subscription ends (after a request error, when an
-/// event source closes, or at shutdown).
-fn frames(
+/// An outbox's messages, several queued ones in one chunk, with a keep-alive while idle,
+/// and the format's end when the stream ends: when `ended` says so of a subscription that
+/// ended (after a request error, when an event source closes), or at shutdown. `held`
+/// lives as long as the stream (a subscription's place, the connection's admission).
+pub(super) fn frames(
     state: &AppState,
     outbox: Arc<Outbox>,
-    place: Option<live::Subscribed>,
-    admitted: super::limits::Admitted,
+    held: impl Send + 'static,
     format: Format,
+    ended: impl FnMut(u64) -> bool + Send + 'static,
 ) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
     let transport = match format {
@@ -233,28 +235,30 @@ fn frames(
     let stopping = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    // The stream holds the subscription's place (leaving it when the client goes), the
-    // connection's gauge and its admission.
-    let held = (place, open, admitted);
-    let results = stream::unfold((outbox, held, false), |(outbox, held, ended)| async move {
-        if ended {
-            return None;
-        }
-        let batch = outbox.take(BATCH).await;
-        if batch.is_empty() {
-            return None;
-        }
-        let mut chunk = Vec::new();
-        let mut ended = false;
-        for frame in batch {
-            match frame {
-                Frame::Ended(_) => ended = true,
-                Frame::Close(..) => {}
-                other => other.append_to(&mut chunk),
+    // The stream holds what it was given and the connection's gauge.
+    let held = (held, open);
+    let results = stream::unfold(
+        (outbox, held, false, ended),
+        |(outbox, held, done, mut ended)| async move {
+            if done {
+                return None;
             }
-        }
-        Some((Bytes::from(chunk), (outbox, held, ended)))
-    })
+            let batch = outbox.take(BATCH).await;
+            if batch.is_empty() {
+                return None;
+            }
+            let mut chunk = Vec::new();
+            let mut done = false;
+            for frame in batch {
+                match frame {
+                    Frame::Ended(tag) => done |= ended(tag),
+                    Frame::Close(..) => {}
+                    other => other.append_to(&mut chunk),
+                }
+            }
+            Some((Bytes::from(chunk), (outbox, held, done, ended)))
+        },
+    )
     .filter(|chunk| std::future::ready(!chunk.is_empty()))
     .take_until(stopping)
     .chain(stream::iter([format.end()]));

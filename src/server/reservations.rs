@@ -1,0 +1,370 @@
+//! graphql-sse's single connection mode (its PROTOCOL.md), on `/graphql` beside the
+//! distinct connections mode: for HTTP/1 browsers, whose six connections per origin one
+//! stream per subscription would use up.
+//!
+//! - `PUT` reserves a stream: `201` and a token (`text/plain`). The reservation counts as
+//!   a long-lived connection (`--max-connections`, `--max-connections-per-ip`); one that no
+//!   stream claims within 30 s is dropped.
+//! - `GET` (or `POST`) with `Accept: text/event-stream` and the token (header
+//!   `X-GraphQL-Event-Stream-Token` or parameter `token`) opens the stream: `404` for an
+//!   unknown token, `409` when the reservation already has its stream. Results posted
+//!   before it opened wait in it.
+//! - `POST` of an operation with the token and `extensions.operationId`: `202`, and its
+//!   results arrive on the stream as `next` events `{"id", "payload"}`, then `complete`
+//!   `{"id"}`. `400` without an operation id or for a request that does not validate,
+//!   `404` without a reservation, `409` for an id already running.
+//! - `DELETE ?operationId=` with the token stops an operation: `200`; `404` without a
+//!   reservation, `400` without an id.
+//!
+//! When the stream closes the reservation ends, and every operation with it.
+
+use super::AppState;
+use crate::live::{self, Frame, Outbox, Prepared};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub const TOKEN_HEADER: &str = "x-graphql-event-stream-token";
+/// How long a reservation waits for its stream.
+const CLAIM_WITHIN: Duration = Duration::from_secs(30);
+
+/// The reservations of this gateway, by token.
+#[derive(Default)]
+pub struct Reservations {
+    map: Mutex<HashMap<String, Arc<Reservation>>>,
+}
+
+/// A running operation of a reservation: its id, its tag, and its subscription's place
+/// (none for a query, or while it is set up).
+type Op = (Box<str>, u64, Option<live::Subscribed>);
+
+pub struct Reservation {
+    outbox: Arc<Outbox>,
+    /// Running operations: id, tag, and the subscription's place (none for a query).
+    ops: Mutex<Vec<Op>>,
+    next_tag: AtomicU64,
+    streaming: AtomicBool,
+    created: tokio::time::Instant,
+    _admitted: super::limits::Admitted,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Reservations {
+    fn get(&self, token: &str) -> Option<Arc<Reservation>> {
+        lock(&self.map).get(token).cloned()
+    }
+
+    fn remove(&self, token: &str) {
+        let gone = lock(&self.map).remove(token);
+        drop(gone);
+    }
+
+    /// Drops the reservations nobody claimed in time.
+    fn sweep(&self) {
+        let stale: Vec<Arc<Reservation>> = {
+            let mut map = lock(&self.map);
+            let tokens: Vec<String> = map
+                .iter()
+                .filter(|(_, r)| {
+                    !r.streaming.load(Ordering::Acquire) && r.created.elapsed() > CLAIM_WITHIN
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            tokens.iter().filter_map(|t| map.remove(t)).collect()
+        };
+        drop(stale);
+    }
+
+    /// Reservations waiting or streaming.
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Reservation {
+    fn ops(&self) -> MutexGuard<'_, Vec<Op>> {
+        lock(&self.ops)
+    }
+
+    /// Forgets the operation `tag` (it ended).
+    fn ended(&self, tag: u64) {
+        let gone = {
+            let mut ops = self.ops();
+            ops.iter()
+                .position(|(_, t, _)| *t == tag)
+                .map(|at| ops.swap_remove(at))
+        };
+        drop(gone);
+    }
+}
+
+/// The reservation token of a request, if it names one.
+pub fn token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(t) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(t.to_string());
+    }
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+}
+
+fn status(code: StatusCode, message: &str) -> Response {
+    let mut res = (code, super::error_body(message, None)).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    res
+}
+
+/// `PUT /graphql`: a new reservation.
+pub async fn put(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    connect: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    let acceptable = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|a| {
+            a.split(',').any(|t| {
+                let t = t.split(';').next().unwrap_or("").trim();
+                t == "*/*" || t == "text/plain" || t == "text/*"
+            })
+        });
+    if !acceptable {
+        return status(
+            StatusCode::NOT_ACCEPTABLE,
+            "a reservation is answered in text/plain",
+        );
+    }
+    state.reservations.sweep();
+    let admitted = match super::http::admit(&state, connect.map(|c| (c.0).0)) {
+        Ok(a) => a,
+        Err(refusal) => return *refusal,
+    };
+    let token = format!("{:032x}", fastrand::u128(..));
+    let reservation = Arc::new(Reservation {
+        outbox: Outbox::new(
+            state.ws.max_queued_bytes,
+            state.runtime.metrics.events_dropped.clone(),
+        ),
+        ops: Mutex::default(),
+        next_tag: AtomicU64::new(1),
+        streaming: AtomicBool::new(false),
+        created: tokio::time::Instant::now(),
+        _admitted: admitted,
+    });
+    lock(&state.reservations.map).insert(token.clone(), reservation);
+    let mut res = (StatusCode::CREATED, token).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// `DELETE /graphql?operationId=…`: stops an operation of a reservation.
+pub async fn delete(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let Some(reservation) = token(&headers, uri.query()).and_then(|t| state.reservations.get(&t))
+    else {
+        return status(StatusCode::NOT_FOUND, "Stream not found");
+    };
+    let Some(id) = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "operationId")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return status(StatusCode::BAD_REQUEST, "Operation ID is missing");
+    };
+    let gone = {
+        let mut ops = reservation.ops();
+        ops.iter()
+            .position(|(i, _, _)| **i == *id)
+            .map(|at| ops.swap_remove(at))
+    };
+    drop(gone);
+    StatusCode::OK.into_response()
+}
+
+/// The stream of the reservation `token`.
+pub fn stream(state: &AppState, token: &str) -> Response {
+    let Some(reservation) = state.reservations.get(token) else {
+        return status(StatusCode::NOT_FOUND, "Stream not found");
+    };
+    if reservation.streaming.swap(true, Ordering::AcqRel) {
+        return status(StatusCode::CONFLICT, "Stream already open");
+    }
+    /// Ends the reservation when the stream goes (the client closed it, or shutdown).
+    struct Release(AppState, String);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            self.0.reservations.remove(&self.1);
+        }
+    }
+    let release = Release(state.clone(), token.to_string());
+    let outbox = reservation.outbox.clone();
+    let ops = reservation.clone();
+    let body = super::sse::frames(
+        state,
+        outbox,
+        release,
+        super::sse::Format::Sse,
+        move |tag| {
+            ops.ended(tag);
+            false
+        },
+    );
+    let mut res = (
+        StatusCode::OK,
+        axum::body::Body::from_stream(futures_util::StreamExt::map(
+            body,
+            Ok::<_, std::convert::Infallible>,
+        )),
+    )
+        .into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+/// One operation's events on the shared stream.
+struct Framed {
+    /// `event: next\ndata: {"id":…,"payload":`.
+    head: Arc<str>,
+    /// The id as JSON.
+    id: Box<str>,
+}
+
+impl live::Framing for Framed {
+    fn next(&self, body: &Bytes) -> Frame {
+        Frame::Parts {
+            head: self.head.clone(),
+            body: body.clone(),
+            tail: "}\n\n",
+        }
+    }
+
+    fn failure(&self, body: &Bytes) -> Frame {
+        self.next(body)
+    }
+
+    fn complete(&self) -> Option<Frame> {
+        Some(Frame::Text(format!(
+            "event: complete\ndata: {{\"id\":{}}}\n\n",
+            self.id
+        )))
+    }
+
+    fn transport(&self) -> &'static str {
+        "sse"
+    }
+}
+
+/// A `POST` of an operation to the reservation `token`: its results go to the stream.
+pub async fn operation(
+    state: &AppState,
+    token: &str,
+    req: async_graphql::Request,
+    operation_id: Option<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(reservation) = state.reservations.get(token) else {
+        return status(StatusCode::NOT_FOUND, "Stream not found");
+    };
+    let Some(id) = operation_id.filter(|i| !i.is_empty()) else {
+        return status(StatusCode::BAD_REQUEST, "Operation ID is missing");
+    };
+    let tag = reservation.next_tag.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut ops = reservation.ops();
+        if ops.iter().any(|(i, _, _)| **i == *id) {
+            return status(StatusCode::CONFLICT, "Operation with ID already exists");
+        }
+        if ops.len() >= state.limits.max_operations_per_connection {
+            state
+                .runtime
+                .metrics
+                .reject(crate::metrics::Rejection::Limit);
+            return status(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "too many operations on this stream: {} at most (--max-operations-per-connection)",
+                    state.limits.max_operations_per_connection
+                ),
+            );
+        }
+        ops.push((id.as_str().into(), tag, None));
+    }
+    let id_json = serde_json::Value::String(id.clone()).to_string();
+    let framing: Arc<dyn live::Framing> = Arc::new(Framed {
+        head: Arc::from(format!(
+            "event: next\ndata: {{\"id\":{id_json},\"payload\":"
+        )),
+        id: id_json.into_boxed_str(),
+    });
+    let subscriber = live::Subscriber {
+        outbox: reservation.outbox.clone(),
+        framing: framing.clone(),
+        tag,
+    };
+    let refused = |body: &[u8]| {
+        reservation.ended(tag);
+        let mut res = (StatusCode::BAD_REQUEST, Bytes::copy_from_slice(body)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        res
+    };
+    let engine = &state.engine;
+    let place = match live::prepare(engine, req) {
+        Err(message) => return refused(super::error_body(&message, None).as_bytes()),
+        Ok(Prepared::Once(req)) => {
+            let done = crate::exec::run(engine, req, headers).await;
+            if done.request_error {
+                return refused(&done.body);
+            }
+            let outbox = &reservation.outbox;
+            outbox.push_wait(framing.next(&done.body)).await;
+            outbox.push_final(framing.complete(), tag);
+            return StatusCode::ACCEPTED.into_response();
+        }
+        Ok(Prepared::Live { request, poll }) => Some(
+            state
+                .topics
+                .live(engine, request, &headers, poll, subscriber),
+        ),
+        Ok(Prepared::Events(request)) => {
+            state
+                .topics
+                .events(engine, request, &headers, subscriber)
+                .await
+        }
+    };
+    // Stopped (DELETE) while it was being set up: its place goes with it.
+    let mut ops = reservation.ops();
+    if let Some(entry) = ops.iter_mut().find(|(_, t, _)| *t == tag) {
+        entry.2 = place;
+    }
+    StatusCode::ACCEPTED.into_response()
+}
