@@ -102,7 +102,12 @@ async fn main() -> ExitCode {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let mut options = livegate::Options::default();
+    let mut options = livegate::Options {
+        // Reloaded on SIGHUP, and whenever the file changes.
+        schema_path: Some(args.schema.clone().into()),
+        watch: true,
+        ..Default::default()
+    };
     options.webhook.secret = Some(args.webhook_secret);
     options.redis = args
         .redis_url

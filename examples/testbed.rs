@@ -315,12 +315,20 @@ async fn main() {
     );
 
     let schema = SCHEMA.replace("{up}", &format!("http://{up_addr}"));
+    // With `--schema-file PATH` the schema is written there and reloaded from it on SIGHUP.
+    let schema_file = flag("--schema-file").map(std::path::PathBuf::from);
+    if let Some(path) = &schema_file {
+        if let Err(e) = std::fs::write(path, &schema) {
+            return eprintln!("testbed: {}: {e}", path.display());
+        }
+    }
     let plan =
         match livegate::plan::load("testbed.graphql", &schema, Vec::<(String, String)>::new()) {
             Ok(p) => p,
             Err(e) => return eprintln!("testbed schema: {e:?}"),
         };
     let mut options = livegate::Options {
+        schema_path: schema_file,
         live_grace: ms("--live-grace-ms", 300),
         socket_grace: ms("--socket-grace-ms", 300),
         ..Default::default()

@@ -86,6 +86,10 @@ pub struct Options {
     pub persisted: server::persisted::Options,
     /// Most operations in one batched request (a JSON array); 0 refuses batches.
     pub max_batch: usize,
+    /// The schema file: loaded again on SIGHUP (and with `watch`, when it changes).
+    pub schema_path: Option<std::path::PathBuf>,
+    /// Reload the schema when its file changes (`--watch`).
+    pub watch: bool,
 }
 
 impl Default for Options {
@@ -112,6 +116,8 @@ impl Default for Options {
             redis: None,
             persisted: Default::default(),
             max_batch: 10,
+            schema_path: None,
+            watch: false,
         }
     }
 }
@@ -184,6 +190,45 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             runtime.apply_remote(remote);
         }
     });
+    let persisted = server::persisted::Persisted::load(
+        options.persisted.manifest.as_deref(),
+        options.persisted.only,
+        options.persisted.apq_bytes,
+        bus.clone(),
+        runtime.metrics.persisted.clone(),
+    )
+    .map_err(Error::Persisted)?;
+    let engine = Arc::new(engine(runtime.clone(), options)?);
+    runtime
+        .metrics
+        .schema
+        .with_label_values(&[runtime.plan.source_hash.as_str()])
+        .set(1);
+    let engines = Arc::new(exec::Engines::new(engine));
+    Ok(server::Shared {
+        topics: Arc::new(live::Topics::new(engines.clone())),
+        engines,
+        runtime,
+        max_body: options.max_request_body,
+        ws: options.ws.clone(),
+        webhook: options.webhook.clone(),
+        shutdown: tokio::sync::watch::channel(false).1,
+        unready: tokio::sync::watch::channel(false).1,
+        limits: options.connection_limits.clone(),
+        connections: Default::default(),
+        cors: options.cors.clone(),
+        sockets: Default::default(),
+        body: options.body.clone(),
+        pending_bodies: Default::default(),
+        persisted: Arc::new(persisted),
+        max_batch: options.max_batch,
+        reservations: Default::default(),
+    })
+}
+
+/// An engine for `runtime`'s plan: its dynamic schema, an empty response cache, no
+/// prepared documents yet.
+fn engine(runtime: Arc<resolve::Runtime>, options: &Options) -> Result<exec::Engine, Error> {
     let schema = schema::build(runtime.clone(), &options.limits)
         .map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
@@ -199,43 +244,106 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         options.response_cache_bytes,
         vary,
     ));
-    let persisted = server::persisted::Persisted::load(
-        options.persisted.manifest.as_deref(),
-        options.persisted.only,
-        options.persisted.apq_bytes,
-        bus.clone(),
-        runtime.metrics.persisted.clone(),
-    )
-    .map_err(Error::Persisted)?;
-    let engine = Arc::new(exec::Engine {
+    Ok(exec::Engine {
         schema,
-        runtime: runtime.clone(),
+        runtime,
         responses,
         executor: exec::Executor::default(),
         limits: exec::limits::DocumentLimits {
             max_aliases: options.connection_limits.max_aliases,
             max_root_fields: options.connection_limits.max_root_fields,
         },
-    });
-    Ok(server::Shared {
-        engine,
-        runtime,
-        max_body: options.max_request_body,
-        ws: options.ws.clone(),
-        webhook: options.webhook.clone(),
-        shutdown: tokio::sync::watch::channel(false).1,
-        unready: tokio::sync::watch::channel(false).1,
-        limits: options.connection_limits.clone(),
-        connections: Default::default(),
-        cors: options.cors.clone(),
-        sockets: Default::default(),
-        body: options.body.clone(),
-        pending_bodies: Default::default(),
-        topics: Default::default(),
-        persisted: Arc::new(persisted),
-        max_batch: options.max_batch,
-        reservations: Default::default(),
     })
+}
+
+/// Puts `plan` in service in the running gateway `state`: new requests run on it at once;
+/// open connections stay; live subscriptions re-run on it (those whose field is gone end
+/// with an error); cache entries, the live hub and upstream sockets carry over.
+pub fn reload(state: &AppState, plan: Plan, options: &Options) -> Result<(), Error> {
+    let old = state.engine();
+    let hash = plan.source_hash.clone();
+    let runtime = Arc::new(old.runtime.reloaded(Arc::new(plan)));
+    let engine = Arc::new(engine(runtime, options)?);
+    state.engines.replace(engine);
+    let metrics = &state.runtime.metrics;
+    metrics.schema.reset();
+    metrics.schema.with_label_values(&[hash.as_str()]).set(1);
+    Ok(())
+}
+
+/// Loads the schema file again (on SIGHUP, and with `--watch` when its contents change).
+/// A schema with errors is refused, each error logged with its line and column; the one
+/// in service goes on.
+async fn reloader(state: AppState, path: std::path::PathBuf, watch: bool, options: Options) {
+    let read = |path: &std::path::Path| std::fs::read_to_string(path);
+    let hash_of = |text: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+    };
+    let mut seen = read(&path).map(|t| hash_of(&t)).unwrap_or_default();
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let asked = tokio::select! {
+            () = hangup => true,
+            _ = every.tick(), if watch => false,
+        };
+        let text = match read(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                if asked {
+                    state
+                        .runtime
+                        .metrics
+                        .reloads
+                        .with_label_values(&["refused"])
+                        .inc();
+                    tracing::error!(path = %path.display(), error = %e, "schema reload refused: the file cannot be read; the schema in service goes on");
+                }
+                continue;
+            }
+        };
+        let hash = hash_of(&text);
+        if !asked && hash == seen {
+            continue;
+        }
+        seen = hash;
+        let metrics = state.runtime.metrics.clone();
+        match plan::load(&path.display().to_string(), &text, std::env::vars()) {
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                metrics.reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(
+                    errors = errors.len(),
+                    "schema reload refused; the schema in service goes on"
+                );
+            }
+            Ok(plan) => match reload(&state, plan, &options) {
+                Ok(()) => {
+                    metrics.reloads.with_label_values(&["loaded"]).inc();
+                    tracing::info!(path = %path.display(), "schema reloaded");
+                }
+                Err(e) => {
+                    metrics.reloads.with_label_values(&["refused"]).inc();
+                    tracing::error!(error = %e, "schema reload refused; the schema in service goes on");
+                }
+            },
+        }
+    }
 }
 
 /// Serves `plan` on `listener` until `shutdown` completes. Then it stops accepting, closes
@@ -254,6 +362,20 @@ pub async fn run(
     let (unready, _) = tokio::sync::watch::channel(false);
     shared.unready = unready.subscribe();
     let state = AppState::new(shared);
+    if let Some(path) = options.schema_path.clone() {
+        let reloads = tokio::spawn(reloader(
+            state.clone(),
+            path,
+            options.watch,
+            options.clone(),
+        ));
+        // Ends with the server (it holds the state).
+        let mut stopping = stopping.clone();
+        tokio::spawn(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+            reloads.abort();
+        });
+    }
     let delay = options.shutdown_delay;
     let signal = async move {
         shutdown.await;

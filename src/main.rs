@@ -157,6 +157,9 @@ struct Cli {
     /// How long the lease on an upstream socket lasts unrenewed, in ms: with several replicas, one holds each socket, and a survivor takes over within this after its holder dies.
     #[arg(long, env = "LIVEGATE_REDIS_LEASE_MS", default_value_t = 10_000)]
     redis_lease_ms: u64,
+    /// Reload the schema when its file changes (it is also reloaded on SIGHUP). A schema with errors is refused and the one in service goes on.
+    #[arg(long, env = "LIVEGATE_WATCH")]
+    watch: bool,
     /// Trusted documents: a JSON manifest of id → document (Apollo's persisted query manifest, or Relay's and GraphQL Codegen's `{"id": "document"}`); a request names one by `extensions.persistedQuery.sha256Hash` or `documentId`.
     #[arg(long, env = "LIVEGATE_PERSISTED_DOCUMENTS")]
     persisted_documents: Option<std::path::PathBuf>,
@@ -245,6 +248,8 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         None => Default::default(),
     };
     let options = livegate::Options {
+        schema_path: Some(cli.schema.clone()),
+        watch: cli.watch,
         persisted: livegate::server::persisted::Options {
             manifest: cli.persisted_documents.clone(),
             only: cli.persisted_only,

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub events_dropped: IntCounter,
     /// Persisted-document lookups by result: `hit`, `miss`, `registered`, `refused`.
     pub persisted: IntCounterVec,
+    /// 1, labelled with the SHA-256 of the schema in service.
+    pub schema: IntGaugeVec,
+    /// Schema reloads by result: `loaded`, `refused`.
+    pub reloads: IntCounterVec,
     /// Invalidation requests by source: `webhook`, `mutation`.
     pub invalidations: IntCounterVec,
     /// Cache entries dropped (or live entries woken) by invalidations.
@@ -167,6 +171,18 @@ impl Metrics {
                 "livegate_subscription_groups",
                 "Distinct subscriptions (operation, variables, credentials) by kind, each executed once for all its subscribers",
                 &["kind"],
+            ),
+            schema: gauge_vec(
+                &r,
+                "livegate_schema_info",
+                "1, labelled with the SHA-256 of the schema text in service",
+                &["hash"],
+            ),
+            reloads: counter_vec(
+                &r,
+                "livegate_schema_reloads_total",
+                "Schema reloads (SIGHUP, --watch) by result: loaded, refused",
+                &["result"],
             ),
             persisted: counter_vec(
                 &r,

@@ -57,6 +57,40 @@ pub struct Engine {
     pub limits: limits::DocumentLimits,
 }
 
+/// The engine in service, swapped whole when the schema is reloaded: a request runs on the
+/// engine it took at its start; running subscriptions hear of a swap and move over.
+pub struct Engines {
+    current: std::sync::RwLock<Arc<Engine>>,
+    swaps: tokio::sync::watch::Sender<u64>,
+}
+
+impl Engines {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Engines {
+            current: std::sync::RwLock::new(engine),
+            swaps: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Engine> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Puts `engine` in service and tells the running subscriptions.
+    pub fn replace(&self, engine: Arc<Engine>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = engine;
+        self.swaps.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time an engine is put in service.
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.swaps.subscribe()
+    }
+}
+
 /// The operation a request runs: the one named, or the only one (GraphQL's rule: several
 /// unnamed-for operations is an error the executor reports).
 pub fn operation<'d>(

@@ -31,10 +31,7 @@ pub enum Prepared {
     /// A query or mutation (or a document that does not parse: running it reports why).
     Once(async_graphql::Request),
     /// A live query: run it as this query, again on every change.
-    Live {
-        request: async_graphql::Request,
-        poll: Option<Duration>,
-    },
+    Live(LiveQuery),
     /// An event subscription (`@stream`): the executor's own subscription stream.
     Events(async_graphql::Request),
 }
@@ -95,13 +92,27 @@ pub fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepa
         return Err(format!("`{field}` is not a live field of this schema"));
     };
     let (pos, poll) = (op.pos, live.poll);
+    let field = field.to_string();
     let query =
         as_query(&req.query, pos).ok_or("the subscription could not be rewritten as a query")?;
     let mut request = async_graphql::Request::new(query).variables(req.variables);
     if let Some(name) = req.operation_name {
         request = request.operation_name(name);
     }
-    Ok(Prepared::Live { request, poll })
+    Ok(Prepared::Live(LiveQuery {
+        request,
+        poll,
+        field,
+    }))
+}
+
+/// A live query ready to run: the subscription rewritten as a query.
+pub struct LiveQuery {
+    pub request: async_graphql::Request,
+    /// `@live(pollMs)`.
+    pub poll: Option<Duration>,
+    /// The Subscription field it is live on (a reload that drops it ends the subscription).
+    pub field: String,
 }
 
 /// `subscription` at `pos` → `query` plus spaces, keeping every position of the text.

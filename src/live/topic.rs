@@ -18,7 +18,6 @@ use http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -59,9 +58,10 @@ impl Kind {
 
 /// The topics of this gateway, by identity.
 /// The key is the identity and whether it is a live query (`true`) or events.
-#[derive(Default)]
 pub struct Topics {
     map: Mutex<HashMap<(CacheKey, bool), Arc<Topic>>>,
+    /// The engine in service: a topic moves to the new one when the schema is reloaded.
+    engines: Arc<crate::exec::Engines>,
 }
 
 pub struct Topic {
@@ -100,20 +100,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Topics {
-    /// Subscribes to the live query `request` (the subscription rewritten as a query),
+    pub fn new(engines: Arc<crate::exec::Engines>) -> Self {
+        Topics {
+            map: Mutex::default(),
+            engines,
+        }
+    }
+
+    /// Subscribes to the live query `live` (the subscription rewritten as a query),
     /// joining the topic of its identity or starting one.
     pub fn live(
         self: &Arc<Self>,
         engine: &Arc<Engine>,
-        request: async_graphql::Request,
+        live: super::LiveQuery,
         headers: &HeaderMap,
-        poll: Option<Duration>,
         subscriber: Subscriber,
     ) -> Subscribed {
-        let key = (engine.responses.identity(&request, headers), true);
+        let key = (engine.responses.identity(&live.request, headers), true);
         self.join(engine, Kind::Live, key, subscriber, |topic| {
             let headers = headers.clone();
-            tokio::spawn(run_live(topic, engine.clone(), request, headers, poll)).abort_handle()
+            let engines = self.engines.clone();
+            tokio::spawn(run_live(topic, engines, live, headers)).abort_handle()
         })
     }
 
@@ -135,53 +142,24 @@ impl Topics {
             },
             None => subscriber,
         };
-        let prepared = match engine.executor.cached(&engine.runtime, &request) {
-            Some(p) => Some(p),
-            None => {
-                engine
-                    .executor
-                    .prepare(&engine.schema, &engine.runtime, &mut request)
-                    .await
+        let ready = match events_setup(engine, &mut request, headers).await {
+            Ok(ready) => ready,
+            Err(body) => {
+                end_one(&subscriber, Some(&body));
+                return None;
             }
         };
-        let refused = |body: Bytes| {
-            end_one(&subscriber, Some(&body));
-            None::<Subscribed>
-        };
-        let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
-            // The document does not validate: async-graphql's executor says why.
-            let done = crate::exec::run(engine, request, headers.clone()).await;
-            return refused(done.body);
-        };
-        let call = match crate::exec::events_call(&engine.runtime, &prepared, &request.variables) {
-            Ok(call) => call,
-            Err(out) => return refused(out.body),
-        };
-        let Some(source) = call.field.stream.clone() else {
-            return refused(Bytes::from(crate::exec::error_body(
-                "the subscription selects no event field",
-                None,
-            )));
-        };
         Some(self.join(engine, Kind::Events, key, subscriber, |topic| {
-            let rt = engine.runtime.clone();
-            let pushed = rt.metrics.pushed.clone();
+            let engines = self.engines.clone();
             let headers = headers.clone();
-            tokio::spawn(async move {
-                use futures_util::StreamExt;
-                let payloads =
-                    crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args);
-                tokio::pin!(payloads);
-                while let Some(payload) = payloads.next().await {
-                    let payload =
-                        Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
-                    let out =
-                        crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
-                    topic.publish(&out.body, &pushed);
-                }
-                // The event source is gone for good: every subscriber is complete.
-                topic.end(None);
-            })
+            tokio::spawn(run_events(
+                topic,
+                engines,
+                engine.runtime.clone(),
+                request,
+                headers,
+                ready,
+            ))
             .abort_handle()
         }))
     }
@@ -386,24 +364,27 @@ impl Drop for Unwatch {
 
 /// A live topic's task: runs the query, pushes the result if it changed, watches what it
 /// read, and waits for one of those entries to change (one permit however many changes
-/// arrive meanwhile: a slow upstream sees one re-run, not a queue of them).
+/// arrive meanwhile: a slow upstream sees one re-run, not a queue of them). After a schema
+/// reload it runs on the new engine, or ends with an error if its field is gone.
 async fn run_live(
     topic: Arc<Topic>,
-    engine: Arc<Engine>,
-    request: async_graphql::Request,
+    engines: Arc<crate::exec::Engines>,
+    live: super::LiveQuery,
     headers: HeaderMap,
-    poll: Option<Duration>,
 ) {
-    let hub = engine.runtime.hub.clone();
+    let mut swaps = engines.swaps();
+    let hub = engines.current().runtime.hub.clone();
     let watch = Unwatch(hub.clone(), hub.next_id());
     let notify = Arc::new(Notify::new());
-    let pushed = engine.runtime.metrics.pushed.clone();
+    let mut poll = live.poll;
     loop {
+        let engine = engines.current();
+        let pushed = engine.runtime.metrics.pushed.clone();
         let generation = hub.generation();
         // Boxed: between runs the task holds no room for an execution's state.
         let done = Box::pin(crate::exec::run(
             &engine,
-            super::clone_request(&request),
+            super::clone_request(&live.request),
             headers.clone(),
         ))
         .await;
@@ -426,6 +407,115 @@ async fn run_live(
             notify.notify_one();
         }
         topic.publish(&done.body, &pushed);
-        notify.notified().await;
+        tokio::select! {
+            () = notify.notified() => {}
+            swapped = swaps.changed() => {
+                if swapped.is_err() {
+                    return;
+                }
+                let engine = engines.current();
+                let plan = &engine.runtime.plan;
+                match plan.subscription_field(&live.field).and_then(|f| f.live.as_ref()) {
+                    Some(l) => poll = l.poll,
+                    None => {
+                        let gone = crate::exec::error_body(
+                            &format!("`{}` is no longer a live field of this schema (it was reloaded)", live.field),
+                            Some("SCHEMA_RELOADED"),
+                        );
+                        topic.end(Some(&Bytes::from(gone)));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What an event topic runs: the prepared document, its call, its event source.
+type EventsReady = (
+    Arc<crate::exec::Prepared>,
+    crate::exec::EventCall,
+    Arc<crate::plan::SourcePlan>,
+);
+
+/// Prepares an `@stream` subscription on `engine`; the refusal is a response body.
+async fn events_setup(
+    engine: &Arc<Engine>,
+    request: &mut async_graphql::Request,
+    headers: &HeaderMap,
+) -> Result<EventsReady, Bytes> {
+    let prepared = match engine.executor.cached(&engine.runtime, request) {
+        Some(p) => Some(p),
+        None => {
+            engine
+                .executor
+                .prepare(&engine.schema, &engine.runtime, request)
+                .await
+        }
+    };
+    let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
+        // The document does not validate: async-graphql's executor says why.
+        let done = crate::exec::run(engine, super::clone_request(request), headers.clone()).await;
+        return Err(done.body);
+    };
+    let call = crate::exec::events_call(&engine.runtime, &prepared, &request.variables)
+        .map_err(|out| out.body)?;
+    let Some(source) = call.field.stream.clone() else {
+        return Err(Bytes::from(crate::exec::error_body(
+            "the subscription selects no event field",
+            None,
+        )));
+    };
+    Ok((prepared, call, source))
+}
+
+/// An event topic's task: each matching upstream message is executed once and pushed to
+/// every subscriber; `complete` when the source closes for good. After a schema reload
+/// the document is prepared again on the new engine (an error ends the topic).
+async fn run_events(
+    topic: Arc<Topic>,
+    engines: Arc<crate::exec::Engines>,
+    mut rt: Arc<crate::resolve::Runtime>,
+    mut request: async_graphql::Request,
+    headers: HeaderMap,
+    ready: EventsReady,
+) {
+    use futures_util::StreamExt;
+    let mut swaps = engines.swaps();
+    let (mut prepared, mut call, mut source) = ready;
+    loop {
+        let payloads = crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args);
+        tokio::pin!(payloads);
+        loop {
+            tokio::select! {
+                payload = payloads.next() => {
+                    let Some(payload) = payload else {
+                        // The event source is gone for good: every subscriber is complete.
+                        topic.end(None);
+                        return;
+                    };
+                    let payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
+                    let out = crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
+                    topic.publish(&out.body, &rt.metrics.pushed);
+                }
+                swapped = swaps.changed() => {
+                    if swapped.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        let engine = engines.current();
+        match events_setup(&engine, &mut request, &headers).await {
+            Ok(ready) => {
+                rt = engine.runtime.clone();
+                (prepared, call, source) = ready;
+            }
+            Err(body) => {
+                topic.end(Some(&body));
+                return;
+            }
+        }
     }
 }

@@ -185,6 +185,8 @@ pub struct TypePlan {
 /// Everything the runtime needs to serve a schema.
 #[derive(Debug)]
 pub struct Plan {
+    /// SHA-256 of the schema text it was loaded from (hex), for `livegate_schema_info`.
+    pub source_hash: String,
     pub upstreams: IndexMap<String, Arc<UpstreamPlan>>,
     pub types: IndexMap<String, TypePlan>,
     pub query: String,
@@ -239,7 +241,12 @@ pub fn load(
 ) -> Result<Plan, Vec<ConfigError>> {
     let config = config::parse(file, source)?;
     let overrides = Overrides::from_env(env, &config);
-    build(&config, &overrides)
+    let mut plan = build(&config, &overrides)?;
+    plan.source_hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(source.as_bytes()))
+    };
+    Ok(plan)
 }
 
 pub const BUILTIN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID"];
@@ -453,6 +460,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
 
     if errors.list.is_empty() {
         Ok(Plan {
+            source_hash: String::new(),
             upstreams,
             types,
             query,

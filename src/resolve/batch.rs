@@ -32,6 +32,7 @@ struct Pending {
     waiters: Vec<(String, Reply)>,
 }
 
+#[derive(Clone)]
 pub struct Batcher {
     window: Duration,
     client: UpstreamClient,

@@ -67,6 +67,23 @@ impl Runtime {
         }
     }
 
+    /// The runtime of a reloaded schema: `plan`, and everything else of this one — the
+    /// cache (entries whose request did not change stay), the upstream client, the live
+    /// hub and its pollers, the upstream sockets, the metrics, the bus.
+    pub fn reloaded(&self, plan: Arc<Plan>) -> Runtime {
+        Runtime {
+            plan,
+            cache: self.cache.clone(),
+            client: self.client.clone(),
+            batcher: self.batcher.clone(),
+            hub: self.hub.clone(),
+            sockets: self.sockets.clone(),
+            metrics: self.metrics.clone(),
+            bus: self.bus.clone(),
+            warned: Default::default(),
+        }
+    }
+
     /// Drops the entries filed under `tags`, here and on every other replica, and wakes
     /// the live queries that read them (each refetches through the cache: one upstream
     /// request per entry). The other replicas are told first, which also drops the

@@ -223,7 +223,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if is_upgrade {
         use axum::extract::FromRequestParts;
         // Kept for the socket's life: a copy that does not hold hyper's read buffer.
-        let headers = super::detached(&parts.headers, state.engine.responses.vary());
+        let headers = super::detached(&parts.headers, state.engine().responses.vary());
         if !state.cors.allows_socket(&parts.headers) {
             state
                 .runtime
@@ -486,7 +486,7 @@ async fn batch(
             if operation_type(state, &mut req) == Some(OperationType::Subscription) {
                 return refused(Refused::bad(SUBSCRIPTIONS_ELSEWHERE));
             }
-            crate::exec::run(&state.engine, req, headers).await.body
+            crate::exec::run(&state.engine(), req, headers).await.body
         }
     });
     let bodies = futures_util::future::join_all(runs).await;
@@ -530,7 +530,7 @@ async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]
         Ok(req) => req,
         Err(refused) => return refused.response(Media::Json),
     };
-    let kept = super::detached(&headers, state.engine.responses.vary());
+    let kept = super::detached(&headers, state.engine().responses.vary());
     super::reservations::operation(state, token, req, operation_id, kept).await
 }
 
@@ -569,13 +569,13 @@ async fn streamed_or_stored(
     if let (true, Some(format)) = (streamed, accepted.stream) {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
-                let kept = super::detached(headers, state.engine.responses.vary());
+                let kept = super::detached(headers, state.engine().responses.vary());
                 super::sse::respond(state.clone(), req, kept, admitted, format).await
             }
             Err(refusal) => *refusal,
         });
     }
-    match crate::exec::lookup(&state.engine, &req, headers) {
+    match crate::exec::lookup(&state.engine(), &req, headers) {
         Ok(hit) => Ok(respond(StatusCode::OK, accepted.media, hit.body)),
         Err(key) => Err((req, key)),
     }
@@ -585,7 +585,7 @@ async fn streamed_or_stored(
 /// executor's prepared document, or parsed now (the parse is kept in the request, so the
 /// executor does not parse it again).
 fn operation_type(state: &AppState, req: &mut async_graphql::Request) -> Option<OperationType> {
-    if let Some(p) = state.engine.executor.peek(req) {
+    if let Some(p) = state.engine().executor.peek(req) {
         return Some(p.kind());
     }
     let name = req.operation_name.clone();
@@ -600,7 +600,7 @@ async fn execute(
     headers: HeaderMap,
     key: Option<crate::cache::CacheKey>,
 ) -> Response {
-    let done = crate::exec::execute(&state.engine, req, headers, key).await;
+    let done = crate::exec::execute(&state.engine(), req, headers, key).await;
     let status = if done.request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {

@@ -41,10 +41,17 @@ impl std::ops::Deref for AppState {
     }
 }
 
+impl Shared {
+    /// The engine in service.
+    pub fn engine(&self) -> Arc<crate::exec::Engine> {
+        self.engines.current()
+    }
+}
+
 /// The state behind [`AppState`].
 pub struct Shared {
-    /// What runs operations (shared with the live hub's re-runs).
-    pub engine: Arc<crate::exec::Engine>,
+    /// What runs operations (shared with the live hub's re-runs); swapped on reload.
+    pub engines: Arc<crate::exec::Engines>,
     pub runtime: Arc<Runtime>,
     /// Largest request body accepted, in bytes.
     pub max_body: usize,

@@ -336,7 +336,7 @@ pub async fn operation(
         );
         res
     };
-    let engine = &state.engine;
+    let engine = &state.engine();
     let place = match live::prepare(engine, req) {
         Err(message) => return refused(super::error_body(&message, None).as_bytes()),
         Ok(Prepared::Once(req)) => {
@@ -349,11 +349,7 @@ pub async fn operation(
             outbox.push_final(framing.complete(), tag);
             return StatusCode::ACCEPTED.into_response();
         }
-        Ok(Prepared::Live { request, poll }) => Some(
-            state
-                .topics
-                .live(engine, request, &headers, poll, subscriber),
-        ),
+        Ok(Prepared::Live(live)) => Some(state.topics.live(engine, live, &headers, subscriber)),
         Ok(Prepared::Events(request)) => {
             state
                 .topics

@@ -164,13 +164,13 @@ pub async fn respond(
     admitted: super::limits::Admitted,
     format: Format,
 ) -> Response {
-    let body: BoxStream<'static, Bytes> = match live::prepare(&state.engine, req) {
+    let body: BoxStream<'static, Bytes> = match live::prepare(&state.engine(), req) {
         Err(message) => {
             let body = super::error_body(&message, None);
             stream::iter([format.once(body.as_bytes())]).boxed()
         }
         Ok(Prepared::Once(req)) => {
-            let done = crate::exec::run(&state.engine, req, headers).await;
+            let done = crate::exec::run(&state.engine(), req, headers).await;
             stream::iter([format.once(&done.body)]).boxed()
         }
         Ok(how) => {
@@ -183,13 +183,9 @@ pub async fn respond(
                 framing: format.framing(),
                 tag: 1,
             };
-            let engine = &state.engine;
+            let engine = &state.engine();
             let place = match how {
-                Prepared::Live { request, poll } => Some(
-                    state
-                        .topics
-                        .live(engine, request, &headers, poll, subscriber),
-                ),
+                Prepared::Live(live) => Some(state.topics.live(engine, live, &headers, subscriber)),
                 Prepared::Events(request) => {
                     state
                         .topics

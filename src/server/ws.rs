@@ -685,7 +685,8 @@ impl Connection {
     /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`);
     /// of them, those that can change an upstream's answer are kept.
     fn take_init_payload(&mut self, payload: Option<&Value>) {
-        let kept = self.state.engine.responses.vary();
+        let engine = self.state.engine();
+        let kept = engine.responses.vary();
         let Some(Value::Object(map)) = payload else {
             return;
         };
@@ -718,7 +719,7 @@ impl Connection {
             framing: framing.clone(),
             tag,
         };
-        let engine = &self.state.engine;
+        let engine = &self.state.engine();
         let how = match live::prepare(engine, req) {
             Err(message) => {
                 let body = bytes::Bytes::from(crate::exec::error_body(&message, None));
@@ -730,11 +731,11 @@ impl Connection {
             Ok(how) => how,
         };
         let request = match how {
-            Prepared::Live { request, poll } => {
-                let place =
-                    self.state
-                        .topics
-                        .live(engine, request, &self.headers, poll, subscriber);
+            Prepared::Live(live) => {
+                let place = self
+                    .state
+                    .topics
+                    .live(engine, live, &self.headers, subscriber);
                 self.ops.subscribed(tag, place);
                 return;
             }
@@ -748,7 +749,7 @@ impl Connection {
                     Prepared::Events(request) => {
                         let topics = state.topics.clone();
                         if let Some(place) = topics
-                            .events(&state.engine, request, &headers, subscriber)
+                            .events(&state.engine(), request, &headers, subscriber)
                             .await
                         {
                             ops.subscribed(tag, place);
@@ -756,7 +757,7 @@ impl Connection {
                     }
                     Prepared::Once(request) => {
                         let done =
-                            Box::pin(crate::exec::run(&state.engine, request, headers)).await;
+                            Box::pin(crate::exec::run(&state.engine(), request, headers)).await;
                         let framing = &*subscriber.framing;
                         let outbox = &subscriber.outbox;
                         if done.request_error {
@@ -765,7 +766,7 @@ impl Connection {
                             outbox.push_final(framing.complete(), tag);
                         }
                     }
-                    Prepared::Live { .. } => {}
+                    Prepared::Live(_) => {}
                 }
             },
             span,

@@ -18,6 +18,11 @@ export async function start(flags = []) {
   const tb = {
     gateway,
     upstream,
+    pid: child.pid,
+    /** The gateway's /metrics page. */
+    async metrics() {
+      return (await fetch(`${gateway}/metrics`)).text();
+    },
     graphql: `${gateway}/graphql`,
     ws: `${gateway.replace('http', 'ws')}/graphql`,
     async stop() {
