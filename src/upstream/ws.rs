@@ -34,7 +34,9 @@ pub enum Event {
     Reconnected,
 }
 
-type SocketKey = (String, String);
+/// (upstream name, path, upstream URL): a schema reload that points the upstream
+/// elsewhere opens a new socket; one that leaves it as it was keeps the old one.
+type SocketKey = (String, String, String);
 
 struct Socket {
     tx: broadcast::Sender<Event>,
@@ -101,7 +103,11 @@ impl Sockets {
 
     /// Taps the socket to `path` on `upstream`, opening it if needed.
     pub fn tap(self: &Arc<Self>, upstream: &Arc<UpstreamPlan>, path: &str) -> Tap {
-        let key = (upstream.name.clone(), path.to_string());
+        let key = (
+            upstream.name.clone(),
+            path.to_string(),
+            upstream.url.to_string(),
+        );
         let mut sockets = self.lock();
         if let Some(socket) = sockets.get(&key) {
             socket.taps.fetch_add(1, Ordering::AcqRel);
