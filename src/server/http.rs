@@ -253,7 +253,10 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 // calls, its buffer grown to its size and freed with it). 256 bytes hold
                 // a typical `subscribe`; 1 KiB cost 0.8 KiB more per idle socket.
                 .read_buffer_size(256)
-                .write_buffer_size(0)
+                // Messages queued while the writer was busy go out in one write (the
+                // writer flushes at the end of each round); a lone message is written at
+                // that flush. Up to 4 KiB are gathered before a write.
+                .write_buffer_size(4 << 10)
                 .on_upgrade(move |socket| {
                     // The socket's own tasks take over; axum's upgrade task ends here.
                     super::ws::serve(state, socket, headers, (admitted, working));
