@@ -203,7 +203,10 @@ impl Persisted {
                 format!("no persisted document has the id {wanted:?} (--persisted-only)"),
             ));
         }
-        if let (Some(hash), Some(apq)) = (&hash, &self.apq) {
+        // Only a SHA-256 (64 hex digits) can have been registered: anything else is not
+        // looked up, here or in Redis.
+        let well_formed = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+        if let (Some(hash), Some(apq)) = (hash.as_ref().filter(|h| well_formed(h)), &self.apq) {
             if let Some(doc) = apq.get(hash) {
                 self.count("hit");
                 return Ok(doc.to_string());
@@ -280,6 +283,11 @@ mod tests {
             .await
             .expect_err("unknown");
         assert_eq!(missing.code, "PERSISTED_QUERY_NOT_FOUND");
+        let junk = p
+            .document(None, Some(&pq("not a hash")), None)
+            .await
+            .expect_err("junk");
+        assert_eq!(junk.code, "PERSISTED_QUERY_NOT_FOUND");
         let wrong = p
             .document(Some("{ b }".into()), Some(&pq(&hash)), None)
             .await

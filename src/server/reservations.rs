@@ -63,7 +63,9 @@ impl Reservations {
 
     fn remove(&self, token: &str) {
         let gone = lock(&self.map).remove(token);
-        drop(gone);
+        if let Some(r) = gone {
+            r.end();
+        }
     }
 
     /// Drops the reservations nobody claimed in time.
@@ -79,7 +81,9 @@ impl Reservations {
                 .collect();
             tokens.iter().filter_map(|t| map.remove(t)).collect()
         };
-        drop(stale);
+        for r in stale {
+            r.end();
+        }
     }
 
     /// Reservations waiting or streaming.
@@ -93,6 +97,14 @@ impl Reservations {
 }
 
 impl Reservation {
+    /// The reservation is over: its operations stop, and whatever waits to queue a result
+    /// for it (a query posted to a stream that never opened) gives up.
+    fn end(&self) {
+        self.outbox.close();
+        let ops = std::mem::take(&mut *self.ops());
+        drop(ops);
+    }
+
     fn ops(&self) -> MutexGuard<'_, Vec<Op>> {
         lock(&self.ops)
     }
@@ -345,7 +357,18 @@ pub async fn operation(
                 return refused(&done.body);
             }
             let outbox = &reservation.outbox;
-            outbox.push_wait(framing.next(&done.body)).await;
+            // A stream that does not read (or never opened) does not hold this request
+            // for longer than a reservation may wait to be claimed.
+            let queued =
+                tokio::time::timeout(CLAIM_WITHIN, outbox.push_wait(framing.next(&done.body)))
+                    .await;
+            if !matches!(queued, Ok(true)) {
+                reservation.ended(tag);
+                return status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the reservation's stream is not reading its results",
+                );
+            }
             outbox.push_final(framing.complete(), tag);
             return StatusCode::ACCEPTED.into_response();
         }
