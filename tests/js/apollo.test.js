@@ -152,3 +152,21 @@ test('BatchHttpLink: several queries in one request, each its own result', async
   assert.deepEqual(plain(b.data), { messages: [] });
   assert.match(JSON.stringify(bad.errors), /nope/);
 });
+
+test('an idle multipart subscription gets a heartbeat part {} within 5 s', async () => {
+  const res = await fetch(tb.graphql, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'multipart/mixed;subscriptionSpec=1.0' },
+    body: JSON.stringify({ query: 'subscription { messages(channel: "idle-mp") { text } }' }),
+  });
+  const reader = res.body.getReader();
+  const started = Date.now();
+  let text = '';
+  while (!text.includes('\r\n\r\n{}\r\n--graphql')) {
+    text += new TextDecoder().decode((await reader.read()).value);
+  }
+  const waited = Date.now() - started;
+  assert.ok(waited < 8000, `heartbeat after ${waited} ms`);
+  assert.ok(text.startsWith('\r\n--graphql\r\ncontent-type: application/json\r\n\r\n{"payload":{"data":{"messages":[]}}}\r\n--graphql'), text);
+  await reader.cancel();
+});
