@@ -166,7 +166,16 @@ pub async fn put(
         Ok(a) => a,
         Err(refusal) => return *refusal,
     };
-    let token = format!("{:032x}", fastrand::u128(..));
+    // The token is the only key to the stream and its operations: from the OS's CSPRNG,
+    // not a guessable generator.
+    let mut bytes = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no random token could be made; try again",
+        );
+    }
+    let token = hex::encode(bytes);
     let reservation = Arc::new(Reservation {
         outbox: Outbox::new(
             state.ws.max_queued_bytes,
