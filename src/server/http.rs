@@ -18,7 +18,7 @@ const JSON: &str = "application/json";
 
 /// The response media type the client accepts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Media {
+pub(super) enum Media {
     GraphqlResponse,
     Json,
 }
@@ -95,7 +95,11 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 /// An HTTP-level refusal: the request never reached GraphQL.
-fn refuse(status: StatusCode, media: Option<Media>, message: impl Into<String>) -> Response {
+pub(super) fn refuse(
+    status: StatusCode,
+    media: Option<Media>,
+    message: impl Into<String>,
+) -> Response {
     let media = media.unwrap_or(Media::Json);
     let body = super::error_body(&message.into(), None);
     let mut res = (status, body).into_response();
@@ -612,7 +616,7 @@ async fn execute(
     respond(status, media, done.body)
 }
 
-fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {
+pub(super) fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, media.content_type());

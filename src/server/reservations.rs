@@ -111,11 +111,15 @@ impl Reservation {
 
     /// Forgets the operation `tag` (it ended).
     fn ended(&self, tag: u64) {
+        self.remove_op(|(_, t, _)| *t == tag);
+    }
+
+    /// Stops the operation `found` picks, if any (leaving its subscription, outside the
+    /// lock).
+    fn remove_op(&self, found: impl Fn(&Op) -> bool) {
         let gone = {
             let mut ops = self.ops();
-            ops.iter()
-                .position(|(_, t, _)| *t == tag)
-                .map(|at| ops.swap_remove(at))
+            ops.iter().position(found).map(|at| ops.swap_remove(at))
         };
         drop(gone);
     }
@@ -123,21 +127,22 @@ impl Reservation {
 
 /// The reservation token of a request, if it names one.
 pub fn token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(t) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(t.to_string());
+    match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(t) => Some(t.to_string()),
+        None => param(query, "token"),
     }
+}
+
+/// The URL query parameter `name`, decoded.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
     url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "token")
+        .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 
+/// A refusal: `code`, and a JSON body saying why.
 fn status(code: StatusCode, message: &str) -> Response {
-    let mut res = (code, super::error_body(message, None)).into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
-    res
+    super::http::refuse(code, None, message)
 }
 
 /// `PUT /graphql`: a new reservation.
@@ -206,19 +211,10 @@ pub async fn delete(
     else {
         return status(StatusCode::NOT_FOUND, "Stream not found");
     };
-    let Some(id) = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .find(|(k, _)| k == "operationId")
-        .map(|(_, v)| v.into_owned())
-    else {
+    let Some(id) = param(uri.query(), "operationId") else {
         return status(StatusCode::BAD_REQUEST, "Operation ID is missing");
     };
-    let gone = {
-        let mut ops = reservation.ops();
-        ops.iter()
-            .position(|(i, _, _)| **i == *id)
-            .map(|at| ops.swap_remove(at))
-    };
-    drop(gone);
+    reservation.remove_op(|(i, _, _)| **i == *id);
     StatusCode::OK.into_response()
 }
 
@@ -250,22 +246,7 @@ pub fn stream(state: &AppState, token: &str) -> Response {
             false
         },
     );
-    let mut res = (
-        StatusCode::OK,
-        axum::body::Body::from_stream(futures_util::StreamExt::map(
-            body,
-            Ok::<_, std::convert::Infallible>,
-        )),
-    )
-        .into_response();
-    let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    res
+    super::sse::response(body, super::sse::Format::Sse)
 }
 
 /// One operation's events on the shared stream.
@@ -350,12 +331,11 @@ pub async fn operation(
     };
     let refused = |body: &[u8]| {
         reservation.ended(tag);
-        let mut res = (StatusCode::BAD_REQUEST, Bytes::copy_from_slice(body)).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=utf-8"),
-        );
-        res
+        super::http::respond(
+            StatusCode::BAD_REQUEST,
+            super::http::Media::Json,
+            Bytes::copy_from_slice(body),
+        )
     };
     let engine = &state.engine();
     let place = match live::prepare(engine, req) {

@@ -198,6 +198,11 @@ pub async fn respond(
             frames(&state, outbox, held, format, |_| true)
         }
     };
+    response(body, format)
+}
+
+/// A `200` streaming `body` in `format`, not to be cached or buffered by a proxy.
+pub(super) fn response(body: BoxStream<'static, Bytes>, format: Format) -> Response {
     let mut res = (
         StatusCode::OK,
         Body::from_stream(body.map(Ok::<_, Infallible>)),
