@@ -7,7 +7,7 @@
 //! - a live query's result replaces the one of the same operation still waiting
 //!   (conflation: the client gets the latest, and memory stays bounded);
 //! - an event pushes out the oldest queued events (of any operation of the connection),
-//!   counted in `lost` and logged;
+//!   counted in `livegate_events_dropped_total` and logged;
 //! - anything else (acknowledgements, a query's result, errors, `complete`) waits for
 //!   room ([`Outbox::push_wait`]): the reader that sends it stops reading meanwhile.
 //!
@@ -16,7 +16,6 @@
 
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -60,20 +59,18 @@ impl Frame {
         }
     }
 
-    /// The message as one string. A body that is not UTF-8 (never the case for the JSON
-    /// the executor writes) is replaced lossily rather than sent broken.
-    pub fn text(&self) -> String {
+    /// The message as one string (a `Text` is handed over, not copied). A body that is
+    /// not UTF-8 (never the case for the JSON the executor writes) is replaced lossily
+    /// rather than sent broken.
+    pub fn into_text(self) -> String {
         match self {
-            Frame::Parts { head, body, tail } => {
-                let mut s = String::with_capacity(head.len() + body.len() + tail.len());
-                s.push_str(head);
-                s.push_str(&String::from_utf8_lossy(body));
-                s.push_str(tail);
-                s
+            Frame::Text(s) | Frame::Close(_, s) => s,
+            other => {
+                let mut bytes = Vec::with_capacity(other.len());
+                other.append_to(&mut bytes);
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             }
-            Frame::Text(s) => s.clone(),
-            Frame::Close(_, reason) => reason.clone(),
-            Frame::Ended(_) => String::new(),
         }
     }
 }
@@ -110,8 +107,6 @@ pub struct Outbox {
     /// Wakes pushers waiting for room.
     room: Notify,
     max_bytes: usize,
-    /// Events dropped because the client did not read.
-    lost: AtomicU64,
     /// `livegate_events_dropped_total`.
     dropped: prometheus::IntCounter,
 }
@@ -123,19 +118,12 @@ impl Outbox {
             ready: Notify::new(),
             room: Notify::new(),
             max_bytes: max_bytes.max(1),
-            lost: AtomicU64::new(0),
             dropped,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether the connection is gone or going (nothing pushed now would be sent).
-    pub fn is_closed(&self) -> bool {
-        let q = self.lock();
-        q.closed || q.finishing
     }
 
     /// Nothing more will be queued: the writer sends what is queued, then [`Outbox::take`]
@@ -155,11 +143,6 @@ impl Outbox {
         drop(q);
         self.room.notify_waiters();
         self.ready.notify_one();
-    }
-
-    /// Events dropped so far because the client read too slowly.
-    pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
     }
 
     /// Queues `frame` once there is room for it (a frame bigger than the whole budget
@@ -243,7 +226,6 @@ impl Outbox {
         });
         drop(q);
         if dropped > 0 {
-            self.lost.fetch_add(dropped, Ordering::Relaxed);
             self.dropped.inc_by(dropped);
             tracing::warn!(
                 lost = dropped,
@@ -334,19 +316,30 @@ mod tests {
 
     #[tokio::test]
     async fn live_results_conflate_and_events_drop_oldest() {
-        let out = Outbox::new(10, counter());
+        let dropped = counter();
+        let out = Outbox::new(10, dropped.clone());
         assert!(out.push_live(1, parts("a")));
         assert!(out.push_live(1, parts("b")));
         assert!(out.push_live(2, parts("c")));
-        let got: Vec<String> = out.take(1 << 20).await.iter().map(Frame::text).collect();
+        let got: Vec<String> = out
+            .take(1 << 20)
+            .await
+            .into_iter()
+            .map(Frame::into_text)
+            .collect();
         assert_eq!(got, ["<b>", "<c>"]);
 
         for body in ["1", "2", "3", "4", "5"] {
             assert!(out.push_event(7, parts(body)));
         }
-        let got: Vec<String> = out.take(1 << 20).await.iter().map(Frame::text).collect();
+        let got: Vec<String> = out
+            .take(1 << 20)
+            .await
+            .into_iter()
+            .map(Frame::into_text)
+            .collect();
         assert_eq!(got, ["<3>", "<4>", "<5>"]);
-        assert_eq!(out.lost(), 2);
+        assert_eq!(dropped.get(), 2);
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ pub struct Subscriber {
     pub tag: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     Live,
     Events,
@@ -56,17 +56,18 @@ impl Kind {
     }
 }
 
-/// The topics of this gateway, by identity.
-/// The key is the identity and whether it is a live query (`true`) or events.
+/// A topic's identity (see [`crate::response_cache::ResponseCache::identity`]) and kind.
+type Key = (CacheKey, Kind);
+
+/// The topics of this gateway, by key.
 pub struct Topics {
-    map: Mutex<HashMap<(CacheKey, bool), Arc<Topic>>>,
+    map: Mutex<HashMap<Key, Arc<Topic>>>,
     /// The engine in service: a topic moves to the new one when the schema is reloaded.
     engines: Arc<crate::exec::Engines>,
 }
 
 pub struct Topic {
-    kind: Kind,
-    key: (CacheKey, bool),
+    key: Key,
     registry: Weak<Topics>,
     state: Mutex<State>,
     task: Mutex<Option<AbortHandle>>,
@@ -116,8 +117,11 @@ impl Topics {
         headers: &HeaderMap,
         subscriber: Subscriber,
     ) -> Subscribed {
-        let key = (engine.responses.identity(&live.request, headers), true);
-        self.join(engine, Kind::Live, key, subscriber, |topic| {
+        let key = (
+            engine.responses.identity(&live.request, headers),
+            Kind::Live,
+        );
+        self.join(engine, key, subscriber, |topic| {
             let headers = headers.clone();
             let engines = self.engines.clone();
             tokio::spawn(run_live(topic, engines, live, headers)).abort_handle()
@@ -134,7 +138,7 @@ impl Topics {
         headers: &HeaderMap,
         subscriber: Subscriber,
     ) -> Option<Subscribed> {
-        let key = (engine.responses.identity(&request, headers), false);
+        let key = (engine.responses.identity(&request, headers), Kind::Events);
         let subscriber = match self.running(&key) {
             Some(topic) => match topic.add(engine, subscriber) {
                 Ok(joined) => return Some(joined),
@@ -149,7 +153,7 @@ impl Topics {
                 return None;
             }
         };
-        Some(self.join(engine, Kind::Events, key, subscriber, |topic| {
+        Some(self.join(engine, key, subscriber, |topic| {
             let engines = self.engines.clone();
             let headers = headers.clone();
             tokio::spawn(run_events(
@@ -165,7 +169,7 @@ impl Topics {
     }
 
     /// The topic under `key`, if it still runs.
-    fn running(&self, key: &(CacheKey, bool)) -> Option<Arc<Topic>> {
+    fn running(&self, key: &Key) -> Option<Arc<Topic>> {
         lock(&self.map).get(key).cloned()
     }
 
@@ -173,8 +177,7 @@ impl Topics {
     fn join(
         self: &Arc<Self>,
         engine: &Arc<Engine>,
-        kind: Kind,
-        key: (CacheKey, bool),
+        key: Key,
         subscriber: Subscriber,
         start: impl FnOnce(Arc<Topic>) -> AbortHandle,
     ) -> Subscribed {
@@ -187,8 +190,8 @@ impl Topics {
             },
             None => subscriber,
         };
+        let kind = key.1;
         let topic = Arc::new(Topic {
-            kind,
             key,
             registry: Arc::downgrade(self),
             state: Mutex::default(),
@@ -214,15 +217,6 @@ impl Topics {
             *slot = Some(task);
         }
         joined
-    }
-
-    /// Distinct subscriptions running now.
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -265,7 +259,7 @@ impl Topic {
                     .runtime
                     .metrics
                     .subscriptions
-                    .with_label_values(&[self.kind.label()]),
+                    .with_label_values(&[self.key.1.label()]),
             ),
             topic: self.clone(),
             id,
@@ -303,7 +297,7 @@ impl Topic {
     /// every subscriber: one body, each in its own frame.
     fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) {
         let mut st = lock(&self.state);
-        if self.kind == Kind::Live {
+        if self.key.1 == Kind::Live {
             if st.last.as_ref() == Some(body) {
                 return;
             }
@@ -312,7 +306,7 @@ impl Topic {
         let mut counts: [(&'static str, u64); 4] = [("", 0); 4];
         st.subscribers.retain(|_, s| {
             let frame = s.framing.next(body);
-            let queued = match self.kind {
+            let queued = match self.key.1 {
                 Kind::Live => s.outbox.push_live(s.tag, frame),
                 Kind::Events => s.outbox.push_event(s.tag, frame),
             };
@@ -379,7 +373,6 @@ async fn run_live(
     let mut poll = live.poll;
     loop {
         let engine = engines.current();
-        let pushed = engine.runtime.metrics.pushed.clone();
         let generation = hub.generation();
         // Boxed: between runs the task holds no room for an execution's state.
         let done = Box::pin(crate::exec::run(
@@ -406,7 +399,7 @@ async fn run_live(
         if hub.generation() != generation {
             notify.notify_one();
         }
-        topic.publish(&done.body, &pushed);
+        topic.publish(&done.body, &engine.runtime.metrics.pushed);
         tokio::select! {
             () = notify.notified() => {}
             swapped = swaps.changed() => {

@@ -72,19 +72,20 @@ fn accepted(headers: &HeaderMap) -> Result<Accepted, Box<Response>> {
             "accept application/graphql-response+json or application/json (or text/event-stream, or multipart/mixed;subscriptionSpec=1.0 for subscriptions)",
         )));
     }
-    Ok(Accepted {
-        stream,
-        json,
-        media: json.unwrap_or(Media::Json),
-    })
+    Ok(Accepted { stream, json })
 }
 
 #[derive(Clone, Copy)]
 struct Accepted {
     stream: Option<super::sse::Format>,
     json: Option<Media>,
+}
+
+impl Accepted {
     /// The JSON media type of an answer that is not streamed.
-    media: Media,
+    fn media(self) -> Media {
+        self.json.unwrap_or(Media::Json)
+    }
 }
 
 fn wants_html(headers: &HeaderMap) -> bool {
@@ -289,7 +290,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
-    let media = accepted.media;
+    let media = accepted.media();
     let mut body = PostBody {
         query: None,
         variables: None,
@@ -376,7 +377,7 @@ pub async fn post(
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
-    let media = accepted.media;
+    let media = accepted.media();
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -583,7 +584,7 @@ async fn streamed_or_stored(
         });
     }
     match crate::exec::lookup(&state.engine(), &req, headers) {
-        Ok(hit) => Ok(respond(StatusCode::OK, accepted.media, hit.body)),
+        Ok(hit) => Ok(respond(StatusCode::OK, accepted.media(), hit.body)),
         Err(key) => Err((req, key)),
     }
 }
@@ -625,13 +626,8 @@ pub(super) fn respond(status: StatusCode, media: Media, body: Bytes) -> Response
 
 #[cfg(test)]
 mod tests {
+    use super::super::accept;
     use super::*;
-
-    fn accept(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
-        h
-    }
 
     #[test]
     fn negotiation_follows_the_spec() {

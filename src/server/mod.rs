@@ -82,6 +82,17 @@ pub struct Shared {
 
 pub(crate) use crate::exec::error_body;
 
+/// Headers with only `Accept: v`, for the negotiation tests of `http` and `sse`.
+#[cfg(test)]
+pub(crate) fn accept(v: &str) -> ::http::HeaderMap {
+    let mut h = ::http::HeaderMap::new();
+    h.insert(
+        ::http::header::ACCEPT,
+        ::http::HeaderValue::from_str(v).expect("header"),
+    );
+    h
+}
+
 /// A copy of the `kept` headers of `headers`, in allocations of its own. hyper parses
 /// header values as slices of its connection's read buffer (16 KiB), so a long-lived
 /// connection that kept the request's `HeaderMap` (a WebSocket, an SSE stream: forwarded

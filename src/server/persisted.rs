@@ -118,15 +118,6 @@ impl Persisted {
         })
     }
 
-    /// Trusted documents in the manifest.
-    pub fn len(&self) -> usize {
-        self.trusted.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.trusted.is_empty()
-    }
-
     fn count(&self, result: &str) {
         self.counted.with_label_values(&[result]).inc();
     }
@@ -351,7 +342,14 @@ mod tests {
         std::fs::write(&plain, r#"{"h1": "{ a }", "h2": "{ b }"}"#).expect("write");
         let p =
             Persisted::load(Some(&plain), false, 1 << 20, Bus::local(), counter()).expect("loads");
-        assert_eq!(p.len(), 2);
+        assert_eq!(p.trusted.len(), 2);
+        for (id, doc) in [("h1", "{ a }"), ("h2", "{ b }")] {
+            let id = Value::String(id.into());
+            assert_eq!(
+                p.document(None, None, Some(&id)).await.expect("listed"),
+                doc
+            );
+        }
         std::fs::write(&plain, r#"{"h1": 3}"#).expect("write");
         let err = Persisted::load(Some(&plain), false, 0, Bus::local(), counter()).err();
         assert!(err.is_some_and(|e| e.contains("the document of \"h1\" must be a string")));

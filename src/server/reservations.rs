@@ -85,15 +85,6 @@ impl Reservations {
             r.end();
         }
     }
-
-    /// Reservations waiting or streaming.
-    pub fn len(&self) -> usize {
-        lock(&self.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Reservation {

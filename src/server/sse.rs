@@ -284,13 +284,8 @@ pub(super) fn frames(
 
 #[cfg(test)]
 mod tests {
+    use super::super::accept;
     use super::*;
-
-    fn accept(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
-        h
-    }
 
     #[test]
     fn streaming_formats_are_told_apart() {

@@ -387,7 +387,7 @@ async fn write_round(
                     reason: Utf8Bytes::from(reason),
                 }))
             }
-            other => Message::Text(Utf8Bytes::from(other.text())),
+            other => Message::Text(Utf8Bytes::from(other.into_text())),
         };
         match tokio::time::timeout(stall, sink.feed(msg)).await {
             Ok(Ok(())) if !last => {}
