@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRequire } from 'node:module';
-import { start, waitFor } from './testbed.js';
+import { start, collector } from './testbed.js';
 
 const require = createRequire(import.meta.url);
 const { ApolloClient, InMemoryCache, HttpLink, gql } = require('@apollo/client/core');
@@ -24,29 +24,9 @@ function client() {
 const plain = (d) => JSON.parse(JSON.stringify(d, (k, v) => (k === '__typename' ? undefined : v)));
 
 function collect(c, query, variables = {}) {
-  const results = [];
-  const waiters = [];
-  let completed = false;
-  const sub = c.subscribe({ query: gql(query), variables, fetchPolicy: 'no-cache' }).subscribe({
-    next: (r) => { results.push(plain(r)); waiters.forEach((w) => w.poke()); },
-    error: (e) => { results.push({ error: String(e) }); waiters.forEach((w) => w.poke()); },
-    complete: () => { completed = true; waiters.forEach((w) => w.poke()); },
-  });
-  return {
-    results,
-    stop: () => sub.unsubscribe(),
-    async next(n) {
-      const w = waitFor(() => results.length >= n, `result #${n}`);
-      waiters.push(w);
-      await w.done;
-      return results[n - 1];
-    },
-    async complete() {
-      const w = waitFor(() => completed, 'complete');
-      waiters.push(w);
-      await w.done;
-    },
-  };
+  const got = collector(plain);
+  const sub = c.subscribe({ query: gql(query), variables, fetchPolicy: 'no-cache' }).subscribe(got.observer);
+  return { ...got, stop: () => sub.unsubscribe() };
 }
 
 test('a live query over HttpLink gets the value, then each change a mutation makes', async () => {

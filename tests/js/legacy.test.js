@@ -3,7 +3,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import pkg from 'subscriptions-transport-ws';
-import { start, waitFor } from './testbed.js';
+import { start, collector, waitFor } from './testbed.js';
 
 const { SubscriptionClient } = pkg;
 let tb;
@@ -15,22 +15,9 @@ function client(connectionParams = {}) {
 }
 
 function collect(c, query, variables = {}) {
-  const results = [];
-  const waiters = [];
-  const sub = c.request({ query, variables }).subscribe({
-    next: (r) => { results.push(r); waiters.forEach((w) => w.poke()); },
-    error: (e) => { results.push({ error: e }); waiters.forEach((w) => w.poke()); },
-  });
-  return {
-    results,
-    stop: () => sub.unsubscribe(),
-    async next(n) {
-      const w = waitFor(() => results.length >= n, `result #${n}`);
-      waiters.push(w);
-      await w.done;
-      return results[n - 1];
-    },
-  };
+  const got = collector();
+  const sub = c.request({ query, variables }).subscribe(got.observer);
+  return { ...got, stop: () => sub.unsubscribe() };
 }
 
 test('a live query over the legacy protocol gets the value, then each change', async () => {

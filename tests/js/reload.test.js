@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createClient } from 'graphql-ws';
 import WebSocket from 'ws';
-import { start, waitFor } from './testbed.js';
+import { start, collector } from './testbed.js';
 
 const file = path.join(tmpdir(), `livegate-reload-${process.pid}.graphql`);
 let tb;
@@ -15,29 +15,9 @@ before(async () => { tb = await start(['--schema-file', file]); });
 after(async () => { await tb.stop(); rmSync(file, { force: true }); });
 
 function collect(c, query) {
-  const results = [];
-  const waiters = [];
-  let ended = null;
-  c.subscribe({ query }, {
-    next: (r) => { results.push(r); waiters.forEach((w) => w.poke()); },
-    error: (e) => { ended = { error: e }; waiters.forEach((w) => w.poke()); },
-    complete: () => { ended = ended ?? { complete: true }; waiters.forEach((w) => w.poke()); },
-  });
-  return {
-    results,
-    async next(n) {
-      const w = waitFor(() => results.length >= n || ended, `result #${n}`);
-      waiters.push(w);
-      await w.done;
-      return results[n - 1];
-    },
-    async end() {
-      const w = waitFor(() => ended, 'the end');
-      waiters.push(w);
-      await w.done;
-      return ended;
-    },
-  };
+  const got = collector();
+  c.subscribe({ query }, got.observer);
+  return got;
 }
 
 const reloads = async (result) => {
@@ -60,7 +40,7 @@ test('a good reload keeps the subscriptions that stay, ends the one whose field 
   writeFileSync(file, v2);
   process.kill(tb.pid, 'SIGHUP');
   await tb.until(() => reloads('loaded'), (n) => n === 1, 'the reload');
-  const ended = await counter.end();
+  const ended = await counter.complete();
   assert.match(JSON.stringify(ended.error), /no longer a live field/);
   // The other subscription goes on, on the same socket.
   await tb.query('mutation { sendMessage(channel: "reload", text: "after") { id } }');

@@ -2,36 +2,15 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createClient } from 'graphql-sse';
-import { start, waitFor } from './testbed.js';
+import { start, collector } from './testbed.js';
 
 let tb;
 before(async () => { tb = await start(); });
 after(async () => { await tb.stop(); });
 
 function collect(c, query, variables = {}) {
-  const results = [];
-  const waiters = [];
-  let completed = false;
-  const dispose = c.subscribe({ query, variables }, {
-    next: (r) => { results.push(r); waiters.forEach((w) => w.poke()); },
-    error: (e) => { results.push({ error: String(e) }); waiters.forEach((w) => w.poke()); },
-    complete: () => { completed = true; waiters.forEach((w) => w.poke()); },
-  });
-  return {
-    results,
-    dispose,
-    async next(n) {
-      const w = waitFor(() => results.length >= n, `result #${n}`);
-      waiters.push(w);
-      await w.done;
-      return results[n - 1];
-    },
-    async complete() {
-      const w = waitFor(() => completed, 'complete');
-      waiters.push(w);
-      await w.done;
-    },
-  };
+  const got = collector();
+  return { ...got, dispose: c.subscribe({ query, variables }, got.observer) };
 }
 
 test('a live query over SSE gets the value, then each change', async () => {

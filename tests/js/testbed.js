@@ -97,3 +97,37 @@ export function waitFor(predicate, what, ms = 5000) {
   poke();
   return { done, poke };
 }
+
+/**
+ * What one subscription delivered: `observer` goes to the client (graphql-ws,
+ * graphql-sse, Apollo); each result is kept (through `transform`), an error is kept as
+ * `{ error: String(e) }` and ends it, as `complete` does. `next(n)` waits for the n-th
+ * result, `complete()` for the end (`{ complete: true }` or `{ error: e }`, e as given).
+ */
+export function collector(transform = (r) => r) {
+  const results = [];
+  const waiters = [];
+  let ended = null;
+  const poke = () => waiters.forEach((w) => w.poke());
+  const wait = async (predicate, what) => {
+    const w = waitFor(predicate, what);
+    waiters.push(w);
+    await w.done;
+  };
+  return {
+    results,
+    observer: {
+      next: (r) => { results.push(transform(r)); poke(); },
+      error: (e) => { results.push({ error: String(e) }); ended = { error: e }; poke(); },
+      complete: () => { ended = ended ?? { complete: true }; poke(); },
+    },
+    async next(n) {
+      await wait(() => results.length >= n, `result #${n}`);
+      return results[n - 1];
+    },
+    async complete() {
+      await wait(() => ended, 'the end');
+      return ended;
+    },
+  };
+}
