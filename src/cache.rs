@@ -5,7 +5,7 @@
 //! the fetch to run on a miss. Output: the value, shared by `Arc`.
 //!
 //! - Storage is [moka](https://docs.rs/moka): concurrent, bounded by a byte budget (each
-//!   entry weighs its upstream body's size), each entry expiring at `maxAge + swr`.
+//!   entry weighs the heap bytes of its parsed value, see [`crate::weight`]), each entry expiring at `maxAge + swr`.
 //! - Single flight: concurrent identical misses join one fetch, which runs in its own task
 //!   so a client that goes away does not cancel it for the others (pingora's lookup
 //!   coalescing). Uncached fields get the same coalescing.
@@ -38,6 +38,7 @@ struct Revalidate {
 /// A fetched value, as it is stored.
 pub struct Fetch {
     pub value: Arc<Value>,
+    /// The upstream body's bytes (the entry's weight is its value's, measured here).
     pub size: usize,
     pub validators: crate::upstream::Validators,
 }
@@ -558,11 +559,14 @@ impl Cache {
             return None;
         }
         let now = Instant::now();
+        let size = crate::weight::json(&fetched.value);
         let entry = Arc::new(Entry {
             value: fetched.value,
             stored: now.checked_sub(age).unwrap_or(now),
             policy,
-            size: fetched.size,
+            // Weighed as it is kept (a parsed tree holds many times its body's bytes):
+            // the budget is the cache's memory.
+            size,
             validators: fetched.validators,
             dead: AtomicBool::new(false),
         });
@@ -713,10 +717,10 @@ impl Cache {
         }
         between();
         let entry = Arc::new(Entry {
+            size: crate::weight::json(&value),
             value,
             stored: old.stored,
             policy: old.policy.clone(),
-            size: old.size,
             // The value is no longer the one the validators describe.
             validators: Default::default(),
             dead: AtomicBool::new(false),

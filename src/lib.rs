@@ -34,6 +34,7 @@ pub mod schema;
 pub mod server;
 pub mod template;
 pub mod upstream;
+pub mod weight;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub use server::{app, AppState};
 /// Run-time settings; each is a flag of the `livegate` binary.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Memory budget of the shared cache, in bytes of upstream bodies.
+    /// Memory budget of the shared cache: the heap bytes of the parsed values it keeps.
     pub cache_bytes: u64,
     /// Memory budget of the whole-response cache; 0 turns it off.
     pub response_cache_bytes: u64,

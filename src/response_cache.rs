@@ -83,6 +83,19 @@ impl ResponseCache {
         CacheKey::from_parts(parts)
     }
 
+    /// Who the caller is, as far as upstreams can tell: every request header that can
+    /// change an upstream's answer (the credentials that key `PRIVATE` entries).
+    pub fn credentials(&self, headers: &HeaderMap) -> CacheKey {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for name in &self.vary {
+            parts.push(name.as_str().as_bytes());
+            for v in headers.get_all(name) {
+                parts.push(v.as_bytes());
+            }
+        }
+        CacheKey::from_parts(parts)
+    }
+
     /// The stored response, if every entry it was built from is still current.
     pub fn get(&self, key: &CacheKey) -> Option<Hit> {
         let entries = self.entries.as_ref()?;

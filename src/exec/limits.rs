@@ -44,6 +44,8 @@ pub fn check_document(
     let mut counter = Counter {
         doc,
         fragments: HashMap::new(),
+        spreads: 0,
+        too_deep: false,
     };
     let limit = |message: String| {
         Some(Refusal {
@@ -54,6 +56,11 @@ pub fn check_document(
     let aliases = doc.operations.iter().fold(0usize, |n, (_, op)| {
         n.saturating_add(counter.count(&op.node.selection_set.node).aliases)
     });
+    if counter.too_deep {
+        return limit(format!(
+            "fragment spreads nest more than {MAX_SPREAD_NESTING} deep through fragments"
+        ));
+    }
     if aliases > limits.max_aliases {
         return limit(format!(
             "the document has {aliases} aliases; {} at most (--max-aliases)",
@@ -107,6 +114,20 @@ pub fn check_document(
     None
 }
 
+/// Whether fragment spreads in `doc` nest deeper than [`MAX_SPREAD_NESTING`].
+pub fn spreads_too_deep(doc: &async_graphql::parser::types::ExecutableDocument) -> bool {
+    let mut counter = Counter {
+        doc,
+        fragments: HashMap::new(),
+        spreads: 0,
+        too_deep: false,
+    };
+    for (_, op) in doc.operations.iter() {
+        counter.count(&op.node.selection_set.node);
+    }
+    counter.too_deep
+}
+
 /// Counts of a selection set, through its fragments.
 #[derive(Clone, Copy, Default)]
 struct Count {
@@ -132,6 +153,11 @@ struct Counter<'d> {
     /// Fragments counted so far; `None` while one is being counted (a cycle, which
     /// validation refuses, counts as nothing here).
     fragments: HashMap<&'d str, Option<Count>>,
+    /// Fragments being counted, one inside the other: the recursion's depth through
+    /// fragments (its depth through selection sets is bounded by [`check_nesting`]).
+    spreads: usize,
+    /// A chain of spreads went deeper than [`MAX_SPREAD_NESTING`]; the counts are partial.
+    too_deep: bool,
 }
 
 impl<'d> Counter<'d> {
@@ -162,9 +188,75 @@ impl<'d> Counter<'d> {
         let Some(def) = self.doc.fragments.get(name) else {
             return Count::default();
         };
+        if self.spreads >= MAX_SPREAD_NESTING {
+            self.too_deep = true;
+            return Count::default();
+        }
         self.fragments.insert(name, None);
+        self.spreads += 1;
         let counted = self.count(&def.node.selection_set.node);
+        self.spreads -= 1;
         self.fragments.insert(name, Some(counted));
         counted
     }
+}
+
+/// How deep brackets (`{`, `[`, `(`) may nest in a document's text, whatever
+/// `--max-depth` says: every recursive walk over a document (the parser's, over values,
+/// selections and arguments, and each one after it) stays far inside a worker's stack.
+pub const MAX_NESTING: usize = 128;
+
+/// How deep fragment spreads may nest through fragments (`...A` whose fragment spreads
+/// `...B`, and so on): a chain is walked recursively by validation and by every count.
+pub const MAX_SPREAD_NESTING: usize = 64;
+
+/// Why `text` nests too deeply to be parsed, if it does: a scan of its tokens, without
+/// recursion, before any parser sees it. Brackets inside strings, block strings and
+/// comments do not count; unbalanced text is left to the parser to report.
+pub fn check_nesting(text: &str) -> Option<Refusal> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut i) = (0usize, 0usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
+                    i += 1;
+                }
+            }
+            b'"' if bytes[i..].starts_with(b"\"\"\"") => {
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(b"\"\"\"") {
+                    // `\"""` is an escaped triple quote inside a block string.
+                    i += if bytes[i..].starts_with(b"\\\"\"\"") {
+                        4
+                    } else {
+                        1
+                    };
+                }
+                i += 2;
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > MAX_NESTING {
+                    return Some(Refusal {
+                        message: format!(
+                            "the document nests brackets more than {MAX_NESTING} deep"
+                        ),
+                        code: "LIMIT_EXCEEDED",
+                    });
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }

@@ -57,6 +57,26 @@ pub struct Engine {
     pub limits: limits::DocumentLimits,
 }
 
+impl Engine {
+    /// Whether `query` (its operation `operation_name`) parses and validates against this
+    /// schema: what an APQ registration must do before it is kept. The text has passed
+    /// [`limits::check_nesting`].
+    pub async fn validates(&self, query: &str, operation_name: Option<&str>) -> bool {
+        let Ok(doc) = async_graphql::parser::parse_query(query) else {
+            return false;
+        };
+        if limits::spreads_too_deep(&doc) {
+            return false;
+        }
+        let mut check = async_graphql::Request::new(query).data(ValidateOnly);
+        check.set_parsed_query(doc);
+        if let Some(name) = operation_name {
+            check = check.operation_name(name);
+        }
+        self.schema.execute(check).await.errors.is_empty()
+    }
+}
+
 /// The engine in service, swapped whole when the schema is reloaded: a request runs on the
 /// engine it took at its start; running subscriptions hear of a swap and move over.
 pub struct Engines {

@@ -63,20 +63,8 @@ pub fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepa
     if op.node.ty != OperationType::Subscription {
         return Ok(Prepared::Once(req));
     }
-    let fields: Vec<&str> = op
-        .node
-        .selection_set
-        .node
-        .items
-        .iter()
-        .filter_map(|s| match &s.node {
-            Selection::Field(f) if f.node.name.node != "__typename" => {
-                Some(f.node.name.node.as_str())
-            }
-            _ => None,
-        })
-        .collect();
-    let [field] = fields.as_slice() else {
+    let fields = root_fields(doc, &op.node.selection_set.node);
+    let [(_, field)] = fields.as_slice() else {
         return Err("a subscription selects exactly one root field".into());
     };
     let plan = &engine.runtime.plan;
@@ -104,6 +92,42 @@ pub fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepa
         poll,
         field,
     }))
+}
+
+/// The root fields of an operation, through inline fragments and fragment spreads (as
+/// the spec's CollectFields groups them: by response key, each fragment once), each as
+/// (response key, field name); `__typename` is not one. Iterative: fragments may nest
+/// as deep as the document limits allow.
+fn root_fields<'d>(
+    doc: &'d async_graphql::parser::types::ExecutableDocument,
+    set: &'d async_graphql::parser::types::SelectionSet,
+) -> Vec<(&'d str, &'d str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    let mut visited = std::collections::HashSet::new();
+    let mut pending = vec![set];
+    while let Some(set) = pending.pop() {
+        for s in set.items.iter().rev() {
+            match &s.node {
+                Selection::Field(f) => {
+                    let name = f.node.name.node.as_str();
+                    let key = f.node.alias.as_ref().map_or(name, |a| a.node.as_str());
+                    if name != "__typename" && !out.iter().any(|(k, _)| *k == key) {
+                        out.push((key, name));
+                    }
+                }
+                Selection::InlineFragment(i) => pending.push(&i.node.selection_set.node),
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.as_str();
+                    if visited.insert(name) {
+                        if let Some(def) = doc.fragments.get(name) {
+                            pending.push(&def.node.selection_set.node);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A live query ready to run: the subscription rewritten as a query.

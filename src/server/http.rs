@@ -32,61 +32,26 @@ impl Media {
     }
 }
 
-/// Picks the response type from `Accept`; `None` when the client accepts neither.
+/// Picks the JSON response type from `Accept`; `None` when the client accepts neither.
 fn negotiate(headers: &HeaderMap) -> Option<Media> {
-    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
-        return Some(Media::GraphqlResponse);
-    };
-    let types: Vec<String> = accept
-        .split(',')
-        .filter_map(|part| {
-            let mut params = part.split(';');
-            let ty = params.next()?.trim().to_ascii_lowercase();
-            // `q=0` means "not acceptable".
-            let refused = params.any(|p| matches!(p.trim().split_once('='), Some(("q", q)) if q.trim().parse::<f32>().is_ok_and(|q| q == 0.0)));
-            (!refused).then_some(ty)
-        })
-        .collect();
-    if types
-        .iter()
-        .any(|t| t == GRAPHQL_RESPONSE_JSON || t == "*/*" || t == "application/*")
-    {
-        Some(Media::GraphqlResponse)
-    } else if types.iter().any(|t| t == JSON) {
-        Some(Media::Json)
-    } else {
-        None
-    }
+    super::accept::negotiate(headers).json.map(|(m, _)| m)
 }
 
 /// What the client accepts: a streaming format (SSE, multipart subscriptions), and the
-/// JSON media type for everything else (`None`: only the streaming format); `406` when
-/// it accepts none of them.
+/// JSON media type for everything else; `406` when it accepts none of them.
 fn accepted(headers: &HeaderMap) -> Result<Accepted, Box<Response>> {
-    let stream = super::sse::wanted(headers);
-    let json = negotiate(headers);
-    if stream.is_none() && json.is_none() {
+    let accepted = super::accept::negotiate(headers);
+    if accepted.none() {
         return Err(Box::new(refuse(
             StatusCode::NOT_ACCEPTABLE,
             None,
             "accept application/graphql-response+json or application/json (or text/event-stream, or multipart/mixed;subscriptionSpec=1.0 for subscriptions)",
         )));
     }
-    Ok(Accepted { stream, json })
+    Ok(accepted)
 }
 
-#[derive(Clone, Copy)]
-struct Accepted {
-    stream: Option<super::sse::Format>,
-    json: Option<Media>,
-}
-
-impl Accepted {
-    /// The JSON media type of an answer that is not streamed.
-    fn media(self) -> Media {
-        self.json.unwrap_or(Media::Json)
-    }
-}
+use super::accept::Accepted;
 
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
@@ -168,9 +133,18 @@ async fn graphql_request(state: &AppState, p: PostBody) -> Result<async_graphql:
         Some(e @ Value::Object(_)) => Some(e),
         Some(_) => return Err(Refused::bad("`extensions` must be an object")),
     };
+    let name = match &p.operation_name {
+        Some(Value::String(name)) => Some(name.as_str()),
+        _ => None,
+    };
     let query = state
         .persisted
-        .document(query, extensions.as_ref(), p.document_id.as_ref())
+        .document(
+            query,
+            extensions.as_ref(),
+            p.document_id.as_ref(),
+            async |text: &str| state.engine().validates(text, name).await,
+        )
         .await
         .map_err(|r| Refused {
             status: r.status,
@@ -266,7 +240,9 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                     // The socket's own tasks take over; axum's upgrade task ends here.
                     super::ws::serve(state, socket, headers, (admitted, working));
                     std::future::ready(())
-                }),
+                })
+                .into_response()
+                .tap_extensions(std::mem::take(&mut parts.extensions)),
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -274,7 +250,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     let headers = parts.headers.clone();
     if let Some(token) = super::reservations::token(&headers, Some(&raw)) {
         if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
-            return super::reservations::stream(&state, &token);
+            return super::reservations::stream(&state, &token, &headers);
         }
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -331,7 +307,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     };
     // A stored response is a query's: serve it before parsing anything.
     let (req, key) =
-        match streamed_or_stored(&state, req, &headers, accepted, peer(&parts_peer)).await {
+        match streamed_or_stored(&state, req, &headers, accepted, peer(&parts_peer), true).await {
             Ok(done) => return done,
             Err(go_on) => go_on,
         };
@@ -345,16 +321,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                 SUBSCRIPTIONS_ELSEWHERE,
             )
         }
-        Some(OperationType::Mutation) => {
-            let mut res = refuse(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Some(media),
-                "only queries may be sent with GET; send mutations with POST",
-            );
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            return res;
-        }
+        Some(OperationType::Mutation) => return mutation_over_get(media),
         _ => {}
     }
     execute(&state, req, media, headers, key).await
@@ -378,23 +345,8 @@ pub async fn post(
         Err(refusal) => return *refusal,
     };
     let media = accepted.media();
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if essence != JSON && essence != GRAPHQL_RESPONSE_JSON {
-        let msg = if content_type.is_empty() {
-            "a POST needs `Content-Type: application/json`".to_string()
-        } else {
-            format!("unsupported Content-Type {content_type:?}; send application/json")
-        };
-        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, Some(media), msg);
+    if let Err(refused) = json_body(&headers, media) {
+        return *refused;
     }
     let parsed: PostBody =
         match serde_json::from_slice::<Value>(&body) {
@@ -426,11 +378,19 @@ pub async fn post(
         Ok(r) => r,
         Err(refused) => return refused.response(media),
     };
-    let (req, key) =
-        match streamed_or_stored(&state, req, &headers, accepted, connect.map(|c| (c.0).0)).await {
-            Ok(done) => return done,
-            Err(go_on) => go_on,
-        };
+    let (req, key) = match streamed_or_stored(
+        &state,
+        req,
+        &headers,
+        accepted,
+        connect.map(|c| (c.0).0),
+        false,
+    )
+    .await
+    {
+        Ok(done) => return done,
+        Err(go_on) => go_on,
+    };
     let mut req = req;
     if operation_type(&state, &mut req) == Some(OperationType::Subscription) {
         return refuse(
@@ -440,6 +400,35 @@ pub async fn post(
         );
     }
     execute(&state, req, media, headers, key).await
+}
+
+/// `415` unless the body is declared JSON: a browser sends a cross-site POST without a
+/// preflight only as `text/plain`, form data or multipart, so this is what keeps another
+/// site's page from running operations with a visitor's cookies.
+fn json_body(headers: &HeaderMap, media: Media) -> Result<(), Box<Response>> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == JSON || essence == GRAPHQL_RESPONSE_JSON {
+        return Ok(());
+    }
+    let msg = if content_type.is_empty() {
+        "a POST needs `Content-Type: application/json`".to_string()
+    } else {
+        format!("unsupported Content-Type {content_type:?}; send application/json")
+    };
+    Err(Box::new(refuse(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Some(media),
+        msg,
+    )))
 }
 
 /// A batched request: a JSON array of operations, answered with the array of their
@@ -514,7 +503,13 @@ async fn batch(
 /// reservation's stream, or an operation whose results go to it.
 async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]) -> Response {
     if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
-        return super::reservations::stream(state, token);
+        return super::reservations::stream(state, token, &headers);
+    }
+    // The same rules as any POST of an operation: a reservation's token is no
+    // credential, and an operation posted cross-site as text/plain would run with the
+    // visitor's cookies and stream its result to whoever holds the token.
+    if let Err(refused) = json_body(&headers, Media::Json) {
+        return *refused;
     }
     let parsed = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => serde_json::from_value::<PostBody>(v)
@@ -564,17 +559,23 @@ async fn streamed_or_stored(
     headers: &HeaderMap,
     accepted: Accepted,
     peer: Option<std::net::SocketAddr>,
+    get: bool,
 ) -> Result<Response, (async_graphql::Request, Option<crate::cache::CacheKey>)> {
-    use super::sse::Format;
-    let streamed = match accepted.stream {
-        Some(Format::Sse) => true,
-        Some(Format::Multipart) => {
-            accepted.json.is_none()
-                || operation_type(state, &mut req) == Some(OperationType::Subscription)
+    let format = match accepted.stream_format() {
+        Some(format) => {
+            let kind = operation_type(state, &mut req);
+            if get && kind == Some(OperationType::Mutation) {
+                return Ok(mutation_over_get(accepted.media()));
+            }
+            if kind == Some(OperationType::Subscription) {
+                Some(format)
+            } else {
+                accepted.stream_preferred()
+            }
         }
-        None => false,
+        None => None,
     };
-    if let (true, Some(format)) = (streamed, accepted.stream) {
+    if let Some(format) = format {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
                 let kept = super::detached(headers, state.engine().responses.vary());
@@ -587,6 +588,33 @@ async fn streamed_or_stored(
         Ok(hit) => Ok(respond(StatusCode::OK, accepted.media(), hit.body)),
         Err(key) => Err((req, key)),
     }
+}
+
+/// A response that carries a request's remaining extensions: among them the case of the
+/// request's header names that hyper recorded (`preserve_header_case`), which it then
+/// writes the response's same-named headers in.
+trait TapExtensions {
+    fn tap_extensions(self, extensions: http::Extensions) -> Self;
+}
+
+impl TapExtensions for Response {
+    fn tap_extensions(mut self, extensions: http::Extensions) -> Self {
+        self.extensions_mut().extend(extensions);
+        self
+    }
+}
+
+/// `405`: a GET must not change anything (it may be cached, prefetched, or sent by any
+/// page a browser shows, with its cookies), on any transport.
+fn mutation_over_get(media: Media) -> Response {
+    let mut res = refuse(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Some(media),
+        "only queries may be sent with GET; send mutations with POST",
+    );
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    res
 }
 
 /// The type of the operation `req` would run, when its document parses: known from the

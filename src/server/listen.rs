@@ -40,7 +40,15 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        // Header names in their canonical case (`Content-Type`, not `content-type`):
+        // names are case-insensitive, but some clients compare them case-sensitively
+        // (Python's `gql` reads `Sec-WebSocket-Protocol` from the 101 response). Title
+        // case writes `Sec-Websocket-Protocol`, so a WebSocket handshake's answer carries
+        // the case the client wrote its own headers in (the upgrade hands the request's
+        // recorded case to its response; see `http::get`).
+        .title_case_headers(true)
+        .preserve_header_case(true);
     builder
         .http2()
         .timer(TokioTimer::new())

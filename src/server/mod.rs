@@ -2,6 +2,7 @@
 //! WebSocket in both subprotocols, Server-Sent Events, GraphiQL) and the invalidation
 //! webhook; [`crate::run`] binds it to a listener with graceful shutdown.
 
+mod accept;
 pub mod body;
 pub mod cors;
 mod graphiql;

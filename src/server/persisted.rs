@@ -44,6 +44,38 @@ impl Default for Options {
 /// How long a registered APQ document is kept in Redis.
 const SHARED_FOR: Duration = Duration::from_secs(24 * 3600);
 
+/// The largest APQ document written to Redis; a bigger one is kept by this replica only.
+const SHARED_DOCUMENT_MAX: usize = 64 << 10;
+
+/// What this replica wrote to Redis in the last [`SHARED_FOR`]: at most the APQ budget
+/// (`--apq-cache-mb`), so one replica's registrations never hold more of Redis than of
+/// its own memory.
+struct Written {
+    budget: u64,
+    total: u64,
+    writes: std::collections::VecDeque<(tokio::time::Instant, u64)>,
+}
+
+impl Written {
+    /// Whether `bytes` more may be written now; counted when they may.
+    fn take(&mut self, bytes: u64) -> bool {
+        let now = tokio::time::Instant::now();
+        while let Some(&(at, n)) = self.writes.front() {
+            if now.duration_since(at) < SHARED_FOR {
+                break;
+            }
+            self.total -= n;
+            self.writes.pop_front();
+        }
+        if self.total + bytes > self.budget {
+            return false;
+        }
+        self.total += bytes;
+        self.writes.push_back((now, bytes));
+        true
+    }
+}
+
 pub struct Persisted {
     /// APQ documents by hash (lowercase hex); `None`: APQ is off.
     apq: Option<moka::sync::Cache<String, Arc<str>>>,
@@ -53,6 +85,8 @@ pub struct Persisted {
     trusted_text: HashSet<[u8; 32]>,
     only: bool,
     bus: Bus,
+    /// Bytes of documents this replica wrote to Redis lately.
+    written: std::sync::Mutex<Written>,
     /// `livegate_persisted_documents_total{result}`.
     counted: prometheus::IntCounterVec,
 }
@@ -99,6 +133,17 @@ impl Persisted {
             None if only => return Err("--persisted-only needs --persisted-documents FILE".into()),
             None => HashMap::new(),
         };
+        // A SHA-256 id is found whatever the case of its hex digits (a request's
+        // `sha256Hash` is lower-cased before the lookup).
+        let mut trusted = trusted;
+        let hashes: Vec<(String, Arc<str>)> = trusted
+            .iter()
+            .filter(|(id, _)| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|(id, doc)| (id.to_ascii_lowercase(), doc.clone()))
+            .collect();
+        for (id, doc) in hashes {
+            trusted.entry(id).or_insert(doc);
+        }
         let trusted_text = trusted.values().map(|d| sha256(d)).collect();
         let apq = (apq_bytes > 0 && !only).then(|| {
             moka::sync::Cache::builder()
@@ -114,8 +159,22 @@ impl Persisted {
             trusted_text,
             only,
             bus,
+            written: std::sync::Mutex::new(Written {
+                budget: apq_bytes,
+                total: 0,
+                writes: Default::default(),
+            }),
             counted,
         })
+    }
+
+    /// Whether this replica may write a document of `len` bytes to Redis now.
+    fn may_write(&self, len: usize) -> bool {
+        let bytes = u64::try_from(len).unwrap_or(u64::MAX).saturating_add(64);
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(bytes)
     }
 
     fn count(&self, result: &str) {
@@ -124,12 +183,34 @@ impl Persisted {
 
     /// The document a request runs: its own `query` (checked against the hash it names,
     /// and, with `--persisted-only`, against the manifest), or the persisted one its
-    /// `extensions.persistedQuery.sha256Hash` or `documentId` names.
+    /// `extensions.persistedQuery.sha256Hash` or `documentId` names. Whatever its source,
+    /// a document that nests too deeply to be parsed safely is refused here, before any
+    /// parser sees it. An APQ document is registered only when `valid` says it parses and
+    /// validates.
     pub async fn document(
         &self,
         query: Option<String>,
         extensions: Option<&Value>,
         document_id: Option<&Value>,
+        valid: impl AsyncFnOnce(&str) -> bool,
+    ) -> Result<String, Refusal> {
+        let text = self.find(query, extensions, document_id, valid).await?;
+        match crate::exec::limits::check_nesting(&text) {
+            None => Ok(text),
+            Some(too_deep) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                too_deep.code,
+                too_deep.message,
+            )),
+        }
+    }
+
+    async fn find(
+        &self,
+        query: Option<String>,
+        extensions: Option<&Value>,
+        document_id: Option<&Value>,
+        valid: impl AsyncFnOnce(&str) -> bool,
     ) -> Result<String, Refusal> {
         let bad = |m: &str| Refusal::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", m);
         let hash = match extensions.and_then(|e| e.get("persistedQuery")) {
@@ -171,9 +252,16 @@ impl Persisted {
                 return Ok(query);
             }
             if let (Some(hash), Some(apq)) = (hash, &self.apq) {
-                if !apq.contains_key(&hash) {
+                // Only a document that can run is kept: checked for depth before any
+                // parse, then parsed and validated.
+                if !apq.contains_key(&hash)
+                    && crate::exec::limits::check_nesting(&query).is_none()
+                    && valid(&query).await
+                {
                     apq.insert(hash.clone(), Arc::from(query.as_str()));
-                    self.bus.put_document(&hash, &query, SHARED_FOR).await;
+                    if query.len() <= SHARED_DOCUMENT_MAX && self.may_write(query.len()) {
+                        self.bus.put_document(&hash, &query, SHARED_FOR).await;
+                    }
                     self.count("registered");
                 }
             }
@@ -182,7 +270,14 @@ impl Persisted {
         let Some(wanted) = id.or(hash.clone()) else {
             return Err(bad("the request has no `query`"));
         };
-        if let Some(doc) = self.trusted.get(&wanted) {
+        // A hash was lower-cased above; a manifest id may have capitals: both are found.
+        let listed = self.trusted.get(&wanted).or_else(|| {
+            extensions
+                .and_then(|e| e.pointer("/persistedQuery/sha256Hash"))
+                .and_then(Value::as_str)
+                .and_then(|h| self.trusted.get(h))
+        });
+        if let Some(doc) = listed {
             self.count("hit");
             return Ok(doc.to_string());
         }
@@ -270,30 +365,45 @@ mod tests {
         let query = "{ a }".to_string();
         let hash = hex::encode(sha256(&query));
         let missing = p
-            .document(None, Some(&pq(&hash)), None)
+            .document(None, Some(&pq(&hash)), None, async |_: &str| true)
             .await
             .expect_err("unknown");
         assert_eq!(missing.code, "PERSISTED_QUERY_NOT_FOUND");
         let junk = p
-            .document(None, Some(&pq("not a hash")), None)
+            .document(None, Some(&pq("not a hash")), None, async |_: &str| true)
             .await
             .expect_err("junk");
         assert_eq!(junk.code, "PERSISTED_QUERY_NOT_FOUND");
         let wrong = p
-            .document(Some("{ b }".into()), Some(&pq(&hash)), None)
+            .document(
+                Some("{ b }".into()),
+                Some(&pq(&hash)),
+                None,
+                async |_: &str| true,
+            )
             .await
             .expect_err("mismatch");
         assert_eq!(wrong.message, "provided sha does not match query");
         assert_eq!(
-            p.document(Some(query.clone()), Some(&pq(&hash)), None)
-                .await
-                .expect("registers"),
+            p.document(
+                Some(query.clone()),
+                Some(&pq(&hash)),
+                None,
+                async |_: &str| true
+            )
+            .await
+            .expect("registers"),
             query
         );
         assert_eq!(
-            p.document(None, Some(&pq(&hash.to_uppercase())), None)
-                .await
-                .expect("found"),
+            p.document(
+                None,
+                Some(&pq(&hash.to_uppercase())),
+                None,
+                async |_: &str| true
+            )
+            .await
+            .expect("found"),
             query
         );
     }
@@ -311,29 +421,31 @@ mod tests {
         let p =
             Persisted::load(Some(&apollo), true, 1 << 20, Bus::local(), counter()).expect("loads");
         assert_eq!(
-            p.document(None, Some(&pq("abc")), None)
+            p.document(None, Some(&pq("abc")), None, async |_: &str| true)
                 .await
                 .expect("by hash"),
             "{ a }"
         );
         let by_id = Value::String("abc".into());
         assert_eq!(
-            p.document(None, None, Some(&by_id)).await.expect("by id"),
+            p.document(None, None, Some(&by_id), async |_: &str| true)
+                .await
+                .expect("by id"),
             "{ a }"
         );
         assert_eq!(
-            p.document(Some("{ a }".into()), None, None)
+            p.document(Some("{ a }".into()), None, None, async |_: &str| true)
                 .await
                 .expect("listed text"),
             "{ a }"
         );
         let other = p
-            .document(Some("{ b }".into()), None, None)
+            .document(Some("{ b }".into()), None, None, async |_: &str| true)
             .await
             .expect_err("not listed");
         assert_eq!(other.code, "PERSISTED_QUERY_NOT_IN_LIST");
         let unknown = p
-            .document(None, Some(&pq("zzz")), None)
+            .document(None, Some(&pq("zzz")), None, async |_: &str| true)
             .await
             .expect_err("unknown id");
         assert_eq!(unknown.code, "PERSISTED_QUERY_NOT_IN_LIST");
@@ -346,7 +458,9 @@ mod tests {
         for (id, doc) in [("h1", "{ a }"), ("h2", "{ b }")] {
             let id = Value::String(id.into());
             assert_eq!(
-                p.document(None, None, Some(&id)).await.expect("listed"),
+                p.document(None, None, Some(&id), async |_: &str| true)
+                    .await
+                    .expect("listed"),
                 doc
             );
         }

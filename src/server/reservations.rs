@@ -36,6 +36,8 @@ const CLAIM_WITHIN: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Reservations {
     map: Mutex<HashMap<String, Arc<Reservation>>>,
+    /// A sweeper task runs.
+    sweeping: AtomicBool,
 }
 
 /// A running operation of a reservation: its id, its tag, and its subscription's place
@@ -49,6 +51,11 @@ pub struct Reservation {
     next_tag: AtomicU64,
     streaming: AtomicBool,
     created: tokio::time::Instant,
+    /// The headers of the `PUT` that can change an upstream's answer: only a caller
+    /// with the same ones may post operations to the reservation or open its stream.
+    credentials: HeaderMap,
+    /// Operations per second (`--max-operations-per-second`, as on a WebSocket).
+    bucket: Mutex<super::limits::Bucket>,
     _admitted: super::limits::Admitted,
 }
 
@@ -66,6 +73,33 @@ impl Reservations {
         if let Some(r) = gone {
             r.end();
         }
+    }
+
+    /// Sweeps every second while any reservation is unclaimed (not only when somebody
+    /// reserves: an unclaimed reservation holds a connection slot until it is dropped).
+    fn keep_swept(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(r) = weak.upgrade() else {
+                    return;
+                };
+                r.sweep();
+                // Decided under the map's lock: a reservation made meanwhile either is
+                // seen here or finds the flag down and starts a sweeper of its own.
+                let map = lock(&r.map);
+                if !map.values().any(|r| !r.streaming.load(Ordering::Acquire)) {
+                    r.sweeping.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
     }
 
     /// Drops the reservations nobody claimed in time.
@@ -88,6 +122,12 @@ impl Reservations {
 }
 
 impl Reservation {
+    /// Whether `headers` come from the caller who made the reservation.
+    fn same_caller(&self, state: &AppState, headers: &HeaderMap) -> bool {
+        let responses = &state.engine().responses;
+        responses.credentials(&self.credentials) == responses.credentials(headers)
+    }
+
     /// The reservation is over: its operations stop, and whatever waits to queue a result
     /// for it (a query posted to a stream that never opened) gives up.
     fn end(&self) {
@@ -181,9 +221,14 @@ pub async fn put(
         next_tag: AtomicU64::new(1),
         streaming: AtomicBool::new(false),
         created: tokio::time::Instant::now(),
+        credentials: super::detached(&headers, state.engine().responses.vary()),
+        bucket: Mutex::new(super::limits::Bucket::new(
+            state.limits.max_operations_per_second,
+        )),
         _admitted: admitted,
     });
     lock(&state.reservations.map).insert(token.clone(), reservation);
+    state.reservations.keep_swept();
     let mut res = (StatusCode::CREATED, token).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -210,10 +255,16 @@ pub async fn delete(
 }
 
 /// The stream of the reservation `token`.
-pub fn stream(state: &AppState, token: &str) -> Response {
+pub fn stream(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let Some(reservation) = state.reservations.get(token) else {
         return status(StatusCode::NOT_FOUND, "Stream not found");
     };
+    if !reservation.same_caller(state, headers) {
+        return status(
+            StatusCode::FORBIDDEN,
+            "this reservation was made with other credentials: only its maker may open its stream",
+        );
+    }
     if reservation.streaming.swap(true, Ordering::AcqRel) {
         return status(StatusCode::CONFLICT, "Stream already open");
     }
@@ -284,9 +335,31 @@ pub async fn operation(
     let Some(reservation) = state.reservations.get(token) else {
         return status(StatusCode::NOT_FOUND, "Stream not found");
     };
+    let rejected = |why, code, message: &str| {
+        state.runtime.metrics.reject(why);
+        status(code, message)
+    };
+    use crate::metrics::Rejection;
+    if !reservation.same_caller(state, &headers) {
+        return rejected(
+            Rejection::Auth,
+            StatusCode::FORBIDDEN,
+            "this reservation was made with other credentials: only its maker may post operations to it",
+        );
+    }
     let Some(id) = operation_id.filter(|i| !i.is_empty()) else {
         return status(StatusCode::BAD_REQUEST, "Operation ID is missing");
     };
+    if !lock(&reservation.bucket).take() {
+        return rejected(
+            Rejection::Limit,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "too many operations per second on this stream: {} at most (--max-operations-per-second)",
+                state.limits.max_operations_per_second
+            ),
+        );
+    }
     let tag = reservation.next_tag.fetch_add(1, Ordering::Relaxed);
     {
         let mut ops = reservation.ops();
@@ -294,11 +367,8 @@ pub async fn operation(
             return status(StatusCode::CONFLICT, "Operation with ID already exists");
         }
         if ops.len() >= state.limits.max_operations_per_connection {
-            state
-                .runtime
-                .metrics
-                .reject(crate::metrics::Rejection::Limit);
-            return status(
+            return rejected(
+                Rejection::Limit,
                 StatusCode::BAD_REQUEST,
                 &format!(
                     "too many operations on this stream: {} at most (--max-operations-per-connection)",

@@ -6,7 +6,7 @@
 //!   `next` event too (a 4xx would leave an `EventSource` with no reason). A comment line
 //!   every 15 s keeps proxies from timing it out.
 //! - **Apollo's multipart HTTP subscriptions**: a subscription with
-//!   `Accept: multipart/mixed;subscriptionSpec=1.0` gets `multipart/mixed;boundary="graphql"`,
+//!   `Accept: multipart/mixed;subscriptionSpec=1.0` gets `multipart/mixed;boundary=graphql;subscriptionSpec=1.0`,
 //!   a part `{"payload": result}` per result, a heartbeat part `{}` every 5 s, and the
 //!   closing boundary at the end.
 //!
@@ -34,24 +34,12 @@ pub enum Format {
 /// subscriptions (`multipart/mixed` with a `subscriptionSpec`; `multipart/mixed` for
 /// `@defer` alone is not a subscription transport).
 pub fn wanted(headers: &HeaderMap) -> Option<Format> {
-    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
-    let mut found = None;
-    for t in accept.split(',') {
-        let mut params = t.split(';').map(str::trim);
-        let ty = params.next().unwrap_or("").to_ascii_lowercase();
-        if ty == "text/event-stream" {
-            return Some(Format::Sse);
-        }
-        if ty == "multipart/mixed"
-            && params.any(|p| p.to_ascii_lowercase().starts_with("subscriptionspec="))
-        {
-            found = Some(Format::Multipart);
-        }
-    }
-    found
+    super::accept::negotiate(headers).stream_format()
 }
 
-const MULTIPART_TYPE: &str = "multipart/mixed;boundary=\"graphql\";subscriptionSpec=\"1.0\"";
+/// Unquoted, as Apollo Router writes it: clients such as Python's `gql` look for
+/// `boundary=graphql` and `subscriptionSpec=1.0` literally.
+const MULTIPART_TYPE: &str = "multipart/mixed;boundary=graphql;subscriptionSpec=1.0";
 /// The delimiter that ends each multipart part (and, first of all, the preamble): a
 /// reader hands a part on when the delimiter after it arrives.
 const DELIMITER: &str = "\r\n--graphql";

@@ -650,7 +650,15 @@ impl Connection {
         let query = self
             .state
             .persisted
-            .document(query, payload.get("extensions"), payload.get("documentId"))
+            .document(
+                query,
+                payload.get("extensions"),
+                payload.get("documentId"),
+                async |text: &str| {
+                    let name = payload.get("operationName").and_then(Value::as_str);
+                    self.state.engine().validates(text, name).await
+                },
+            )
             .await
             .map_err(|r| json!({"message": r.message, "extensions": {"code": r.code}}))?;
         let mut req = async_graphql::Request::new(query);

@@ -71,7 +71,7 @@ test('the multipart response as the protocol writes it', async () => {
     body: JSON.stringify({ query: 'subscription { messages(channel: "raw-mp") { text } }' }),
   });
   assert.equal(res.status, 200);
-  assert.equal(res.headers.get('content-type'), 'multipart/mixed;boundary="graphql";subscriptionSpec="1.0"');
+  assert.equal(res.headers.get('content-type'), 'multipart/mixed;boundary=graphql;subscriptionSpec=1.0');
   const reader = res.body.getReader();
   let text = '';
   while (!text.includes('}}}')) text += new TextDecoder().decode((await reader.read()).value);
