@@ -11,9 +11,10 @@ struct Args {
     /// Gateway address.
     #[arg(long, env = "LIVEGATE_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
-    /// The schema to serve.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))]
-    schema: String,
+    /// The schema to serve (default: `schema.graphql` in the current directory, else the
+    /// one beside this example's sources).
+    #[arg(long)]
+    schema: Option<String>,
     /// The invalidation webhook's signing secret (a demo default; set your own in production).
     #[arg(long, env = "LIVEGATE_WEBHOOK_SECRET", default_value = "demo-secret")]
     webhook_secret: String,
@@ -40,10 +41,18 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let source = match std::fs::read_to_string(&args.schema) {
+    let schema = args.schema.clone().unwrap_or_else(|| {
+        let here = std::path::Path::new("schema.graphql");
+        if here.is_file() {
+            "schema.graphql".to_string()
+        } else {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql").to_string()
+        }
+    });
+    let source = match std::fs::read_to_string(&schema) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: {e}", args.schema);
+            eprintln!("{schema}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -74,7 +83,11 @@ async fn main() -> ExitCode {
                 livegate::demo::spawn(l, app);
             }
             Err(e) => {
-                eprintln!("cannot listen on {addr} for the demo upstream {name:?}: {e}");
+                eprintln!(
+                    "cannot listen on {addr} for the demo upstream {name:?}: {e}\n\
+                     (is a demo already running?) Move it: {}=http://127.0.0.1:PORT",
+                    livegate::plan::upstream_env_var(name)
+                );
                 return ExitCode::FAILURE;
             }
         }
@@ -82,7 +95,10 @@ async fn main() -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("cannot listen on {}: {e}", args.listen);
+            eprintln!(
+                "cannot listen on {}: {e}\n(is a demo already running?) Move it: --listen 127.0.0.1:PORT",
+                args.listen
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -104,7 +120,7 @@ async fn main() -> ExitCode {
     };
     let mut options = livegate::Options {
         // Reloaded on SIGHUP, and whenever the file changes.
-        schema_path: Some(args.schema.clone().into()),
+        schema_path: Some(schema.clone().into()),
         watch: true,
         ..Default::default()
     };

@@ -240,6 +240,8 @@ impl State {
 
 struct Inner {
     entries: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// `--cache-size-mb`, in bytes: an entry heavier than all of it is never stored.
+    budget: u64,
     /// Entries moka dropped to stay within the byte budget.
     evictions: Arc<AtomicU64>,
     state: Arc<Mutex<State>>,
@@ -301,7 +303,8 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl Cache {
-    /// A cache holding at most about `budget_bytes` of upstream bodies.
+    /// A cache holding at most about `budget_bytes` of parsed values (see
+    /// [`crate::weight`]).
     pub fn new(budget_bytes: u64) -> Self {
         Cache::with_bus(budget_bytes, crate::bus::Bus::local())
     }
@@ -343,6 +346,7 @@ impl Cache {
             .build();
         Cache {
             inner: Arc::new(Inner {
+                budget: budget_bytes,
                 entries,
                 evictions,
                 state,
@@ -585,6 +589,15 @@ impl Cache {
         old: Option<Arc<Entry>>,
         epoch: u64,
     ) -> Option<Stamp> {
+        // A value heavier than the whole budget is served to whoever fetched it, never
+        // kept (moka would admit it, and evict everything else, until its next upkeep).
+        if (entry.size as u64).saturating_add(64) > self.inner.budget {
+            if let Some(old) = old {
+                old.dead.store(true, Ordering::Release);
+                self.inner.entries.invalidate(&key);
+            }
+            return None;
+        }
         // The new value goes in before the old one is marked dead: a reader between the two
         // finds one or the other, never a miss (which would fetch again). A response built
         // from the old value stops being reused right after.
@@ -814,6 +827,12 @@ impl Cache {
     /// Entries dropped so far to stay within the byte budget.
     pub fn evictions(&self) -> u64 {
         self.inner.evictions.load(Ordering::Relaxed)
+    }
+
+    /// What the stored entries weigh, in bytes (as moka counts, after pending work).
+    pub fn weighed(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.inner.entries.weighted_size()
     }
 
     /// Entries currently stored (approximate, as moka counts).

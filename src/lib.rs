@@ -53,6 +53,11 @@ pub struct Options {
     pub response_cache_bytes: u64,
     /// Largest upstream response body accepted.
     pub max_upstream_body: usize,
+    /// Requests in flight to one upstream at once, for upstreams without
+    /// `maxConnections` (`--upstream-max-connections`).
+    pub upstream_max_connections: usize,
+    /// Largest response one operation may write (`--max-response-bytes`).
+    pub max_response_bytes: usize,
     /// Upstream timeout for upstreams without `timeoutMs`.
     pub upstream_timeout: Duration,
     /// Largest request body accepted from clients.
@@ -99,6 +104,8 @@ impl Default for Options {
             cache_bytes: 256 << 20,
             response_cache_bytes: 64 << 20,
             max_upstream_body: 16 << 20,
+            upstream_max_connections: 256,
+            max_response_bytes: 32 << 20,
             upstream_timeout: Duration::from_secs(10),
             max_request_body: 1 << 20,
             batch_window: Duration::from_millis(1),
@@ -152,6 +159,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         metrics.clone(),
         &options.upstream_ca,
         options.follow_redirects,
+        options.upstream_max_connections,
     );
     let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
     let bus = match &options.redis {
@@ -162,7 +170,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         None => bus::Bus::local(),
     };
     let cache = cache::Cache::with_bus(options.cache_bytes, bus.clone());
-    let runtime = Arc::new(resolve::Runtime::new(
+    let mut runtime = resolve::Runtime::new(
         plan,
         cache,
         client,
@@ -179,7 +187,9 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
                 .map_or(std::time::Duration::from_secs(10), |r| r.lease),
         ),
         metrics,
-    ));
+    );
+    runtime.max_response = options.max_response_bytes;
+    let runtime = Arc::new(runtime);
     // Invalidations from other replicas apply here as if made here (but are not sent on).
     let weak = Arc::downgrade(&runtime);
     tokio::spawn(async move {

@@ -26,7 +26,8 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, env = "LIVEGATE_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
-    /// Memory budget of the shared cache, in MiB of upstream bodies.
+    /// Memory budget of the shared cache, in MiB of what it keeps (parsed values, weighed
+    /// by their heap bytes).
     #[arg(long, env = "LIVEGATE_CACHE_SIZE_MB", default_value_t = 256)]
     cache_size_mb: u64,
     /// Memory budget of the whole-response cache, in MiB; 0 turns it off.
@@ -35,6 +36,13 @@ struct Cli {
     /// Largest upstream response body accepted, in bytes (larger: UPSTREAM_TOO_LARGE).
     #[arg(long, env = "LIVEGATE_MAX_UPSTREAM_BODY", default_value_t = 16 << 20)]
     max_upstream_body: usize,
+    /// Requests in flight to one upstream at once, for upstreams without
+    /// `@upstream(maxConnections:)`; more wait for a turn within their deadline.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_MAX_CONNECTIONS", default_value_t = 256)]
+    upstream_max_connections: usize,
+    /// Largest response one operation may write, in bytes (larger: RESPONSE_TOO_LARGE).
+    #[arg(long, env = "LIVEGATE_MAX_RESPONSE_BYTES", default_value_t = 32 << 20)]
+    max_response_bytes: usize,
     /// Upstream timeout in milliseconds, for upstreams without `timeoutMs`.
     #[arg(long, env = "LIVEGATE_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     upstream_timeout_ms: u64,
@@ -271,6 +279,8 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,
+        upstream_max_connections: cli.upstream_max_connections,
+        max_response_bytes: cli.max_response_bytes,
         upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
         max_request_body: cli.max_request_body,
         batch_window: Duration::from_millis(cli.batch_window_ms),
@@ -297,6 +307,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
             init_timeout: Duration::from_millis(cli.ws_init_timeout_ms),
             keepalive: Duration::from_millis(cli.ws_keepalive_ms.max(1)),
             max_queued_bytes: cli.max_queued_bytes,
+            ..Default::default()
         },
         body: livegate::server::body::BodyOptions {
             timeout: Duration::from_millis(cli.body_timeout_ms.max(1)),

@@ -15,6 +15,8 @@ pub struct Metrics {
     /// Whole responses served from the response cache.
     pub response_cache_hits: IntCounter,
     pub cache_entries: IntGauge,
+    /// What the shared cache's entries weigh, against `--cache-size-mb`.
+    pub cache_bytes: IntGauge,
     pub cache_evictions: IntCounter,
     pub upstream_socket_reconnects: IntCounter,
     /// Upstream HTTP requests by upstream, method and status class (`2xx`, `4xx`, `5xx`,
@@ -124,6 +126,7 @@ impl Metrics {
             ),
             response_cache_hits: counter(&r, "livegate_response_cache_hits_total", "Whole responses served from the response cache"),
             cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
+            cache_bytes: gauge(&r, "livegate_cache_bytes", "Heap bytes of the shared cache's entries (parsed values), within --cache-size-mb"),
             cache_evictions: counter(&r, "livegate_cache_evictions_total", "Entries dropped to stay within the cache's byte budget"),
             upstream_socket_reconnects: counter(&r, "livegate_upstream_socket_reconnects_total", "Upstream WebSocket reconnects after a drop"),
             upstream_requests: counter_vec(

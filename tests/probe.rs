@@ -348,3 +348,209 @@ async fn subscriptions_select_one_root_field_through_fragments() {
     assert_eq!(got["type"], "next", "{got}");
     assert_eq!(got["payload"]["data"]["me"]["name"], "user 1", "{got}");
 }
+
+/// An upstream with a list of `n` items at `/items/{n}`, counting its requests, and
+/// `/slow`, which answers after 100 ms while counting how many it holds at once.
+fn lists_upstream(in_flight: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/items/{n}",
+            get(
+                |axum::extract::Path(n): axum::extract::Path<usize>| async move {
+                    let items: Vec<Value> = (0..n)
+                        .map(|i| json!({"id": i.to_string(), "name": format!("item number {i}")}))
+                        .collect();
+                    axum::Json(Value::Array(items))
+                },
+            ),
+        )
+        .route(
+            "/slow/{i}",
+            get(move |axum::extract::Path(i): axum::extract::Path<usize>| {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    axum::Json(json!({"id": i.to_string(), "name": "slow"}))
+                }
+            }),
+        )
+}
+
+const LISTS: &str = r#"
+extend schema @upstream(name: "api", url: "{up}", maxConnections: 4)
+type Query {
+  items(n: Int): [Item] @rest(upstream: "api", path: "/items/{args.n}") @cache(maxAge: 60)
+  slow(i: Int): Item @rest(upstream: "api", path: "/slow/{args.i}")
+}
+type Item { id: ID name: String }
+"#;
+
+async fn lists_gateway(
+    options: livegate::Options,
+) -> (common::Upstream, Gateway, Arc<AtomicUsize>) {
+    let most = Arc::new(AtomicUsize::new(0));
+    let up = common::Upstream::start(lists_upstream(Arc::default(), most.clone())).await;
+    let gw = Gateway::start(&LISTS.replace("{up}", &up.url()), options).await;
+    (up, gw, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_weighs_what_it_keeps() {
+    let (up, gw, _) = lists_gateway(livegate::Options::default()).await;
+    let body_bytes = serde_json::to_vec(
+        &(0..20_000)
+            .map(|i| json!({"id": i.to_string(), "name": format!("item number {i}")}))
+            .collect::<Vec<_>>(),
+    )
+    .expect("encodes")
+    .len();
+    let v = gw.query("{ items(n: 20000) { id } }").await;
+    assert_eq!(v["data"]["items"][19_999]["id"], "19999");
+    let page = gw.metrics().await;
+    let weighed = common::sample(&page, "livegate_cache_bytes");
+    // The parsed list holds several times its body: the budget counts that.
+    assert!(
+        weighed > 4.0 * body_bytes as f64,
+        "weighed {weighed} for a body of {body_bytes}"
+    );
+    assert_eq!(up.count(), 1);
+
+    // A budget smaller than the parsed list: it is not kept (it was, when the budget
+    // counted body bytes), and what the cache holds stays within the budget.
+    let options = livegate::Options {
+        cache_bytes: (body_bytes as u64) * 2,
+        response_cache_bytes: 0,
+        ..livegate::Options::default()
+    };
+    let (up, gw, _) = lists_gateway(options).await;
+    for _ in 0..2 {
+        let v = gw.query("{ items(n: 20000) { id } }").await;
+        assert_eq!(v["data"]["items"][0]["id"], "0");
+    }
+    let page = gw.metrics().await;
+    assert!(common::sample(&page, "livegate_cache_bytes") <= (body_bytes * 2) as f64);
+    assert_eq!(up.count(), 2, "an entry beyond the budget was kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_past_its_bound_is_an_error_not_memory() {
+    let options = livegate::Options {
+        max_response_bytes: 200_000,
+        ..livegate::Options::default()
+    };
+    let (_up, gw, _) = lists_gateway(options).await;
+    let v = gw.query("{ items(n: 100000) { id name } }").await;
+    assert_eq!(
+        v["data"],
+        Value::Null,
+        "{}",
+        &v.to_string()[..200.min(v.to_string().len())]
+    );
+    assert_eq!(
+        error_code(&v).as_deref(),
+        Some("RESPONSE_TOO_LARGE"),
+        "{}",
+        v["errors"]
+    );
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(1));
+    // Under the bound: answered.
+    let v = gw.query("{ items(n: 1000) { id } }").await;
+    assert_eq!(v["data"]["items"][999]["id"], "999");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_gets_at_most_its_bound_of_requests_at_once() {
+    let (up, gw, most) = lists_gateway(livegate::Options::default()).await;
+    // 16 distinct requests at once (aliases of one query: the executor runs them together).
+    let fields: Vec<String> = (0..16)
+        .map(|i| format!("s{i}: slow(i: {i}) {{ id }}"))
+        .collect();
+    let v = gw.query(&format!("{{ {} }}", fields.join(" "))).await;
+    assert_eq!(v["data"]["s15"]["id"], "15", "{v}");
+    assert_eq!(up.count_matching("GET /slow"), 16);
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&most),
+        "{most} requests in flight at once; maxConnections is 4"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclaimed_reservation_frees_its_slot_on_a_timer() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (up, _) = (common::Upstream::start(axum::Router::new()).await, ());
+    let mut options = livegate::Options::default();
+    options.connection_limits.max_connections = 1;
+    options.ws.reservation_claim = std::time::Duration::from_millis(300);
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), options).await;
+    let client = reqwest::Client::new();
+    let _token = reserve(&client, &gw, "session=a").await;
+    let open_socket = || async {
+        let mut req = format!("ws://{}/graphql", gw.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        tokio_tungstenite::connect_async(req).await.is_ok()
+    };
+    assert!(!open_socket().await, "the reservation holds the only slot");
+    // Nobody reserves again: the timer alone frees the slot.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if open_socket().await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apq_keeps_only_documents_that_parse_and_validate() {
+    use sha2::Digest;
+    let (_up, gw, _) = gateway().await;
+    let client = reqwest::Client::new();
+    let register = |query: String| {
+        let client = client.clone();
+        let url = gw.url();
+        async move {
+            let hash = hex::encode(sha2::Sha256::digest(query.as_bytes()));
+            let body = json!({"query": query, "extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}});
+            let _ = client.post(&url).json(&body).send().await.expect("answers");
+            let by_hash =
+                json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hash}}});
+            let v: Value = client
+                .post(&url)
+                .json(&by_hash)
+                .send()
+                .await
+                .expect("answers")
+                .json()
+                .await
+                .expect("JSON");
+            v
+        }
+    };
+    for junk in [
+        format!("{{ not graphql {}", "x".repeat(1000)),
+        "{ nosuchfield }".to_string(),
+    ] {
+        let v = register(junk).await;
+        assert_eq!(
+            error_code(&v).as_deref(),
+            Some("PERSISTED_QUERY_NOT_FOUND"),
+            "{v}"
+        );
+    }
+    let v = register("{ user(id: \"5\") { name } }".to_string()).await;
+    assert_eq!(v["data"]["user"]["name"], "user 5", "{v}");
+}

@@ -7,12 +7,15 @@ use async_graphql_parser::types::ConstDirective;
 use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
-/// `@upstream(name, url, timeoutMs, headers, forwardHeaders)` on `extend schema`.
+/// `@upstream(name, url, timeoutMs, headers, forwardHeaders, maxConnections)` on
+/// `extend schema`.
 #[derive(Debug, Clone)]
 pub struct UpstreamDirective {
     pub name: Positioned<String>,
     pub url: Positioned<String>,
     pub timeout_ms: Option<Positioned<u64>>,
+    /// Requests in flight to this upstream at once (each holds a connection).
+    pub max_connections: Option<Positioned<u64>>,
     pub headers: Vec<Header>,
     /// Request headers of the client passed on to this upstream, by name.
     pub forward_headers: Vec<Positioned<String>>,
@@ -276,12 +279,20 @@ pub fn upstream(
 ) -> Option<Positioned<UpstreamDirective>> {
     let mut r = ArgReader::new(
         d,
-        &["name", "url", "timeoutMs", "headers", "forwardHeaders"],
+        &[
+            "name",
+            "url",
+            "timeoutMs",
+            "headers",
+            "forwardHeaders",
+            "maxConnections",
+        ],
         errors,
     );
     let name = r.required_string("name");
     let url = r.required_string("url");
     let timeout_ms = r.uint("timeoutMs");
+    let max_connections = r.uint("maxConnections");
     let headers = r.headers("headers");
     let forward_headers = r.strings("forwardHeaders");
     Some(Positioned::new(
@@ -289,6 +300,7 @@ pub fn upstream(
             name: name?,
             url: url?,
             timeout_ms,
+            max_connections,
             headers,
             forward_headers,
         },

@@ -916,9 +916,7 @@ async fn execute_on(
     }
     let mut errors = written.errors;
     cap_errors(&mut errors);
-    let mut body = Vec::with_capacity(written.data.len() + 32);
-    body.extend_from_slice(b"{\"data\":");
-    body.extend_from_slice(&written.data);
+    let mut body = written.data;
     if !errors.is_empty() {
         body.extend_from_slice(b",\"errors\":");
         if serde_json::to_writer(&mut body, &errors).is_err() {

@@ -35,8 +35,12 @@ struct Null {
     reported: bool,
 }
 
+/// What the response's bytes start with: the writer writes `data` in place after it, so
+/// the response is never copied whole.
+pub(super) const DATA_PREFIX: &[u8] = b"{\"data\":";
+
 pub(super) struct Written {
-    /// The `data` member's JSON.
+    /// The response so far: [`DATA_PREFIX`] and the `data` member's JSON.
     pub data: Vec<u8>,
     pub errors: Vec<ServerError>,
     /// Cache entries whose value did not fit what was selected: dropped, so the next
@@ -51,6 +55,8 @@ pub(super) struct Writer<'r, 'a> {
     path: Vec<Seg<'a>>,
     errors: Vec<ServerError>,
     misfits: Vec<CacheKey>,
+    /// The response went past `--max-response-bytes`: nothing more is written.
+    over: bool,
 }
 
 impl<'r, 'a> Writer<'r, 'a> {
@@ -58,18 +64,39 @@ impl<'r, 'a> Writer<'r, 'a> {
         Writer {
             run,
             results,
-            buf: Vec::with_capacity(1024),
+            buf: {
+                let mut buf = Vec::with_capacity(1024);
+                buf.extend_from_slice(DATA_PREFIX);
+                buf
+            },
             path: Vec::new(),
             errors: Vec::new(),
             misfits: Vec::new(),
+            over: false,
         }
     }
 
     /// Writes the root object (`data`): `null` if a non-null root field is null.
     pub fn root(mut self, root_type: &'a str, root: &Value, sets: &[&'a SelectionSet]) -> Written {
-        if self.object(root_type, root, 0, sets, None).is_err() {
-            self.buf.clear();
+        let failed = self.object(root_type, root, 0, sets, None).is_err();
+        if failed || self.over {
+            self.buf.truncate(DATA_PREFIX.len());
+            self.buf.shrink_to(1024);
             self.buf.extend_from_slice(b"null");
+        }
+        if self.over {
+            // One error says why; those of the part written are moot.
+            let max = self.run.rt.max_response;
+            let mut e = ServerError::new(
+                format!("the response is larger than {max} bytes (--max-response-bytes); select less, or page through the list"),
+                None,
+            );
+            e.extensions = Some({
+                let mut ext = async_graphql::ErrorExtensionValues::default();
+                ext.set("code", "RESPONSE_TOO_LARGE");
+                ext
+            });
+            self.errors = vec![e];
         }
         Written {
             data: self.buf,
@@ -155,8 +182,17 @@ impl<'r, 'a> Writer<'r, 'a> {
         src: Option<Src<'r>>,
         pos: Pos,
     ) -> Result<(), Null> {
+        if self.over {
+            return Err(Null { reported: true });
+        }
         let mark = self.buf.len();
         match self.inner(ty, value, sets, src, pos) {
+            Ok(()) if self.buf.len() > self.run.rt.max_response => {
+                // Given up at once: the buffer is not grown any further.
+                self.over = true;
+                self.buf.truncate(mark);
+                Err(Null { reported: true })
+            }
             Ok(()) => Ok(()),
             Err(null) => {
                 self.buf.truncate(mark);
@@ -192,6 +228,9 @@ impl<'r, 'a> Writer<'r, 'a> {
                 };
                 self.buf.push(b'[');
                 for (i, v) in items.iter().enumerate() {
+                    if self.over {
+                        return Err(Null { reported: true });
+                    }
                     if i > 0 {
                         self.buf.push(b',');
                     }

@@ -67,6 +67,9 @@ pub struct UpstreamPlan {
     /// Base URL; a field's path is appended to its path.
     pub url: url::Url,
     pub timeout: Option<Duration>,
+    /// `@upstream(maxConnections:)`: requests in flight at once (else
+    /// `--upstream-max-connections`); more wait for one to finish, within their deadline.
+    pub max_connections: Option<usize>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Client request headers passed on, lower-case names.
     pub forward_headers: Vec<http::HeaderName>,
@@ -530,12 +533,21 @@ fn upstreams(
             Some(t) => Some(Duration::from_millis(t.node)),
             None => None,
         };
+        let max_connections = match &d.max_connections {
+            Some(m) if m.node == 0 => {
+                errors.push(m.pos, "@upstream(maxConnections:) must be at least 1");
+                None
+            }
+            Some(m) => Some(usize::try_from(m.node).unwrap_or(usize::MAX)),
+            None => None,
+        };
         out.insert(
             name.clone(),
             Arc::new(UpstreamPlan {
                 name,
                 url,
                 timeout,
+                max_connections,
                 headers,
                 forward_headers,
             }),

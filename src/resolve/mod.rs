@@ -37,6 +37,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Invalidations reach the other replicas through it.
     pub bus: crate::bus::Bus,
+    /// Largest response one operation may write (`--max-response-bytes`).
+    pub max_response: usize,
     /// Fields already warned about (see [`Runtime::warn_unshareable`]).
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -63,6 +65,7 @@ impl Runtime {
             sockets,
             metrics,
             bus,
+            max_response: 32 << 20,
             warned: Default::default(),
         }
     }
@@ -80,6 +83,7 @@ impl Runtime {
             sockets: self.sockets.clone(),
             metrics: self.metrics.clone(),
             bus: self.bus.clone(),
+            max_response: self.max_response,
             warned: Default::default(),
         }
     }

@@ -30,6 +30,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &rt.metrics;
     m.cache_entries
         .set(i64::try_from(rt.cache.entry_count()).unwrap_or(i64::MAX));
+    m.cache_bytes
+        .set(i64::try_from(rt.cache.weighed()).unwrap_or(i64::MAX));
     m.upstream_sockets_open
         .set(rt.sockets.stats.open.load(Ordering::Relaxed) as i64);
     m.upstream_socket_connects

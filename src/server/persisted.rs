@@ -464,6 +464,29 @@ mod tests {
                 doc
             );
         }
+        // An id with capitals: found by its hash, which a request's case does not change.
+        let id = "ABCDEF0123456789".repeat(4);
+        std::fs::write(
+            &plain,
+            format!(r#"{{"{id}": "{{ c }}", "MixedCase": "{{ d }}"}}"#),
+        )
+        .expect("write");
+        let p =
+            Persisted::load(Some(&plain), false, 1 << 20, Bus::local(), counter()).expect("loads");
+        for asked in [id.clone(), id.to_ascii_lowercase()] {
+            assert_eq!(
+                p.document(None, Some(&pq(&asked)), None, async |_: &str| true)
+                    .await
+                    .expect("found"),
+                "{ c }"
+            );
+        }
+        assert_eq!(
+            p.document(None, Some(&pq("MixedCase")), None, async |_: &str| true)
+                .await
+                .expect("found"),
+            "{ d }"
+        );
         std::fs::write(&plain, r#"{"h1": 3}"#).expect("write");
         let err = Persisted::load(Some(&plain), false, 0, Bus::local(), counter()).err();
         assert!(err.is_some_and(|e| e.contains("the document of \"h1\" must be a string")));

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub const TOKEN_HEADER: &str = "x-graphql-event-stream-token";
-/// How long a reservation waits for its stream.
+/// How long a query posted to a reservation waits for room in its stream.
 const CLAIM_WITHIN: Duration = Duration::from_secs(30);
 
 /// The reservations of this gateway, by token.
@@ -51,6 +51,8 @@ pub struct Reservation {
     next_tag: AtomicU64,
     streaming: AtomicBool,
     created: tokio::time::Instant,
+    /// Dropped when no stream claimed it within this long.
+    claim_within: Duration,
     /// The headers of the `PUT` that can change an upstream's answer: only a caller
     /// with the same ones may post operations to the reservation or open its stream.
     credentials: HeaderMap,
@@ -109,7 +111,7 @@ impl Reservations {
             let tokens: Vec<String> = map
                 .iter()
                 .filter(|(_, r)| {
-                    !r.streaming.load(Ordering::Acquire) && r.created.elapsed() > CLAIM_WITHIN
+                    !r.streaming.load(Ordering::Acquire) && r.created.elapsed() > r.claim_within
                 })
                 .map(|(t, _)| t.clone())
                 .collect();
@@ -221,6 +223,7 @@ pub async fn put(
         next_tag: AtomicU64::new(1),
         streaming: AtomicBool::new(false),
         created: tokio::time::Instant::now(),
+        claim_within: state.ws.reservation_claim,
         credentials: super::detached(&headers, state.engine().responses.vary()),
         bucket: Mutex::new(super::limits::Bucket::new(
             state.limits.max_operations_per_second,

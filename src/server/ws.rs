@@ -835,6 +835,9 @@ pub struct WsOptions {
     /// Bytes of messages one socket (or SSE stream) may have queued for a client that does
     /// not read.
     pub max_queued_bytes: usize,
+    /// How long a graphql-sse reservation waits for its stream before it is dropped (and
+    /// its connection slot freed).
+    pub reservation_claim: Duration,
 }
 
 impl Default for WsOptions {
@@ -843,6 +846,7 @@ impl Default for WsOptions {
             init_timeout: Duration::from_secs(3),
             keepalive: Duration::from_secs(12),
             max_queued_bytes: 1 << 20,
+            reservation_claim: Duration::from_secs(30),
         }
     }
 }

@@ -80,6 +80,9 @@ fn forbids_sharing(cache_control: &str) -> bool {
     })
 }
 
+/// Semaphores of requests in flight, by upstream name, URL and bound.
+type Bounds = std::collections::HashMap<(String, String, usize), Arc<tokio::sync::Semaphore>>;
+
 /// The shared client of all upstream calls.
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -87,6 +90,11 @@ pub struct UpstreamClient {
     default_timeout: Duration,
     max_body: usize,
     metrics: Arc<Metrics>,
+    /// `--upstream-max-connections`, for upstreams without `maxConnections`.
+    default_max_connections: usize,
+    /// Requests in flight by upstream (name, URL and bound: a reload that changes one
+    /// gets a bound of its own).
+    in_flight: Arc<std::sync::Mutex<Bounds>>,
 }
 
 impl UpstreamClient {
@@ -96,6 +104,7 @@ impl UpstreamClient {
         metrics: Arc<Metrics>,
         roots: &super::tls::ExtraRoots,
         follow_redirects: bool,
+        default_max_connections: usize,
     ) -> Self {
         let mut builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
@@ -113,7 +122,21 @@ impl UpstreamClient {
             default_timeout,
             max_body,
             metrics,
+            default_max_connections: default_max_connections.max(1),
+            in_flight: Default::default(),
         }
+    }
+
+    /// The bound on `upstream`'s requests in flight.
+    fn bound(&self, upstream: &crate::plan::UpstreamPlan) -> Arc<tokio::sync::Semaphore> {
+        let max = upstream
+            .max_connections
+            .unwrap_or(self.default_max_connections);
+        let key = (upstream.name.clone(), upstream.url.to_string(), max);
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max)))
+            .clone()
     }
 
     /// Sends `req` and returns the parsed JSON body and its size in bytes.
@@ -130,7 +153,15 @@ impl UpstreamClient {
     ) -> Result<Answer, UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, self.exchange(req, validators)).await {
+        // At most the upstream's bound of requests in flight (thousands of new topics at
+        // once must not open thousands of connections); the rest wait their turn within
+        // their deadline.
+        let bound = self.bound(&req.upstream);
+        let bounded = async {
+            let _permit = bound.acquire().await;
+            self.exchange(req, validators).await
+        };
+        let result = match tokio::time::timeout(timeout, bounded).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: req.upstream.name.clone(),

@@ -27,11 +27,13 @@ let demo;
 let gateway;
 let chat;
 before(async () => {
-  const [gw, chatPort, usersPort] = [await freePort(), await freePort(), await freePort()];
+  // Every port free, none of the demo's defaults (4000-4003): a demo already running
+  // must not fail the suite.
+  const [gw, chatPort, usersPort, activityPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
   gateway = `http://127.0.0.1:${gw}`;
   chat = `http://127.0.0.1:${chatPort}`;
   demo = spawn(demoBin, ['--listen', `127.0.0.1:${gw}`], {
-    env: { ...process.env, LIVEGATE_UPSTREAM_CHAT_URL: chat, LIVEGATE_UPSTREAM_USERS_URL: `http://127.0.0.1:${usersPort}` },
+    env: { ...process.env, LIVEGATE_UPSTREAM_CHAT_URL: chat, LIVEGATE_UPSTREAM_USERS_URL: `http://127.0.0.1:${usersPort}`, LIVEGATE_UPSTREAM_ACTIVITY_URL: `http://127.0.0.1:${activityPort}` },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   // The demo prints its URLs once it listens.
