@@ -377,3 +377,121 @@ proptest! {
         }
     }
 }
+
+/// One layer of nesting: what opens it and what closes it. Every recursive construct of
+/// the grammar (list and object values, selection sets, inline fragments, arguments,
+/// list types) and of JSON (arrays, objects).
+fn layer() -> impl Strategy<Value = (&'static str, &'static str)> {
+    prop_oneof![
+        Just(("[", "]")),
+        Just(("{a: ", "}")),
+        Just(("user(id: \"1\") { ", " }")),
+        Just(("... on Query { ", " }")),
+        Just(("f(x: ", ")")),
+        Just(("[", "!]")),
+    ]
+}
+
+/// Where the nesting goes: the document (as a query argument, a variable's default, a
+/// directive argument, a selection) or the JSON of `variables` or `extensions`.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Argument,
+    Default,
+    Directive,
+    Selection,
+    Variables,
+    Extensions,
+}
+
+fn deep_request() -> impl Strategy<Value = (Place, Vec<(&'static str, &'static str)>, bool)> {
+    let place = prop_oneof![
+        Just(Place::Argument),
+        Just(Place::Default),
+        Just(Place::Directive),
+        Just(Place::Selection),
+        Just(Place::Variables),
+        Just(Place::Extensions),
+    ];
+    // Runs of one layer or a mixture, up to 5,000 deep; over GET or POST.
+    (
+        place,
+        proptest::collection::vec(layer(), 1..5_000),
+        any::<bool>(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases().min(2_000), ..ProptestConfig::default() })]
+
+    /// Nesting of any depth, of any construct, anywhere in a request, is answered (a
+    /// request error past the bounds), never a stack overflow: the gateway runs on a
+    /// multi-threaded runtime's workers, as in production, and an overflow would abort
+    /// this test binary.
+    #[test]
+    fn deep_nesting_anywhere_is_answered((place, layers, get) in deep_request()) {
+        use tower::ServiceExt;
+        let open: String = layers.iter().map(|(o, _)| *o).collect();
+        let close: String = layers.iter().rev().map(|(_, c)| *c).collect();
+        let nested = format!("{open}1{close}");
+        let json_nested = format!("{}1{}", "[".repeat(layers.len()), "]".repeat(layers.len()));
+        let (query, variables, extensions) = match place {
+            Place::Argument => (format!("{{ user(id: {nested}) {{ id }} }}"), None, None),
+            Place::Default => (format!("query($v: ID = {nested}) {{ user(id: $v) {{ id }} }}"), None, None),
+            Place::Directive => (format!("{{ user(id: \"1\") @include(if: {nested}) {{ id }} }}"), None, None),
+            Place::Selection => (format!("{{ {open}id{close} }}"), None, None),
+            Place::Variables => ("query($v: ID) { user(id: $v) { id } }".to_string(), Some(format!("{{\"v\": {json_nested}}}")), None),
+            Place::Extensions => ("{ __typename }".to_string(), None, Some(format!("{{\"e\": {json_nested}}}"))),
+        };
+        let (rt, app) = router();
+        // A URL longer than the HTTP library takes goes as a POST.
+        let get = get && query.len() + variables.as_ref().map_or(0, String::len) + extensions.as_ref().map_or(0, String::len) < 20_000;
+        let req = if get {
+            let mut q = url::form_urlencoded::Serializer::new(String::new());
+            q.append_pair("query", &query);
+            if let Some(v) = &variables { q.append_pair("variables", v); }
+            if let Some(e) = &extensions { q.append_pair("extensions", e); }
+            http::Request::builder().uri(format!("/graphql?{}", q.finish())).body(axum::body::Body::empty())
+        } else {
+            let mut body = format!("{{\"query\": {}", serde_json::Value::String(query.clone()));
+            if let Some(v) = &variables { body.push_str(&format!(", \"variables\": {v}")); }
+            if let Some(e) = &extensions { body.push_str(&format!(", \"extensions\": {e}")); }
+            body.push('}');
+            http::Request::builder().method("POST").uri("/graphql")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body))
+        }.expect("request");
+        let (status, bytes) = rt.block_on(async {
+            let res = app.clone().oneshot(req).await.expect("infallible");
+            let status = res.status().as_u16();
+            let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap_or_default();
+            (status, bytes)
+        });
+        prop_assert!([200, 400, 413].contains(&status), "status {status}");
+        let parsed = serde_json::from_slice::<serde_json::Value>(&bytes);
+        prop_assert!(parsed.is_ok(), "not JSON: {}", String::from_utf8_lossy(&bytes));
+    }
+}
+
+proptest! {
+    // Each case is a document of up to 15,000 fragments: fewer cases.
+    #![proptest_config(ProptestConfig { cases: (cases() / 30).max(5), ..ProptestConfig::default() })]
+
+    /// A chain of fragment spreads of any length is answered, never walked off the stack.
+    #[test]
+    fn any_chain_of_fragment_spreads_is_answered(n in 1usize..15_000) {
+        use tower::ServiceExt;
+        let mut doc = String::from("{ ...F0 }\n");
+        for i in 0..n {
+            doc.push_str(&format!("fragment F{i} on Query {{ ...F{} }}\n", i + 1));
+        }
+        doc.push_str(&format!("fragment F{n} on Query {{ __typename }}\n"));
+        let body = serde_json::json!({ "query": doc }).to_string();
+        let (rt, app) = router();
+        let req = http::Request::builder().method("POST").uri("/graphql")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body)).expect("request");
+        let status = rt.block_on(async { app.clone().oneshot(req).await.expect("infallible").status().as_u16() });
+        prop_assert!([200, 400, 413].contains(&status), "status {status}");
+    }
+}
