@@ -7,10 +7,6 @@
 use serde_json::Value;
 use std::mem::size_of;
 
-/// What the allocator adds to each allocation, on average (size-class rounding and
-/// headers).
-const PER_ALLOCATION: usize = 16;
-
 /// The heap bytes `value` holds (not counting its own root `Value`), walked without
 /// recursion.
 pub fn json(value: &Value) -> usize {
@@ -27,22 +23,37 @@ pub fn json(value: &Value) -> usize {
             Value::Object(map) => {
                 pending.extend(map.values());
                 // Each entry: its key (a `String` and its bytes), its value and hash in
-                // the entries vector, and a slot of the index (with its load factor).
+                // the entries vector (grown by doubling), and the index: a hash table of
+                // `usize` slots, a power of two at most 7/8 full, with a control byte each
+                // and a group's worth more.
                 let keys: usize = map.keys().map(|k| allocation(k.len())).sum();
-                let entries = map.len() * (size_of::<String>() + size_of::<Value>() + 8);
-                let index = map.len() * 8 * 8 / 7;
-                keys + allocation(entries) + allocation(index)
+                let len = map.len();
+                let entry = size_of::<String>() + size_of::<Value>() + 8;
+                let entries = allocation(len.next_power_of_two() * entry);
+                let buckets = if len < 4 {
+                    4
+                } else {
+                    (len * 8).div_ceil(7).next_power_of_two()
+                };
+                let index = if len == 0 {
+                    0
+                } else {
+                    allocation(buckets * 9 + 16)
+                };
+                keys + entries + index
             }
         });
     }
     total
 }
 
+/// What an allocation of `bytes` takes: small ones round up to the allocator's 16-byte
+/// size classes, larger ones to classes about an eighth apart.
 fn allocation(bytes: usize) -> usize {
-    if bytes == 0 {
-        0
-    } else {
-        bytes + PER_ALLOCATION
+    match bytes {
+        0 => 0,
+        1..=1024 => bytes.div_ceil(16) * 16,
+        _ => bytes + bytes / 8,
     }
 }
 
