@@ -10,7 +10,8 @@
 //! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
 //! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache):
 //!   in-process, or through Redis with `--redis-url`.
-//! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight.
+//! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight;
+//!   each entry weighed by [`weight`] (the heap bytes of its parsed value).
 //! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
 //!   entry they were built from is.
 //! - [`upstream`] ⑤ the outside world: one REST request, every failure classified.

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub subscription_groups: IntGaugeVec,
     /// Events dropped for clients that read too slowly.
     pub events_dropped: IntCounter,
+    /// Upstream socket messages known lost across a handover (a standby that fell too far
+    /// behind its holder).
+    pub events_lost: IntCounter,
     /// Persisted-document lookups by result: `hit`, `miss`, `registered`, `refused`.
     pub persisted: IntCounterVec,
     /// 1, labelled with the SHA-256 of the schema in service.
@@ -197,6 +200,11 @@ impl Metrics {
                 &r,
                 "livegate_events_dropped_total",
                 "Events dropped for clients that read too slowly (the oldest queued go first)",
+            ),
+            events_lost: counter(
+                &r,
+                "livegate_events_lost_total",
+                "Upstream socket messages known lost across a handover between replicas",
             ),
             invalidations: counter_vec(
                 &r,

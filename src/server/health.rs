@@ -43,6 +43,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         &m.upstream_socket_reconnects,
         rt.sockets.stats.reconnects.load(Ordering::Relaxed),
     );
+    catch_up(
+        &m.events_lost,
+        rt.sockets.stats.lost.load(Ordering::Relaxed),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -8,6 +8,11 @@
 //!   feeds refetch (messages may have been missed meanwhile).
 //! - The upstream's `headers` go with the handshake.
 //! - A message that is not JSON is counted and skipped.
+//! - With other replicas (Redis), one holds the socket and republishes its messages; one
+//!   follower keeps a warm [`Standby`] socket whose messages wait, matched against the
+//!   republished ones, so that when the holder dies the standby takes over on its open
+//!   socket and passes on exactly what the holder never did. Two sockets per stream for
+//!   the cluster.
 //!
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
@@ -50,6 +55,9 @@ pub struct SocketStats {
     pub reconnects: AtomicU64,
     pub open: AtomicUsize,
     pub skipped: AtomicU64,
+    /// Messages known lost: a standby that fell too far behind its holder's republished
+    /// stream (see [`Standby`]).
+    pub lost: AtomicU64,
 }
 
 pub struct Sockets {
@@ -162,6 +170,236 @@ fn ws_url(upstream: &UpstreamPlan, path: &str) -> url::Url {
     url
 }
 
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How to open the socket: its URL, the upstream's headers, limits and TLS.
+struct Dial<'a> {
+    url: &'a url::Url,
+    upstream: &'a UpstreamPlan,
+    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
+    tls: Option<tokio_tungstenite::Connector>,
+}
+
+impl Dial<'_> {
+    /// A connected socket, or why not (scrubbed of the URL's secrets).
+    async fn dial(&self) -> Result<WsStream, String> {
+        let scrub = |e: &dyn std::fmt::Display| super::scrub(&e.to_string(), self.url);
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| scrub(&e))?;
+        for (k, v) in &self.upstream.headers {
+            request.headers_mut().insert(k.clone(), v.clone());
+        }
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(self.config),
+            false,
+            self.tls.clone(),
+        );
+        match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(scrub(&e)),
+            Err(_) => Err("the handshake timed out".into()),
+        }
+    }
+}
+
+/// A content hash of a message, to match what a standby read with what the holder
+/// republished (both parsed from the same text, keys in order).
+fn fingerprint(v: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(v).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// A warm standby: one follower of the cluster (the holder of the socket's second lease)
+/// keeps a socket of its own to the upstream, reading every message but delivering none
+/// while the holder's republished stream carries the same ones. When the holder dies, the
+/// standby becomes the holder on its open socket and delivers (and republishes) exactly
+/// the messages the holder never republished: none lost, none doubled. It costs the
+/// upstream a second socket per stream for the whole cluster.
+struct Standby {
+    /// Asks the reader task for the socket back (it stops reading).
+    handback: Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<WsStream>>>,
+    /// What the reader read, in order.
+    read: tokio::sync::mpsc::Receiver<Arc<Value>>,
+    /// Read here, not yet seen republished: (fingerprint, message).
+    pending: std::collections::VecDeque<(u64, Arc<Value>)>,
+    /// Republished, not yet read here (the holder is ahead): fingerprints.
+    ahead: std::collections::VecDeque<u64>,
+    /// Cleared by the reader when its socket drops.
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<SocketStats>,
+}
+
+impl Standby {
+    /// Opens the standby's socket and its reader, which renews the standby lease `lease`
+    /// (on `bus`, every third of `lease_for`) while it reads.
+    async fn start(
+        dial: &Dial<'_>,
+        stats: Arc<SocketStats>,
+        lease: (crate::bus::Bus, String, Duration),
+    ) -> Option<Standby> {
+        let ws = match dial.dial().await {
+            Ok(ws) => ws,
+            Err(error) => {
+                tracing::debug!(error, "standby upstream socket failed to connect");
+                return None;
+            }
+        };
+        stats.connects.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let (tx, read) = tokio::sync::mpsc::channel(BUFFER);
+        let (handback, asked) = tokio::sync::oneshot::channel();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        tokio::spawn(standby_reader(
+            ws,
+            tx,
+            asked,
+            alive.clone(),
+            stats.clone(),
+            lease,
+        ));
+        Some(Standby {
+            handback: Some(handback),
+            read,
+            pending: Default::default(),
+            ahead: Default::default(),
+            alive,
+            stats,
+        })
+    }
+
+    /// Takes in what the reader read so far, each matched against the holder's.
+    fn take_read(&mut self) {
+        while let Ok(v) = self.read.try_recv() {
+            let fp = fingerprint(&v);
+            if let Some(at) = self.ahead.iter().position(|f| *f == fp) {
+                self.ahead.remove(at);
+                continue;
+            }
+            if self.pending.len() >= BUFFER {
+                // The holder has not republished this many: the oldest is given up.
+                self.pending.pop_front();
+                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            self.pending.push_back((fp, v));
+        }
+    }
+
+    /// The holder republished `v`.
+    fn republished(&mut self, v: &Value) {
+        self.take_read();
+        let fp = fingerprint(v);
+        if let Some(at) = self.pending.iter().position(|(f, _)| *f == fp) {
+            self.pending.remove(at);
+        } else {
+            if self.ahead.len() >= BUFFER {
+                self.ahead.pop_front();
+            }
+            self.ahead.push_back(fp);
+        }
+    }
+
+    /// Whether its socket still reads.
+    fn alive(&self) -> bool {
+        !self.read.is_closed() && self.alive.load(Ordering::Acquire)
+    }
+
+    /// The socket back (if it still reads), with the messages the holder never
+    /// republished, in order.
+    async fn take_over(mut self) -> (Option<WsStream>, Vec<Arc<Value>>) {
+        let (reply, socket) = tokio::sync::oneshot::channel();
+        let ws = match self.handback.take().map(|h| h.send(reply)) {
+            Some(Ok(())) => socket.await.ok(),
+            _ => None,
+        };
+        // Counted as the holder's socket from here (or closed).
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.take_read();
+        let missed = self.pending.drain(..).map(|(_, v)| v).collect();
+        (ws, missed)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        // The reader stops when its handback is dropped unanswered; `take_over` counts
+        // the socket as the holder's.
+        if self.handback.is_some() {
+            self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads the standby's socket until it is asked for it back (or the standby is dropped,
+/// or the socket drops: then the channel closes).
+async fn standby_reader(
+    mut ws: WsStream,
+    tx: tokio::sync::mpsc::Sender<Arc<Value>>,
+    mut asked: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<WsStream>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<SocketStats>,
+    (bus, lease, lease_for): (crate::bus::Bus, String, Duration),
+) {
+    // Renewed here, on time: the follower's loop waits on Redis reads of up to a second.
+    let mut renew = tokio::time::interval((lease_for / 3).max(Duration::from_millis(50)));
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {
+                if bus.lease(&lease, lease_for).await == Lease::Other {
+                    // Another follower keeps the standby now.
+                    alive.store(false, Ordering::Release);
+                    let _ = ws.close(None).await;
+                    return;
+                }
+            }
+            reply = &mut asked => {
+                match reply {
+                    Ok(reply) => {
+                        let _ = reply.send(ws);
+                    }
+                    Err(_) => {
+                        let _ = ws.close(None).await;
+                    }
+                }
+                return;
+            }
+            msg = ws.next() => {
+                let parsed = match msg {
+                    Some(Ok(Message::Text(text))) => serde_json::from_str::<Value>(text.as_str()).ok(),
+                    Some(Ok(Message::Binary(b))) => serde_json::from_slice::<Value>(&b).ok(),
+                    Some(Ok(Message::Ping(p))) => {
+                        let _ = ws.send(Message::Pong(p)).await;
+                        continue;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => {
+                        // Dropped: the follower gives this standby up for a new one.
+                        alive.store(false, Ordering::Release);
+                        return;
+                    }
+                };
+                match parsed {
+                    Some(v) => {
+                        if tx.try_send(Arc::new(v)).is_err() {
+                            stats.lost.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None => {
+                        stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Cheap jitter without a random-number crate: the clock's nanoseconds.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -186,11 +424,11 @@ async fn run(
     let url = ws_url(&upstream, &key.1);
     // What log lines show of it: no userinfo, no query.
     let shown = super::redact(&url);
-    let scrub = |e: &dyn std::fmt::Display| super::scrub(&e.to_string(), &url);
     let lease_name = format!("sock:{}:{}", key.0, key.1);
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut standby: Option<Standby> = None;
     loop {
         let Some(owner) = owner_weak.upgrade() else {
             return;
@@ -205,6 +443,9 @@ async fn run(
         // Idle check between attempts too: a dead upstream nobody wants is given up.
         if idle.retired(&mut idle_since) {
             owner.bus.release(&lease_name).await;
+            if standby.take().is_some() {
+                owner.bus.release(&standby_lease(&lease_name)).await;
+            }
             return;
         }
         let tls = owner.tls.clone();
@@ -213,6 +454,12 @@ async fn run(
             .max_frame_size(Some(owner.max_message));
         let (bus, lease_for) = (owner.bus.clone(), owner.lease);
         drop(owner);
+        let dial = Dial {
+            url: &url,
+            upstream: &upstream,
+            config,
+            tls,
+        };
 
         let role = bus.lease(&lease_name, lease_for).await;
         if role == Lease::Other {
@@ -221,14 +468,21 @@ async fn run(
                 bus: &bus,
                 name: &lease_name,
                 lease_for,
+                dial: &dial,
+                stats: &stats,
             };
-            match follower.follow(connected_before).await {
+            match follower.follow(connected_before, &mut standby).await {
                 Followed::Retired => return,
                 // Our turn: connect, and say that messages may have been missed.
                 Followed::Ours => {}
                 // Redis would not let us follow: try again after a pause (then, if it is
                 // away, hold our own socket).
                 Followed::Failed => {
+                    if standby.is_none() {
+                        // Said once per switch-over: what the upstream sends until this
+                        // replica holds a socket of its own is not seen here.
+                        tracing::warn!(upstream = %upstream.name, path = %key.1, "the holder's messages cannot be read from Redis: this replica opens its own upstream socket; messages sent meanwhile may be missed (its live entries refetch)");
+                    }
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
@@ -237,34 +491,30 @@ async fn run(
             continue;
         }
 
-        let request = url.as_str().into_client_request().map(|mut r| {
-            for (k, v) in &upstream.headers {
-                r.headers_mut().insert(k.clone(), v.clone());
+        // A standby become the holder: its open socket, and the messages the old holder
+        // never passed on. The standby lease is free for another follower.
+        let (taken, missed) = match standby.take() {
+            Some(s) => {
+                bus.release(&standby_lease(&lease_name)).await;
+                s.take_over().await
             }
-            r
-        });
-        let connected = match request {
-            Ok(r) => {
-                let connect =
-                    tokio_tungstenite::connect_async_tls_with_config(r, Some(config), false, tls);
-                tokio::time::timeout(Duration::from_secs(10), connect).await
-            }
-            Err(e) => {
-                tracing::error!(
-                    url = shown,
-                    error = scrub(&e),
-                    "upstream socket URL is unusable"
-                );
-                return;
-            }
+            None => (None, Vec::new()),
+        };
+        let handed_over = taken.is_some();
+        let connected = match taken {
+            Some(ws) => Ok(ws),
+            None => dial.dial().await,
         };
         match connected {
-            Ok(Ok((ws, _))) => {
-                stats.connects.fetch_add(1, Ordering::Relaxed);
+            Ok(ws) => {
+                if !handed_over {
+                    stats.connects.fetch_add(1, Ordering::Relaxed);
+                }
                 stats.open.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket open");
+                tracing::info!(upstream = %upstream.name, path = %key.1, standby = handed_over, "upstream socket open");
                 backoff = Duration::from_millis(100);
-                if connected_before {
+                // A standby's socket missed nothing: its own taps heard every message.
+                if connected_before && !handed_over {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     let _ = socket.tx.send(Event::Reconnected);
                 }
@@ -275,6 +525,14 @@ async fn run(
                     lease_for,
                     role,
                 };
+                if !missed.is_empty() {
+                    tracing::info!(upstream = %upstream.name, path = %key.1, messages = missed.len(), "standby took the upstream socket over: passing on what the old holder never did");
+                }
+                for v in missed {
+                    let text = v.to_string();
+                    let _ = socket.tx.send(Event::Message(v));
+                    holder.republish(&text).await;
+                }
                 let ended = read(ws, &socket, &stats, &idle, &url, &mut holder).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 match ended {
@@ -292,12 +550,7 @@ async fn run(
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(
-                url = shown,
-                error = scrub(&e),
-                "upstream socket failed to connect"
-            ),
-            Err(_) => tracing::warn!(url = shown, "upstream socket handshake timed out"),
+            Err(error) => tracing::warn!(url = shown, error, "upstream socket failed to connect"),
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -347,6 +600,13 @@ struct Follower<'a> {
     bus: &'a crate::bus::Bus,
     name: &'a str,
     lease_for: Duration,
+    dial: &'a Dial<'a>,
+    stats: &'a Arc<SocketStats>,
+}
+
+/// The name of a socket's second lease: who keeps the warm standby.
+fn standby_lease(name: &str) -> String {
+    format!("{name}:standby")
 }
 
 /// How following ended.
@@ -365,14 +625,22 @@ impl Follower<'_> {
     /// cannot be read. A message of an older holder than one already heard is dropped; a
     /// newer holder means messages may have been missed meanwhile, and so does starting
     /// to follow again (`resumed`): the taps are told to refetch.
-    async fn follow(&self, resumed: bool) -> Followed {
+    async fn follow(&self, resumed: bool, standby: &mut Option<Standby>) -> Followed {
         let Some(mut events) = self.bus.events(self.name).await else {
             return Followed::Failed;
         };
         let socket = self.idle.socket;
         if resumed {
             let _ = socket.tx.send(Event::Reconnected);
+            // What the standby read before now is not its to pass on: the taps refetch.
+            if let Some(s) = standby.as_mut() {
+                s.take_read();
+                s.pending.clear();
+                s.ahead.clear();
+            }
         }
+        let standby_name = standby_lease(self.name);
+        self.keep_standby(standby, &standby_name).await;
         let mut newest = 0u64;
         let renew_every = (self.lease_for / 3).max(Duration::from_millis(50));
         let mut renew_at = tokio::time::Instant::now() + renew_every;
@@ -381,30 +649,83 @@ impl Follower<'_> {
             let Ok(batch) = events.next().await else {
                 return Followed::Failed;
             };
-            for (generation, message) in batch {
-                if generation < newest {
-                    continue;
-                }
-                if generation > newest && newest != 0 {
-                    let _ = socket.tx.send(Event::Reconnected);
-                }
-                newest = generation;
-                let event = match message {
-                    Some(m) => Event::Message(m),
-                    // Too big to pass through Redis: refetch instead.
-                    None => Event::Reconnected,
-                };
-                let _ = socket.tx.send(event);
-            }
+            self.pass_on(batch, &mut newest, standby);
             if self.idle.retired(&mut idle_since) {
+                if standby.take().is_some() {
+                    self.bus.release(&standby_name).await;
+                }
                 return Followed::Retired;
             }
             if tokio::time::Instant::now() >= renew_at {
                 renew_at = tokio::time::Instant::now() + renew_every;
                 if self.bus.lease(self.name, self.lease_for).await != Lease::Other {
+                    // What the old holder republished last, before the standby decides
+                    // what it never did.
+                    if standby.is_some() {
+                        if let Ok(batch) = events.next().await {
+                            self.pass_on(batch, &mut newest, standby);
+                        }
+                    }
                     return Followed::Ours;
                 }
+                self.keep_standby(standby, &standby_name).await;
             }
+        }
+    }
+
+    /// Passes the holder's messages on to this replica's taps (and shows them to the
+    /// standby). A message of an older holder than one already heard is dropped; a newer
+    /// holder means messages may have been missed meanwhile: the taps are told.
+    fn pass_on(
+        &self,
+        batch: Vec<(u64, Option<Arc<Value>>)>,
+        newest: &mut u64,
+        standby: &mut Option<Standby>,
+    ) {
+        let socket = self.idle.socket;
+        for (generation, message) in batch {
+            if generation < *newest {
+                continue;
+            }
+            if generation > *newest && *newest != 0 {
+                let _ = socket.tx.send(Event::Reconnected);
+            }
+            *newest = generation;
+            let event = match message {
+                Some(m) => {
+                    if let Some(s) = standby.as_mut() {
+                        s.republished(&m);
+                    }
+                    Event::Message(m)
+                }
+                // Too big to pass through Redis: refetch instead.
+                None => Event::Reconnected,
+            };
+            let _ = socket.tx.send(event);
+        }
+        if let Some(s) = standby.as_mut() {
+            s.take_read();
+        }
+    }
+
+    /// Keeps (or takes up, or gives up) the standby lease, and the standby's socket with
+    /// it; a standby whose socket dropped is replaced.
+    async fn keep_standby(&self, standby: &mut Option<Standby>, name: &str) {
+        if standby.as_ref().is_some_and(|s| !s.alive()) {
+            *standby = None;
+        }
+        // A standby's reader renews its lease.
+        if standby.is_some() {
+            return;
+        }
+        match self.bus.lease(name, self.lease_for).await {
+            Lease::Held(_) => {
+                let lease = (self.bus.clone(), name.to_string(), self.lease_for);
+                *standby = Standby::start(self.dial, self.stats.clone(), lease).await;
+            }
+            Lease::Other => *standby = None,
+            // Redis is away: the standby is what will serve this replica.
+            Lease::Solo => {}
         }
     }
 }
