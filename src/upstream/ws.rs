@@ -55,8 +55,9 @@ pub struct SocketStats {
     pub reconnects: AtomicU64,
     pub open: AtomicUsize,
     pub skipped: AtomicU64,
-    /// Messages known lost: a standby that fell too far behind its holder's republished
-    /// stream (see [`Standby`]).
+    /// Messages that may be lost: a standby that took over had given up this many of
+    /// its own copies (it fell too far behind its holder's republished stream), which
+    /// the dead holder may or may not have passed on (see [`Standby`]).
     pub lost: AtomicU64,
 }
 
@@ -233,6 +234,8 @@ struct Standby {
     ahead: std::collections::VecDeque<u64>,
     /// Cleared by the reader when its socket drops.
     alive: Arc<std::sync::atomic::AtomicBool>,
+    /// Copies given up for want of room: lost, should this standby take over.
+    given_up: Arc<AtomicU64>,
     stats: Arc<SocketStats>,
 }
 
@@ -256,11 +259,12 @@ impl Standby {
         let (tx, read) = tokio::sync::mpsc::channel(BUFFER);
         let (handback, asked) = tokio::sync::oneshot::channel();
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let given_up = Arc::new(AtomicU64::new(0));
         tokio::spawn(standby_reader(
             ws,
             tx,
             asked,
-            alive.clone(),
+            (alive.clone(), given_up.clone()),
             stats.clone(),
             lease,
         ));
@@ -270,6 +274,7 @@ impl Standby {
             pending: Default::default(),
             ahead: Default::default(),
             alive,
+            given_up,
             stats,
         })
     }
@@ -283,9 +288,10 @@ impl Standby {
                 continue;
             }
             if self.pending.len() >= BUFFER {
-                // The holder has not republished this many: the oldest is given up.
+                // The holder has not republished this many: the oldest is given up
+                // (counted as lost only if this standby takes over).
                 self.pending.pop_front();
-                self.stats.lost.fetch_add(1, Ordering::Relaxed);
+                self.given_up.fetch_add(1, Ordering::Relaxed);
             }
             self.pending.push_back((fp, v));
         }
@@ -321,6 +327,14 @@ impl Standby {
         // Counted as the holder's socket from here (or closed).
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         self.take_read();
+        let given_up = self.given_up.load(Ordering::Relaxed);
+        if given_up > 0 {
+            self.stats.lost.fetch_add(given_up, Ordering::Relaxed);
+            tracing::warn!(
+                messages = given_up,
+                "the standby had given up copies it had no room for: they may be lost"
+            );
+        }
         let missed = self.pending.drain(..).map(|(_, v)| v).collect();
         (ws, missed)
     }
@@ -342,7 +356,7 @@ async fn standby_reader(
     mut ws: WsStream,
     tx: tokio::sync::mpsc::Sender<Arc<Value>>,
     mut asked: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<WsStream>>,
-    alive: Arc<std::sync::atomic::AtomicBool>,
+    (alive, given_up): (Arc<std::sync::atomic::AtomicBool>, Arc<AtomicU64>),
     stats: Arc<SocketStats>,
     (bus, lease, lease_for): (crate::bus::Bus, String, Duration),
 ) {
@@ -388,7 +402,7 @@ async fn standby_reader(
                 match parsed {
                     Some(v) => {
                         if tx.try_send(Arc::new(v)).is_err() {
-                            stats.lost.fetch_add(1, Ordering::Relaxed);
+                            given_up.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     None => {
@@ -832,5 +846,58 @@ async fn read(
                 None => return Ended::Dropped,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod standby_tests {
+    use super::*;
+
+    fn standby() -> (Standby, tokio::sync::mpsc::Sender<Arc<Value>>) {
+        let (tx, read) = tokio::sync::mpsc::channel(BUFFER);
+        let standby = Standby {
+            handback: None,
+            read,
+            pending: Default::default(),
+            ahead: Default::default(),
+            alive: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            given_up: Arc::default(),
+            stats: Arc::default(),
+        };
+        (standby, tx)
+    }
+
+    fn msg(n: u64) -> Arc<Value> {
+        Arc::new(serde_json::json!({ "n": n }))
+    }
+
+    #[test]
+    fn what_the_holder_republished_is_not_passed_on_again_whichever_came_first() {
+        let (mut s, tx) = standby();
+        // The holder ahead of the standby for 1 and 2, behind it for 3 and 4.
+        s.republished(&msg(1));
+        s.republished(&msg(2));
+        for n in 1..=5 {
+            tx.try_send(msg(n)).expect("room");
+        }
+        s.take_read();
+        s.republished(&msg(3));
+        s.republished(&msg(4));
+        // The holder dies before republishing 5: only 5 is the standby's to pass on.
+        let left: Vec<Value> = s.pending.iter().map(|(_, v)| (**v).clone()).collect();
+        assert_eq!(left, vec![serde_json::json!({"n": 5})]);
+        assert!(s.ahead.is_empty());
+    }
+
+    #[test]
+    fn the_same_message_twice_is_matched_twice() {
+        let (mut s, tx) = standby();
+        for _ in 0..3 {
+            tx.try_send(msg(7)).expect("room");
+        }
+        s.take_read();
+        s.republished(&msg(7));
+        s.republished(&msg(7));
+        assert_eq!(s.pending.len(), 1);
     }
 }
