@@ -718,6 +718,20 @@ async fn socket_upstream() -> Sockets {
 }
 
 impl Sockets {
+    /// Waits (up to 10 s) until `n` upstream sockets are open: a holder's and, with
+    /// another replica following, a standby's.
+    async fn until_open(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.open.load(Ordering::SeqCst) != n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} upstream sockets open, not {n}",
+                self.open.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Says `text` on the upstream socket until every subscriber has heard it.
     async fn until_heard(&self, text: &str, subs: &mut [Live]) {
         let mut heard = vec![false; subs.len()];
@@ -769,11 +783,7 @@ async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over() {
     sockets.until_heard("m1", &mut everyone).await;
     // The holder's socket, and one warm standby's (issue 18: nothing lost when the
     // holder dies), for the whole cluster.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sockets.open.load(Ordering::SeqCst) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no standby socket");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sockets.until_open(2).await;
     assert_eq!(
         sockets.opened.load(Ordering::SeqCst),
         2,
@@ -905,11 +915,7 @@ async fn without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_re
     }
     sockets.until_heard("before", &mut subs).await;
     // The holder's socket and the standby's.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sockets.open.load(Ordering::SeqCst) != 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no standby socket");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sockets.until_open(2).await;
 
     // Redis goes away: every replica's subscribers keep getting upstream events (the
     // followers open sockets of their own).
@@ -929,6 +935,37 @@ async fn without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_re
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     sockets.until_heard("after", &mut subs).await;
+}
+
+/// 20 events a second, numbered `e0`, `e1`, …, on the upstream's sockets.
+struct Emitter {
+    sent: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Emitter {
+    fn start(sockets: &Sockets) -> Emitter {
+        let sent = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (say, n, halt) = (sockets.say.clone(), sent.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !halt.load(Ordering::SeqCst) {
+                tick.tick().await;
+                let n = n.fetch_add(1, Ordering::SeqCst);
+                let _ = say.send(json!({"text": format!("e{n}")}).to_string());
+            }
+        });
+        Emitter { sent, stop, task }
+    }
+
+    /// Stops; the number of the last event sent.
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.expect("emitter");
+        self.sent.load(Ordering::SeqCst) - 1
+    }
 }
 
 /// The sequence numbers of the `msgAdded` events `live` gets, until it has `last`.
@@ -971,25 +1008,8 @@ async fn a_killed_socket_holder_loses_no_event_and_doubles_none() {
         gws.push(gw);
     }
     // The holder's socket and a standby's.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sockets.open.load(Ordering::SeqCst) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no standby socket");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // 20 events a second, numbered, on the upstream's sockets.
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let emitter = {
-        let (say, sent, stop) = (sockets.say.clone(), sent.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            while !stop.load(Ordering::SeqCst) {
-                tick.tick().await;
-                let n = sent.fetch_add(1, Ordering::SeqCst);
-                let _ = say.send(json!({"text": format!("e{n}")}).to_string());
-            }
-        })
-    };
+    sockets.until_open(2).await;
+    let emitter = Emitter::start(&sockets);
     // Every survivor hears the stream, then the holder dies mid-stream.
     for live in subs.iter_mut() {
         events_until(live, 10).await;
@@ -1010,9 +1030,7 @@ async fn a_killed_socket_holder_loses_no_event_and_doubles_none() {
         }
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    emitter.await.expect("emitter");
-    let last = sent.load(Ordering::SeqCst) - 1;
+    let last = emitter.finish().await;
     assert!(last > 80, "only {last} events sent");
     for (i, live) in subs.iter_mut().enumerate() {
         let seen = events_until(live, last).await;
@@ -1027,4 +1045,45 @@ async fn a_killed_socket_holder_loses_no_event_and_doubles_none() {
         let page = metrics(gw).await;
         assert_eq!(sample(&page, "livegate_events_lost_total"), 0.0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_redis_outage_the_holder_and_the_standby_lose_no_event() {
+    let mut redis = RedisServer::start();
+    let sockets = socket_upstream().await;
+    let schema = STREAMS.replace("{up}", &sockets.up.url());
+    let holder = Gateway::start(&schema, options(&redis.url(), "t18r:")).await;
+    until(&holder, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    let mut subs = vec![Live::start(&holder, "subscription { msgAdded { text } }").await];
+    until(&holder, |p| {
+        sample(p, "livegate_leases_total{event=\"acquired\"}") == 1.0
+    })
+    .await;
+    let standby = Gateway::start(&schema, options(&redis.url(), "t18r:")).await;
+    until(&standby, |p| sample(p, "livegate_redis_up") == 1.0).await;
+    subs.push(Live::start(&standby, "subscription { msgAdded { text } }").await);
+    sockets.until_open(2).await;
+    let emitter = Emitter::start(&sockets);
+    for live in subs.iter_mut() {
+        events_until(live, 10).await;
+    }
+    // Redis goes away mid-stream: the holder keeps its socket, the standby serves its
+    // replica from its own; neither replica's subscribers miss or repeat an event.
+    redis.stop();
+    until(&standby, |p| sample(p, "livegate_redis_up") == 0.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let last = emitter.finish().await;
+    for (i, live) in subs.iter_mut().enumerate() {
+        let seen = events_until(live, last).await;
+        let expected: Vec<u64> = (seen[0]..=last).collect();
+        assert_eq!(
+            seen, expected,
+            "subscriber {i}: events lost or doubled across the Redis outage"
+        );
+    }
+    assert_eq!(
+        sockets.opened.load(Ordering::SeqCst),
+        2,
+        "no third socket: the standby served its replica"
+    );
 }
