@@ -10,6 +10,7 @@
 //! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
 //! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache):
 //!   in-process, or through Redis with `--redis-url`.
+//! - [`key`] ⑤ the shared vocabulary (a leaf): `CacheKey`, `Tag`, `Policy`.
 //! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight;
 //!   each entry weighed by [`weight`] (the heap bytes of its parsed value).
 //! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
@@ -26,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod deps;
 pub mod exec;
+pub mod key;
 pub mod live;
 pub mod metrics;
 pub mod plan;

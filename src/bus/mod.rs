@@ -10,7 +10,7 @@
 
 pub mod redis;
 
-use crate::cache::{CacheKey, Policy, Tag};
+use crate::key::{CacheKey, Policy, Tag};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,7 +28,7 @@
 //! version is skipped and counted, never trusted.
 
 use super::{Remote, Shared};
-use crate::cache::{CacheKey, Policy, Tag};
+use crate::key::{CacheKey, Policy, Tag};
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

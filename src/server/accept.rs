@@ -6,9 +6,32 @@
 //! when the client prefers a stream to JSON (asks for it first, with a higher `q`, or
 //! alone), so a client that lists every type it could read (urql's default) gets JSON.
 
-use super::http::Media;
-use super::sse::Format;
-use http::{header, HeaderMap};
+use http::{header, HeaderMap, HeaderValue};
+
+/// The response media type the client accepts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Media {
+    GraphqlResponse,
+    Json,
+}
+
+impl Media {
+    pub fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(match self {
+            Media::GraphqlResponse => "application/graphql-response+json; charset=utf-8",
+            Media::Json => "application/json; charset=utf-8",
+        })
+    }
+}
+
+/// How results are streamed into one response.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Format {
+    /// Server-Sent Events (graphql-sse).
+    Sse,
+    /// Apollo's multipart subscriptions.
+    Multipart,
+}
 
 /// How much the client wants one type: its quality, then where the range that gave it
 /// stands in `Accept` (earlier is preferred among equals).

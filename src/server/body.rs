@@ -195,7 +195,7 @@ pub async fn bounded(State(state): State<AppState>, req: Request, next: Next) ->
             let mut res = if webhook {
                 super::webhook::error(status, refused.message())
             } else {
-                super::http::refusal(status, &parts.headers, refused.message())
+                super::reply::refusal(status, &parts.headers, refused.message())
             };
             if parts.version <= Version::HTTP_11 {
                 // The rest of the body may still be on its way: this connection is done.

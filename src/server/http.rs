@@ -4,6 +4,8 @@
 //! missing `Accept` or `*/*`) and `application/json` (always 200 once the request is
 //! well-formed). A browser asking for HTML gets GraphiQL.
 
+use super::accept::Media;
+use super::reply::{admit, refuse, respond};
 use super::{graphiql, AppState};
 use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
@@ -15,27 +17,6 @@ use serde_json::Value;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const JSON: &str = "application/json";
-
-/// The response media type the client accepts.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(super) enum Media {
-    GraphqlResponse,
-    Json,
-}
-
-impl Media {
-    fn content_type(self) -> HeaderValue {
-        HeaderValue::from_static(match self {
-            Media::GraphqlResponse => "application/graphql-response+json; charset=utf-8",
-            Media::Json => "application/json; charset=utf-8",
-        })
-    }
-}
-
-/// Picks the JSON response type from `Accept`; `None` when the client accepts neither.
-fn negotiate(headers: &HeaderMap) -> Option<Media> {
-    super::accept::negotiate(headers).json.map(|(m, _)| m)
-}
 
 /// What the client accepts: a streaming format (SSE, multipart subscriptions), and the
 /// JSON media type for everything else; `406` when it accepts none of them.
@@ -58,29 +39,6 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.split(',').any(|t| t.trim().starts_with("text/html")))
-}
-
-/// An HTTP-level refusal: the request never reached GraphQL.
-pub(super) fn refuse(
-    status: StatusCode,
-    media: Option<Media>,
-    message: impl Into<String>,
-) -> Response {
-    let media = media.unwrap_or(Media::Json);
-    let body = super::error_body(&message.into(), None);
-    let mut res = (status, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, media.content_type());
-    res
-}
-
-/// A refusal before GraphQL, in the media type `headers` accept (JSON when neither).
-pub(super) fn refusal(
-    status: StatusCode,
-    headers: &HeaderMap,
-    message: impl Into<String>,
-) -> Response {
-    refuse(status, negotiate(headers), message)
 }
 
 #[derive(Deserialize)]
@@ -163,26 +121,6 @@ async fn graphql_request(state: &AppState, p: PostBody) -> Result<async_graphql:
         Some(_) => return Err(Refused::bad("`operationName` must be a string")),
     }
     Ok(req)
-}
-
-/// Admits a long-lived connection (WebSocket, SSE) under the connection limits.
-pub(super) fn admit(
-    state: &AppState,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<super::limits::Admitted, Box<Response>> {
-    let ip = peer
-        .map(|p| p.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    state
-        .connections
-        .admit(ip, state.limits.long_lived())
-        .map_err(|why| {
-            state
-                .runtime
-                .metrics
-                .reject(crate::metrics::Rejection::Limit);
-            Box::new(refuse(StatusCode::SERVICE_UNAVAILABLE, None, why))
-        })
 }
 
 fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {
@@ -643,37 +581,4 @@ async fn execute(
         StatusCode::OK
     };
     respond(status, media, done.body)
-}
-
-pub(super) fn respond(status: StatusCode, media: Media, body: Bytes) -> Response {
-    let mut res = (status, body).into_response();
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, media.content_type());
-    res
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::accept;
-    use super::*;
-
-    #[test]
-    fn negotiation_follows_the_spec() {
-        assert_eq!(negotiate(&HeaderMap::new()), Some(Media::GraphqlResponse));
-        assert_eq!(negotiate(&accept("*/*")), Some(Media::GraphqlResponse));
-        assert_eq!(negotiate(&accept("application/json")), Some(Media::Json));
-        assert_eq!(
-            negotiate(&accept(
-                "application/graphql-response+json, application/json;q=0.9"
-            )),
-            Some(Media::GraphqlResponse)
-        );
-        assert_eq!(
-            negotiate(&accept(
-                "application/graphql-response+json;q=0, application/json"
-            )),
-            Some(Media::Json)
-        );
-        assert_eq!(negotiate(&accept("text/plain")), None);
-    }
 }

@@ -11,6 +11,7 @@ mod http;
 pub mod limits;
 mod listen;
 pub mod persisted;
+mod reply;
 pub mod reservations;
 pub mod sse;
 pub mod webhook;

@@ -175,7 +175,7 @@ fn param(query: Option<&str>, name: &str) -> Option<String> {
 
 /// A refusal: `code`, and a JSON body saying why.
 fn status(code: StatusCode, message: &str) -> Response {
-    super::http::refuse(code, None, message)
+    super::reply::refuse(code, None, message)
 }
 
 /// `PUT /graphql`: a new reservation.
@@ -200,7 +200,7 @@ pub async fn put(
         );
     }
     state.reservations.sweep();
-    let admitted = match super::http::admit(&state, connect.map(|c| (c.0).0)) {
+    let admitted = match super::reply::admit(&state, connect.map(|c| (c.0).0)) {
         Ok(a) => a,
         Err(refusal) => return *refusal,
     };
@@ -395,9 +395,9 @@ pub async fn operation(
     };
     let refused = |body: &[u8]| {
         reservation.ended(tag);
-        super::http::respond(
+        super::reply::respond(
             StatusCode::BAD_REQUEST,
-            super::http::Media::Json,
+            super::accept::Media::Json,
             Bytes::copy_from_slice(body),
         )
     };

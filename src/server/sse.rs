@@ -23,12 +23,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How results are written into the response.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Format {
-    Sse,
-    Multipart,
-}
+pub use super::accept::Format;
 
 /// The streaming format `headers` ask for, if any: SSE, or Apollo's multipart
 /// subscriptions (`multipart/mixed` with a `subscriptionSpec`; `multipart/mixed` for
