@@ -15,7 +15,10 @@
 //!   each entry weighed by [`weight`] (the heap bytes of its parsed value).
 //! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
 //!   entry they were built from is.
+//! - [`watch`] ⑤ the hub: which subscriptions read which entries; pollers, feeders,
+//!   patches. Below the executor: it imports neither `exec` nor `live`.
 //! - [`upstream`] ⑤ the outside world: one REST request, every failure classified.
+//! - [`live`] ⑥ subscriptions: prepare, topics, outboxes (above the executor).
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP and GraphiQL.
 //!
 //! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
@@ -37,6 +40,7 @@ pub mod schema;
 pub mod server;
 pub mod template;
 pub mod upstream;
+pub mod watch;
 pub mod weight;
 
 use std::future::Future;

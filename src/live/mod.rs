@@ -6,23 +6,20 @@
 //!
 //! A live operation runs as the *query* of the same text (`subscription` becomes `query`,
 //! padded, so error positions stay right): `@live` fields mirror Query fields by plan. Each
-//! run gathers the entries it read ([`crate::deps`]); the [`Hub`] wakes the subscription
+//! run gathers the entries it read ([`crate::deps`]); the [`crate::watch::Hub`] wakes the subscription
 //! when one changes, and the next run goes through the shared cache (and the
 //! whole-response cache), so N subscribers of one entry cost one refetch. Subscribers of
 //! the same operation, variables and credentials share one run and one encoded result
 //! ([`topic`]). The wake-up is a `Notify` permit, and a live result waiting in a slow
 //! client's outbox is replaced by a newer one (conflation): memory stays bounded.
 
-pub mod hub;
 pub mod outbox;
-pub mod patch;
 pub mod topic;
 
 use crate::exec::Engine;
 use async_graphql::parser::types::{OperationType, Selection};
 use std::time::Duration;
 
-pub use hub::Hub;
 pub use outbox::{Frame, Outbox};
 pub use topic::{Framing, Subscribed, Subscriber, Topics};
 

@@ -348,7 +348,7 @@ fn end_one(s: &Subscriber, failure: Option<&Bytes>) {
 }
 
 /// Stops watching the hub when the live topic's task ends (or is stopped).
-struct Unwatch(Arc<super::Hub>, super::hub::SubId);
+struct Unwatch(Arc<crate::watch::Hub>, crate::watch::hub::SubId);
 
 impl Drop for Unwatch {
     fn drop(&mut self) {

@@ -10,12 +10,12 @@ pub mod stream;
 
 use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, Deps, FetchFn, RootFetch};
-use crate::live::Hub;
 use crate::metrics::Metrics;
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::template::{scalar_text, Vars};
 use crate::upstream::ws::Sockets;
 use crate::upstream::{UpstreamClient, UpstreamError};
+use crate::watch::Hub;
 use async_graphql::dynamic::{FieldValue, ResolverContext};
 use futures_util::FutureExt;
 use http::HeaderMap;

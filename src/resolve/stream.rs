@@ -8,9 +8,9 @@
 
 use super::shape::{self, Node};
 use super::Runtime;
-use crate::live::patch;
 use crate::plan::{FieldPlan, SourcePlan};
 use crate::upstream::ws::Event;
+use crate::watch::patch;
 use async_graphql::dynamic::{FieldValue, ResolverContext};
 use futures_util::Stream;
 use std::sync::Arc;
