@@ -37,8 +37,6 @@ struct Revalidate {
 /// A fetched value, as it is stored.
 pub struct Fetch {
     pub value: Arc<Value>,
-    /// The upstream body's bytes (the entry's weight is its value's, measured here).
-    pub size: usize,
     pub validators: crate::upstream::Validators,
 }
 
@@ -447,10 +445,9 @@ impl Cache {
                 return Ok((r.value, stamp));
             }
         }
-        let (value, size, age, shareable, validators) = match result {
+        let (value, age, shareable, validators) = match result {
             Ok(shared) => (
                 Arc::new(shared.value),
-                shared.size,
                 shared.age,
                 shared.shareable,
                 shared.validators,
@@ -465,7 +462,6 @@ impl Cache {
         let stamp = policy.filter(|_| shareable).and_then(|policy| {
             let fetched = Fetch {
                 value: value.clone(),
-                size,
                 validators,
             };
             self.insert_aged(key, policy, fetched, epoch, age)
@@ -564,12 +560,10 @@ impl Cache {
         key: CacheKey,
         policy: Policy,
         value: Arc<Value>,
-        size: usize,
         epoch: u64,
     ) -> Option<Stamp> {
         let fetched = Fetch {
             value,
-            size,
             validators: Default::default(),
         };
         self.insert_aged(key, policy, fetched, epoch, Duration::ZERO)
@@ -802,7 +796,7 @@ mod tests {
             async move {
                 let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::task::yield_now().await;
-                Ok(crate::upstream::Answer::new(Value::from(n), 1))
+                Ok(crate::upstream::Answer::new(Value::from(n)))
             }
             .boxed()
         }
@@ -868,7 +862,7 @@ mod tests {
         let slow = move |_: crate::upstream::Validators| {
             async move {
                 let _ = rx.await;
-                Ok(crate::upstream::Answer::new(Value::from("old"), 3))
+                Ok(crate::upstream::Answer::new(Value::from("old")))
             }
             .boxed()
         };
@@ -1022,7 +1016,7 @@ mod tests {
     fn stored(cache: &Cache, k: &str, v: i64) -> Stamp {
         let p = policy(60, 0, &["t"]).expect("policy");
         cache
-            .store(key(k), p, Arc::new(Value::from(v)), 1, cache.epoch())
+            .store(key(k), p, Arc::new(Value::from(v)), cache.epoch())
             .expect("stored")
     }
 
@@ -1070,18 +1064,18 @@ mod tests {
         cache.invalidate(&[apart(&cache, "a", "t")]);
         assert!(
             cache
-                .store(key("a"), p(), Arc::new(Value::from(1)), 1, before)
+                .store(key("a"), p(), Arc::new(Value::from(1)), before)
                 .is_some(),
             "another tag's invalidation does not matter"
         );
         let before = cache.epoch();
         cache.invalidate(&[Tag::from("t")]); // lands while the fetch is on its way
         assert!(cache
-            .store(key("b"), p(), Arc::new(Value::from(1)), 1, before)
+            .store(key("b"), p(), Arc::new(Value::from(1)), before)
             .is_none());
         assert!(cache.peek(&key("b")).is_none());
         assert!(cache
-            .store(key("b"), p(), Arc::new(Value::from(2)), 1, cache.epoch())
+            .store(key("b"), p(), Arc::new(Value::from(2)), cache.epoch())
             .is_some());
     }
 
@@ -1102,14 +1096,14 @@ mod tests {
         }
         assert!(
             cache
-                .store(key("a"), p(), Arc::new(Value::from(1)), 1, cache.epoch())
+                .store(key("a"), p(), Arc::new(Value::from(1)), cache.epoch())
                 .is_some(),
             "a store after them all is kept"
         );
         let before = cache.epoch();
         cache.invalidate(&[Tag::from("live")]);
         assert!(cache
-            .store(key("b"), p(), Arc::new(Value::from(1)), 1, before)
+            .store(key("b"), p(), Arc::new(Value::from(1)), before)
             .is_none());
     }
 
@@ -1138,7 +1132,7 @@ mod tests {
                     tokio::spawn(async move {
                         let fetch = move |_: crate::upstream::Validators| {
                             calls.fetch_add(1, Ordering::SeqCst);
-                            async { Ok(crate::upstream::Answer::new(Value::from(1), 1)) }.boxed()
+                            async { Ok(crate::upstream::Answer::new(Value::from(1))) }.boxed()
                         };
                         cache
                             .load(key(&k.to_string()), policy(60, 0, &[]), fetch)

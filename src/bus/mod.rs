@@ -44,7 +44,6 @@ pub enum Lease {
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub value: Value,
-    pub size: usize,
     pub age: Duration,
     /// A shared cache may keep it (see [`crate::upstream::Answer::shareable`]).
     pub shareable: bool,
@@ -58,7 +57,6 @@ impl From<crate::upstream::Answer> for Shared {
     fn from(a: crate::upstream::Answer) -> Shared {
         Shared {
             value: a.value,
-            size: a.size,
             age: Duration::ZERO,
             shareable: a.shareable,
             validators: a.validators,

@@ -709,7 +709,6 @@ fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
     let all = v.get("all")?.as_str()?.to_string();
     let value = v.get("value")?.clone();
     let shared = Shared {
-        size: bytes.len(),
         value,
         age: Duration::from_millis(now_ms().saturating_sub(stored)),
         shareable: true,

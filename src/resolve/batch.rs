@@ -101,7 +101,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
         .await
         .and_then(|answer| super::shape::select(answer, &spec.select, &req.upstream.name))
         .and_then(|answer| match answer.value {
-            Value::Array(items) => Ok((items, answer.size, answer.shareable)),
+            Value::Array(items) => Ok((items, answer.shareable)),
             other => Err(UpstreamError::BadResponse {
                 upstream: req.upstream.name.clone(),
                 detail: format!("a batched request must answer a list, got {}", kind(&other)),
@@ -113,14 +113,13 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                 let _ = tx.send(Err(e.clone()));
             }
         }
-        Ok((items, size, shareable)) => {
+        Ok((items, shareable)) => {
             let mut by_key: HashMap<String, Vec<&Value>> = HashMap::new();
             for item in &items {
                 if let Some(k) = item.get(&spec.key_field).and_then(scalar_text) {
                     by_key.entry(k).or_default().push(item);
                 }
             }
-            let share_size = size / values.len().max(1);
             for (v, tx) in batch.waiters {
                 let found = by_key.get(&v);
                 let share = if spec.list {
@@ -137,7 +136,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                 };
                 let _ = tx.send(Ok(Answer {
                     shareable,
-                    ..Answer::new(share, share_size)
+                    ..Answer::new(share)
                 }));
             }
         }

@@ -439,8 +439,7 @@ async fn batched(
     let share = Arc::new(answer.value);
     let stamp = match (item_key, policy) {
         (Some(key), Some(policy)) if answer.shareable => {
-            rt.cache
-                .store(key, policy, share.clone(), answer.size, epoch)
+            rt.cache.store(key, policy, share.clone(), epoch)
         }
         _ => None,
     };

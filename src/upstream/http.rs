@@ -22,11 +22,11 @@ pub struct UpstreamRequest {
     pub body: Option<Bytes>,
 }
 
-/// An upstream's answer: its JSON, its size, and whether a shared cache may keep it.
+/// An upstream's answer: its JSON, and whether a shared cache may keep it (the cache
+/// weighs the value itself, see [`crate::weight`]).
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub value: Value,
-    pub size: usize,
     /// `false` when the upstream said `Cache-Control: private` or `no-store`: the value
     /// goes to the caller who asked and is never stored for anyone (RFC 9111), whatever
     /// the schema's `@cache` says.
@@ -40,10 +40,9 @@ pub struct Answer {
 
 impl Answer {
     /// A value a shared cache may keep.
-    pub fn new(value: Value, size: usize) -> Answer {
+    pub fn new(value: Value) -> Answer {
         Answer {
             value,
-            size,
             shareable: true,
             validators: Validators::default(),
             not_modified: false,
@@ -139,7 +138,7 @@ impl UpstreamClient {
             .clone()
     }
 
-    /// Sends `req` and returns the parsed JSON body and its size in bytes.
+    /// Sends `req` and returns the parsed JSON body.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
         self.send_if(req, &Validators::default()).await
     }
@@ -239,7 +238,6 @@ impl UpstreamClient {
             let fresh = Validators::of(response.headers());
             return Ok(Answer {
                 value: Value::Null,
-                size: 0,
                 shareable: true,
                 validators: if fresh.is_empty() {
                     validators.clone()
@@ -302,7 +300,6 @@ impl UpstreamClient {
             // 204 and empty 200s: "no value", which a nullable field shows as null.
             return Ok(Answer {
                 value: Value::Null,
-                size: 0,
                 shareable,
                 validators: kept,
                 not_modified: false,
@@ -314,7 +311,6 @@ impl UpstreamClient {
         })?;
         Ok(Answer {
             value,
-            size: body.len(),
             shareable,
             validators: kept,
             not_modified: false,

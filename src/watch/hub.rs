@@ -247,7 +247,6 @@ impl Hub {
                                     root.policy.clone(),
                                     crate::cache::Fetch {
                                         value: Arc::new(answer.value),
-                                        size: answer.size,
                                         validators: answer.validators,
                                     },
                                     started,
@@ -380,12 +379,11 @@ impl Hub {
                         }
                     }
                     Ok(answer) => {
-                        let (size, validators) = (answer.size, answer.validators);
+                        let validators = answer.validators;
                         if last.as_deref() != Some(&answer.value) {
                             let value = Arc::new(answer.value);
                             let fetched = crate::cache::Fetch {
                                 value: value.clone(),
-                                size,
                                 validators,
                             };
                             if hub.cache.store_fetched(
