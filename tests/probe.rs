@@ -69,6 +69,19 @@ async fn next_message(ws: &mut common::Ws) -> Value {
     }
 }
 
+/// POSTs `doc` as JSON, with `accept` if any; the gateway's response.
+async fn post_query(gw: &Gateway, doc: &str, accept: Option<&str>) -> reqwest::Response {
+    let mut req = gw
+        .client
+        .post(gw.url())
+        .header("content-type", "application/json")
+        .json(&json!({ "query": doc }));
+    if let Some(accept) = accept {
+        req = req.header("accept", accept);
+    }
+    req.send().await.expect("answers")
+}
+
 /// The gateway still answers a plain query.
 async fn alive(gw: &Gateway) {
     let v = gw.query(r#"{ user(id: "7") { name } }"#).await;
@@ -129,13 +142,7 @@ async fn deep_nesting_is_a_request_error_on_every_transport() {
     let client = reqwest::Client::new();
     for (what, doc) in deep_documents(2_000) {
         // POST
-        let res = client
-            .post(gw.url())
-            .header("content-type", "application/json")
-            .json(&json!({ "query": doc }))
-            .send()
-            .await
-            .expect("answers");
+        let res = post_query(&gw, &doc, None).await;
         assert_eq!(res.status(), 400, "{what}");
         let v: Value = res.json().await.expect("JSON");
         assert_eq!(
@@ -152,14 +159,7 @@ async fn deep_nesting_is_a_request_error_on_every_transport() {
             .expect("answers");
         assert_eq!(res.status(), 400, "{what} over GET");
         // SSE
-        let res = client
-            .post(gw.url())
-            .header("content-type", "application/json")
-            .header("accept", "text/event-stream")
-            .json(&json!({ "query": doc }))
-            .send()
-            .await
-            .expect("answers");
+        let res = post_query(&gw, &doc, Some("text/event-stream")).await;
         assert_eq!(res.status(), 400, "{what} over SSE");
     }
     // WebSocket, both subprotocols: an error message, and the socket lives on.
@@ -200,13 +200,7 @@ async fn a_long_chain_of_fragment_spreads_is_refused() {
         doc.push_str(&format!(
             "fragment F{n} on Query {{ user(id: \"1\") {{ id }} }}\n"
         ));
-        let res = reqwest::Client::new()
-            .post(gw.url())
-            .header("content-type", "application/json")
-            .json(&json!({ "query": doc }))
-            .send()
-            .await
-            .expect("answers");
+        let res = post_query(&gw, &doc, None).await;
         assert_eq!(res.status(), 400, "{n} spreads");
         let v: Value = res.json().await.expect("JSON");
         assert_eq!(error_code(&v).as_deref(), Some("LIMIT_EXCEEDED"), "{v}");

@@ -41,12 +41,7 @@ pub fn check_document(
     let operation_name = operation_name.as_deref();
     // Parsed once and kept in the request: the executor reuses it.
     let doc = req.parsed_query().ok()?;
-    let mut counter = Counter {
-        doc,
-        fragments: HashMap::new(),
-        spreads: 0,
-        too_deep: false,
-    };
+    let mut counter = Counter::new(doc);
     let limit = |message: String| {
         Some(Refusal {
             message,
@@ -116,12 +111,7 @@ pub fn check_document(
 
 /// Whether fragment spreads in `doc` nest deeper than [`MAX_SPREAD_NESTING`].
 pub fn spreads_too_deep(doc: &async_graphql::parser::types::ExecutableDocument) -> bool {
-    let mut counter = Counter {
-        doc,
-        fragments: HashMap::new(),
-        spreads: 0,
-        too_deep: false,
-    };
+    let mut counter = Counter::new(doc);
     for (_, op) in doc.operations.iter() {
         counter.count(&op.node.selection_set.node);
     }
@@ -161,6 +151,15 @@ struct Counter<'d> {
 }
 
 impl<'d> Counter<'d> {
+    fn new(doc: &'d async_graphql::parser::types::ExecutableDocument) -> Self {
+        Counter {
+            doc,
+            fragments: HashMap::new(),
+            spreads: 0,
+            too_deep: false,
+        }
+    }
+
     fn count(&mut self, set: &'d async_graphql::parser::types::SelectionSet) -> Count {
         use async_graphql::parser::types::Selection;
         set.items.iter().fold(Count::default(), |n, s| {

@@ -162,25 +162,32 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         // as idle while the socket lives.
         let working = parts.extensions.get::<super::Working>().cloned();
         return match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
-            Ok(ws) => ws
-                .protocols(super::ws::PROTOCOLS)
-                .max_message_size(state.max_body)
-                // tungstenite's defaults (128 KiB each way) dominate an idle socket's
-                // memory; GraphQL messages are small (a bigger one is read in more
-                // calls, its buffer grown to its size and freed with it). 256 bytes hold
-                // a typical `subscribe`; 1 KiB cost 0.8 KiB more per idle socket.
-                .read_buffer_size(256)
-                // Messages queued while the writer was busy go out in one write (the
-                // writer flushes at the end of each round); a lone message is written at
-                // that flush. Up to 4 KiB are gathered before a write.
-                .write_buffer_size(4 << 10)
-                .on_upgrade(move |socket| {
-                    // The socket's own tasks take over; axum's upgrade task ends here.
-                    super::ws::serve(state, socket, headers, (admitted, working));
-                    std::future::ready(())
-                })
-                .into_response()
-                .tap_extensions(std::mem::take(&mut parts.extensions)),
+            Ok(ws) => {
+                let mut res = ws
+                    .protocols(super::ws::PROTOCOLS)
+                    .max_message_size(state.max_body)
+                    // tungstenite's defaults (128 KiB each way) dominate an idle socket's
+                    // memory; GraphQL messages are small (a bigger one is read in more
+                    // calls, its buffer grown to its size and freed with it). 256 bytes hold
+                    // a typical `subscribe`; 1 KiB cost 0.8 KiB more per idle socket.
+                    .read_buffer_size(256)
+                    // Messages queued while the writer was busy go out in one write (the
+                    // writer flushes at the end of each round); a lone message is written at
+                    // that flush. Up to 4 KiB are gathered before a write.
+                    .write_buffer_size(4 << 10)
+                    .on_upgrade(move |socket| {
+                        // The socket's own tasks take over; axum's upgrade task ends here.
+                        super::ws::serve(state, socket, headers, (admitted, working));
+                        std::future::ready(())
+                    })
+                    .into_response();
+                // The request's remaining extensions hold the case of its header names
+                // that hyper recorded (`preserve_header_case`); on the response it writes
+                // the same-named headers (`Sec-WebSocket-Protocol`) in it.
+                res.extensions_mut()
+                    .extend(std::mem::take(&mut parts.extensions));
+                res
+            }
             Err(rejection) => rejection.into_response(),
         };
     }
@@ -525,20 +532,6 @@ async fn streamed_or_stored(
     match crate::exec::lookup(&state.engine(), &req, headers) {
         Ok(hit) => Ok(respond(StatusCode::OK, accepted.media(), hit.body)),
         Err(key) => Err((req, key)),
-    }
-}
-
-/// A response that carries a request's remaining extensions: among them the case of the
-/// request's header names that hyper recorded (`preserve_header_case`), which it then
-/// writes the response's same-named headers in.
-trait TapExtensions {
-    fn tap_extensions(self, extensions: http::Extensions) -> Self;
-}
-
-impl TapExtensions for Response {
-    fn tap_extensions(mut self, extensions: http::Extensions) -> Self {
-        self.extensions_mut().extend(extensions);
-        self
     }
 }
 
