@@ -247,8 +247,8 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
 /// An engine for `runtime`'s plan: its dynamic schema, an empty response cache, no
 /// prepared documents yet.
 fn engine(runtime: Arc<resolve::Runtime>, options: &Options) -> Result<exec::Engine, Error> {
-    let schema = schema::build(runtime.clone(), &options.limits)
-        .map_err(|e| Error::Schema(e.to_string()))?;
+    let schema =
+        schema::build(&runtime.plan, &options.limits).map_err(|e| Error::Schema(e.to_string()))?;
     // Every request header that can change an upstream's answer separates responses.
     let mut vary = vec![http::header::AUTHORIZATION, http::header::COOKIE];
     for u in runtime.plan.upstreams.values() {
@@ -270,6 +270,7 @@ fn engine(runtime: Arc<resolve::Runtime>, options: &Options) -> Result<exec::Eng
         limits: exec::limits::DocumentLimits {
             max_aliases: options.connection_limits.max_aliases,
             max_root_fields: options.connection_limits.max_root_fields,
+            no_introspection: options.limits.disable_introspection,
         },
     })
 }

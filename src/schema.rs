@@ -1,16 +1,16 @@
-//! Stage ③ — the executable schema. Input: a [`Plan`] (through the [`Runtime`] that
-//! holds it). Output: an async-graphql dynamic [`Schema`] whose resolvers call
-//! [`crate::resolve`]. The only module that touches `async_graphql::dynamic`'s builders.
+//! Stage ③ — the schema that validates documents. Input: a [`Plan`]. Output: an
+//! async-graphql dynamic [`Schema`] that parses and validates (depth, complexity, the
+//! rules of the spec) and runs nothing: its [`crate::exec::Gate`] stops every request
+//! after validation, and livegate's executor ([`crate::exec`]) runs the operation. The
+//! only module that touches `async_graphql::dynamic`'s builders.
 
 use crate::config::TypeRef;
-use crate::plan::{ArgPlan, TypePlanKind};
-use crate::resolve::{self, Runtime};
+use crate::plan::{ArgPlan, Plan, TypePlanKind};
 use async_graphql::dynamic::{
     Enum, Field, FieldFuture, FieldValue, InputObject, InputValue, Interface, InterfaceField,
     Object, Scalar, Schema, SchemaError, Subscription, SubscriptionField, SubscriptionFieldFuture,
     TypeRef as DynTypeRef, Union,
 };
-use std::sync::Arc;
 
 /// Limits applied by the executor to every operation.
 #[derive(Clone, Debug)]
@@ -79,20 +79,23 @@ fn input_value(a: &ArgPlan) -> InputValue {
     v
 }
 
-/// An event stream's items, as the executor's lifetime wants them: the "identity" map is
-/// where `FieldValue<'static>` is coerced to `FieldValue<'a>`.
-#[allow(clippy::map_identity)]
-fn widen<'a>(
-    s: impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'a,
-) -> impl futures_util::Stream<Item = async_graphql::Result<FieldValue<'a>>> + Send + 'a {
-    use futures_util::StreamExt;
-    s.map(|r| r.map(|v| -> FieldValue<'a> { v }))
+/// The resolver of every field: never called, since nothing runs on this schema.
+fn unused(_: async_graphql::dynamic::ResolverContext<'_>) -> FieldFuture<'_> {
+    FieldFuture::Value(None)
+}
+
+/// The same for a subscription field.
+fn unused_events(_: async_graphql::dynamic::ResolverContext<'_>) -> SubscriptionFieldFuture<'_> {
+    SubscriptionFieldFuture::new(async {
+        Err::<futures_util::stream::Empty<async_graphql::Result<FieldValue<'_>>>, _>(
+            async_graphql::Error::new("this schema only validates"),
+        )
+    })
 }
 
 /// Builds the schema; its errors (which a valid Plan should not produce) are reported
 /// like configuration errors by the caller.
-pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaError> {
-    let plan = rt.plan.clone();
+pub fn build(plan: &Plan, limits: &QueryLimits) -> Result<Schema, SchemaError> {
     let mut builder = Schema::build(
         &plan.query,
         plan.mutation.as_deref(),
@@ -104,33 +107,16 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
     if limits.disable_introspection {
         builder = builder.disable_introspection();
     }
-    for t in plan.types.values() {
+    // The introspection types are async-graphql's own here.
+    for t in plan.types.values().filter(|t| !t.name.starts_with("__")) {
         builder = match &t.kind {
             TypePlanKind::Object { fields, .. }
                 if plan.subscription.as_deref() == Some(t.name.as_str()) =>
             {
-                // `@stream` fields are executor subscriptions: each event is an upstream
-                // message. `@live` fields never reach the executor as subscriptions (the
-                // transports run them as queries, see `live`); they are here for validation
-                // and introspection (GraphiQL needs them).
                 let mut sub = Subscription::new(t.name.clone());
                 for f in fields {
-                    let field = f.clone();
-                    let rt = rt.clone();
-                    let mut out = SubscriptionField::new(
-                        f.name.clone(),
-                        type_ref(&f.ty),
-                        move |ctx| {
-                            let events = field.stream.as_ref().map(|source| {
-                                widen(resolve::stream::events(&rt, &field, source, &ctx))
-                            });
-                            SubscriptionFieldFuture::new(async move {
-                                events.ok_or_else(|| {
-                                async_graphql::Error::new("live queries are served over WebSocket (graphql-transport-ws, graphql-ws) or Server-Sent Events")
-                            })
-                            })
-                        },
-                    );
+                    let mut out =
+                        SubscriptionField::new(f.name.clone(), type_ref(&f.ty), unused_events);
                     for a in &f.args {
                         out = out.argument(input_value(a));
                     }
@@ -142,7 +128,6 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                 builder.register(sub)
             }
             TypePlanKind::Object { fields, implements } => {
-                let is_mutation = plan.mutation.as_deref() == Some(t.name.as_str());
                 let mut obj = Object::new(t.name.clone());
                 if let Some(d) = &t.description {
                     obj = obj.description(d.clone());
@@ -151,26 +136,7 @@ pub fn build(rt: Arc<Runtime>, limits: &QueryLimits) -> Result<Schema, SchemaErr
                     obj = obj.implement(i.clone());
                 }
                 for f in fields {
-                    let field = f.clone();
-                    let rt = rt.clone();
-                    let mut out = match &f.rest {
-                        Some(_) => Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
-                            let rt = rt.clone();
-                            let field = field.clone();
-                            FieldFuture::new(async move {
-                                match &field.rest {
-                                    Some(rest) => {
-                                        resolve::rest_field(&rt, &field, rest, ctx, is_mutation)
-                                            .await
-                                    }
-                                    None => Ok(None),
-                                }
-                            })
-                        }),
-                        None => Field::new(f.name.clone(), type_ref(&f.ty), move |ctx| {
-                            FieldFuture::Value(resolve::from_parent(&rt.plan, &ctx, &field))
-                        }),
-                    };
+                    let mut out = Field::new(f.name.clone(), type_ref(&f.ty), unused);
                     declare!(out, f);
                     obj = obj.field(out);
                 }

@@ -2,7 +2,9 @@
 //! apollo-compiler's validated documents and its `resolvers` execution, run over the same
 //! upstream JSON. Random valid operations (aliases, fields selected twice and merged,
 //! named and inline fragments, fragments on a union, `__typename`, `@skip`/`@include` with
-//! literals and variables, arguments from literals, given variables and variable defaults, nested `@rest` fields) against a deterministic upstream whose
+//! literals and variables, arguments from literals, given variables and variable defaults,
+//! nested `@rest` fields, and introspection — `__type(name:)` and `__schema` selected
+//! beside `@rest` fields in one document, answered from the plan) against a deterministic upstream whose
 //! worlds inject nulls, wrong kinds, unknown union members and HTTP errors. Each response
 //! must equal the reference's on `data` (byte for byte, key order included) and on the set
 //! of error paths.
@@ -372,7 +374,72 @@ impl Gen {
         out.join(" ")
     }
 
+    /// A random selection on `__Type` (`__Field`, …), `depth` levels deep at most.
+    fn meta(&mut self, ty: &str, depth: u32) -> String {
+        let choices: &[&str] = match ty {
+            "__Type" => &[
+                "kind",
+                "name",
+                "description",
+                "fields",
+                "allFields: fields(includeDeprecated: true)",
+                "interfaces",
+                "possibleTypes",
+                "enumValues",
+                "allValues: enumValues(includeDeprecated: true)",
+                "inputFields",
+                "ofType",
+                "specifiedByURL",
+                "__typename",
+            ],
+            "__Field" => &[
+                "name",
+                "description",
+                "args",
+                "type",
+                "isDeprecated",
+                "deprecationReason",
+            ],
+            "__InputValue" => &["name", "description", "type", "defaultValue"],
+            _ => &["name", "description", "isDeprecated", "deprecationReason"],
+        };
+        let mut out = Vec::new();
+        for _ in 0..self.rng.usize(1..5) {
+            let f = choices[self.rng.usize(0..choices.len())];
+            let name = f.split('(').next().unwrap_or(f);
+            let name = name.rsplit(": ").next().unwrap_or(name);
+            let sub_type = match name {
+                "fields" => Some("__Field"),
+                "interfaces" | "possibleTypes" | "ofType" | "type" => Some("__Type"),
+                "enumValues" => Some("__EnumValue"),
+                "inputFields" | "args" => Some("__InputValue"),
+                _ => None,
+            };
+            match sub_type {
+                Some(_) if depth >= 4 => out.push(format!("{f} {{ __typename }}")),
+                Some(sub) => {
+                    let inner = self.meta(sub, depth + 1);
+                    if self.rng.u8(0..4) == 0 {
+                        out.push(format!("... on {ty} {{ {f} {{ {inner} }} }}"))
+                    } else {
+                        out.push(format!("{f} {{ {inner} }}"))
+                    }
+                }
+                None => out.push(f.to_string()),
+            }
+        }
+        out.join(" ")
+    }
+
     fn operation(&mut self, world_id: u64) -> String {
+        if self.rng.u8(0..8) == 0 {
+            // Introspection alone.
+            let name = ["Item", "Entry", "Query", "Kind", "Boolean"][self.rng.usize(0..5)];
+            return format!(
+                "query Q {{ t: __type(name: \"{name}\") {{ {} }} }}",
+                self.meta("__Type", 0)
+            );
+        }
         // The world as a literal, a given variable, or a variable's default.
         let world = match self.rng.u8(0..3) {
             0 => {
@@ -395,10 +462,32 @@ impl Gen {
             ),
             _ => format!("items(world: {world}) {{ {} }}", self.fields("Item", 0)),
         };
-        let second = if self.rng.bool() {
+        let mut second = if self.rng.bool() {
             format!(" other: items(world: {}) {{ id name }}", world_id + 1)
         } else {
             String::new()
+        };
+        // Introspection beside the `@rest` fields (a document of its own, sometimes).
+        let types = [
+            "Item", "Owner", "Kind", "Post", "Note", "Entry", "Query", "String", "ID", "Nope",
+        ];
+        let root = match self.rng.u8(0..5) {
+            0 => {
+                let name = types[self.rng.usize(0..types.len())];
+                second.push_str(&format!(
+                    " __type(name: \"{name}\") {{ {} }}",
+                    self.meta("__Type", 0)
+                ));
+                root
+            }
+            1 => {
+                second.push_str(&format!(
+                    " __schema {{ description queryType {{ {} }} mutationType {{ name }} }}",
+                    self.meta("__Type", 1)
+                ));
+                root
+            }
+            _ => root,
         };
         if self.uses_v {
             self.decls.push("$v: Boolean!".into());
@@ -474,6 +563,7 @@ async fn the_executor_agrees_with_the_reference_on_random_operations() {
             world,
         };
         let reference = Execution::new(&schema, &doc)
+            .enable_schema_introspection(true)
             .raw_variable_values(&vars)
             .execute_sync(&root)
             .unwrap_or_else(|e| panic!("reference refused {query}: {e:?}"));

@@ -162,9 +162,15 @@ pub enum TypeConfigKind {
         fields: Vec<ArgConfig>,
     },
     Enum {
-        values: Vec<Positioned<String>>,
+        values: Vec<EnumValueConfig>,
     },
     Scalar,
+}
+
+#[derive(Debug, Clone)]
+pub struct EnumValueConfig {
+    pub name: Positioned<String>,
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -322,7 +328,10 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
                 .iter()
                 .map(|v| {
                     reject_directives(&v.node.directives, "an enum value", errors);
-                    v.node.value.clone().map(|n| n.to_string())
+                    EnumValueConfig {
+                        name: v.node.value.clone().map(|n| n.to_string()),
+                        description: v.node.description.as_ref().map(|d| d.node.clone()),
+                    }
                 })
                 .collect(),
         },

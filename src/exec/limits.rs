@@ -10,6 +10,8 @@ pub struct DocumentLimits {
     pub max_aliases: usize,
     /// Root fields in one operation.
     pub max_root_fields: usize,
+    /// Refuse documents that select `__schema` or `__type` (`--disable-introspection`).
+    pub no_introspection: bool,
 }
 
 /// Why a request is refused before it runs, if it is.

@@ -17,16 +17,17 @@
 //!    null in a non-null position makes the nearest nullable parent null (the writer
 //!    truncates back to that parent's start).
 //!
-//! What stays on async-graphql's dynamic executor: documents that select `__schema` or
-//! `__type` (introspection), documents that do not parse or validate (it reports why,
-//! with the messages users already know), and `@stream` events.
+//! Every document runs here. async-graphql parses and validates (its errors are the
+//! response to a document that fails, with the messages users know); introspection
+//! (`__schema`, `__type`) is completed from the value the plan computed once
+//! ([`crate::plan::introspection`]), like any upstream JSON.
 
 pub mod limits;
 mod run;
 pub mod vars;
 mod write;
 
-pub use run::{encode, execute, lookup, run, Executed};
+pub use run::{execute, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::{FieldPlan, Plan, TypePlanKind};
@@ -65,15 +66,32 @@ impl Engine {
         let Ok(doc) = async_graphql::parser::parse_query(query) else {
             return false;
         };
-        if limits::spreads_too_deep(&doc) {
-            return false;
-        }
-        let mut check = async_graphql::Request::new(query).data(ValidateOnly);
-        check.set_parsed_query(doc);
-        if let Some(name) = operation_name {
-            check = check.operation_name(name);
-        }
-        self.schema.execute(check).await.errors.is_empty()
+        !limits::spreads_too_deep(&doc)
+            && validate(&self.schema, query, operation_name, doc)
+                .await
+                .is_ok()
+    }
+}
+
+/// async-graphql's validation of `doc` (the text `query`, its operation `operation_name`)
+/// against `schema`, with no variables (so the outcome is the document's alone): the
+/// [`Gate`] stops the request after it, before anything runs. Its errors, when it fails.
+async fn validate(
+    schema: &async_graphql::dynamic::Schema,
+    query: &str,
+    operation_name: Option<&str>,
+    doc: ExecutableDocument,
+) -> Result<(), Vec<async_graphql::ServerError>> {
+    let mut check = async_graphql::Request::new(query);
+    check.set_parsed_query(doc);
+    if let Some(name) = operation_name {
+        check = check.operation_name(name);
+    }
+    let response = schema.execute(check).await;
+    if response.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(response.errors)
     }
 }
 
@@ -148,14 +166,12 @@ pub struct Prepared {
     operation_name: Option<String>,
     doc: ExecutableDocument,
     op: Positioned<OperationDefinition>,
-    /// Documents the dynamic executor must run (introspection).
-    fallback: bool,
+    /// It selects `__schema` or `__type`.
+    introspects: bool,
 }
 
-/// Marks a request that async-graphql should only parse and validate (see [`Gate`]).
-struct ValidateOnly;
-
-/// The schema extension that stops a [`ValidateOnly`] request after validation.
+/// The schema extension that stops every request after validation: async-graphql
+/// parses and validates, livegate's executor runs.
 pub struct Gate;
 
 impl async_graphql::extensions::ExtensionFactory for Gate {
@@ -174,10 +190,8 @@ impl async_graphql::extensions::Extension for GateExt {
         operation_name: Option<&str>,
         next: async_graphql::extensions::NextExecute<'_>,
     ) -> async_graphql::Response {
-        if ctx.data_opt::<ValidateOnly>().is_some() {
-            return async_graphql::Response::new(ConstValue::Null);
-        }
-        next.run(ctx, operation_name).await
+        let _ = (ctx, operation_name, next);
+        async_graphql::Response::new(ConstValue::Null)
     }
 }
 
@@ -237,38 +251,57 @@ impl Executor {
     }
 
     /// Parses, validates and keeps `req`'s document (the caller found it not
-    /// [`Executor::cached`]); `None` when the dynamic executor must run it (it does not
-    /// parse or validate: that executor says why).
+    /// [`Executor::cached`]); when it does not parse or validate, the response that says
+    /// why (a request error: errors, no data).
     pub async fn prepare(
         &self,
         schema: &async_graphql::dynamic::Schema,
         rt: &Runtime,
         req: &mut async_graphql::Request,
-    ) -> Option<Arc<Prepared>> {
+    ) -> Result<Arc<Prepared>, Bytes> {
         let key = doc_key(&req.query, req.operation_name.as_deref());
         rt.metrics.plans.with_label_values(&["miss"]).inc();
-        let doc = req.parsed_query().ok()?.clone();
-        let mut check = async_graphql::Request::new(req.query.clone()).data(ValidateOnly);
+        let doc = match req.parsed_query() {
+            Ok(doc) => doc.clone(),
+            Err(e) => return Err(refusal(vec![e.clone()])),
+        };
         // Validated from the document parsed above, not parsed a second time.
-        check.set_parsed_query(doc.clone());
-        if let Some(name) = &req.operation_name {
-            check = check.operation_name(name.clone());
-        }
-        if !schema.execute(check).await.errors.is_empty() {
-            return None;
-        }
-        let op = operation(&doc, req.operation_name.as_deref())?.clone();
-        let fallback = introspects(&doc, &op.node.selection_set.node, 0);
+        validate(
+            schema,
+            &req.query,
+            req.operation_name.as_deref(),
+            doc.clone(),
+        )
+        .await
+        .map_err(refusal)?;
+        let Some(op) = operation(&doc, req.operation_name.as_deref()) else {
+            let message = match &req.operation_name {
+                Some(name) => format!("Unknown operation named \"{name}\""),
+                None => "Operation name required in request".to_string(),
+            };
+            return Err(Bytes::from(error_body(&message, None)));
+        };
+        let op = op.clone();
+        let introspects = introspects(&doc, &op.node.selection_set.node, 0);
         let prepared = Arc::new(Prepared {
             query: req.query.clone(),
             operation_name: req.operation_name.clone(),
             doc,
             op,
-            fallback,
+            introspects,
         });
         self.prepared.insert(key, prepared.clone());
-        Some(prepared)
+        Ok(prepared)
     }
+}
+
+/// The response refusing a document: its errors (at most [`MAX_ERRORS`]), no data.
+fn refusal(mut errors: Vec<async_graphql::ServerError>) -> Bytes {
+    cap_errors(&mut errors);
+    let body = serde_json::to_vec(&serde_json::json!({ "errors": errors }));
+    Bytes::from(body.unwrap_or_else(|e| {
+        error_body(&format!("the response could not be encoded: {e}"), None).into_bytes()
+    }))
 }
 
 /// Whether the root selection (through fragments) has `__schema` or `__type`.
@@ -285,8 +318,9 @@ fn introspects(doc: &ExecutableDocument, set: &SelectionSet, depth: usize) -> bo
 }
 
 impl Prepared {
-    pub fn fallback(&self) -> bool {
-        self.fallback
+    /// Whether it selects `__schema` or `__type`.
+    pub fn introspects(&self) -> bool {
+        self.introspects
     }
 
     /// The operation's type.
@@ -465,7 +499,11 @@ impl<'a> Run<'a> {
                         continue;
                     }
                     let name = f.node.name.node.as_str();
-                    let field = fields.iter().find(|p| p.name == name);
+                    let field = fields.iter().find(|p| p.name == name).or_else(|| {
+                        // `__schema` and `__type`, which validation allows on the query
+                        // root only.
+                        self.plan.introspection.root_field(name)
+                    });
                     if field.is_none() && name != "__typename" {
                         continue; // validation makes this unreachable
                     }
@@ -548,7 +586,8 @@ impl<'a> Run<'a> {
     /// Whether `sets` on a value of type `type_name` select a `@rest` field at any depth
     /// (whatever `@skip` and `@include` say): if not, nothing below needs fetching.
     fn selects_rest(&self, type_name: &'a str, sets: &[&'a SelectionSet], depth: usize) -> bool {
-        if sets.iter().all(|s| s.items.is_empty()) {
+        if sets.iter().all(|s| s.items.is_empty()) || type_name.starts_with("__") {
+            // Nothing selected, or introspection (answered from the plan).
             return false;
         }
         if let Some(below) = self.rest_below.get(type_name, sets) {

@@ -1,15 +1,12 @@
 //! Running one operation for any transport (and for the live hub's re-runs): the
-//! whole-response cache first, then the planned executor (or the dynamic one, for what
-//! it still runs) with a [`Deps`] collector, so callers learn what the result was built
-//! from (the live hub watches those entries).
+//! whole-response cache first, then the planned executor with a [`Deps`] collector, so
+//! callers learn what the result was built from (the live hub watches those entries).
 
 use super::Engine;
 use crate::cache::CacheKey;
 use crate::deps::{Deps, Read};
-use crate::resolve::ClientHeaders;
 use bytes::Bytes;
 use http::HeaderMap;
-use serde_json::json;
 use std::sync::Arc;
 
 /// One execution's outcome, serialised.
@@ -50,40 +47,6 @@ pub async fn run(engine: &Engine, req: async_graphql::Request, headers: HeaderMa
     }
 }
 
-/// Completes (null propagation, see [`crate::resolve::nulls`]) and serialises the
-/// response to `query` (`operation` of it); `true` when it is a request error (parse or
-/// validation: errors and no data, and the errors have no path), which per the GraphQL
-/// spec has no `data`.
-pub fn encode(
-    plan: &crate::plan::Plan,
-    query: &str,
-    operation: Option<&str>,
-    response: &mut async_graphql::Response,
-) -> (Bytes, bool) {
-    cap_errors(&mut response.errors);
-    crate::resolve::nulls::propagate(plan, query, operation, response);
-    crate::resolve::tidy_errors(&mut response.errors);
-    if response.data == async_graphql::Value::Null && response.errors.is_empty() {
-        // The executor answers an operation whose every field was skipped with null; the
-        // spec's answer is an empty object.
-        response.data = async_graphql::Value::Object(Default::default());
-    }
-    let request_error = response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|e| e.path.is_empty());
-    let encoded = if request_error {
-        serde_json::to_vec(&json!({ "errors": response.errors }))
-    } else {
-        serde_json::to_vec(&*response)
-    };
-    let body = Bytes::from(encoded.unwrap_or_else(|e| {
-        super::error_body(&format!("the response could not be encoded: {e}"), None).into_bytes()
-    }));
-    (body, request_error)
-}
-
-use super::cap_errors;
-
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(
     engine: &Engine,
@@ -93,8 +56,7 @@ pub async fn execute(
 ) -> Executed {
     // A prepared document passed the document's limits when it was prepared; its
     // variables are checked as they are coerced.
-    let prepared = engine.executor.cached(&engine.runtime, &req);
-    if prepared.is_some() {
+    if let Some(prepared) = engine.executor.cached(&engine.runtime, &req) {
         return run_prepared(engine, prepared, req, headers, key).await;
     }
     if let Some(why) = super::limits::check_document(&mut req, &engine.limits) {
@@ -106,57 +68,52 @@ pub async fn execute(
             read: Arc::default(),
         };
     }
-    let prepared = engine
+    match engine
         .executor
         .prepare(&engine.schema, &engine.runtime, &mut req)
-        .await;
-    run_prepared(engine, prepared, req, headers, key).await
+        .await
+    {
+        Ok(prepared) => run_prepared(engine, prepared, req, headers, key).await,
+        Err(body) => Executed {
+            body,
+            request_error: true,
+            read: Arc::default(),
+        },
+    }
 }
 
-/// Runs `req` with the planned executor when its document is `prepared` for it, else
-/// with the dynamic executor.
+/// Runs `req`, whose document is `prepared`, and stores the response under `key` when it
+/// may be reused.
 async fn run_prepared(
     engine: &Engine,
-    prepared: Option<Arc<super::Prepared>>,
+    prepared: Arc<super::Prepared>,
     req: async_graphql::Request,
     headers: HeaderMap,
     key: Option<CacheKey>,
 ) -> Executed {
-    let deps = Arc::new(Deps::default());
-    if let Some(prepared) = prepared.filter(|p| !p.fallback()) {
-        let out =
-            super::execute_planned(&engine.runtime, &prepared, &req.variables, &headers, &deps)
-                .await;
-        let gathered = deps.take();
-        if let Some(key) = key {
-            if !out.has_errors {
-                engine.responses.put(key, out.body.clone(), &gathered);
-            }
-        }
+    if prepared.introspects() && engine.limits.no_introspection {
+        let body = super::error_body(
+            "introspection is disabled on this gateway (--disable-introspection); the document selects __schema or __type",
+            Some("INTROSPECTION_DISABLED"),
+        );
         return Executed {
-            body: out.body,
-            request_error: out.request_error,
-            read: gathered.read,
+            body: Bytes::from(body),
+            request_error: true,
+            read: Arc::default(),
         };
     }
-    let (query, operation) = (req.query.clone(), req.operation_name.clone());
-    let req = req.data(ClientHeaders(headers)).data(deps.clone());
-    let mut response = engine.schema.execute(req).await;
-    let (body, request_error) = encode(
-        &engine.runtime.plan,
-        &query,
-        operation.as_deref(),
-        &mut response,
-    );
+    let deps = Deps::default();
+    let out =
+        super::execute_planned(&engine.runtime, &prepared, &req.variables, &headers, &deps).await;
     let gathered = deps.take();
     if let Some(key) = key {
-        if response.errors.is_empty() {
-            engine.responses.put(key, body.clone(), &gathered);
+        if !out.has_errors {
+            engine.responses.put(key, out.body.clone(), &gathered);
         }
     }
     Executed {
-        body,
-        request_error,
+        body: out.body,
+        request_error: out.request_error,
         read: gathered.read,
     }
 }

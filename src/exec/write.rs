@@ -145,6 +145,9 @@ impl<'r, 'a> Writer<'r, 'a> {
             return Ok(());
         };
         let Some(rest) = &field.rest else {
+            if object.starts_with("__") || field.name.starts_with("__") {
+                return self.introspection(field, g, value, pos);
+            }
             let member = super::read(value, &field.member);
             return self.complete(&field.ty, member, &g.sub, src, pos);
         };
@@ -169,6 +172,47 @@ impl<'r, 'a> Writer<'r, 'a> {
             }
             // A batched field whose parent has no key.
             Some(Ok(None)) | None => self.complete(&field.ty, &NULL, &g.sub, src, pos),
+        }
+    }
+
+    /// A field of introspection: `__schema` and `__type(name:)` on the query root, read
+    /// from the plan's introspection; the others read their member, the deprecated
+    /// items of a list left out unless `includeDeprecated: true`.
+    fn introspection(
+        &mut self,
+        field: &'a crate::plan::FieldPlan,
+        g: &Group<'a, 'a>,
+        value: &Value,
+        pos: Pos,
+    ) -> Result<(), Null> {
+        let run = self.run;
+        let introspection = &run.plan.introspection;
+        match field.name.as_str() {
+            "__schema" => {
+                return self.complete(&field.ty, introspection.schema(), &g.sub, None, pos)
+            }
+            "__type" => {
+                let args = run.args(g.node, field);
+                let found = args["name"]
+                    .as_str()
+                    .and_then(|n| introspection.type_named(n));
+                return self.complete(&field.ty, found.unwrap_or(&NULL), &g.sub, None, pos);
+            }
+            _ => {}
+        }
+        let member = super::read(value, &field.member);
+        let filter = field.args.iter().any(|a| a.name == "includeDeprecated")
+            && run.args(g.node, field)["includeDeprecated"] != Value::Bool(true);
+        match member {
+            Value::Array(items) if filter => {
+                let current: Value = items
+                    .iter()
+                    .filter(|i| i["isDeprecated"] != Value::Bool(true))
+                    .cloned()
+                    .collect();
+                self.complete(&field.ty, &current, &g.sub, None, pos)
+            }
+            _ => self.complete(&field.ty, member, &g.sub, None, pos),
         }
     }
 
@@ -245,6 +289,14 @@ impl<'r, 'a> Writer<'r, 'a> {
             TypeRef::Named { name, .. } => name.as_str(),
         };
         let run = self.run;
+        // A type reference in introspection (`{kind, name, ofType}`) stands for the whole
+        // type it names.
+        let value = match value.get("name").and_then(Value::as_str) {
+            Some(named) if name == "__Type" => {
+                run.plan.introspection.type_named(named).unwrap_or(value)
+            }
+            _ => value,
+        };
         match shape::composite(run.plan, name) {
             Some(TypePlanKind::Object { .. }) if value.is_object() => {
                 return self.object(name, value, addr(value), sets, src);

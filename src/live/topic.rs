@@ -146,7 +146,7 @@ impl Topics {
             },
             None => subscriber,
         };
-        let ready = match events_setup(engine, &mut request, headers).await {
+        let ready = match events_setup(engine, &mut request).await {
             Ok(ready) => ready,
             Err(body) => {
                 end_one(&subscriber, Some(&body));
@@ -435,21 +435,15 @@ type EventsReady = (
 async fn events_setup(
     engine: &Arc<Engine>,
     request: &mut async_graphql::Request,
-    headers: &HeaderMap,
 ) -> Result<EventsReady, Bytes> {
     let prepared = match engine.executor.cached(&engine.runtime, request) {
-        Some(p) => Some(p),
+        Some(p) => p,
         None => {
             engine
                 .executor
                 .prepare(&engine.schema, &engine.runtime, request)
-                .await
+                .await?
         }
-    };
-    let Some(prepared) = prepared.filter(|p| !p.fallback()) else {
-        // The document does not validate: async-graphql's executor says why.
-        let done = crate::exec::run(engine, super::clone_request(request), headers.clone()).await;
-        return Err(done.body);
     };
     let call = crate::exec::events_call(&engine.runtime, &prepared, &request.variables)
         .map_err(|out| out.body)?;
@@ -500,7 +494,7 @@ async fn run_events(
             }
         }
         let engine = engines.current();
-        match events_setup(&engine, &mut request, &headers).await {
+        match events_setup(&engine, &mut request).await {
             Ok(ready) => {
                 rt = engine.runtime.clone();
                 (prepared, call, source) = ready;

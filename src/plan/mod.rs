@@ -6,6 +6,7 @@
 //! Pure and synchronous, like [`crate::config`]: a string in, `Result<Plan, Vec<_>>` out.
 
 mod abstracts;
+pub mod introspection;
 mod rest;
 mod stream;
 
@@ -195,6 +196,8 @@ pub struct Plan {
     pub query: String,
     pub mutation: Option<String>,
     pub subscription: Option<String>,
+    /// `__schema`'s value and the introspection types' plans (also in `types`).
+    pub introspection: introspection::Introspection,
 }
 
 impl Plan {
@@ -275,6 +278,15 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             TypeConfigKind::InputObject { .. } => Kind::Input,
             TypeConfigKind::Enum { .. } | TypeConfigKind::Scalar => Kind::Leaf,
         };
+        if t.name.node.starts_with("__") {
+            errors.push(
+                t.name.pos,
+                format!(
+                    "type `{}`: names starting with `__` are reserved for introspection",
+                    t.name.node
+                ),
+            );
+        }
         if kinds.insert(t.name.node.as_str(), kind).is_some() {
             errors.push(
                 t.name.pos,
@@ -447,7 +459,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                 fields: fields.iter().map(|a| arg(a, &kinds, &mut errors)).collect(),
             },
             TypeConfigKind::Enum { values } => TypePlanKind::Enum {
-                values: values.iter().map(|v| v.node.clone()).collect(),
+                values: values.iter().map(|v| v.name.node.clone()).collect(),
             },
             TypeConfigKind::Scalar => TypePlanKind::Scalar,
         };
@@ -462,6 +474,15 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
     }
 
     if errors.list.is_empty() {
+        let introspection = introspection::build(
+            config,
+            [
+                Some(query.as_str()),
+                mutation.as_deref(),
+                subscription.as_deref(),
+            ],
+            &mut types,
+        );
         Ok(Plan {
             source_hash: String::new(),
             upstreams,
@@ -469,6 +490,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             query,
             mutation,
             subscription,
+            introspection,
         })
     } else {
         errors.list.sort_by_key(|e| (e.line, e.column));

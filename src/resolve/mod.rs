@@ -3,7 +3,6 @@
 //! cache, a batch, or the upstream — or a GraphQL error with an `extensions.code`.
 
 mod batch;
-pub mod nulls;
 mod request;
 pub mod shape;
 pub mod stream;
@@ -16,7 +15,6 @@ use crate::template::{scalar_text, Vars};
 use crate::upstream::ws::Sockets;
 use crate::upstream::{UpstreamClient, UpstreamError};
 use crate::watch::Hub;
-use async_graphql::dynamic::{FieldValue, ResolverContext};
 use futures_util::FutureExt;
 use http::HeaderMap;
 use serde_json::Value;
@@ -24,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batch::Batcher;
-pub use shape::Node;
 
 /// Everything resolvers share: the plan and the runtime services behind it.
 pub struct Runtime {
@@ -140,67 +137,6 @@ impl Runtime {
     }
 }
 
-/// The client request's headers, put in the request data by the transport: the source
-/// of forwarded headers and of the credentials that key `PRIVATE` entries.
-#[derive(Clone, Debug, Default)]
-pub struct ClientHeaders(pub HeaderMap);
-
-type Resolved = Result<Option<FieldValue<'static>>, async_graphql::Error>;
-
-/// A field without `@rest`: the parent object's member of the same name, or the one
-/// `@map(from:)` names.
-pub fn from_parent(
-    plan: &Plan,
-    ctx: &ResolverContext<'_>,
-    field: &FieldPlan,
-) -> Option<FieldValue<'static>> {
-    let parent = ctx.parent_value.downcast_ref::<Node>()?;
-    shape::output(plan, parent.at(&field.member), &field.ty)
-}
-
-/// A field with `@rest`, for async-graphql's dynamic executor (introspection documents
-/// and `@stream` events); its errors are reported here, with their path, and the field
-/// becomes null (async-graphql's dynamic executor drops the path of an error a resolver
-/// returns, so resolvers never return one).
-pub async fn rest_field(
-    rt: &Arc<Runtime>,
-    field: &Arc<FieldPlan>,
-    rest: &RestPlan,
-    ctx: ResolverContext<'_>,
-    mutation: bool,
-) -> Resolved {
-    let ctx_ref = ctx.ctx;
-    let args = args_json(&ctx);
-    let empty = ClientHeaders::default();
-    let no_deps = Deps::default();
-    let call = Call {
-        args: &args,
-        parent: ctx.parent_value.downcast_ref::<Node>().map(Node::value),
-        headers: &ctx.data_opt::<ClientHeaders>().unwrap_or(&empty).0,
-        deps: ctx
-            .data_opt::<Arc<Deps>>()
-            .map(|d| &**d)
-            .unwrap_or(&no_deps),
-        mutation,
-    };
-    let fetched = fetch(rt, field, rest, call).await.and_then(|f| match f {
-        // This executor completes a value only if all of it fits (the planned executor
-        // completes leaf by leaf).
-        Some(f) => shape::check(&rt.plan, &f.value, &field.ty)
-            .map(|()| Some(f.value))
-            .map_err(|d| bad(rest, d)),
-        None => Ok(None),
-    });
-    match fetched {
-        Ok(v) => Ok(v.and_then(|v| shape::output(&rt.plan, Node::new(v), &field.ty))),
-        Err(e) => {
-            let e = e.to_graphql();
-            ctx_ref.add_error(ctx_ref.set_error_path(e.into_server_error(ctx_ref.item.pos)));
-            Ok(None)
-        }
-    }
-}
-
 /// What a `@rest` field is called with.
 #[derive(Clone, Copy)]
 pub struct Call<'a> {
@@ -220,21 +156,6 @@ pub struct Call<'a> {
 pub struct Fetched {
     pub value: Arc<Value>,
     pub key: Option<CacheKey>,
-}
-
-/// The message async-graphql gives a non-null field that resolved to null: noise after
-/// the error that made it null, which transports drop (see [`tidy_errors`]).
-const NON_NULL_NOISE: &str = "internal: non-null types require a return value";
-
-/// Drops the executor's "non-null … return value" error where a resolver already
-/// reported why that field is null.
-pub fn tidy_errors(errors: &mut Vec<async_graphql::ServerError>) {
-    let explained: Vec<Vec<async_graphql::PathSegment>> = errors
-        .iter()
-        .filter(|e| e.message != NON_NULL_NOISE)
-        .map(|e| e.path.clone())
-        .collect();
-    errors.retain(|e| e.message != NON_NULL_NOISE || !explained.contains(&e.path));
 }
 
 /// Fetches a `@rest` field's value through the shared cache (a batch, for a `batchKey`
@@ -457,22 +378,4 @@ fn select(
     answer: Result<crate::upstream::Answer, UpstreamError>,
 ) -> Result<crate::upstream::Answer, UpstreamError> {
     shape::select(answer?, &rest.select, &rest.upstream.name)
-}
-
-fn bad(rest: &RestPlan, detail: String) -> UpstreamError {
-    UpstreamError::BadResponse {
-        upstream: rest.upstream.name.clone(),
-        detail,
-    }
-}
-
-/// The field's arguments as one JSON object, what `{args…}` templates read.
-pub(crate) fn args_json(ctx: &ResolverContext<'_>) -> Value {
-    Value::Object(
-        ctx.args
-            .as_index_map()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone().into_json().unwrap_or(Value::Null)))
-            .collect(),
-    )
 }

@@ -6,31 +6,14 @@
 //! messages behind loses the oldest, is told how many in the log, and goes on with the
 //! newest; its memory stays bounded.
 
-use super::shape::{self, Node};
+use super::shape;
 use super::Runtime;
 use crate::plan::{FieldPlan, SourcePlan};
 use crate::upstream::ws::Event;
 use crate::watch::patch;
-use async_graphql::dynamic::{FieldValue, ResolverContext};
 use futures_util::Stream;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
-
-/// The events of `field` for the arguments in `ctx`, for async-graphql's executor.
-pub fn events(
-    rt: &Arc<Runtime>,
-    field: &Arc<FieldPlan>,
-    source: &Arc<SourcePlan>,
-    ctx: &ResolverContext<'_>,
-) -> impl Stream<Item = async_graphql::Result<FieldValue<'static>>> + Send + 'static {
-    use futures_util::StreamExt;
-    let args = super::args_json(ctx);
-    let (plan, ty) = (rt.plan.clone(), field.ty.clone());
-    payloads(rt, field, source, &args).map(move |payload| {
-        let value = shape::output(&plan, Node::new(payload), &ty);
-        Ok(value.unwrap_or(FieldValue::value(async_graphql::Value::Null)))
-    })
-}
 
 /// The payloads of `field`'s events for the arguments `args`: each upstream message that
 /// matches `when`, at its `select` path, and fits the field's type (one that does not is
