@@ -23,6 +23,7 @@
 //! ([`crate::plan::introspection`]), like any upstream JSON.
 
 pub mod limits;
+mod operation;
 mod run;
 pub mod vars;
 mod write;
@@ -30,11 +31,12 @@ mod write;
 pub use run::{execute, lookup, run, Executed};
 
 use crate::deps::Deps;
-use crate::plan::{FieldPlan, Plan, TypePlanKind};
+use crate::plan::{FieldPlan, Plan};
+use operation::{Next, Operation, Planned, Shape};
 use crate::resolve::{Call, Fetched, Runtime};
 use crate::upstream::UpstreamError;
 use async_graphql::parser::types::{
-    ExecutableDocument, Field, OperationDefinition, OperationType, Selection, SelectionSet,
+    ExecutableDocument, OperationDefinition, OperationType, Selection, SelectionSet,
 };
 use async_graphql::{Name, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
@@ -168,7 +170,16 @@ pub struct Prepared {
     op: Positioned<OperationDefinition>,
     /// It selects `__schema` or `__type`.
     introspects: bool,
+    /// The variables its `@skip`/`@include` read.
+    conditions: Vec<Name>,
+    /// Its plans, by the values of `conditions` (one bit each) and whether it runs as
+    /// `@stream` events (on the Subscription type) or as a query.
+    plans: std::sync::Mutex<Vec<(u64, bool, Arc<Operation>)>>,
 }
+
+/// Plans kept per document (one per set of condition values met); past it, each
+/// request with other values plans again.
+const PLANS_PER_DOCUMENT: usize = 16;
 
 /// The schema extension that stops every request after validation: async-graphql
 /// parses and validates, livegate's executor runs.
@@ -200,8 +211,13 @@ pub struct Executor {
     prepared: moka::sync::Cache<u64, Arc<Prepared>>,
 }
 
-/// Bytes of prepared documents kept (a parsed document weighs about 8× its text).
-const PREPARED_BUDGET: u64 = 64 << 20;
+/// Bytes of prepared documents kept: a parsed document weighs about 8× its text, and
+/// its plans at most [`PLAN_BYTES_PER_BYTE`]× (see [`Prepared::planned`]).
+const PREPARED_BUDGET: u64 = 128 << 20;
+
+/// A document keeps plans of at most one planned field per byte of its text, each about
+/// this many bytes.
+const PLAN_BYTES_PER_BYTE: usize = 160;
 
 impl Default for Executor {
     fn default() -> Self {
@@ -209,7 +225,12 @@ impl Default for Executor {
             prepared: moka::sync::Cache::builder()
                 .max_capacity(PREPARED_BUDGET)
                 .weigher(|_, p: &Arc<Prepared>| {
-                    u32::try_from(p.query.len().saturating_mul(8).saturating_add(1024))
+                    u32::try_from(
+                        p.query
+                            .len()
+                            .saturating_mul(8 + PLAN_BYTES_PER_BYTE)
+                            .saturating_add(1024),
+                    )
                         .unwrap_or(u32::MAX)
                 })
                 .build(),
@@ -283,12 +304,15 @@ impl Executor {
         };
         let op = op.clone();
         let introspects = introspects(&doc, &op.node.selection_set.node, 0);
+        let conditions = operation::condition_variables(&doc);
         let prepared = Arc::new(Prepared {
             query: req.query.clone(),
             operation_name: req.operation_name.clone(),
             doc,
             op,
             introspects,
+            conditions,
+            plans: Default::default(),
         });
         self.prepared.insert(key, prepared.clone());
         Ok(prepared)
@@ -327,80 +351,70 @@ impl Prepared {
     pub fn kind(&self) -> OperationType {
         self.op.node.ty
     }
-}
 
-/// Fields of one selection answering under one response key, merged.
-struct Group<'d, 'p> {
-    key: &'d str,
-    /// The first of the merged fields: its arguments and position are the field's.
-    node: &'d Positioned<Field>,
-    /// `None`: `__typename`.
-    field: Option<&'p Arc<FieldPlan>>,
-    /// The merged fields' selection sets.
-    sub: Vec<&'d SelectionSet>,
+    /// The operation planned for the values `vars` give its conditions: once per set of
+    /// values (see [`operation`]).
+    fn planned(
+        &self,
+        plan: &Plan,
+        vars: &HashMap<Name, ConstValue>,
+        events: bool,
+    ) -> Result<Arc<Operation>, Output> {
+        let bits = self.conditions.iter().enumerate().fold(0u64, |bits, (i, name)| {
+            let on = matches!(vars.get(name), Some(ConstValue::Boolean(true)));
+            bits | (u64::from(on) << (i % 64))
+        });
+        // More than 64 condition variables: a key would not tell every set apart.
+        let keyed = self.conditions.len() <= 64;
+        let plans = || self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if keyed {
+            if let Some((_, _, o)) = plans().iter().find(|(b, e, _)| *b == bits && *e == events) {
+                return Ok(o.clone());
+            }
+        }
+        let root_type = match self.op.node.ty {
+            OperationType::Mutation => plan.mutation.as_deref().unwrap_or(&plan.query),
+            _ if events => plan.subscription.as_deref().unwrap_or("Subscription"),
+            // A live query runs as the query of the same text.
+            _ => plan.query.as_str(),
+        };
+        let planned = operation::plan(plan, &self.doc, root_type, &self.op.node.selection_set.node, vars)
+            .map_err(|_| Output {
+                body: Bytes::from(error_body(
+                    &format!("the operation selects more than {} fields once its fragments are spread; select less", operation::MAX_PLANNED_FIELDS),
+                    Some("LIMIT_EXCEEDED"),
+                )),
+                request_error: true,
+                has_errors: true,
+            })?;
+        let planned = Arc::new(planned);
+        if keyed {
+            // Kept while its plans hold no more fields than its text has bytes (what its
+            // weight in the cache counts); a bigger plan is made for each request.
+            let mut plans = plans();
+            let held: usize = plans.iter().map(|(_, _, o)| o.size).sum();
+            if plans.len() < PLANS_PER_DOCUMENT && held + planned.size <= self.query.len() {
+                plans.push((bits, events, planned.clone()));
+            }
+        }
+        Ok(planned)
+    }
 }
-
-type Groups<'d, 'p> = Arc<Vec<Group<'d, 'p>>>;
 
 /// What one request's execution shares.
 struct Run<'a> {
     rt: &'a Arc<Runtime>,
     plan: &'a Plan,
-    doc: &'a ExecutableDocument,
     vars: HashMap<Name, ConstValue>,
     headers: &'a HeaderMap,
     deps: &'a Deps,
-    /// Collected fields by (object type, selection sets).
-    collected: Memo<Groups<'a, 'a>>,
-    /// Whether a `@rest` field is selected below (type, selection sets).
-    rest_below: Memo<bool>,
 }
 
 /// What fetching a `@rest` field gave.
 type Outcome = Result<Option<Fetched>, UpstreamError>;
 
-/// Values by (type name, selection sets), compared by address: a request has few
-/// distinct ones, so a scan beats hashing.
-struct Memo<T>(std::sync::Mutex<Vec<MemoEntry<T>>>);
-
-/// (type name's address, selection sets' addresses, value)
-type MemoEntry<T> = (usize, Box<[usize]>, T);
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Memo(Default::default())
-    }
-}
-
-impl<T: Clone> Memo<T> {
-    fn get(&self, type_name: &str, sets: &[&SelectionSet]) -> Option<T> {
-        let ptr = type_name.as_ptr() as usize;
-        let memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        memo.iter()
-            .rev()
-            .find(|(t, s, _)| {
-                *t == ptr
-                    && s.len() == sets.len()
-                    && s.iter().zip(sets).all(|(a, b)| *a == addr(*b))
-            })
-            .map(|(_, _, v)| v.clone())
-    }
-
-    fn put(&self, type_name: &str, sets: &[&SelectionSet], value: T) {
-        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded by the document's selections and types; past this, work is redone.
-        if memo.len() < 256 {
-            memo.push((
-                type_name.as_ptr() as usize,
-                sets.iter().map(|s| addr(*s)).collect(),
-                value,
-            ));
-        }
-    }
-}
-
-/// A fetched `@rest` field by (field node, parent object); parent 0 is the root.
-type Results = HashMap<(usize, usize), Arc<Outcome>>;
+/// A fetched `@rest` field by (planned field, parent object); parent 0 is the root.
+type Results = HashMap<(u32, usize), Arc<Outcome>>;
 
 /// The member at `path` of an upstream object (null when missing). Upstream objects
 /// are small: a scan beats hashing the key.
@@ -421,155 +435,97 @@ fn addr<T>(r: &T) -> usize {
     r as *const T as usize
 }
 
+/// Hashes what `PartialEq` on JSON compares (equal values, equal hashes); below 16
+/// levels nothing more is hashed (equality is still checked).
+fn hash_json(v: Option<&Value>, h: &mut impl Hasher, depth: usize) {
+    let Some(v) = v else {
+        return 0u8.hash(h);
+    };
+    match v {
+        Value::Null => 1u8.hash(h),
+        Value::Bool(b) => (2u8, b).hash(h),
+        Value::Number(n) => {
+            3u8.hash(h);
+            match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => u.hash(h),
+                (_, Some(i), _) => i.hash(h),
+                (_, _, f) => f.map(f64::to_bits).hash(h),
+            }
+        }
+        Value::String(s) => (4u8, s).hash(h),
+        Value::Array(items) => {
+            (5u8, items.len()).hash(h);
+            if depth < 16 {
+                for i in items {
+                    hash_json(Some(i), h, depth + 1);
+                }
+            }
+        }
+        Value::Object(map) => {
+            (6u8, map.len()).hash(h);
+            if depth < 16 {
+                for (k, v) in map {
+                    k.hash(h);
+                    hash_json(Some(v), h, depth + 1);
+                }
+            }
+        }
+    }
+}
+
+/// What a `@rest` field's request reads of its parent object.
+fn parent_reads<'v>(rest: &crate::plan::RestPlan, parent: &'v Value) -> Vec<Option<&'v Value>> {
+    rest.parent_reads
+        .iter()
+        .map(|path| path.iter().try_fold(parent, |v, m| v.get(m.as_str())))
+        .collect()
+}
+
+/// The task of a root field, if it is a `@rest` field.
+fn root_task<'p, 'v>(p: &'p Planned) -> Option<Task<'p, 'v>> {
+    p.field
+        .as_ref()
+        .filter(|f| f.rest.is_some())
+        .map(|field| Task {
+            field,
+            planned: p,
+            parent: None,
+        })
+}
+
 /// One `@rest` field to fetch for one parent.
-struct Task<'d, 'p, 'v> {
+struct Task<'p, 'v> {
     field: &'p Arc<FieldPlan>,
-    node: &'d Positioned<Field>,
-    sub: Vec<&'d SelectionSet>,
+    planned: &'p Planned,
     parent: Option<&'v Value>,
 }
 
+/// The arguments of a field as written.
+type Arguments = [(Positioned<Name>, Positioned<GqlValue>)];
+
 impl<'a> Run<'a> {
-    fn condition(
-        &self,
-        directives: &[Positioned<async_graphql::parser::types::Directive>],
-    ) -> bool {
-        for d in directives {
-            let include = match d.node.name.node.as_str() {
-                "skip" => false,
-                "include" => true,
-                _ => continue,
-            };
-            let value = d.node.get_argument("if").map(|v| match &v.node {
-                GqlValue::Boolean(b) => *b,
-                GqlValue::Variable(name) => {
-                    matches!(self.vars.get(name), Some(ConstValue::Boolean(true)))
-                }
-                _ => false,
-            });
-            if value.is_some_and(|v| v != include) {
-                return false;
+    /// The shape of `value`, selected by `next` (for an interface or union, the shape of
+    /// the concrete type its discriminator names).
+    fn shape_of<'n>(&self, next: &'n Next, value: &Value) -> Option<&'n Arc<Shape>> {
+        match next {
+            Next::Object(shape) => Some(shape),
+            Next::Abstract { type_name, shapes } => {
+                let concrete = self.plan.possible(type_name)?.type_of(value).ok()?;
+                shapes.iter().find(|s| &*s.object == concrete)
             }
-        }
-        true
-    }
-
-    fn applies(&self, condition: &str, object: &str) -> bool {
-        condition == object
-            || self
-                .plan
-                .possible(condition)
-                .is_some_and(|p| p.types.iter().any(|t| t == object))
-    }
-
-    /// CollectFields for the object type `object` over the merged `sets`, once per
-    /// request for each (type, sets): the objects of a list share it.
-    fn collect(&self, object: &'a str, sets: &[&'a SelectionSet]) -> Groups<'a, 'a> {
-        if let Some(g) = self.collected.get(object, sets) {
-            return g;
-        }
-        let mut groups: Vec<Group<'a, 'a>> = Vec::new();
-        let mut visited: Vec<&str> = Vec::new();
-        let fields = self.plan.object_fields(object).unwrap_or(&[]);
-        for set in sets {
-            self.collect_into(object, fields, set, &mut groups, &mut visited);
-        }
-        let groups = Arc::new(groups);
-        self.collected.put(object, sets, groups.clone());
-        groups
-    }
-
-    fn collect_into(
-        &self,
-        object: &'a str,
-        fields: &'a [Arc<FieldPlan>],
-        set: &'a SelectionSet,
-        groups: &mut Vec<Group<'a, 'a>>,
-        visited: &mut Vec<&'a str>,
-    ) {
-        for item in &set.items {
-            match &item.node {
-                Selection::Field(f) => {
-                    if !self.condition(&f.node.directives) {
-                        continue;
-                    }
-                    let key = f.node.response_key().node.as_str();
-                    if let Some(g) = groups.iter_mut().find(|g| g.key == key) {
-                        g.sub.push(&f.node.selection_set.node);
-                        continue;
-                    }
-                    let name = f.node.name.node.as_str();
-                    let field = fields.iter().find(|p| p.name == name).or_else(|| {
-                        // `__schema` and `__type`, which validation allows on the query
-                        // root only.
-                        self.plan.introspection.root_field(name)
-                    });
-                    if field.is_none() && name != "__typename" {
-                        continue; // validation makes this unreachable
-                    }
-                    groups.push(Group {
-                        key,
-                        node: f,
-                        field,
-                        sub: vec![&f.node.selection_set.node],
-                    });
-                }
-                Selection::InlineFragment(i) => {
-                    if !self.condition(&i.node.directives) {
-                        continue;
-                    }
-                    if let Some(c) = &i.node.type_condition {
-                        if !self.applies(&c.node.on.node, object) {
-                            continue;
-                        }
-                    }
-                    self.collect_into(object, fields, &i.node.selection_set.node, groups, visited);
-                }
-                Selection::FragmentSpread(s) => {
-                    let name = s.node.fragment_name.node.as_str();
-                    if !self.condition(&s.node.directives) || visited.contains(&name) {
-                        continue;
-                    }
-                    visited.push(name);
-                    let Some(frag) = self.doc.fragments.get(&s.node.fragment_name.node) else {
-                        continue;
-                    };
-                    if !self.applies(&frag.node.type_condition.node.on.node, object) {
-                        continue;
-                    }
-                    self.collect_into(
-                        object,
-                        fields,
-                        &frag.node.selection_set.node,
-                        groups,
-                        visited,
-                    );
-                }
-            }
-        }
-    }
-
-    /// The concrete object type of `value` as a `type_name` (for an interface or union,
-    /// the one its discriminator names).
-    fn concrete<'v>(&self, type_name: &'a str, value: &'v Value) -> Option<&'a str> {
-        match &self.plan.types.get(type_name)?.kind {
-            TypePlanKind::Object { .. } => Some(type_name),
-            TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible } => {
-                possible.type_of(value).ok()
-            }
-            _ => None,
+            Next::Leaf(_) => None,
         }
     }
 
     /// The field's arguments as one JSON object: literals and variables coerced, defaults
     /// applied; an argument with neither value nor default is absent.
-    fn args(&self, node: &Positioned<Field>, field: &FieldPlan) -> Value {
+    fn args(&self, arguments: &Arguments, field: &FieldPlan) -> Value {
         let mut out = serde_json::Map::new();
         for a in &field.args {
-            let given = node
-                .node
-                .get_argument(&a.name)
-                .and_then(|v| {
+            let given = arguments
+                .iter()
+                .find(|(n, _)| n.node.as_str() == a.name)
+                .and_then(|(_, v)| {
                     v.node
                         .clone()
                         .into_const_with(|name| self.vars.get(&name).cloned().ok_or(()))
@@ -583,80 +539,53 @@ impl<'a> Run<'a> {
         Value::Object(out)
     }
 
-    /// Whether `sets` on a value of type `type_name` select a `@rest` field at any depth
-    /// (whatever `@skip` and `@include` say): if not, nothing below needs fetching.
-    fn selects_rest(&self, type_name: &'a str, sets: &[&'a SelectionSet], depth: usize) -> bool {
-        if sets.iter().all(|s| s.items.is_empty()) || type_name.starts_with("__") {
-            // Nothing selected, or introspection (answered from the plan).
-            return false;
-        }
-        if let Some(below) = self.rest_below.get(type_name, sets) {
-            return below;
-        }
-        let objects: Vec<&'a str> = match self.plan.possible(type_name) {
-            Some(p) => p.types.iter().map(String::as_str).collect(),
-            None => vec![type_name],
-        };
-        // Past this depth, assume there is (validation bounds real documents far below).
-        let below = depth > 64
-            || objects.iter().any(|object| {
-                self.collect(object, sets).iter().any(|g| {
-                    g.field.is_some_and(|f| {
-                        f.rest.is_some() || self.selects_rest(f.ty.base_name(), &g.sub, depth + 1)
-                    })
-                })
-            });
-        self.rest_below.put(type_name, sets, below);
-        below
-    }
-
-    /// The `@rest` fields below `value` (of type `ty`, selected by `sets`) down to the
+    /// The `@rest` fields below `value` (of type `ty`, selected by `next`) down to the
     /// next `@rest` fields: the next level's tasks.
-    fn descend<'v>(
+    fn descend<'p, 'v>(
         &self,
         value: &'v Value,
-        ty: &'a crate::config::TypeRef,
-        sets: &[&'a SelectionSet],
-        tasks: &mut Vec<Task<'a, 'a, 'v>>,
+        ty: &'p crate::config::TypeRef,
+        next: &'p Next,
+        tasks: &mut Vec<Task<'p, 'v>>,
     ) {
-        if self.selects_rest(ty.base_name(), sets, 0) {
-            self.descend_selected(value, ty, sets, tasks);
+        if next.rest() {
+            self.descend_selected(value, ty, next, tasks);
         }
     }
 
-    /// [`Run::descend`] once it is known that `sets` select `@rest` below `ty`'s named
-    /// type: a list's items (of that same named type) are not asked again.
-    fn descend_selected<'v>(
+    fn descend_selected<'p, 'v>(
         &self,
         value: &'v Value,
-        ty: &'a crate::config::TypeRef,
-        sets: &[&'a SelectionSet],
-        tasks: &mut Vec<Task<'a, 'a, 'v>>,
+        ty: &'p crate::config::TypeRef,
+        next: &'p Next,
+        tasks: &mut Vec<Task<'p, 'v>>,
     ) {
         use crate::config::TypeRef;
         match (ty, value) {
             (_, Value::Null) => {}
             (TypeRef::List { item, .. }, Value::Array(items)) => {
                 for v in items {
-                    self.descend_selected(v, item, sets, tasks);
+                    self.descend_selected(v, item, next, tasks);
                 }
             }
-            (TypeRef::Named { name, .. }, Value::Object(_)) => {
-                let Some(object) = self.concrete(name, value) else {
+            (TypeRef::Named { .. }, Value::Object(_)) => {
+                let Some(shape) = self.shape_of(next, value) else {
                     return;
                 };
-                for g in self.collect(object, sets).iter() {
-                    let Some(field) = g.field else { continue };
+                if !shape.rest {
+                    return;
+                }
+                for p in &shape.fields {
+                    let Some(field) = &p.field else { continue };
                     if field.rest.is_some() {
                         tasks.push(Task {
                             field,
-                            node: g.node,
-                            sub: g.sub.clone(),
+                            planned: p,
                             parent: Some(value),
                         });
-                    } else if !g.sub.iter().all(|s| s.items.is_empty()) {
+                    } else if p.next.rest() {
                         let member = read(value, &field.member);
-                        self.descend(member, &field.ty, &g.sub, tasks);
+                        self.descend_selected(member, &field.ty, &p.next, tasks);
                     }
                 }
             }
@@ -665,12 +594,7 @@ impl<'a> Run<'a> {
     }
 
     /// Fetches `first` and, level by level, every `@rest` field below, into `results`.
-    async fn fetch_levels(
-        &self,
-        first: Vec<Task<'a, 'a, '_>>,
-        results: &mut Results,
-        mutation: bool,
-    ) {
+    async fn fetch_levels<'p>(&self, first: Vec<Task<'p, '_>>, results: &mut Results, mutation: bool) {
         let mut level = self.fetch_tasks(first, results, mutation).await;
         while !level.is_empty() {
             let mut next = Vec::new();
@@ -685,44 +609,62 @@ impl<'a> Run<'a> {
     /// request once: tasks of one field whose parents agree on what its request reads
     /// share one fetch. Stores every task's outcome, and returns the distinct values
     /// fetched with what selects them.
-    async fn fetch_tasks(
+    async fn fetch_tasks<'p>(
         &self,
-        tasks: Vec<Task<'a, 'a, '_>>,
+        tasks: Vec<Task<'p, '_>>,
         results: &mut Results,
         mutation: bool,
-    ) -> Vec<(Arc<Value>, &'a Arc<FieldPlan>, Vec<&'a SelectionSet>)> {
+    ) -> Vec<(Arc<Value>, &'p Arc<FieldPlan>, &'p Next)> {
         // Distinct requests, and for each task the index of its request.
-        let mut distinct: Vec<&Task<'a, 'a, '_>> = Vec::new();
-        let mut by_identity: HashMap<(usize, String), usize> = HashMap::new();
-        let mut slots: Vec<(usize, (usize, usize))> = Vec::with_capacity(tasks.len());
+        let mut distinct: Vec<&Task<'p, '_>> = Vec::new();
+        let mut by_identity: HashMap<(u32, u64), Vec<usize>> = HashMap::new();
+        let mut slots: Vec<(usize, (u32, usize))> = Vec::with_capacity(tasks.len());
         for t in &tasks {
-            let at = (addr(t.node), t.parent.map_or(0, addr));
+            let at = (t.planned.id, t.parent.map_or(0, addr));
             if results.contains_key(&at) {
                 continue;
             }
-            let reads = match (&t.field.rest, t.parent) {
-                (Some(rest), Some(parent)) if !mutation => {
-                    let mut text = String::new();
-                    for path in &rest.parent_reads {
-                        let v = path.iter().try_fold(parent, |v, m| v.get(m.as_str()));
-                        text.push_str(&v.map(Value::to_string).unwrap_or_default());
-                        text.push('\u{1f}');
-                    }
-                    text
-                }
-                // A root field: one per node; a mutation field is never shared.
-                _ => format!("{:x}", at.1),
+            let shared = match (&t.field.rest, t.parent) {
+                (Some(rest), Some(parent)) if !mutation => Some((rest, parent)),
+                _ => None,
             };
-            let n = distinct.len();
-            let index = *by_identity.entry((at.0, reads)).or_insert(n);
-            if index == n {
-                distinct.push(t);
-            }
+            let index = match shared {
+                // What the request reads of the parent, hashed; equal hashes compared.
+                Some((rest, parent)) => {
+                    let mine = parent_reads(rest, parent);
+                    let hash = {
+                        let mut h = std::collections::hash_map::DefaultHasher::new();
+                        for v in &mine {
+                            hash_json(*v, &mut h, 0);
+                        }
+                        h.finish()
+                    };
+                    let same = by_identity.entry((at.0, hash)).or_default();
+                    let found = same.iter().copied().find(|i| {
+                        distinct[*i]
+                            .parent
+                            .is_some_and(|other| parent_reads(rest, other) == mine)
+                    });
+                    match found {
+                        Some(i) => i,
+                        None => {
+                            same.push(distinct.len());
+                            distinct.push(t);
+                            distinct.len() - 1
+                        }
+                    }
+                }
+                // A root field: one per field; a mutation field is never shared.
+                None => {
+                    distinct.push(t);
+                    distinct.len() - 1
+                }
+            };
             slots.push((index, at));
         }
         let args: Vec<Value> = distinct
             .iter()
-            .map(|t| self.args(t.node, t.field))
+            .map(|t| self.args(&t.planned.arguments, t.field))
             .collect();
         let outcomes =
             futures_util::future::join_all(distinct.iter().zip(&args).map(|(t, args)| {
@@ -745,7 +687,7 @@ impl<'a> Run<'a> {
         let outcomes: Vec<Arc<Outcome>> = outcomes.into_iter().map(Arc::new).collect();
         for (t, outcome) in distinct.iter().zip(&outcomes) {
             if let Ok(Some(f)) = &**outcome {
-                next.push((f.value.clone(), t.field, t.sub.clone()));
+                next.push((f.value.clone(), t.field, &t.planned.next));
             }
         }
         for (index, at) in slots {
@@ -785,17 +727,13 @@ pub async fn execute_planned(
         Ok(v) => v,
         Err(refused) => return refused,
     };
-    let plan = &*rt.plan;
-    let (root_type, mutation) = match prepared.op.node.ty {
-        OperationType::Mutation => (plan.mutation.as_deref().unwrap_or(&plan.query), true),
-        // A live query runs as the query of the same text.
-        _ => (plan.query.as_str(), false),
+    let operation = match prepared.planned(&rt.plan, &vars, false) {
+        Ok(o) => o,
+        Err(refused) => return refused,
     };
+    let mutation = prepared.op.node.ty == OperationType::Mutation;
     let root = Value::Object(Default::default());
-    execute_on(
-        rt, prepared, vars, headers, deps, root_type, mutation, &root,
-    )
-    .await
+    execute_on(rt, &operation, vars, headers, deps, mutation, &root).await
 }
 
 /// The operation's variables, coerced; or the request error that refuses them.
@@ -814,11 +752,12 @@ fn coerce(
 }
 
 /// An `@stream` subscription ready to run its events: the field, its arguments, the
-/// coerced variables.
+/// coerced variables and the planned operation.
 pub struct EventCall {
     pub field: Arc<FieldPlan>,
     pub args: Value,
     vars: HashMap<Name, ConstValue>,
+    operation: Arc<Operation>,
 }
 
 /// Coerces a prepared subscription's variables and finds its `@stream` root field.
@@ -828,39 +767,36 @@ pub fn events_call(
     variables: &async_graphql::Variables,
 ) -> Result<EventCall, Output> {
     let vars = coerce(rt, prepared, variables)?;
-    let plan = &*rt.plan;
+    let operation = prepared.planned(&rt.plan, &vars, true)?;
     let no_headers = HeaderMap::new();
     let no_deps = Deps::default();
     let run = Run {
         rt,
-        plan,
-        doc: &prepared.doc,
+        plan: &rt.plan,
         vars,
         headers: &no_headers,
         deps: &no_deps,
-        collected: Default::default(),
-        rest_below: Default::default(),
     };
-    let root_type = plan.subscription.as_deref().unwrap_or("Subscription");
-    let top = [&prepared.op.node.selection_set.node];
-    let groups = run.collect(root_type, &top);
-    let found = groups
-        .iter()
-        .find_map(|g| g.field.filter(|f| f.stream.is_some()).map(|f| (g.node, f)));
-    let Some((node, field)) = found else {
+    let found = operation.root.fields.iter().find_map(|p| {
+        p.field
+            .as_ref()
+            .filter(|f| f.stream.is_some())
+            .map(|f| (p, f))
+    });
+    let Some((planned, field)) = found else {
         return Err(Output {
             body: Bytes::from(error_body("the subscription selects no event field", None)),
             request_error: true,
             has_errors: true,
         });
     };
-    let args = run.args(node, field);
+    let args = run.args(&planned.arguments, field);
     let field = field.clone();
-    drop(groups);
     Ok(EventCall {
         field,
         args,
         vars: run.vars,
+        operation,
     })
 }
 
@@ -868,88 +804,63 @@ pub fn events_call(
 /// the value of the subscription's field, nested `@rest` fields fetched as for a query.
 pub async fn execute_event(
     rt: &Arc<Runtime>,
-    prepared: &Prepared,
     call: &EventCall,
     headers: &HeaderMap,
     payload: Value,
 ) -> Output {
-    let plan = &*rt.plan;
-    let root_type = plan.subscription.as_deref().unwrap_or("Subscription");
     let mut root = serde_json::Map::new();
     root.insert(call.field.name.clone(), payload);
     let root = Value::Object(root);
     let deps = Deps::default();
     execute_on(
         rt,
-        prepared,
+        &call.operation,
         call.vars.clone(),
         headers,
         &deps,
-        root_type,
         false,
         &root,
     )
     .await
 }
 
-/// Fetches and writes `prepared`'s selection on `root` (a value of `root_type`).
-#[allow(clippy::too_many_arguments)]
+/// Fetches and writes `operation`'s selection on `root`.
 async fn execute_on(
     rt: &Arc<Runtime>,
-    prepared: &Prepared,
+    operation: &Operation,
     vars: HashMap<Name, ConstValue>,
     headers: &HeaderMap,
     deps: &Deps,
-    root_type: &str,
     mutation: bool,
     root: &Value,
 ) -> Output {
-    let plan = &*rt.plan;
-    let op = &prepared.op.node;
-    let root_type: &str = plan
-        .types
-        .get_key_value(root_type)
-        .map(|(k, _)| k.as_str())
-        .unwrap_or(root_type);
     let run = Run {
         rt,
-        plan,
-        doc: &prepared.doc,
+        plan: &rt.plan,
         vars,
         headers,
         deps,
-        collected: Default::default(),
-        rest_below: Default::default(),
     };
-    let top = [&op.selection_set.node];
-    let groups = run.collect(root_type, &top);
+    let shape = &operation.root;
     let mut results = Results::new();
-    fn task<'d, 'p, 'v>(g: &Group<'d, 'p>) -> Option<Task<'d, 'p, 'v>> {
-        g.field.filter(|f| f.rest.is_some()).map(|field| Task {
-            field,
-            node: g.node,
-            sub: g.sub.clone(),
-            parent: None,
-        })
-    }
     if mutation {
-        for g in groups.iter() {
-            if let Some(t) = task(g) {
+        for p in &shape.fields {
+            if let Some(t) = root_task(p) {
                 run.fetch_levels(vec![t], &mut results, true).await;
             }
         }
     } else {
-        let mut tasks: Vec<Task<'_, '_, '_>> = groups.iter().filter_map(task).collect();
+        let mut tasks: Vec<Task<'_, '_>> = shape.fields.iter().filter_map(root_task).collect();
         // Root fields read from the root value (an event's payload) select `@rest`
         // fields below them.
-        for g in groups.iter() {
-            if let Some(field) = g.field.filter(|f| f.rest.is_none()) {
-                run.descend(read(root, &field.member), &field.ty, &g.sub, &mut tasks);
+        for p in &shape.fields {
+            if let Some(field) = p.field.as_ref().filter(|f| f.rest.is_none()) {
+                run.descend(read(root, &field.member), &field.ty, &p.next, &mut tasks);
             }
         }
         run.fetch_levels(tasks, &mut results, false).await;
     }
-    let written = write::Writer::new(&run, &results).root(root_type, root, &top);
+    let written = write::Writer::new(&run, &results).root(shape, root);
     for key in &written.misfits {
         rt.cache.forget(key);
     }

@@ -3,13 +3,13 @@
 //! path and location, and propagating nulls by truncating back to the nearest nullable
 //! position.
 
-use super::{addr, Group, Results, Run};
+use super::operation::{Leaf, Next, Planned, Shape};
+use super::{addr, Results, Run};
 use crate::cache::CacheKey;
 use crate::config::TypeRef;
-use crate::plan::TypePlanKind;
 use crate::resolve::shape;
+use std::sync::Arc;
 use crate::upstream::UpstreamError;
-use async_graphql::parser::types::SelectionSet;
 use async_graphql::{PathSegment, Pos, ServerError};
 use serde_json::Value;
 
@@ -77,8 +77,8 @@ impl<'r, 'a> Writer<'r, 'a> {
     }
 
     /// Writes the root object (`data`): `null` if a non-null root field is null.
-    pub fn root(mut self, root_type: &'a str, root: &Value, sets: &[&'a SelectionSet]) -> Written {
-        let failed = self.object(root_type, root, 0, sets, None).is_err();
+    pub fn root(mut self, shape: &'a Arc<Shape>, root: &Value) -> Written {
+        let failed = self.object(shape, root, 0, None).is_err();
         if failed || self.over {
             self.buf.truncate(DATA_PREFIX.len());
             self.buf.shrink_to(1024);
@@ -107,23 +107,19 @@ impl<'r, 'a> Writer<'r, 'a> {
 
     fn object(
         &mut self,
-        object: &'a str,
+        shape: &'a Shape,
         value: &Value,
         parent: usize,
-        sets: &[&'a SelectionSet],
         src: Option<Src<'r>>,
     ) -> Result<(), Null> {
-        let groups = self.run.collect(object, sets);
         self.buf.push(b'{');
-        for (i, g) in groups.iter().enumerate() {
+        for (i, p) in shape.fields.iter().enumerate() {
             if i > 0 {
                 self.buf.push(b',');
             }
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(g.key.as_bytes());
-            self.buf.extend_from_slice(b"\":");
-            self.path.push(Seg::Key(g.key));
-            let done = self.field(object, g, value, parent, src);
+            self.buf.extend_from_slice(&p.key_json);
+            self.path.push(Seg::Key(&p.key));
+            let done = self.field(&shape.object, p, value, parent, src);
             self.path.pop();
             done?;
         }
@@ -133,33 +129,33 @@ impl<'r, 'a> Writer<'r, 'a> {
 
     fn field(
         &mut self,
-        object: &'a str,
-        g: &Group<'a, 'a>,
+        object: &str,
+        p: &'a Planned,
         value: &Value,
         parent: usize,
         src: Option<Src<'r>>,
     ) -> Result<(), Null> {
-        let pos = g.node.pos;
-        let Some(field) = g.field else {
+        let pos = p.pos;
+        let Some(field) = &p.field else {
             self.string(object);
             return Ok(());
         };
         let Some(rest) = &field.rest else {
             if object.starts_with("__") || field.name.starts_with("__") {
-                return self.introspection(field, g, value, pos);
+                return self.introspection(field, p, value);
             }
             let member = super::read(value, &field.member);
-            return self.complete(&field.ty, member, &g.sub, src, pos);
+            return self.complete(&field.ty, member, &p.next, src, pos);
         };
         let results = self.results;
-        match results.get(&(addr(g.node), parent)).map(|o| &**o) {
+        match results.get(&(p.id, parent)).map(|o| &**o) {
             Some(Ok(Some(fetched))) => {
                 let src = Src {
                     upstream: &rest.upstream.name,
                     key: fetched.key,
                     depth: self.path.len(),
                 };
-                self.complete(&field.ty, &fetched.value, &g.sub, Some(src), pos)
+                self.complete(&field.ty, &fetched.value, &p.next, Some(src), pos)
             }
             Some(Err(e)) => {
                 self.error(e.to_graphql().into_server_error(pos));
@@ -171,7 +167,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                 }
             }
             // A batched field whose parent has no key.
-            Some(Ok(None)) | None => self.complete(&field.ty, &NULL, &g.sub, src, pos),
+            Some(Ok(None)) | None => self.complete(&field.ty, &NULL, &p.next, src, pos),
         }
     }
 
@@ -181,28 +177,28 @@ impl<'r, 'a> Writer<'r, 'a> {
     fn introspection(
         &mut self,
         field: &'a crate::plan::FieldPlan,
-        g: &Group<'a, 'a>,
+        p: &'a Planned,
         value: &Value,
-        pos: Pos,
     ) -> Result<(), Null> {
+        let pos = p.pos;
         let run = self.run;
         let introspection = &run.plan.introspection;
         match field.name.as_str() {
             "__schema" => {
-                return self.complete(&field.ty, introspection.schema(), &g.sub, None, pos)
+                return self.complete(&field.ty, introspection.schema(), &p.next, None, pos)
             }
             "__type" => {
-                let args = run.args(g.node, field);
+                let args = run.args(&p.arguments, field);
                 let found = args["name"]
                     .as_str()
                     .and_then(|n| introspection.type_named(n));
-                return self.complete(&field.ty, found.unwrap_or(&NULL), &g.sub, None, pos);
+                return self.complete(&field.ty, found.unwrap_or(&NULL), &p.next, None, pos);
             }
             _ => {}
         }
         let member = super::read(value, &field.member);
         let filter = field.args.iter().any(|a| a.name == "includeDeprecated")
-            && run.args(g.node, field)["includeDeprecated"] != Value::Bool(true);
+            && run.args(&p.arguments, field)["includeDeprecated"] != Value::Bool(true);
         match member {
             Value::Array(items) if filter => {
                 let current: Value = items
@@ -210,9 +206,9 @@ impl<'r, 'a> Writer<'r, 'a> {
                     .filter(|i| i["isDeprecated"] != Value::Bool(true))
                     .cloned()
                     .collect();
-                self.complete(&field.ty, &current, &g.sub, None, pos)
+                self.complete(&field.ty, &current, &p.next, None, pos)
             }
-            _ => self.complete(&field.ty, member, &g.sub, None, pos),
+            _ => self.complete(&field.ty, member, &p.next, None, pos),
         }
     }
 
@@ -222,7 +218,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         &mut self,
         ty: &'a TypeRef,
         value: &Value,
-        sets: &[&'a SelectionSet],
+        next: &'a Next,
         src: Option<Src<'r>>,
         pos: Pos,
     ) -> Result<(), Null> {
@@ -230,7 +226,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             return Err(Null { reported: true });
         }
         let mark = self.buf.len();
-        match self.inner(ty, value, sets, src, pos) {
+        match self.inner(ty, value, next, src, pos) {
             Ok(()) if self.buf.len() > self.run.rt.max_response => {
                 // Given up at once: the buffer is not grown any further.
                 self.over = true;
@@ -257,7 +253,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         &mut self,
         ty: &'a TypeRef,
         value: &Value,
-        sets: &[&'a SelectionSet],
+        next: &'a Next,
         src: Option<Src<'r>>,
         pos: Pos,
     ) -> Result<(), Null> {
@@ -279,7 +275,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                         self.buf.push(b',');
                     }
                     self.path.push(Seg::Index(i));
-                    let done = self.complete(item, v, sets, src, pos);
+                    let done = self.complete(item, v, next, src, pos);
                     self.path.pop();
                     done?;
                 }
@@ -297,28 +293,29 @@ impl<'r, 'a> Writer<'r, 'a> {
             }
             _ => value,
         };
-        match shape::composite(run.plan, name) {
-            Some(TypePlanKind::Object { .. }) if value.is_object() => {
-                return self.object(name, value, addr(value), sets, src);
-            }
-            Some(TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible })
-                if value.is_object() =>
-            {
-                return match possible.type_of(value) {
-                    Ok(concrete) => self.object(concrete, value, addr(value), sets, src),
-                    Err(why) => {
-                        self.misfit(src, pos, why);
-                        Err(Null { reported: true })
-                    }
-                };
-            }
-            Some(_) => {
+        let leaf = match next {
+            Next::Leaf(leaf) => leaf,
+            _ if !value.is_object() => {
                 self.misfit(src, pos, format!("should be an object ({name})"));
                 return Err(Null { reported: true });
             }
-            None => {}
-        }
-        if !shape::leaf_fits(run.plan, name, value) {
+            Next::Object(shape) => return self.object(shape, value, addr(value), src),
+            Next::Abstract { type_name, shapes } => {
+                let concrete = match run.plan.possible(type_name).map(|p| p.type_of(value)) {
+                    Some(Ok(concrete)) => concrete,
+                    Some(Err(why)) => {
+                        self.misfit(src, pos, why);
+                        return Err(Null { reported: true });
+                    }
+                    None => "",
+                };
+                return match shapes.iter().find(|s| &*s.object == concrete) {
+                    Some(shape) => self.object(shape, value, addr(value), src),
+                    None => Err(Null { reported: false }),
+                };
+            }
+        };
+        if !leaf.fits(run.plan, value) {
             self.misfit(
                 src,
                 pos,
@@ -326,9 +323,10 @@ impl<'r, 'a> Writer<'r, 'a> {
             );
             return Err(Null { reported: true });
         }
+        let id = matches!(leaf, Leaf::Id);
         match value {
             // GraphQL serialises an ID as a string, whatever the upstream sent.
-            Value::Number(n) if name == "ID" => self.string(&n.to_string()),
+            Value::Number(n) if id => self.string(&n.to_string()),
             // A leaf that fits is written as the upstream sent it.
             _ => {
                 if serde_json::to_writer(&mut self.buf, value).is_err() {

@@ -424,12 +424,8 @@ async fn run_live(
     }
 }
 
-/// What an event topic runs: the prepared document, its call, its event source.
-type EventsReady = (
-    Arc<crate::exec::Prepared>,
-    crate::exec::EventCall,
-    Arc<crate::plan::SourcePlan>,
-);
+/// What an event topic runs: the call (its planned operation) and its event source.
+type EventsReady = (crate::exec::EventCall, Arc<crate::plan::SourcePlan>);
 
 /// Prepares an `@stream` subscription on `engine`; the refusal is a response body.
 async fn events_setup(
@@ -453,7 +449,7 @@ async fn events_setup(
             None,
         )));
     };
-    Ok((prepared, call, source))
+    Ok((call, source))
 }
 
 /// An event topic's task: each matching upstream message is executed once and pushed to
@@ -469,7 +465,7 @@ async fn run_events(
 ) {
     use futures_util::StreamExt;
     let mut swaps = engines.swaps();
-    let (mut prepared, mut call, mut source) = ready;
+    let (mut call, mut source) = ready;
     loop {
         let payloads = crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args);
         tokio::pin!(payloads);
@@ -482,7 +478,7 @@ async fn run_events(
                         return;
                     };
                     let payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
-                    let out = crate::exec::execute_event(&rt, &prepared, &call, &headers, payload).await;
+                    let out = crate::exec::execute_event(&rt, &call, &headers, payload).await;
                     topic.publish(&out.body, &rt.metrics.pushed);
                 }
                 swapped = swaps.changed() => {
@@ -497,7 +493,7 @@ async fn run_events(
         match events_setup(&engine, &mut request).await {
             Ok(ready) => {
                 rt = engine.runtime.clone();
-                (prepared, call, source) = ready;
+                (call, source) = ready;
             }
             Err(body) => {
                 topic.end(Some(&body));
