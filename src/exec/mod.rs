@@ -32,7 +32,6 @@ pub use run::{execute, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::{FieldPlan, Plan};
-use operation::{Next, Operation, Planned, Shape};
 use crate::resolve::{Call, Fetched, Runtime};
 use crate::upstream::UpstreamError;
 use async_graphql::parser::types::{
@@ -42,6 +41,7 @@ use async_graphql::{Name, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
 use bytes::Bytes;
 use http::HeaderMap;
+use operation::{Next, Operation, Planned, Shape};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -231,7 +231,7 @@ impl Default for Executor {
                             .saturating_mul(8 + PLAN_BYTES_PER_BYTE)
                             .saturating_add(1024),
                     )
-                        .unwrap_or(u32::MAX)
+                    .unwrap_or(u32::MAX)
                 })
                 .build(),
         }
@@ -360,10 +360,14 @@ impl Prepared {
         vars: &HashMap<Name, ConstValue>,
         events: bool,
     ) -> Result<Arc<Operation>, Output> {
-        let bits = self.conditions.iter().enumerate().fold(0u64, |bits, (i, name)| {
-            let on = matches!(vars.get(name), Some(ConstValue::Boolean(true)));
-            bits | (u64::from(on) << (i % 64))
-        });
+        let bits = self
+            .conditions
+            .iter()
+            .enumerate()
+            .fold(0u64, |bits, (i, name)| {
+                let on = matches!(vars.get(name), Some(ConstValue::Boolean(true)));
+                bits | (u64::from(on) << (i % 64))
+            });
         // More than 64 condition variables: a key would not tell every set apart.
         let keyed = self.conditions.len() <= 64;
         let plans = || self.plans.lock().unwrap_or_else(|p| p.into_inner());
@@ -421,14 +425,20 @@ type Results = HashMap<(u32, usize), Arc<Outcome>>;
 fn read<'v>(value: &'v Value, path: &[Arc<str>]) -> &'v Value {
     static NULL: Value = Value::Null;
     path.iter()
-        .try_fold(value, |v, m| match v {
-            Value::Object(map) if map.len() <= 12 => {
-                map.iter().find(|(k, _)| k.as_str() == &**m).map(|(_, v)| v)
-            }
-            Value::Object(map) => map.get(&**m),
-            _ => None,
-        })
+        .try_fold(value, |v, m| member(v, m))
         .unwrap_or(&NULL)
+}
+
+/// The member `name` of `value`, if it is an object that has one: a scan for a small
+/// object (no hashing of the key), a lookup for a big one.
+fn member<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    match value {
+        Value::Object(map) if map.len() <= 12 => {
+            map.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+        }
+        Value::Object(map) => map.get(name),
+        _ => None,
+    }
 }
 
 fn addr<T>(r: &T) -> usize {
@@ -477,7 +487,7 @@ fn hash_json(v: Option<&Value>, h: &mut impl Hasher, depth: usize) {
 fn parent_reads<'v>(rest: &crate::plan::RestPlan, parent: &'v Value) -> Vec<Option<&'v Value>> {
     rest.parent_reads
         .iter()
-        .map(|path| path.iter().try_fold(parent, |v, m| v.get(m.as_str())))
+        .map(|path| path.iter().try_fold(parent, |v, m| member(v, m)))
         .collect()
 }
 
@@ -594,7 +604,12 @@ impl<'a> Run<'a> {
     }
 
     /// Fetches `first` and, level by level, every `@rest` field below, into `results`.
-    async fn fetch_levels<'p>(&self, first: Vec<Task<'p, '_>>, results: &mut Results, mutation: bool) {
+    async fn fetch_levels<'p>(
+        &self,
+        first: Vec<Task<'p, '_>>,
+        results: &mut Results,
+        mutation: bool,
+    ) {
         let mut level = self.fetch_tasks(first, results, mutation).await;
         while !level.is_empty() {
             let mut next = Vec::new();

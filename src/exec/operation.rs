@@ -10,9 +10,7 @@
 //! values of its condition variables (most have none, so one plan).
 
 use crate::plan::{FieldPlan, Plan, TypePlanKind};
-use async_graphql::parser::types::{
-    Directive, ExecutableDocument, Field, Selection, SelectionSet,
-};
+use async_graphql::parser::types::{Directive, ExecutableDocument, Field, Selection, SelectionSet};
 use async_graphql::{Name, Pos, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
 use std::collections::HashMap;
@@ -135,8 +133,7 @@ pub fn condition_variables(doc: &ExecutableDocument) -> Vec<Name> {
                 Selection::FragmentSpread(s) => (&s.node.directives, None),
             };
             for d in directives {
-                if let Some(GqlValue::Variable(name)) = d.node.get_argument("if").map(|v| &v.node)
-                {
+                if let Some(GqlValue::Variable(name)) = d.node.get_argument("if").map(|v| &v.node) {
                     if !out.contains(name) {
                         out.push(name.clone());
                     }
@@ -246,9 +243,9 @@ impl<'a> Planner<'a> {
                 next,
             });
         }
-        let rest = fields.iter().any(|p| {
-            p.field.as_ref().is_some_and(|f| f.rest.is_some()) || p.next.rest()
-        });
+        let rest = fields
+            .iter()
+            .any(|p| p.field.as_ref().is_some_and(|f| f.rest.is_some()) || p.next.rest());
         let shape = Arc::new(Shape {
             object: Arc::from(object),
             fields,

@@ -8,10 +8,10 @@ use super::{addr, Results, Run};
 use crate::cache::CacheKey;
 use crate::config::TypeRef;
 use crate::resolve::shape;
-use std::sync::Arc;
 use crate::upstream::UpstreamError;
 use async_graphql::{PathSegment, Pos, ServerError};
 use serde_json::Value;
+use std::sync::Arc;
 
 static NULL: Value = Value::Null;
 
@@ -287,10 +287,12 @@ impl<'r, 'a> Writer<'r, 'a> {
         let run = self.run;
         // A type reference in introspection (`{kind, name, ofType}`) stands for the whole
         // type it names.
-        let value = match value.get("name").and_then(Value::as_str) {
-            Some(named) if name == "__Type" => {
-                run.plan.introspection.type_named(named).unwrap_or(value)
-            }
+        let value = match name {
+            "__Type" => value
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|named| run.plan.introspection.type_named(named))
+                .unwrap_or(value),
             _ => value,
         };
         let leaf = match next {
