@@ -41,7 +41,7 @@ use async_graphql::{Name, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
 use bytes::Bytes;
 use http::HeaderMap;
-use operation::{Next, Operation, Planned, Shape};
+use operation::{Next, Operation, Planned};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -50,7 +50,7 @@ use std::sync::Arc;
 /// What running an operation needs, whichever transport (or the live hub) asks: below
 /// the transports and the live hub, which both use it.
 pub struct Engine {
-    /// async-graphql's dynamic schema: validation, introspection, `@stream` events.
+    /// async-graphql's dynamic schema: parsing and validation only (see [`Gate`]).
     pub schema: async_graphql::dynamic::Schema,
     pub runtime: Arc<Runtime>,
     /// Whole responses of repeated queries.
@@ -514,19 +514,6 @@ struct Task<'p, 'v> {
 type Arguments = [(Positioned<Name>, Positioned<GqlValue>)];
 
 impl<'a> Run<'a> {
-    /// The shape of `value`, selected by `next` (for an interface or union, the shape of
-    /// the concrete type its discriminator names).
-    fn shape_of<'n>(&self, next: &'n Next, value: &Value) -> Option<&'n Arc<Shape>> {
-        match next {
-            Next::Object(shape) => Some(shape),
-            Next::Abstract { type_name, shapes } => {
-                let concrete = self.plan.possible(type_name)?.type_of(value).ok()?;
-                shapes.iter().find(|s| &*s.object == concrete)
-            }
-            Next::Leaf(_) => None,
-        }
-    }
-
     /// The field's arguments as one JSON object: literals and variables coerced, defaults
     /// applied; an argument with neither value nor default is absent.
     fn args(&self, arguments: &Arguments, field: &FieldPlan) -> Value {
@@ -579,7 +566,7 @@ impl<'a> Run<'a> {
                 }
             }
             (TypeRef::Named { .. }, Value::Object(_)) => {
-                let Some(shape) = self.shape_of(next, value) else {
+                let Ok(Some(shape)) = next.shape_of(self.plan, value) else {
                     return;
                 };
                 if !shape.rest {
@@ -730,7 +717,7 @@ pub fn cap_errors(errors: &mut Vec<async_graphql::ServerError>) {
     }
 }
 
-/// Runs a prepared query or mutation. The caller checked [`Prepared::fallback`].
+/// Runs a prepared query or mutation (a live query runs as a query).
 pub async fn execute_planned(
     rt: &Arc<Runtime>,
     prepared: &Prepared,

@@ -10,6 +10,7 @@
 //! values of its condition variables (most have none, so one plan).
 
 use crate::plan::{FieldPlan, Plan, TypePlanKind};
+pub use crate::resolve::shape::Leaf;
 use async_graphql::parser::types::{Directive, ExecutableDocument, Field, Selection, SelectionSet};
 use async_graphql::{Name, Pos, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
@@ -65,54 +66,32 @@ pub enum Next {
 }
 
 impl Next {
+    /// The shape of the object `value`: for an interface or union, that of the concrete
+    /// type its discriminator names (`Err`: why it names none); `None` for a leaf.
+    pub fn shape_of(
+        &self,
+        plan: &Plan,
+        value: &serde_json::Value,
+    ) -> Result<Option<&Arc<Shape>>, String> {
+        match self {
+            Next::Object(shape) => Ok(Some(shape)),
+            Next::Abstract { type_name, shapes } => {
+                let Some(possible) = plan.possible(type_name) else {
+                    return Ok(None);
+                };
+                let concrete = possible.type_of(value)?;
+                Ok(shapes.iter().find(|s| &*s.object == concrete))
+            }
+            Next::Leaf(_) => Ok(None),
+        }
+    }
+
     /// A `@rest` field is selected below.
     pub fn rest(&self) -> bool {
         match self {
             Next::Leaf(_) => false,
             Next::Object(s) => s.rest,
             Next::Abstract { shapes, .. } => shapes.iter().any(|s| s.rest),
-        }
-    }
-}
-
-/// A leaf type, resolved once.
-pub enum Leaf {
-    Int,
-    Float,
-    String,
-    Boolean,
-    Id,
-    Enum(Arc<str>),
-    /// A custom scalar: any JSON.
-    Any,
-}
-
-impl Leaf {
-    fn of(plan: &Plan, name: &str) -> Leaf {
-        match name {
-            "Int" => Leaf::Int,
-            "Float" => Leaf::Float,
-            "String" => Leaf::String,
-            "Boolean" => Leaf::Boolean,
-            "ID" => Leaf::Id,
-            _ => match plan.types.get(name).map(|t| &t.kind) {
-                Some(TypePlanKind::Enum { .. }) => Leaf::Enum(name.into()),
-                _ => Leaf::Any,
-            },
-        }
-    }
-
-    /// Whether the upstream value `value` (not null) is a valid result of this type (see
-    /// [`crate::resolve::shape::leaf_fits`], which this is, resolved once).
-    pub fn fits(&self, plan: &Plan, value: &serde_json::Value) -> bool {
-        match self {
-            Leaf::Int => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
-            Leaf::Float => value.is_number(),
-            Leaf::String => value.is_string(),
-            Leaf::Boolean => value.is_boolean(),
-            Leaf::Id => value.is_string() || value.is_i64() || value.is_u64(),
-            Leaf::Enum(name) => crate::resolve::shape::leaf_fits(plan, name, value),
-            Leaf::Any => true,
         }
     }
 }

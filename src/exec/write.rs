@@ -301,19 +301,14 @@ impl<'r, 'a> Writer<'r, 'a> {
                 self.misfit(src, pos, format!("should be an object ({name})"));
                 return Err(Null { reported: true });
             }
-            Next::Object(shape) => return self.object(shape, value, addr(value), src),
-            Next::Abstract { type_name, shapes } => {
-                let concrete = match run.plan.possible(type_name).map(|p| p.type_of(value)) {
-                    Some(Ok(concrete)) => concrete,
-                    Some(Err(why)) => {
+            _ => {
+                return match next.shape_of(run.plan, value) {
+                    Ok(Some(shape)) => self.object(shape, value, addr(value), src),
+                    Ok(None) => Err(Null { reported: false }),
+                    Err(why) => {
                         self.misfit(src, pos, why);
-                        return Err(Null { reported: true });
+                        Err(Null { reported: true })
                     }
-                    None => "",
-                };
-                return match shapes.iter().find(|s| &*s.object == concrete) {
-                    Some(shape) => self.object(shape, value, addr(value), src),
-                    None => Err(Null { reported: false }),
                 };
             }
         };

@@ -122,22 +122,56 @@ pub(crate) fn composite<'p>(plan: &'p Plan, name: &str) -> Option<&'p TypePlanKi
 }
 
 /// Whether the upstream value `value` (not null) is a valid result of the leaf type
-/// `name`: an `Int` in 32 bits, any number for `Float`, a string or an integer for `ID`,
-/// one of an enum's values, anything for a custom scalar.
+/// `name`: see [`Leaf::fits`].
 pub(crate) fn leaf_fits(plan: &Plan, name: &str, value: &Value) -> bool {
-    match name {
-        "Int" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
-        "Float" => value.is_number(),
-        "String" => value.is_string(),
-        "Boolean" => value.is_boolean(),
-        "ID" => value.is_string() || value.is_i64() || value.is_u64(),
-        _ => match plan.types.get(name).map(|t| &t.kind) {
-            Some(TypePlanKind::Enum { values }) => value
-                .as_str()
-                .is_some_and(|s| values.iter().any(|v| v == s)),
-            // Custom scalars accept any JSON.
-            _ => true,
-        },
+    Leaf::of(plan, name).fits(plan, value)
+}
+
+/// A leaf type, resolved from its name once (the executor keeps it in its plan).
+pub enum Leaf {
+    Int,
+    Float,
+    String,
+    Boolean,
+    Id,
+    Enum(Arc<str>),
+    /// A custom scalar: any JSON.
+    Any,
+}
+
+impl Leaf {
+    pub fn of(plan: &Plan, name: &str) -> Leaf {
+        match name {
+            "Int" => Leaf::Int,
+            "Float" => Leaf::Float,
+            "String" => Leaf::String,
+            "Boolean" => Leaf::Boolean,
+            "ID" => Leaf::Id,
+            _ => match plan.types.get(name).map(|t| &t.kind) {
+                Some(TypePlanKind::Enum { .. }) => Leaf::Enum(name.into()),
+                _ => Leaf::Any,
+            },
+        }
+    }
+
+    /// Whether the upstream value `value` (not null) is a valid result of this type: an
+    /// `Int` in 32 bits, any number for `Float`, a string or an integer for `ID`, one of
+    /// an enum's values, anything for a custom scalar.
+    pub fn fits(&self, plan: &Plan, value: &Value) -> bool {
+        match self {
+            Leaf::Int => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+            Leaf::Float => value.is_number(),
+            Leaf::String => value.is_string(),
+            Leaf::Boolean => value.is_boolean(),
+            Leaf::Id => value.is_string() || value.is_i64() || value.is_u64(),
+            Leaf::Enum(name) => match plan.types.get(&**name).map(|t| &t.kind) {
+                Some(TypePlanKind::Enum { values }) => value
+                    .as_str()
+                    .is_some_and(|s| values.iter().any(|v| v == s)),
+                _ => true,
+            },
+            Leaf::Any => true,
+        }
     }
 }
 
