@@ -327,6 +327,15 @@ impl RedisBus {
         .await
     }
 
+    /// The second-level entry for `key`, if there is one younger than `policy`'s
+    /// `max_age` (what a waiting fill takes as the holder's value).
+    async fn fresh(&self, key: &CacheKey, policy: &Policy) -> Option<Shared> {
+        match self.read(key).await {
+            Some((_, Some(hit))) if hit.age < policy.max_age => Some(hit),
+            _ => None,
+        }
+    }
+
     /// In one round trip: the generation pair ([`RedisBus::generation`]) and the
     /// second-level entry for `key` (`None` when there is none, or it predates an
     /// "everything changed"); `None` when Redis did not answer.
@@ -429,11 +438,9 @@ impl RedisBus {
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some((_, Some(hit))) = self.read(&key).await {
-                        if hit.age < policy.max_age {
-                            outcome("hit");
-                            return Ok(hit);
-                        }
+                    if let Some(hit) = self.fresh(&key, policy).await {
+                        outcome("hit");
+                        return Ok(hit);
                     }
                     let held: Option<i64> = {
                         let lock = lock.clone();
@@ -443,8 +450,14 @@ impl RedisBus {
                         .await
                     };
                     if held != Some(1) {
-                        // Released without a value (it failed, or was invalidated), or
-                        // expired with its holder: fetch ourselves.
+                        // Released: its holder may have stored the value between the
+                        // read above and this check (it stores, then unlocks), so look
+                        // once more. No value: it failed, was invalidated, or expired
+                        // with its holder; fetch ourselves.
+                        if let Some(hit) = self.fresh(&key, policy).await {
+                            outcome("hit");
+                            return Ok(hit);
+                        }
                         break;
                     }
                 }
