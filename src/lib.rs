@@ -34,6 +34,7 @@ pub mod key;
 pub mod live;
 pub mod metrics;
 pub mod plan;
+pub mod request;
 pub mod resolve;
 pub mod response_cache;
 pub mod schema;

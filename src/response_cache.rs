@@ -12,8 +12,9 @@
 
 use crate::cache::{CacheKey, Stamp};
 use crate::deps::{Gathered, Read};
+use crate::request::RequestContext;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName};
+use http::HeaderName;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,40 +60,30 @@ impl ResponseCache {
     }
 
     /// The key of a request, or `None` when the cache is off.
-    pub fn key(&self, req: &async_graphql::Request, headers: &HeaderMap) -> Option<CacheKey> {
+    pub fn key(&self, req: &async_graphql::Request, ctx: &RequestContext) -> Option<CacheKey> {
         self.entries.as_ref()?;
-        Some(self.identity(req, headers))
+        Some(self.identity(req, ctx))
     }
 
     /// What makes two requests the same operation for the same caller: the document, the
     /// operation's name, the variables, and every request header that can change an
     /// upstream's answer. Live subscriptions with one identity share one execution.
-    pub fn identity(&self, req: &async_graphql::Request, headers: &HeaderMap) -> CacheKey {
+    pub fn identity(&self, req: &async_graphql::Request, ctx: &RequestContext) -> CacheKey {
         let variables = serde_json::to_vec(&req.variables).unwrap_or_default();
         let mut parts: Vec<&[u8]> = vec![
             req.query.as_bytes(),
             req.operation_name.as_deref().unwrap_or("").as_bytes(),
             &variables,
         ];
-        for name in &self.vary {
-            parts.push(name.as_str().as_bytes());
-            for v in headers.get_all(name) {
-                parts.push(v.as_bytes());
-            }
-        }
+        ctx.identity_parts(&self.vary, &mut parts);
         CacheKey::from_parts(parts)
     }
 
     /// Who the caller is, as far as upstreams can tell: every request header that can
     /// change an upstream's answer (the credentials that key `PRIVATE` entries).
-    pub fn credentials(&self, headers: &HeaderMap) -> CacheKey {
+    pub fn credentials(&self, ctx: &RequestContext) -> CacheKey {
         let mut parts: Vec<&[u8]> = Vec::new();
-        for name in &self.vary {
-            parts.push(name.as_str().as_bytes());
-            for v in headers.get_all(name) {
-                parts.push(v.as_bytes());
-            }
-        }
+        ctx.identity_parts(&self.vary, &mut parts);
         CacheKey::from_parts(parts)
     }
 

@@ -32,6 +32,7 @@ pub use run::{execute, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::{FieldPlan, Plan};
+use crate::request::RequestContext;
 use crate::resolve::{Call, Fetched, Runtime};
 use crate::upstream::UpstreamError;
 use async_graphql::parser::types::{
@@ -40,7 +41,6 @@ use async_graphql::parser::types::{
 use async_graphql::{Name, Positioned};
 use async_graphql_value::{ConstValue, Value as GqlValue};
 use bytes::Bytes;
-use http::HeaderMap;
 use operation::{Next, Operation, Planned};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -410,7 +410,7 @@ struct Run<'a> {
     rt: &'a Arc<Runtime>,
     plan: &'a Plan,
     vars: HashMap<Name, ConstValue>,
-    headers: &'a HeaderMap,
+    ctx: &'a RequestContext,
     deps: &'a Deps,
 }
 
@@ -673,7 +673,7 @@ impl<'a> Run<'a> {
                 let call = Call {
                     args,
                     parent: t.parent,
-                    headers: self.headers,
+                    ctx: self.ctx,
                     deps: self.deps,
                     mutation,
                 };
@@ -722,7 +722,7 @@ pub async fn execute_planned(
     rt: &Arc<Runtime>,
     prepared: &Prepared,
     variables: &async_graphql::Variables,
-    headers: &HeaderMap,
+    ctx: &RequestContext,
     deps: &Deps,
 ) -> Output {
     let vars = match coerce(rt, prepared, variables) {
@@ -735,7 +735,7 @@ pub async fn execute_planned(
     };
     let mutation = prepared.op.node.ty == OperationType::Mutation;
     let root = Value::Object(Default::default());
-    execute_on(rt, &operation, vars, headers, deps, mutation, &root).await
+    execute_on(rt, &operation, vars, ctx, deps, mutation, &root).await
 }
 
 /// The operation's variables, coerced; or the request error that refuses them.
@@ -770,13 +770,13 @@ pub fn events_call(
 ) -> Result<EventCall, Output> {
     let vars = coerce(rt, prepared, variables)?;
     let operation = prepared.planned(&rt.plan, &vars, true)?;
-    let no_headers = HeaderMap::new();
+    let no_ctx = RequestContext::default();
     let no_deps = Deps::default();
     let run = Run {
         rt,
         plan: &rt.plan,
         vars,
-        headers: &no_headers,
+        ctx: &no_ctx,
         deps: &no_deps,
     };
     let found = operation.root.fields.iter().find_map(|p| {
@@ -807,7 +807,7 @@ pub fn events_call(
 pub async fn execute_event(
     rt: &Arc<Runtime>,
     call: &EventCall,
-    headers: &HeaderMap,
+    ctx: &RequestContext,
     payload: Value,
 ) -> Output {
     let mut root = serde_json::Map::new();
@@ -818,7 +818,7 @@ pub async fn execute_event(
         rt,
         &call.operation,
         call.vars.clone(),
-        headers,
+        ctx,
         &deps,
         false,
         &root,
@@ -831,7 +831,7 @@ async fn execute_on(
     rt: &Arc<Runtime>,
     operation: &Operation,
     vars: HashMap<Name, ConstValue>,
-    headers: &HeaderMap,
+    ctx: &RequestContext,
     deps: &Deps,
     mutation: bool,
     root: &Value,
@@ -840,7 +840,7 @@ async fn execute_on(
         rt,
         plan: &rt.plan,
         vars,
-        headers,
+        ctx,
         deps,
     };
     let shape = &operation.root;

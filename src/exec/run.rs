@@ -5,8 +5,8 @@
 use super::Engine;
 use crate::cache::CacheKey;
 use crate::deps::{Deps, Read};
+use crate::request::RequestContext;
 use bytes::Bytes;
-use http::HeaderMap;
 use std::sync::Arc;
 
 /// One execution's outcome, serialised.
@@ -23,9 +23,9 @@ pub struct Executed {
 pub fn lookup(
     engine: &Engine,
     req: &async_graphql::Request,
-    headers: &HeaderMap,
+    ctx: &RequestContext,
 ) -> Result<Executed, Option<CacheKey>> {
-    let key = engine.responses.key(req, headers);
+    let key = engine.responses.key(req, ctx);
     match key.as_ref().and_then(|k| engine.responses.get(k)) {
         Some(hit) => {
             engine.runtime.metrics.response_cache_hits.inc();
@@ -40,10 +40,10 @@ pub fn lookup(
 }
 
 /// Runs `req`, from the response cache when it can.
-pub async fn run(engine: &Engine, req: async_graphql::Request, headers: HeaderMap) -> Executed {
-    match lookup(engine, &req, &headers) {
+pub async fn run(engine: &Engine, req: async_graphql::Request, ctx: &RequestContext) -> Executed {
+    match lookup(engine, &req, ctx) {
         Ok(hit) => hit,
-        Err(key) => execute(engine, req, headers, key).await,
+        Err(key) => execute(engine, req, ctx, key).await,
     }
 }
 
@@ -51,13 +51,13 @@ pub async fn run(engine: &Engine, req: async_graphql::Request, headers: HeaderMa
 pub async fn execute(
     engine: &Engine,
     mut req: async_graphql::Request,
-    headers: HeaderMap,
+    ctx: &RequestContext,
     key: Option<CacheKey>,
 ) -> Executed {
     // A prepared document passed the document's limits when it was prepared; its
     // variables are checked as they are coerced.
     if let Some(prepared) = engine.executor.cached(&engine.runtime, &req) {
-        return run_prepared(engine, prepared, req, headers, key).await;
+        return run_prepared(engine, prepared, req, ctx, key).await;
     }
     if let Some(why) = super::limits::check_document(&mut req, &engine.limits) {
         engine.runtime.metrics.reject(why.rejection());
@@ -73,7 +73,7 @@ pub async fn execute(
         .prepare(&engine.schema, &engine.runtime, &mut req)
         .await
     {
-        Ok(prepared) => run_prepared(engine, prepared, req, headers, key).await,
+        Ok(prepared) => run_prepared(engine, prepared, req, ctx, key).await,
         Err(body) => Executed {
             body,
             request_error: true,
@@ -88,7 +88,7 @@ async fn run_prepared(
     engine: &Engine,
     prepared: Arc<super::Prepared>,
     req: async_graphql::Request,
-    headers: HeaderMap,
+    ctx: &RequestContext,
     key: Option<CacheKey>,
 ) -> Executed {
     if prepared.introspects() && engine.limits.no_introspection {
@@ -103,8 +103,7 @@ async fn run_prepared(
         };
     }
     let deps = Deps::default();
-    let out =
-        super::execute_planned(&engine.runtime, &prepared, &req.variables, &headers, &deps).await;
+    let out = super::execute_planned(&engine.runtime, &prepared, &req.variables, ctx, &deps).await;
     let gathered = deps.take();
     if let Some(key) = key {
         if !out.has_errors {

@@ -16,15 +16,58 @@
 pub mod outbox;
 pub mod topic;
 
-use crate::exec::Engine;
+use crate::exec::{Engine, Executed};
+use crate::request::RequestContext;
 use async_graphql::parser::types::{OperationType, Selection};
+use bytes::Bytes;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use outbox::{Frame, Outbox};
 pub use topic::{Framing, Subscribed, Subscriber, Topics};
 
+/// What became of an operation a transport handed to [`start`].
+pub enum Started {
+    /// A query or mutation ran: its one result (which may be a request error).
+    Once(Executed),
+    /// A live query or an event subscription joined its shared topic: results go to the
+    /// subscriber's outbox while this is held; dropping it leaves.
+    Subscribed(Subscribed),
+    /// Refused before anything ran (a subscription livegate cannot serve): the response
+    /// body that says why, for the transport to frame.
+    Refused(Bytes),
+    /// An event subscription refused as it was prepared: the subscriber has been sent
+    /// why, and that it ended.
+    Ended,
+}
+
+/// The one dispatch every transport calls (graphql-ws, the legacy protocol, SSE and
+/// multipart, graphql-sse reservations): a query or mutation runs once, through the
+/// whole-response cache; a live query joins (or starts) its topic at once, without
+/// awaiting anything — so a caller may poll this future once and keep no task for it; an
+/// event subscription is prepared, then joins its topic.
+pub async fn start(
+    engine: Arc<Engine>,
+    topics: Arc<Topics>,
+    req: async_graphql::Request,
+    ctx: RequestContext,
+    subscriber: Subscriber,
+) -> Started {
+    match prepare(&engine, req) {
+        Err(message) => Started::Refused(Bytes::from(crate::exec::error_body(&message, None))),
+        Ok(Prepared::Once(req)) => Started::Once(crate::exec::run(&engine, req, &ctx).await),
+        Ok(Prepared::Live(live)) => {
+            Started::Subscribed(topics.live(&engine, live, &ctx, subscriber))
+        }
+        Ok(Prepared::Events(req)) => match topics.events(&engine, req, &ctx, subscriber).await {
+            Some(joined) => Started::Subscribed(joined),
+            None => Started::Ended,
+        },
+    }
+}
+
 /// What a transport should do with an operation.
-pub enum Prepared {
+enum Prepared {
     /// A query or mutation (or a document that does not parse: running it reports why).
     Once(async_graphql::Request),
     /// A live query: run it as this query, again on every change.
@@ -35,7 +78,7 @@ pub enum Prepared {
 
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
 /// operation is a subscription livegate cannot serve.
-pub fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared, String> {
+fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared, String> {
     bare_cr_as_lf(&mut req.query);
     let name = req.operation_name.clone();
     let subscription = req.parsed_query().is_ok_and(|doc| {

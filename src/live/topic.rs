@@ -13,8 +13,8 @@
 use super::outbox::{Frame, Outbox};
 use crate::cache::CacheKey;
 use crate::exec::Engine;
+use crate::request::RequestContext;
 use bytes::Bytes;
-use http::HeaderMap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -114,17 +114,14 @@ impl Topics {
         self: &Arc<Self>,
         engine: &Arc<Engine>,
         live: super::LiveQuery,
-        headers: &HeaderMap,
+        ctx: &RequestContext,
         subscriber: Subscriber,
     ) -> Subscribed {
-        let key = (
-            engine.responses.identity(&live.request, headers),
-            Kind::Live,
-        );
+        let key = (engine.responses.identity(&live.request, ctx), Kind::Live);
         self.join(engine, key, subscriber, |topic| {
-            let headers = headers.clone();
+            let ctx = ctx.clone();
             let engines = self.engines.clone();
-            tokio::spawn(run_live(topic, engines, live, headers)).abort_handle()
+            tokio::spawn(run_live(topic, engines, live, ctx)).abort_handle()
         })
     }
 
@@ -135,10 +132,10 @@ impl Topics {
         self: &Arc<Self>,
         engine: &Arc<Engine>,
         mut request: async_graphql::Request,
-        headers: &HeaderMap,
+        ctx: &RequestContext,
         subscriber: Subscriber,
     ) -> Option<Subscribed> {
-        let key = (engine.responses.identity(&request, headers), Kind::Events);
+        let key = (engine.responses.identity(&request, ctx), Kind::Events);
         let subscriber = match self.running(&key) {
             Some(topic) => match topic.add(engine, subscriber) {
                 Ok(joined) => return Some(joined),
@@ -155,13 +152,13 @@ impl Topics {
         };
         Some(self.join(engine, key, subscriber, |topic| {
             let engines = self.engines.clone();
-            let headers = headers.clone();
+            let ctx = ctx.clone();
             tokio::spawn(run_events(
                 topic,
                 engines,
                 engine.runtime.clone(),
                 request,
-                headers,
+                ctx,
                 ready,
             ))
             .abort_handle()
@@ -364,7 +361,7 @@ async fn run_live(
     topic: Arc<Topic>,
     engines: Arc<crate::exec::Engines>,
     live: super::LiveQuery,
-    headers: HeaderMap,
+    ctx: RequestContext,
 ) {
     let mut swaps = engines.swaps();
     let hub = engines.current().runtime.hub.clone();
@@ -378,7 +375,7 @@ async fn run_live(
         let done = Box::pin(crate::exec::run(
             &engine,
             super::clone_request(&live.request),
-            headers.clone(),
+            &ctx,
         ))
         .await;
         if done.request_error {
@@ -460,7 +457,7 @@ async fn run_events(
     engines: Arc<crate::exec::Engines>,
     mut rt: Arc<crate::resolve::Runtime>,
     mut request: async_graphql::Request,
-    headers: HeaderMap,
+    ctx: RequestContext,
     ready: EventsReady,
 ) {
     use futures_util::StreamExt;
@@ -478,7 +475,7 @@ async fn run_events(
                         return;
                     };
                     let payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
-                    let out = crate::exec::execute_event(&rt, &call, &headers, payload).await;
+                    let out = crate::exec::execute_event(&rt, &call, &ctx, payload).await;
                     topic.publish(&out.body, &rt.metrics.pushed);
                 }
                 swapped = swaps.changed() => {

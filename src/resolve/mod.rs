@@ -11,12 +11,12 @@ use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, Deps, FetchFn, RootFetch};
 use crate::metrics::Metrics;
 use crate::plan::{FieldPlan, Plan, RestPlan};
+use crate::request::RequestContext;
 use crate::template::{scalar_text, Vars};
 use crate::upstream::ws::Sockets;
 use crate::upstream::{UpstreamClient, UpstreamError};
 use crate::watch::Hub;
 use futures_util::FutureExt;
-use http::HeaderMap;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,7 +144,7 @@ pub struct Call<'a> {
     pub args: &'a Value,
     /// The parent object's upstream data (what `{parent…}` reads); `None` at the root.
     pub parent: Option<&'a Value>,
-    pub headers: &'a HeaderMap,
+    pub ctx: &'a RequestContext,
     /// Collects the cache entries read.
     pub deps: &'a Deps,
     pub mutation: bool,
@@ -174,12 +174,12 @@ pub async fn fetch(
         args: call.args,
         parent,
     };
-    let headers = call.headers;
+    let ctx = call.ctx;
     let deps = call.deps;
 
     if call.mutation {
         deps.spoil();
-        let req = request::build(rest, vars, headers, None)?;
+        let req = request::build(rest, vars, ctx, None)?;
         let value = select(rest, rt.client.send(&req).await)?.value;
         let tags = request::render_tags(&field.invalidates, vars);
         if !tags.is_empty() {
@@ -197,16 +197,16 @@ pub async fn fetch(
     }
 
     if let (Some(batch), Some(_)) = (&rest.batch, parent) {
-        return batched(rt, field, rest, batch, vars, headers, deps).await;
+        return batched(rt, field, rest, batch, vars, ctx, deps).await;
     }
 
-    let req = request::build(rest, vars, headers, None)?;
+    let req = request::build(rest, vars, ctx, None)?;
     let scope = rest
         .cache
         .as_ref()
         .map(|c| c.scope)
         .unwrap_or(crate::config::Scope::Public);
-    let key = request::cache_key(&req, scope, headers);
+    let key = request::cache_key(&req, scope, ctx);
     let policy = request::policy(rest, vars);
     let rest_cached = rest.cache.is_some();
     let fetch: FetchFn = {
@@ -299,7 +299,7 @@ async fn batched(
     rest: &RestPlan,
     batch: &crate::plan::Batch,
     vars: Vars<'_>,
-    headers: &HeaderMap,
+    ctx: &RequestContext,
     deps: &Deps,
 ) -> Result<Option<Fetched>, UpstreamError> {
     let param = rest
@@ -317,8 +317,8 @@ async fn batched(
         .map(|c| c.scope)
         .unwrap_or(crate::config::Scope::Public);
     // Each item is cached under the key of its own unbatched request.
-    let item = request::build(rest, vars, headers, None)?;
-    let item_key = request::cache_key(&item, scope, headers);
+    let item = request::build(rest, vars, ctx, None)?;
+    let item_key = request::cache_key(&item, scope, ctx);
     let public = scope == crate::config::Scope::Public;
     let policy = request::policy(rest, vars);
     let dep = item_key.map(|key| Dep {
@@ -335,8 +335,8 @@ async fn batched(
     }
     rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
     let epoch = rt.cache.epoch();
-    let base = request::build(rest, vars, headers, Some(&batch.param))?;
-    let group = request::batch_group(&base, headers);
+    let base = request::build(rest, vars, ctx, Some(&batch.param))?;
+    let group = request::batch_group(&base, ctx);
     let spec = batch::BatchSpec {
         select: rest.select.clone(),
         base,

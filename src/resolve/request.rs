@@ -4,9 +4,10 @@
 use crate::cache::{CacheKey, Policy, Tag};
 use crate::config::Scope;
 use crate::plan::{Body, RestPlan, UpstreamPlan};
+use crate::request::RequestContext;
 use crate::template::{scalar_text, Template, Vars};
 use crate::upstream::{UpstreamError, UpstreamRequest};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 /// Client headers that identify the caller, besides an upstream's `forwardHeaders`:
@@ -30,7 +31,7 @@ const HOP_BY_HOP: [&str; 8] = [
 pub fn build(
     rest: &RestPlan,
     vars: Vars<'_>,
-    client: &HeaderMap,
+    client: &RequestContext,
     skip_param: Option<&str>,
 ) -> Result<UpstreamRequest, UpstreamError> {
     let upstream = &rest.upstream;
@@ -80,7 +81,7 @@ pub fn build(
         if HOP_BY_HOP.contains(&name.as_str()) {
             continue;
         }
-        for v in client.get_all(name) {
+        for v in client.headers().get_all(name) {
             headers.push((name.clone(), v.clone()));
         }
     }
@@ -129,7 +130,7 @@ fn render_body(b: &Body, vars: Vars<'_>) -> Value {
 
 /// The cache key of `req`, or `None` when the request must not be shared at all: a
 /// `PRIVATE` field called without credentials.
-pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &HeaderMap) -> Option<CacheKey> {
+pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &RequestContext) -> Option<CacheKey> {
     let mut parts = request_parts(req);
     if scope == Scope::Private {
         let creds = credentials(&req.upstream, client);
@@ -144,7 +145,7 @@ pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &HeaderMap) -> Opt
 
 /// The batch a request without its batched parameter joins: requests of different
 /// callers are batched together only when they send the same credentials.
-pub fn batch_group(base: &UpstreamRequest, client: &HeaderMap) -> CacheKey {
+pub fn batch_group(base: &UpstreamRequest, client: &RequestContext) -> CacheKey {
     let mut parts = request_parts(base);
     parts.extend(credentials(&base.upstream, client));
     CacheKey::from_parts(parts.iter().map(Vec::as_slice))
@@ -167,10 +168,10 @@ fn request_parts(req: &UpstreamRequest) -> Vec<Vec<u8>> {
     parts
 }
 
-fn credentials(upstream: &UpstreamPlan, client: &HeaderMap) -> Vec<Vec<u8>> {
+fn credentials(upstream: &UpstreamPlan, client: &RequestContext) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for name in CREDENTIALS.iter().chain(upstream.forward_headers.iter()) {
-        for v in client.get_all(name) {
+        for v in client.headers().get_all(name) {
             out.push([name.as_str().as_bytes(), b":", v.as_bytes()].concat());
         }
     }

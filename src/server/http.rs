@@ -7,6 +7,7 @@
 use super::accept::Media;
 use super::reply::{admit, refuse, respond};
 use super::{graphiql, AppState};
+use crate::request::RequestContext;
 use async_graphql::parser::types::OperationType;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -140,7 +141,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
     if is_upgrade {
         use axum::extract::FromRequestParts;
         // Kept for the socket's life: a copy that does not hold hyper's read buffer.
-        let headers = super::detached(&parts.headers, state.engine().responses.vary());
+        let ctx = RequestContext::detached(&parts.headers, state.engine().responses.vary());
         if !state.cors.allows_socket(&parts.headers) {
             state
                 .runtime
@@ -177,7 +178,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                     .write_buffer_size(4 << 10)
                     .on_upgrade(move |socket| {
                         // The socket's own tasks take over; axum's upgrade task ends here.
-                        super::ws::serve(state, socket, headers, (admitted, working));
+                        super::ws::serve(state, socket, ctx, (admitted, working));
                         std::future::ready(())
                     })
                     .into_response();
@@ -192,7 +193,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         };
     }
     let raw = parts.uri.query().unwrap_or_default().to_string();
-    let headers = parts.headers.clone();
+    let headers = std::mem::take(&mut parts.headers);
     if let Some(token) = super::reservations::token(&headers, Some(&raw)) {
         if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
             return super::reservations::stream(&state, &token, &headers);
@@ -251,8 +252,8 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(refused) => return refused.response(media),
     };
     // A stored response is a query's: serve it before parsing anything.
-    let (req, key) =
-        match streamed_or_stored(&state, req, &headers, accepted, peer(&parts_peer), true).await {
+    let (req, key, ctx) =
+        match streamed_or_stored(&state, req, headers, accepted, peer(&parts_peer), true).await {
             Ok(done) => return done,
             Err(go_on) => go_on,
         };
@@ -269,7 +270,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Some(OperationType::Mutation) => return mutation_over_get(media),
         _ => {}
     }
-    execute(&state, req, media, headers, key).await
+    execute(&state, req, media, &ctx, key).await
 }
 
 const SUBSCRIPTIONS_ELSEWHERE: &str =
@@ -323,10 +324,10 @@ pub async fn post(
         Ok(r) => r,
         Err(refused) => return refused.response(media),
     };
-    let (req, key) = match streamed_or_stored(
+    let (req, key, ctx) = match streamed_or_stored(
         &state,
         req,
-        &headers,
+        headers,
         accepted,
         connect.map(|c| (c.0).0),
         false,
@@ -344,7 +345,7 @@ pub async fn post(
             SUBSCRIPTIONS_ELSEWHERE,
         );
     }
-    execute(&state, req, media, headers, key).await
+    execute(&state, req, media, &ctx, key).await
 }
 
 /// `415` unless the body is declared JSON: a browser sends a cross-site POST without a
@@ -406,8 +407,9 @@ async fn batch(
             "a batch is a JSON array of JSON objects, each with a `query`",
         );
     }
+    let ctx = RequestContext::new(headers);
     let runs = operations.into_iter().map(|op| {
-        let headers = headers.clone();
+        let ctx = &ctx;
         async move {
             let refused = |r: Refused| Bytes::from(super::error_body(&r.message, r.code));
             let parsed = match op {
@@ -428,7 +430,7 @@ async fn batch(
             if operation_type(state, &mut req) == Some(OperationType::Subscription) {
                 return refused(Refused::bad(SUBSCRIPTIONS_ELSEWHERE));
             }
-            crate::exec::run(&state.engine(), req, headers).await.body
+            crate::exec::run(&state.engine(), req, ctx).await.body
         }
     });
     let bodies = futures_util::future::join_all(runs).await;
@@ -478,8 +480,8 @@ async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]
         Ok(req) => req,
         Err(refused) => return refused.response(Media::Json),
     };
-    let kept = super::detached(&headers, state.engine().responses.vary());
-    super::reservations::operation(state, token, req, operation_id, kept).await
+    let ctx = RequestContext::detached(&headers, state.engine().responses.vary());
+    super::reservations::operation(state, token, req, operation_id, ctx).await
 }
 
 pub async fn method_not_allowed(method: Method) -> Response {
@@ -497,15 +499,22 @@ pub async fn method_not_allowed(method: Method) -> Response {
 
 /// What GET and POST do first with a well-formed request: stream it (SSE: anything;
 /// multipart: a subscription, or anything when JSON is not accepted), or answer it from
-/// the response cache. Otherwise the request goes on, with its cache key.
+/// the response cache. Otherwise the request goes on, with its cache key and context.
 async fn streamed_or_stored(
     state: &AppState,
     mut req: async_graphql::Request,
-    headers: &HeaderMap,
+    headers: HeaderMap,
     accepted: Accepted,
     peer: Option<std::net::SocketAddr>,
     get: bool,
-) -> Result<Response, (async_graphql::Request, Option<crate::cache::CacheKey>)> {
+) -> Result<
+    Response,
+    (
+        async_graphql::Request,
+        Option<crate::cache::CacheKey>,
+        RequestContext,
+    ),
+> {
     let format = match accepted.stream_format() {
         Some(format) => {
             let kind = operation_type(state, &mut req);
@@ -523,15 +532,16 @@ async fn streamed_or_stored(
     if let Some(format) = format {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
-                let kept = super::detached(headers, state.engine().responses.vary());
-                super::sse::respond(state.clone(), req, kept, admitted, format).await
+                let ctx = RequestContext::detached(&headers, state.engine().responses.vary());
+                super::sse::respond(state.clone(), req, ctx, admitted, format).await
             }
             Err(refusal) => *refusal,
         });
     }
-    match crate::exec::lookup(&state.engine(), &req, headers) {
+    let ctx = RequestContext::new(headers);
+    match crate::exec::lookup(&state.engine(), &req, &ctx) {
         Ok(hit) => Ok(respond(StatusCode::OK, accepted.media(), hit.body)),
-        Err(key) => Err((req, key)),
+        Err(key) => Err((req, key, ctx)),
     }
 }
 
@@ -564,10 +574,10 @@ async fn execute(
     state: &AppState,
     req: async_graphql::Request,
     media: Media,
-    headers: HeaderMap,
+    ctx: &RequestContext,
     key: Option<crate::cache::CacheKey>,
 ) -> Response {
-    let done = crate::exec::execute(&state.engine(), req, headers, key).await;
+    let done = crate::exec::execute(&state.engine(), req, ctx, key).await;
     let status = if done.request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {

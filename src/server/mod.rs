@@ -95,30 +95,6 @@ pub(crate) fn accept(v: &str) -> ::http::HeaderMap {
     h
 }
 
-/// A copy of the `kept` headers of `headers`, in allocations of its own. hyper parses
-/// header values as slices of its connection's read buffer (16 KiB), so a long-lived
-/// connection that kept the request's `HeaderMap` (a WebSocket, an SSE stream: forwarded
-/// headers and `PRIVATE` keys need them) kept that whole buffer alive; the copy holds only
-/// the bytes of the headers that can change an upstream's answer (credentials and every
-/// forwarded header: [`crate::response_cache::ResponseCache::vary`]), nothing else.
-pub(crate) fn detached(
-    headers: &::http::HeaderMap,
-    kept: &[::http::HeaderName],
-) -> ::http::HeaderMap {
-    let mut out = ::http::HeaderMap::new();
-    for (name, value) in headers.iter().filter(|(n, _)| kept.contains(n)) {
-        let name = match ::http::HeaderName::from_bytes(name.as_str().as_bytes()) {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        if let Ok(mut v) = ::http::HeaderValue::from_bytes(value.as_bytes()) {
-            v.set_sensitive(value.is_sensitive());
-            out.append(name, v);
-        }
-    }
-    out
-}
-
 static NEXT_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Every log line of a request's work carries its id (and WebSockets their connection id);
@@ -173,35 +149,4 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-#[cfg(test)]
-mod detached_tests {
-    /// The copy has every kept header, its own bytes (not a slice of the request's
-    /// buffer), keeps the sensitive flag, and nothing else.
-    #[test]
-    fn a_detached_copy_owns_its_bytes() {
-        let buffer = bytes::Bytes::from_static(b"Bearer t0ken;x-trace: abc");
-        let mut auth = ::http::HeaderValue::from_maybe_shared(buffer.slice(0..12)).expect("value");
-        auth.set_sensitive(true);
-        let mut headers = ::http::HeaderMap::new();
-        headers.insert(::http::header::AUTHORIZATION, auth);
-        headers.append("x-trace", ::http::HeaderValue::from_static("a"));
-        headers.append("x-trace", ::http::HeaderValue::from_static("b"));
-        headers.append("x-other", ::http::HeaderValue::from_static("c"));
-        let kept = [
-            ::http::header::AUTHORIZATION,
-            ::http::HeaderName::from_static("x-trace"),
-        ];
-        let copy = super::detached(&headers, &kept);
-        headers.remove("x-other");
-        assert_eq!(copy, headers);
-        let (a, b) = (
-            &copy[::http::header::AUTHORIZATION],
-            &headers[::http::header::AUTHORIZATION],
-        );
-        assert!(a.is_sensitive());
-        assert_ne!(a.as_bytes().as_ptr(), b.as_bytes().as_ptr());
-        assert_eq!(copy.get_all("x-trace").iter().count(), 2);
-    }
 }

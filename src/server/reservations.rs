@@ -19,7 +19,8 @@
 //! When the stream closes the reservation ends, and every operation with it.
 
 use super::AppState;
-use crate::live::{self, Frame, Outbox, Prepared};
+use crate::live::{self, Frame, Outbox};
+use crate::request::RequestContext;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -55,7 +56,7 @@ pub struct Reservation {
     claim_within: Duration,
     /// The headers of the `PUT` that can change an upstream's answer: only a caller
     /// with the same ones may post operations to the reservation or open its stream.
-    credentials: HeaderMap,
+    credentials: RequestContext,
     /// Operations per second (`--max-operations-per-second`, as on a WebSocket).
     bucket: Mutex<super::limits::Bucket>,
     _admitted: super::limits::Admitted,
@@ -125,9 +126,9 @@ impl Reservations {
 
 impl Reservation {
     /// Whether `headers` come from the caller who made the reservation.
-    fn same_caller(&self, state: &AppState, headers: &HeaderMap) -> bool {
+    fn same_caller(&self, state: &AppState, caller: &RequestContext) -> bool {
         let responses = &state.engine().responses;
-        responses.credentials(&self.credentials) == responses.credentials(headers)
+        responses.credentials(&self.credentials) == responses.credentials(caller)
     }
 
     /// The reservation is over: its operations stop, and whatever waits to queue a result
@@ -224,7 +225,7 @@ pub async fn put(
         streaming: AtomicBool::new(false),
         created: tokio::time::Instant::now(),
         claim_within: state.ws.reservation_claim,
-        credentials: super::detached(&headers, state.engine().responses.vary()),
+        credentials: RequestContext::detached(&headers, state.engine().responses.vary()),
         bucket: Mutex::new(super::limits::Bucket::new(
             state.limits.max_operations_per_second,
         )),
@@ -262,7 +263,8 @@ pub fn stream(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let Some(reservation) = state.reservations.get(token) else {
         return status(StatusCode::NOT_FOUND, "Stream not found");
     };
-    if !reservation.same_caller(state, headers) {
+    let caller = RequestContext::detached(headers, state.engine().responses.vary());
+    if !reservation.same_caller(state, &caller) {
         return status(
             StatusCode::FORBIDDEN,
             "this reservation was made with other credentials: only its maker may open its stream",
@@ -333,7 +335,7 @@ pub async fn operation(
     token: &str,
     req: async_graphql::Request,
     operation_id: Option<String>,
-    headers: HeaderMap,
+    ctx: RequestContext,
 ) -> Response {
     let Some(reservation) = state.reservations.get(token) else {
         return status(StatusCode::NOT_FOUND, "Stream not found");
@@ -343,7 +345,7 @@ pub async fn operation(
         status(code, message)
     };
     use crate::metrics::Rejection;
-    if !reservation.same_caller(state, &headers) {
+    if !reservation.same_caller(state, &ctx) {
         return rejected(
             Rejection::Auth,
             StatusCode::FORBIDDEN,
@@ -401,11 +403,10 @@ pub async fn operation(
             Bytes::copy_from_slice(body),
         )
     };
-    let engine = &state.engine();
-    let place = match live::prepare(engine, req) {
-        Err(message) => return refused(super::error_body(&message, None).as_bytes()),
-        Ok(Prepared::Once(req)) => {
-            let done = crate::exec::run(engine, req, headers).await;
+    let started = live::start(state.engine(), state.topics.clone(), req, ctx, subscriber).await;
+    let place = match started {
+        live::Started::Refused(body) => return refused(&body),
+        live::Started::Once(done) => {
             if done.request_error {
                 return refused(&done.body);
             }
@@ -425,13 +426,8 @@ pub async fn operation(
             outbox.push_final(framing.complete(), tag);
             return StatusCode::ACCEPTED.into_response();
         }
-        Ok(Prepared::Live(live)) => Some(state.topics.live(engine, live, &headers, subscriber)),
-        Ok(Prepared::Events(request)) => {
-            state
-                .topics
-                .events(engine, request, &headers, subscriber)
-                .await
-        }
+        live::Started::Subscribed(place) => Some(place),
+        live::Started::Ended => None,
     };
     // Stopped (DELETE) while it was being set up: its place goes with it.
     let mut ops = reservation.ops();

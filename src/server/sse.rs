@@ -13,7 +13,8 @@
 //! A live query streams until the client closes the connection.
 
 use super::AppState;
-use crate::live::{self, Frame, Outbox, Prepared};
+use crate::live::{self, Frame, Outbox};
+use crate::request::RequestContext;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -141,45 +142,29 @@ const BATCH: usize = 64 << 10;
 pub async fn respond(
     state: AppState,
     req: async_graphql::Request,
-    // Kept for the stream's life: the caller passes a copy that does not hold hyper's
-    // read buffer (see `detached`).
-    headers: HeaderMap,
+    // Kept for the stream's life: a copy that does not hold hyper's read buffer.
+    ctx: RequestContext,
     admitted: super::limits::Admitted,
     format: Format,
 ) -> Response {
-    let body: BoxStream<'static, Bytes> = match live::prepare(&state.engine(), req) {
-        Err(message) => {
-            let body = super::error_body(&message, None);
-            stream::iter([format.once(body.as_bytes())]).boxed()
+    let outbox = Outbox::new(
+        state.ws.max_queued_bytes,
+        state.runtime.metrics.events_dropped.clone(),
+    );
+    let subscriber = live::Subscriber {
+        outbox: outbox.clone(),
+        framing: format.framing(),
+        tag: 1,
+    };
+    let started = live::start(state.engine(), state.topics.clone(), req, ctx, subscriber).await;
+    let body: BoxStream<'static, Bytes> = match started {
+        live::Started::Refused(body) => stream::iter([format.once(&body)]).boxed(),
+        live::Started::Once(done) => stream::iter([format.once(&done.body)]).boxed(),
+        live::Started::Subscribed(place) => {
+            frames(&state, outbox, (Some(place), admitted), format, |_| true)
         }
-        Ok(Prepared::Once(req)) => {
-            let done = crate::exec::run(&state.engine(), req, headers).await;
-            stream::iter([format.once(&done.body)]).boxed()
-        }
-        Ok(how) => {
-            let outbox = Outbox::new(
-                state.ws.max_queued_bytes,
-                state.runtime.metrics.events_dropped.clone(),
-            );
-            let subscriber = live::Subscriber {
-                outbox: outbox.clone(),
-                framing: format.framing(),
-                tag: 1,
-            };
-            let engine = &state.engine();
-            let place = match how {
-                Prepared::Live(live) => Some(state.topics.live(engine, live, &headers, subscriber)),
-                Prepared::Events(request) => {
-                    state
-                        .topics
-                        .events(engine, request, &headers, subscriber)
-                        .await
-                }
-                Prepared::Once(_) => None,
-            };
-            let held = (place, admitted);
-            frames(&state, outbox, held, format, |_| true)
-        }
+        // The subscriber was sent why: the stream says it and ends.
+        live::Started::Ended => frames(&state, outbox, admitted, format, |_| true),
     };
     response(body, format)
 }

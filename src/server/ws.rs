@@ -14,10 +14,11 @@
 //! its live queries conflate, its events lose the oldest (see [`crate::live::outbox`]).
 
 use super::AppState;
-use crate::live::{self, Frame, Outbox, Prepared};
+use crate::live::{self, Frame, Outbox};
+use crate::request::RequestContext;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -244,7 +245,7 @@ impl Ops {
 /// Serves one upgraded socket until it closes, in two tasks of its own (tracked for a
 /// graceful shutdown): the reader, which also holds `held` (the connection's admission)
 /// for the socket's life, and the writer.
-pub fn serve(state: AppState, socket: WebSocket, headers: HeaderMap, held: impl Send + 'static) {
+pub fn serve(state: AppState, socket: WebSocket, ctx: RequestContext, held: impl Send + 'static) {
     use tracing::Instrument;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -252,7 +253,7 @@ pub fn serve(state: AppState, socket: WebSocket, headers: HeaderMap, held: impl 
     // subscriber's registry.
     let span = tracing::debug_span!("ws", conn);
     let tracker = state.sockets.clone();
-    let (reader, writer) = span.in_scope(|| tasks(state, socket, headers, held));
+    let (reader, writer) = span.in_scope(|| tasks(state, socket, ctx, held));
     // Spawned as they are: an async block around one would hold it twice (as the value
     // it captured and as the future it awaits), 2.8 KiB instead of 1.4.
     tracker.spawn(writer.instrument(span.clone()));
@@ -267,7 +268,7 @@ pub fn serve(state: AppState, socket: WebSocket, headers: HeaderMap, held: impl 
 fn tasks(
     state: AppState,
     socket: WebSocket,
-    headers: HeaderMap,
+    ctx: RequestContext,
     held: impl Send + 'static,
 ) -> (
     impl std::future::Future<Output = ()> + Send,
@@ -336,7 +337,7 @@ fn tasks(
         tx: tx.clone(),
         ops: ops.clone(),
         closing: closing.clone(),
-        headers,
+        ctx,
         protocol,
         acked: false,
         init_seen: false,
@@ -408,8 +409,9 @@ struct Connection {
     ops: Ops,
     /// Cancelled when the socket closes: every operation task ends with it.
     closing: tokio_util::sync::CancellationToken,
-    /// The upgrade request's headers, plus those the `connection_init` payload gives.
-    headers: HeaderMap,
+    /// The upgrade request's headers that can change an upstream's answer, plus those the
+    /// `connection_init` payload gives.
+    ctx: RequestContext,
     protocol: Protocol,
     acked: bool,
     init_seen: bool,
@@ -703,23 +705,29 @@ impl Connection {
             .and_then(Value::as_object)
             .into_iter()
             .flatten();
+        let mut headers = self.ctx.headers().clone();
         for (k, v) in map.iter().chain(nested) {
             if let (Ok(name), Some(Ok(value))) = (
                 HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
                 v.as_str().map(HeaderValue::from_str),
             ) {
                 if kept.contains(&name) {
-                    self.headers.insert(name, value);
+                    headers.insert(name, value);
                 }
             }
         }
+        self.ctx = RequestContext::new(headers);
     }
 
-    /// Starts one operation, registered under `id` until it ends (or the socket closes):
-    /// a live query joins its shared subscription at once; a query, a mutation, or an
-    /// event subscription still to be prepared runs in a task of its own, which ends
-    /// once the result is queued (or the subscription joined).
+    /// Starts one operation, registered under `id` until it ends (or the socket closes),
+    /// through [`live::start`]. The work is polled once here: a live query joins its
+    /// shared subscription at once, and a result from the response cache is queued at
+    /// once when there is room, with no task kept for either; what is still pending (a
+    /// query running, an event subscription being prepared, a result waiting for room)
+    /// goes on in a task of its own, which ends once the result is queued (or the
+    /// subscription joined).
     fn start(&self, id: String, req: async_graphql::Request) {
+        use futures_util::FutureExt;
         let tag = self.ops.register(&id);
         let framing = Arc::new(WsFraming::new(&id, self.protocol));
         let subscriber = live::Subscriber {
@@ -727,59 +735,54 @@ impl Connection {
             framing: framing.clone(),
             tag,
         };
-        let engine = &self.state.engine();
-        let how = match live::prepare(engine, req) {
-            Err(message) => {
-                let body = bytes::Bytes::from(crate::exec::error_body(&message, None));
-                self.tx
-                    .0
-                    .push_final(Some(live::Framing::failure(&*framing, &body)), tag);
-                return;
-            }
-            Ok(how) => how,
-        };
-        let request = match how {
-            Prepared::Live(live) => {
-                let place = self
-                    .state
-                    .topics
-                    .live(engine, live, &self.headers, subscriber);
-                self.ops.subscribed(tag, place);
-                return;
-            }
-            other => other,
-        };
-        let (state, ops, headers) = (self.state.clone(), self.ops.clone(), self.headers.clone());
+        let started = live::start(
+            self.state.engine(),
+            self.state.topics.clone(),
+            req,
+            self.ctx.clone(),
+            subscriber,
+        );
+        let (ops, outbox) = (self.ops.clone(), self.tx.0.clone());
         let span = tracing::info_span!("operation", %id);
-        let task = tokio::spawn(tracing::Instrument::instrument(
+        let mut work = Box::pin(tracing::Instrument::instrument(
             async move {
-                match request {
-                    Prepared::Events(request) => {
-                        let topics = state.topics.clone();
-                        if let Some(place) = topics
-                            .events(&state.engine(), request, &headers, subscriber)
-                            .await
-                        {
-                            ops.subscribed(tag, place);
-                        }
-                    }
-                    Prepared::Once(request) => {
-                        let done =
-                            Box::pin(crate::exec::run(&state.engine(), request, headers)).await;
-                        let framing = &*subscriber.framing;
-                        let outbox = &subscriber.outbox;
-                        if done.request_error {
-                            outbox.push_final(Some(framing.failure(&done.body)), tag);
-                        } else if outbox.push_wait(framing.next(&done.body)).await {
-                            outbox.push_final(framing.complete(), tag);
-                        }
-                    }
-                    Prepared::Live(_) => {}
-                }
+                let done = started.await;
+                deliver(&ops, &outbox, &framing, tag, done).await;
             },
             span,
         ));
+        if (&mut work).now_or_never().is_some() {
+            return;
+        }
+        let task = tokio::spawn(work);
         self.ops.running(tag, task.abort_handle());
+    }
+}
+
+/// Tells the client what an operation's start came to: a subscription is registered
+/// under its tag; a request error or a refusal ends the operation with it; a result is
+/// queued once there is room for it (a query's one result is never dropped), then
+/// `complete`.
+async fn deliver(
+    ops: &Ops,
+    outbox: &Arc<Outbox>,
+    framing: &WsFraming,
+    tag: u64,
+    done: live::Started,
+) {
+    use live::Framing;
+    match done {
+        live::Started::Subscribed(place) => ops.subscribed(tag, place),
+        live::Started::Refused(body) => outbox.push_final(Some(framing.failure(&body)), tag),
+        live::Started::Once(done) if done.request_error => {
+            outbox.push_final(Some(framing.failure(&done.body)), tag)
+        }
+        live::Started::Once(done) => {
+            if outbox.push_wait(framing.next(&done.body)).await {
+                outbox.push_final(framing.complete(), tag);
+            }
+        }
+        live::Started::Ended => {}
     }
 }
 
