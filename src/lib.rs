@@ -29,6 +29,7 @@ pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod deps;
+pub mod events;
 pub mod exec;
 pub mod key;
 pub mod live;
@@ -39,6 +40,7 @@ pub mod resolve;
 pub mod response_cache;
 pub mod schema;
 pub mod server;
+pub mod services;
 pub mod template;
 pub mod upstream;
 pub mod watch;
@@ -178,37 +180,38 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         None => bus::Bus::local(),
     };
     let cache = cache::Cache::with_bus(options.cache_bytes, bus.clone());
-    let mut runtime = resolve::Runtime::new(
-        plan,
+    let sources = events::Sources::new(
+        options.socket_grace,
+        options.upstream_ca.websocket(),
+        options.max_upstream_body,
+        bus.clone(),
+        options
+            .redis
+            .as_ref()
+            .map_or(Duration::from_secs(10), |r| r.lease),
+    );
+    let services = services::Services::new(services::Parts {
         cache,
         client,
-        options.batch_window,
-        options.live_grace,
-        upstream::ws::Sockets::new(
-            options.socket_grace,
-            options.upstream_ca.websocket(),
-            options.max_upstream_body,
-            bus.clone(),
-            options
-                .redis
-                .as_ref()
-                .map_or(std::time::Duration::from_secs(10), |r| r.lease),
-        ),
+        bus: bus.clone(),
+        sources,
         metrics,
-    );
-    runtime.max_response = options.max_response_bytes;
-    let runtime = Arc::new(runtime);
+        batch_window: options.batch_window,
+        live_grace: options.live_grace,
+        max_response: options.max_response_bytes,
+    });
     // Invalidations from other replicas apply here as if made here (but are not sent on).
-    let weak = Arc::downgrade(&runtime);
+    let weak = Arc::downgrade(&services);
     tokio::spawn(async move {
         let mut remote_rx = remote_rx;
         while let Some(remote) = remote_rx.recv().await {
-            let Some(runtime) = weak.upgrade() else {
+            let Some(services) = weak.upgrade() else {
                 return;
             };
-            runtime.apply_remote(remote);
+            services.apply_remote(remote);
         }
     });
+    let runtime = Arc::new(resolve::Runtime::new(plan, services));
     let persisted = server::persisted::Persisted::load(
         options.persisted.manifest.as_deref(),
         options.persisted.only,

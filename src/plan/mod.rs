@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use abstracts::Possible;
 pub use rest::{Batch, Body, RestPlan};
-pub use stream::{Apply, SourcePlan, UpdatesPlan};
+pub use stream::{Apply, SourcePlan, StreamPlan, UpdatesPlan};
 
 use crate::template::Template;
 

@@ -7,16 +7,45 @@ use crate::template::Template;
 use async_graphql_parser::Positioned;
 use std::sync::Arc;
 
-/// Which messages of which socket.
+/// Which messages of which stream.
 #[derive(Debug)]
 pub struct SourcePlan {
-    pub upstream: Arc<UpstreamPlan>,
-    /// The socket's path on the upstream, constant: one socket per (upstream, path).
-    pub path: String,
+    pub stream: StreamPlan,
     /// The payload's field → the value it must have, rendered from the arguments.
     pub when: Vec<(String, Template)>,
     /// Where the payload sits inside a message (`data.message` → `["data", "message"]`).
     pub select: Vec<String>,
+}
+
+/// Where the messages come from: one connection per planned stream, shared by every
+/// entry and subscription it feeds ([`crate::events::Sources`]). One variant per kind of
+/// event source.
+#[derive(Debug)]
+pub enum StreamPlan {
+    /// An upstream WebSocket at a constant `path` on `upstream`.
+    WebSocket {
+        upstream: Arc<UpstreamPlan>,
+        path: String,
+    },
+}
+
+impl StreamPlan {
+    /// What makes two planned streams one connection: the kind and what it connects to
+    /// (the upstream's URL included: a reload that points it elsewhere opens a new one).
+    pub fn key(&self) -> String {
+        match self {
+            StreamPlan::WebSocket { upstream, path } => {
+                format!("ws\0{}\0{path}\0{}", upstream.name, upstream.url)
+            }
+        }
+    }
+
+    /// The stream's lease among replicas (one holder reads it for the cluster).
+    pub fn lease_name(&self) -> String {
+        match self {
+            StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,8 +86,10 @@ pub(super) fn source(
     }
     let select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);
     Some(SourcePlan {
-        upstream: upstream?,
-        path: d.path.node.clone(),
+        stream: StreamPlan::WebSocket {
+            upstream: upstream?,
+            path: d.path.node.clone(),
+        },
         when,
         select,
     })

@@ -1,139 +1,49 @@
 //! Stage ④ — one field's value. Input: the field's plan, its arguments, its parent
-//! object and the client's headers. Output: a value for the executor, from the shared
+//! object and the request's context. Output: a value for the executor, from the shared
 //! cache, a batch, or the upstream — or a GraphQL error with an `extensions.code`.
 
-mod batch;
 mod request;
 pub mod shape;
 pub mod stream;
 
-use crate::cache::{Cache, CacheKey, Tag};
+use crate::cache::CacheKey;
 use crate::deps::{Dep, Deps, FetchFn, RootFetch};
-use crate::metrics::Metrics;
 use crate::plan::{FieldPlan, Plan, RestPlan};
 use crate::request::RequestContext;
+use crate::services::Services;
 use crate::template::{scalar_text, Vars};
-use crate::upstream::ws::Sockets;
-use crate::upstream::{UpstreamClient, UpstreamError};
-use crate::watch::Hub;
+use crate::upstream::UpstreamError;
 use futures_util::FutureExt;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Duration;
 
-pub use batch::Batcher;
-
-/// Everything resolvers share: the plan and the runtime services behind it.
+/// What resolvers share: the plan in service, and the process-lifetime services behind
+/// it (which it dereferences to: `rt.cache`, `rt.hub`, …).
 pub struct Runtime {
     pub plan: Arc<Plan>,
-    pub cache: Cache,
-    pub client: UpstreamClient,
-    pub batcher: Batcher,
-    pub hub: Arc<Hub>,
-    pub sockets: Arc<Sockets>,
-    pub metrics: Arc<Metrics>,
-    /// Invalidations reach the other replicas through it.
-    pub bus: crate::bus::Bus,
-    /// Largest response one operation may write (`--max-response-bytes`).
-    pub max_response: usize,
-    /// Fields already warned about (see [`Runtime::warn_unshareable`]).
-    warned: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub services: Arc<Services>,
+}
+
+impl std::ops::Deref for Runtime {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 impl Runtime {
-    pub fn new(
-        plan: Arc<Plan>,
-        cache: Cache,
-        client: UpstreamClient,
-        batch_window: Duration,
-        live_grace: Duration,
-        sockets: Arc<Sockets>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let bus = cache.bus().clone();
-        let batcher = Batcher::new(client.clone(), batch_window);
-        let hub = Hub::new(cache.clone(), live_grace, sockets.clone());
-        Runtime {
-            plan,
-            cache,
-            client,
-            batcher,
-            hub,
-            sockets,
-            metrics,
-            bus,
-            max_response: 32 << 20,
-            warned: Default::default(),
-        }
+    pub fn new(plan: Arc<Plan>, services: Arc<Services>) -> Self {
+        Runtime { plan, services }
     }
 
-    /// The runtime of a reloaded schema: `plan`, and everything else of this one — the
-    /// cache (entries whose request did not change stay), the upstream client, the live
-    /// hub and its pollers, the upstream sockets, the metrics, the bus.
+    /// The runtime of a reloaded schema: `plan`, and the same services (the cache, whose
+    /// entries stay where their request did not change, the upstream client, the live
+    /// hub and its pollers, the event sources, the metrics, the bus).
     pub fn reloaded(&self, plan: Arc<Plan>) -> Runtime {
         Runtime {
             plan,
-            cache: self.cache.clone(),
-            client: self.client.clone(),
-            batcher: self.batcher.clone(),
-            hub: self.hub.clone(),
-            sockets: self.sockets.clone(),
-            metrics: self.metrics.clone(),
-            bus: self.bus.clone(),
-            max_response: self.max_response,
-            warned: Default::default(),
+            services: self.services.clone(),
         }
-    }
-
-    /// Drops the entries filed under `tags`, here and on every other replica, and wakes
-    /// the live queries that read them (each refetches through the cache: one upstream
-    /// request per entry). The other replicas are told first, which also drops the
-    /// shared second-level entries, so the refetches here cannot find the old value
-    /// there. Returns how many entries this replica dropped.
-    pub async fn invalidate(&self, tags: &[Tag]) -> usize {
-        self.bus.invalidated(tags).await;
-        self.invalidate_local(tags)
-    }
-
-    /// What another replica said changed, applied here.
-    pub fn apply_remote(&self, remote: crate::bus::Remote) {
-        match remote {
-            crate::bus::Remote::Tags(tags) => {
-                self.invalidate_local(&tags);
-            }
-            crate::bus::Remote::Everything => {
-                self.cache.invalidate_all();
-                self.hub.changed_all();
-            }
-            crate::bus::Remote::Changed(keys) => {
-                for key in &keys {
-                    self.cache.forget(key);
-                }
-                self.hub.changed(&keys);
-            }
-        }
-    }
-
-    /// Says once per field that its upstream forbade a shared cache to keep its answers,
-    /// when the schema asked to cache them (`@cache` on a field whose upstream marks
-    /// answers `private` is a mistake: it is served uncached).
-    pub fn warn_unshareable(&self, field: &str, cached: bool) {
-        if !cached {
-            return;
-        }
-        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        if warned.insert(field.to_string()) {
-            tracing::warn!(field, "the upstream marks this field's answers Cache-Control private or no-store: they are served to the caller and never cached, whatever @cache says");
-        }
-    }
-
-    /// [`Runtime::invalidate`] on this replica only.
-    pub fn invalidate_local(&self, tags: &[Tag]) -> usize {
-        let mut keys: std::collections::HashSet<_> =
-            self.cache.invalidate(tags).into_iter().collect();
-        keys.extend(self.hub.invalidated(tags));
-        self.metrics.invalidated_entries.inc_by(keys.len() as u64);
-        keys.len()
     }
 }
 
@@ -337,7 +247,7 @@ async fn batched(
     let epoch = rt.cache.epoch();
     let base = request::build(rest, vars, ctx, Some(&batch.param))?;
     let group = request::batch_group(&base, ctx);
-    let spec = batch::BatchSpec {
+    let spec = crate::upstream::batch::BatchSpec {
         select: rest.select.clone(),
         base,
         param: batch.param.clone(),
@@ -377,5 +287,5 @@ fn select(
     rest: &RestPlan,
     answer: Result<crate::upstream::Answer, UpstreamError>,
 ) -> Result<crate::upstream::Answer, UpstreamError> {
-    shape::select(answer?, &rest.select, &rest.upstream.name)
+    answer?.select(&rest.select, &rest.upstream.name)
 }

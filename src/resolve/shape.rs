@@ -7,30 +7,6 @@ use crate::plan::{Plan, TypePlanKind};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// The part of an upstream answer at the `select` path (all of it for an empty path, or
-/// a `304`, which has nothing), taken out without copying; an answer without that part
-/// is a bad response from `upstream`.
-pub fn select(
-    mut answer: crate::upstream::Answer,
-    path: &[String],
-    upstream: &str,
-) -> Result<crate::upstream::Answer, crate::upstream::UpstreamError> {
-    if path.is_empty() || answer.not_modified {
-        return Ok(answer);
-    }
-    let picked = path
-        .iter()
-        .try_fold(std::mem::take(&mut answer.value), |v, seg| match v {
-            Value::Object(mut map) => map.remove(seg.as_str()),
-            _ => None,
-        });
-    answer.value = picked.ok_or_else(|| crate::upstream::UpstreamError::BadResponse {
-        upstream: upstream.to_string(),
-        detail: format!("the response has no `{}` (select)", path.join(".")),
-    })?;
-    Ok(answer)
-}
-
 /// Checks that `value` fits `ty`: lists are lists, objects objects, non-null fields
 /// present, scalars of the right kind. Fields resolved by their own `@rest` are skipped:
 /// they are not part of this body. The error names the first misfit by its JSON path.

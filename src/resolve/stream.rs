@@ -1,15 +1,15 @@
 //! `@stream` Subscription fields: each upstream socket message that matches `when` is one
 //! event, shaped by the field's type; nested `@rest` fields of the event resolve through
-//! the shared cache like any other. The socket is shared ([`crate::upstream::ws`]).
+//! the shared cache like any other. The stream is shared ([`crate::events`]).
 //!
-//! Overflow: an event subscriber that falls more than `upstream::ws::BUFFER` (1,024)
+//! Overflow: an event subscriber that falls more than `events::BUFFER` (1,024)
 //! messages behind loses the oldest, is told how many in the log, and goes on with the
 //! newest; its memory stays bounded.
 
 use super::shape;
 use super::Runtime;
+use crate::events::Event;
 use crate::plan::{FieldPlan, SourcePlan};
-use crate::upstream::ws::Event;
 use crate::watch::patch;
 use futures_util::Stream;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub fn payloads(
         .iter()
         .map(|(f, t)| (f.clone(), t.render_string(vars)))
         .collect();
-    let tap = rt.sockets.tap(&source.upstream, &source.path);
+    let tap = rt.sources.tap(&source.stream);
     let state = (tap, rt.clone(), field.clone(), source.clone(), when);
     futures_util::stream::unfold(state, |(mut tap, rt, field, source, when)| async move {
         loop {

@@ -33,19 +33,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     m.cache_bytes
         .set(i64::try_from(rt.cache.weighed()).unwrap_or(i64::MAX));
     m.upstream_sockets_open
-        .set(rt.sockets.stats.open.load(Ordering::Relaxed) as i64);
+        .set(rt.sources.stats.open.load(Ordering::Relaxed) as i64);
     m.upstream_socket_connects
-        .set(i64::try_from(rt.sockets.stats.connects.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        .set(i64::try_from(rt.sources.stats.connects.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     // Counters that mirror counts kept elsewhere: move them up to the count.
     let catch_up = |c: &prometheus::IntCounter, now: u64| c.inc_by(now.saturating_sub(c.get()));
     catch_up(&m.cache_evictions, rt.cache.evictions());
     catch_up(
         &m.upstream_socket_reconnects,
-        rt.sockets.stats.reconnects.load(Ordering::Relaxed),
+        rt.sources.stats.reconnects.load(Ordering::Relaxed),
     );
     catch_up(
         &m.events_lost,
-        rt.sockets.stats.lost.load(Ordering::Relaxed),
+        rt.sources.stats.lost.load(Ordering::Relaxed),
     );
     (
         [(

@@ -39,6 +39,30 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// The part of this answer at the `select` path (all of it for an empty path, or a
+    /// `304`, which has nothing), taken out without copying; an answer without that part
+    /// is a bad response from `upstream`.
+    pub fn select(
+        mut self,
+        path: &[String],
+        upstream: &str,
+    ) -> Result<Answer, super::UpstreamError> {
+        if path.is_empty() || self.not_modified {
+            return Ok(self);
+        }
+        let picked = path
+            .iter()
+            .try_fold(std::mem::take(&mut self.value), |v, seg| match v {
+                Value::Object(mut map) => map.remove(seg.as_str()),
+                _ => None,
+            });
+        self.value = picked.ok_or_else(|| super::UpstreamError::BadResponse {
+            upstream: upstream.to_string(),
+            detail: format!("the response has no `{}` (select)", path.join(".")),
+        })?;
+        Ok(self)
+    }
+
     /// A value a shared cache may keep.
     pub fn new(value: Value) -> Answer {
         Answer {

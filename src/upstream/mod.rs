@@ -2,9 +2,9 @@
 //! returns its JSON, with every failure turned into an [`UpstreamError`] that says where
 //! it came from and how.
 
+pub mod batch;
 pub mod http;
 pub mod tls;
-pub mod ws;
 
 pub use self::http::{Answer, UpstreamClient, UpstreamRequest, Validators};
 

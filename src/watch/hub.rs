@@ -6,7 +6,7 @@
 
 use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, RootFetch};
-use crate::upstream::ws::{Event, Sockets};
+use crate::events::{Event, Sources};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,7 @@ impl State {
 pub struct Hub {
     state: Mutex<State>,
     cache: Cache,
-    sockets: Arc<Sockets>,
+    sources: Arc<Sources>,
     /// How long a poller keeps going after its last subscriber left.
     grace: Duration,
     next_sub: AtomicU64,
@@ -69,11 +69,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(cache: Cache, grace: Duration, sockets: Arc<Sockets>) -> Arc<Hub> {
+    pub fn new(cache: Cache, grace: Duration, sources: Arc<Sources>) -> Arc<Hub> {
         Arc::new(Hub {
             state: Mutex::default(),
             cache,
-            sockets,
+            sources,
             grace,
             next_sub: AtomicU64::new(1),
             generation: AtomicU64::new(0),
@@ -226,7 +226,7 @@ impl Hub {
             }
             entry.fed = true;
         }
-        let mut tap = self.sockets.tap(&plan.source.upstream, &plan.source.path);
+        let mut tap = self.sources.tap(&plan.source.stream);
         let hub = Arc::downgrade(self);
         let refetching = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {

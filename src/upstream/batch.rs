@@ -3,7 +3,7 @@
 //! each waiter by `item[batchKey]`. Registration is synchronous, from inside resolvers,
 //! so every sibling of one list resolution joins the same batch.
 
-use crate::cache::CacheKey;
+use crate::key::CacheKey;
 use crate::template::scalar_text;
 use crate::upstream::{Answer, UpstreamClient, UpstreamError, UpstreamRequest};
 use serde_json::Value;
@@ -99,7 +99,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
     let result = client
         .send(&req)
         .await
-        .and_then(|answer| super::shape::select(answer, &spec.select, &req.upstream.name))
+        .and_then(|answer| answer.select(&spec.select, &req.upstream.name))
         .and_then(|answer| match answer.value {
             Value::Array(items) => Ok((items, answer.shareable)),
             other => Err(UpstreamError::BadResponse {

@@ -1,212 +1,23 @@
-//! Upstream WebSocket streams: one socket per (upstream, path), shared by every cache
-//! entry and event subscription that needs it on this gateway.
+//! One stream's life, the same for every kind of source: connect, read, reconnect with
+//! backoff, until nobody taps it for the grace period — and, with other replicas, one
+//! connection per stream for the cluster.
 //!
-//! - Opened on the first [`Sockets::tap`], closed a grace period after the last tap is
-//!   dropped.
-//! - Reconnected with exponential backoff (100 ms doubling to 30 s) and ±50% jitter when
-//!   it drops; every reconnect is announced as [`Event::Reconnected`], so the entries it
-//!   feeds refetch (messages may have been missed meanwhile).
-//! - The upstream's `headers` go with the handshake.
-//! - A message that is not JSON is counted and skipped.
-//! - With other replicas (Redis), one holds the socket and republishes its messages; one
-//!   follower keeps a warm [`Standby`] socket whose messages wait, matched against the
-//!   republished ones, so that when the holder dies the standby takes over on its open
-//!   socket and passes on exactly what the holder never did. Two sockets per stream for
+//! - Only the holder of the stream's lease connects; it republishes what it reads under
+//!   the lease's generation. The others follow the republished messages, and take the
+//!   lease over when its holder stops renewing it (then announce a reconnect: the
+//!   entries they feed refetch).
+//! - One follower (the holder of the stream's second lease) keeps a warm [`Standby`]
+//!   connection whose messages wait, matched against the republished ones, so that when
+//!   the holder dies the standby takes over on its open connection and passes on exactly
+//!   what the holder never did: none lost, none doubled. Two connections per stream for
 //!   the cluster.
-//!
-//! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
-//! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
+use super::{Connection, Event, Read, Source, SourceStats, Sources, Stream, StreamKey, BUFFER};
 use crate::bus::Lease;
-use crate::plan::UpstreamPlan;
-use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
-
-/// Messages a tap may fall behind before it loses the oldest.
-pub const BUFFER: usize = 1024;
-
-#[derive(Clone, Debug)]
-pub enum Event {
-    Message(Arc<Value>),
-    /// The socket was re-established after a drop: state may have been missed.
-    Reconnected,
-}
-
-/// (upstream name, path, upstream URL): a schema reload that points the upstream
-/// elsewhere opens a new socket; one that leaves it as it was keeps the old one.
-type SocketKey = (String, String, String);
-
-struct Socket {
-    tx: broadcast::Sender<Event>,
-    taps: AtomicUsize,
-}
-
-/// Counters, for tests and metrics.
-#[derive(Default, Debug)]
-pub struct SocketStats {
-    pub connects: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub open: AtomicUsize,
-    pub skipped: AtomicU64,
-    /// Messages that may be lost: a standby that took over had given up this many of
-    /// its own copies (it fell too far behind its holder's republished stream), which
-    /// the dead holder may or may not have passed on (see [`Standby`]).
-    pub lost: AtomicU64,
-}
-
-pub struct Sockets {
-    sockets: Mutex<HashMap<SocketKey, Arc<Socket>>>,
-    grace: Duration,
-    /// TLS for `wss` upstreams when extra roots are configured.
-    tls: Option<tokio_tungstenite::Connector>,
-    /// Largest message (and frame) accepted from an upstream socket: `--max-upstream-body`.
-    max_message: usize,
-    /// With other replicas: one of them holds each socket (a lease of `lease` in Redis)
-    /// and republishes its messages; the others follow.
-    bus: crate::bus::Bus,
-    lease: Duration,
-    pub stats: Arc<SocketStats>,
-}
-
-/// A subscription to one socket's events; the socket stays while any tap lives.
-pub struct Tap {
-    pub rx: broadcast::Receiver<Event>,
-    socket: Arc<Socket>,
-}
-
-impl Drop for Tap {
-    fn drop(&mut self) {
-        self.socket.taps.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Sockets {
-    pub fn new(
-        grace: Duration,
-        tls: Option<tokio_tungstenite::Connector>,
-        max_message: usize,
-        bus: crate::bus::Bus,
-        lease: Duration,
-    ) -> Arc<Sockets> {
-        Arc::new(Sockets {
-            sockets: Mutex::default(),
-            grace,
-            tls,
-            max_message,
-            bus,
-            lease,
-            stats: Arc::default(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketKey, Arc<Socket>>> {
-        self.sockets.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Taps the socket to `path` on `upstream`, opening it if needed.
-    pub fn tap(self: &Arc<Self>, upstream: &Arc<UpstreamPlan>, path: &str) -> Tap {
-        let key = (
-            upstream.name.clone(),
-            path.to_string(),
-            upstream.url.to_string(),
-        );
-        let mut sockets = self.lock();
-        if let Some(socket) = sockets.get(&key) {
-            socket.taps.fetch_add(1, Ordering::AcqRel);
-            return Tap {
-                rx: socket.tx.subscribe(),
-                socket: socket.clone(),
-            };
-        }
-        let (tx, rx) = broadcast::channel(BUFFER);
-        let socket = Arc::new(Socket {
-            tx,
-            taps: AtomicUsize::new(1),
-        });
-        sockets.insert(key.clone(), socket.clone());
-        tokio::spawn(run(
-            Arc::downgrade(self),
-            key,
-            upstream.clone(),
-            socket.clone(),
-        ));
-        Tap { rx, socket }
-    }
-
-    /// Sockets this gateway holds (connected or reconnecting).
-    pub fn count(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Forgets the socket if nobody taps it; `true` when it was forgotten.
-    fn retire_if_idle(&self, key: &SocketKey, socket: &Arc<Socket>) -> bool {
-        let mut sockets = self.lock();
-        if socket.taps.load(Ordering::Acquire) == 0 {
-            if sockets.get(key).is_some_and(|s| Arc::ptr_eq(s, socket)) {
-                sockets.remove(key);
-            }
-            true
-        } else {
-            false
-        }
-    }
-}
-
-fn ws_url(upstream: &UpstreamPlan, path: &str) -> url::Url {
-    let mut url = upstream.url.clone();
-    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-    let _ = url.set_scheme(scheme);
-    url.set_path(&format!(
-        "{}{}",
-        upstream.url.path().trim_end_matches('/'),
-        path
-    ));
-    url
-}
-
-type WsStream =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// How to open the socket: its URL, the upstream's headers, limits and TLS.
-struct Dial<'a> {
-    url: &'a url::Url,
-    upstream: &'a UpstreamPlan,
-    config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
-    tls: Option<tokio_tungstenite::Connector>,
-}
-
-impl Dial<'_> {
-    /// A connected socket, or why not (scrubbed of the URL's secrets).
-    async fn dial(&self) -> Result<WsStream, String> {
-        let scrub = |e: &dyn std::fmt::Display| super::scrub(&e.to_string(), self.url);
-        let mut request = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| scrub(&e))?;
-        for (k, v) in &self.upstream.headers {
-            request.headers_mut().insert(k.clone(), v.clone());
-        }
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(self.config),
-            false,
-            self.tls.clone(),
-        );
-        match tokio::time::timeout(Duration::from_secs(10), connect).await {
-            Ok(Ok((ws, _))) => Ok(ws),
-            Ok(Err(e)) => Err(scrub(&e)),
-            Err(_) => Err("the handshake timed out".into()),
-        }
-    }
-}
 
 /// A content hash of a message, to match what a standby read with what the holder
 /// republished (both parsed from the same text, keys in order).
@@ -217,40 +28,53 @@ fn fingerprint(v: &Value) -> u64 {
     h.finish()
 }
 
-/// A warm standby: one follower of the cluster (the holder of the socket's second lease)
-/// keeps a socket of its own to the upstream, reading every message but delivering none
+/// A message's text parsed; `None` (counted as skipped) when it is not JSON.
+fn parse(text: &str, stats: &SourceStats) -> Option<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            stats.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("event source message is not JSON; skipped");
+            None
+        }
+    }
+}
+
+/// A warm standby: one follower of the cluster (the holder of the stream's second lease)
+/// keeps a connection of its own to the source, reading every message but delivering none
 /// while the holder's republished stream carries the same ones. When the holder dies, the
-/// standby becomes the holder on its open socket and delivers (and republishes) exactly
-/// the messages the holder never republished: none lost, none doubled. It costs the
-/// upstream a second socket per stream for the whole cluster.
+/// standby becomes the holder on its open connection and delivers (and republishes)
+/// exactly the messages the holder never republished: none lost, none doubled. It costs
+/// the source a second connection per stream for the whole cluster.
 struct Standby {
-    /// Asks the reader task for the socket back (it stops reading).
-    handback: Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<WsStream>>>,
+    /// Asks the reader task for the connection back (it stops reading).
+    handback:
+        Option<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<Box<dyn Connection>>>>,
     /// What the reader read, in order.
     read: tokio::sync::mpsc::Receiver<Arc<Value>>,
     /// Read here, not yet seen republished: (fingerprint, message).
     pending: std::collections::VecDeque<(u64, Arc<Value>)>,
     /// Republished, not yet read here (the holder is ahead): fingerprints.
     ahead: std::collections::VecDeque<u64>,
-    /// Cleared by the reader when its socket drops.
+    /// Cleared by the reader when its connection drops.
     alive: Arc<std::sync::atomic::AtomicBool>,
     /// Copies given up for want of room: lost, should this standby take over.
     given_up: Arc<AtomicU64>,
-    stats: Arc<SocketStats>,
+    stats: Arc<SourceStats>,
 }
 
 impl Standby {
-    /// Opens the standby's socket and its reader, which renews the standby lease `lease`
-    /// (on `bus`, every third of `lease_for`) while it reads.
+    /// Opens the standby's connection and its reader, which renews the standby lease
+    /// `lease` (on `bus`, every third of `lease_for`) while it reads.
     async fn start(
-        dial: &Dial<'_>,
-        stats: Arc<SocketStats>,
+        source: &dyn Source,
+        stats: Arc<SourceStats>,
         lease: (crate::bus::Bus, String, Duration),
     ) -> Option<Standby> {
-        let ws = match dial.dial().await {
-            Ok(ws) => ws,
+        let conn = match source.connect().await {
+            Ok(conn) => conn,
             Err(error) => {
-                tracing::debug!(error, "standby upstream socket failed to connect");
+                tracing::debug!(error, "standby {} failed to connect", source.noun());
                 return None;
             }
         };
@@ -261,7 +85,7 @@ impl Standby {
         let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let given_up = Arc::new(AtomicU64::new(0));
         tokio::spawn(standby_reader(
-            ws,
+            conn,
             tx,
             asked,
             (alive.clone(), given_up.clone()),
@@ -311,20 +135,20 @@ impl Standby {
         }
     }
 
-    /// Whether its socket still reads.
+    /// Whether its connection still reads.
     fn alive(&self) -> bool {
         !self.read.is_closed() && self.alive.load(Ordering::Acquire)
     }
 
-    /// The socket back (if it still reads), with the messages the holder never
+    /// The connection back (if it still reads), with the messages the holder never
     /// republished, in order.
-    async fn take_over(mut self) -> (Option<WsStream>, Vec<Arc<Value>>) {
-        let (reply, socket) = tokio::sync::oneshot::channel();
-        let ws = match self.handback.take().map(|h| h.send(reply)) {
-            Some(Ok(())) => socket.await.ok(),
+    async fn take_over(mut self) -> (Option<Box<dyn Connection>>, Vec<Arc<Value>>) {
+        let (reply, conn) = tokio::sync::oneshot::channel();
+        let conn = match self.handback.take().map(|h| h.send(reply)) {
+            Some(Ok(())) => conn.await.ok(),
             _ => None,
         };
-        // Counted as the holder's socket from here (or closed).
+        // Counted as the holder's connection from here (or closed).
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
         self.take_read();
         let given_up = self.given_up.load(Ordering::Relaxed);
@@ -336,28 +160,28 @@ impl Standby {
             );
         }
         let missed = self.pending.drain(..).map(|(_, v)| v).collect();
-        (ws, missed)
+        (conn, missed)
     }
 }
 
 impl Drop for Standby {
     fn drop(&mut self) {
         // The reader stops when its handback is dropped unanswered; `take_over` counts
-        // the socket as the holder's.
+        // the connection as the holder's.
         if self.handback.is_some() {
             self.stats.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Reads the standby's socket until it is asked for it back (or the standby is dropped,
-/// or the socket drops: then the channel closes).
+/// Reads the standby's connection until it is asked for it back (or the standby is
+/// dropped, or the connection drops: then the channel closes).
 async fn standby_reader(
-    mut ws: WsStream,
+    mut conn: Box<dyn Connection>,
     tx: tokio::sync::mpsc::Sender<Arc<Value>>,
-    mut asked: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<WsStream>>,
+    mut asked: tokio::sync::oneshot::Receiver<tokio::sync::oneshot::Sender<Box<dyn Connection>>>,
     (alive, given_up): (Arc<std::sync::atomic::AtomicBool>, Arc<AtomicU64>),
-    stats: Arc<SocketStats>,
+    stats: Arc<SourceStats>,
     (bus, lease, lease_for): (crate::bus::Bus, String, Duration),
 ) {
     // Renewed here, on time: the follower's loop waits on Redis reads of up to a second.
@@ -369,47 +193,36 @@ async fn standby_reader(
                 if bus.lease(&lease, lease_for).await == Lease::Other {
                     // Another follower keeps the standby now.
                     alive.store(false, Ordering::Release);
-                    let _ = ws.close(None).await;
+                    conn.close().await;
                     return;
                 }
             }
             reply = &mut asked => {
                 match reply {
                     Ok(reply) => {
-                        let _ = reply.send(ws);
+                        let _ = reply.send(conn);
                     }
-                    Err(_) => {
-                        let _ = ws.close(None).await;
-                    }
+                    Err(_) => conn.close().await,
                 }
                 return;
             }
-            msg = ws.next() => {
-                let parsed = match msg {
-                    Some(Ok(Message::Text(text))) => serde_json::from_str::<Value>(text.as_str()).ok(),
-                    Some(Ok(Message::Binary(b))) => serde_json::from_slice::<Value>(&b).ok(),
-                    Some(Ok(Message::Ping(p))) => {
-                        let _ = ws.send(Message::Pong(p)).await;
-                        continue;
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => {
-                        // Dropped: the follower gives this standby up for a new one.
-                        alive.store(false, Ordering::Release);
-                        return;
-                    }
-                };
-                match parsed {
-                    Some(v) => {
+            read = conn.next() => match read {
+                Read::Message(text) => {
+                    if let Some(v) = parse(&text, &stats) {
                         if tx.try_send(Arc::new(v)).is_err() {
                             given_up.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    None => {
-                        stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
-            }
+                Read::Unreadable => {
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Read::Dropped { .. } => {
+                    // The follower gives this standby up for a new one.
+                    alive.store(false, Ordering::Release);
+                    return;
+                }
+            },
         }
     }
 }
@@ -424,21 +237,17 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// The socket's life: connect, read, reconnect with backoff, until nobody taps it for
-/// `grace`. With other replicas, only the holder of the socket's lease connects (and
-/// republishes what it reads); the others follow the republished messages, and take the
-/// lease over when its holder stops renewing it (then announce a reconnect: the entries
-/// they feed refetch).
-async fn run(
-    owner_weak: std::sync::Weak<Sockets>,
-    key: SocketKey,
-    upstream: Arc<UpstreamPlan>,
-    socket: Arc<Socket>,
+/// The stream's life (see the module's documentation). `lease_name` names the stream's
+/// lease among the replicas.
+pub(super) async fn run(
+    owner_weak: std::sync::Weak<Sources>,
+    key: StreamKey,
+    lease_name: String,
+    source: Arc<dyn Source>,
+    stream: Arc<Stream>,
 ) {
-    let url = ws_url(&upstream, &key.1);
-    // What log lines show of it: no userinfo, no query.
-    let shown = super::redact(&url);
-    let lease_name = format!("sock:{}:{}", key.0, key.1);
+    let shown = source.shown().to_string();
+    let noun = source.noun();
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
@@ -451,10 +260,10 @@ async fn run(
         let idle = IdleCheck {
             owner: &owner_weak,
             key: &key,
-            socket: &socket,
+            stream: &stream,
             grace: owner.grace,
         };
-        // Idle check between attempts too: a dead upstream nobody wants is given up.
+        // Idle check between attempts too: a dead source nobody wants is given up.
         if idle.retired(&mut idle_since) {
             owner.bus.release(&lease_name).await;
             if standby.take().is_some() {
@@ -462,18 +271,8 @@ async fn run(
             }
             return;
         }
-        let tls = owner.tls.clone();
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(owner.max_message))
-            .max_frame_size(Some(owner.max_message));
         let (bus, lease_for) = (owner.bus.clone(), owner.lease);
         drop(owner);
-        let dial = Dial {
-            url: &url,
-            upstream: &upstream,
-            config,
-            tls,
-        };
 
         let role = bus.lease(&lease_name, lease_for).await;
         if role == Lease::Other {
@@ -482,7 +281,7 @@ async fn run(
                 bus: &bus,
                 name: &lease_name,
                 lease_for,
-                dial: &dial,
+                source: &*source,
                 stats: &stats,
             };
             match follower.follow(connected_before, &mut standby).await {
@@ -490,12 +289,12 @@ async fn run(
                 // Our turn: connect, and say that messages may have been missed.
                 Followed::Ours => {}
                 // Redis would not let us follow: try again after a pause (then, if it is
-                // away, hold our own socket).
+                // away, hold our own connection).
                 Followed::Failed => {
                     if standby.is_none() {
-                        // Said once per switch-over: what the upstream sends until this
-                        // replica holds a socket of its own is not seen here.
-                        tracing::warn!(upstream = %upstream.name, path = %key.1, "the holder's messages cannot be read from Redis: this replica opens its own upstream socket; messages sent meanwhile may be missed (its live entries refetch)");
+                        // Said once per switch-over: what the source sends until this
+                        // replica holds a connection of its own is not seen here.
+                        tracing::warn!(source = shown, "the holder's messages cannot be read from Redis: this replica opens its own connection to the event source; messages sent meanwhile may be missed (its live entries refetch)");
                     }
                     tokio::time::sleep(jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -505,8 +304,8 @@ async fn run(
             continue;
         }
 
-        // A standby become the holder: its open socket, and the messages the old holder
-        // never passed on. The standby lease is free for another follower.
+        // A standby become the holder: its open connection, and the messages the old
+        // holder never passed on. The standby lease is free for another follower.
         let (taken, missed) = match standby.take() {
             Some(s) => {
                 bus.release(&standby_lease(&lease_name)).await;
@@ -516,21 +315,21 @@ async fn run(
         };
         let handed_over = taken.is_some();
         let connected = match taken {
-            Some(ws) => Ok(ws),
-            None => dial.dial().await,
+            Some(conn) => Ok(conn),
+            None => source.connect().await,
         };
         match connected {
-            Ok(ws) => {
+            Ok(conn) => {
                 if !handed_over {
                     stats.connects.fetch_add(1, Ordering::Relaxed);
                 }
                 stats.open.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(upstream = %upstream.name, path = %key.1, standby = handed_over, "upstream socket open");
+                tracing::info!(source = shown, standby = handed_over, "{noun} open");
                 backoff = Duration::from_millis(100);
-                // A standby's socket missed nothing: its own taps heard every message.
+                // A standby's connection missed nothing: its own taps heard every message.
                 if connected_before && !handed_over {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                    let _ = socket.tx.send(Event::Reconnected);
+                    let _ = stream.tx.send(Event::Reconnected);
                 }
                 connected_before = true;
                 let mut holder = Holder {
@@ -540,31 +339,38 @@ async fn run(
                     role,
                 };
                 if !missed.is_empty() {
-                    tracing::info!(upstream = %upstream.name, path = %key.1, messages = missed.len(), "standby took the upstream socket over: passing on what the old holder never did");
+                    tracing::info!(
+                        source = shown,
+                        messages = missed.len(),
+                        "standby took the {noun} over: passing on what the old holder never did"
+                    );
                 }
                 for v in missed {
                     let text = v.to_string();
-                    let _ = socket.tx.send(Event::Message(v));
+                    let _ = stream.tx.send(Event::Message(v));
                     holder.republish(&text).await;
                 }
-                let ended = read(ws, &socket, &stats, &idle, &url, &mut holder).await;
+                let ended = read(conn, &stream, &stats, &idle, &mut holder, noun).await;
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 match ended {
                     Ended::Retired => {
-                        tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket closed: unused");
+                        tracing::info!(source = shown, "{noun} closed: unused");
                         bus.release(&lease_name).await;
                         return;
                     }
                     Ended::LostLease => {
-                        tracing::info!(upstream = %upstream.name, path = %key.1, "upstream socket handed over to the replica holding its lease");
+                        tracing::info!(
+                            source = shown,
+                            "{noun} handed over to the replica holding its lease"
+                        );
                         continue;
                     }
                     Ended::Dropped => {
-                        tracing::warn!(upstream = %upstream.name, path = %key.1, "upstream socket dropped; reconnecting");
+                        tracing::warn!(source = shown, "{noun} dropped; reconnecting");
                     }
                 }
             }
-            Err(error) => tracing::warn!(url = shown, error, "upstream socket failed to connect"),
+            Err(error) => tracing::warn!(source = shown, error, "{noun} failed to connect"),
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -573,15 +379,15 @@ async fn run(
 
 /// Why [`read`] stopped reading.
 enum Ended {
-    /// Nobody taps the socket any more.
+    /// Nobody taps the stream any more.
     Retired,
     /// It dropped: reconnect.
     Dropped,
-    /// Another replica holds the socket's lease now: follow it.
+    /// Another replica holds the stream's lease now: follow it.
     LostLease,
 }
 
-/// The socket's lease, as its holder renews it and republishes under it.
+/// The stream's lease, as its holder renews it and republishes under it.
 struct Holder<'a> {
     bus: &'a crate::bus::Bus,
     name: &'a str,
@@ -608,44 +414,43 @@ impl Holder<'_> {
     }
 }
 
-/// A replica following the socket another replica holds.
+/// A replica following the stream another replica holds.
 struct Follower<'a> {
     idle: &'a IdleCheck<'a>,
     bus: &'a crate::bus::Bus,
     name: &'a str,
     lease_for: Duration,
-    dial: &'a Dial<'a>,
-    stats: &'a Arc<SocketStats>,
+    source: &'a dyn Source,
+    stats: &'a Arc<SourceStats>,
 }
 
-/// The name of a socket's second lease: who keeps the warm standby.
+/// The name of a stream's second lease: who keeps the warm standby.
 fn standby_lease(name: &str) -> String {
     format!("{name}:standby")
 }
 
 /// How following ended.
 enum Followed {
-    /// Nobody taps the socket any more.
+    /// Nobody taps the stream any more.
     Retired,
-    /// The lease is free (or Redis is away): this replica should hold the socket.
+    /// The lease is free (or Redis is away): this replica should hold the stream.
     Ours,
     /// The holder's messages could not be read.
     Failed,
 }
 
 impl Follower<'_> {
-    /// Passes the holder's messages on to this replica's taps until the socket is unused
+    /// Passes the holder's messages on to this replica's taps until the stream is unused
     /// for the grace period, until this replica should hold it, or until the messages
-    /// cannot be read. A message of an older holder than one already heard is dropped; a
-    /// newer holder means messages may have been missed meanwhile, and so does starting
-    /// to follow again (`resumed`): the taps are told to refetch.
+    /// cannot be read. Starting to follow again (`resumed`) means messages may have been
+    /// missed: the taps are told to refetch.
     async fn follow(&self, resumed: bool, standby: &mut Option<Standby>) -> Followed {
         let Some(mut events) = self.bus.events(self.name).await else {
             return Followed::Failed;
         };
-        let socket = self.idle.socket;
+        let stream = self.idle.stream;
         if resumed {
-            let _ = socket.tx.send(Event::Reconnected);
+            let _ = stream.tx.send(Event::Reconnected);
             // What the standby read before now is not its to pass on: the taps refetch.
             if let Some(s) = standby.as_mut() {
                 s.take_read();
@@ -696,13 +501,13 @@ impl Follower<'_> {
         newest: &mut u64,
         standby: &mut Option<Standby>,
     ) {
-        let socket = self.idle.socket;
+        let stream = self.idle.stream;
         for (generation, message) in batch {
             if generation < *newest {
                 continue;
             }
             if generation > *newest && *newest != 0 {
-                let _ = socket.tx.send(Event::Reconnected);
+                let _ = stream.tx.send(Event::Reconnected);
             }
             *newest = generation;
             let event = match message {
@@ -715,15 +520,15 @@ impl Follower<'_> {
                 // Too big to pass through Redis: refetch instead.
                 None => Event::Reconnected,
             };
-            let _ = socket.tx.send(event);
+            let _ = stream.tx.send(event);
         }
         if let Some(s) = standby.as_mut() {
             s.take_read();
         }
     }
 
-    /// Keeps (or takes up, or gives up) the standby lease, and the standby's socket with
-    /// it; a standby whose socket dropped is replaced.
+    /// Keeps (or takes up, or gives up) the standby lease, and the standby's connection
+    /// with it; a standby whose connection dropped is replaced.
     async fn keep_standby(&self, standby: &mut Option<Standby>, name: &str) {
         if standby.as_ref().is_some_and(|s| !s.alive()) {
             *standby = None;
@@ -735,7 +540,7 @@ impl Follower<'_> {
         match self.bus.lease(name, self.lease_for).await {
             Lease::Held(_) => {
                 let lease = (self.bus.clone(), name.to_string(), self.lease_for);
-                *standby = Standby::start(self.dial, self.stats.clone(), lease).await;
+                *standby = Standby::start(self.source, self.stats.clone(), lease).await;
             }
             Lease::Other => *standby = None,
             // Redis is away: the standby is what will serve this replica.
@@ -744,21 +549,21 @@ impl Follower<'_> {
     }
 }
 
-/// What decides the socket is no longer wanted, wherever the socket's task is: between
-/// connection attempts, reading as the holder, or following.
+/// What decides the stream is no longer wanted, wherever its task is: between connection
+/// attempts, reading as the holder, or following.
 struct IdleCheck<'a> {
-    owner: &'a std::sync::Weak<Sockets>,
-    key: &'a SocketKey,
-    socket: &'a Arc<Socket>,
+    owner: &'a std::sync::Weak<Sources>,
+    key: &'a StreamKey,
+    stream: &'a Arc<Stream>,
     grace: Duration,
 }
 
 impl IdleCheck<'_> {
-    /// Whether nobody has tapped the socket for the grace period, in which case it is
+    /// Whether nobody has tapped the stream for the grace period, in which case it is
     /// forgotten (or its owner is gone): then the task ends. `idle_since` is the caller's
     /// record of since when nobody taps it.
     fn retired(&self, idle_since: &mut Option<tokio::time::Instant>) -> bool {
-        if self.socket.taps.load(Ordering::Acquire) > 0 {
+        if self.stream.taps.load(Ordering::Acquire) > 0 {
             *idle_since = None;
             return false;
         }
@@ -767,22 +572,20 @@ impl IdleCheck<'_> {
             && self
                 .owner
                 .upgrade()
-                .is_none_or(|o| o.retire_if_idle(self.key, self.socket))
+                .is_none_or(|o| o.retire_if_idle(self.key, self.stream))
     }
 }
 
-/// Reads until the socket drops, has been untapped for the grace period and is retired,
-/// or its lease is another replica's now; renews the lease and republishes each message
-/// under it meanwhile.
+/// Reads until the connection drops, has been untapped for the grace period and is
+/// retired, or its lease is another replica's now; renews the lease and republishes
+/// each message under it meanwhile.
 async fn read(
-    mut ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    socket: &Arc<Socket>,
-    stats: &SocketStats,
+    mut conn: Box<dyn Connection>,
+    stream: &Arc<Stream>,
+    stats: &SourceStats,
     idle: &IdleCheck<'_>,
-    url: &url::Url,
     holder: &mut Holder<'_>,
+    noun: &str,
 ) -> Ended {
     let mut tick = tokio::time::interval(
         (idle.grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)),
@@ -794,56 +597,36 @@ async fn read(
         tokio::select! {
             _ = renew.tick() => {
                 if !holder.renew().await {
-                    let _ = ws.close(None).await;
+                    conn.close().await;
                     return Ended::LostLease;
                 }
             }
             _ = tick.tick() => {
                 if idle.retired(&mut idle_since) {
-                    let _ = ws.close(None).await;
+                    conn.close().await;
                     return Ended::Retired;
                 }
             }
-            msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Value>(text.as_str()) {
-                    Ok(v) => {
-                        let _ = socket.tx.send(Event::Message(Arc::new(v)));
-                        holder.republish(text.as_str()).await;
+            read = conn.next() => match read {
+                Read::Message(text) => {
+                    if let Some(v) = parse(&text, stats) {
+                        let _ = stream.tx.send(Event::Message(Arc::new(v)));
+                        holder.republish(&text).await;
                     }
-                    Err(_) => {
-                        stats.skipped.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!("upstream socket message is not JSON; skipped");
-                    }
-                },
-                Some(Ok(Message::Binary(b))) => match serde_json::from_slice::<Value>(&b) {
-                    Ok(v) => {
-                        holder.republish(&v.to_string()).await;
-                        let _ = socket.tx.send(Event::Message(Arc::new(v)));
-                    }
-                    Err(_) => {
-                        stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
-                Some(Ok(Message::Ping(p))) => {
-                    let _ = ws.send(Message::Pong(p)).await;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    // Said here, before the reconnect (a message over the size limit, a
-                    // protocol error, a reset): the fed entries are refetched after it.
-                    let too_big = matches!(
-                        e,
-                        tokio_tungstenite::tungstenite::Error::Capacity(_)
-                    );
-                    let error = super::scrub(&e.to_string(), url);
-                    if too_big {
-                        tracing::warn!(error, "upstream socket sent a message over --max-upstream-body; reconnecting");
-                    } else {
-                        tracing::warn!(error, "upstream socket read failed; reconnecting");
+                Read::Unreadable => {
+                    stats.skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Read::Dropped { error, too_big } => {
+                    // Said here, before the reconnect: the fed entries are refetched
+                    // after it.
+                    match (error, too_big) {
+                        (Some(error), true) => tracing::warn!(error, "{noun} sent a message over --max-upstream-body; reconnecting"),
+                        (Some(error), false) => tracing::warn!(error, "{noun} read failed; reconnecting"),
+                        (None, _) => {}
                     }
                     return Ended::Dropped;
                 }
-                None => return Ended::Dropped,
             },
         }
     }
