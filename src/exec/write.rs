@@ -3,8 +3,8 @@
 //! path and location, and propagating nulls by truncating back to the nearest nullable
 //! position.
 
+use super::fetch::{addr, read, Results, Run};
 use super::operation::{Leaf, Next, Planned, Shape};
-use super::{addr, Results, Run};
 use crate::cache::CacheKey;
 use crate::config::TypeRef;
 use crate::resolve::shape;
@@ -144,7 +144,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             if object.starts_with("__") || field.name.starts_with("__") {
                 return self.introspection(field, p, value);
             }
-            let member = super::read(value, &field.member);
+            let member = read(value, &field.member);
             return self.complete(&field.ty, member, &p.next, src, pos);
         };
         let results = self.results;
@@ -196,7 +196,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             }
             _ => {}
         }
-        let member = super::read(value, &field.member);
+        let member = read(value, &field.member);
         let filter = field.args.iter().any(|a| a.name == "includeDeprecated")
             && run.args(&p.arguments, field)["includeDeprecated"] != Value::Bool(true);
         match member {
