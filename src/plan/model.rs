@@ -1,0 +1,147 @@
+//! What a plan is made of: upstreams, fields and their resolvers, types, live settings.
+//! Built by [`super::build`], read by every later stage.
+
+use super::*;
+
+#[derive(Debug)]
+pub struct UpstreamPlan {
+    pub name: String,
+    /// Base URL; a field's path is appended to its path.
+    pub url: url::Url,
+    pub timeout: Option<Duration>,
+    /// `@upstream(maxConnections:)`: requests in flight at once (else
+    /// `--upstream-max-connections`); more wait for one to finish, within their deadline.
+    pub max_connections: Option<usize>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Client request headers passed on, lower-case names.
+    pub forward_headers: Vec<http::HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArgPlan {
+    pub name: String,
+    pub ty: TypeRef,
+    pub default: Option<ConstValue>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CachePlan {
+    pub max_age: Duration,
+    pub swr: Duration,
+    pub tags: Vec<Template>,
+    pub scope: Scope,
+}
+
+#[derive(Debug)]
+pub struct FieldPlan {
+    pub name: String,
+    pub ty: TypeRef,
+    pub args: Vec<ArgPlan>,
+    pub description: Option<String>,
+    pub deprecated: Option<Option<String>>,
+    /// `None`: the value is read from the parent object under the field's name.
+    pub rest: Option<RestPlan>,
+    /// Tags dropped from the cache after this mutation succeeds.
+    pub invalidates: Vec<Template>,
+    /// A Subscription field: a live query of the Query field of the same name.
+    pub live: Option<LivePlan>,
+    /// A Query field whose cache entry an upstream socket patches while it is in use.
+    pub updates: Option<Arc<UpdatesPlan>>,
+    /// A Subscription field whose events are upstream socket messages.
+    pub stream: Option<Arc<SourcePlan>>,
+    /// Where a field without `@rest` reads its value in the parent's upstream data: its
+    /// own name, or the path `@map(from:)` gives.
+    pub member: Vec<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LivePlan {
+    /// Poll the upstream this often while the entry has subscribers.
+    pub poll: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub enum TypePlanKind {
+    Object {
+        fields: Vec<Arc<FieldPlan>>,
+        /// The interfaces it implements.
+        implements: Vec<String>,
+    },
+    /// Its fields are declared for queries and introspection; values are resolved by
+    /// the fields of the concrete object type [`Possible::type_of`] picks.
+    Interface {
+        fields: Vec<Arc<FieldPlan>>,
+        possible: Possible,
+    },
+    Union {
+        possible: Possible,
+    },
+    InputObject {
+        fields: Vec<ArgPlan>,
+    },
+    Enum {
+        values: Vec<String>,
+    },
+    Scalar,
+}
+
+#[derive(Debug)]
+pub struct TypePlan {
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: TypePlanKind,
+}
+
+/// Everything the runtime needs to serve a schema.
+#[derive(Debug)]
+pub struct Plan {
+    /// SHA-256 of the schema text it was loaded from (hex), for `livegate_schema_info`.
+    pub source_hash: String,
+    pub upstreams: IndexMap<String, Arc<UpstreamPlan>>,
+    pub types: IndexMap<String, TypePlan>,
+    pub query: String,
+    pub mutation: Option<String>,
+    pub subscription: Option<String>,
+    /// `__schema`'s value and the introspection types' plans (also in `types`).
+    pub introspection: introspection::Introspection,
+}
+
+impl Plan {
+    /// A Subscription field by name.
+    pub fn subscription_field(&self, name: &str) -> Option<&Arc<FieldPlan>> {
+        let fields = self.object_fields(self.subscription.as_deref()?)?;
+        fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn object_fields(&self, type_name: &str) -> Option<&[Arc<FieldPlan>]> {
+        match &self.types.get(type_name)?.kind {
+            TypePlanKind::Object { fields, .. } => Some(fields),
+            _ => None,
+        }
+    }
+
+    /// The interface's or union's possible types, if `type_name` is one.
+    pub fn possible(&self, type_name: &str) -> Option<&Possible> {
+        match &self.types.get(type_name)?.kind {
+            TypePlanKind::Interface { possible, .. } | TypePlanKind::Union { possible } => {
+                Some(possible)
+            }
+            _ => None,
+        }
+    }
+
+    /// The field `name` selected on a value of `type_name`: the object's own, or for an
+    /// interface or union, the first possible type's field of that name (a selection in a
+    /// fragment on one of them).
+    pub fn field(&self, type_name: &str, name: &str) -> Option<&Arc<FieldPlan>> {
+        if let Some(fields) = self.object_fields(type_name) {
+            return fields.iter().find(|f| f.name == name);
+        }
+        let possible = self.possible(type_name)?;
+        possible.types.iter().find_map(|t| {
+            self.object_fields(t)
+                .and_then(|fields| fields.iter().find(|f| f.name == name))
+        })
+    }
+}

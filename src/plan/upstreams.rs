@@ -1,0 +1,183 @@
+//! `@upstream` declarations → [`UpstreamPlan`]s: URLs (with their environment
+//! overrides), static and forwarded headers, limits; and the lookup of the upstream a
+//! directive names.
+
+use super::*;
+
+/// Deploy-time settings that change the plan: `LIVEGATE_UPSTREAM_<NAME>_URL` overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Upstream name (as written in the schema) → URL.
+    pub upstream_urls: HashMap<String, String>,
+}
+
+impl Overrides {
+    /// Reads `LIVEGATE_UPSTREAM_<NAME>_URL` (name upper-cased, `-` as `_`) from `vars`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>, config: &Config) -> Self {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
+        let mut upstream_urls = HashMap::new();
+        for u in &config.upstreams {
+            if let Some(url) = vars.get(&upstream_env_var(&u.node.name.node)) {
+                upstream_urls.insert(u.node.name.node.clone(), url.clone());
+            }
+        }
+        Overrides { upstream_urls }
+    }
+}
+
+/// The environment variable that overrides the URL of upstream `name`.
+pub fn upstream_env_var(name: &str) -> String {
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("LIVEGATE_UPSTREAM_{name}_URL")
+}
+
+pub(super) fn upstreams(
+    config: &Config,
+    overrides: &Overrides,
+    errors: &mut Errors,
+) -> IndexMap<String, Arc<UpstreamPlan>> {
+    let mut out = IndexMap::new();
+    for u in &config.upstreams {
+        let d = &u.node;
+        let name = d.name.node.clone();
+        if out.contains_key(&name) {
+            errors.push(
+                d.name.pos,
+                format!("@upstream(name: {name:?}) is defined twice"),
+            );
+            continue;
+        }
+        let (raw, source) = match overrides.upstream_urls.get(&name) {
+            Some(url) => (url.clone(), format!(" (from {})", upstream_env_var(&name))),
+            None => (d.url.node.clone(), String::new()),
+        };
+        let url = match url::Url::parse(&raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+            Ok(_) => {
+                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host"));
+                continue;
+            }
+            Err(e) => {
+                errors.push(
+                    d.url.pos,
+                    format!("@upstream(url: {raw:?}){source} is not a valid URL: {e}"),
+                );
+                continue;
+            }
+        };
+        let headers = d
+            .headers
+            .iter()
+            .filter_map(|h| static_header(h, errors))
+            .collect();
+        let mut forward_headers = Vec::new();
+        for h in &d.forward_headers {
+            match http::HeaderName::from_bytes(h.node.as_bytes()) {
+                Ok(n) => forward_headers.push(n),
+                Err(_) => errors.push(
+                    h.pos,
+                    format!("forwardHeaders: {:?} is not a valid header name", h.node),
+                ),
+            }
+        }
+        let timeout = match &d.timeout_ms {
+            Some(t) if t.node == 0 => {
+                errors.push(t.pos, "@upstream(timeoutMs:) must be at least 1");
+                None
+            }
+            Some(t) => Some(Duration::from_millis(t.node)),
+            None => None,
+        };
+        let max_connections = match &d.max_connections {
+            Some(m) if m.node == 0 => {
+                errors.push(m.pos, "@upstream(maxConnections:) must be at least 1");
+                None
+            }
+            Some(m) => Some(usize::try_from(m.node).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        out.insert(
+            name.clone(),
+            Arc::new(UpstreamPlan {
+                name,
+                url,
+                timeout,
+                max_connections,
+                headers,
+                forward_headers,
+            }),
+        );
+    }
+    out
+}
+
+/// A header's name, or an error at its position.
+pub(crate) fn header_name(h: &config::Header, errors: &mut Errors) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(h.name.node.as_bytes())
+        .map_err(|_| {
+            errors.push(
+                h.name.pos,
+                format!("{:?} is not a valid header name", h.name.node),
+            )
+        })
+        .ok()
+}
+
+pub(super) fn static_header(
+    h: &config::Header,
+    errors: &mut Errors,
+) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let name = header_name(h, errors)?;
+    let value = http::HeaderValue::from_str(&h.value.node)
+        .map_err(|_| {
+            errors.push(
+                h.value.pos,
+                format!("header {name}: value is not valid in a header"),
+            )
+        })
+        .ok()?;
+    Some((name, value))
+}
+
+/// The `@upstream` a directive names, or the error that it names none. An upstream that
+/// is declared but failed (a bad URL, say) has its own error already: no second one.
+pub(super) fn upstream(
+    ctx: &FieldCtx<'_>,
+    name: &Positioned<String>,
+    directive: &str,
+    errors: &mut Errors,
+) -> Option<Arc<UpstreamPlan>> {
+    if let Some(u) = ctx.upstreams.get(&name.node) {
+        return Some(u.clone());
+    }
+    let declared: Vec<&str> = ctx
+        .config
+        .upstreams
+        .iter()
+        .map(|u| u.node.name.node.as_str())
+        .collect();
+    if !declared.contains(&name.node.as_str()) {
+        let known = if declared.is_empty() {
+            "none".to_string()
+        } else {
+            declared.join(", ")
+        };
+        errors.push(
+            name.pos,
+            format!(
+                "@{directive}(upstream: {:?}) names no @upstream; known: {known}",
+                name.node
+            ),
+        );
+    }
+    None
+}
