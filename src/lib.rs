@@ -3,48 +3,68 @@
 //!
 //! # Layout — the data flow, in the order of the folder tree
 //!
+//! Arrows point one way: nothing below imports what is above it. Modules are private
+//! unless the binary, the tests or the examples need them.
+//!
 //! - [`config`] ① syntax: SDL + directives → [`config::Config`], positions kept.
 //! - [`plan`] ② meaning: Config → [`plan::Plan`]; all validation, every error with
-//!   `file:line:col`. Pure and synchronous, like `config`.
-//! - [`schema`] ③ Plan → async-graphql dynamic schema.
-//! - [`resolve`] ④ one field: its plan + arguments + parent → cache / batch / upstream.
-//! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache):
-//!   in-process, or through Redis with `--redis-url`.
-//! - [`key`] ⑤ the shared vocabulary (a leaf): `CacheKey`, `Tag`, `Policy`.
-//! - [`cache`] ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight;
-//!   each entry weighed by [`weight`] (the heap bytes of its parsed value).
-//! - [`response_cache`] ⑥ whole responses of repeated queries, valid while every cache
+//!   `file:line:col`; the schema's introspection computed once
+//!   ([`plan::introspection`]). Pure and synchronous, like `config`.
+//! - [`template`] the `{args.x}` templates planning and resolving share.
+//! - [`schema`] ③ Plan → the registry async-graphql parses and validates against.
+//! - `exec` ④ the only executor: engines per plan, a document prepared once (validation
+//!   errors, introspection partitioned out), the operation planned once
+//!   (`exec::operation`), fetch level by level, write straight into response bytes.
+//! - `response_cache` ④ whole responses of repeated queries, valid while every cache
 //!   entry they were built from is.
-//! - [`watch`] ⑤ the hub: which subscriptions read which entries; pollers, feeders,
+//! - `resolve` ④ one field: its plan + arguments + parent + request → cache / batch /
+//!   upstream; `resolve::Runtime` is the plan plus the services.
+//! - `request` the `RequestContext` that travels from a transport to an upstream request.
+//! - `services` ⑤ what lives as long as the process (cache, client, batcher, hub, event
+//!   sources, bus, metrics) and applying an invalidation.
+//! - `key` ⑤ the shared vocabulary (a leaf): `CacheKey`, `Tag`, `Policy`.
+//! - `cache` ⑤ the shared cache: TTL, stale-while-revalidate, tags, scope, single flight;
+//!   each entry weighed by `weight` (the heap bytes of its parsed value).
+//! - `deps` ⑤ what one execution read: cache keys, tags, stamps.
+//! - `watch` ⑤ the hub: which subscriptions read which entries; pollers, feeders,
 //!   patches. Below the executor: it imports neither `exec` nor `live`.
-//! - [`upstream`] ⑤ the outside world: one REST request, every failure classified.
-//! - [`live`] ⑥ subscriptions: prepare, topics, outboxes (above the executor).
-//! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP and GraphiQL.
+//! - `events` ⑤ event sources behind one `Source` trait, keyed by the planned stream;
+//!   leases, republishing and standby written once (the upstream WebSocket is one kind).
+//! - [`upstream`] ⑤ the outside world: one REST request, every failure classified; the
+//!   batcher; extra CAs.
+//! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache,
+//!   leases): in-process, or through Redis with `--redis-url`.
+//! - `metrics` ⑤ the Prometheus registry every stage counts into.
+//! - `live` ⑥ subscriptions: prepare, topics, outboxes, and `live::start`, which every
+//!   long-lived transport calls (above the executor).
+//! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP, WebSocket, SSE, GraphiQL,
+//!   the webhook, health and metrics; the accept loop.
+//! - [`demo`] the demo upstreams (`livegate demo`, the examples and tests).
 //!
 //! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! exactly what `main.rs` runs.
 
 pub mod bus;
-pub mod cache;
+mod cache;
 pub mod config;
 pub mod demo;
-pub mod deps;
-pub mod events;
-pub mod exec;
-pub mod key;
-pub mod live;
-pub mod metrics;
+mod deps;
+mod events;
+mod exec;
+mod key;
+mod live;
+mod metrics;
 pub mod plan;
-pub mod request;
-pub mod resolve;
-pub mod response_cache;
+mod request;
+mod resolve;
+mod response_cache;
 pub mod schema;
 pub mod server;
-pub mod services;
+mod services;
 pub mod template;
 pub mod upstream;
-pub mod watch;
-pub mod weight;
+mod watch;
+mod weight;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -31,7 +31,9 @@ use std::time::Duration;
 
 pub use abstracts::Possible;
 use fields::*;
-pub use model::*;
+pub use model::{
+    ArgPlan, CachePlan, FieldPlan, LivePlan, Plan, TypePlan, TypePlanKind, UpstreamPlan,
+};
 pub use rest::{Batch, Body, RestPlan};
 pub use stream::{Apply, SourcePlan, StreamPlan, UpdatesPlan};
 pub(crate) use upstreams::header_name;
