@@ -3,9 +3,8 @@
 //! document limits), and its swap on a schema reload.
 
 use super::limits;
-use super::prepare::Executor;
+use super::prepare::{validate, Executor};
 use crate::resolve::Runtime;
-use async_graphql::parser::types::ExecutableDocument;
 use async_graphql_value::ConstValue;
 use std::sync::Arc;
 
@@ -34,28 +33,6 @@ impl Engine {
             && validate(&self.schema, query, operation_name, doc)
                 .await
                 .is_ok()
-    }
-}
-
-/// async-graphql's validation of `doc` (the text `query`, its operation `operation_name`)
-/// against `schema`, with no variables (so the outcome is the document's alone): the
-/// [`Gate`] stops the request after it, before anything runs. Its errors, when it fails.
-pub(super) async fn validate(
-    schema: &async_graphql::dynamic::Schema,
-    query: &str,
-    operation_name: Option<&str>,
-    doc: ExecutableDocument,
-) -> Result<(), Vec<async_graphql::ServerError>> {
-    let mut check = async_graphql::Request::new(query);
-    check.set_parsed_query(doc);
-    if let Some(name) = operation_name {
-        check = check.operation_name(name);
-    }
-    let response = schema.execute(check).await;
-    if response.errors.is_empty() {
-        Ok(())
-    } else {
-        Err(response.errors)
     }
 }
 

@@ -2,7 +2,6 @@
 //! [`super::Gate`]), their operation picked, and kept in a bounded cache with their plans
 //! ([`super::operation`]), one per set of `@skip`/`@include` condition values.
 
-use super::engine::validate;
 use super::operation::{self, Operation};
 use super::{cap_errors, error_body, Output};
 use crate::plan::Plan;
@@ -245,5 +244,27 @@ impl Prepared {
             }
         }
         Ok(planned)
+    }
+}
+
+/// async-graphql's validation of `doc` (the text `query`, its operation `operation_name`)
+/// against `schema`, with no variables (so the outcome is the document's alone): the
+/// [`super::Gate`] stops the request after it, before anything runs. Its errors, when it fails.
+pub(super) async fn validate(
+    schema: &async_graphql::dynamic::Schema,
+    query: &str,
+    operation_name: Option<&str>,
+    doc: ExecutableDocument,
+) -> Result<(), Vec<async_graphql::ServerError>> {
+    let mut check = async_graphql::Request::new(query);
+    check.set_parsed_query(doc);
+    if let Some(name) = operation_name {
+        check = check.operation_name(name);
+    }
+    let response = schema.execute(check).await;
+    if response.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(response.errors)
     }
 }
