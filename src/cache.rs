@@ -898,15 +898,8 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_stored() {
         let cache = Cache::new(1 << 20);
-        let fail = |_: crate::upstream::Validators| {
-            async {
-                Err(UpstreamError::HttpError {
-                    upstream: "u".into(),
-                    status: 500,
-                })
-            }
-            .boxed()
-        };
+        let fail =
+            |_: crate::upstream::Validators| async { Err(UpstreamError::http("u", 500)) }.boxed();
         assert!(cache
             .load(key("a"), policy(60, 0, &[]), fail)
             .await

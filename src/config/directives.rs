@@ -19,6 +19,16 @@ pub struct UpstreamDirective {
     pub headers: Vec<Header>,
     /// Request headers of the client passed on to this upstream, by name.
     pub forward_headers: Vec<Positioned<String>>,
+    pub errors: Option<Positioned<ErrorsDirective>>,
+}
+
+/// `errors: {message: "error.message", extensions: {code: "error.code"}}` on `@upstream`
+/// or `@rest`: where in an upstream's JSON error body the GraphQL error's message and
+/// extensions are. Paths are dotted member names.
+#[derive(Debug, Clone)]
+pub struct ErrorsDirective {
+    pub message: Option<Positioned<String>>,
+    pub extensions: Vec<(Positioned<String>, Positioned<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +70,7 @@ pub struct RestDirective {
     pub batch_key: Option<Positioned<String>>,
     /// Where in the upstream's JSON the field's value is (`data.items`).
     pub select: Option<Positioned<String>>,
+    pub errors: Option<Positioned<ErrorsDirective>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -221,6 +232,67 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         }
     }
 
+    /// `errors: {message: "a.b", extensions: {code: "a.c"}}`
+    fn errors(&mut self, arg: &str) -> Option<Positioned<ErrorsDirective>> {
+        let v = self.get(arg)?;
+        let expected =
+            "an object like {message: \"error.message\", extensions: {code: \"error.code\"}}";
+        let ConstValue::Object(map) = &v.node else {
+            self.wrong(v.pos, arg, expected, &v.node);
+            return None;
+        };
+        let name = self.name();
+        let mut out = ErrorsDirective {
+            message: None,
+            extensions: Vec::new(),
+        };
+        for (key, val) in map {
+            match (key.as_str(), val) {
+                ("message", ConstValue::String(s)) => {
+                    out.message = Some(Positioned::new(s.clone(), v.pos))
+                }
+                ("extensions", ConstValue::Object(ext)) => {
+                    for (k, path) in ext {
+                        match path {
+                            ConstValue::String(s) => out.extensions.push((
+                                Positioned::new(k.to_string(), v.pos),
+                                Positioned::new(s.clone(), v.pos),
+                            )),
+                            other => self.errors.push(
+                                v.pos,
+                                format!(
+                                    "@{name}({arg}:): extensions.{k} must be a string (a dotted \
+                                     path in the error body), got {}",
+                                    describe(other)
+                                ),
+                            ),
+                        }
+                    }
+                }
+                ("message", other) => self.errors.push(
+                    v.pos,
+                    format!(
+                        "@{name}({arg}:): message must be a string (a dotted path in the error \
+                         body), got {}",
+                        describe(other)
+                    ),
+                ),
+                ("extensions", other) => self.errors.push(
+                    v.pos,
+                    format!(
+                        "@{name}({arg}:): extensions must be an object of dotted paths, got {}",
+                        describe(other)
+                    ),
+                ),
+                (other, _) => self.errors.push(
+                    v.pos,
+                    format!("@{name}({arg}:) has no member `{other}`; known: message, extensions"),
+                ),
+            }
+        }
+        Some(Positioned::new(out, v.pos))
+    }
+
     /// `headers: [{name: "X-A", value: "…"}]`
     fn headers(&mut self, arg: &str) -> Vec<Header> {
         let Some(v) = self.get(arg) else {
@@ -286,6 +358,7 @@ pub fn upstream(
             "headers",
             "forwardHeaders",
             "maxConnections",
+            "errors",
         ],
         errors,
     );
@@ -295,8 +368,10 @@ pub fn upstream(
     let max_connections = r.uint("maxConnections");
     let headers = r.headers("headers");
     let forward_headers = r.strings("forwardHeaders");
+    let errors = r.errors("errors");
     Some(Positioned::new(
         UpstreamDirective {
+            errors,
             name: name?,
             url: url?,
             timeout_ms,
@@ -316,6 +391,7 @@ pub fn rest(
         d,
         &[
             "upstream", "method", "path", "query", "body", "headers", "batchKey", "select",
+            "errors",
         ],
         errors,
     );
@@ -357,8 +433,10 @@ pub fn rest(
     let headers = r.headers("headers");
     let batch_key = r.string("batchKey");
     let select = r.string("select");
+    let errors = r.errors("errors");
     Some(Positioned::new(
         RestDirective {
+            errors,
             select,
             upstream: upstream?,
             method,

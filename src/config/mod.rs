@@ -16,6 +16,7 @@ use async_graphql_parser::types::{
 use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
+pub use directives::ErrorsDirective;
 pub use directives::{
     CacheDirective, DiscriminateDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective,
     RestDirective, Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,

@@ -32,7 +32,8 @@ use std::time::Duration;
 pub use abstracts::Possible;
 use fields::*;
 pub use model::{
-    ArgPlan, CachePlan, FieldPlan, LivePlan, Plan, TypePlan, TypePlanKind, UpstreamPlan,
+    ArgPlan, CachePlan, ErrorMapping, FieldPlan, LivePlan, Plan, TypePlan, TypePlanKind,
+    UpstreamPlan,
 };
 pub use rest::{Batch, Body, RestPlan};
 pub use stream::{Apply, SourcePlan, StreamPlan, UpdatesPlan};

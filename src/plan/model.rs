@@ -15,6 +15,54 @@ pub struct UpstreamPlan {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Client request headers passed on, lower-case names.
     pub forward_headers: Vec<http::HeaderName>,
+    /// `@upstream(errors:)`: how this upstream's error bodies become GraphQL errors.
+    pub errors: Option<Arc<ErrorMapping>>,
+}
+
+/// Where an upstream's JSON error body keeps what a client should see: the GraphQL
+/// error's `message` and `extensions` members, each a path of member names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMapping {
+    pub message: Option<Vec<String>>,
+    pub extensions: Vec<(String, Vec<String>)>,
+}
+
+impl ErrorMapping {
+    /// The mapping `d` says, or `None` (with an error at its position) for an empty path.
+    pub(super) fn plan(
+        directive: &str,
+        d: &Positioned<config::ErrorsDirective>,
+        errors: &mut Errors,
+    ) -> Option<Arc<ErrorMapping>> {
+        let mut ok = true;
+        let mut path = |p: &Positioned<String>, what: &str| -> Vec<String> {
+            if p.node.split('.').any(str::is_empty) {
+                errors.push(
+                    p.pos,
+                    format!(
+                        "@{directive}(errors: {{{what}: {:?}}}) must be a dotted path like \
+                         \"error.message\"",
+                        p.node
+                    ),
+                );
+                ok = false;
+            }
+            p.node.split('.').map(str::to_string).collect()
+        };
+        let message = d.node.message.as_ref().map(|m| path(m, "message"));
+        let extensions = d
+            .node
+            .extensions
+            .iter()
+            .map(|(k, p)| (k.node.clone(), path(p, &format!("extensions.{}", k.node))))
+            .collect();
+        ok.then(|| {
+            Arc::new(ErrorMapping {
+                message,
+                extensions,
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,8 @@ pub struct RestPlan {
     /// Every `{parent.…}` member path the request and its tags read: two parents that
     /// agree on these make the same request.
     pub parent_reads: Vec<Vec<String>>,
+    /// How an error body becomes a GraphQL error: `@rest(errors:)`, else the upstream's.
+    pub errors: Option<Arc<super::ErrorMapping>>,
 }
 
 impl RestPlan {
@@ -165,9 +167,16 @@ pub(super) fn plan(
         scope: c.node.scope,
     });
     let select = dotted("rest", d.select.as_ref(), "data.items", errors);
+    let own = d
+        .errors
+        .as_ref()
+        .and_then(|e| super::ErrorMapping::plan("rest", e, errors));
+    let upstream = upstream?;
+    let mapping = own.or_else(|| upstream.errors.clone());
     let mut plan = RestPlan {
+        errors: mapping,
         select,
-        upstream: upstream?,
+        upstream,
         method: d.method,
         path: path?,
         query,

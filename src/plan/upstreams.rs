@@ -105,9 +105,14 @@ pub(super) fn upstreams(
             Some(m) => Some(usize::try_from(m.node).unwrap_or(usize::MAX)),
             None => None,
         };
+        let mapping = d
+            .errors
+            .as_ref()
+            .and_then(|e| ErrorMapping::plan("upstream", e, errors));
         out.insert(
             name.clone(),
             Arc::new(UpstreamPlan {
+                errors: mapping,
                 name,
                 url,
                 timeout,

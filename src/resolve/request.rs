@@ -95,6 +95,7 @@ pub fn build(
         url,
         headers,
         body,
+        errors: rest.errors.clone(),
     })
 }
 

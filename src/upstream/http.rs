@@ -20,6 +20,8 @@ pub struct UpstreamRequest {
     pub url: url::Url,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Option<Bytes>,
+    /// How an error body becomes the client's error (`None`: only the status is said).
+    pub errors: Option<Arc<crate::plan::ErrorMapping>>,
 }
 
 /// An upstream's answer: its JSON, and whether a shared cache may keep it (the cache
@@ -273,9 +275,17 @@ impl UpstreamClient {
         }
         // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
         if !status.is_success() {
+            let mapped = match &req.errors {
+                Some(mapping) => error_body(response, self.max_body)
+                    .await
+                    .and_then(|body| super::Mapped::read(&body, mapping))
+                    .map(Arc::new),
+                None => None,
+            };
             return Err(UpstreamError::HttpError {
                 upstream: name.clone(),
                 status: status.as_u16(),
+                mapped,
             });
         }
         let shareable = !response
@@ -340,6 +350,25 @@ impl UpstreamClient {
             not_modified: false,
         })
     }
+}
+
+/// An error response's body, for its error mapping: at most 64 KiB (and the upstream
+/// body limit), read within the request's deadline; `None` if it is larger or breaks off.
+async fn error_body(response: reqwest::Response, max_body: usize) -> Option<Vec<u8>> {
+    let limit = max_body.min(64 << 10);
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return None;
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
 }
 
 /// Upstream redirects: none by default (a `3xx` is `UPSTREAM_HTTP_ERROR`: a REST API that

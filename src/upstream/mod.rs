@@ -7,6 +7,7 @@ pub mod http;
 pub mod tls;
 
 pub use self::http::{Answer, UpstreamClient, UpstreamRequest, Validators};
+use std::sync::Arc;
 
 /// `url` as it may be shown in a log line: no userinfo, no query string (API keys travel
 /// there), no fragment. Clients never see even this; they get the upstream's name.
@@ -68,8 +69,13 @@ pub enum UpstreamError {
     Unavailable { upstream: String, detail: String },
     #[error("upstream {upstream} did not answer within {ms} ms")]
     Timeout { upstream: String, ms: u128 },
-    #[error("upstream {upstream} answered HTTP {status}")]
-    HttpError { upstream: String, status: u16 },
+    #[error("{}", http_message(.upstream, *.status, .mapped.as_deref()))]
+    HttpError {
+        upstream: String,
+        status: u16,
+        /// What the error body said, by the field's error mapping.
+        mapped: Option<Arc<Mapped>>,
+    },
     #[error("upstream {upstream} sent a bad response: {detail}")]
     BadResponse { upstream: String, detail: String },
     #[error("upstream {upstream} sent more than {limit} bytes")]
@@ -80,13 +86,79 @@ pub enum UpstreamError {
     BadInput(String),
 }
 
+/// An upstream error body, read through an [`crate::plan::ErrorMapping`]: the message and
+/// the extensions it gives (only the members the mapping names, never the whole body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    pub message: Option<String>,
+    pub extensions: Vec<(String, serde_json::Value)>,
+}
+
+impl Mapped {
+    /// What `body` (an error response's bytes) says by `mapping`; `None` when it is not
+    /// JSON or the mapping finds nothing in it.
+    pub fn read(body: &[u8], mapping: &crate::plan::ErrorMapping) -> Option<Mapped> {
+        let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let at = |path: &[String]| {
+            path.iter()
+                .try_fold(&json, |v, m| v.get(m.as_str()))
+                .filter(|v| !v.is_null())
+        };
+        let message = mapping.message.as_deref().and_then(at).map(|v| match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        });
+        let extensions: Vec<(String, serde_json::Value)> = mapping
+            .extensions
+            .iter()
+            .filter_map(|(name, path)| Some((name.clone(), at(path)?.clone())))
+            .collect();
+        (message.is_some() || !extensions.is_empty()).then_some(Mapped {
+            message,
+            extensions,
+        })
+    }
+
+    /// The `code` extension the body gave, when it is a string.
+    fn code(&self) -> Option<&str> {
+        self.extensions
+            .iter()
+            .find(|(k, _)| k == "code")
+            .and_then(|(_, v)| v.as_str())
+    }
+}
+
+fn http_message(upstream: &str, status: u16, mapped: Option<&Mapped>) -> String {
+    match mapped.and_then(|m| m.message.as_deref()) {
+        Some(message) => message.to_string(),
+        None => format!("upstream {upstream} answered HTTP {status}"),
+    }
+}
+
 impl UpstreamError {
-    /// The `extensions.code` a client sees.
-    pub fn code(&self) -> &'static str {
+    /// An HTTP error status, with nothing read from its body.
+    pub fn http(upstream: &str, status: u16) -> UpstreamError {
+        UpstreamError::HttpError {
+            upstream: upstream.to_string(),
+            status,
+            mapped: None,
+        }
+    }
+
+    /// The `extensions.code` a client sees. An upstream's 401 and 403 keep their meaning
+    /// (`UNAUTHENTICATED`, `FORBIDDEN`); a code the error mapping read wins over both.
+    pub fn code(&self) -> &str {
         match self {
             UpstreamError::Unavailable { .. } => "UPSTREAM_UNAVAILABLE",
             UpstreamError::Timeout { .. } => "UPSTREAM_TIMEOUT",
-            UpstreamError::HttpError { .. } => "UPSTREAM_HTTP_ERROR",
+            UpstreamError::HttpError { mapped, status, .. } => {
+                match mapped.as_deref().and_then(Mapped::code) {
+                    Some(code) => code,
+                    None if *status == 401 => "UNAUTHENTICATED",
+                    None if *status == 403 => "FORBIDDEN",
+                    None => "UPSTREAM_HTTP_ERROR",
+                }
+            }
             UpstreamError::BadResponse { .. } => "UPSTREAM_BAD_RESPONSE",
             UpstreamError::TooLarge { .. } => "UPSTREAM_TOO_LARGE",
             UpstreamError::BadInput(_) => "BAD_USER_INPUT",
@@ -95,13 +167,20 @@ impl UpstreamError {
 
     /// The one place an upstream error becomes a GraphQL error.
     pub fn to_graphql(&self) -> async_graphql::Error {
-        let code = self.code();
-        let status = match self {
-            UpstreamError::HttpError { status, .. } => Some(*status),
-            _ => None,
+        let code = self.code().to_string();
+        let (status, mapped) = match self {
+            UpstreamError::HttpError { status, mapped, .. } => (Some(*status), mapped.as_deref()),
+            _ => (None, None),
         };
         use async_graphql::ErrorExtensions;
         async_graphql::Error::new(self.to_string()).extend_with(|_, ext| {
+            for (name, value) in mapped.map(|m| m.extensions.as_slice()).unwrap_or_default() {
+                if name != "code" && name != "status" {
+                    if let Ok(v) = async_graphql::Value::from_json(value.clone()) {
+                        ext.set(name.as_str(), v);
+                    }
+                }
+            }
             ext.set("code", code);
             if let Some(status) = status {
                 ext.set("status", status);
