@@ -29,6 +29,8 @@ use tokio::time::Instant;
 
 /// A stale entry a refresh asks the upstream about (`If-None-Match` and so on).
 struct Revalidate {
+    /// The stale entry is `no-cache` (see [`Policy::revalidate`]).
+    revalidates: bool,
     validators: crate::upstream::Validators,
     stamp: Stamp,
     value: Arc<Value>,
@@ -299,6 +301,16 @@ impl Cache {
         let shared = loop {
             if policy.as_ref().is_some_and(Policy::stores) {
                 if let Some(e) = self.inner.entries.get(&key) {
+                    if !e.dead.load(Ordering::Acquire) && e.policy.revalidate {
+                        // `no-cache`: ask the upstream (conditionally) and wait for it.
+                        let revalidate = (!e.validators.is_empty()).then(|| Revalidate {
+                            revalidates: e.policy.revalidate,
+                            validators: e.validators.clone(),
+                            stamp: Stamp(Arc::downgrade(&e)),
+                            value: e.value.clone(),
+                        });
+                        break self.flight(key, policy, fetch, revalidate);
+                    }
                     if !e.dead.load(Ordering::Acquire) {
                         let age = e.stored.elapsed();
                         if age < e.policy.max_age {
@@ -312,6 +324,7 @@ impl Cache {
                             // Start (or join) the refresh, and do not wait for it. It is
                             // conditional when the value has validators: a `304` renews it.
                             let revalidate = (!e.validators.is_empty()).then(|| Revalidate {
+                                revalidates: e.policy.revalidate,
                                 validators: e.validators.clone(),
                                 stamp: Stamp(Arc::downgrade(&e)),
                                 value: e.value.clone(),
@@ -442,15 +455,18 @@ impl Cache {
                     .flatten()
                     .map(|e| Stamp(Arc::downgrade(&e)));
                 self.retire(key, id);
+                // A `no-cache` value vouches for no whole response: each use asks again.
+                let stamp = stamp.filter(|_| !r.revalidates);
                 return Ok((r.value, stamp));
             }
         }
-        let (value, age, shareable, validators) = match result {
+        let (value, age, shareable, validators, freshness) = match result {
             Ok(shared) => (
                 Arc::new(shared.value),
                 shared.age,
                 shared.shareable,
                 shared.validators,
+                shared.freshness,
             ),
             Err(e) => {
                 self.retire(key, id);
@@ -460,11 +476,14 @@ impl Cache {
         // The upstream said no shared cache may keep it: the callers of this flight get it,
         // nobody later does.
         let stamp = policy.filter(|_| shareable).and_then(|policy| {
+            let policy = policy.limited(freshness, !validators.is_empty());
             let fetched = Fetch {
                 value: value.clone(),
                 validators,
             };
+            let revalidates = policy.revalidate;
             self.insert_aged(key, policy, fetched, epoch, age)
+                .filter(|_| !revalidates)
         });
         self.retire(key, id);
         Ok((value, stamp))
@@ -782,6 +801,7 @@ mod tests {
             max_age: Duration::from_secs(max_age),
             swr: Duration::from_secs(swr),
             tags: tags.iter().map(|t| Tag::from(*t)).collect(),
+            revalidate: false,
         })
     }
 

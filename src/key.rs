@@ -74,10 +74,115 @@ pub struct Policy {
     /// May be shared with other replicas (`PUBLIC`); a `PRIVATE` value never leaves
     /// this one.
     pub shared: bool,
+    /// The upstream said `no-cache`: every use asks it again (conditionally: the entry is
+    /// kept for its validators), and waits for the answer.
+    pub revalidate: bool,
+}
+
+/// What an upstream's `Cache-Control` says about how long its answer stays fresh.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Freshness {
+    /// `s-maxage` (for a shared cache like this one), else `max-age`.
+    pub max_age: Option<Duration>,
+    /// `no-cache`: usable only after asking the upstream again.
+    pub no_cache: bool,
+}
+
+impl Freshness {
+    /// Reads `Cache-Control` values.
+    pub fn of<'a>(values: impl Iterator<Item = &'a str>) -> Freshness {
+        let mut max_age = None;
+        let mut s_maxage = None;
+        let mut no_cache = false;
+        for d in values.flat_map(|v| v.split(',')) {
+            let (name, arg) = match d.split_once('=') {
+                Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
+                None => (d.trim(), None),
+            };
+            let seconds = || {
+                arg.and_then(|a| a.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            };
+            if name.eq_ignore_ascii_case("max-age") {
+                max_age = max_age.or(seconds());
+            } else if name.eq_ignore_ascii_case("s-maxage") {
+                s_maxage = s_maxage.or(seconds());
+            } else if name.eq_ignore_ascii_case("no-cache") {
+                no_cache = true;
+            }
+        }
+        Freshness {
+            max_age: s_maxage.or(max_age),
+            no_cache,
+        }
+    }
 }
 
 impl Policy {
+    /// This policy within what the upstream said: the schema is the ceiling, a shorter
+    /// `max-age` shortens it, `no-cache` leaves no freshness (and, without `validators`
+    /// to revalidate with, nothing worth keeping).
+    pub fn limited(mut self, f: Freshness, validators: bool) -> Policy {
+        if let Some(age) = f.max_age {
+            self.max_age = self.max_age.min(age);
+        }
+        if f.no_cache {
+            // Kept as long as the schema says, for its validators; never fresh.
+            self.swr = if validators {
+                self.max_age + self.swr
+            } else {
+                Duration::ZERO
+            };
+            self.max_age = Duration::ZERO;
+            self.revalidate = true;
+        }
+        self
+    }
+
     pub(crate) fn stores(&self) -> bool {
         !(self.max_age + self.swr).is_zero()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_freshness_reads_what_a_shared_cache_should() {
+        let f = |v: &str| Freshness::of([v].into_iter());
+        assert_eq!(f("max-age=60").max_age, Some(Duration::from_secs(60)));
+        assert_eq!(
+            f("Max-Age=\"5\", public").max_age,
+            Some(Duration::from_secs(5))
+        );
+        // s-maxage wins, whatever the order.
+        assert_eq!(
+            f("s-maxage=3, max-age=600").max_age,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            f("max-age=600, s-maxage=3").max_age,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(f("max-age=soon").max_age, None);
+        assert!(f("no-cache").no_cache && f("NO-CACHE=\"set-cookie\"").no_cache);
+        assert_eq!(f(""), Freshness::default());
+        let policy = Policy {
+            max_age: Duration::from_secs(60),
+            swr: Duration::from_secs(10),
+            ..Policy::default()
+        };
+        let shorter = policy.clone().limited(f("max-age=5"), false);
+        assert_eq!(
+            (shorter.max_age, shorter.swr),
+            (Duration::from_secs(5), Duration::from_secs(10))
+        );
+        let longer = policy.clone().limited(f("max-age=600"), false);
+        assert_eq!(longer.max_age, Duration::from_secs(60));
+        let kept = policy.clone().limited(f("no-cache"), true);
+        assert!(kept.revalidate && kept.max_age.is_zero() && kept.stores());
+        let dropped = policy.limited(f("no-cache"), false);
+        assert!(!dropped.stores());
     }
 }

@@ -171,7 +171,7 @@ pub fn build(plan: &Plan, limits: &QueryLimits) -> Result<Schema, SchemaError> {
                 }
                 builder.register(obj)
             }
-            TypePlanKind::Enum { values } => {
+            TypePlanKind::Enum { values, .. } => {
                 builder.register(Enum::new(t.name.clone()).items(values.iter().map(String::as_str)))
             }
             TypePlanKind::Scalar => builder.register(Scalar::new(t.name.clone())),

@@ -114,6 +114,18 @@ impl Template {
         }
     }
 
+    /// Rewrites every `{args.…}` path with `f`: from input field names to the members the
+    /// upstream is sent (`@map(from:)` on input fields).
+    pub fn map_arg_paths(&mut self, mut f: impl FnMut(&[String]) -> Vec<String>) {
+        for part in &mut self.parts {
+            if let Part::Var(v) = part {
+                if v.root == Root::Args {
+                    v.path = f(&v.path);
+                }
+            }
+        }
+    }
+
     /// The template is exactly one variable: it renders to that value, keeping its type.
     pub fn single_var(&self) -> Option<&Var> {
         match self.parts.as_slice() {

@@ -21,10 +21,13 @@ fn shop(bodies: Arc<Mutex<Vec<Value>>>) -> Router {
     Router::new()
         .route(
             "/v1/orders",
-            post(move |Json(body): Json<Value>| {
+            post(move |headers: axum::http::HeaderMap, Json(body): Json<Value>| {
                 let kept = kept.clone();
                 async move {
-                    kept.lock().expect("bodies").push(body.clone());
+                    let note = headers.get("x-note").map(|v| v.to_str().unwrap_or("?").to_string());
+                    kept.lock()
+                        .expect("bodies")
+                        .push(json!({"body": body.clone(), "x_note": note}));
                     if body["quantity"].as_i64().unwrap_or(0) <= 0 {
                         return (
                             StatusCode::UNPROCESSABLE_ENTITY,
@@ -39,7 +42,7 @@ fn shop(bodies: Arc<Mutex<Vec<Value>>>) -> Router {
                     }
                     (
                         StatusCode::CREATED,
-                        Json(json!({"id": 7, "status": "pending", "shipping_address": body["shipping_address"]})),
+                        Json(json!({"id": 7, "status": body.get("status").cloned().unwrap_or(json!("pending")), "shipping_address": body["shipping_address"]})),
                     )
                         .into_response()
                 }
@@ -182,4 +185,292 @@ async fn upstream_401_and_403_keep_their_meaning() {
     assert_eq!(res.status(), 200);
     let r: Value = res.json().await.expect("json");
     assert_eq!(error(&r)["extensions"]["code"], "FORBIDDEN", "{r}");
+}
+
+const SHAPES: &str = r#"
+extend schema @upstream(name: "shop", url: "{up}")
+
+enum OrderStatus {
+  PENDING @map(from: "pending")
+  SHIPPED @map(from: "shipped")
+  IN_TRANSIT @map(from: "in_transit")
+}
+
+type Order {
+  id: ID!
+  status: OrderStatus
+  shippingAddress: Address @map(from: "shipping_address")
+}
+type Address { street: String @map(from: "street_line") city: String }
+
+input AddressInput { street: String! @map(from: "street_line") city: String }
+input OrderInput {
+  quantity: Int!
+  note: String
+  status: OrderStatus
+  shippingAddress: AddressInput @map(from: "shipping_address")
+}
+
+type Query {
+  order(id: Int!): Order @rest(upstream: "shop", path: "/v1/orders/{args.id}")
+  orders(status: OrderStatus): [Order!]! @rest(upstream: "shop", path: "/v1/orders",
+    query: {status: "{args.status}"})
+}
+
+type Mutation {
+  createOrder(input: OrderInput!): Order @rest(upstream: "shop", method: POST,
+    path: "/v1/orders", body: "{args.input}")
+  createOrderFrom(input: OrderInput!): Order @rest(upstream: "shop", method: POST,
+    path: "/v1/orders",
+    body: {quantity: "{args.input.quantity}", street: "{args.input.shippingAddress.street}"})
+  createOrderFlat(quantity: Int!, note: String, street: String): Order @rest(upstream: "shop",
+    method: POST, path: "/v1/orders",
+    body: {quantity: "{args.quantity}", note: "{args.note}", kind: null,
+           shipping_address: {street_line: "{args.street}"}},
+    headers: [{name: "X-Note", value: "{args.note}"}])
+}
+"#;
+
+#[tokio::test]
+async fn enum_values_are_mapped_both_ways() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (up, gw) = serve(shop(bodies), SHAPES).await;
+    let r = gw.query("{ order(id: 2) { status } }").await;
+    assert_eq!(r["data"]["order"]["status"], "SHIPPED", "{r}");
+    let r = gw.query("{ orders { id status } }").await;
+    assert_eq!(
+        r["data"]["orders"],
+        json!([
+            {"id": "1", "status": "PENDING"},
+            {"id": "2", "status": "SHIPPED"},
+            {"id": "3", "status": "IN_TRANSIT"}
+        ]),
+        "{r}"
+    );
+    // An argument goes out as the upstream says it, literal or variable.
+    let r = gw.query("{ orders(status: IN_TRANSIT) { id } }").await;
+    assert_eq!(r["data"]["orders"], json!([{"id": "3"}]), "{r}");
+    let r = gw
+        .query_with(
+            "query Q($s: OrderStatus) { orders(status: $s) { id } }",
+            json!({"s": "SHIPPED"}),
+            &[],
+        )
+        .await;
+    assert_eq!(r["data"]["orders"], json!([{"id": "2"}]), "{r}");
+    let asked = up.requests();
+    assert!(
+        asked.contains(&"GET /v1/orders?status=in_transit".to_string()),
+        "{asked:?}"
+    );
+    assert!(
+        asked.contains(&"GET /v1/orders?status=shipped".to_string()),
+        "{asked:?}"
+    );
+    // A value that maps to nothing is a bad response at that leaf.
+    let r = gw.query("{ order(id: 9) { id status } }").await;
+    assert_eq!(
+        r["data"]["order"],
+        json!({"id": "9", "status": null}),
+        "{r}"
+    );
+    assert_eq!(
+        error(&r)["extensions"]["code"],
+        "UPSTREAM_BAD_RESPONSE",
+        "{r}"
+    );
+    assert_eq!(error(&r)["path"], json!(["order", "status"]), "{r}");
+}
+
+#[tokio::test]
+async fn inputs_are_sent_as_the_upstream_names_them() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (_up, gw) = serve(shop(bodies.clone()), SHAPES).await;
+    let r = gw
+        .query(
+            r#"mutation { createOrder(input: {quantity: 2, status: SHIPPED,
+                 shippingAddress: {street: "Main 1"}}) { id status shippingAddress { street } } }"#,
+        )
+        .await;
+    assert_eq!(
+        r["data"]["createOrder"],
+        json!({"id": "7", "status": "SHIPPED", "shippingAddress": {"street": "Main 1"}}),
+        "{r}"
+    );
+    // Renamed at every depth; absent optional members (`note`, `city`) left out.
+    assert_eq!(
+        bodies.lock().expect("bodies")[0]["body"],
+        json!({"quantity": 2, "status": "shipped", "shipping_address": {"street_line": "Main 1"}})
+    );
+    // A variable input, with an explicit null: left out too.
+    let r = gw
+        .query_with(
+            "mutation M($i: OrderInput!) { createOrder(input: $i) { id } }",
+            json!({"i": {"quantity": 1, "note": null, "shippingAddress": {"street": "Elm 2", "city": null}}}),
+            &[],
+        )
+        .await;
+    assert_eq!(r["data"]["createOrder"]["id"], "7", "{r}");
+    assert_eq!(
+        bodies.lock().expect("bodies")[1]["body"],
+        json!({"quantity": 1, "shipping_address": {"street_line": "Elm 2"}})
+    );
+    // `{args.input.shippingAddress.street}` names input fields, whatever their members.
+    let r = gw
+        .query(r#"mutation { createOrderFrom(input: {quantity: 3, shippingAddress: {street: "Oak 3"}}) { id } }"#)
+        .await;
+    assert_eq!(r["data"]["createOrderFrom"]["id"], "7", "{r}");
+    assert_eq!(
+        bodies.lock().expect("bodies")[2]["body"],
+        json!({"quantity": 3, "street": "Oak 3"})
+    );
+}
+
+#[tokio::test]
+async fn null_optional_arguments_are_left_out_of_bodies_and_headers() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (_up, gw) = serve(shop(bodies.clone()), SHAPES).await;
+    let r = gw
+        .query("mutation { createOrderFlat(quantity: 1, note: null) { id } }")
+        .await;
+    assert_eq!(r["data"]["createOrderFlat"]["id"], "7", "{r}");
+    let got = bodies.lock().expect("bodies")[0].clone();
+    // `note` absent (not null), the literal null kept, no empty X-Note header.
+    assert_eq!(
+        got["body"],
+        json!({"quantity": 1, "kind": null, "shipping_address": {}}),
+        "{got}"
+    );
+    assert_eq!(got["x_note"], Value::Null, "{got}");
+    let r = gw
+        .query(r#"mutation { createOrderFlat(quantity: 1, note: "gift", street: "A 1") { id } }"#)
+        .await;
+    assert_eq!(r["data"]["createOrderFlat"]["id"], "7", "{r}");
+    let got = bodies.lock().expect("bodies")[1].clone();
+    assert_eq!(
+        got["body"],
+        json!({"quantity": 1, "note": "gift", "kind": null, "shipping_address": {"street_line": "A 1"}}),
+        "{got}"
+    );
+    assert_eq!(got["x_note"], "gift", "{got}");
+}
+
+#[test]
+fn check_says_what_is_wrong_with_a_mapping() {
+    let schema = r#"
+extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+enum S { A @map(from: "x") B @map(from: "x") C @deprecated }
+input I { a: String @map(from: "a..b") }
+type Query { s(x: String @map(from: "y")): S @rest(upstream: "shop", path: "/s",
+  errors: {message: 3, extra: "x"}) }
+"#;
+    let errors = match livegate::plan::load("shop.graphql", schema, Vec::<(String, String)>::new())
+    {
+        Ok(_) => panic!("a wrong schema was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    for said in [
+        "directive @deprecated is not allowed on an enum value; only @map(from:) is",
+        "directive @map is not allowed on an argument",
+        "@rest(errors:): message must be a string",
+        "@rest(errors:) has no member `extra`",
+    ] {
+        assert!(errors.contains(said), "{said:?} not in:\n{errors}");
+    }
+    // Planning errors come after syntax errors are fixed.
+    let schema = r#"
+extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+enum S { A @map(from: "x") B @map(from: "x") }
+input I { a: String @map(from: "a..b") }
+type Query { s(i: I): S @rest(upstream: "shop", path: "/s") }
+"#;
+    let errors = match livegate::plan::load("shop.graphql", schema, Vec::<(String, String)>::new())
+    {
+        Ok(_) => panic!("a wrong schema was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(errors.contains("shop.graphql:3:"), "{errors}");
+    assert!(
+        errors.contains("two values stand for the upstream's \"x\""),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("@map(from: \"a..b\") on input field `a`"),
+        "{errors}"
+    );
+}
+
+/// An upstream that answers every path with the `Cache-Control` its name says, an `ETag`,
+/// and `304` to a matching `If-None-Match`; it counts conditional requests.
+fn freshness(conditional: Arc<Mutex<usize>>) -> Router {
+    Router::new().route(
+        "/items/{mode}",
+        get(
+            move |Path(mode): Path<String>, headers: axum::http::HeaderMap| {
+                let conditional = conditional.clone();
+                async move {
+                    let control = match mode.as_str() {
+                        "zero" => "max-age=0",
+                        "shared-zero" => "max-age=600, s-maxage=0",
+                        "no-cache" => "no-cache",
+                        "long" => "max-age=86400",
+                        _ => "",
+                    };
+                    if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                        *conditional.lock().expect("count") += 1;
+                        return (StatusCode::NOT_MODIFIED, [("etag", "\"v1\"")]).into_response();
+                    }
+                    let mut res = Json(json!({"name": mode})).into_response();
+                    res.headers_mut()
+                        .insert("etag", "\"v1\"".parse().expect("etag"));
+                    if !control.is_empty() {
+                        res.headers_mut()
+                            .insert("cache-control", control.parse().expect("control"));
+                    }
+                    res
+                }
+            },
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_upstreams_cache_control_can_only_shorten_the_schemas_max_age() {
+    let conditional = Arc::new(Mutex::new(0));
+    let (up, gw) = serve(
+        freshness(conditional.clone()),
+        r#"
+extend schema @upstream(name: "up", url: "{up}")
+type Item { name: String }
+type Query {
+  item(mode: String!): Item @rest(upstream: "up", path: "/items/{args.mode}") @cache(maxAge: 60)
+}
+"#,
+    )
+    .await;
+    for mode in ["zero", "shared-zero", "no-cache", "long", "plain"] {
+        for _ in 0..3 {
+            let r = gw
+                .query(&format!("{{ item(mode: \"{mode}\") {{ name }} }}"))
+                .await;
+            assert_eq!(r["data"]["item"]["name"], mode, "{r}");
+        }
+    }
+    // `max-age=0` (or `s-maxage=0`, which a shared cache reads first): every use fetches.
+    assert_eq!(up.count_matching("GET /items/zero"), 3);
+    assert_eq!(up.count_matching("GET /items/shared-zero"), 3);
+    // `no-cache`: every use asks again, conditionally, and a 304 serves the kept value.
+    assert_eq!(up.count_matching("GET /items/no-cache"), 3);
+    assert_eq!(*conditional.lock().expect("count"), 2);
+    // A longer `max-age` does not lengthen the schema's 60 s; none leaves it as it is.
+    assert_eq!(up.count_matching("GET /items/long"), 1);
+    assert_eq!(up.count_matching("GET /items/plain"), 1);
 }

@@ -51,6 +51,8 @@ pub struct Shared {
     pub validators: crate::upstream::Validators,
     /// The upstream answered `304` to a conditional refresh: no value, the stale one stands.
     pub not_modified: bool,
+    /// What the upstream's `Cache-Control` allows (a value from Redis was stored within it).
+    pub freshness: crate::key::Freshness,
 }
 
 impl From<crate::upstream::Answer> for Shared {
@@ -61,6 +63,7 @@ impl From<crate::upstream::Answer> for Shared {
             shareable: a.shareable,
             validators: a.validators,
             not_modified: a.not_modified,
+            freshness: a.freshness,
         }
     }
 }

@@ -120,6 +120,8 @@ impl std::fmt::Display for TypeRef {
 
 #[derive(Debug, Clone)]
 pub struct ArgConfig {
+    /// On an input field: `@map(from: "shipping_address")`, the member sent upstream.
+    pub map: Option<Positioned<String>>,
     pub name: Positioned<String>,
     pub ty: Positioned<TypeRef>,
     pub default: Option<ConstValue>,
@@ -172,6 +174,8 @@ pub enum TypeConfigKind {
 pub struct EnumValueConfig {
     pub name: Positioned<String>,
     pub description: Option<String>,
+    /// `@map(from: "pending")`: the string the upstream says for this value.
+    pub map: Option<Positioned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -321,18 +325,20 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
             implements: names(&obj.implements),
         },
         TypeKind::InputObject(input) => TypeConfigKind::InputObject {
-            fields: input.fields.iter().map(|a| arg_config(a, errors)).collect(),
+            fields: input
+                .fields
+                .iter()
+                .map(|a| arg_config(a, Place::InputField, errors))
+                .collect(),
         },
         TypeKind::Enum(e) => TypeConfigKind::Enum {
             values: e
                 .values
                 .iter()
-                .map(|v| {
-                    reject_directives(&v.node.directives, "an enum value", errors);
-                    EnumValueConfig {
-                        name: v.node.value.clone().map(|n| n.to_string()),
-                        description: v.node.description.as_ref().map(|d| d.node.clone()),
-                    }
+                .map(|v| EnumValueConfig {
+                    name: v.node.value.clone().map(|n| n.to_string()),
+                    description: v.node.description.as_ref().map(|d| d.node.clone()),
+                    map: only_map(&v.node.directives, "an enum value", errors),
                 })
                 .collect(),
         },
@@ -373,9 +379,52 @@ fn reject_directives(list: &[Positioned<ConstDirective>], place: &str, errors: &
     }
 }
 
-fn arg_config(arg: &Positioned<InputValueDefinition>, errors: &mut Errors) -> ArgConfig {
-    reject_directives(&arg.node.directives, "an argument", errors);
+/// Where an input value is defined: an input field may say `@map`, an argument not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Argument,
+    InputField,
+}
+
+/// The `@map(from:)` among `list`, the only directive allowed on `place`.
+fn only_map(
+    list: &[Positioned<ConstDirective>],
+    place: &str,
+    errors: &mut Errors,
+) -> Option<Positioned<String>> {
+    let mut map = None;
+    for d in list {
+        if d.node.name.node != "map" {
+            errors.push(
+                d.pos,
+                format!(
+                    "directive @{} is not allowed on {place}; only @map(from:) is",
+                    d.node.name.node
+                ),
+            );
+        } else if map.is_some() {
+            errors.push(d.pos, format!("@map is given twice on {place}"));
+        } else {
+            map = directives::map(d, errors);
+        }
+    }
+    map
+}
+
+fn arg_config(
+    arg: &Positioned<InputValueDefinition>,
+    place: Place,
+    errors: &mut Errors,
+) -> ArgConfig {
+    let map = match place {
+        Place::Argument => {
+            reject_directives(&arg.node.directives, "an argument", errors);
+            None
+        }
+        Place::InputField => only_map(&arg.node.directives, "an input field", errors),
+    };
     ArgConfig {
+        map,
         name: arg.node.name.clone().map(|n| n.to_string()),
         ty: arg.node.ty.clone().map(|t| TypeRef::from_parser(&t)),
         default: arg.node.default_value.as_ref().map(|v| v.node.clone()),
@@ -403,7 +452,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         args: def
             .arguments
             .iter()
-            .map(|a| arg_config(a, errors))
+            .map(|a| arg_config(a, Place::Argument, errors))
             .collect(),
         description: def.description.as_ref().map(|d| d.node.clone()),
         deprecated: None,

@@ -142,8 +142,13 @@ impl<'a> Run<'a> {
                         .ok()
                 })
                 .and_then(|v| vars::coerce(self.plan, &a.ty, &v).ok());
+            // A null optional argument is left out, like an absent one: of `{args}`, of
+            // bodies, query strings and headers.
             if let Some(v) = given.or_else(|| a.default.clone()) {
-                out.insert(a.name.clone(), v.into_json().unwrap_or(Value::Null));
+                let v = vars::outbound(self.plan, &a.ty, v);
+                if !v.is_null() {
+                    out.insert(a.name.clone(), v);
+                }
             }
         }
         Value::Object(out)

@@ -101,7 +101,7 @@ fn named(plan: &Plan, name: &str, value: &ConstValue) -> Result<ConstValue, Stri
             _ => wrong(),
         },
         _ => match plan.types.get(name).map(|t| &t.kind) {
-            Some(TypePlanKind::Enum { values }) => {
+            Some(TypePlanKind::Enum { values, .. }) => {
                 let s = match value {
                     ConstValue::Enum(e) => e.as_str(),
                     ConstValue::String(s) => s.as_str(),
@@ -165,4 +165,81 @@ fn describe(v: &ConstValue) -> String {
         ConstValue::List(_) => "a list".into(),
         ConstValue::Object(_) => "an object".into(),
     }
+}
+
+/// A coerced input value as the upstream is sent it: enum values as the upstream says them
+/// (`@map(from:)` on the value), input object members under their `@map(from:)` paths,
+/// null members left out.
+pub fn outbound(plan: &Plan, ty: &TypeRef, value: ConstValue) -> serde_json::Value {
+    use serde_json::Value;
+    match (ty, value) {
+        (_, ConstValue::Null) => Value::Null,
+        (TypeRef::List { item, .. }, ConstValue::List(items)) => {
+            Value::Array(items.into_iter().map(|v| outbound(plan, item, v)).collect())
+        }
+        (TypeRef::Named { name, .. }, value) => {
+            match plan.types.get(name.as_str()).map(|t| &t.kind) {
+                Some(TypePlanKind::Enum { .. }) => {
+                    let given = match &value {
+                        ConstValue::Enum(e) => e.as_str(),
+                        ConstValue::String(s) => s.as_str(),
+                        _ => return value.into_json().unwrap_or(Value::Null),
+                    };
+                    let said =
+                        crate::resolve::shape::enum_upstream(plan, name, given).unwrap_or(given);
+                    Value::String(said.to_string())
+                }
+                Some(TypePlanKind::InputObject { fields }) => {
+                    let ConstValue::Object(members) = value else {
+                        return value.into_json().unwrap_or(Value::Null);
+                    };
+                    let mut out = serde_json::Map::new();
+                    for (k, v) in members {
+                        let field = fields.iter().find(|f| f.name == k.as_str());
+                        let v = match field {
+                            Some(f) => outbound(plan, &f.ty, v),
+                            None => v.into_json().unwrap_or(Value::Null),
+                        };
+                        if v.is_null() {
+                            continue;
+                        }
+                        match field.and_then(|f| f.member.as_deref()) {
+                            Some(path) => put_at(&mut out, path, v),
+                            None => {
+                                out.insert(k.to_string(), v);
+                            }
+                        }
+                    }
+                    Value::Object(out)
+                }
+                _ => value.into_json().unwrap_or(Value::Null),
+            }
+        }
+        (_, value) => value.into_json().unwrap_or(Value::Null),
+    }
+}
+
+/// Puts `v` at the member path `path` of `out`, making the objects on the way.
+fn put_at(
+    out: &mut serde_json::Map<String, serde_json::Value>,
+    path: &[String],
+    v: serde_json::Value,
+) {
+    let Some((last, ways)) = path.split_last() else {
+        return;
+    };
+    let mut at = out;
+    for m in ways {
+        let slot = at
+            .entry(m.clone())
+            .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        if !slot.is_object() {
+            *slot = serde_json::Value::Object(serde_json::Map::new());
+        }
+        let serde_json::Value::Object(next) = slot else {
+            return;
+        };
+        at = next;
+    }
+    at.insert(last.clone(), v);
 }

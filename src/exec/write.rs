@@ -324,6 +324,14 @@ impl<'r, 'a> Writer<'r, 'a> {
         match value {
             // GraphQL serialises an ID as a string, whatever the upstream sent.
             Value::Number(n) if id => self.string(&n.to_string()),
+            // An enum value is served by its name (the upstream may say it otherwise).
+            Value::String(said) if matches!(leaf, Leaf::Enum(_)) => {
+                let served = match leaf {
+                    Leaf::Enum(e) => shape::enum_name(run.plan, e, said),
+                    _ => None,
+                };
+                self.string(served.unwrap_or(said));
+            }
             // A leaf that fits is written as the upstream sent it.
             _ => {
                 if serde_json::to_writer(&mut self.buf, value).is_err() {

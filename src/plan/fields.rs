@@ -134,7 +134,21 @@ pub(super) fn check_type(
 
 pub(super) fn arg(a: &ArgConfig, kinds: &HashMap<&str, Kind>, errors: &mut Errors) -> ArgPlan {
     check_type(&a.ty, Kind::Input, kinds, errors);
+    let member = a.map.as_ref().map(|m| {
+        if m.node.split('.').any(str::is_empty) {
+            errors.push(
+                m.pos,
+                format!(
+                    "@map(from: {:?}) on input field `{}` must be a member name or a dotted \
+                     path like \"address.street\"",
+                    m.node, a.name.node
+                ),
+            );
+        }
+        m.node.split('.').map(str::to_string).collect()
+    });
     ArgPlan {
+        member,
         name: a.name.node.clone(),
         ty: a.ty.node.clone(),
         default: a.default.clone(),

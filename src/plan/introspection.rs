@@ -450,6 +450,7 @@ fn meta_type(t: &Value) -> Option<TypePlan> {
                             args.iter()
                                 .filter_map(|a| {
                                     Some(ArgPlan {
+                                        member: None,
                                         name: a["name"].as_str()?.to_string(),
                                         ty: json_type(&a["type"])?,
                                         default: a["defaultValue"]
@@ -471,13 +472,17 @@ fn meta_type(t: &Value) -> Option<TypePlan> {
                 .collect(),
             implements: Vec::new(),
         },
-        "ENUM" => TypePlanKind::Enum {
-            values: t["enumValues"]
+        "ENUM" => {
+            let values: Vec<String> = t["enumValues"]
                 .as_array()?
                 .iter()
                 .filter_map(|v| Some(v["name"].as_str()?.to_string()))
-                .collect(),
-        },
+                .collect();
+            TypePlanKind::Enum {
+                upstream: values.clone(),
+                values,
+            }
+        }
         _ => return None,
     };
     Some(TypePlan {
@@ -504,6 +509,7 @@ fn root_fields() -> Vec<Arc<FieldPlan>> {
             "__type",
             named("__Type", false),
             vec![ArgPlan {
+                member: None,
                 name: "name".into(),
                 ty: named("String", true),
                 default: None,

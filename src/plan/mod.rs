@@ -262,9 +262,27 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
             TypeConfigKind::InputObject { fields } => TypePlanKind::InputObject {
                 fields: fields.iter().map(|a| arg(a, &kinds, &mut errors)).collect(),
             },
-            TypeConfigKind::Enum { values } => TypePlanKind::Enum {
-                values: values.iter().map(|v| v.name.node.clone()).collect(),
-            },
+            TypeConfigKind::Enum { values } => {
+                let mut upstream: Vec<String> = Vec::new();
+                for v in values {
+                    let said = v.map.as_ref().map_or(&v.name.node, |m| &m.node);
+                    if upstream.contains(said) {
+                        let pos = v.map.as_ref().map_or(v.name.pos, |m| m.pos);
+                        errors.push(
+                            pos,
+                            format!(
+                                "enum `{name}`: two values stand for the upstream's {said:?}; \
+                                 each @map(from:) must be distinct"
+                            ),
+                        );
+                    }
+                    upstream.push(said.clone());
+                }
+                TypePlanKind::Enum {
+                    values: values.iter().map(|v| v.name.node.clone()).collect(),
+                    upstream,
+                }
+            }
             TypeConfigKind::Scalar => TypePlanKind::Scalar,
         };
         types.insert(

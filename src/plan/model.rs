@@ -67,6 +67,8 @@ impl ErrorMapping {
 
 #[derive(Debug, Clone)]
 pub struct ArgPlan {
+    /// An input field's `@map(from:)`: the member path it is sent as (else its name).
+    pub member: Option<Vec<String>>,
     pub name: String,
     pub ty: TypeRef,
     pub default: Option<ConstValue>,
@@ -130,6 +132,8 @@ pub enum TypePlanKind {
     },
     Enum {
         values: Vec<String>,
+        /// What the upstream says for each of `values` (its `@map(from:)`, else its name).
+        upstream: Vec<String>,
     },
     Scalar,
 }

@@ -302,7 +302,39 @@ pub(super) fn template(
     let mut t = t;
     // `{parent.x}` names GraphQL fields; it reads what those fields read.
     t.map_parent_paths(|path| parent_members(ctx, path));
+    // `{args.input.x}` names input fields; the arguments are sent under their members.
+    t.map_arg_paths(|path| arg_members(ctx, args, path));
     ok.then_some(t)
+}
+
+/// The members of the arguments' JSON (as sent upstream) that the input path `path` reads:
+/// an input field with `@map(from:)` is there under its member path.
+fn arg_members(ctx: &FieldCtx<'_>, args: &[ArgPlan], path: &[String]) -> Vec<String> {
+    let Some((first, rest)) = path.split_first() else {
+        return Vec::new();
+    };
+    let mut out = vec![first.clone()];
+    let mut ty = args
+        .iter()
+        .find(|a| &a.name == first)
+        .map(|a| a.ty.base_name().to_string());
+    for seg in rest {
+        let fields = ty.as_deref().and_then(|name| {
+            ctx.config.types.iter().find_map(|t| match &t.kind {
+                crate::config::TypeConfigKind::InputObject { fields } if t.name.node == name => {
+                    Some(fields)
+                }
+                _ => None,
+            })
+        });
+        let field = fields.and_then(|fs| fs.iter().find(|f| &f.name.node == seg));
+        match field.and_then(|f| f.map.as_ref()) {
+            Some(m) => out.extend(m.node.split('.').map(str::to_string)),
+            None => out.push(seg.clone()),
+        }
+        ty = field.map(|f| f.ty.node.base_name().to_string());
+    }
+    out
 }
 
 /// The members of the parent's upstream data that the field path `path` reads.

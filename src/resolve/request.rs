@@ -73,6 +73,10 @@ pub fn build(
     }
     let mut headers = upstream.headers.clone();
     for (name, t) in &rest.headers {
+        // A header whose one variable is null or absent is not sent (never sent empty).
+        if t.single_var().is_some() && t.render_json(vars).is_null() {
+            continue;
+        }
         if let Ok(v) = HeaderValue::from_str(&t.render_string(vars)) {
             headers.push((name.clone(), v));
         }
@@ -118,10 +122,15 @@ fn join(base: &url::Url, path: &str) -> Result<url::Url, UpstreamError> {
 fn render_body(b: &Body, vars: Vars<'_>) -> Value {
     match b {
         Body::Template(t) => t.render_json(vars),
+        // A member whose one variable is null or absent is left out (a literal null stays).
         Body::Object(fields) => Value::Object(
             fields
                 .iter()
-                .map(|(k, v)| (k.clone(), render_body(v, vars)))
+                .filter_map(|(k, v)| {
+                    let rendered = render_body(v, vars);
+                    let variable = matches!(v, Body::Template(t) if t.single_var().is_some());
+                    (!(variable && rendered.is_null())).then(|| (k.clone(), rendered))
+                })
                 .collect(),
         ),
         Body::List(items) => Value::Array(items.iter().map(|v| render_body(v, vars)).collect()),
@@ -188,6 +197,7 @@ pub fn policy(rest: &RestPlan, vars: Vars<'_>) -> Option<Policy> {
         swr: c.swr,
         tags: render_tags(&c.tags, vars),
         shared: c.scope != Scope::Private,
+        revalidate: false,
     })
 }
 

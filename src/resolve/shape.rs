@@ -141,13 +141,37 @@ impl Leaf {
             Leaf::Boolean => value.is_boolean(),
             Leaf::Id => value.is_string() || value.is_i64() || value.is_u64(),
             Leaf::Enum(name) => match plan.types.get(&**name).map(|t| &t.kind) {
-                Some(TypePlanKind::Enum { values }) => value
+                Some(TypePlanKind::Enum { upstream, .. }) => value
                     .as_str()
-                    .is_some_and(|s| values.iter().any(|v| v == s)),
+                    .is_some_and(|s| upstream.iter().any(|v| v == s)),
                 _ => true,
             },
             Leaf::Any => true,
         }
+    }
+}
+
+/// The name of the value of enum `name` the upstream calls `said` (its `@map(from:)`).
+pub(crate) fn enum_name<'p>(plan: &'p Plan, name: &str, said: &str) -> Option<&'p str> {
+    match plan.types.get(name).map(|t| &t.kind) {
+        Some(TypePlanKind::Enum { values, upstream }) => upstream
+            .iter()
+            .position(|u| u == said)
+            .and_then(|i| values.get(i))
+            .map(String::as_str),
+        _ => None,
+    }
+}
+
+/// What the upstream says for the value `value` of enum `name` (its `@map(from:)`).
+pub(crate) fn enum_upstream<'p>(plan: &'p Plan, name: &str, value: &str) -> Option<&'p str> {
+    match plan.types.get(name).map(|t| &t.kind) {
+        Some(TypePlanKind::Enum { values, upstream }) => values
+            .iter()
+            .position(|v| v == value)
+            .and_then(|i| upstream.get(i))
+            .map(String::as_str),
+        _ => None,
     }
 }
 

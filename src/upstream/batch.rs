@@ -101,7 +101,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
         .await
         .and_then(|answer| answer.select(&spec.select, &req.upstream.name))
         .and_then(|answer| match answer.value {
-            Value::Array(items) => Ok((items, answer.shareable)),
+            Value::Array(items) => Ok((items, answer.shareable, answer.freshness)),
             other => Err(UpstreamError::BadResponse {
                 upstream: req.upstream.name.clone(),
                 detail: format!("a batched request must answer a list, got {}", kind(&other)),
@@ -113,7 +113,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                 let _ = tx.send(Err(e.clone()));
             }
         }
-        Ok((items, shareable)) => {
+        Ok((items, shareable, freshness)) => {
             let mut by_key: HashMap<String, Vec<&Value>> = HashMap::new();
             for item in &items {
                 if let Some(k) = item.get(&spec.key_field).and_then(scalar_text) {
@@ -136,6 +136,7 @@ async fn dispatch(client: &UpstreamClient, batch: Pending) {
                 };
                 let _ = tx.send(Ok(Answer {
                     shareable,
+                    freshness,
                     ..Answer::new(share)
                 }));
             }

@@ -38,6 +38,8 @@ pub struct Answer {
     /// The upstream answered `304 Not Modified` to a conditional request: `value` is
     /// nothing, the stored one stands.
     pub not_modified: bool,
+    /// Its `Cache-Control` freshness, which can only shorten the schema's `maxAge`.
+    pub freshness: crate::key::Freshness,
 }
 
 impl Answer {
@@ -72,6 +74,7 @@ impl Answer {
             shareable: true,
             validators: Validators::default(),
             not_modified: false,
+            freshness: Default::default(),
         }
     }
 }
@@ -260,6 +263,13 @@ impl UpstreamClient {
                 detail: super::scrub(&error_chain(&e.without_url()), &req.url),
             })?;
         let status = response.status();
+        let freshness = crate::key::Freshness::of(
+            response
+                .headers()
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         if status == reqwest::StatusCode::NOT_MODIFIED && !validators.is_empty() {
             let fresh = Validators::of(response.headers());
             return Ok(Answer {
@@ -271,6 +281,7 @@ impl UpstreamClient {
                     fresh
                 },
                 not_modified: true,
+                freshness,
             });
         }
         // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
@@ -337,6 +348,7 @@ impl UpstreamClient {
                 shareable,
                 validators: kept,
                 not_modified: false,
+                freshness,
             });
         }
         let value = serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
@@ -348,6 +360,7 @@ impl UpstreamClient {
             shareable,
             validators: kept,
             not_modified: false,
+            freshness,
         })
     }
 }

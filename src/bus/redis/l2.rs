@@ -107,8 +107,11 @@ impl RedisBus {
                 let result = fetch().await;
                 if let Ok(answer) = &result {
                     // A 304 has no value to share.
-                    if answer.shareable && !answer.not_modified {
-                        self.put(&key, &answer.value, policy, &generation).await;
+                    // Kept for the other replicas no longer than the upstream allows; a
+                    // `no-cache` answer not at all (each replica revalidates its own).
+                    if answer.shareable && !answer.not_modified && !answer.freshness.no_cache {
+                        let policy = policy.clone().limited(answer.freshness, false);
+                        self.put(&key, &answer.value, &policy, &generation).await;
                     }
                 }
                 let mut unlock = self.unlock.prepare_invoke();
@@ -258,6 +261,7 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
         shareable: true,
         validators: Default::default(),
         not_modified: false,
+        freshness: Default::default(),
     };
     Some((shared, all))
 }
