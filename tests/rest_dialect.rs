@@ -355,6 +355,18 @@ async fn null_optional_arguments_are_left_out_of_bodies_and_headers() {
     assert_eq!(got["x_note"], "gift", "{got}");
 }
 
+/// Every error `livegate check` reports for `schema`, one per line.
+fn check(schema: &str) -> String {
+    match livegate::plan::load("shop.graphql", schema, Vec::<(String, String)>::new()) {
+        Ok(_) => panic!("a wrong schema was accepted"),
+        Err(errors) => errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
 #[test]
 fn check_says_what_is_wrong_with_a_mapping() {
     let schema = r#"
@@ -364,15 +376,7 @@ input I { a: String @map(from: "a..b") }
 type Query { s(x: String @map(from: "y")): S @rest(upstream: "shop", path: "/s",
   errors: {message: 3, extra: "x"}) }
 "#;
-    let errors = match livegate::plan::load("shop.graphql", schema, Vec::<(String, String)>::new())
-    {
-        Ok(_) => panic!("a wrong schema was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    };
+    let errors = check(schema);
     for said in [
         "directive @deprecated is not allowed on an enum value; only @map(from:) is",
         "directive @map is not allowed on an argument",
@@ -388,15 +392,7 @@ enum S { A @map(from: "x") B @map(from: "x") }
 input I { a: String @map(from: "a..b") }
 type Query { s(i: I): S @rest(upstream: "shop", path: "/s") }
 "#;
-    let errors = match livegate::plan::load("shop.graphql", schema, Vec::<(String, String)>::new())
-    {
-        Ok(_) => panic!("a wrong schema was accepted"),
-        Err(errors) => errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    };
+    let errors = check(schema);
     assert!(errors.contains("shop.graphql:3:"), "{errors}");
     assert!(
         errors.contains("two values stand for the upstream's \"x\""),

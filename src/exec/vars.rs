@@ -185,8 +185,13 @@ pub fn outbound(plan: &Plan, ty: &TypeRef, value: ConstValue) -> serde_json::Val
                         ConstValue::String(s) => s.as_str(),
                         _ => return value.into_json().unwrap_or(Value::Null),
                     };
-                    let said =
-                        crate::resolve::shape::enum_upstream(plan, name, given).unwrap_or(given);
+                    let said = crate::resolve::shape::enum_value(
+                        plan,
+                        name,
+                        given,
+                        crate::resolve::shape::Spelling::Sent,
+                    )
+                    .unwrap_or(given);
                     Value::String(said.to_string())
                 }
                 Some(TypePlanKind::InputObject { fields }) => {

@@ -327,7 +327,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             // An enum value is served by its name (the upstream may say it otherwise).
             Value::String(said) if matches!(leaf, Leaf::Enum(_)) => {
                 let served = match leaf {
-                    Leaf::Enum(e) => shape::enum_name(run.plan, e, said),
+                    Leaf::Enum(e) => shape::enum_value(run.plan, e, said, shape::Spelling::Served),
                     _ => None,
                 };
                 self.string(served.unwrap_or(said));

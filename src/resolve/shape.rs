@@ -151,28 +151,32 @@ impl Leaf {
     }
 }
 
-/// The name of the value of enum `name` the upstream calls `said` (its `@map(from:)`).
-pub(crate) fn enum_name<'p>(plan: &'p Plan, name: &str, said: &str) -> Option<&'p str> {
-    match plan.types.get(name).map(|t| &t.kind) {
-        Some(TypePlanKind::Enum { values, upstream }) => upstream
-            .iter()
-            .position(|u| u == said)
-            .and_then(|i| values.get(i))
-            .map(String::as_str),
-        _ => None,
-    }
+/// Which way an enum value is translated (`@map(from:)` on the value).
+#[derive(Clone, Copy)]
+pub(crate) enum Spelling {
+    /// From what the upstream says to the value's name.
+    Served,
+    /// From the value's name to what the upstream says.
+    Sent,
 }
 
-/// What the upstream says for the value `value` of enum `name` (its `@map(from:)`).
-pub(crate) fn enum_upstream<'p>(plan: &'p Plan, name: &str, value: &str) -> Option<&'p str> {
-    match plan.types.get(name).map(|t| &t.kind) {
-        Some(TypePlanKind::Enum { values, upstream }) => values
-            .iter()
-            .position(|v| v == value)
-            .and_then(|i| upstream.get(i))
-            .map(String::as_str),
-        _ => None,
-    }
+/// `word`, a value of enum `name`, spelled the other way (see [`Spelling`]).
+pub(crate) fn enum_value<'p>(
+    plan: &'p Plan,
+    name: &str,
+    word: &str,
+    to: Spelling,
+) -> Option<&'p str> {
+    let Some(TypePlanKind::Enum { values, upstream }) = plan.types.get(name).map(|t| &t.kind)
+    else {
+        return None;
+    };
+    let (from, into) = match to {
+        Spelling::Served => (upstream, values),
+        Spelling::Sent => (values, upstream),
+    };
+    let i = from.iter().position(|w| w == word)?;
+    into.get(i).map(String::as_str)
 }
 
 /// Checks the members of the upstream object `value` that `fields` read (those without
