@@ -43,7 +43,7 @@ pub struct RootFetch {
 pub struct Feed {
     pub plan: Arc<crate::plan::UpdatesPlan>,
     /// The `when` conditions, rendered for the entry's arguments.
-    pub when: Vec<(String, String)>,
+    pub when: Vec<(Vec<String>, String)>,
 }
 
 impl std::fmt::Debug for RootFetch {

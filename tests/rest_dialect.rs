@@ -470,3 +470,76 @@ type Query {
     assert_eq!(up.count_matching("GET /items/long"), 1);
     assert_eq!(up.count_matching("GET /items/plain"), 1);
 }
+
+/// Reads an SSE response's chunks for `wait` at most, appending them to `into`.
+async fn read_for(res: &mut reqwest::Response, wait: std::time::Duration, into: &mut String) {
+    if let Ok(Ok(Some(c))) = tokio::time::timeout(wait, res.chunk()).await {
+        into.push_str(&String::from_utf8_lossy(&c));
+    }
+}
+
+#[tokio::test]
+async fn when_matches_the_message_as_it_arrives_then_select_takes_the_payload() {
+    let (say, _) = tokio::sync::broadcast::channel::<String>(64);
+    let app = Router::new().route("/ws", common::announcer(say.clone()));
+    let (_up, gw) = serve(
+        app,
+        r#"
+extend schema @upstream(name: "shop", url: "{up}")
+enum OrderStatus { PENDING @map(from: "pending") SHIPPED @map(from: "shipped") }
+type Order { id: ID! status: OrderStatus }
+type Query { ping: String @rest(upstream: "shop", path: "/ping") }
+type Subscription {
+  orderUpdated(id: ID!): Order @stream(upstream: "shop", path: "/ws",
+    when: {event: "order.updated", data: {id: "{args.id}"}}, select: "data")
+  orderById(id: ID!): Order @stream(upstream: "shop", path: "/ws",
+    when: {id: "{args.id}"}, select: "data")
+}
+"#,
+    )
+    .await;
+    let sse = |query: &'static str| {
+        let client = gw.client.clone();
+        let url = gw.url();
+        async move {
+            client
+                .post(url)
+                .header("accept", "text/event-stream")
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("SSE")
+        }
+    };
+    let mut updated = sse(r#"subscription { orderUpdated(id: "1") { id status } }"#).await;
+    let mut by_id = sse(r#"subscription { orderById(id: "1") { id status } }"#).await;
+    let messages = [
+        json!({"event": "order.created", "data": {"id": 1, "status": "pending"}}),
+        json!({"event": "order.updated", "data": {"id": 2, "status": "pending"}}),
+        json!({"event": "order.updated", "data": {"id": 1, "status": "shipped"}}),
+    ];
+    let (mut got_updated, mut got_by_id) = (String::new(), String::new());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The subscriptions' upstream socket opens when they start: say it all again until
+    // both have heard the one message that is theirs.
+    while !(got_updated.contains("SHIPPED") && got_by_id.contains("SHIPPED")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "updated: {got_updated}\nby id: {got_by_id}"
+        );
+        for m in &messages {
+            let _ = say.send(m.to_string());
+        }
+        let wait = std::time::Duration::from_millis(200);
+        read_for(&mut updated, wait, &mut got_updated).await;
+        read_for(&mut by_id, wait, &mut got_by_id).await;
+    }
+    // `when` on the envelope: only `order.updated` of order 1.
+    assert!(
+        got_updated.contains(r#"{"orderUpdated":{"id":"1","status":"SHIPPED"}}"#),
+        "{got_updated}"
+    );
+    assert!(!got_updated.contains("PENDING"), "{got_updated}");
+    // `when` naming a member of the selected payload still works: order 1's messages.
+    assert!(!got_by_id.contains(r#""id":"2""#), "{got_by_id}");
+}

@@ -605,15 +605,35 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     if let Some(v) = r.get("when") {
         match &v.node {
             ConstValue::Object(map) => {
-                for (k, val) in map {
-                    match val {
-                        ConstValue::String(s) => when.push((
-                            Positioned::new(k.to_string(), v.pos),
-                            Positioned::new(s.clone(), v.pos),
-                        )),
-                        other => r.wrong(v.pos, "when", "an object of strings", other),
+                // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
+                fn flatten(
+                    prefix: &str,
+                    map: &async_graphql_value::indexmap::IndexMap<
+                        async_graphql_value::Name,
+                        ConstValue,
+                    >,
+                    pos: Pos,
+                    when: &mut Vec<(Positioned<String>, Positioned<String>)>,
+                    r: &mut ArgReader<'_, '_>,
+                ) {
+                    for (k, val) in map {
+                        let key = format!("{prefix}{k}");
+                        match val {
+                            ConstValue::String(s) => when
+                                .push((Positioned::new(key, pos), Positioned::new(s.clone(), pos))),
+                            ConstValue::Object(inner) => {
+                                flatten(&format!("{key}."), inner, pos, when, r)
+                            }
+                            other => r.wrong(
+                                pos,
+                                "when",
+                                "an object of strings (or of objects of strings)",
+                                other,
+                            ),
+                        }
                     }
                 }
+                flatten("", map, v.pos, &mut when, r);
             }
             other => r.wrong(
                 v.pos,

@@ -11,8 +11,9 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct SourcePlan {
     pub stream: StreamPlan,
-    /// The payload's field → the value it must have, rendered from the arguments.
-    pub when: Vec<(String, Template)>,
+    /// A member path of the message (or, when the message has none there, of the selected
+    /// payload) → the value it must have, rendered from the arguments.
+    pub when: Vec<(Vec<String>, Template)>,
     /// Where the payload sits inside a message (`data.message` → `["data", "message"]`).
     pub select: Vec<String>,
 }
@@ -81,7 +82,7 @@ pub(super) fn source(
     let mut when = Vec::new();
     for (k, v) in &d.when {
         if let Some(t) = super::rest::template(v, args, ctx, false, errors) {
-            when.push((k.node.clone(), t));
+            when.push((k.node.split('.').map(str::to_string).collect(), t));
         }
     }
     let select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);

@@ -25,7 +25,7 @@ pub fn payloads(
     args: &serde_json::Value,
 ) -> impl Stream<Item = Arc<serde_json::Value>> + Send + 'static {
     let vars = crate::template::Vars { args, parent: None };
-    let when: Vec<(String, String)> = source
+    let when: Vec<(Vec<String>, String)> = source
         .when
         .iter()
         .map(|(f, t)| (f.clone(), t.render_string(vars)))
@@ -39,7 +39,7 @@ pub fn payloads(
                     let Some(payload) = patch::pick(&m, &source.select) else {
                         continue;
                     };
-                    if !patch::matches(payload, &when) {
+                    if !patch::matches(&m, payload, &when) {
                         continue;
                     }
                     if let Err(why) = shape::check(&rt.plan, payload, &field.ty) {

@@ -283,7 +283,7 @@ impl Hub {
                         let Some(payload) = super::patch::pick(&m, &plan.source.select) else {
                             continue;
                         };
-                        if !super::patch::matches(payload, &when) {
+                        if !super::patch::matches(&m, payload, &when) {
                             continue;
                         }
                         if plan.apply == crate::plan::Apply::Refetch {

@@ -59,12 +59,18 @@ pub fn pick<'a>(message: &'a Value, select: &[String]) -> Option<&'a Value> {
         .try_fold(message, |v, seg| v.get(seg.as_str()))
 }
 
-/// Whether `payload` has each `field` equal to its value (compared as text: 1 = "1").
-pub fn matches(payload: &Value, when: &[(String, String)]) -> bool {
-    when.iter().all(|(field, want)| {
-        payload
-            .get(field.as_str())
-            .and_then(scalar_text)
+/// Whether each `when` member path has its value (compared as text: 1 = "1") in the
+/// message as it arrived — or, where the message has nothing at that path, in the payload
+/// `select` took from it (schemas whose `when` names the payload's members).
+pub fn matches(message: &Value, payload: &Value, when: &[(Vec<String>, String)]) -> bool {
+    when.iter().all(|(path, want)| {
+        let at = |v: &'_ Value| -> Option<String> {
+            path.iter()
+                .try_fold(v, |v, m| v.get(m.as_str()))
+                .and_then(scalar_text)
+        };
+        at(message)
+            .or_else(|| at(payload))
             .is_some_and(|v| &v == want)
     })
 }
@@ -134,14 +140,27 @@ mod tests {
     fn selection_and_matching() {
         let msg = json!({"type": "message", "data": {"channel": "general", "id": 7}});
         let p = pick(&msg, &["data".into()]).expect("payload");
+        let when = |pairs: &[(&str, &str)]| -> Vec<(Vec<String>, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.split('.').map(str::to_string).collect(), v.to_string()))
+                .collect()
+        };
+        // Keys of the payload (found there, not in the message).
         assert!(matches(
+            &msg,
             p,
-            &[
-                ("channel".into(), "general".into()),
-                ("id".into(), "7".into())
-            ]
+            &when(&[("channel", "general"), ("id", "7")])
         ));
-        assert!(!matches(p, &[("channel".into(), "random".into())]));
+        assert!(!matches(&msg, p, &when(&[("channel", "random")])));
+        // Keys of the message, nested ones too.
+        assert!(matches(
+            &msg,
+            p,
+            &when(&[("type", "message"), ("data.id", "7")])
+        ));
+        assert!(!matches(&msg, p, &when(&[("type", "typing")])));
+        assert!(!matches(&msg, p, &when(&[("data.id", "8")])));
         assert!(pick(&msg, &["nope".into()]).is_none());
     }
 }
