@@ -368,40 +368,61 @@ fn check(schema: &str) -> String {
 }
 
 #[test]
-fn check_says_what_is_wrong_with_a_mapping() {
+fn check_reports_every_error_of_every_stage_in_one_run() {
     let schema = r#"
 extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+extend schema @upstream(name: "half")
 enum S { A @map(from: "x") B @map(from: "x") C @deprecated }
 input I { a: String @map(from: "a..b") }
-type Query { s(x: String @map(from: "y")): S @rest(upstream: "shop", path: "/s",
-  errors: {message: 3, extra: "x"}) }
+type Query {
+  s(x: String @map(from: "y")): S @rest(upstream: "shop", path: "/s",
+    errors: {message: 3, extra: "x"})
+  orders(status: String): [S] @rest(upstream: "shop", path: "/o", query: {s: "{args.state}"})
+  i(i: I): S @rest(upstream: "shop", path: "/i", verb: GET)
+  h: S @rest(upstream: "half", path: "/h")
+  p: S @rest(upstream: "shop")
+}
 "#;
     let errors = check(schema);
     for said in [
+        // Reading the directives…
+        "shop.graphql:3:15: @upstream needs argument `url`",
         "directive @deprecated is not allowed on an enum value; only @map(from:) is",
         "directive @map is not allowed on an argument",
         "@rest(errors:): message must be a string",
         "@rest(errors:) has no member `extra`",
+        "@rest has no argument `verb`",
+        // … and planning, in the same run.
+        "two values stand for the upstream's \"x\"",
+        "@map(from: \"a..b\") on input field `a`",
+        "`{args.state}` names no argument of `Query.orders`; known: status",
     ] {
         assert!(errors.contains(said), "{said:?} not in:\n{errors}");
     }
-    // Planning errors come after syntax errors are fixed.
-    let schema = r#"
+    // A directive that could not be read is not reported again as missing.
+    assert!(errors.contains("@rest needs argument `path`"), "{errors}");
+    assert!(!errors.contains("has no resolver"), "{errors}");
+    // A broken @upstream is reported once, not again by every field that names it.
+    assert!(!errors.contains("names no @upstream"), "{errors}");
+    // In source order.
+    let lines: Vec<usize> = errors
+        .lines()
+        .filter_map(|l| l.split(':').nth(1)?.parse().ok())
+        .collect();
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "{errors}");
+}
+
+#[test]
+fn an_unquoted_template_says_how_to_write_it() {
+    let errors = check(
+        r#"
 extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
-enum S { A @map(from: "x") B @map(from: "x") }
-input I { a: String @map(from: "a..b") }
-type Query { s(i: I): S @rest(upstream: "shop", path: "/s") }
-"#;
-    let errors = check(schema);
-    assert!(errors.contains("shop.graphql:3:"), "{errors}");
-    assert!(
-        errors.contains("two values stand for the upstream's \"x\""),
-        "{errors}"
+type Query { a: String }
+type Mutation { m(x: String): String @rest(upstream: "shop", method: POST, path: "/m", body: {args}) }
+"#,
     );
-    assert!(
-        errors.contains("@map(from: \"a..b\") on input field `a`"),
-        "{errors}"
-    );
+    assert!(errors.contains("syntax error"), "{errors}");
+    assert!(errors.contains("body: \"{args}\""), "{errors}");
 }
 
 /// An upstream that answers every path with the `Cache-Control` its name says, an `ETag`,

@@ -196,10 +196,26 @@ pub struct Config {
     pub query: Option<Positioned<String>>,
     pub mutation: Option<Positioned<String>>,
     pub subscription: Option<Positioned<String>>,
+    /// Names of `@upstream`s that could not be read (their errors are reported): fields
+    /// naming one get no second error.
+    pub broken_upstreams: Vec<String>,
 }
 
 /// Parses `source` (named `file` in errors) into a [`Config`], or every error found.
 pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
+    match parse_partial(file, source)? {
+        (config, errors) if errors.is_empty() => Ok(config),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// The `Config` of `source` as far as it could be read, and the errors found on the way:
+/// `Err` only for SDL that does not parse at all. Planning can go on from a partial
+/// config, so one `livegate check` reports the errors of every stage.
+pub fn parse_partial(
+    file: &str,
+    source: &str,
+) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let mut errors = Errors::new(file);
     let doc: ServiceDocument = match async_graphql_parser::parse_schema(source) {
         Ok(doc) => doc,
@@ -211,7 +227,13 @@ pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("= "))
                 .unwrap_or(text.trim());
-            errors.push(pos, format!("syntax error: {said}"));
+            let hint = if said.contains("const_object_field") || said.contains("const_value") {
+                " (a directive argument's object is `{name: value}`, and a template is a \
+                 string: `body: \"{args}\"`, not `body: {args}`)"
+            } else {
+                ""
+            };
+            errors.push(pos, format!("syntax error: {said}{hint}"));
             return Err(errors.list);
         }
     };
@@ -222,17 +244,22 @@ pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
         query: None,
         mutation: None,
         subscription: None,
+        broken_upstreams: Vec::new(),
     };
     for def in &doc.definitions {
         match def {
             TypeSystemDefinition::Schema(schema) => {
                 for d in &schema.node.directives {
                     match d.node.name.node.as_str() {
-                        "upstream" => {
-                            if let Some(u) = directives::upstream(d, &mut errors) {
-                                config.upstreams.push(u);
+                        "upstream" => match directives::upstream(d, &mut errors) {
+                            Some(u) => config.upstreams.push(u),
+                            None => {
+                                let name = d.node.get_argument("name");
+                                if let Some(ConstValue::String(n)) = name.map(|n| &n.node) {
+                                    config.broken_upstreams.push(n.clone());
+                                }
                             }
-                        }
+                        },
                         other => errors.push(
                             d.pos,
                             format!("unknown directive @{other} on schema; known: @upstream"),
@@ -262,11 +289,7 @@ pub fn parse(file: &str, source: &str) -> Result<Config, Vec<ConfigError>> {
             }
         }
     }
-    if errors.list.is_empty() {
-        Ok(config)
-    } else {
-        Err(errors.list)
-    }
+    Ok((config, errors.list))
 }
 
 fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<TypeConfig> {

@@ -51,6 +51,8 @@ pub(super) struct FieldCtx<'a> {
     pub(super) kinds: &'a HashMap<&'a str, Kind>,
     pub(super) upstreams: &'a IndexMap<String, Arc<UpstreamPlan>>,
     pub(super) type_name: &'a str,
+    /// The field being planned (empty while none is).
+    pub(super) field: &'a str,
     pub(super) role: Role,
     /// All fields of the enclosing type: what `{parent.x}` may name.
     pub(super) fields: &'a [FieldConfig],

@@ -43,15 +43,36 @@ pub use upstreams::{upstream_env_var, Overrides};
 
 use crate::template::Template;
 
+/// The errors of reading and of planning, in source order, as one report. A directive
+/// that could not be read plans as if it were absent: a planning error that says a
+/// directive is missing, on a line with a reading error, is that error's echo and is left
+/// out.
+fn merge(read: Vec<ConfigError>, planned: Vec<ConfigError>) -> Vec<ConfigError> {
+    let lines: std::collections::HashSet<usize> = read.iter().map(|e| e.line).collect();
+    let echo = |e: &ConfigError| {
+        lines.contains(&e.line)
+            && (e.message.contains("has no resolver") || e.message.contains(" needs @"))
+    };
+    let mut all = read;
+    all.extend(planned.into_iter().filter(|e| !echo(e)));
+    all.sort_by_key(|e| (e.line, e.column));
+    all.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
+    all
+}
+
 /// Parses and plans a schema in one step; what `livegate check` and start-up call.
 pub fn load(
     file: &str,
     source: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Plan, Vec<ConfigError>> {
-    let config = config::parse(file, source)?;
+    let (config, read) = config::parse_partial(file, source)?;
     let overrides = Overrides::from_env(env, &config);
-    let mut plan = build(&config, &overrides)?;
+    let mut plan = match (build(&config, &overrides), read.is_empty()) {
+        (Ok(plan), true) => plan,
+        (Ok(_), false) => return Err(read),
+        (Err(planned), _) => return Err(merge(read, planned)),
+    };
     plan.source_hash = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(source.as_bytes()))
@@ -182,6 +203,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                     kinds: &kinds,
                     upstreams: &upstreams,
                     type_name: &name,
+                    field: "",
                     role: Role::Interface,
                     fields,
                     relations: &relations,
@@ -191,7 +213,13 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                 }
                 let fields = fields
                     .iter()
-                    .map(|f| Arc::new(interface_field(&ctx, f, &mut errors)))
+                    .map(|f| {
+                        let ctx = FieldCtx {
+                            field: &f.name.node,
+                            ..ctx
+                        };
+                        Arc::new(interface_field(&ctx, f, &mut errors))
+                    })
                     .collect();
                 TypePlanKind::Interface { fields, possible }
             }
@@ -241,6 +269,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         kinds: &kinds,
                         upstreams: &upstreams,
                         type_name: &name,
+                        field: &f.name.node,
                         role,
                         fields,
                         relations: &relations,

@@ -383,8 +383,8 @@ fn check_var(
                     format!("known: {}", known.join(", "))
                 };
                 Err(format!(
-                    "`{{args.{first}}}` names no argument of `{}`; {known}",
-                    ctx.type_name
+                    "`{{args.{first}}}` names no argument of `{}.{}`; {known}",
+                    ctx.type_name, ctx.field
                 ))
             }
         }

@@ -40,7 +40,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m(channel: String!): [String] @rest(upstream: \"chat\", path: \"/m/{args.chanel}\") }",
-            &[r#"schema.graphql:4:74: template "/m/{args.chanel}": `{args.chanel}` names no argument of `Query`; known: channel"#],
+            &[r#"schema.graphql:4:74: template "/m/{args.chanel}": `{args.chanel}` names no argument of `Query.m`; known: channel"#],
         ),
         (
             "type Query { m: [String] }",
@@ -134,7 +134,7 @@ fn bad_schemas_get_exact_errors() {
             "type Query { m: String @rest(upstream: \"chat\", path: \"/m\") }\ntype Subscription { e(c: String): [String] @stream(upstream: \"chat\", path: \"/ws\", when: {c: \"{args.d}\"}) }",
             &[
                 "schema.graphql:5:35: a @stream field's events are single messages; its type cannot be a list",
-                "schema.graphql:5:89: template \"{args.d}\": `{args.d}` names no argument of `Subscription`; known: c",
+                "schema.graphql:5:89: template \"{args.d}\": `{args.d}` names no argument of `Subscription.e`; known: c",
             ],
         ),
         ("type Query { m: String", &["schema.graphql:4:23: syntax error: expected field_definition or const_directive"]),

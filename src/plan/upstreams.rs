@@ -170,7 +170,8 @@ pub(super) fn upstream(
         .iter()
         .map(|u| u.node.name.node.as_str())
         .collect();
-    if !declared.contains(&name.node.as_str()) {
+    let broken = ctx.config.broken_upstreams.contains(&name.node);
+    if !declared.contains(&name.node.as_str()) && !broken {
         let known = if declared.is_empty() {
             "none".to_string()
         } else {
