@@ -120,7 +120,7 @@ async fn main() -> ExitCode {
     };
     let mut options = livegate::Options {
         // Reloaded on SIGHUP, and whenever the file changes.
-        schema_path: Some(schema.clone().into()),
+        schema_paths: vec![schema.clone().into()],
         watch: true,
         ..Default::default()
     };

@@ -328,7 +328,7 @@ async fn main() {
             Err(e) => return eprintln!("testbed schema: {e:?}"),
         };
     let mut options = livegate::Options {
-        schema_path: schema_file,
+        schema_paths: schema_file.into_iter().collect(),
         live_grace: ms("--live-grace-ms", 300),
         socket_grace: ms("--socket-grace-ms", 300),
         ..Default::default()

@@ -122,8 +122,9 @@ pub struct Options {
     pub persisted: server::persisted::Options,
     /// Most operations in one batched request (a JSON array); 0 refuses batches.
     pub max_batch: usize,
-    /// The schema file: loaded again on SIGHUP (and with `watch`, when it changes).
-    pub schema_path: Option<std::path::PathBuf>,
+    /// The schema's files (or directories of them, see [`read_schema`]): loaded again on
+    /// SIGHUP (and with `watch`, when one changes).
+    pub schema_paths: Vec<std::path::PathBuf>,
     /// Reload the schema when its file changes (`--watch`).
     pub watch: bool,
 }
@@ -154,7 +155,7 @@ impl Default for Options {
             redis: None,
             persisted: Default::default(),
             max_batch: 10,
-            schema_path: None,
+            schema_paths: Vec::new(),
             watch: false,
         }
     }
@@ -317,13 +318,63 @@ pub fn reload(state: &AppState, plan: Plan, options: &Options) -> Result<(), Err
 /// Loads the schema file again (on SIGHUP, and with `--watch` when its contents change).
 /// A schema with errors is refused, each error logged with its line and column; the one
 /// in service goes on.
-async fn reloader(state: AppState, path: std::path::PathBuf, watch: bool, options: Options) {
-    let read = |path: &std::path::Path| std::fs::read_to_string(path);
-    let hash_of = |text: &str| {
+/// The files of a schema, each with its text: `paths` in order, a directory standing for
+/// its `.graphql` and `.graphqls` files in name order. The error names what could not be
+/// read.
+pub fn read_schema(paths: &[std::path::PathBuf]) -> Result<Vec<(String, String)>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|x| x == "graphql" || x == "graphqls")
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(format!(
+                    "{}: no .graphql or .graphqls file in this directory",
+                    path.display()
+                ));
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|text| (p.display().to_string(), text))
+                .map_err(|e| format!("{}: cannot read: {e}", p.display()))
+        })
+        .collect()
+}
+
+async fn reloader(state: AppState, paths: Vec<std::path::PathBuf>, watch: bool, options: Options) {
+    let read = |paths: &[std::path::PathBuf]| read_schema(paths);
+    let hash_of = |files: &[(String, String)]| {
         use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        let mut h = sha2::Sha256::new();
+        for (name, text) in files {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(text.as_bytes());
+            h.update([0]);
+        }
+        hex::encode(h.finalize())
     };
-    let mut seen = read(&path).map(|t| hash_of(&t)).unwrap_or_default();
+    let shown = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut seen = read(&paths).map(|t| hash_of(&t)).unwrap_or_default();
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -343,7 +394,7 @@ async fn reloader(state: AppState, path: std::path::PathBuf, watch: bool, option
             () = hangup => true,
             _ = every.tick(), if watch => false,
         };
-        let text = match read(&path) {
+        let files = match read(&paths) {
             Ok(t) => t,
             Err(e) => {
                 if asked {
@@ -353,18 +404,18 @@ async fn reloader(state: AppState, path: std::path::PathBuf, watch: bool, option
                         .reloads
                         .with_label_values(&["refused"])
                         .inc();
-                    tracing::error!(path = %path.display(), error = %e, "schema reload refused: the file cannot be read; the schema in service goes on");
+                    tracing::error!(path = %shown, error = %e, "schema reload refused: a file cannot be read; the schema in service goes on");
                 }
                 continue;
             }
         };
-        let hash = hash_of(&text);
+        let hash = hash_of(&files);
         if !asked && hash == seen {
             continue;
         }
         seen = hash;
         let metrics = state.runtime.metrics.clone();
-        match plan::load(&path.display().to_string(), &text, std::env::vars()) {
+        match plan::load_sources(&files, std::env::vars()) {
             Err(errors) => {
                 for e in &errors {
                     tracing::error!("{e}");
@@ -378,7 +429,7 @@ async fn reloader(state: AppState, path: std::path::PathBuf, watch: bool, option
             Ok(plan) => match reload(&state, plan, &options) {
                 Ok(()) => {
                     metrics.reloads.with_label_values(&["loaded"]).inc();
-                    tracing::info!(path = %path.display(), "schema reloaded");
+                    tracing::info!(path = %shown, "schema reloaded");
                 }
                 Err(e) => {
                     metrics.reloads.with_label_values(&["refused"]).inc();
@@ -405,10 +456,10 @@ pub async fn run(
     let (unready, _) = tokio::sync::watch::channel(false);
     shared.unready = unready.subscribe();
     let state = AppState::new(shared);
-    if let Some(path) = options.schema_path.clone() {
+    if !options.schema_paths.is_empty() {
         let reloads = tokio::spawn(reloader(
             state.clone(),
-            path,
+            options.schema_paths.clone(),
             options.watch,
             options.clone(),
         ));

@@ -22,7 +22,7 @@ fn return_freed_memory() {
 }
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -35,9 +35,15 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The schema to serve.
-    #[arg(long, env = "LIVEGATE_SCHEMA", default_value = "schema.graphql")]
-    schema: PathBuf,
+    /// The schema to serve: a file, or a directory of `.graphql` files; repeat it (or
+    /// separate with commas) for a schema split over several.
+    #[arg(
+        long,
+        env = "LIVEGATE_SCHEMA",
+        default_value = "schema.graphql",
+        value_delimiter = ','
+    )]
+    schema: Vec<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "LIVEGATE_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
@@ -204,24 +210,33 @@ struct Cli {
 enum Command {
     /// Validate a schema: exit 0, or print every error and exit 1.
     Check {
-        /// The schema to check.
-        schema: PathBuf,
+        /// The schema to check: files or directories, read as one schema.
+        #[arg(required = true)]
+        schema: Vec<PathBuf>,
     },
 }
 
-fn load(path: &Path) -> Result<livegate::Plan, String> {
-    let source = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    livegate::plan::load(&path.display().to_string(), &source, std::env::vars()).map_err(|errors| {
+fn load(paths: &[PathBuf]) -> Result<livegate::Plan, String> {
+    let files = livegate::read_schema(paths)?;
+    livegate::plan::load_sources(&files, std::env::vars()).map_err(|errors| {
         let n = errors.len();
         let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
         format!(
             "{}\n{n} error{} in {}",
             list.join("\n"),
             if n == 1 { "" } else { "s" },
-            path.display()
+            shown(paths)
         )
     })
+}
+
+/// The schema's paths, as said in messages.
+fn shown(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() -> ExitCode {
@@ -230,7 +245,7 @@ fn main() -> ExitCode {
     if let Some(Command::Check { schema }) = &cli.command {
         return match load(schema) {
             Ok(_) => {
-                println!("{}: ok", schema.display());
+                println!("{}: ok", shown(schema));
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -272,7 +287,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         None => Default::default(),
     };
     let options = livegate::Options {
-        schema_path: Some(cli.schema.clone()),
+        schema_paths: cli.schema.clone(),
         watch: cli.watch,
         persisted: livegate::server::persisted::Options {
             manifest: cli.persisted_documents.clone(),

@@ -155,3 +155,65 @@ fn every_flag_is_in_the_readme_and_every_readme_flag_exists() {
     assert!(in_help.len() > 20, "flags found in --help: {in_help:?}");
     assert_eq!(in_help, in_readme, "--help vs the README's flag table");
 }
+
+#[test]
+fn a_schema_split_over_files_is_one_schema_and_errors_name_their_file() {
+    let dir = std::env::temp_dir().join(format!("livegate-cli-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let put = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let base = put(
+        "a-base.graphql",
+        "extend schema @upstream(name: \"shop\", url: \"http://127.0.0.1:1\")\ntype Query {\n  ping: String @rest(upstream: \"shop\", path: \"/ping\")\n}\n",
+    );
+    let orders = put(
+        "b-orders.graphql",
+        "type Order { id: ID! }\nextend type Query {\n  orders: [Order!]! @rest(upstream: \"shop\", path: \"/orders\")\n}\n",
+    );
+    // Files, and a directory standing for its .graphql files.
+    let out = livegate()
+        .arg("check")
+        .arg(&base)
+        .arg(&orders)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = livegate().arg("check").arg(&dir).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An error in the second file names it, with its own line.
+    let broken = put(
+        "c-broken.graphql",
+        "type Customer { id: ID! }\nextend type Query {\n  customers: [Customer!]! @rest(upstream: \"shopp\", path: \"/c\")\n}\nextend type Nothing { a: String }\n",
+    );
+    let out = livegate()
+        .arg("check")
+        .arg(&base)
+        .arg(&broken)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let b = broken.display();
+    assert!(
+        stderr.contains(&format!("{b}:3:")) && stderr.contains("names no @upstream"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{b}:5:13: `extend type Nothing` extends nothing: no type `Nothing` is declared"
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

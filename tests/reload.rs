@@ -74,7 +74,7 @@ async fn a_reload_keeps_what_stays_ends_what_is_gone_and_a_bad_schema_changes_no
     let file = std::env::temp_dir().join(format!("livegate-reload-{}.graphql", std::process::id()));
     std::fs::write(&file, &v1).expect("write");
     let options = livegate::Options {
-        schema_path: Some(file.clone()),
+        schema_paths: vec![file.clone()],
         watch: true,
         ..Default::default()
     };

@@ -564,3 +564,55 @@ type Subscription {
     // `when` naming a member of the selected payload still works: order 1's messages.
     assert!(!got_by_id.contains(r#""id":"2""#), "{got_by_id}");
 }
+
+#[test]
+fn every_kind_of_type_can_be_extended_from_another_file() {
+    let base = r#"
+extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+enum OrderStatus { PENDING @map(from: "pending") }
+input OrderInput { quantity: Int! }
+interface Node { id: ID! }
+type Order implements Node { id: ID! status: OrderStatus }
+union Found = Order
+type Query { order(id: ID!): Order @rest(upstream: "shop", path: "/o/{args.id}") }
+"#;
+    let more = r#"
+extend enum OrderStatus { SHIPPED @map(from: "shipped") }
+extend input OrderInput { note: String @map(from: "customer_note") }
+type Customer implements Node { id: ID! }
+extend union Found @discriminate(field: "kind", map: {o: "Order", c: "Customer"}) = Customer
+extend interface Node @discriminate(field: "kind", map: {o: "Order", c: "Customer"})
+extend type Query {
+  find(id: ID!): [Found] @rest(upstream: "shop", path: "/find/{args.id}")
+}
+type Mutation {
+  createOrder(input: OrderInput!): Order
+    @rest(upstream: "shop", method: POST, path: "/o", body: "{args.input}")
+}
+"#;
+    let sources = vec![
+        ("base.graphql".to_string(), base.to_string()),
+        ("more.graphql".to_string(), more.to_string()),
+    ];
+    if let Err(errors) = livegate::plan::load_sources(&sources, Vec::<(String, String)>::new()) {
+        panic!("{errors:?}");
+    }
+    // Kinds must agree; the error is at the extension, in its own file.
+    let sources = vec![
+        ("base.graphql".to_string(), base.to_string()),
+        (
+            "wrong.graphql".to_string(),
+            "extend input Order { x: Int }\n".to_string(),
+        ),
+    ];
+    let errors = match livegate::plan::load_sources(&sources, Vec::<(String, String)>::new()) {
+        Ok(_) => panic!("an input extending an object type was accepted"),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    };
+    assert!(
+        errors.contains(
+            &"wrong.graphql:1:14: `extend input Order`: `Order` is declared as a type".to_string()
+        ),
+        "{errors:?}"
+    );
+}

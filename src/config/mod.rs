@@ -237,6 +237,7 @@ pub fn parse_partial(
             return Err(errors.list);
         }
     };
+    let mut extensions = Vec::new();
     let mut config = Config {
         file: file.to_string(),
         upstreams: Vec::new(),
@@ -282,6 +283,7 @@ pub fn parse_partial(
             // Declarations of our own directives are allowed (editors like them) and
             // change nothing: the directives' meaning is fixed by livegate.
             TypeSystemDefinition::Directive(_) => {}
+            TypeSystemDefinition::Type(ty) if ty.node.extend => extensions.push(ty),
             TypeSystemDefinition::Type(ty) => {
                 if let Some(t) = type_config(ty, &mut errors) {
                     config.types.push(t);
@@ -289,22 +291,117 @@ pub fn parse_partial(
             }
         }
     }
+    // `extend type` (and interface, union, enum, input) adds to its type wherever that is
+    // declared, before or after, in this file or another of the schema.
+    for ty in extensions {
+        if let Some(t) = type_config(ty, &mut errors) {
+            extend(&mut config.types, t, &mut errors);
+        }
+    }
     Ok((config, errors.list))
+}
+
+/// Merges the extension `ext` into the type of the same name and kind.
+fn extend(types: &mut [TypeConfig], ext: TypeConfig, errors: &mut Errors) {
+    let name = &ext.name;
+    let what = |k: &TypeConfigKind| match k {
+        TypeConfigKind::Object { .. } => "type",
+        TypeConfigKind::Interface { .. } => "interface",
+        TypeConfigKind::Union { .. } => "union",
+        TypeConfigKind::InputObject { .. } => "input",
+        TypeConfigKind::Enum { .. } => "enum",
+        TypeConfigKind::Scalar => "scalar",
+    };
+    let Some(base) = types.iter_mut().find(|t| t.name.node == name.node) else {
+        errors.push(
+            name.pos,
+            format!(
+                "`extend {} {}` extends nothing: no {} `{}` is declared",
+                what(&ext.kind),
+                name.node,
+                what(&ext.kind),
+                name.node
+            ),
+        );
+        return;
+    };
+    let (is, says) = (what(&base.kind), what(&ext.kind));
+    match (&mut base.kind, ext.kind) {
+        (
+            TypeConfigKind::Object { fields, implements },
+            TypeConfigKind::Object {
+                fields: more,
+                implements: also,
+            },
+        ) => {
+            fields.extend(more);
+            implements.extend(also);
+        }
+        (
+            TypeConfigKind::Interface {
+                fields,
+                discriminate,
+            },
+            TypeConfigKind::Interface {
+                fields: more,
+                discriminate: said,
+            },
+        ) => {
+            fields.extend(more);
+            merge_discriminate(discriminate, said, &name.node, errors);
+        }
+        (
+            TypeConfigKind::Union {
+                members,
+                discriminate,
+            },
+            TypeConfigKind::Union {
+                members: more,
+                discriminate: said,
+            },
+        ) => {
+            members.extend(more);
+            merge_discriminate(discriminate, said, &name.node, errors);
+        }
+        (TypeConfigKind::InputObject { fields }, TypeConfigKind::InputObject { fields: more }) => {
+            fields.extend(more)
+        }
+        (TypeConfigKind::Enum { values }, TypeConfigKind::Enum { values: more }) => {
+            values.extend(more)
+        }
+        (TypeConfigKind::Scalar, TypeConfigKind::Scalar) => {}
+        _ => errors.push(
+            name.pos,
+            format!(
+                "`extend {says} {}`: `{}` is declared as {} {is}",
+                name.node,
+                name.node,
+                if is == "input" || is == "interface" {
+                    "an"
+                } else {
+                    "a"
+                }
+            ),
+        ),
+    }
+}
+
+fn merge_discriminate(
+    base: &mut Option<Positioned<DiscriminateDirective>>,
+    said: Option<Positioned<DiscriminateDirective>>,
+    name: &str,
+    errors: &mut Errors,
+) {
+    match (base.is_some(), said) {
+        (_, None) => {}
+        (false, Some(d)) => *base = Some(d),
+        (true, Some(d)) => errors.push(d.pos, format!("@discriminate is given twice on `{name}`")),
+    }
 }
 
 fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<TypeConfig> {
     let def = &ty.node;
     let name = def.name.clone().map(|n| n.to_string());
-    if def.extend {
-        errors.push(
-            ty.pos,
-            format!(
-                "`extend type {}` is not supported; declare all fields in one type",
-                name.node
-            ),
-        );
-        return None;
-    }
     let abstract_type = matches!(def.kind, TypeKind::Interface(_) | TypeKind::Union(_));
     let mut discriminate = None;
     for d in &def.directives {

@@ -60,6 +60,49 @@ fn merge(read: Vec<ConfigError>, planned: Vec<ConfigError>) -> Vec<ConfigError> 
     all
 }
 
+/// Parses and plans a schema split over several files (`sources`: each file's name and
+/// text), as one: `extend type` in one file adds to a type of another, and every error
+/// names its own file and line.
+pub fn load_sources(
+    sources: &[(String, String)],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Plan, Vec<ConfigError>> {
+    let Some((first, _)) = sources.first() else {
+        return Err(vec![ConfigError {
+            file: "(schema)".into(),
+            line: 1,
+            column: 1,
+            message: "no schema file given".into(),
+        }]);
+    };
+    // One text, each file starting on a known line: the parser and the planner see one
+    // schema; errors are moved back to the file and line they are in.
+    let mut text = String::new();
+    let mut starts: Vec<(usize, &str)> = Vec::new();
+    let mut line = 1;
+    for (name, source) in sources {
+        starts.push((line, name));
+        text.push_str(source);
+        line += source.matches('\n').count();
+        if !source.ends_with('\n') {
+            text.push('\n');
+            line += 1;
+        }
+    }
+    load(first, &text, env).map_err(|errors| {
+        errors
+            .into_iter()
+            .map(|mut e| {
+                if let Some((start, name)) = starts.iter().rev().find(|(s, _)| *s <= e.line) {
+                    e.file = name.to_string();
+                    e.line = e.line - start + 1;
+                }
+                e
+            })
+            .collect()
+    })
+}
+
 /// Parses and plans a schema in one step; what `livegate check` and start-up call.
 pub fn load(
     file: &str,
