@@ -616,3 +616,136 @@ type Mutation {
         "{errors:?}"
     );
 }
+
+/// Tags by id, for the list tests: `/v1/tags?ids=1,2` (joined) or `?ids=1&ids=2`
+/// (repeated); an API that reads only the first value of a repeated parameter, like many.
+fn tags() -> Router {
+    Router::new().route(
+        "/v1/tags",
+        get(
+            |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                let q = q.unwrap_or_default();
+                // The first `ids=` value only, split on commas.
+                let first = q
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("ids="))
+                    .map(|v| percent_decode(v));
+                let ids: Vec<u32> = match &first {
+                    Some(v) => v.split(',').filter_map(|i| i.parse().ok()).collect(),
+                    None => (1..=5).collect(), // no parameter: "all"
+                };
+                Json(Value::Array(
+                    ids.into_iter()
+                        .map(|id| json!({"id": id, "name": format!("tag{id}")}))
+                        .collect(),
+                ))
+            },
+        ),
+    )
+}
+
+fn percent_decode(v: &str) -> String {
+    v.replace("%2C", ",").replace("%2c", ",")
+}
+
+#[tokio::test]
+async fn lists_go_out_repeated_or_joined_and_an_empty_list_is_never_all() {
+    let (up, gw) = serve(
+        tags(),
+        r#"
+extend schema @upstream(name: "shop", url: "{up}")
+type Tag { id: ID! name: String }
+type Product { id: ID! tagId: Int tag: Tag @rest(upstream: "shop", path: "/v1/tags",
+  query: {ids: "{parent.tagId}"}, batchKey: "id", join: {ids: ","}) }
+type Query {
+  tags(ids: [Int!]!): [Tag!]! @rest(upstream: "shop", path: "/v1/tags",
+    query: {ids: "{args.ids}"}, join: {ids: ","})
+  tagsRepeated(ids: [Int!]!): [Tag!]! @rest(upstream: "shop", path: "/v1/tags",
+    query: {ids: "{args.ids}"})
+  products: [Product!]! @rest(upstream: "shop", path: "/v1/products")
+}
+"#,
+    )
+    .await;
+    let r = gw.query("{ tags(ids: [2, 3]) { id } }").await;
+    assert_eq!(r["data"]["tags"], json!([{"id": "2"}, {"id": "3"}]), "{r}");
+    let r = gw.query("{ tagsRepeated(ids: [2, 3]) { id } }").await;
+    assert_eq!(r["data"]["tagsRepeated"], json!([{"id": "2"}]), "{r}");
+    // An empty list: an empty value, not "all".
+    let r = gw.query("{ tags(ids: []) { id } }").await;
+    assert_eq!(r["data"]["tags"], json!([]), "{r}");
+    let r = gw.query("{ tagsRepeated(ids: []) { id } }").await;
+    assert_eq!(r["data"]["tagsRepeated"], json!([]), "{r}");
+    let asked = up.requests();
+    for want in [
+        "GET /v1/tags?ids=2%2C3",
+        "GET /v1/tags?ids=2&ids=3",
+        "GET /v1/tags?ids=",
+    ] {
+        assert!(asked.iter().any(|r| r == want), "{want} not in {asked:?}");
+    }
+    assert!(!asked.iter().any(|r| r == "GET /v1/tags"), "{asked:?}");
+}
+
+#[tokio::test]
+async fn a_batch_can_send_its_keys_joined() {
+    let app = tags().route(
+        "/v1/products",
+        get(|| async {
+            Json(json!([
+                {"id": 1, "tagId": 1}, {"id": 2, "tagId": 2}, {"id": 3, "tagId": 4}
+            ]))
+        }),
+    );
+    let (up, gw) = serve(
+        app,
+        r#"
+extend schema @upstream(name: "shop", url: "{up}")
+type Tag { id: ID! name: String }
+type Product { id: ID! tagId: Int tag: Tag @rest(upstream: "shop", path: "/v1/tags",
+  query: {ids: "{parent.tagId}"}, batchKey: "id", join: {ids: ","}) }
+type Query { products: [Product!]! @rest(upstream: "shop", path: "/v1/products") }
+"#,
+    )
+    .await;
+    let r = gw.query("{ products { id tag { name } } }").await;
+    assert_eq!(
+        r["data"]["products"],
+        json!([
+            {"id": "1", "tag": {"name": "tag1"}},
+            {"id": "2", "tag": {"name": "tag2"}},
+            {"id": "3", "tag": {"name": "tag4"}}
+        ]),
+        "{r}"
+    );
+    assert_eq!(
+        up.count_matching("GET /v1/tags?ids=1%2C2%2C4"),
+        1,
+        "{:?}",
+        up.requests()
+    );
+}
+
+#[test]
+fn a_list_in_a_path_and_a_join_of_nothing_are_refused() {
+    let errors = check(
+        r#"
+extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+type Tag { id: ID! }
+type Query {
+  tags(ids: [Int!]!): [Tag] @rest(upstream: "shop", path: "/v1/tags/{args.ids}")
+  more(ids: [Int!]!): [Tag] @rest(upstream: "shop", path: "/v1/tags", query: {id: "{args.ids}"},
+    join: {ids: ","})
+}
+"#,
+    );
+    assert!(
+        errors.contains("`{args.ids}` is a list, which cannot be one path segment"),
+        "{errors}"
+    );
+    assert!(
+        errors
+            .contains("@rest(join: {ids: …}) names no query parameter of `Query.more`; known: id"),
+        "{errors}"
+    );
+}

@@ -71,6 +71,8 @@ pub struct RestDirective {
     /// Where in the upstream's JSON the field's value is (`data.items`).
     pub select: Option<Positioned<String>>,
     pub errors: Option<Positioned<ErrorsDirective>>,
+    /// `join: {ids: ","}`: query parameters whose list is sent as one value, joined.
+    pub join: Vec<(Positioned<String>, Positioned<String>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -391,7 +393,7 @@ pub fn rest(
         d,
         &[
             "upstream", "method", "path", "query", "body", "headers", "batchKey", "select",
-            "errors",
+            "errors", "join",
         ],
         errors,
     );
@@ -434,8 +436,36 @@ pub fn rest(
     let batch_key = r.string("batchKey");
     let select = r.string("select");
     let errors = r.errors("errors");
+    let mut join = Vec::new();
+    if let Some(v) = r.get("join") {
+        match &v.node {
+            ConstValue::Object(map) => {
+                for (k, sep) in map {
+                    match sep {
+                        ConstValue::String(s) => join.push((
+                            Positioned::new(k.to_string(), v.pos),
+                            Positioned::new(s.clone(), v.pos),
+                        )),
+                        other => r.wrong(
+                            v.pos,
+                            "join",
+                            "an object of separators, like {ids: \",\"}",
+                            other,
+                        ),
+                    }
+                }
+            }
+            other => r.wrong(
+                v.pos,
+                "join",
+                "an object of separators, like {ids: \",\"}",
+                other,
+            ),
+        }
+    }
     Some(Positioned::new(
         RestDirective {
+            join,
             errors,
             select,
             upstream: upstream?,

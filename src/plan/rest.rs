@@ -26,6 +26,19 @@ pub struct RestPlan {
     pub parent_reads: Vec<Vec<String>>,
     /// How an error body becomes a GraphQL error: `@rest(errors:)`, else the upstream's.
     pub errors: Option<Arc<super::ErrorMapping>>,
+    /// Query parameters whose list is sent as one value, joined with this separator
+    /// (OpenAPI's `explode: false`); the others repeat the parameter.
+    pub join: Vec<(String, String)>,
+}
+
+impl RestPlan {
+    /// The separator a list in the query parameter `name` is joined with, if any.
+    pub fn joined(&self, name: &str) -> Option<&str> {
+        self.join
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, sep)| sep.as_str())
+    }
 }
 
 impl RestPlan {
@@ -98,6 +111,8 @@ pub enum Body {
 pub struct Batch {
     /// The query parameter that carries the keys.
     pub param: String,
+    /// `join` names the parameter: the keys go as one value joined with this.
+    pub join: Option<String>,
     /// The field of each returned item that holds its key.
     pub key: String,
 }
@@ -127,6 +142,25 @@ pub(super) fn plan(
         );
     }
     let path = template(&d.path, args, ctx, true, errors);
+    // A list is no path segment (it would go as JSON text): refused, with what to do.
+    if let Some(t) = &path {
+        for v in t.vars() {
+            let list = v.root == Root::Args
+                && v.path.len() == 1
+                && args.iter().any(|a| a.name == v.path[0] && a.ty.is_list());
+            if list {
+                errors.push(
+                    d.path.pos,
+                    format!(
+                        "@rest(path: {:?}): `{{args.{}}}` is a list, which cannot be one path \
+                         segment; send it as a query parameter (`query: {{{}: \"{{args.{}}}\"}}`, \
+                         with `join: {{{}: \",\"}}` for one comma-joined value)",
+                        d.path.node, v.path[0], v.path[0], v.path[0], v.path[0]
+                    ),
+                );
+            }
+        }
+    }
     let query: Vec<(String, Template)> = d
         .query
         .iter()
@@ -173,7 +207,37 @@ pub(super) fn plan(
         .and_then(|e| super::ErrorMapping::plan("rest", e, errors));
     let upstream = upstream?;
     let mapping = own.or_else(|| upstream.errors.clone());
+    let mut join = Vec::new();
+    for (name, sep) in &d.join {
+        if !d.query.iter().any(|(q, _)| q.node == name.node) {
+            let known: Vec<&str> = d.query.iter().map(|(q, _)| q.node.as_str()).collect();
+            errors.push(
+                name.pos,
+                format!(
+                    "@rest(join: {{{}: …}}) names no query parameter of `{}.{}`; known: {}",
+                    name.node,
+                    ctx.type_name,
+                    ctx.field,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        } else if sep.node.is_empty() {
+            errors.push(
+                sep.pos,
+                format!(
+                    "@rest(join: {{{}: \"\"}}): the separator is empty",
+                    name.node
+                ),
+            );
+        }
+        join.push((name.node.clone(), sep.node.clone()));
+    }
     let mut plan = RestPlan {
+        join,
         errors: mapping,
         select,
         upstream,
@@ -242,7 +306,16 @@ fn batch(
         Ok(m) => m,
         Err(why) => return fail(errors, &why),
     };
-    Some(Batch { param, key: member })
+    let join = d
+        .join
+        .iter()
+        .find(|(n, _)| n.node == param)
+        .map(|(_, sep)| sep.node.clone());
+    Some(Batch {
+        param,
+        key: member,
+        join,
+    })
 }
 
 fn body(

@@ -232,6 +232,7 @@ fn interface_and_union_mistakes_get_exact_errors() {
         (
             format!("union U @discriminate(field: \"a..b\", map: 3) = A | B\n{A}{Q}"),
             &[
+                "schema.graphql:4:30: @discriminate(field: \"a..b\") must be a member name or a dotted path like \"meta.kind\"",
                 "schema.graphql:4:43: @discriminate(map:) expects an object of type names like {push: \"PushEvent\"}, or a list like [{value: \"push-event\", type: \"PushEvent\"}], got the number 3",
             ],
         ),

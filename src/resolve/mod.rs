@@ -251,6 +251,7 @@ async fn batched(
         select: rest.select.clone(),
         base,
         param: batch.param.clone(),
+        join: batch.join.clone(),
         key_field: batch.key.clone(),
         list: field.ty.is_list(),
     };

@@ -51,9 +51,23 @@ pub fn build(
             match t.single_var() {
                 Some(_) => match t.render_json(vars) {
                     Value::Null => {}
+                    // A list repeats the parameter, or is one joined value (`join`); an
+                    // empty one is an empty value, never the parameter left out (which
+                    // many APIs read as "all").
                     Value::Array(items) => {
-                        for item in items.iter().filter_map(scalar_text) {
-                            pairs.append_pair(name, &item);
+                        let items: Vec<String> = items.iter().filter_map(scalar_text).collect();
+                        match rest.joined(name) {
+                            Some(sep) => {
+                                pairs.append_pair(name, &items.join(sep));
+                            }
+                            None if items.is_empty() => {
+                                pairs.append_pair(name, "");
+                            }
+                            None => {
+                                for item in &items {
+                                    pairs.append_pair(name, item);
+                                }
+                            }
                         }
                     }
                     v => {
