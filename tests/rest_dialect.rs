@@ -629,7 +629,7 @@ fn tags() -> Router {
                 let first = q
                     .split('&')
                     .find_map(|p| p.strip_prefix("ids="))
-                    .map(|v| percent_decode(v));
+                    .map(percent_decode);
                 let ids: Vec<u32> = match &first {
                     Some(v) => v.split(',').filter_map(|i| i.parse().ok()).collect(),
                     None => (1..=5).collect(), // no parameter: "all"
