@@ -749,3 +749,88 @@ type Query {
         "{errors}"
     );
 }
+
+#[tokio::test]
+async fn response_headers_and_link_relations_are_fields_of_the_returned_object() {
+    let app = Router::new().route(
+        "/v1/orders",
+        get(|Query(q): Query<HashMap<String, String>>| async move {
+            let page: u32 = q.get("page").and_then(|p| p.parse().ok()).unwrap_or(1);
+            let mut res = Json(json!({"data": [{"id": page * 10, "status": "pending"}]}))
+                .into_response();
+            let h = res.headers_mut();
+            h.insert("x-total-count", "42".parse().expect("h"));
+            h.insert("etag", "\"v7\"".parse().expect("h"));
+            h.insert(
+                "link",
+                format!(
+                    "<https://shop.example/v1/orders?page={}>; rel=\"next\", <https://shop.example/v1/orders?page=5>; rel=\"last\"",
+                    page + 1
+                )
+                .parse()
+                .expect("h"),
+            );
+            res
+        }),
+    );
+    let (up, gw) = serve(
+        app,
+        r#"
+extend schema @upstream(name: "shop", url: "{up}")
+type Order { id: ID! }
+type OrderPage {
+  items: [Order!]! @map(from: "data")
+  total: Int @map(header: "X-Total-Count")
+  etag: String @map(header: "ETag")
+  next: String @map(link: "next")
+  last: String @map(link: "last")
+  prev: String @map(link: "prev")
+}
+type Query {
+  orders(page: Int = 1): OrderPage @rest(upstream: "shop", path: "/v1/orders",
+    query: {page: "{args.page}"}) @cache(maxAge: 60)
+}
+"#,
+    )
+    .await;
+    for _ in 0..2 {
+        let r = gw
+            .query("{ orders(page: 2) { items { id } total etag next last prev } }")
+            .await;
+        assert_eq!(
+            r["data"]["orders"],
+            json!({
+                "items": [{"id": "20"}],
+                "total": 42,
+                "etag": "\"v7\"",
+                "next": "https://shop.example/v1/orders?page=3",
+                "last": "https://shop.example/v1/orders?page=5",
+                "prev": null
+            }),
+            "{r}"
+        );
+    }
+    // The headers are part of the cached value: the second answer came from the cache.
+    assert_eq!(up.count_matching("GET /v1/orders"), 1);
+}
+
+#[test]
+fn map_takes_one_of_from_header_and_link() {
+    let errors = check(
+        r#"
+extend schema @upstream(name: "shop", url: "http://127.0.0.1:1")
+type Page { a: Int @map(from: "a", header: "X-A") b: Int @map }
+enum E { A @map(header: "X-A") }
+type Query { p: Page @rest(upstream: "shop", path: "/p") e: E @rest(upstream: "shop", path: "/e") }
+"#,
+    );
+    assert!(
+        errors.contains("@map takes one of `from`, `header` and `link`"),
+        "{errors}"
+    );
+    assert!(errors.contains("@map needs argument `from`"), "{errors}");
+    assert!(
+        errors.contains("@map on an enum value takes only `from:`"),
+        "{errors}"
+    );
+}

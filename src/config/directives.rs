@@ -583,10 +583,44 @@ pub fn discriminate(
     ))
 }
 
-/// `@map(from: "created_at")` on a field of an object type.
+/// Where a field that reads a response header finds it in its parent's data: the
+/// upstream answer of the `@rest` field that returned the parent carries the headers its
+/// type reads under this member (see [`map`]).
+pub const HEADERS: &str = "\u{1}headers";
+/// The same for the URLs of RFC 8288 `Link` relations, by relation name.
+pub const LINKS: &str = "\u{1}links";
+
+/// `@map(from: "created_at")` on a field of an object type (or an enum value, an input
+/// field); `@map(header: "X-Total-Count")` or `@map(link: "next")` on a field of the
+/// object a `@rest` field returns. The member path it reads; a header or a link is read
+/// under [`HEADERS`] or [`LINKS`].
 pub fn map(d: &Positioned<ConstDirective>, errors: &mut Errors) -> Option<Positioned<String>> {
-    let mut r = ArgReader::new(d, &["from"], errors);
-    r.required_string("from")
+    let mut r = ArgReader::new(d, &["from", "header", "link"], errors);
+    let from = r.string("from");
+    let header = r.string("header");
+    let link = r.string("link");
+    match (from, header, link) {
+        (Some(from), None, None) => Some(from),
+        (None, Some(h), None) => Some(Positioned::new(
+            format!("{HEADERS}.{}", h.node.to_ascii_lowercase()),
+            h.pos,
+        )),
+        (None, None, Some(l)) => Some(Positioned::new(format!("{LINKS}.{}", l.node), l.pos)),
+        (None, None, None) => {
+            r.missing(
+                "from",
+                "a string: the member read; or `header:`, or `link:`",
+            );
+            None
+        }
+        _ => {
+            r.errors.push(
+                d.pos,
+                "@map takes one of `from`, `header` and `link`".to_string(),
+            );
+            None
+        }
+    }
 }
 
 pub fn live(

@@ -16,11 +16,11 @@ use async_graphql_parser::types::{
 use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
-pub use directives::ErrorsDirective;
 pub use directives::{
     CacheDirective, DiscriminateDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective,
     RestDirective, Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
 };
+pub use directives::{ErrorsDirective, HEADERS, LINKS};
 
 /// A positioned error of the configuration stages. `Display` gives
 /// `file:line:col: message`, the format every start-up error has.
@@ -526,6 +526,11 @@ fn only_map(
             errors.push(d.pos, format!("@map is given twice on {place}"));
         } else {
             map = directives::map(d, errors);
+            let read = map.as_ref().map(|m| m.node.as_str()).unwrap_or("");
+            if read.starts_with(directives::HEADERS) || read.starts_with(directives::LINKS) {
+                errors.push(d.pos, format!("@map on {place} takes only `from:`"));
+                map = None;
+            }
         }
     }
     map

@@ -26,12 +26,27 @@ pub struct RestPlan {
     pub parent_reads: Vec<Vec<String>>,
     /// How an error body becomes a GraphQL error: `@rest(errors:)`, else the upstream's.
     pub errors: Option<Arc<super::ErrorMapping>>,
+    /// Response headers (lower-case names) the returned object's fields read
+    /// (`@map(header:)`), and whether they read `Link` relations (`@map(link:)`).
+    pub read_headers: Arc<[String]>,
+    pub read_links: bool,
     /// Query parameters whose list is sent as one value, joined with this separator
     /// (OpenAPI's `explode: false`); the others repeat the parameter.
     pub join: Vec<(String, String)>,
 }
 
 impl RestPlan {
+    /// The response headers an upstream request of this field keeps.
+    pub fn keep_headers(&self) -> Arc<[String]> {
+        if self.read_links && !self.read_headers.iter().any(|h| h == "link") {
+            let mut all = self.read_headers.to_vec();
+            all.push("link".into());
+            all.into()
+        } else {
+            self.read_headers.clone()
+        }
+    }
+
     /// The separator a list in the query parameter `name` is joined with, if any.
     pub fn joined(&self, name: &str) -> Option<&str> {
         self.join
@@ -236,7 +251,23 @@ pub(super) fn plan(
         }
         join.push((name.node.clone(), sep.node.clone()));
     }
+    // What the returned object's fields read of the response's headers.
+    let mut read_headers: Vec<String> = Vec::new();
+    let mut read_links = false;
+    for g in ctx.object_fields(f.ty.node.base_name()).unwrap_or(&[]) {
+        let Some(m) = &g.map else { continue };
+        let mut path = m.node.split('.');
+        match (path.next(), path.next()) {
+            (Some(crate::config::HEADERS), Some(h)) if !read_headers.iter().any(|r| r == h) => {
+                read_headers.push(h.to_string())
+            }
+            (Some(crate::config::LINKS), Some(_)) => read_links = true,
+            _ => {}
+        }
+    }
     let mut plan = RestPlan {
+        read_headers: read_headers.into(),
+        read_links,
         join,
         errors: mapping,
         select,

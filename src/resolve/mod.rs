@@ -288,5 +288,95 @@ fn select(
     rest: &RestPlan,
     answer: Result<crate::upstream::Answer, UpstreamError>,
 ) -> Result<crate::upstream::Answer, UpstreamError> {
-    answer?.select(&rest.select, &rest.upstream.name)
+    let mut answer = answer?.select(&rest.select, &rest.upstream.name)?;
+    if !answer.not_modified && (!rest.read_headers.is_empty() || rest.read_links) {
+        keep_headers(rest, &mut answer);
+    }
+    Ok(answer)
+}
+
+/// Puts the response headers the returned object's fields read into it, where those
+/// fields look ([`crate::config::HEADERS`], [`crate::config::LINKS`]): a header that
+/// reads as a JSON number is one (`X-Total-Count: 42` fits an `Int`), else a string; a
+/// header given several times keeps its first value. A body that is not an object has
+/// no room for them.
+fn keep_headers(rest: &RestPlan, answer: &mut crate::upstream::Answer) {
+    let Value::Object(object) = &mut answer.value else {
+        return;
+    };
+    let mut headers = serde_json::Map::new();
+    for (name, text) in &answer.headers {
+        if rest.read_headers.contains(name) && !headers.contains_key(name) {
+            let value = match text.trim().parse::<serde_json::Number>() {
+                Ok(n) => Value::Number(n),
+                Err(_) => Value::String(text.clone()),
+            };
+            headers.insert(name.clone(), value);
+        }
+    }
+    object.insert(crate::config::HEADERS.into(), Value::Object(headers));
+    if rest.read_links {
+        let mut links = serde_json::Map::new();
+        for (_, text) in answer.headers.iter().filter(|(n, _)| n == "link") {
+            for (rel, url) in links_of(text) {
+                links.entry(rel).or_insert(Value::String(url));
+            }
+        }
+        object.insert(crate::config::LINKS.into(), Value::Object(links));
+    }
+}
+
+/// The (relation, URL) pairs of an RFC 8288 `Link` header:
+/// `<https://api/x?page=2>; rel="next", <…>; rel="last"`. A link with several relations
+/// (`rel="next last"`) counts for each.
+fn links_of(header: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = header;
+    while let Some(open) = rest.find('<') {
+        let Some(close) = rest[open..].find('>') else {
+            break;
+        };
+        let url = &rest[open + 1..open + close];
+        let after = &rest[open + close + 1..];
+        // The parameters run to the next link (its `<`) or the end, less the comma
+        // between the two.
+        let end = after.find('<').unwrap_or(after.len());
+        let params = after[..end].trim_end().trim_end_matches(',');
+        for param in params.split(';') {
+            let Some((name, value)) = param.split_once('=') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("rel") {
+                for rel in value.trim().trim_matches('"').split_whitespace() {
+                    out.push((rel.to_ascii_lowercase(), url.to_string()));
+                }
+            }
+        }
+        rest = &after[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod link_tests {
+    #[test]
+    fn link_headers_give_each_relation_its_url() {
+        let got = super::links_of(
+            "<https://a.example/x?page=2&q=a,b>; rel=\"next\",<https://a.example/x?page=9>;REL=\"last  end\" ; title=\"x\", </first>; rel=first",
+        );
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "next".to_string(),
+                    "https://a.example/x?page=2&q=a,b".to_string()
+                ),
+                ("last".to_string(), "https://a.example/x?page=9".to_string()),
+                ("end".to_string(), "https://a.example/x?page=9".to_string()),
+                ("first".to_string(), "/first".to_string()),
+            ]
+        );
+        assert!(super::links_of("not a link").is_empty());
+        assert!(super::links_of("<unclosed; rel=next").is_empty());
+    }
 }

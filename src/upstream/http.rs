@@ -22,6 +22,8 @@ pub struct UpstreamRequest {
     pub body: Option<Bytes>,
     /// How an error body becomes the client's error (`None`: only the status is said).
     pub errors: Option<Arc<crate::plan::ErrorMapping>>,
+    /// Response headers to keep in the [`Answer`] (lower-case names; `link` for links).
+    pub keep_headers: Arc<[String]>,
 }
 
 /// An upstream's answer: its JSON, and whether a shared cache may keep it (the cache
@@ -40,6 +42,8 @@ pub struct Answer {
     pub not_modified: bool,
     /// Its `Cache-Control` freshness, which can only shorten the schema's `maxAge`.
     pub freshness: crate::key::Freshness,
+    /// The response headers the request asked to keep (lower-case names, in order).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Answer {
@@ -75,6 +79,7 @@ impl Answer {
             validators: Validators::default(),
             not_modified: false,
             freshness: Default::default(),
+            headers: Vec::new(),
         }
     }
 }
@@ -282,6 +287,7 @@ impl UpstreamClient {
                 },
                 not_modified: true,
                 freshness,
+                headers: Vec::new(),
             });
         }
         // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
@@ -299,6 +305,19 @@ impl UpstreamClient {
                 mapped,
             });
         }
+        let kept_headers: Vec<(String, String)> = req
+            .keep_headers
+            .iter()
+            .flat_map(|name| {
+                response
+                    .headers()
+                    .get_all(name.as_str())
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(|v| (name.clone(), v.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let shareable = !response
             .headers()
             .get_all(http::header::CACHE_CONTROL)
@@ -349,6 +368,7 @@ impl UpstreamClient {
                 validators: kept,
                 not_modified: false,
                 freshness,
+                headers: kept_headers,
             });
         }
         let value = serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
@@ -361,6 +381,7 @@ impl UpstreamClient {
             validators: kept,
             not_modified: false,
             freshness,
+            headers: kept_headers,
         })
     }
 }
