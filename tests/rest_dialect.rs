@@ -388,7 +388,7 @@ type Query {
         // Reading the directives…
         "shop.graphql:3:15: @upstream needs argument `url`",
         "directive @deprecated is not allowed on an enum value; only @map(from:) is",
-        "directive @map is not allowed on an argument",
+        "@map has no argument `from`; known: as",
         "@rest(errors:): message must be a string",
         "@rest(errors:) has no member `extra`",
         "@rest has no argument `verb`",
@@ -832,5 +832,36 @@ type Query { p: Page @rest(upstream: "shop", path: "/p") e: E @rest(upstream: "s
     assert!(
         errors.contains("@map on an enum value takes only `from:`"),
         "{errors}"
+    );
+}
+
+#[tokio::test]
+async fn an_id_marked_as_number_goes_out_as_a_json_number() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let (_up, gw) = serve(
+        shop(bodies.clone()),
+        r#"
+extend schema @upstream(name: "shop", url: "{up}")
+type Order { id: ID! }
+input Line { productId: ID! @map(from: "product_id", as: NUMBER) sku: ID }
+type Query { ping: String @rest(upstream: "shop", path: "/ping") }
+type Mutation {
+  order(quantity: Int!, customerId: ID! @map(as: NUMBER), tagIds: [ID!] @map(as: NUMBER),
+        line: Line): Order @rest(upstream: "shop", method: POST, path: "/v1/orders", body: "{args}")
+}
+"#,
+    )
+    .await;
+    let r = gw
+        .query(
+            r#"mutation { order(quantity: 1, customerId: "2", tagIds: ["3", 4, "x5"],
+                 line: {productId: 9, sku: "10"}) { id } }"#,
+        )
+        .await;
+    assert_eq!(r["data"]["order"]["id"], "7", "{r}");
+    assert_eq!(
+        bodies.lock().expect("bodies")[0]["body"],
+        json!({"quantity": 1, "customerId": 2, "tagIds": [3, 4, "x5"],
+               "line": {"product_id": 9, "sku": "10"}})
     );
 }

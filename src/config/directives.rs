@@ -583,6 +583,32 @@ pub fn discriminate(
     ))
 }
 
+/// `@map(from: "customer_id", as: NUMBER)` on an input field, `@map(as: NUMBER)` on an
+/// argument: the member it is sent as (input fields only), and whether an `ID` (or a
+/// `String`) whose text is an integer goes out as a JSON number.
+pub fn map_input(
+    d: &Positioned<ConstDirective>,
+    argument: bool,
+    errors: &mut Errors,
+) -> (Option<Positioned<String>>, bool) {
+    let known: &[&str] = if argument { &["as"] } else { &["from", "as"] };
+    let mut r = ArgReader::new(d, known, errors);
+    let from = if argument { None } else { r.string("from") };
+    let number = r
+        .enum_value("as", &["NUMBER", "STRING"])
+        .is_some_and(|a| a.node == "NUMBER");
+    let given = r.get("as").is_some() || (!argument && r.get("from").is_some());
+    if !given {
+        let what = if argument {
+            "`as: NUMBER` (an argument is renamed in its template)"
+        } else {
+            "`from:` or `as: NUMBER`"
+        };
+        r.errors.push(d.pos, format!("@map here needs {what}"));
+    }
+    (from, number)
+}
+
 /// Where a field that reads a response header finds it in its parent's data: the
 /// upstream answer of the `@rest` field that returned the parent carries the headers its
 /// type reads under this member (see [`map`]).

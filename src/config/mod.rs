@@ -122,6 +122,8 @@ impl std::fmt::Display for TypeRef {
 pub struct ArgConfig {
     /// On an input field: `@map(from: "shipping_address")`, the member sent upstream.
     pub map: Option<Positioned<String>>,
+    /// `@map(as: NUMBER)`: a value whose text is an integer is sent as a JSON number.
+    pub number: bool,
     pub name: Positioned<String>,
     pub ty: Positioned<TypeRef>,
     pub default: Option<ConstValue>,
@@ -490,20 +492,55 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
     })
 }
 
-fn reject_directives(list: &[Positioned<ConstDirective>], place: &str, errors: &mut Errors) {
-    for d in list {
-        errors.push(
-            d.pos,
-            format!("directive @{} is not allowed on {place}", d.node.name.node),
-        );
-    }
-}
-
 /// Where an input value is defined: an input field may say `@map`, an argument not.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Place {
     Argument,
     InputField,
+}
+
+/// The one `@map` among `list`, where it is the only directive allowed (`place`, in
+/// words); the others, and a second `@map`, are errors.
+fn the_map<'a>(
+    list: &'a [Positioned<ConstDirective>],
+    place: &str,
+    allowed: &str,
+    errors: &mut Errors,
+) -> Option<&'a Positioned<ConstDirective>> {
+    let mut found = None;
+    for d in list {
+        if d.node.name.node != "map" {
+            errors.push(
+                d.pos,
+                format!(
+                    "directive @{} is not allowed on {place}; only {allowed} is",
+                    d.node.name.node
+                ),
+            );
+        } else if found.is_some() {
+            errors.push(d.pos, format!("@map is given twice on {place}"));
+        } else {
+            found = Some(d);
+        }
+    }
+    found
+}
+
+/// The `@map` of an argument or an input field (its only directive): the member an input
+/// field is sent as, and whether the value goes out as a number (`as: NUMBER`).
+fn input_map(
+    list: &[Positioned<ConstDirective>],
+    place: Place,
+    errors: &mut Errors,
+) -> (Option<Positioned<String>>, bool) {
+    let (name, argument) = match place {
+        Place::Argument => ("an argument", true),
+        Place::InputField => ("an input field", false),
+    };
+    match the_map(list, name, "@map", errors) {
+        Some(d) => directives::map_input(d, argument, errors),
+        None => (None, false),
+    }
 }
 
 /// The `@map(from:)` among `list`, the only directive allowed on `place`.
@@ -512,28 +549,13 @@ fn only_map(
     place: &str,
     errors: &mut Errors,
 ) -> Option<Positioned<String>> {
-    let mut map = None;
-    for d in list {
-        if d.node.name.node != "map" {
-            errors.push(
-                d.pos,
-                format!(
-                    "directive @{} is not allowed on {place}; only @map(from:) is",
-                    d.node.name.node
-                ),
-            );
-        } else if map.is_some() {
-            errors.push(d.pos, format!("@map is given twice on {place}"));
-        } else {
-            map = directives::map(d, errors);
-            let read = map.as_ref().map(|m| m.node.as_str()).unwrap_or("");
-            if read.starts_with(directives::HEADERS) || read.starts_with(directives::LINKS) {
-                errors.push(d.pos, format!("@map on {place} takes only `from:`"));
-                map = None;
-            }
-        }
+    let d = the_map(list, place, "@map(from:)", errors)?;
+    let map = directives::map(d, errors)?;
+    if map.node.starts_with(directives::HEADERS) || map.node.starts_with(directives::LINKS) {
+        errors.push(d.pos, format!("@map on {place} takes only `from:`"));
+        return None;
     }
-    map
+    Some(map)
 }
 
 fn arg_config(
@@ -541,15 +563,10 @@ fn arg_config(
     place: Place,
     errors: &mut Errors,
 ) -> ArgConfig {
-    let map = match place {
-        Place::Argument => {
-            reject_directives(&arg.node.directives, "an argument", errors);
-            None
-        }
-        Place::InputField => only_map(&arg.node.directives, "an input field", errors),
-    };
+    let (map, number) = input_map(&arg.node.directives, place, errors);
     ArgConfig {
         map,
+        number,
         name: arg.node.name.clone().map(|n| n.to_string()),
         ty: arg.node.ty.clone().map(|t| TypeRef::from_parser(&t)),
         default: arg.node.default_value.as_ref().map(|v| v.node.clone()),

@@ -202,7 +202,7 @@ pub fn outbound(plan: &Plan, ty: &TypeRef, value: ConstValue) -> serde_json::Val
                     for (k, v) in members {
                         let field = fields.iter().find(|f| f.name == k.as_str());
                         let v = match field {
-                            Some(f) => outbound(plan, &f.ty, v),
+                            Some(f) => numbered(outbound(plan, &f.ty, v), f.number),
                             None => v.into_json().unwrap_or(Value::Null),
                         };
                         if v.is_null() {
@@ -247,4 +247,21 @@ fn put_at(
         at = next;
     }
     at.insert(last.clone(), v);
+}
+
+/// `value` with each string that is an integer's text made that number, when `number`
+/// (`@map(as: NUMBER)`): an `ID` argument `"2"` goes out as `2`; lists item by item.
+pub fn numbered(value: serde_json::Value, number: bool) -> serde_json::Value {
+    use serde_json::Value;
+    if !number {
+        return value;
+    }
+    match value {
+        Value::String(s) => match s.parse::<i64>() {
+            Ok(n) if n.to_string() == s => Value::from(n),
+            _ => Value::String(s),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| numbered(v, true)).collect()),
+        other => other,
+    }
 }

@@ -150,6 +150,7 @@ pub(super) fn arg(a: &ArgConfig, kinds: &HashMap<&str, Kind>, errors: &mut Error
         m.node.split('.').map(str::to_string).collect()
     });
     ArgPlan {
+        number: a.number,
         member,
         name: a.name.node.clone(),
         ty: a.ty.node.clone(),

@@ -451,6 +451,7 @@ fn meta_type(t: &Value) -> Option<TypePlan> {
                                 .filter_map(|a| {
                                     Some(ArgPlan {
                                         member: None,
+                                        number: false,
                                         name: a["name"].as_str()?.to_string(),
                                         ty: json_type(&a["type"])?,
                                         default: a["defaultValue"]
@@ -510,6 +511,7 @@ fn root_fields() -> Vec<Arc<FieldPlan>> {
             named("__Type", false),
             vec![ArgPlan {
                 member: None,
+                number: false,
                 name: "name".into(),
                 ty: named("String", true),
                 default: None,

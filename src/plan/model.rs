@@ -69,6 +69,8 @@ impl ErrorMapping {
 pub struct ArgPlan {
     /// An input field's `@map(from:)`: the member path it is sent as (else its name).
     pub member: Option<Vec<String>>,
+    /// `@map(as: NUMBER)`: an integer's text goes out as a JSON number.
+    pub number: bool,
     pub name: String,
     pub ty: TypeRef,
     pub default: Option<ConstValue>,
