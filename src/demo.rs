@@ -3,8 +3,11 @@
 //! users service (`/users/{id}` and the batch endpoint `/users?id=1&id=2`), and an
 //! activity service shaped like the public event APIs (GitHub's, say): a wrapped list,
 //! `snake_case` members, nested objects, a `type` per event, an `ETag` that answers `304`,
-//! and a WebSocket `/ws` that announces each new event. Plain REST with in-memory data, so
-//! the demo needs nothing else on the machine.
+//! and a WebSocket `/ws` that announces each new event; and a shop service shaped like
+//! the APIs teams front with a gateway: `{"data": [...]}` pages with `X-Total-Count` and a
+//! `Link: rel="next"`, lowercase status strings, `snake_case` input, and a `422` whose body
+//! says what was wrong. Plain REST with in-memory data, so the demo needs nothing else on
+//! the machine.
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -356,12 +359,108 @@ pub fn activity_app() -> Router {
         .with_state(Activity::new())
 }
 
+/// The shop's orders; new ones are kept up to [`MAX_ORDERS`] (the oldest created go).
+#[derive(Clone, Default)]
+struct Shop {
+    created: Arc<Mutex<Vec<Value>>>,
+}
+
+const MAX_ORDERS: usize = 100;
+const PAGE: usize = 2;
+
+impl Shop {
+    fn orders(&self) -> Vec<Value> {
+        let mut all = vec![
+            json!({"id": 1, "status": "pending", "quantity": 2, "shipping_address": {"street_line": "1 Main St"}}),
+            json!({"id": 2, "status": "shipped", "quantity": 1, "shipping_address": {"street_line": "2 Elm St"}}),
+            json!({"id": 3, "status": "in_transit", "quantity": 5, "shipping_address": null}),
+        ];
+        all.extend(
+            self.created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+}
+
+/// `GET /v1/orders?status=&page=`: a page of two, in `{"data": [...]}`, with the total
+/// in `X-Total-Count` and the next page in `Link`.
+async fn list_orders(
+    State(shop): State<Shop>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let orders: Vec<Value> = shop
+        .orders()
+        .into_iter()
+        .filter(|o| q.get("status").is_none_or(|s| o["status"] == s.as_str()))
+        .collect();
+    let page = q
+        .get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let items: Vec<Value> = orders
+        .iter()
+        .skip((page - 1) * PAGE)
+        .take(PAGE)
+        .cloned()
+        .collect();
+    let mut res = Json(json!({ "data": items })).into_response();
+    let h = res.headers_mut();
+    if let Ok(total) = orders.len().to_string().parse() {
+        h.insert("x-total-count", total);
+    }
+    if page * PAGE < orders.len() {
+        if let Ok(link) = format!("</v1/orders?page={}>; rel=\"next\"", page + 1).parse() {
+            h.insert("link", link);
+        }
+    }
+    res
+}
+
+/// `POST /v1/orders` with `{"quantity", "status"?, "shipping_address"?}`: `201` and the
+/// order, or `422` with `{"error": {"code", "message", "details"}}`.
+async fn create_order(State(shop): State<Shop>, Json(body): Json<Value>) -> Response {
+    let quantity = body["quantity"].as_i64().unwrap_or(0);
+    if quantity <= 0 {
+        let error = json!({"error": {
+            "code": "validation_failed",
+            "message": "quantity must be positive",
+            "details": [{"field": "quantity", "issue": "must be at least 1"}]
+        }});
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(error)).into_response();
+    }
+    let mut created = shop.created.lock().unwrap_or_else(|p| p.into_inner());
+    if created.len() >= MAX_ORDERS {
+        created.remove(0);
+    }
+    let id = created.last().and_then(|o| o["id"].as_u64()).unwrap_or(100) + 1;
+    let order = json!({
+        "id": id,
+        "status": body.get("status").cloned().unwrap_or(json!("pending")),
+        "quantity": quantity,
+        "shipping_address": body.get("shipping_address").cloned().unwrap_or(Value::Null),
+    });
+    created.push(order.clone());
+    (StatusCode::CREATED, Json(order)).into_response()
+}
+
+pub fn shop_app() -> Router {
+    Router::new()
+        .route("/v1/orders", get(list_orders).post(create_order))
+        .with_state(Shop::default())
+}
+
 /// Every demo upstream by the name `schema.graphql` gives it.
 pub fn apps() -> Vec<(&'static str, Router)> {
     vec![
         ("chat", chat_app()),
         ("users", users_app()),
         ("activity", activity_app()),
+        ("shop", shop_app()),
     ]
 }
 

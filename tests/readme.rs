@@ -16,6 +16,12 @@ fn tour_commands() -> Vec<String> {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("sh block");
+    commands_of(block)
+}
+
+/// The commands of an `sh` block: comments and blank lines left out, `\` continuations
+/// joined.
+fn commands_of(block: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut current = String::new();
     for line in block.lines() {
@@ -345,4 +351,58 @@ async fn the_readme_persisted_queries_and_batch_examples_work_against_the_demo()
     assert_eq!(out[0]["data"]["__typename"], "Query", "{out}");
     assert_eq!(out[1]["data"]["user"]["name"], "Ada Lovelace", "{out}");
     assert_eq!(out.as_array().map(Vec::len), Some(2), "{out}");
+}
+
+#[tokio::test]
+async fn the_readme_shop_example_works_against_the_demo() {
+    let (addr, _) = demo_with_upstreams().await;
+    let blocks = blocks_after("The demo's shop answers like", 1);
+    let commands = commands_of(&blocks[0]);
+    assert_eq!(commands.len(), 3, "{commands:#?}");
+    let mut out = Vec::new();
+    for cmd in &commands {
+        let stdout = sh(&cmd.replace("127.0.0.1:4000", &addr)).await;
+        let json: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {stdout}"));
+        out.push(json);
+    }
+    assert!(out[0].get("errors").is_none(), "{}", out[0]);
+    assert_eq!(
+        out[0]["data"]["orders"],
+        serde_json::json!({"items": [{"id": "3", "status": "IN_TRANSIT"}], "total": 1, "next": null}),
+        "{}",
+        out[0]
+    );
+    assert_eq!(out[0]["data"]["all"]["total"], 3, "{}", out[0]);
+    assert_eq!(
+        out[0]["data"]["all"]["next"], "/v1/orders?page=2",
+        "{}",
+        out[0]
+    );
+    assert_eq!(
+        out[0]["data"]["all"]["items"],
+        serde_json::json!([
+            {"status": "PENDING", "shippingAddress": {"street": "1 Main St"}},
+            {"status": "SHIPPED", "shippingAddress": {"street": "2 Elm St"}}
+        ]),
+        "{}",
+        out[0]
+    );
+    assert_eq!(
+        out[1]["data"]["createOrder"],
+        serde_json::json!({"id": "101", "status": "SHIPPED", "shippingAddress": {"street": "3 Oak St"}}),
+        "{}",
+        out[1]
+    );
+    let e = &out[2]["errors"][0];
+    assert_eq!(out[2]["data"]["createOrder"], Value::Null, "{}", out[2]);
+    assert_eq!(e["message"], "quantity must be positive", "{}", out[2]);
+    assert_eq!(e["extensions"]["code"], "validation_failed", "{}", out[2]);
+    assert_eq!(e["extensions"]["status"], 422, "{}", out[2]);
+    assert_eq!(
+        e["extensions"]["details"],
+        serde_json::json!([{"field": "quantity", "issue": "must be at least 1"}]),
+        "{}",
+        out[2]
+    );
 }
