@@ -36,6 +36,18 @@ struct Revalidate {
     value: Arc<Value>,
 }
 
+impl Revalidate {
+    /// The conditional refresh of `e`, when it has validators to ask with.
+    fn of(e: &Arc<Entry>) -> Option<Revalidate> {
+        (!e.validators.is_empty()).then(|| Revalidate {
+            revalidates: e.policy.revalidate,
+            validators: e.validators.clone(),
+            stamp: Stamp(Arc::downgrade(e)),
+            value: e.value.clone(),
+        })
+    }
+}
+
 /// A fetched value, as it is stored.
 pub struct Fetch {
     pub value: Arc<Value>,
@@ -303,13 +315,7 @@ impl Cache {
                 if let Some(e) = self.inner.entries.get(&key) {
                     if !e.dead.load(Ordering::Acquire) && e.policy.revalidate {
                         // `no-cache`: ask the upstream (conditionally) and wait for it.
-                        let revalidate = (!e.validators.is_empty()).then(|| Revalidate {
-                            revalidates: e.policy.revalidate,
-                            validators: e.validators.clone(),
-                            stamp: Stamp(Arc::downgrade(&e)),
-                            value: e.value.clone(),
-                        });
-                        break self.flight(key, policy, fetch, revalidate);
+                        break self.flight(key, policy, fetch, Revalidate::of(&e));
                     }
                     if !e.dead.load(Ordering::Acquire) {
                         let age = e.stored.elapsed();
@@ -323,13 +329,7 @@ impl Cache {
                         if age < e.policy.max_age + e.policy.swr {
                             // Start (or join) the refresh, and do not wait for it. It is
                             // conditional when the value has validators: a `304` renews it.
-                            let revalidate = (!e.validators.is_empty()).then(|| Revalidate {
-                                revalidates: e.policy.revalidate,
-                                validators: e.validators.clone(),
-                                stamp: Stamp(Arc::downgrade(&e)),
-                                value: e.value.clone(),
-                            });
-                            drop(self.flight(key, policy, fetch, revalidate));
+                            drop(self.flight(key, policy, fetch, Revalidate::of(&e)));
                             return Loaded {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Stale,

@@ -86,6 +86,8 @@ pub struct Freshness {
     pub max_age: Option<Duration>,
     /// `no-cache`: usable only after asking the upstream again.
     pub no_cache: bool,
+    /// `private` or `no-store`: a shared cache must not keep it at all (RFC 9111).
+    pub unshareable: bool,
 }
 
 impl Freshness {
@@ -94,6 +96,7 @@ impl Freshness {
         let mut max_age = None;
         let mut s_maxage = None;
         let mut no_cache = false;
+        let mut unshareable = false;
         for d in values.flat_map(|v| v.split(',')) {
             let (name, arg) = match d.split_once('=') {
                 Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
@@ -109,11 +112,15 @@ impl Freshness {
                 s_maxage = s_maxage.or(seconds());
             } else if name.eq_ignore_ascii_case("no-cache") {
                 no_cache = true;
+            } else if name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
+            {
+                unshareable = true;
             }
         }
         Freshness {
             max_age: s_maxage.or(max_age),
             no_cache,
+            unshareable,
         }
     }
 }
@@ -168,6 +175,8 @@ mod tests {
         assert_eq!(f("max-age=soon").max_age, None);
         assert!(f("no-cache").no_cache && f("NO-CACHE=\"set-cookie\"").no_cache);
         assert_eq!(f(""), Freshness::default());
+        assert!(f("private, max-age=60").unshareable && f(" No-Store").unshareable);
+        assert!(!f("public, max-age=60").unshareable);
         let policy = Policy {
             max_age: Duration::from_secs(60),
             swr: Duration::from_secs(10),

@@ -357,7 +357,6 @@ pub fn read_schema(paths: &[std::path::PathBuf]) -> Result<Vec<(String, String)>
 }
 
 async fn reloader(state: AppState, paths: Vec<std::path::PathBuf>, watch: bool, options: Options) {
-    let read = |paths: &[std::path::PathBuf]| read_schema(paths);
     let hash_of = |files: &[(String, String)]| {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
@@ -374,7 +373,7 @@ async fn reloader(state: AppState, paths: Vec<std::path::PathBuf>, watch: bool, 
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let mut seen = read(&paths).map(|t| hash_of(&t)).unwrap_or_default();
+    let mut seen = read_schema(&paths).map(|t| hash_of(&t)).unwrap_or_default();
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -394,7 +393,7 @@ async fn reloader(state: AppState, paths: Vec<std::path::PathBuf>, watch: bool, 
             () = hangup => true,
             _ = every.tick(), if watch => false,
         };
-        let files = match read(&paths) {
+        let files = match read_schema(&paths) {
             Ok(t) => t,
             Err(e) => {
                 if asked {

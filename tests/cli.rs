@@ -173,37 +173,26 @@ fn a_schema_split_over_files_is_one_schema_and_errors_name_their_file() {
         "b-orders.graphql",
         "type Order { id: ID! }\nextend type Query {\n  orders: [Order!]! @rest(upstream: \"shop\", path: \"/orders\")\n}\n",
     );
+    // `livegate check` of these paths: its exit code and what it printed on stderr.
+    let check = |paths: &[&std::path::Path]| {
+        let out = livegate().arg("check").args(paths).output().expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
     // Files, and a directory standing for its .graphql files.
-    let out = livegate()
-        .arg("check")
-        .arg(&base)
-        .arg(&orders)
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = livegate().arg("check").arg(&dir).output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for paths in [vec![base.as_path(), orders.as_path()], vec![dir.as_path()]] {
+        let (code, stderr) = check(&paths);
+        assert_eq!(code, Some(0), "{stderr}");
+    }
     // An error in the second file names it, with its own line.
     let broken = put(
         "c-broken.graphql",
         "type Customer { id: ID! }\nextend type Query {\n  customers: [Customer!]! @rest(upstream: \"shopp\", path: \"/c\")\n}\nextend type Nothing { a: String }\n",
     );
-    let out = livegate()
-        .arg("check")
-        .arg(&base)
-        .arg(&broken)
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = check(&[&base, &broken]);
+    assert_eq!(code, Some(1));
     let b = broken.display();
     assert!(
         stderr.contains(&format!("{b}:3:")) && stderr.contains("names no @upstream"),

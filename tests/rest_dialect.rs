@@ -519,21 +519,12 @@ type Subscription {
 "#,
     )
     .await;
-    let sse = |query: &'static str| {
-        let client = gw.client.clone();
-        let url = gw.url();
-        async move {
-            client
-                .post(url)
-                .header("accept", "text/event-stream")
-                .json(&json!({ "query": query }))
-                .send()
-                .await
-                .expect("SSE")
-        }
-    };
-    let mut updated = sse(r#"subscription { orderUpdated(id: "1") { id status } }"#).await;
-    let mut by_id = sse(r#"subscription { orderById(id: "1") { id status } }"#).await;
+    let mut updated = gw
+        .sse(r#"subscription { orderUpdated(id: "1") { id status } }"#)
+        .await;
+    let mut by_id = gw
+        .sse(r#"subscription { orderById(id: "1") { id status } }"#)
+        .await;
     let messages = [
         json!({"event": "order.created", "data": {"id": 1, "status": "pending"}}),
         json!({"event": "order.updated", "data": {"id": 2, "status": "pending"}}),

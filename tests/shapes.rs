@@ -279,21 +279,10 @@ async fn socket_patches_and_events_go_through_map() {
         )
         .replace("{up}", &up.url());
     let gw = Gateway::start(&schema, livegate::Options::default()).await;
-    let sse = |query: &'static str| {
-        let client = gw.client.clone();
-        let url = gw.url();
-        async move {
-            client
-                .post(url)
-                .header("accept", "text/event-stream")
-                .json(&json!({ "query": query }))
-                .send()
-                .await
-                .expect("SSE")
-        }
-    };
-    let mut live = sse("subscription { issues { id createdAt } }").await;
-    let mut events = sse("subscription { issueEvents { id ownerLogin } }").await;
+    let mut live = gw.sse("subscription { issues { id createdAt } }").await;
+    let mut events = gw
+        .sse("subscription { issueEvents { id ownerLogin } }")
+        .await;
     let first = live.chunk().await.expect("read").expect("first");
     assert!(String::from_utf8_lossy(&first).contains(r#"{"id":"1","createdAt":"2026-11-25"}"#));
     let message =

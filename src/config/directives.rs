@@ -234,6 +234,55 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         }
     }
 
+    /// `arg: {name: "text", …}` as (name, text) pairs; with `nested`, an object member
+    /// stands for its members under dotted names (`{data: {id: "x"}}` is `data.id`).
+    /// `member` says what a member must be, `whole` what the argument must be.
+    fn string_pairs(
+        &mut self,
+        arg: &str,
+        nested: bool,
+        member: &str,
+        whole: &str,
+    ) -> Vec<(Positioned<String>, Positioned<String>)> {
+        type Members =
+            async_graphql_value::indexmap::IndexMap<async_graphql_value::Name, ConstValue>;
+        fn walk(
+            r: &mut ArgReader<'_, '_>,
+            (arg, nested, member): (&str, bool, &str),
+            prefix: &str,
+            map: &Members,
+            pos: Pos,
+            out: &mut Vec<(Positioned<String>, Positioned<String>)>,
+        ) {
+            for (k, val) in map {
+                let key = format!("{prefix}{k}");
+                match val {
+                    ConstValue::String(s) => {
+                        out.push((Positioned::new(key, pos), Positioned::new(s.clone(), pos)))
+                    }
+                    ConstValue::Object(inner) if nested => walk(
+                        r,
+                        (arg, nested, member),
+                        &format!("{key}."),
+                        inner,
+                        pos,
+                        out,
+                    ),
+                    other => r.wrong(pos, arg, member, other),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let Some(v) = self.get(arg) else {
+            return out;
+        };
+        match &v.node {
+            ConstValue::Object(map) => walk(self, (arg, nested, member), "", map, v.pos, &mut out),
+            other => self.wrong(v.pos, arg, whole, other),
+        }
+        out
+    }
+
     /// `errors: {message: "a.b", extensions: {code: "a.c"}}`
     fn errors(&mut self, arg: &str) -> Option<Positioned<ErrorsDirective>> {
         let v = self.get(arg)?;
@@ -409,60 +458,23 @@ pub fn rest(
             _ => HttpMethod::Get,
         },
     };
-    let mut query = Vec::new();
-    if let Some(v) = r.get("query") {
-        match &v.node {
-            ConstValue::Object(map) => {
-                for (k, val) in map {
-                    match val {
-                        ConstValue::String(s) => query.push((
-                            Positioned::new(k.to_string(), v.pos),
-                            Positioned::new(s.clone(), v.pos),
-                        )),
-                        other => r.wrong(v.pos, "query", "an object of strings", other),
-                    }
-                }
-            }
-            other => r.wrong(
-                v.pos,
-                "query",
-                "an object of strings, like {q: \"{args.q}\"}",
-                other,
-            ),
-        }
-    }
+    let query = r.string_pairs(
+        "query",
+        false,
+        "an object of strings",
+        "an object of strings, like {q: \"{args.q}\"}",
+    );
     let body = r.get("body").cloned();
     let headers = r.headers("headers");
     let batch_key = r.string("batchKey");
     let select = r.string("select");
     let errors = r.errors("errors");
-    let mut join = Vec::new();
-    if let Some(v) = r.get("join") {
-        match &v.node {
-            ConstValue::Object(map) => {
-                for (k, sep) in map {
-                    match sep {
-                        ConstValue::String(s) => join.push((
-                            Positioned::new(k.to_string(), v.pos),
-                            Positioned::new(s.clone(), v.pos),
-                        )),
-                        other => r.wrong(
-                            v.pos,
-                            "join",
-                            "an object of separators, like {ids: \",\"}",
-                            other,
-                        ),
-                    }
-                }
-            }
-            other => r.wrong(
-                v.pos,
-                "join",
-                "an object of separators, like {ids: \",\"}",
-                other,
-            ),
-        }
-    }
+    let join = r.string_pairs(
+        "join",
+        false,
+        "an object of separators, like {ids: \",\"}",
+        "an object of separators, like {ids: \",\"}",
+    );
     Some(Positioned::new(
         RestDirective {
             join,
@@ -691,48 +703,13 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     let upstream = r.required_string("upstream");
     let path = r.required_string("path");
     let select = r.string("select");
-    let mut when = Vec::new();
-    if let Some(v) = r.get("when") {
-        match &v.node {
-            ConstValue::Object(map) => {
-                // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
-                fn flatten(
-                    prefix: &str,
-                    map: &async_graphql_value::indexmap::IndexMap<
-                        async_graphql_value::Name,
-                        ConstValue,
-                    >,
-                    pos: Pos,
-                    when: &mut Vec<(Positioned<String>, Positioned<String>)>,
-                    r: &mut ArgReader<'_, '_>,
-                ) {
-                    for (k, val) in map {
-                        let key = format!("{prefix}{k}");
-                        match val {
-                            ConstValue::String(s) => when
-                                .push((Positioned::new(key, pos), Positioned::new(s.clone(), pos))),
-                            ConstValue::Object(inner) => {
-                                flatten(&format!("{key}."), inner, pos, when, r)
-                            }
-                            other => r.wrong(
-                                pos,
-                                "when",
-                                "an object of strings (or of objects of strings)",
-                                other,
-                            ),
-                        }
-                    }
-                }
-                flatten("", map, v.pos, &mut when, r);
-            }
-            other => r.wrong(
-                v.pos,
-                "when",
-                "an object of strings, like {channel: \"{args.channel}\"}",
-                other,
-            ),
-        }
-    }
+    // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
+    let when = r.string_pairs(
+        "when",
+        true,
+        "an object of strings (or of objects of strings)",
+        "an object of strings, like {channel: \"{args.channel}\"}",
+    );
     Some(SourceDirective {
         upstream: upstream?,
         path: path?,

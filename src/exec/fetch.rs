@@ -145,7 +145,7 @@ impl<'a> Run<'a> {
             // A null optional argument is left out, like an absent one: of `{args}`, of
             // bodies, query strings and headers.
             if let Some(v) = given.or_else(|| a.default.clone()) {
-                let v = vars::numbered(vars::outbound(self.plan, &a.ty, v), a.number);
+                let v = vars::sent(self.plan, a, v);
                 if !v.is_null() {
                     out.insert(a.name.clone(), v);
                 }

@@ -202,7 +202,7 @@ pub fn outbound(plan: &Plan, ty: &TypeRef, value: ConstValue) -> serde_json::Val
                     for (k, v) in members {
                         let field = fields.iter().find(|f| f.name == k.as_str());
                         let v = match field {
-                            Some(f) => numbered(outbound(plan, &f.ty, v), f.number),
+                            Some(f) => sent(plan, f, v),
                             None => v.into_json().unwrap_or(Value::Null),
                         };
                         if v.is_null() {
@@ -247,6 +247,12 @@ fn put_at(
         at = next;
     }
     at.insert(last.clone(), v);
+}
+
+/// The value of the argument or input field `arg` as the upstream is sent it: see
+/// [`outbound`] and [`numbered`].
+pub fn sent(plan: &Plan, arg: &crate::plan::ArgPlan, value: ConstValue) -> serde_json::Value {
+    numbered(outbound(plan, &arg.ty, value), arg.number)
 }
 
 /// `value` with each string that is an integer's text made that number, when `number`

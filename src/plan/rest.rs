@@ -30,23 +30,15 @@ pub struct RestPlan {
     /// (`@map(header:)`), and whether they read `Link` relations (`@map(link:)`).
     pub read_headers: Arc<[String]>,
     pub read_links: bool,
+    /// What an upstream request of this field keeps of the response's headers: those
+    /// read, and `link` when relations are.
+    pub keep_headers: Arc<[String]>,
     /// Query parameters whose list is sent as one value, joined with this separator
     /// (OpenAPI's `explode: false`); the others repeat the parameter.
     pub join: Vec<(String, String)>,
 }
 
 impl RestPlan {
-    /// The response headers an upstream request of this field keeps.
-    pub fn keep_headers(&self) -> Arc<[String]> {
-        if self.read_links && !self.read_headers.iter().any(|h| h == "link") {
-            let mut all = self.read_headers.to_vec();
-            all.push("link".into());
-            all.into()
-        } else {
-            self.read_headers.clone()
-        }
-    }
-
     /// The separator a list in the query parameter `name` is joined with, if any.
     pub fn joined(&self, name: &str) -> Option<&str> {
         self.join
@@ -265,9 +257,14 @@ pub(super) fn plan(
             _ => {}
         }
     }
+    let mut keep_headers = read_headers.clone();
+    if read_links && !keep_headers.iter().any(|h| h == "link") {
+        keep_headers.push("link".into());
+    }
     let mut plan = RestPlan {
         read_headers: read_headers.into(),
         read_links,
+        keep_headers: keep_headers.into(),
         join,
         errors: mapping,
         select,

@@ -289,7 +289,7 @@ fn select(
     answer: Result<crate::upstream::Answer, UpstreamError>,
 ) -> Result<crate::upstream::Answer, UpstreamError> {
     let mut answer = answer?.select(&rest.select, &rest.upstream.name)?;
-    if !answer.not_modified && (!rest.read_headers.is_empty() || rest.read_links) {
+    if !answer.not_modified && !rest.keep_headers.is_empty() {
         keep_headers(rest, &mut answer);
     }
     Ok(answer)

@@ -114,7 +114,7 @@ pub fn build(
         headers,
         body,
         errors: rest.errors.clone(),
-        keep_headers: rest.keep_headers(),
+        keep_headers: rest.keep_headers.clone(),
     })
 }
 

@@ -105,14 +105,6 @@ impl Validators {
     }
 }
 
-/// Whether a `Cache-Control` value forbids a shared cache to store the response.
-fn forbids_sharing(cache_control: &str) -> bool {
-    cache_control.split(',').any(|d| {
-        let name = d.split('=').next().unwrap_or("").trim();
-        name.eq_ignore_ascii_case("private") || name.eq_ignore_ascii_case("no-store")
-    })
-}
-
 /// Semaphores of requests in flight, by upstream name, URL and bound.
 type Bounds = std::collections::HashMap<(String, String, usize), Arc<tokio::sync::Semaphore>>;
 
@@ -318,12 +310,7 @@ impl UpstreamClient {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let shareable = !response
-            .headers()
-            .get_all(http::header::CACHE_CONTROL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(forbids_sharing);
+        let shareable = !freshness.unshareable;
         let kept = if shareable {
             Validators::of(response.headers())
         } else {

@@ -64,11 +64,7 @@ pub fn pick<'a>(message: &'a Value, select: &[String]) -> Option<&'a Value> {
 /// `select` took from it (schemas whose `when` names the payload's members).
 pub fn matches(message: &Value, payload: &Value, when: &[(Vec<String>, String)]) -> bool {
     when.iter().all(|(path, want)| {
-        let at = |v: &'_ Value| -> Option<String> {
-            path.iter()
-                .try_fold(v, |v, m| v.get(m.as_str()))
-                .and_then(scalar_text)
-        };
+        let at = |v: &Value| pick(v, path).and_then(scalar_text);
         at(message)
             .or_else(|| at(payload))
             .is_some_and(|v| &v == want)

@@ -128,6 +128,18 @@ impl Gateway {
         self.query_with(query, json!({}), &[]).await
     }
 
+    /// POSTs a subscription with `Accept: text/event-stream`: the open response, whose
+    /// chunks are its events.
+    pub async fn sse(&self, query: &str) -> reqwest::Response {
+        self.client
+            .post(self.url())
+            .header("accept", "text/event-stream")
+            .json(&json!({ "query": query }))
+            .send()
+            .await
+            .expect("SSE")
+    }
+
     pub async fn query_with(
         &self,
         query: &str,
