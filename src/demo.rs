@@ -360,9 +360,63 @@ pub fn activity_app() -> Router {
 }
 
 /// The shop's orders; new ones are kept up to [`MAX_ORDERS`] (the oldest created go).
-#[derive(Clone, Default)]
+/// Each order created with a known token is announced on that user's socket.
+#[derive(Clone)]
 struct Shop {
     created: Arc<Mutex<Vec<Value>>>,
+    /// `{"owner", "event", "data"}` for every order created by a known user.
+    events: broadcast::Sender<Value>,
+}
+
+impl Default for Shop {
+    fn default() -> Self {
+        Shop {
+            created: Arc::default(),
+            events: broadcast::channel(64).0,
+        }
+    }
+}
+
+/// The shop's users: `Authorization: Bearer alice` or `Bearer bob`.
+fn shop_user(headers: &axum::http::HeaderMap) -> Option<&'static str> {
+    match headers.get("authorization")?.to_str().ok()? {
+        "Bearer alice" => Some("alice"),
+        "Bearer bob" => Some("bob"),
+        _ => None,
+    }
+}
+
+/// `GET /v1/orders/ws`: a user's own socket (`401` without a known token), announcing
+/// `{"event": "order.created", "data": order}` for each order that user creates.
+async fn orders_ws(
+    State(shop): State<Shop>,
+    headers: axum::http::HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(user) = shop_user(&headers) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let mut events = shop.events.subscribe();
+    upgrade.on_upgrade(move |mut socket| async move {
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Ok(e) if e["owner"] == user => {
+                        let m = json!({"event": e["event"], "data": e["data"]});
+                        if socket.send(WsMessage::Text(m.to_string().into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    })
 }
 
 const MAX_ORDERS: usize = 100;
@@ -423,7 +477,11 @@ async fn list_orders(
 
 /// `POST /v1/orders` with `{"quantity", "status"?, "shipping_address"?}`: `201` and the
 /// order, or `422` with `{"error": {"code", "message", "details"}}`.
-async fn create_order(State(shop): State<Shop>, Json(body): Json<Value>) -> Response {
+async fn create_order(
+    State(shop): State<Shop>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
     let quantity = body["quantity"].as_i64().unwrap_or(0);
     if quantity <= 0 {
         let error = json!({"error": {
@@ -445,12 +503,18 @@ async fn create_order(State(shop): State<Shop>, Json(body): Json<Value>) -> Resp
         "shipping_address": body.get("shipping_address").cloned().unwrap_or(Value::Null),
     });
     created.push(order.clone());
+    if let Some(user) = shop_user(&headers) {
+        let _ = shop
+            .events
+            .send(json!({"owner": user, "event": "order.created", "data": order}));
+    }
     (StatusCode::CREATED, Json(order)).into_response()
 }
 
 pub fn shop_app() -> Router {
     Router::new()
         .route("/v1/orders", get(list_orders).post(create_order))
+        .route("/v1/orders/ws", get(orders_ws))
         .with_state(Shop::default())
 }
 

@@ -44,6 +44,9 @@ pub struct Feed {
     pub plan: Arc<crate::plan::UpdatesPlan>,
     /// The `when` conditions, rendered for the entry's arguments.
     pub when: Vec<(Vec<String>, String)>,
+    /// The caller whose request planned the entry: a socket whose upstream lists
+    /// `forwardHeaders` is opened with this caller's values of them.
+    pub ctx: crate::request::RequestContext,
 }
 
 impl std::fmt::Debug for RootFetch {

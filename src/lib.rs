@@ -98,6 +98,9 @@ pub struct Options {
     pub live_grace: Duration,
     /// How long an upstream WebSocket stays open after its last user left.
     pub socket_grace: Duration,
+    /// Upstream sockets opened with a caller's forwarded headers this process may hold
+    /// at once (`--max-caller-sockets`).
+    pub max_caller_sockets: usize,
     pub limits: schema::QueryLimits,
     pub ws: server::ws::WsOptions,
     pub webhook: server::webhook::WebhookOptions,
@@ -142,6 +145,7 @@ impl Default for Options {
             batch_window: Duration::from_millis(1),
             live_grace: Duration::from_secs(60),
             socket_grace: Duration::from_secs(60),
+            max_caller_sockets: 1024,
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
             webhook: Default::default(),
@@ -201,16 +205,18 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         None => bus::Bus::local(),
     };
     let cache = cache::Cache::with_bus(options.cache_bytes, bus.clone());
-    let sources = events::Sources::new(
-        options.socket_grace,
-        options.upstream_ca.websocket(),
-        options.max_upstream_body,
-        bus.clone(),
-        options
+    let sources = events::Sources::new(events::Settings {
+        grace: options.socket_grace,
+        tls: options.upstream_ca.websocket(),
+        max_message: options.max_upstream_body,
+        bus: bus.clone(),
+        lease: options
             .redis
             .as_ref()
             .map_or(Duration::from_secs(10), |r| r.lease),
-    );
+        max_callers: options.max_caller_sockets,
+        failures: metrics.upstream_socket_failures.clone(),
+    });
     let services = services::Services::new(services::Parts {
         cache,
         client,

@@ -79,6 +79,9 @@ struct Cli {
     /// How long an upstream WebSocket (for @updates, @stream) stays open after its last user left, in ms.
     #[arg(long, env = "LIVEGATE_SOCKET_GRACE_MS", default_value_t = 60_000)]
     socket_grace_ms: u64,
+    /// Upstream WebSockets opened with a caller's forwarded headers (forwardHeaders) this process may hold at once; past it such subscriptions are refused.
+    #[arg(long, env = "LIVEGATE_MAX_CALLER_SOCKETS", default_value_t = 1024)]
+    max_caller_sockets: usize,
     /// How long a WebSocket may stay open without `connection_init`, in ms (then 4408).
     #[arg(long, env = "LIVEGATE_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
     ws_init_timeout_ms: u64,
@@ -317,6 +320,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         batch_window: Duration::from_millis(cli.batch_window_ms),
         live_grace: Duration::from_millis(cli.live_grace_ms),
         socket_grace: Duration::from_millis(cli.socket_grace_ms),
+        max_caller_sockets: cli.max_caller_sockets,
         limits: livegate::schema::QueryLimits {
             max_depth: cli.max_depth,
             max_complexity: cli.max_complexity,

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub cache_bytes: IntGauge,
     pub cache_evictions: IntCounter,
     pub upstream_socket_reconnects: IntCounter,
+    /// Failed connects to upstream sockets, by upstream and reason (`unauthorized`,
+    /// `forbidden`, `status`, `timeout`, `network`, `tls`, `protocol`).
+    pub upstream_socket_failures: IntCounterVec,
     /// Upstream HTTP requests by upstream, method and status class (`2xx`, `4xx`, `5xx`,
     /// or `error` when there was no status).
     pub upstream_requests: IntCounterVec,
@@ -132,6 +135,12 @@ impl Metrics {
             cache_bytes: gauge(&r, "livegate_cache_bytes", "Heap bytes of the shared cache's entries (parsed values), within --cache-size-mb"),
             cache_evictions: counter(&r, "livegate_cache_evictions_total", "Entries dropped to stay within the cache's byte budget"),
             upstream_socket_reconnects: counter(&r, "livegate_upstream_socket_reconnects_total", "Upstream WebSocket reconnects after a drop"),
+            upstream_socket_failures: counter_vec(
+                &r,
+                "livegate_upstream_socket_failures_total",
+                "Failed connects to upstream WebSockets, by upstream and reason",
+                &["upstream", "reason"],
+            ),
             upstream_requests: counter_vec(
                 &r,
                 "livegate_upstream_requests_total",

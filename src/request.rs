@@ -12,6 +12,18 @@
 use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 /// One operation's context (see the module's documentation).
 #[derive(Clone, Default)]
 pub struct RequestContext {
@@ -64,6 +76,19 @@ impl RequestContext {
     /// The client's request headers (for a long-lived connection, those kept).
     pub fn headers(&self) -> &HeaderMap {
         &self.inner.headers
+    }
+
+    /// The values of the headers `names` (an upstream's `forwardHeaders`) this context
+    /// carries, in order, as they are passed on upstream: hop-by-hop headers (RFC 9110
+    /// §7.6.1) never are, whatever the schema says.
+    pub fn forwarded<'a>(
+        &'a self,
+        names: &'a [HeaderName],
+    ) -> impl Iterator<Item = (&'a HeaderName, &'a http::HeaderValue)> + 'a {
+        names
+            .iter()
+            .filter(|n| !HOP_BY_HOP.contains(&n.as_str()))
+            .flat_map(move |n| self.inner.headers.get_all(n).iter().map(move |v| (n, v)))
     }
 
     /// Appends what of this context tells callers apart for `vary` (the headers that can

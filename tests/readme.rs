@@ -1,6 +1,8 @@
 //! The README's tour, run as pasted (only the port differs) against the demo: the
 //! bundled demo upstreams and the gateway serving the top-level `schema.graphql`.
 
+mod common;
+
 use serde_json::Value;
 
 /// The `curl` commands of the README's "A tour against the demo" section.
@@ -405,4 +407,38 @@ async fn the_readme_shop_example_works_against_the_demo() {
         "{}",
         out[2]
     );
+}
+
+#[tokio::test]
+async fn the_readme_per_caller_socket_example_works_against_the_demo() {
+    let (addr, _) = demo_with_upstreams().await;
+    let gw = common::Gateway::at(addr.parse().expect("addr"));
+    let blocks = blocks_after("The shop's socket of order events is each user's own", 1);
+    let commands = commands_of(&blocks[0]);
+    assert_eq!(commands.len(), 2, "{commands:#?}");
+    let fix = |s: &str, user: &str| {
+        s.replace("127.0.0.1:4000", &addr)
+            .replace("Bearer alice", &format!("Bearer {user}"))
+    };
+    let mut alice = Sse::start(&fix(&commands[0], "alice"));
+    let mut bob = Sse::start(&fix(&commands[0], "bob"));
+    // One socket each, open before anyone orders.
+    gw.metrics_until(|p| common::sample(p, "livegate_upstream_sockets_open") >= 2.0)
+        .await;
+    let ordered: Value =
+        serde_json::from_str(&sh(&fix(&commands[1], "alice")).await).expect("JSON");
+    let id = ordered["data"]["createOrder"]["id"].clone();
+    assert!(id.is_string(), "{ordered}");
+    let heard = alice.next_event().await;
+    assert_eq!(heard["data"]["orderCreated"]["id"], id, "{heard}");
+    assert_eq!(heard["data"]["orderCreated"]["quantity"], 4, "{heard}");
+    // Bob's socket hears only Bob's order (Alice's came first, had it reached him).
+    let ordered: Value = serde_json::from_str(&sh(&fix(&commands[1], "bob")).await).expect("JSON");
+    let his = ordered["data"]["createOrder"]["id"].clone();
+    let heard = bob.next_event().await;
+    assert_eq!(heard["data"]["orderCreated"]["id"], his, "{heard}");
+    // A token the shop refuses ends the subscription with why.
+    let out = sh(&fix(&commands[0], "mallory")).await;
+    assert!(out.contains(r#""code":"UNAUTHENTICATED""#), "{out}");
+    assert!(out.contains(r#""status":401"#), "{out}");
 }

@@ -176,3 +176,53 @@ async fn a_reload_keeps_what_stays_ends_what_is_gone_and_a_bad_schema_changes_no
     assert_eq!(pushed["payload"]["data"]["user"]["name"], "v2", "{pushed}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test]
+async fn a_schema_split_over_a_directory_reloads_when_any_of_its_files_changes() {
+    let (up, _version, _say) = upstream().await;
+    let dir = std::env::temp_dir().join(format!("livegate-reload-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = format!(
+        "extend schema @upstream(name: \"api\", url: \"{}\")\ntype User {{ id: ID! name: String! }}\ntype Query {{ user(id: ID!): User @rest(upstream: \"api\", path: \"/users/{{args.id}}\") }}\n",
+        up.url()
+    );
+    let users = "extend type Query { tick: Int @rest(upstream: \"api\", path: \"/tick\") }\n";
+    std::fs::write(dir.join("base.graphql"), &base).expect("write");
+    std::fs::write(dir.join("users.graphql"), users).expect("write");
+    let options = livegate::Options {
+        schema_paths: vec![dir.clone()],
+        watch: true,
+        ..Default::default()
+    };
+    let gw = Gateway::start(&format!("{base}{users}"), options).await;
+    assert_eq!(gw.query("{ tick }").await["data"]["tick"], 0);
+
+    // The second file changes: the merged schema is reloaded.
+    let users2 = "extend type Query {\n  tick: Int @rest(upstream: \"api\", path: \"/tick\")\n  hello: String @rest(upstream: \"api\", path: \"/users/hello\", select: \"name\")\n}\n";
+    std::fs::write(dir.join("users.graphql"), users2).expect("write");
+    reloads_reach(&gw, "loaded", 1.0).await;
+    let r = gw.query("{ hello user(id: \"1\") { name } }").await;
+    assert_eq!(
+        r["data"],
+        json!({"hello": "v0", "user": {"name": "v0"}}),
+        "{r}"
+    );
+
+    // A mistake in that file is refused; what is in service goes on.
+    std::fs::write(
+        dir.join("users.graphql"),
+        "extend type Query { broken: Nope }\n",
+    )
+    .expect("write");
+    reloads_reach(&gw, "refused", 1.0).await;
+    assert_eq!(gw.query("{ hello }").await["data"]["hello"], "v0");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until `livegate_schema_reloads_total{result}` reaches `n`, and asserts it did.
+async fn reloads_reach(gw: &Gateway, result: &str, n: f64) {
+    let series = format!("livegate_schema_reloads_total{{result=\"{result}\"}}");
+    let page = gw.metrics_until(|p| sample(p, &series) == n).await;
+    assert_eq!(sample(&page, &series), n, "{page}");
+}

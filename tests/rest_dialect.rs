@@ -5,11 +5,11 @@
 mod common;
 
 use axum::extract::{Json, Path, Query};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use common::serve;
+use common::{serve, Gateway};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -855,4 +855,246 @@ type Mutation {
         json!({"quantity": 1, "customerId": 2, "tagIds": [3, 4, "x5"],
                "line": {"product_id": 9, "sku": "10"}})
     );
+}
+
+/// An upstream socket per user: a handshake with `Bearer alice` or `Bearer bob` is
+/// accepted and hears only that user's messages (`{"owner": …}`); any other is refused
+/// with 401. Every handshake's user is recorded.
+fn per_user_socket(
+    say: tokio::sync::broadcast::Sender<Value>,
+    handshakes: Arc<Mutex<Vec<String>>>,
+) -> axum::routing::MethodRouter {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    axum::routing::get(move |headers: HeaderMap, ws: WebSocketUpgrade| {
+        let (say, handshakes) = (say.clone(), handshakes.clone());
+        async move {
+            let user = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("")
+                .to_string();
+            handshakes.lock().expect("lock").push(user.clone());
+            if user != "alice" && user != "bob" {
+                return StatusCode::UNAUTHORIZED.into_response();
+            }
+            ws.on_upgrade(move |socket| async move {
+                let (mut sink, mut stream) = socket.split();
+                let mut heard = say.subscribe();
+                loop {
+                    tokio::select! {
+                        said = heard.recv() => match said {
+                            Ok(m) if m["owner"] == user.as_str() => {
+                                if sink.send(Message::text(m.to_string())).await.is_err() { break }
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        },
+                        got = stream.next() => if !matches!(got, Some(Ok(_))) { break },
+                    }
+                }
+            })
+            .into_response()
+        }
+    })
+}
+
+/// Opens an SSE subscription with `authorization`.
+async fn sse_as(gw: &Gateway, query: &str, authorization: &str) -> reqwest::Response {
+    gw.client
+        .post(gw.url())
+        .header("accept", "text/event-stream")
+        .header("authorization", authorization)
+        .json(&json!({ "query": query }))
+        .send()
+        .await
+        .expect("SSE")
+}
+
+#[tokio::test]
+async fn an_upstream_socket_with_forward_headers_is_opened_per_caller() {
+    let (say, _) = tokio::sync::broadcast::channel::<Value>(256);
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route(
+            "/orders/ws",
+            per_user_socket(say.clone(), handshakes.clone()),
+        )
+        .route(
+            "/orders",
+            get(|headers: HeaderMap| async move {
+                let who = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                Json(json!([{"id": 0, "note": who}]))
+            }),
+        );
+    let (_up, gw) = serve(
+        app,
+        r#"
+extend schema @upstream(name: "shop", url: "{up}", forwardHeaders: ["authorization"])
+type Order { id: ID! note: String }
+type Query {
+  orders: [Order!]! @rest(upstream: "shop", path: "/orders")
+    @cache(maxAge: 60, scope: PRIVATE)
+    @updates(upstream: "shop", path: "/orders/ws", select: "order", apply: UPSERT, key: "id")
+}
+type Subscription {
+  orderChanged: Order @stream(upstream: "shop", path: "/orders/ws", select: "order")
+  orders: [Order!]! @live
+}
+"#,
+    )
+    .await;
+    let stream = "subscription { orderChanged { id note } }";
+    let live = "subscription { orders { id note } }";
+    // Two of Alice's subscriptions share her socket; Bob has his own.
+    let mut alice = sse_as(&gw, stream, "Bearer alice").await;
+    let mut alice_live = sse_as(&gw, live, "Bearer alice").await;
+    let mut bob = sse_as(&gw, stream, "Bearer bob").await;
+    let mut bob_live = sse_as(&gw, live, "Bearer bob").await;
+    let (mut a, mut al, mut b, mut bl) =
+        (String::new(), String::new(), String::new(), String::new());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    // Sockets open when the subscriptions start: say it again until each has heard.
+    while !(a.contains("alice-")
+        && al.contains("alice-")
+        && b.contains("bob-")
+        && bl.contains("bob-"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "alice: {a}\nalice live: {al}\nbob: {b}\nbob live: {bl}"
+        );
+        n += 1;
+        for user in ["alice", "bob"] {
+            let _ =
+                say.send(json!({"owner": user, "order": {"id": n, "note": format!("{user}-{n}")}}));
+        }
+        let wait = std::time::Duration::from_millis(100);
+        read_for(&mut alice, wait, &mut a).await;
+        read_for(&mut alice_live, wait, &mut al).await;
+        read_for(&mut bob, wait, &mut b).await;
+        read_for(&mut bob_live, wait, &mut bl).await;
+    }
+    // Nobody hears the other's messages, nor reads the other's entry.
+    for alices in [&a, &al] {
+        assert!(!alices.contains("bob"), "{alices}");
+    }
+    for bobs in [&b, &bl] {
+        assert!(!bobs.contains("alice"), "{bobs}");
+    }
+    assert!(
+        al.contains("Bearer alice") && bl.contains("Bearer bob"),
+        "{al}\n{bl}"
+    );
+    // One socket per caller, whatever reads it (an event stream, a live entry's feed).
+    let opened = handshakes.lock().expect("lock").clone();
+    assert_eq!(
+        opened.iter().filter(|u| *u == "alice").count(),
+        1,
+        "{opened:?}"
+    );
+    assert_eq!(
+        opened.iter().filter(|u| *u == "bob").count(),
+        1,
+        "{opened:?}"
+    );
+
+    // A caller the upstream refuses: the subscription ends with why, and the refused
+    // handshake is not retried.
+    for query in [stream, live] {
+        let res = sse_as(&gw, query, "Bearer mallory").await;
+        let body = tokio::time::timeout(std::time::Duration::from_secs(10), res.text())
+            .await
+            .expect("the subscription ends")
+            .expect("body");
+        assert!(body.contains(r#""code":"UNAUTHENTICATED""#), "{body}");
+        assert!(body.contains(r#""status":401"#), "{body}");
+        assert!(body.contains("event: complete"), "{body}");
+    }
+    let page = gw
+        .metrics_until(|p| {
+            common::sample(
+                p,
+                r#"livegate_upstream_socket_failures_total{reason="unauthorized",upstream="shop"}"#,
+            ) >= 2.0
+        })
+        .await;
+    let refused = handshakes
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|u| *u == "mallory")
+        .count();
+    assert_eq!(
+        refused, 2,
+        "one handshake per subscription, no retry loop\n{page}"
+    );
+    // Alice's and Bob's subscriptions go on.
+    let _ = say.send(json!({"owner": "alice", "order": {"id": 99, "note": "alice-after"}}));
+    let mut more = String::new();
+    while !more.contains("alice-after") {
+        assert!(
+            tokio::time::Instant::now() < deadline + std::time::Duration::from_secs(10),
+            "{more}"
+        );
+        read_for(&mut alice, std::time::Duration::from_millis(200), &mut more).await;
+    }
+}
+
+#[tokio::test]
+async fn per_caller_sockets_are_bounded_by_a_flag() {
+    let (say, _) = tokio::sync::broadcast::channel::<Value>(16);
+    let handshakes = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new().route(
+        "/orders/ws",
+        per_user_socket(say.clone(), handshakes.clone()),
+    );
+    let up = common::Upstream::start(app).await;
+    let schema = r#"
+extend schema @upstream(name: "shop", url: "{up}", forwardHeaders: ["authorization"])
+type Order { id: ID! note: String }
+type Query { ping: String @rest(upstream: "shop", path: "/ping") }
+type Subscription { orderChanged: Order @stream(upstream: "shop", path: "/orders/ws", select: "order") }
+"#
+    .replace("{up}", &up.url());
+    let gw = Gateway::start(
+        &schema,
+        livegate::Options {
+            max_caller_sockets: 1,
+            ..Default::default()
+        },
+    )
+    .await;
+    let query = "subscription { orderChanged { id note } }";
+    let mut alice = sse_as(&gw, query, "Bearer alice").await;
+    let mut heard = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !heard.contains("alice-1") {
+        assert!(tokio::time::Instant::now() < deadline, "{heard}");
+        let _ = say.send(json!({"owner": "alice", "order": {"id": 1, "note": "alice-1"}}));
+        read_for(
+            &mut alice,
+            std::time::Duration::from_millis(100),
+            &mut heard,
+        )
+        .await;
+    }
+    // Bob would need a second per-caller socket: refused, said why.
+    let res = sse_as(&gw, query, "Bearer bob").await;
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), res.text())
+        .await
+        .expect("the subscription ends")
+        .expect("body");
+    assert!(body.contains("UPSTREAM_SOCKET_LIMIT"), "{body}");
+    assert!(body.contains("--max-caller-sockets"), "{body}");
+    assert!(!handshakes
+        .lock()
+        .expect("lock")
+        .contains(&"bob".to_string()));
 }

@@ -12,7 +12,10 @@
 //!   what the holder never did: none lost, none doubled. Two connections per stream for
 //!   the cluster.
 
-use super::{Connection, Event, Read, Source, SourceStats, Sources, Stream, StreamKey, BUFFER};
+use super::{
+    ConnectError, Connection, Event, Failure, Read, Source, SourceStats, Sources, Stream,
+    StreamKey, BUFFER,
+};
 use crate::bus::Lease;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +41,21 @@ fn parse(text: &str, stats: &SourceStats) -> Option<Value> {
             None
         }
     }
+}
+
+/// Opens a connection to `source`, counting a failure in `failures` by upstream and
+/// reason.
+async fn connect(
+    source: &dyn Source,
+    failures: &prometheus::IntCounterVec,
+) -> Result<Box<dyn Connection>, ConnectError> {
+    let connected = source.connect().await;
+    if let Err(e) = &connected {
+        failures
+            .with_label_values(&[source.upstream(), e.reason])
+            .inc();
+    }
+    connected
 }
 
 /// A warm standby: one follower of the cluster (the holder of the stream's second lease)
@@ -69,12 +87,17 @@ impl Standby {
     async fn start(
         source: &dyn Source,
         stats: Arc<SourceStats>,
+        failures: &prometheus::IntCounterVec,
         lease: (crate::bus::Bus, String, Duration),
     ) -> Option<Standby> {
-        let conn = match source.connect().await {
+        let conn = match connect(source, failures).await {
             Ok(conn) => conn,
-            Err(error) => {
-                tracing::debug!(error, "standby {} failed to connect", source.noun());
+            Err(e) => {
+                tracing::debug!(
+                    error = e.message,
+                    "standby {} failed to connect",
+                    source.noun()
+                );
                 return None;
             }
         };
@@ -252,26 +275,38 @@ pub(super) async fn run(
     let mut connected_before = false;
     let mut idle_since: Option<tokio::time::Instant> = None;
     let mut standby: Option<Standby> = None;
+    // Failed connects since the last success: the first is logged, the rest counted.
+    let mut failed_in_a_row = 0u32;
     loop {
         let Some(owner) = owner_weak.upgrade() else {
             return;
         };
         let stats = owner.stats.clone();
+        let failures = owner.settings.failures.clone();
         let idle = IdleCheck {
             owner: &owner_weak,
             key: &key,
             stream: &stream,
-            grace: owner.grace,
+            grace: owner.settings.grace,
         };
         // Idle check between attempts too: a dead source nobody wants is given up.
         if idle.retired(&mut idle_since) {
-            owner.bus.release(&lease_name).await;
+            owner.settings.bus.release(&lease_name).await;
             if standby.take().is_some() {
-                owner.bus.release(&standby_lease(&lease_name)).await;
+                owner
+                    .settings
+                    .bus
+                    .release(&standby_lease(&lease_name))
+                    .await;
             }
             return;
         }
-        let (bus, lease_for) = (owner.bus.clone(), owner.lease);
+        // A caller's stream is this process's alone: no lease, nothing republished.
+        let bus = match stream.caller {
+            true => crate::bus::Bus::local(),
+            false => owner.settings.bus.clone(),
+        };
+        let lease_for = owner.settings.lease;
         drop(owner);
 
         let role = bus.lease(&lease_name, lease_for).await;
@@ -283,6 +318,7 @@ pub(super) async fn run(
                 lease_for,
                 source: &*source,
                 stats: &stats,
+                failures: &failures,
             };
             match follower.follow(connected_before, &mut standby).await {
                 Followed::Retired => return,
@@ -316,7 +352,7 @@ pub(super) async fn run(
         let handed_over = taken.is_some();
         let connected = match taken {
             Some(conn) => Ok(conn),
-            None => source.connect().await,
+            None => connect(&*source, &failures).await,
         };
         match connected {
             Ok(conn) => {
@@ -324,7 +360,13 @@ pub(super) async fn run(
                     stats.connects.fetch_add(1, Ordering::Relaxed);
                 }
                 stats.open.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(source = shown, standby = handed_over, "{noun} open");
+                tracing::info!(
+                    source = shown,
+                    standby = handed_over,
+                    failed_before = failed_in_a_row,
+                    "{noun} open"
+                );
+                failed_in_a_row = 0;
                 backoff = Duration::from_millis(100);
                 // A standby's connection missed nothing: its own taps heard every message.
                 if connected_before && !handed_over {
@@ -370,7 +412,48 @@ pub(super) async fn run(
                     }
                 }
             }
-            Err(error) => tracing::warn!(source = shown, error, "{noun} failed to connect"),
+            Err(e) => {
+                if let Some(status) = e.refused {
+                    // Retrying with the same credentials would loop: what reads the
+                    // stream ends with an error, and a new tap starts afresh.
+                    tracing::warn!(
+                        source = shown,
+                        status,
+                        "{noun} handshake refused; the subscriptions reading it end with an error"
+                    );
+                    let _ = stream.tx.send(Event::Failed(Arc::new(Failure {
+                        message: format!(
+                            "upstream {} refused the socket's handshake with HTTP {status}",
+                            source.upstream()
+                        ),
+                        code: if status == 401 {
+                            "UNAUTHENTICATED"
+                        } else {
+                            "FORBIDDEN"
+                        },
+                        status: Some(status),
+                    })));
+                    if let Some(owner) = owner_weak.upgrade() {
+                        owner.retire(&key, &stream);
+                    }
+                    bus.release(&lease_name).await;
+                    return;
+                }
+                if failed_in_a_row == 0 {
+                    tracing::warn!(
+                        source = shown,
+                        error = e.message,
+                        "{noun} failed to connect; retrying with backoff (each failure counts in livegate_upstream_socket_failures_total)"
+                    );
+                } else {
+                    tracing::debug!(
+                        source = shown,
+                        error = e.message,
+                        "{noun} failed to connect again"
+                    );
+                }
+                failed_in_a_row = failed_in_a_row.saturating_add(1);
+            }
         }
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -422,6 +505,7 @@ struct Follower<'a> {
     lease_for: Duration,
     source: &'a dyn Source,
     stats: &'a Arc<SourceStats>,
+    failures: &'a prometheus::IntCounterVec,
 }
 
 /// The name of a stream's second lease: who keeps the warm standby.
@@ -540,7 +624,8 @@ impl Follower<'_> {
         match self.bus.lease(name, self.lease_for).await {
             Lease::Held(_) => {
                 let lease = (self.bus.clone(), name.to_string(), self.lease_for);
-                *standby = Standby::start(self.source, self.stats.clone(), lease).await;
+                *standby =
+                    Standby::start(self.source, self.stats.clone(), self.failures, lease).await;
             }
             Lease::Other => *standby = None,
             // Redis is away: the standby is what will serve this replica.

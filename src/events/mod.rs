@@ -19,6 +19,7 @@ mod cluster;
 pub mod websocket;
 
 use crate::plan::StreamPlan;
+use crate::request::RequestContext;
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -35,16 +36,48 @@ pub enum Event {
     Message(Arc<Value>),
     /// The connection was re-established after a drop: state may have been missed.
     Reconnected,
+    /// The stream ended for good: the source refused the connection (an upstream socket's
+    /// handshake answered 401 or 403) and retrying would loop. What read it ends with
+    /// this error; a new tap tries again.
+    Failed(Arc<Failure>),
+}
+
+/// Why a stream ended for good (see [`Event::Failed`]): what the subscriptions that read
+/// it end with.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    /// `extensions.code`: `UNAUTHENTICATED` (401), `FORBIDDEN` (403), or
+    /// `UPSTREAM_SOCKET_LIMIT` (no room for another per-caller socket).
+    pub code: &'static str,
+    /// The HTTP status the handshake answered, if it answered.
+    pub status: Option<u16>,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// What went wrong, scrubbed of the URL's secrets.
+    pub message: String,
+    /// The metric label (`livegate_upstream_socket_failures_total{reason}`): `unauthorized`,
+    /// `forbidden`, `status` (another HTTP status), `timeout`, `network`, `tls`,
+    /// `protocol`.
+    pub reason: &'static str,
+    /// The status of a handshake refused with 401 or 403: retrying would loop, so the
+    /// stream ends with an error instead.
+    pub refused: Option<u16>,
 }
 
 /// One kind of event source, for one stream: how to open a connection to it.
 pub trait Source: Send + Sync + 'static {
     /// A connection to the stream, or why not (scrubbed of the URL's secrets).
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, String>>;
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, ConnectError>>;
     /// The stream as log lines show it: no userinfo, no query.
     fn shown(&self) -> &str;
     /// What log lines call a connection of this kind ("upstream socket").
     fn noun(&self) -> &'static str;
+    /// The upstream it belongs to, as metrics label it.
+    fn upstream(&self) -> &str;
 }
 
 /// An open connection to a stream.
@@ -86,6 +119,9 @@ pub struct SourceStats {
 struct Stream {
     tx: broadcast::Sender<Event>,
     taps: AtomicUsize,
+    /// Opened with one caller's forwarded credentials: never shared with another caller
+    /// (nor through Redis), counted against `--max-caller-sockets`.
+    caller: bool,
 }
 
 /// A stream's identity in the registry: the planned stream's key (a schema reload that
@@ -96,16 +132,27 @@ type StreamKey = String;
 /// The registry of this gateway's streams (see the module's documentation).
 pub struct Sources {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
-    grace: Duration,
-    /// TLS for `wss` upstreams when extra roots are configured.
-    tls: Option<tokio_tungstenite::Connector>,
-    /// Largest message (and frame) accepted from a stream: `--max-upstream-body`.
-    max_message: usize,
-    /// With other replicas: one of them holds each stream (a lease of `lease` in Redis)
-    /// and republishes its messages; the others follow.
-    bus: crate::bus::Bus,
-    lease: Duration,
+    settings: Settings,
     pub stats: Arc<SourceStats>,
+}
+
+/// How [`Sources`] is set up (from the command line).
+pub struct Settings {
+    /// How long a connection stays after its last tap is dropped.
+    pub grace: Duration,
+    /// TLS for `wss` upstreams when extra roots are configured.
+    pub tls: Option<tokio_tungstenite::Connector>,
+    /// Largest message (and frame) accepted from a stream.
+    pub max_message: usize,
+    /// With other replicas (Redis): one of them holds each shared stream (a lease) and
+    /// republishes its messages; the others follow.
+    pub bus: crate::bus::Bus,
+    /// How long a replica's hold on a stream lasts without renewal.
+    pub lease: Duration,
+    /// Per-caller streams this process may hold at once.
+    pub max_callers: usize,
+    /// Where failed connects are counted.
+    pub failures: prometheus::IntCounterVec,
 }
 
 /// A subscription to one stream's events; the stream stays while any tap lives.
@@ -121,20 +168,10 @@ impl Drop for Tap {
 }
 
 impl Sources {
-    pub fn new(
-        grace: Duration,
-        tls: Option<tokio_tungstenite::Connector>,
-        max_message: usize,
-        bus: crate::bus::Bus,
-        lease: Duration,
-    ) -> Arc<Sources> {
+    pub fn new(settings: Settings) -> Arc<Sources> {
         Arc::new(Sources {
             streams: Mutex::default(),
-            grace,
-            tls,
-            max_message,
-            bus,
-            lease,
+            settings,
             stats: Arc::default(),
         })
     }
@@ -143,48 +180,83 @@ impl Sources {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The source that serves `stream`: one implementation per kind.
-    fn source(&self, stream: &StreamPlan) -> Arc<dyn Source> {
+    /// The source that serves `stream` for a caller who forwards `credentials`: one
+    /// implementation per kind.
+    fn source(&self, stream: &StreamPlan, credentials: Credentials) -> Arc<dyn Source> {
         match stream {
             StreamPlan::WebSocket { upstream, path } => Arc::new(websocket::WebSocket::new(
                 upstream,
                 path,
-                self.max_message,
-                self.tls.clone(),
+                credentials,
+                self.settings.max_message,
+                self.settings.tls.clone(),
             )),
         }
     }
 
-    /// Taps `stream`, opening its connection if needed.
-    pub fn tap(self: &Arc<Self>, stream: &StreamPlan) -> Tap {
-        let key = stream.key();
+    /// Taps `stream` for the caller of `ctx`, opening its connection if needed. A stream
+    /// whose upstream lists `forwardHeaders` is opened with the caller's values of them,
+    /// one connection per distinct set (keyed like `PRIVATE` entries, never shared
+    /// across callers); a caller who sends none shares the connection without them.
+    /// Refused when this process already holds `--max-caller-sockets` per-caller streams.
+    pub fn tap(
+        self: &Arc<Self>,
+        stream: &StreamPlan,
+        ctx: &RequestContext,
+    ) -> Result<Tap, Arc<Failure>> {
+        let credentials = credentials(stream, ctx);
+        let caller = !credentials.is_empty();
+        let key = match caller {
+            false => stream.key(),
+            true => caller_key(stream, &credentials),
+        };
         let mut streams = self.lock();
         if let Some(s) = streams.get(&key) {
             s.taps.fetch_add(1, Ordering::AcqRel);
-            return Tap {
+            return Ok(Tap {
                 rx: s.tx.subscribe(),
                 stream: s.clone(),
-            };
+            });
+        }
+        if caller && streams.values().filter(|s| s.caller).count() >= self.settings.max_callers {
+            return Err(Arc::new(Failure {
+                message: format!(
+                    "this gateway holds {} upstream sockets opened with callers' credentials, its limit (--max-caller-sockets); try again later",
+                    self.settings.max_callers
+                ),
+                code: "UPSTREAM_SOCKET_LIMIT",
+                status: None,
+            }));
         }
         let (tx, rx) = broadcast::channel(BUFFER);
         let s = Arc::new(Stream {
             tx,
             taps: AtomicUsize::new(1),
+            caller,
         });
         streams.insert(key.clone(), s.clone());
         tokio::spawn(cluster::run(
             Arc::downgrade(self),
             key,
             stream.lease_name(),
-            self.source(stream),
+            self.source(stream, credentials),
             s.clone(),
         ));
-        Tap { rx, stream: s }
+        Ok(Tap { rx, stream: s })
     }
 
     /// Streams this gateway holds (connected or reconnecting).
     pub fn count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Forgets the stream whatever its taps (it failed for good): the next tap opens a
+    /// new one.
+    fn retire(&self, key: &StreamKey, stream: &Arc<Stream>) {
+        let mut streams = self.lock();
+        if streams.get(key).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(key);
+        }
     }
 
     /// Forgets the stream if nobody taps it; `true` when it was forgotten.
@@ -199,4 +271,31 @@ impl Sources {
             false
         }
     }
+}
+
+/// A caller's forwarded headers, as they go on a stream's connection.
+pub type Credentials = Vec<(http::HeaderName, http::HeaderValue)>;
+
+/// The values of the stream's upstream's `forwardHeaders` that `ctx` carries.
+fn credentials(stream: &StreamPlan, ctx: &RequestContext) -> Credentials {
+    match stream {
+        StreamPlan::WebSocket { upstream, .. } => ctx
+            .forwarded(&upstream.forward_headers)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// The registry key of `stream` opened with `credentials`: the stream's key and a digest
+/// of the credentials (the values themselves are not kept in the key).
+fn caller_key(stream: &StreamPlan, credentials: &Credentials) -> StreamKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, value) in credentials {
+        h.update(name.as_str().as_bytes());
+        h.update(b":");
+        h.update(value.as_bytes());
+        h.update(b"\n");
+    }
+    format!("{}\0caller\0{}", stream.key(), hex::encode(h.finalize()))
 }

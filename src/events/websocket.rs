@@ -1,9 +1,12 @@
 //! The first kind of event source: an upstream WebSocket (`@updates` / `@stream` with
 //! `upstream:` and `path:`). The socket's URL is the upstream's, its scheme made `ws` or
-//! `wss`; the upstream's `headers` go with the handshake; a message is one JSON text (a
-//! binary frame holding UTF-8 JSON is read the same); pings are answered here.
+//! `wss`; the upstream's `headers` go with the handshake, and so do the caller's values of
+//! its `forwardHeaders` (a per-caller socket, see [`super::Sources::tap`]); a message is
+//! one JSON text (a binary frame holding UTF-8 JSON is read the same); pings are answered
+//! here. A handshake answered 401 or 403 is refused for good (the stream ends with an
+//! error); any other failure is retried.
 
-use super::{Connection, Read, Source};
+use super::{ConnectError, Connection, Credentials, Read, Source};
 use crate::plan::UpstreamPlan;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -20,16 +23,19 @@ pub struct WebSocket {
     /// What log lines show of the URL: no userinfo, no query.
     shown: String,
     upstream: std::sync::Arc<UpstreamPlan>,
+    /// The caller's forwarded headers (empty: a socket every caller shares).
+    credentials: Credentials,
     config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig,
     tls: Option<tokio_tungstenite::Connector>,
 }
 
 impl WebSocket {
-    /// The socket at `path` on `upstream`, its messages (and frames) at most
-    /// `max_message` bytes, over `tls` when extra roots are configured.
+    /// The socket at `path` on `upstream`, opened with `credentials`, its messages (and
+    /// frames) at most `max_message` bytes, over `tls` when extra roots are configured.
     pub fn new(
         upstream: &std::sync::Arc<UpstreamPlan>,
         path: &str,
+        credentials: Credentials,
         max_message: usize,
         tls: Option<tokio_tungstenite::Connector>,
     ) -> Self {
@@ -38,6 +44,7 @@ impl WebSocket {
             shown: crate::upstream::redact(&url),
             url,
             upstream: upstream.clone(),
+            credentials,
             config: tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message)),
@@ -68,17 +75,32 @@ impl Source for WebSocket {
         "upstream socket"
     }
 
-    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, String>> {
+    fn upstream(&self) -> &str {
+        &self.upstream.name
+    }
+
+    fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, ConnectError>> {
         async move {
             let scrub =
                 |e: &dyn std::fmt::Display| crate::upstream::scrub(&e.to_string(), &self.url);
-            let mut request = self
-                .url
-                .as_str()
-                .into_client_request()
-                .map_err(|e| scrub(&e))?;
+            let mut request =
+                self.url
+                    .as_str()
+                    .into_client_request()
+                    .map_err(|e| ConnectError {
+                        message: scrub(&e),
+                        reason: "protocol",
+                        refused: None,
+                    })?;
             for (k, v) in &self.upstream.headers {
                 request.headers_mut().insert(k.clone(), v.clone());
+            }
+            // The handshake's own headers are the client library's to set.
+            let own = |n: &http::HeaderName| {
+                n == http::header::HOST || n.as_str().starts_with("sec-websocket-")
+            };
+            for (k, v) in self.credentials.iter().filter(|(k, _)| !own(k)) {
+                request.headers_mut().append(k.clone(), v.clone());
             }
             let connect = tokio_tungstenite::connect_async_tls_with_config(
                 request,
@@ -91,11 +113,36 @@ impl Source for WebSocket {
                     ws,
                     url: self.url.clone(),
                 }) as Box<dyn Connection>),
-                Ok(Err(e)) => Err(scrub(&e)),
-                Err(_) => Err("the handshake timed out".into()),
+                Ok(Err(e)) => Err(refusal(&e, scrub(&e))),
+                Err(_) => Err(ConnectError {
+                    message: "the handshake timed out".into(),
+                    reason: "timeout",
+                    refused: None,
+                }),
             }
         }
         .boxed()
+    }
+}
+
+/// What a failed handshake's error says: its metric reason, and whether the upstream
+/// refused the credentials (401/403).
+fn refusal(e: &tokio_tungstenite::tungstenite::Error, message: String) -> ConnectError {
+    use tokio_tungstenite::tungstenite::Error;
+    let (reason, refused) = match e {
+        Error::Http(response) => match response.status().as_u16() {
+            401 => ("unauthorized", Some(401)),
+            403 => ("forbidden", Some(403)),
+            _ => ("status", None),
+        },
+        Error::Io(_) | Error::ConnectionClosed | Error::AlreadyClosed => ("network", None),
+        Error::Tls(_) => ("tls", None),
+        _ => ("protocol", None),
+    };
+    ConnectError {
+        message,
+        reason,
+        refused,
     }
 }
 

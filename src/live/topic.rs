@@ -398,7 +398,14 @@ async fn run_live(
         }
         topic.publish(&done.body, &engine.runtime.metrics.pushed);
         tokio::select! {
-            () = notify.notified() => {}
+            () = notify.notified() => {
+                // Its `@updates` stream failed for good: end with why.
+                let failed = done.read.root.as_ref().and_then(|r| hub.failure(&r.key));
+                if let Some(failure) = failed {
+                    topic.end(Some(&Bytes::from(failure_body(&failure))));
+                    return;
+                }
+            }
             swapped = swaps.changed() => {
                 if swapped.is_err() {
                     return;
@@ -464,15 +471,24 @@ async fn run_events(
     let mut swaps = engines.swaps();
     let (mut call, mut source) = ready;
     loop {
-        let payloads = crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args);
+        let payloads =
+            crate::resolve::stream::payloads(&rt, &call.field, &source, &call.args, &ctx);
         tokio::pin!(payloads);
         loop {
             tokio::select! {
                 payload = payloads.next() => {
-                    let Some(payload) = payload else {
+                    let payload = match payload {
+                        Some(Ok(payload)) => payload,
                         // The event source is gone for good: every subscriber is complete.
-                        topic.end(None);
-                        return;
+                        None => {
+                            topic.end(None);
+                            return;
+                        }
+                        // It failed for good: every subscriber ends with why.
+                        Some(Err(failure)) => {
+                            topic.end(Some(&Bytes::from(failure_body(&failure))));
+                            return;
+                        }
                     };
                     let payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
                     let out = crate::exec::execute_event(&rt, &call, &ctx, payload).await;
@@ -498,4 +514,14 @@ async fn run_events(
             }
         }
     }
+}
+
+/// The error body a subscription ends with when its event source failed for good.
+fn failure_body(failure: &crate::events::Failure) -> String {
+    let mut extensions = serde_json::json!({ "code": failure.code });
+    if let Some(status) = failure.status {
+        extensions["status"] = status.into();
+    }
+    serde_json::json!({ "errors": [{ "message": failure.message, "extensions": extensions }] })
+        .to_string()
 }

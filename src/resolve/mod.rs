@@ -155,6 +155,7 @@ pub async fn fetch(
                         .iter()
                         .map(|(f, t)| (f.clone(), t.render_string(vars)))
                         .collect(),
+                    ctx: ctx.clone(),
                 });
                 let fits = {
                     let rt = rt.clone();

@@ -14,18 +14,6 @@ use serde_json::Value;
 /// a `PRIVATE` entry is keyed by all of them.
 const CREDENTIALS: [HeaderName; 2] = [http::header::AUTHORIZATION, http::header::COOKIE];
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) are never forwarded, whatever the schema says.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Renders the parts of the URL that come before the batched query parameter, and the
 /// rest of the request.
 pub fn build(
@@ -95,13 +83,8 @@ pub fn build(
             headers.push((name.clone(), v));
         }
     }
-    for name in &upstream.forward_headers {
-        if HOP_BY_HOP.contains(&name.as_str()) {
-            continue;
-        }
-        for v in client.headers().get_all(name) {
-            headers.push((name.clone(), v.clone()));
-        }
+    for (name, v) in client.forwarded(&upstream.forward_headers) {
+        headers.push((name.clone(), v.clone()));
     }
     let body = rest.body.as_ref().map(|b| {
         let json = render_body(b, vars);

@@ -6,7 +6,7 @@
 
 use crate::cache::{Cache, CacheKey, Tag};
 use crate::deps::{Dep, RootFetch};
-use crate::events::{Event, Sources};
+use crate::events::{Event, Failure, Sources};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,9 @@ struct KeyEntry {
     tags: Vec<Tag>,
     polled: bool,
     fed: bool,
+    /// Its `@updates` stream failed for good (a refused handshake): its subscriptions
+    /// end with this. Cleared when a feeder starts again.
+    failure: Option<Arc<Failure>>,
 }
 
 #[derive(Default)]
@@ -175,6 +178,26 @@ impl Hub {
         keys
     }
 
+    /// Why `key`'s `@updates` stream failed for good, if it did (see [`Hub::feed`]).
+    pub fn failure(&self, key: &CacheKey) -> Option<Arc<Failure>> {
+        self.lock().keys.get(key).and_then(|k| k.failure.clone())
+    }
+
+    /// `key`'s `@updates` stream failed for good: its subscriptions are woken to end with
+    /// `failure`, and the next one to run starts a new feeder.
+    fn fail(&self, key: &CacheKey, failure: Arc<Failure>) {
+        tracing::debug!(key = ?key, "@updates feeder ended: {}", failure.message);
+        let mut st = self.lock();
+        if let Some(entry) = st.keys.get_mut(key) {
+            entry.fed = false;
+            entry.failure = Some(failure);
+            for notify in entry.subs.values() {
+                notify.notify_one();
+            }
+        }
+        st.tidy(key);
+    }
+
     /// Subscriptions watching `key` now.
     pub fn subscribers(&self, key: &CacheKey) -> usize {
         self.lock().keys.get(key).map_or(0, |k| k.subs.len())
@@ -214,8 +237,11 @@ impl Hub {
     /// matching message patches the cached value (or, for REFETCH, refetches it once,
     /// however many arrive meanwhile), and a reconnect or lost messages refetch. Stops
     /// `grace` after the entry's last subscriber has gone (and with it, its socket tap).
+    /// A socket whose upstream lists `forwardHeaders` is opened with the values the
+    /// caller who planned the entry sent (a `PRIVATE` entry's are its callers'); if it
+    /// fails for good, the entry's subscriptions end with why ([`Hub::failure`]).
     pub fn feed(self: &Arc<Self>, root: RootFetch) {
-        let Some(crate::deps::Feed { plan, when }) = root.updates.clone() else {
+        let Some(crate::deps::Feed { plan, when, ctx }) = root.updates.clone() else {
             return;
         };
         {
@@ -225,8 +251,13 @@ impl Hub {
                 return;
             }
             entry.fed = true;
+            entry.failure = None;
         }
-        let mut tap = self.sources.tap(&plan.source.stream);
+        let mut tap = match self.sources.tap(&plan.source.stream, &ctx) {
+            Ok(tap) => tap,
+            Err(failure) => return self.fail(&root.key, failure),
+        };
+        drop(ctx);
         let hub = Arc::downgrade(self);
         let refetching = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
@@ -310,6 +341,7 @@ impl Hub {
                         }
                     }
                     Some(Ok(Event::Reconnected)) | Some(Err(RecvError::Lagged(_))) => refetch(&hub),
+                    Some(Ok(Event::Failed(failure))) => return hub.fail(&root.key, failure),
                     Some(Err(RecvError::Closed)) => return,
                 }
             }
