@@ -488,7 +488,8 @@ pub async fn run(
     };
     let limits = state.limits.clone();
     let metrics = state.runtime.metrics.clone();
-    let serve = server::serve(listener, app(state), limits, metrics, signal);
+    let direct = server::Direct::of(&state);
+    let serve = server::serve(listener, app(state), direct, limits, metrics, signal);
     let mut stopping = stopping;
     let drain = options.drain_timeout;
     let deadline = async move {

@@ -72,6 +72,19 @@ pub struct Metrics {
     pub leases: IntCounterVec,
     /// Prepared-document cache lookups of the executor: `hit` or `miss`.
     pub plans: IntCounterVec,
+    /// Counters of the families above resolved once, for the per-request paths.
+    pub hot: Hot,
+}
+
+/// Per-outcome counters of `livegate_cache_lookups_total` and
+/// `livegate_prepared_documents_total`, resolved once: `with_label_values` hashes its
+/// labels and takes a lock on every call.
+pub struct Hot {
+    pub cache_hit: IntCounter,
+    pub cache_stale: IntCounter,
+    pub cache_miss: IntCounter,
+    pub plan_hit: IntCounter,
+    pub plan_miss: IntCounter,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -123,13 +136,20 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("histogram: {e}"));
         let _ = r.register(Box::new(upstream_seconds.clone()));
-        Metrics {
-            cache_lookups: counter_vec(
+        let cache_lookups = counter_vec(
+            &r,
+            "livegate_cache_lookups_total",
+            "Shared-cache lookups by outcome (hit, miss, stale)",
+            &["outcome"],
+        );
+        let plans = counter_vec(
                 &r,
-                "livegate_cache_lookups_total",
-                "Shared-cache lookups by outcome (hit, miss, stale)",
-                &["outcome"],
-            ),
+                "livegate_prepared_documents_total",
+                "Executor lookups of a parsed and validated document by (document, operation name): hit, or miss (parsed and validated now)",
+                &["result"],
+            );
+        Metrics {
+            cache_lookups: cache_lookups.clone(),
             response_cache_hits: counter(&r, "livegate_response_cache_hits_total", "Whole responses served from the response cache"),
             cache_entries: gauge(&r, "livegate_cache_entries", "Entries in the shared cache"),
             cache_bytes: gauge(&r, "livegate_cache_bytes", "Heap bytes of the shared cache's entries (parsed values), within --cache-size-mb"),
@@ -259,12 +279,14 @@ impl Metrics {
                 "Cluster-wide leases (an upstream socket, a live entry's poller) this replica took: acquired (free) or takeover (from a holder that stopped renewing)",
                 &["event"],
             ),
-            plans: counter_vec(
-                &r,
-                "livegate_prepared_documents_total",
-                "Executor lookups of a parsed and validated document by (document, operation name): hit, or miss (parsed and validated now)",
-                &["result"],
-            ),
+            plans: plans.clone(),
+            hot: Hot {
+                cache_hit: cache_lookups.with_label_values(&["hit"]),
+                cache_stale: cache_lookups.with_label_values(&["stale"]),
+                cache_miss: cache_lookups.with_label_values(&["miss"]),
+                plan_hit: plans.with_label_values(&["hit"]),
+                plan_miss: plans.with_label_values(&["miss"]),
+            },
             registry: r,
         }
     }

@@ -31,7 +31,8 @@ pub(super) struct Run<'a> {
 pub(super) type Outcome = Result<Option<Fetched>, UpstreamError>;
 
 /// A fetched `@rest` field by (planned field, parent object); parent 0 is the root.
-pub(super) type Results = HashMap<(u32, usize), Arc<Outcome>>;
+/// Fx-hashed: the keys are plan ids and addresses, nothing a caller or an upstream picks.
+pub(super) type Results = rustc_hash::FxHashMap<(u32, usize), Arc<Outcome>>;
 
 /// The member at `path` of an upstream object (null when missing). Upstream objects
 /// are small: a scan beats hashing the key.
@@ -237,8 +238,11 @@ impl<'a> Run<'a> {
     ) -> Vec<(Arc<Value>, &'p Arc<FieldPlan>, &'p Next)> {
         // Distinct requests, and for each task the index of its request.
         let mut distinct: Vec<&Task<'p, '_>> = Vec::new();
-        let mut by_identity: HashMap<(u32, u64), Vec<usize>> = HashMap::new();
+        // By (field, hash of what the request reads): the hash is SipHash's (random keys),
+        // so the map's own hashing need not be.
+        let mut by_identity: rustc_hash::FxHashMap<(u32, u64), Vec<usize>> = Default::default();
         let mut slots: Vec<(usize, (u32, usize))> = Vec::with_capacity(tasks.len());
+        results.reserve(tasks.len());
         for t in &tasks {
             let at = (t.planned.id, t.parent.map_or(0, addr));
             if results.contains_key(&at) {

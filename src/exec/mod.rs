@@ -217,7 +217,7 @@ async fn execute_on(
         deps,
     };
     let shape = &operation.root;
-    let mut results = Results::new();
+    let mut results = Results::default();
     if mutation {
         for p in &shape.fields {
             if let Some(t) = root_task(p) {
@@ -235,7 +235,10 @@ async fn execute_on(
         }
         run.fetch_levels(tasks, &mut results, false).await;
     }
-    let written = write::Writer::new(&run, &results).root(shape, root);
+    let last = &operation.last_response;
+    // Room for the closing brace and a few errors past what the data took last time.
+    let capacity = last.load(std::sync::atomic::Ordering::Relaxed) + 256;
+    let written = write::Writer::new(&run, &results, capacity).root(shape, root);
     for key in &written.misfits {
         rt.cache.forget(key);
     }
@@ -249,6 +252,7 @@ async fn execute_on(
         }
     }
     body.push(b'}');
+    last.store(body.len(), std::sync::atomic::Ordering::Relaxed);
     Output {
         body: Bytes::from(body),
         request_error: false,

@@ -27,6 +27,9 @@ pub struct Operation {
     pub root: Arc<Shape>,
     /// Fields planned, in all (what the plan weighs).
     pub size: usize,
+    /// Bytes of its last response: the next one's buffer starts this big (no regrowth
+    /// and copying on the way there).
+    pub last_response: std::sync::atomic::AtomicUsize,
 }
 
 /// A selection on one concrete object type: its fields in response order.
@@ -153,6 +156,7 @@ pub fn plan(
     Ok(Operation {
         root,
         size: planner.next_id as usize,
+        last_response: Default::default(),
     })
 }
 

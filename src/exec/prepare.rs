@@ -100,7 +100,7 @@ impl Executor {
     /// The prepared form of `req`'s document, if it is in the cache.
     pub fn cached(&self, rt: &Runtime, req: &async_graphql::Request) -> Option<Arc<Prepared>> {
         let p = self.peek(req)?;
-        rt.metrics.plans.with_label_values(&["hit"]).inc();
+        rt.metrics.hot.plan_hit.inc();
         Some(p)
     }
 
@@ -123,7 +123,7 @@ impl Executor {
         req: &mut async_graphql::Request,
     ) -> Result<Arc<Prepared>, Bytes> {
         let key = doc_key(&req.query, req.operation_name.as_deref());
-        rt.metrics.plans.with_label_values(&["miss"]).inc();
+        rt.metrics.hot.plan_miss.inc();
         let doc = match req.parsed_query() {
             Ok(doc) => doc.clone(),
             Err(e) => return Err(refusal(vec![e.clone()])),

@@ -60,12 +60,14 @@ pub(super) struct Writer<'r, 'a> {
 }
 
 impl<'r, 'a> Writer<'r, 'a> {
-    pub fn new(run: &'r Run<'a>, results: &'r Results) -> Self {
+    /// A writer whose buffer starts `capacity` bytes big (what the operation's last
+    /// response took, up to 4 MiB; 1 KiB at least).
+    pub fn new(run: &'r Run<'a>, results: &'r Results, capacity: usize) -> Self {
         Writer {
             run,
             results,
             buf: {
-                let mut buf = Vec::with_capacity(1024);
+                let mut buf = Vec::with_capacity(capacity.clamp(1024, 4 << 20));
                 buf.extend_from_slice(DATA_PREFIX);
                 buf
             },
@@ -287,13 +289,15 @@ impl<'r, 'a> Writer<'r, 'a> {
         let run = self.run;
         // A type reference in introspection (`{kind, name, ofType}`) stands for the whole
         // type it names.
-        let value = match name {
-            "__Type" => value
+        // (`starts_with` first: a 6-letter type such as `String` would otherwise cost a
+        // `memcmp` call at every leaf.)
+        let value = match name.starts_with("__") && name == "__Type" {
+            true => value
                 .get("name")
                 .and_then(Value::as_str)
                 .and_then(|named| run.plan.introspection.type_named(named))
                 .unwrap_or(value),
-            _ => value,
+            false => value,
         };
         let leaf = match next {
             Next::Leaf(leaf) => leaf,
@@ -332,6 +336,7 @@ impl<'r, 'a> Writer<'r, 'a> {
                 };
                 self.string(served.unwrap_or(said));
             }
+            Value::String(s) => self.string(s),
             // A leaf that fits is written as the upstream sent it.
             _ => {
                 if serde_json::to_writer(&mut self.buf, value).is_err() {

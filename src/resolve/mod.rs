@@ -175,12 +175,12 @@ pub async fn fetch(
                 .cache
                 .load(key, policy, move |validators| fetch(validators))
                 .await;
-            let outcome = match loaded.outcome {
-                crate::cache::Outcome::Hit => "hit",
-                crate::cache::Outcome::Stale => "stale",
-                crate::cache::Outcome::Miss => "miss",
-            };
-            rt.metrics.cache_lookups.with_label_values(&[outcome]).inc();
+            let hot = &rt.metrics.hot;
+            match loaded.outcome {
+                crate::cache::Outcome::Hit => hot.cache_hit.inc(),
+                crate::cache::Outcome::Stale => hot.cache_stale.inc(),
+                crate::cache::Outcome::Miss => hot.cache_miss.inc(),
+            }
             // A private value must not end up in a response another caller could reuse.
             deps.add(
                 Some(Dep { key, tags }),
@@ -237,14 +237,14 @@ async fn batched(
         tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default(),
     });
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
-        rt.metrics.cache_lookups.with_label_values(&["hit"]).inc();
+        rt.metrics.hot.cache_hit.inc();
         deps.add(dep, Some(stamp).filter(|_| public));
         return Ok(Some(Fetched {
             value: hit,
             key: item_key,
         }));
     }
-    rt.metrics.cache_lookups.with_label_values(&["miss"]).inc();
+    rt.metrics.hot.cache_miss.inc();
     let epoch = rt.cache.epoch();
     let base = request::build(rest, vars, ctx, Some(&batch.param))?;
     let group = request::batch_group(&base, ctx);

@@ -169,6 +169,22 @@ pub async fn bounded(State(state): State<AppState>, req: Request, next: Next) ->
     if req.method() == Method::CONNECT || websocket {
         return next.run(req).await;
     }
+    match collect(&state, req).await {
+        Ok((parts, bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// Reads `req`'s body in full within the limits (`--max-request-body`, or the webhook's
+/// for `/hooks/invalidate`; the body deadline; the gateway's budget of bodies in flight):
+/// the request's parts and its body, or the answer that refuses it.
+pub async fn collect(
+    state: &AppState,
+    req: Request,
+) -> Result<(axum::http::request::Parts, Bytes), Response> {
     let webhook = req.uri().path() == "/hooks/invalidate";
     let max = if webhook {
         state.webhook.max_body
@@ -182,10 +198,7 @@ pub async fn bounded(State(state): State<AppState>, req: Request, next: Next) ->
         .and_then(|v| v.trim().parse::<usize>().ok());
     let (parts, body) = req.into_parts();
     match read(body, declared, max, &state.body, &state.pending_bodies).await {
-        Ok(bytes) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
-        }
+        Ok(bytes) => Ok((parts, bytes)),
         Err(refused) => {
             // `/graphql`'s refusals by status are counted where every response is seen.
             if webhook || matches!(refused, Refused::Busy) {
@@ -202,7 +215,7 @@ pub async fn bounded(State(state): State<AppState>, req: Request, next: Next) ->
                 res.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            res
+            Err(res)
         }
     }
 }

@@ -294,8 +294,15 @@ pub async fn post(
     if let Err(refused) = json_body(&headers, media) {
         return *refused;
     }
-    let parsed: PostBody =
-        match serde_json::from_slice::<Value>(&body) {
+    // An object is read straight into the request; anything else (or an object that does
+    // not read so) goes the long way, which says exactly what is wrong.
+    let direct = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed: PostBody = match direct
+        .then(|| serde_json::from_slice::<PostBody>(&body).ok())
+        .flatten()
+    {
+        Some(p) => p,
+        None => match serde_json::from_slice::<Value>(&body) {
             Ok(v @ Value::Object(_)) => match serde_json::from_value(v) {
                 Ok(p) => p,
                 Err(e) => {
@@ -319,7 +326,8 @@ pub async fn post(
                     format!("the body is not JSON: {e}"),
                 )
             }
-        };
+        },
+    };
     let req = match graphql_request(&state, parsed).await {
         Ok(r) => r,
         Err(refused) => return refused.response(media),

@@ -32,6 +32,7 @@ use tower::Service;
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    direct: Option<super::Direct>,
     limits: Limits,
     metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()>,
@@ -89,6 +90,7 @@ pub async fn serve(
             _held: (admitted, GaugeGuard::new(metrics.tcp_connections.clone())),
         };
         let router = app.clone();
+        let direct = direct.clone();
         let busy = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             let working = Working::new(&busy);
@@ -96,9 +98,16 @@ pub async fn serve(
             // A handler that keeps the connection busy beyond its response (a WebSocket
             // over HTTP/2) holds a clone of this.
             req.extensions_mut().insert(working.clone());
-            let call = router.clone().call(req);
+            use futures_util::future::Either;
+            let call = match direct.as_ref().filter(|d| d.serves(&req)) {
+                Some(d) => Either::Left(d.clone().serve(req.map(axum::body::Body::new))),
+                None => Either::Right(router.clone().call(req)),
+            };
             async move {
-                let res = call.await?;
+                let res = match call {
+                    Either::Left(direct) => direct.await,
+                    Either::Right(routed) => routed.await?,
+                };
                 // The request is in flight until its response body is gone (sent, or
                 // dropped with the connection): an event stream keeps it so.
                 Ok::<_, std::convert::Infallible>(res.map(|body| {
