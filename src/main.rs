@@ -259,7 +259,12 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG")
         .unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or collector gets plain text (and each
+    // request's span is formatted without escape codes).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if cli.log_format == "json" {
         logs.json().init();
     } else {

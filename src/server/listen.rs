@@ -100,7 +100,9 @@ pub async fn serve(
             req.extensions_mut().insert(working.clone());
             use futures_util::future::Either;
             let call = match direct.as_ref().filter(|d| d.serves(&req)) {
-                Some(d) => Either::Left(d.clone().serve(req.map(axum::body::Body::new))),
+                // Boxed once here: the handler's future is kilobytes, and hyper would
+                // otherwise move it (memcpy) on its way in: 3% of a small query's CPU.
+                Some(d) => Either::Left(Box::pin(d.clone().serve(req.map(axum::body::Body::new)))),
                 None => Either::Right(router.clone().call(req)),
             };
             async move {
