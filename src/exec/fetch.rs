@@ -48,11 +48,24 @@ pub(super) fn read<'v>(value: &'v Value, path: &[Arc<str>]) -> &'v Value {
 fn member<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
     match value {
         Value::Object(map) if map.len() <= 12 => {
-            map.iter().find(|(k, _)| k.as_str() == name).map(|(_, v)| v)
+            map.iter().find(|(k, _)| same(k, name)).map(|(_, v)| v)
         }
         Value::Object(map) => map.get(name),
         _ => None,
     }
+}
+
+/// `a == b`, without a `memcmp` call for the short names of upstream members (a call per
+/// key scanned was 3% of a nested query's CPU).
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 32 {
+        return a == b;
+    }
+    a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 pub(super) fn addr<T>(r: &T) -> usize {
@@ -97,12 +110,14 @@ fn hash_json(v: Option<&Value>, h: &mut impl Hasher, depth: usize) {
     }
 }
 
-/// What a `@rest` field's request reads of its parent object.
-fn parent_reads<'v>(rest: &crate::plan::RestPlan, parent: &'v Value) -> Vec<Option<&'v Value>> {
+/// What a `@rest` field's request reads of its parent object, in order.
+fn parent_reads<'r, 'v: 'r>(
+    rest: &'r crate::plan::RestPlan,
+    parent: &'v Value,
+) -> impl Iterator<Item = Option<&'v Value>> + 'r {
     rest.parent_reads
         .iter()
-        .map(|path| path.iter().try_fold(parent, |v, m| member(v, m)))
-        .collect()
+        .map(move |path| path.iter().try_fold(parent, |v, m| member(v, m)))
 }
 
 /// The task of a root field, if it is a `@rest` field.
@@ -255,19 +270,18 @@ impl<'a> Run<'a> {
             let index = match shared {
                 // What the request reads of the parent, hashed; equal hashes compared.
                 Some((rest, parent)) => {
-                    let mine = parent_reads(rest, parent);
                     let hash = {
                         let mut h = std::collections::hash_map::DefaultHasher::new();
-                        for v in &mine {
-                            hash_json(*v, &mut h, 0);
+                        for v in parent_reads(rest, parent) {
+                            hash_json(v, &mut h, 0);
                         }
                         h.finish()
                     };
                     let same = by_identity.entry((at.0, hash)).or_default();
                     let found = same.iter().copied().find(|i| {
-                        distinct[*i]
-                            .parent
-                            .is_some_and(|other| parent_reads(rest, other) == mine)
+                        distinct[*i].parent.is_some_and(|other| {
+                            parent_reads(rest, other).eq(parent_reads(rest, parent))
+                        })
                     });
                     match found {
                         Some(i) => i,
