@@ -40,7 +40,7 @@ mod write;
 
 pub use engine::{Engine, Engines, Gate};
 pub use prepare::{operation, Executor, Prepared};
-pub use run::{execute, lookup, run, Executed};
+pub use run::{execute, execute_peeked, lookup, run, Executed};
 
 use crate::deps::Deps;
 use crate::plan::FieldPlan;

@@ -50,13 +50,32 @@ pub async fn run(engine: &Engine, req: async_graphql::Request, ctx: &RequestCont
 /// Executes `req`, and stores the response under `key` when it may be reused.
 pub async fn execute(
     engine: &Engine,
+    req: async_graphql::Request,
+    ctx: &RequestContext,
+    key: Option<CacheKey>,
+) -> Executed {
+    execute_peeked(engine, None, req, ctx, key).await
+}
+
+/// [`execute`], for a caller that looked the document up already
+/// ([`super::Executor::peek`] on this `engine`) and found `peeked`.
+pub async fn execute_peeked(
+    engine: &Engine,
+    peeked: Option<Arc<super::Prepared>>,
     mut req: async_graphql::Request,
     ctx: &RequestContext,
     key: Option<CacheKey>,
 ) -> Executed {
     // A prepared document passed the document's limits when it was prepared; its
     // variables are checked as they are coerced.
-    if let Some(prepared) = engine.executor.cached(&engine.runtime, &req) {
+    let prepared = match peeked {
+        Some(p) => {
+            engine.runtime.metrics.hot.plan_hit.inc();
+            Some(p)
+        }
+        None => engine.executor.cached(&engine.runtime, &req),
+    };
+    if let Some(prepared) = prepared {
         return run_prepared(engine, prepared, req, ctx, key).await;
     }
     if let Some(why) = super::limits::check_document(&mut req, &engine.limits) {

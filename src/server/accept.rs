@@ -157,6 +157,26 @@ impl Accepted {
 
 /// Negotiates `headers`' `Accept`. No `Accept` at all is `*/*`.
 pub(super) fn negotiate(headers: &HeaderMap) -> Accepted {
+    // The common case, one JSON type alone, without parsing ranges.
+    let mut all = headers.get_all(header::ACCEPT).iter();
+    if let (Some(only), None) = (all.next(), all.next()) {
+        let only = only.as_bytes();
+        let whole = Preference {
+            q: 1.0,
+            position: 0,
+        };
+        for (name, media) in [
+            (&b"application/json"[..], Media::Json),
+            (b"application/graphql-response+json", Media::GraphqlResponse),
+        ] {
+            if only.eq_ignore_ascii_case(name) {
+                return Accepted {
+                    json: Some((media, whole)),
+                    stream: None,
+                };
+            }
+        }
+    }
     let ranges = if headers.contains_key(header::ACCEPT) {
         ranges(headers).unwrap_or_default()
     } else {
@@ -198,6 +218,36 @@ mod tests {
 
     fn of(accept: &str) -> Accepted {
         negotiate(&headers(accept))
+    }
+
+    #[test]
+    fn one_json_type_alone_is_negotiated_as_the_ranges_would_be() {
+        for accept in [
+            "application/json",
+            "APPLICATION/JSON",
+            "application/graphql-response+json",
+        ] {
+            let fast = of(accept);
+            let ranges = ranges(&headers(accept)).expect("ranges");
+            let media = if accept.contains("graphql") {
+                Media::GraphqlResponse
+            } else {
+                Media::Json
+            };
+            let slow = preference(
+                &ranges,
+                "application",
+                if accept.contains("graphql") {
+                    "graphql-response+json"
+                } else {
+                    "json"
+                },
+                false,
+                None,
+            );
+            assert_eq!(fast.json, slow.map(|p| (media, p)), "{accept}");
+            assert!(fast.stream.is_none(), "{accept}");
+        }
     }
 
     #[test]

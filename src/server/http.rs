@@ -346,14 +346,22 @@ pub async fn post(
         Err(go_on) => go_on,
     };
     let mut req = req;
-    if operation_type(&state, &mut req) == Some(OperationType::Subscription) {
+    // Looked up once: for its type here, and for the executor.
+    let engine = state.engine();
+    let peeked = engine.executor.peek(&req);
+    let kind = match &peeked {
+        Some(p) => Some(p.kind()),
+        None => parsed_type(&mut req),
+    };
+    if kind == Some(OperationType::Subscription) {
         return refuse(
             StatusCode::BAD_REQUEST,
             Some(media),
             SUBSCRIPTIONS_ELSEWHERE,
         );
     }
-    execute(&state, req, media, &ctx, key).await
+    let done = crate::exec::execute_peeked(&engine, peeked, req, &ctx, key).await;
+    answer(done, media)
 }
 
 /// `415` unless the body is declared JSON: a browser sends a cross-site POST without a
@@ -573,6 +581,12 @@ fn operation_type(state: &AppState, req: &mut async_graphql::Request) -> Option<
     if let Some(p) = state.engine().executor.peek(req) {
         return Some(p.kind());
     }
+    parsed_type(req)
+}
+
+/// The type of the operation `req` would run, its document parsed now (and the parse
+/// kept in the request, so the executor does not parse it again).
+fn parsed_type(req: &mut async_graphql::Request) -> Option<OperationType> {
     let name = req.operation_name.clone();
     let doc = req.parsed_query().ok()?;
     crate::exec::operation(doc, name.as_deref()).map(|op| op.node.ty)
@@ -586,6 +600,11 @@ async fn execute(
     key: Option<crate::cache::CacheKey>,
 ) -> Response {
     let done = crate::exec::execute(&state.engine(), req, ctx, key).await;
+    answer(done, media)
+}
+
+/// An execution's response: `400` for a request error with the GraphQL media type.
+fn answer(done: crate::exec::Executed, media: Media) -> Response {
     let status = if done.request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {
