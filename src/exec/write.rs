@@ -57,6 +57,8 @@ pub(super) struct Writer<'r, 'a> {
     misfits: Vec<CacheKey>,
     /// The response went past `--max-response-bytes`: nothing more is written.
     over: bool,
+    /// `--max-response-bytes`, read once (not through three pointers at every value).
+    max: usize,
 }
 
 impl<'r, 'a> Writer<'r, 'a> {
@@ -75,6 +77,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             errors: Vec::new(),
             misfits: Vec::new(),
             over: false,
+            max: run.rt.max_response,
         }
     }
 
@@ -88,7 +91,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         }
         if self.over {
             // One error says why; those of the part written are moot.
-            let max = self.run.rt.max_response;
+            let max = self.max;
             let mut e = ServerError::new(
                 format!("the response is larger than {max} bytes (--max-response-bytes); select less, or page through the list"),
                 None,
@@ -229,7 +232,7 @@ impl<'r, 'a> Writer<'r, 'a> {
         }
         let mark = self.buf.len();
         match self.inner(ty, value, next, src, pos) {
-            Ok(()) if self.buf.len() > self.run.rt.max_response => {
+            Ok(()) if self.buf.len() > self.max => {
                 // Given up at once: the buffer is not grown any further.
                 self.over = true;
                 self.buf.truncate(mark);
