@@ -348,11 +348,7 @@ pub async fn post(
     let mut req = req;
     // Looked up once: for its type here, and for the executor.
     let engine = state.engine();
-    let peeked = engine.executor.peek(&req);
-    let kind = match &peeked {
-        Some(p) => Some(p.kind()),
-        None => parsed_type(&mut req),
-    };
+    let (kind, peeked) = peeked_type(&engine, &mut req);
     if kind == Some(OperationType::Subscription) {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -578,10 +574,22 @@ fn mutation_over_get(media: Media) -> Response {
 /// executor's prepared document, or parsed now (the parse is kept in the request, so the
 /// executor does not parse it again).
 fn operation_type(state: &AppState, req: &mut async_graphql::Request) -> Option<OperationType> {
-    if let Some(p) = state.engine().executor.peek(req) {
-        return Some(p.kind());
+    peeked_type(&state.engine(), req).0
+}
+
+/// [`operation_type`] on `engine`, with the prepared document when the executor has it
+/// (for the executor, so it is not looked up again).
+fn peeked_type(
+    engine: &crate::exec::Engine,
+    req: &mut async_graphql::Request,
+) -> (
+    Option<OperationType>,
+    Option<std::sync::Arc<crate::exec::Prepared>>,
+) {
+    match engine.executor.peek(req) {
+        Some(p) => (Some(p.kind()), Some(p)),
+        None => (parsed_type(req), None),
     }
-    parsed_type(req)
 }
 
 /// The type of the operation `req` would run, its document parsed now (and the parse
