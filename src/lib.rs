@@ -54,6 +54,7 @@ mod exec;
 mod key;
 mod live;
 mod metrics;
+pub mod openapi;
 pub mod plan;
 mod request;
 mod resolve;

@@ -217,6 +217,91 @@ enum Command {
         #[arg(required = true)]
         schema: Vec<PathBuf>,
     },
+    /// Generate a schema from another description of an API.
+    #[command(subcommand)]
+    Import(Import),
+}
+
+#[derive(Subcommand, Debug)]
+enum Import {
+    /// A schema from an OpenAPI document (3.0, 3.1 or Swagger 2.0; JSON or YAML): every GET a cached Query field, every other operation a Mutation that invalidates what it changes, a live Subscription for each GET by id.
+    Openapi {
+        /// The OpenAPI document; the files its `$ref`s name are read too.
+        file: PathBuf,
+        /// The `@upstream` name (default: from the document's title).
+        #[arg(long)]
+        name: Option<String>,
+        /// The upstream's URL (default: the document's first server).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Write the schema here instead of to stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `@cache(maxAge:)`, in seconds, of every GET.
+        #[arg(long, default_value_t = 60)]
+        max_age: u32,
+        /// Poll each generated live subscription every this many milliseconds (default: refreshed by mutations and invalidations only).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(10..))]
+        poll_ms: Option<u32>,
+    },
+}
+
+fn import(command: &Import) -> ExitCode {
+    let Import::Openapi {
+        file,
+        name,
+        base_url,
+        out,
+        max_age,
+        poll_ms,
+    } = command;
+    let options = livegate::openapi::Options {
+        name: name.clone(),
+        base_url: base_url.clone(),
+        max_age: *max_age,
+        poll_ms: *poll_ms,
+    };
+    let imported = match livegate::openapi::import(file, &options) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &imported.warnings {
+        eprintln!("warning: {w}");
+    }
+    let written = match out {
+        Some(path) => std::fs::write(path, &imported.schema)
+            .map_err(|e| format!("{}: cannot write: {e}", path.display())),
+        None => {
+            use std::io::Write;
+            std::io::stdout()
+                .write_all(imported.schema.as_bytes())
+                .map_err(|e| format!("cannot write the schema: {e}"))
+        }
+    };
+    if let Err(e) = written {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    let n = imported.skipped.len();
+    let mut summary = format!(
+        "imported {} operation{}, skipped {n}",
+        imported.imported,
+        if imported.imported == 1 { "" } else { "s" }
+    );
+    if n > 0 {
+        let list: Vec<String> = imported
+            .skipped
+            .iter()
+            .map(|(op, why)| format!("{op} ({why})"))
+            .collect();
+        summary.push_str(": ");
+        summary.push_str(&list.join("; "));
+    }
+    eprintln!("{summary}");
+    ExitCode::SUCCESS
 }
 
 fn load(paths: &[PathBuf]) -> Result<livegate::Plan, String> {
@@ -245,6 +330,9 @@ fn shown(paths: &[PathBuf]) -> String {
 fn main() -> ExitCode {
     return_freed_memory();
     let cli = Cli::parse();
+    if let Some(Command::Import(command)) = &cli.command {
+        return import(command);
+    }
     if let Some(Command::Check { schema }) = &cli.command {
         return match load(schema) {
             Ok(_) => {

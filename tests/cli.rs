@@ -135,8 +135,14 @@ fn every_flag_is_in_the_readme_and_every_readme_flag_exists() {
             .collect();
         (!name.is_empty()).then(|| format!("--{name}"))
     }
+    // The server's flags and `import openapi`'s, each in its own README table.
     let out = livegate().arg("--help").output().expect("runs");
-    let help = String::from_utf8_lossy(&out.stdout);
+    let import = livegate()
+        .args(["import", "openapi", "--help"])
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&import.stdout);
     let mut in_help: Vec<String> = help
         .lines()
         .filter_map(|l| flag(l.trim_start()))
@@ -205,4 +211,76 @@ fn a_schema_split_over_files_is_one_schema_and_errors_name_their_file() {
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn import_openapi_writes_a_schema_check_accepts() {
+    let spec = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/openapi/petstore-3.0.yaml"
+    );
+    let args = [
+        "import",
+        "openapi",
+        spec,
+        "--name",
+        "pets",
+        "--max-age",
+        "30",
+        "--poll-ms",
+        "2000",
+    ];
+    // To stdout, the summary on stderr.
+    let out = livegate().args(args).output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let schema = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        schema.contains("@upstream(name: \"pets\", url: \"https://petstore3.swagger.io/api/v3\""),
+        "{schema}"
+    );
+    assert!(schema.contains("@cache(maxAge: 30, "), "{schema}");
+    assert!(schema.contains("@live(pollMs: 2000)"), "{schema}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "imported 19 operations, skipped 0\n"
+    );
+    // To a file, which `check` accepts; the same bytes as on stdout.
+    let file = write("pets.graphql", "");
+    let out = livegate()
+        .args(args)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&file).expect("written"), schema);
+    let check = livegate().arg("check").arg(&file).output().expect("runs");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // A document that is not one: exit 1 and a clear error, nothing on stdout.
+    let bad = write("bad.yaml", "title: not an api\n");
+    let out = livegate()
+        .args(["import", "openapi"])
+        .arg(&bad)
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an OpenAPI document"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

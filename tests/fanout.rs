@@ -67,24 +67,7 @@ async fn setup() -> (Upstream, Gateway, Arc<AtomicU64>, broadcast::Sender<String
 
 /// A graphql-transport-ws socket, initialised with `init` as `connection_init`'s payload.
 async fn socket(gw: &Gateway, init: Value) -> common::Ws {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = format!("ws://{}/graphql", gw.addr)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
-    let hello = json!({"type": "connection_init", "payload": init});
-    ws.send(Message::text(hello.to_string()))
-        .await
-        .expect("send");
-    let ack = next(&mut ws).await;
-    assert_eq!(ack["type"], "connection_ack", "{ack}");
-    ws
+    common::websocket_with(gw.addr, "graphql-transport-ws", init).await
 }
 
 async fn subscribe(ws: &mut common::Ws, id: &str, query: &str) {

@@ -442,3 +442,83 @@ async fn the_readme_per_caller_socket_example_works_against_the_demo() {
     assert!(out.contains(r#""code":"UNAUTHENTICATED""#), "{out}");
     assert!(out.contains(r#""status":401"#), "{out}");
 }
+
+#[tokio::test]
+async fn the_readme_openapi_example_works_against_the_demo() {
+    let (_, upstreams) = demo_with_upstreams().await;
+    let shop = upstreams
+        .iter()
+        .find(|(n, _)| *n == "shop")
+        .map(|(_, a)| a.clone())
+        .expect("the shop");
+    let blocks = blocks_after("## Start from an OpenAPI document", 2);
+    // The import, as pasted (the binary the tests built, the output in a temp folder).
+    let import = blocks[0]
+        .lines()
+        .find(|l| l.contains("import openapi"))
+        .expect("the import line");
+    let out = std::env::temp_dir().join(format!("livegate-readme-{}.graphql", std::process::id()));
+    let cmd = import
+        .replace("target/release/livegate", env!("CARGO_BIN_EXE_livegate"))
+        .replace("--out shop.graphql", &format!("--out {}", out.display()));
+    let ran = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("sh");
+    assert!(
+        ran.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stderr),
+        "imported 2 operations, skipped 0\n"
+    );
+    let schema = std::fs::read_to_string(&out).expect("the schema");
+    let _ = std::fs::remove_file(&out);
+    // Served as the README's next line does (on a free port; the shop where this test's
+    // demo put it, by the upstream's URL variable).
+    let plan = livegate::plan::load(
+        "shop.graphql",
+        &schema,
+        vec![(
+            livegate::plan::upstream_env_var("shop"),
+            format!("http://{shop}"),
+        )],
+    )
+    .expect("check accepts the generated schema");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(livegate::run(
+        listener,
+        plan,
+        livegate::Options::default(),
+        std::future::pending(),
+    ));
+    let commands = commands_of(&blocks[1]);
+    assert_eq!(commands.len(), 3, "{commands:#?}");
+    let mut out = Vec::new();
+    for cmd in &commands {
+        let stdout = sh(&cmd.replace("127.0.0.1:4100", &addr)).await;
+        let json: Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("{cmd}: not JSON ({e}): {stdout}"));
+        assert!(json.get("errors").is_none(), "{json}");
+        out.push(json);
+    }
+    assert_eq!(
+        out[0]["data"]["orders"],
+        serde_json::json!({"data": [
+            {"id": "1", "status": "PENDING", "shippingAddress": {"streetLine": "1 Main St"}},
+            {"id": "2", "status": "SHIPPED", "shippingAddress": {"streetLine": "2 Elm St"}}],
+            "xTotalCount": 3, "next": "/v1/orders?page=2"})
+    );
+    assert_eq!(
+        out[1]["data"]["createOrder"],
+        serde_json::json!({"id": "101", "status": "SHIPPED"})
+    );
+    assert_eq!(out[2]["data"]["orders"]["xTotalCount"], 4, "{}", out[2]);
+}

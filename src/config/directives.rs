@@ -276,6 +276,15 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         let Some(v) = self.get(arg) else {
             return out;
         };
+        // `[{name: "page[size]", value: "{args.size}"}]`: names that are not GraphQL
+        // names (an object literal's keys must be), as `headers:` takes them.
+        if !nested && matches!(v.node, ConstValue::List(_)) {
+            return self
+                .headers(arg)
+                .into_iter()
+                .map(|h| (h.name, h.value))
+                .collect();
+        }
         match &v.node {
             ConstValue::Object(map) => walk(self, (arg, nested, member), "", map, v.pos, &mut out),
             other => self.wrong(v.pos, arg, whole, other),
@@ -462,7 +471,7 @@ pub fn rest(
         "query",
         false,
         "an object of strings",
-        "an object of strings, like {q: \"{args.q}\"}",
+        "an object of strings, like {q: \"{args.q}\"}, or a list like [{name: \"page[size]\", value: \"{args.size}\"}]",
     );
     let body = r.get("body").cloned();
     let headers = r.headers("headers");

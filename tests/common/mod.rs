@@ -218,6 +218,12 @@ pub type Ws =
 /// A WebSocket to the gateway in `protocol` (`graphql-transport-ws` or `graphql-ws`),
 /// initialised: its first message is the acknowledgement.
 pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
+    websocket_with(to, protocol, Value::Null).await
+}
+
+/// A WebSocket to the gateway in `protocol`, initialised with `init` as
+/// `connection_init`'s payload (none when `Null`).
+pub async fn websocket_with(to: SocketAddr, protocol: &str, init: Value) -> Ws {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
@@ -229,7 +235,12 @@ pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
     let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .expect("upgrade");
-    ws.send(Message::text(r#"{"type":"connection_init"}"#))
+    let hello = if init.is_null() {
+        json!({"type": "connection_init"})
+    } else {
+        json!({"type": "connection_init", "payload": init})
+    };
+    ws.send(Message::text(hello.to_string()))
         .await
         .expect("send");
     let ack = ws.next().await.expect("a message").expect("read");
