@@ -156,6 +156,51 @@ fn bad_documents_get_clear_errors() {
         let err = import(&path, &Options::default()).expect_err(name);
         assert!(err.contains(want), "{name}: {err}");
     }
+    // Hostile shapes: nesting past the parsers' limits, YAML aliases that would expand
+    // a billionfold, a chain of thousands of schemas (no stack overflow: past 128 types
+    // deep the rest is JSON).
+    let deep = format!(
+        "openapi: 3.0.0\ninfo: {{title: t, version: '1'}}\npaths: {}{}\n",
+        "{a: ".repeat(5000),
+        "}".repeat(5000)
+    );
+    let laughs = (b'b'..=b'j').fold(
+        "openapi: 3.0.0\na: &a [x,x,x,x,x,x,x,x,x,x]\n".to_string(),
+        |doc, c| {
+            let prev = (c - 1) as char;
+            let c = c as char;
+            doc + &format!("{c}: &{c} [{}]\n", vec![format!("*{prev}"); 10].join(","))
+        },
+    );
+    for (name, text, want) in [
+        ("deep.yaml", deep, "recursion limit"),
+        ("laughs.yaml", laughs, "repetition limit"),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        let err = import(&path, &Options::default()).expect_err(name);
+        assert!(err.contains(want), "{name}: {err}");
+    }
+    let n = 5000;
+    let mut schemas = serde_json::Map::new();
+    for i in 0..n {
+        schemas.insert(
+            format!("S{i}"),
+            json!({"type": "object", "properties": {"v": {"type": "string"},
+                "next": {"$ref": format!("#/components/schemas/S{}", i + 1)}}}),
+        );
+    }
+    schemas.insert(format!("S{n}"), json!({"type": "string"}));
+    let chain = json!({"openapi": "3.0.0", "info": {"title": "chain", "version": "1"},
+        "paths": {"/a": {"get": {"responses": {"200": {"description": "x",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/S0"}}}}}}}},
+        "components": {"schemas": schemas}});
+    let path = dir.join("chain.json");
+    std::fs::write(&path, chain.to_string()).expect("write");
+    let out = import(&path, &Options::default()).expect("a long chain imports");
+    accepted(&out.schema);
+    assert!(out.schema.contains("type S0 {"), "{}", &out.schema[..400]);
+
     // A `$ref` cycle is a type reference, never expanded; a chain of refs to refs that
     // loops is served as JSON.
     let path = dir.join("cycle.yaml");

@@ -115,6 +115,8 @@ impl Def {
 }
 
 pub const JSON: &str = "JSON";
+/// How many types deep one schema is followed.
+const MAX_DEPTH: usize = 128;
 pub const BIG_INT: &str = "BigInt";
 
 /// Names GraphQL or the generated schema already use.
@@ -163,6 +165,8 @@ pub struct Types<'d> {
     /// while types are made): a schema met twice is one type.
     inline_outputs: HashMap<*const Value, String>,
     inline_inputs: HashMap<*const Value, String>,
+    /// Types being made inside one another now.
+    depth: usize,
     /// Types with response headers, by (type, headers): one per combination.
     wrappers: HashMap<(String, Vec<String>), String>,
     enums: HashMap<Vec<String>, String>,
@@ -322,6 +326,7 @@ impl<'d> Types<'d> {
             inline_outputs: HashMap::new(),
             inline_inputs: HashMap::new(),
             wrappers: HashMap::new(),
+            depth: 0,
             enums: HashMap::new(),
             expanding: HashSet::new(),
             defs: BTreeMap::new(),
@@ -587,7 +592,19 @@ impl<'d> Types<'d> {
         self.ty(schema, hint, true)
     }
 
+    /// [`Self::ty_at`], no deeper than [`MAX_DEPTH`] types inside one another (a chain of
+    /// thousands of schemas must not overflow the stack): deeper is `JSON`.
     fn ty(&mut self, schema: &'d Value, hint: &str, input: bool) -> Ty {
+        if self.depth >= MAX_DEPTH {
+            return self.json(true);
+        }
+        self.depth += 1;
+        let ty = self.ty_at(schema, hint, input);
+        self.depth -= 1;
+        ty
+    }
+
+    fn ty_at(&mut self, schema: &'d Value, hint: &str, input: bool) -> Ty {
         let Some((s, loc)) = self.docs.resolve(schema) else {
             return self.json(true);
         };
