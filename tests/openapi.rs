@@ -276,7 +276,10 @@ fn shop(seen: Arc<Mutex<Vec<String>>>) -> Router {
                     kept.lock()
                         .expect("seen")
                         .push(format!("list {} {rid}", q.unwrap_or_default()));
-                    Json(json!({"data": [listed], "meta": {"total": 1}}))
+                    (
+                        [("x-request-id", "12345"), ("x-total-count", "1")],
+                        Json(json!({"data": [listed], "meta": {"total": 1}})),
+                    )
                 }
             })
             .post(move |Json(body): Json<Value>| {
@@ -323,7 +326,7 @@ async fn golden_shop_serves_its_api_as_it_is() {
     let r = gw
         .query_with(
             r#"{ listOrders(status: [PENDING, IN_TRANSIT], pageSize: 5, xRequestId: "r-1") {
-                   meta { total }
+                   meta { total } xTotalCount xRequestId
                    data { id status createdAt note shippingAddress { streetLine city }
                           lines { sku quantity unitPrice } metadata gift { wrap }
                           payment { __typename ... on Invoice { dueDays } ... on Card { last4 } }
@@ -335,7 +338,7 @@ async fn golden_shop_serves_its_api_as_it_is() {
     assert!(r.get("errors").is_none(), "{r}");
     assert_eq!(
         r["data"]["listOrders"],
-        json!({"meta": {"total": 1}, "data": [{
+        json!({"meta": {"total": 1}, "xTotalCount": 1, "xRequestId": "12345", "data": [{
             "id": "7", "status": "IN_TRANSIT", "createdAt": "2026-12-01T10:00:00Z", "note": null,
             "shippingAddress": {"streetLine": "3 Oak St", "city": "Lyon"},
             "lines": [{"sku": "A-1", "quantity": 2, "unitPrice": 4.5}],
@@ -946,4 +949,106 @@ async fn github_document_imports_and_answers_with_its_own_examples() {
         bad.join("\n")
     );
     assert_eq!(answered, examples.len());
+}
+
+/// Documents shaped to break the importer (found by review): each imports, passes
+/// `check`, and says what it could not serve.
+#[test]
+fn awkward_documents_import_faithfully() {
+    let dir = std::env::temp_dir().join(format!("livegate-openapi-awkward-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let run = |name: &str, text: &str| -> Imported {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        let out = import(&path, &Options::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        accepted(&out.schema);
+        out
+    };
+    const HEAD: &str = "openapi: 3.0.3\ninfo: {title: T, version: '1'}\nservers: [{url: 'https://api.example.com'}]\n";
+    let ok = |schema: &str| {
+        format!(
+            "{{'200': {{description: ok, content: {{application/json: {{schema: {schema}}}}}}}}}"
+        )
+    };
+    // A subtype narrowing the discriminator to an enum still implements the interface;
+    // subtypes through another subtype, or with no members of their own, are found.
+    let out = run(
+        "interfaces.yaml",
+        &format!(
+            "{HEAD}paths:\n  /a: {{get: {{responses: {}}}}}\ncomponents:\n  schemas:\n    Animal: {{type: object, required: [kind], discriminator: {{propertyName: kind}}, properties: {{kind: {{type: string}}}}}}\n    Pet: {{allOf: [{{$ref: '#/components/schemas/Animal'}}, {{properties: {{name: {{type: string}}}}}}]}}\n    Cat: {{allOf: [{{$ref: '#/components/schemas/Pet'}}, {{properties: {{kind: {{type: string, enum: [Cat]}}}}}}]}}\n    Fish: {{description: a fish, allOf: [{{$ref: '#/components/schemas/Animal'}}]}}\n",
+            ok("{$ref: '#/components/schemas/Animal'}")
+        ),
+    );
+    for want in [
+        "type Cat implements Animal",
+        "type Fish implements Animal",
+        "type Pet implements Animal",
+        "{value: \"Cat\", type: \"Cat\"}",
+    ] {
+        assert!(out.schema.contains(want), "{want}:\n{}", out.schema);
+    }
+    // Nothing an object can serve is JSON, never `type X {}`; a dotted discriminator is
+    // no union (`@discriminate` reads dots as a path).
+    let out = run(
+        "empty-and-dotted.yaml",
+        &format!(
+            "{HEAD}paths:\n  /a: {{get: {{responses: {}}}}}\n  /b: {{get: {{responses: {}}}}}\ncomponents:\n  schemas:\n    A: {{type: object, required: ['@odata.type'], properties: {{'@odata.type': {{type: string}}, n: {{type: integer}}}}}}\n    B: {{type: object, required: ['@odata.type'], properties: {{'@odata.type': {{type: string}}, m: {{type: integer}}}}}}\n",
+            ok("{properties: {pw: {type: string, writeOnly: true}}}"),
+            ok("{oneOf: [{$ref: '#/components/schemas/A'}, {$ref: '#/components/schemas/B'}], discriminator: {propertyName: '@odata.type'}}")
+        ),
+    );
+    assert!(out.schema.contains("getA: JSON"), "{}", out.schema);
+    assert!(!out.schema.contains("@discriminate"), "{}", out.schema);
+    // Parameters: `content` instead of `schema` and matrix style cannot be written (left
+    // out, or the operation skipped when required); a header list is its text; an
+    // `Authorization` parameter is forwarded; an undeclared id in the path is an `ID`;
+    // a GET's optional body is left out; a path's own server is its own upstream.
+    let out = run(
+        "params.yaml",
+        &format!(
+            "{HEAD}paths:\n  /a/{{thingId}}:\n    servers: [{{url: 'https://other.example.com/v2'}}]\n    get:\n      parameters:\n        - {{name: filter, in: query, content: {{application/json: {{schema: {{type: array, items: {{type: string}}}}}}}}}}\n        - {{name: X-Ids, in: header, schema: {{type: array, items: {{type: integer}}}}}}\n        - {{name: Authorization, in: header, schema: {{type: string}}}}\n      requestBody: {{content: {{application/json: {{schema: {{type: object}}}}}}}}\n      responses: {}\n  /m/{{id}}:\n    get:\n      parameters: [{{name: id, in: path, required: true, style: matrix, schema: {{type: string}}}}]\n      responses: {}\n",
+            ok("{type: string}"),
+            ok("{type: string}")
+        ),
+    );
+    for want in [
+        "getAByThingId(xIds: String, thingId: ID!): String",
+        "@upstream(name: \"t-2\", url: \"https://other.example.com/v2\", forwardHeaders: [\"authorization\"])",
+        "@rest(upstream: \"t-2\", path: \"/a/{args.thingId}\", headers: [{name: \"X-Ids\", value: \"{args.xIds}\"}])",
+        "# query parameter \"filter\" left out",
+        "# optional request body of a GET left out",
+    ] {
+        assert!(out.schema.contains(want), "{want}:\n{}", out.schema);
+    }
+    assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+    assert!(out.skipped[0].1.contains("matrix"), "{:?}", out.skipped);
+    // YAML merge keys are applied.
+    let out = run(
+        "merge.yaml",
+        &format!(
+            "{HEAD}x-common: &common {{name: {{type: string}}, age: {{type: integer}}}}\npaths:\n  /a: {{get: {{responses: {}}}}}\n",
+            ok("{type: object, properties: {<<: *common, extra: {type: boolean}}}")
+        ),
+    );
+    assert!(
+        out.schema.contains("  name: String\n  age: Int\n"),
+        "{}",
+        out.schema
+    );
+    // Not a regular file (a FIFO would block), a bad --base-url: clear errors.
+    let err =
+        import(std::path::Path::new("/dev/zero"), &Options::default()).expect_err("/dev/zero");
+    assert!(err.contains("not a regular file"), "{err}");
+    let err = import(
+        &fixture("petstore-3.0.yaml"),
+        &Options {
+            base_url: Some("ftp://user:secret@x".into()),
+            ..Options::default()
+        },
+    )
+    .expect_err("ftp");
+    assert!(
+        err.contains("--base-url") && !err.contains("secret"),
+        "{err}"
+    );
 }

@@ -194,14 +194,21 @@ fn canonical(path: &Path) -> Result<PathBuf, String> {
 const MAX_BYTES: u64 = 256 << 20;
 
 fn parse_file(path: &Path) -> Result<Value, String> {
+    use std::io::Read;
     let shown = path.display();
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{shown}: cannot read: {e}"))?
-        .len();
-    if size > MAX_BYTES {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    if !meta.is_file() {
+        // A FIFO would block forever, a device read without end.
+        return Err(format!("{shown}: not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_BYTES {
         return Err(format!("{shown}: larger than {} MiB", MAX_BYTES >> 20));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{shown}: not UTF-8 text"))?;
     parse_text(&text).map_err(|e| format!("{shown}: {e}"))
 }
 
@@ -212,8 +219,13 @@ pub fn parse_text(text: &str) -> Result<Value, String> {
     if trimmed.starts_with('{') {
         return serde_json::from_str(trimmed).map_err(|e| format!("not valid JSON: {e}"));
     }
-    let value: Value =
+    let mut yaml: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(trimmed).map_err(|e| format!("not valid YAML or JSON: {e}"))?;
+    // `<<: *common` merge keys, which documents use to share members.
+    yaml.apply_merge()
+        .map_err(|e| format!("not valid YAML: {e}"))?;
+    let value: Value =
+        serde_json::to_value(yaml).map_err(|e| format!("not a JSON-shaped YAML document: {e}"))?;
     if !value.is_object() {
         return Err("not an OpenAPI document (the top level is not an object)".into());
     }

@@ -83,6 +83,14 @@ const OWN_HEADERS: &[&str] = &[
 const MAX_ROUNDS: usize = 8;
 
 fn generate(docs: &Docs, options: &Options) -> Result<Imported, String> {
+    if let Some(base) = &options.base_url {
+        // Not echoed: a URL can carry credentials.
+        let ok = url::Url::parse(base)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err("--base-url is not an http or https URL".into());
+        }
+    }
     let root = docs.root();
     let version = match (root.get("openapi"), root.get("swagger")) {
         (Some(Value::String(v)), _) if v.starts_with('3') => Version::V3,
@@ -176,6 +184,10 @@ struct Generator<'d, 'o> {
     refused: &'o HashMap<String, String>,
     types: Types<'d>,
     upstream: String,
+    /// The upstream's URL.
+    url: String,
+    /// Other upstreams, for operations served elsewhere: (name, URL).
+    extra: Vec<(String, String)>,
     warnings: Vec<String>,
     skipped: Vec<(String, String)>,
 }
@@ -204,6 +216,8 @@ impl<'d, 'o> Generator<'d, 'o> {
             refused,
             types: Types::new(docs),
             upstream: String::new(),
+            url: String::new(),
+            extra: Vec::new(),
             warnings: Vec::new(),
             skipped: Vec::new(),
         }
@@ -216,6 +230,7 @@ impl<'d, 'o> Generator<'d, 'o> {
     fn run(mut self) -> Result<Output, String> {
         self.upstream = self.upstream_name();
         let url = self.upstream_url();
+        self.url = url.clone();
         let forward = self.forward_headers();
         let mut queries: Vec<RootField> = Vec::new();
         let mut mutations: Vec<RootField> = Vec::new();
@@ -254,7 +269,7 @@ impl<'d, 'o> Generator<'d, 'o> {
                 } else {
                     &mut mutation_names
                 };
-                match self.operation(path, method, op, &shared, names) {
+                match self.operation(path, method, op, item, &shared, names) {
                     Ok(field) => {
                         if method == "get" {
                             queries.push(field)
@@ -291,20 +306,21 @@ impl<'d, 'o> Generator<'d, 'o> {
         let mut w = Writer::default();
         self.header(&mut w);
         w.line("extend schema");
-        let mut up = format!(
-            "  @upstream(name: {}, url: {}",
-            quote(&self.upstream),
-            quote(&url)
-        );
-        if !forward.is_empty() {
-            let list: Vec<String> = forward.iter().map(|h| quote(h)).collect();
-            let _ = write!(up, ", forwardHeaders: [{}]", list.join(", "));
+        // Every upstream the same credentials and error mapping (the fields' `errors:`
+        // leave out the shared one).
+        let all = std::iter::once((self.upstream.clone(), url.clone())).chain(self.extra.clone());
+        for (name, url) in all {
+            let mut up = format!("  @upstream(name: {}, url: {}", quote(&name), quote(&url));
+            if !forward.is_empty() {
+                let list: Vec<String> = forward.iter().map(|h| quote(h)).collect();
+                let _ = write!(up, ", forwardHeaders: [{}]", list.join(", "));
+            }
+            if let Some(errors) = &upstream_errors {
+                let _ = write!(up, ",\n    errors: {errors}");
+            }
+            up.push(')');
+            w.line(&up);
         }
-        if let Some(errors) = &upstream_errors {
-            let _ = write!(up, ",\n    errors: {errors}");
-        }
-        up.push(')');
-        w.line(&up);
         w.blank();
         let mut lines = Vec::new();
         let shared = upstream_errors.as_deref();
@@ -330,7 +346,7 @@ impl<'d, 'o> Generator<'d, 'o> {
         if !self.skipped.is_empty() {
             w.line("# Operations not imported:");
             for (op, why) in &self.skipped {
-                w.line(&format!("#   {op}: {}", one_line(why)));
+                w.line(&format!("#   {}: {}", one_line(op), one_line(why)));
             }
         }
         Ok(Output {
@@ -421,17 +437,7 @@ impl<'d, 'o> Generator<'d, 'o> {
                     .get("servers")
                     .and_then(Value::as_array)
                     .and_then(|s| s.first());
-                server.and_then(|s| {
-                    let mut url = s.get("url")?.as_str()?.to_string();
-                    if let Some(vars) = s.get("variables").and_then(Value::as_object) {
-                        for (k, v) in vars {
-                            if let Some(d) = v.get("default").and_then(Value::as_str) {
-                                url = url.replace(&format!("{{{k}}}"), d);
-                            }
-                        }
-                    }
-                    Some(url)
-                })
+                server.and_then(server_url)
             }
             Version::V2 => {
                 let host = root.get("host").and_then(Value::as_str);
@@ -486,8 +492,35 @@ impl<'d, 'o> Generator<'d, 'o> {
         absolute
     }
 
+    /// The upstream an operation goes to: the document's, or another one for an absolute
+    /// server the operation or its path names (`servers:` on either), made once.
+    fn upstream_of(&mut self, op: &Value, item: &Value) -> Result<String, String> {
+        if self.options.base_url.is_some() || self.version == Version::V2 {
+            return Ok(self.upstream.clone());
+        }
+        let own = op
+            .get("servers")
+            .or_else(|| item.get("servers"))
+            .and_then(Value::as_array)
+            .and_then(|s| s.first())
+            .and_then(server_url);
+        let Some(url) = own.filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        else {
+            return Ok(self.upstream.clone());
+        };
+        if url == self.url {
+            return Ok(self.upstream.clone());
+        }
+        if let Some((name, _)) = self.extra.iter().find(|(_, u)| *u == url) {
+            return Ok(name.clone());
+        }
+        let name = format!("{}-{}", self.upstream, self.extra.len() + 2);
+        self.extra.push((name.clone(), url));
+        Ok(name)
+    }
+
     /// The client headers the API's security schemes read, lowercased and sorted.
-    fn forward_headers(&self) -> Vec<String> {
+    fn forward_headers(&mut self) -> Vec<String> {
         let root = self.root();
         let schemes = match self.version {
             Version::V3 => root.pointer("/components/securitySchemes"),
@@ -509,12 +542,40 @@ impl<'d, 'o> Generator<'d, 'o> {
                     Some("cookie") => {
                         out.insert("cookie".to_string());
                     }
-                    _ => {}
+                    _ => self.warnings.push(format!(
+                        "security scheme {} sends its key in the query string, which livegate does not forward: add it to the operations' `query:` (or to the upstream's URL) yourself",
+                        quote(scheme.get("name").and_then(Value::as_str).unwrap_or("?"))
+                    )),
                 },
                 "http" | "oauth2" | "openIdConnect" | "basic" => {
                     out.insert("authorization".to_string());
                 }
                 _ => {}
+            }
+        }
+        // Credentials an operation declares as a header parameter, scheme or not: they
+        // are no argument (the client sends them), so they are forwarded.
+        for item in root
+            .get("paths")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let item = self.docs.deref(item.1);
+            let ops = item.as_object().into_iter().flatten().map(|(_, op)| op);
+            for params in std::iter::once(item)
+                .chain(ops)
+                .filter_map(|v| v.get("parameters"))
+            {
+                for p in params.as_array().into_iter().flatten() {
+                    let p = self.docs.deref(p);
+                    let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+                    if p.get("in").and_then(Value::as_str) == Some("header")
+                        && ["authorization", "cookie"].contains(&name.to_ascii_lowercase().as_str())
+                    {
+                        out.insert(name.to_ascii_lowercase());
+                    }
+                }
             }
         }
         out.into_iter().collect()
@@ -552,13 +613,9 @@ impl<'d, 'o> Generator<'d, 'o> {
             let schema = match (self.version, location) {
                 (Version::V2, "body") => p.get("schema"),
                 (Version::V2, _) => Some(p),
-                (Version::V3, _) => p.get("schema").or_else(|| {
-                    // `content: {media type: {schema}}` instead of `schema`.
-                    p.get("content")
-                        .and_then(Value::as_object)
-                        .and_then(|c| c.values().next())
-                        .and_then(|m| m.get("schema"))
-                }),
+                // A parameter with `content` (serialized as JSON text, say) instead of
+                // `schema` has no schema the REST dialect can write: none.
+                (Version::V3, _) => p.get("schema"),
             };
             let param = Param {
                 name,
@@ -580,6 +637,7 @@ impl<'d, 'o> Generator<'d, 'o> {
         path: &'d str,
         method: &str,
         op: &'d Value,
+        item: &'d Value,
         shared: &[&'d Value],
         names: &mut Taken,
     ) -> Result<RootField, String> {
@@ -636,15 +694,40 @@ impl<'d, 'o> Generator<'d, 'o> {
             }
             if p.location == "header" && OWN_HEADERS.contains(&p.name.to_ascii_lowercase().as_str())
             {
+                // Sent by the client itself (credentials are forwarded: see
+                // `forward_headers`).
                 continue;
             }
-            if p.location == "header" && !is_header_name(p.name) {
+            let unsendable = if p.location == "header" && !is_header_name(p.name) {
+                Some("is not a valid header name")
+            } else if p.schema.is_none() {
+                Some("has no schema the REST dialect can write (`content` instead of `schema`)")
+            } else if p.location == "path"
+                && matches!(
+                    p.raw.get("style").and_then(Value::as_str),
+                    Some("matrix" | "label")
+                )
+            {
+                Some("is in matrix or label style")
+            } else {
+                None
+            };
+            if let Some(why) = unsendable {
+                if p.required {
+                    return Err(format!(
+                        "its {} parameter {} {why}",
+                        p.location,
+                        quote(p.name)
+                    ));
+                }
+                comments.push(format!(
+                    "{} parameter {} left out: it {why}",
+                    p.location,
+                    quote(p.name)
+                ));
                 continue;
             }
             let Some(schema) = p.schema else {
-                if p.required {
-                    return Err(format!("parameter {} has no schema", quote(p.name)));
-                }
                 continue;
             };
             let mut ty = self.types.input(schema, &hint);
@@ -671,6 +754,15 @@ impl<'d, 'o> Generator<'d, 'o> {
             }
             if p.location == "path" && is_list {
                 return Err(format!("its path parameter {} is a list", quote(p.name)));
+            }
+            if p.location == "header" && is_list {
+                // A header carries a list as one comma-separated value (`simple` style):
+                // the client writes it so.
+                comments.push(format!(
+                    "header {}: a list, sent as the text given (comma-separated)",
+                    quote(p.name)
+                ));
+                ty.text = "String".into();
             }
             let arg = arg_names.take(&camel(p.name));
             let default = self.default_literal(schema, &ty.text);
@@ -709,7 +801,8 @@ impl<'d, 'o> Generator<'d, 'o> {
                 Some(a) => a.clone(),
                 None => {
                     let a = arg_names.take(&camel(pname));
-                    args.push(format!("{a}: String!"));
+                    let ty = if is_id_name(pname) { "ID" } else { "String" };
+                    args.push(format!("{a}: {ty}!"));
                     path_args.insert(pname, a.clone());
                     a
                 }
@@ -740,6 +833,14 @@ impl<'d, 'o> Generator<'d, 'o> {
         } else if form_body {
             comments.push("optional form parameters left out".into());
         }
+        if method == "get" && body_schema.is_some() {
+            // A GET carries no body (the gateway sends none).
+            if body_schema.is_some_and(|(_, required)| required) {
+                return Err("it is a GET with a required request body".into());
+            }
+            comments.push("optional request body of a GET left out".into());
+            body_schema = None;
+        }
         if let Some((schema, required)) = body_schema {
             let ty = if schema.is_null() {
                 types::Ty {
@@ -760,7 +861,8 @@ impl<'d, 'o> Generator<'d, 'o> {
         // The answer.
         let (ty, response) = self.response(op, &name)?;
         let mut directives: Vec<String> = Vec::new();
-        let mut rest = format!("@rest(upstream: {}", quote(&self.upstream));
+        let upstream = self.upstream_of(op, item)?;
+        let mut rest = format!("@rest(upstream: {}", quote(&upstream));
         if method != "get" {
             let _ = write!(rest, ", method: {}", method.to_ascii_uppercase());
         }
@@ -1262,6 +1364,19 @@ impl Writer {
         }
         self.line(&format!("{indent}\"\"\""));
     }
+}
+
+/// A server's URL, its variables' defaults filled in.
+fn server_url(server: &Value) -> Option<String> {
+    let mut url = server.get("url")?.as_str()?.to_string();
+    if let Some(vars) = server.get("variables").and_then(Value::as_object) {
+        for (k, v) in vars {
+            if let Some(d) = v.get("default").and_then(Value::as_str) {
+                url = url.replace(&format!("{{{k}}}"), d);
+            }
+        }
+    }
+    Some(url.trim_end_matches('/').to_string())
 }
 
 /// A comment's text on one line.

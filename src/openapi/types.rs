@@ -292,16 +292,7 @@ fn combine(alternatives: Vec<Merged<'_>>) -> Merged<'_> {
     out
 }
 
-/// A pointer without its last segment.
-fn parent_pointer(pointer: &str) -> &str {
-    pointer.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
-}
-
-/// A name as a pointer segment.
-fn escape(name: &str) -> String {
-    name.replace('~', "~0").replace('/', "~1")
-}
-
+/// The last segment of a pointer, unescaped (`/components/schemas/a~1b` → `a/b`).
 fn last_segment(pointer: &str) -> String {
     pointer
         .rsplit('/')
@@ -486,11 +477,13 @@ impl<'d> Types<'d> {
                     .collect();
                 if let Some(d) = s.get("discriminator") {
                     if let Some(prop) = d.get("propertyName").and_then(Value::as_str) {
-                        // A union only when every member must send the discriminator:
-                        // else an answer without it could not be typed.
-                        let always = objects
-                            .as_ref()
-                            .is_some_and(|o| o.iter().all(|m| m.required.contains(prop)));
+                        // A union only when every member must send the discriminator
+                        // (else an answer without it could not be typed) and its name
+                        // has no dot (`@discriminate(field:)` reads one as a path).
+                        let always = !prop.contains('.')
+                            && objects
+                                .as_ref()
+                                .is_some_and(|o| o.iter().all(|m| m.required.contains(prop)));
                         if always {
                             return Shape::Union {
                                 members,
@@ -703,11 +696,16 @@ impl<'d> Types<'d> {
     ) -> String {
         let from = named_as.as_deref().unwrap_or(hint);
         let (name, comment) = self.type_name(hint_name, from);
-        match loc {
-            Some(loc) => self.outputs.insert(loc, name.clone()),
-            None => self.inline_outputs.insert(s as *const Value, name.clone()),
-        };
+        self.name_output(s, loc.clone(), &name);
         let fields = self.object_fields(&name, &merged, false);
+        if fields.iter().all(|f| f.name.is_empty()) {
+            // Nothing it can serve (every member write-only or unnamable): `JSON`, and so
+            // wherever it is met again. (The name stays taken: the output must not
+            // depend on the order.)
+            let json = self.json_scalar();
+            self.name_output(s, loc, &json);
+            return json;
+        }
         self.defs.insert(
             name.clone(),
             Def::Object {
@@ -718,6 +716,16 @@ impl<'d> Types<'d> {
             },
         );
         name
+    }
+
+    /// Records the output type of `s` (at `loc`, or inline).
+    fn name_output(&mut self, s: &'d Value, loc: Option<Loc>, name: &str) {
+        match loc {
+            Some(loc) => self.outputs.insert(loc, name.to_string()),
+            None => self
+                .inline_outputs
+                .insert(s as *const Value, name.to_string()),
+        };
     }
 
     /// A schema with a `discriminator` that other schemas extend (`Cat: allOf: [Pet,
@@ -733,99 +741,136 @@ impl<'d> Types<'d> {
         let loc = loc?;
         let discriminator = s.get("discriminator")?;
         let field = discriminator.get("propertyName")?.as_str()?.to_string();
-        if !merged.required.contains(field.as_str()) {
-            // Not always sent: an object without it could not be typed.
+        if !merged.required.contains(field.as_str()) || field.contains('.') {
+            // Not always sent, an object without it could not be typed; and
+            // `@discriminate(field:)` reads a dotted name as a path.
             return None;
         }
-        // Who extends it: the mapping's targets, and every schema of its file whose
-        // `allOf` names it.
-        let mut subtypes: Vec<(Loc, &'d Value)> = Vec::new();
-        let mapping = discriminator.get("mapping").and_then(Value::as_object);
-        for (_, target) in mapping.into_iter().flatten() {
-            let Some(target) = target.as_str() else {
-                continue;
-            };
-            let target_loc = if target.contains('#') {
-                let (file, pointer) = target.split_once('#')?;
-                Loc {
-                    file: file.parse().unwrap_or(loc.file),
-                    pointer: pointer.to_string(),
-                }
-            } else {
-                // A bare schema name.
-                Loc {
-                    file: loc.file,
-                    pointer: format!("{}/{}", parent_pointer(&loc.pointer), escape(target)),
-                }
-            };
-            if let Some(v) = self.docs.at(&target_loc) {
-                subtypes.push((target_loc, v));
-            }
-        }
-        let own_ref = format!("{}#{}", loc.file, loc.pointer);
-        for (pointer, v) in self.docs.components(loc.file) {
-            let extends = v
-                .get("allOf")
-                .and_then(Value::as_array)
-                .is_some_and(|parts| {
-                    parts
-                        .iter()
-                        .any(|p| p.get("$ref").and_then(Value::as_str) == Some(own_ref.as_str()))
-                });
-            let sub = Loc {
-                file: loc.file,
-                pointer,
-            };
-            if extends && !subtypes.iter().any(|(l, _)| *l == sub) {
-                subtypes.push((sub, v));
-            }
-        }
-        subtypes.retain(|(l, _)| *l != loc);
+        let subtypes = self.extending(&loc);
         if subtypes.is_empty() {
             return None;
         }
+        let mapping = discriminator.get("mapping").and_then(Value::as_object);
         let (name, comment) = self.type_name(hint_name, hint_name);
         self.outputs.insert(loc.clone(), name.clone());
-        let mut fields = self.object_fields(&name, merged, false);
+        let fields = self.object_fields(&name, merged, false);
         // Interface fields carry no directives: the implementing types say where each
         // value comes from.
-        for f in &mut fields {
+        let mut shared = fields.clone();
+        for f in &mut shared {
             f.directives.clear();
         }
         let mut map = Vec::new();
-        let mut types = Vec::new();
-        for (sub_loc, _) in &subtypes {
+        for sub_loc in &subtypes {
             let ty = self.output_at(sub_loc);
-            match self.defs.get_mut(&ty) {
-                Some(Def::Object { implements, .. }) => {
-                    if !implements.contains(&name) {
-                        implements.push(name.clone());
-                    }
-                }
-                _ => continue,
+            if !self.implements(&ty, &name, &shared) {
+                continue;
             }
             for v in discriminator_values(mapping, self.docs.name_of(sub_loc)) {
                 if !map.iter().any(|(m, _): &(String, String)| *m == v) {
                     map.push((v, ty.clone()));
                 }
             }
-            types.push(ty);
         }
-        if types.is_empty() {
-            self.outputs.remove(&loc);
-            return None;
-        }
-        self.defs.insert(
-            name.clone(),
-            Def::Interface {
+        let def = if map.is_empty() {
+            // No extending type fits: the schema is the object it describes.
+            Def::Object {
                 description: merged_description(merged, s),
                 fields,
+                comment: None,
+                implements: Vec::new(),
+            }
+        } else {
+            Def::Interface {
+                description: merged_description(merged, s),
+                fields: shared,
                 field,
                 map,
                 comment,
-            },
-        );
+            }
+        };
+        self.defs.insert(name.clone(), def);
         Some(name)
+    }
+
+    /// The schemas of `base`'s file that extend it through `allOf`, directly or through
+    /// one another, in document order.
+    fn extending(&self, base: &Loc) -> Vec<Loc> {
+        let components = self.docs.components(base.file);
+        let mut family = vec![format!("{}#{}", base.file, base.pointer)];
+        let mut out: Vec<Loc> = Vec::new();
+        loop {
+            let before = family.len();
+            for (pointer, v) in &components {
+                let reference = format!("{}#{pointer}", base.file);
+                if family.contains(&reference) {
+                    continue;
+                }
+                let extends = v
+                    .get("allOf")
+                    .and_then(Value::as_array)
+                    .is_some_and(|parts| {
+                        parts.iter().any(|p| {
+                            p.get("$ref")
+                                .and_then(Value::as_str)
+                                .is_some_and(|r| family.iter().any(|f| f == r))
+                        })
+                    });
+                if extends {
+                    family.push(reference);
+                    out.push(Loc {
+                        file: base.file,
+                        pointer: pointer.clone(),
+                    });
+                }
+            }
+            if family.len() == before {
+                break;
+            }
+        }
+        let order: Vec<&String> = components.iter().map(|(p, _)| p).collect();
+        out.sort_by_key(|l| order.iter().position(|p| **p == l.pointer));
+        out
+    }
+
+    /// Whether object type `ty` can implement interface `name` with fields `shared`
+    /// (each field of the same type, or that type made non-null), and if so, says so on
+    /// it. A field the implementing type narrowed to an enum where the interface has a
+    /// `String` (`petType: enum [cat]`) is served as the interface's `String`.
+    fn implements(&mut self, ty: &str, name: &str, shared: &[Field]) -> bool {
+        let enums: HashSet<String> = self
+            .defs
+            .iter()
+            .filter(|(_, d)| matches!(d, Def::Enum { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let Some(Def::Object {
+            fields, implements, ..
+        }) = self.defs.get_mut(ty)
+        else {
+            return false;
+        };
+        let mut patched = fields.clone();
+        for want in shared.iter().filter(|f| !f.name.is_empty()) {
+            let Some(have) = patched.iter_mut().find(|f| f.name == want.name) else {
+                return false;
+            };
+            let fits = have.ty == want.ty || have.ty == format!("{}!", want.ty);
+            let base = have.ty.trim_end_matches('!');
+            if fits {
+                continue;
+            }
+            if want.ty.trim_end_matches('!') == "String" && enums.contains(base) {
+                have.ty = want.ty.clone();
+            } else {
+                return false;
+            }
+        }
+        *fields = patched;
+        if !implements.iter().any(|i| i == name) {
+            implements.push(name.to_string());
+        }
+        true
     }
 
     /// The output type of the (object) schema at `loc`.
@@ -836,9 +881,10 @@ impl<'d> Types<'d> {
         let Some(schema) = self.docs.at(loc) else {
             return self.json_scalar();
         };
-        let Shape::Object(merged) = self.shape(schema) else {
+        let mut merged = Merged::default();
+        if !self.merge(schema, &mut merged, 0) || merged.properties.is_empty() {
             return self.json_scalar();
-        };
+        }
         let named_as = Some(self.docs.name_of(loc)).filter(|n| !n.is_empty());
         let hint_name = named_as.clone().unwrap_or_else(|| "Type".to_string());
         self.object(
@@ -903,7 +949,9 @@ impl<'d> Types<'d> {
             }
             members.push(ty.clone());
             for v in discriminator_values(mapping, self.docs.name_of(mloc)) {
-                map.push((v, ty.clone()));
+                if !map.iter().any(|(m, _): &(String, String)| *m == v) {
+                    map.push((v, ty.clone()));
+                }
             }
         }
         let (name, comment) = self.type_name(hint, hint);

@@ -28,7 +28,8 @@ pub struct RestPlan {
     pub errors: Option<Arc<super::ErrorMapping>>,
     /// Response headers (lower-case names) the returned object's fields read
     /// (`@map(header:)`), and whether they read `Link` relations (`@map(link:)`).
-    pub read_headers: Arc<[String]>,
+    /// (header, read as a number when it is one)
+    pub read_headers: Arc<[(String, bool)]>,
     pub read_links: bool,
     /// What an upstream request of this field keeps of the response's headers: those
     /// read, and `link` when relations are.
@@ -244,20 +245,25 @@ pub(super) fn plan(
         join.push((name.node.clone(), sep.node.clone()));
     }
     // What the returned object's fields read of the response's headers.
-    let mut read_headers: Vec<String> = Vec::new();
+    let mut read_headers: Vec<(String, bool)> = Vec::new();
     let mut read_links = false;
     for g in ctx.object_fields(f.ty.node.base_name()).unwrap_or(&[]) {
         let Some(m) = &g.map else { continue };
         let mut path = m.node.split('.');
         match (path.next(), path.next()) {
-            (Some(crate::config::HEADERS), Some(h)) if !read_headers.iter().any(|r| r == h) => {
-                read_headers.push(h.to_string())
+            (Some(crate::config::HEADERS), Some(h))
+                if !read_headers.iter().any(|(r, _)| r == h) =>
+            {
+                // A `String` or `ID` field reads the text as it is (an `X-Request-Id:
+                // 12345` stays a string); any other a number when the text is one.
+                let text = matches!(g.ty.node.base_name(), "String" | "ID");
+                read_headers.push((h.to_string(), !text))
             }
             (Some(crate::config::LINKS), Some(_)) => read_links = true,
             _ => {}
         }
     }
-    let mut keep_headers = read_headers.clone();
+    let mut keep_headers: Vec<String> = read_headers.iter().map(|(h, _)| h.clone()).collect();
     if read_links && !keep_headers.iter().any(|h| h == "link") {
         keep_headers.push("link".into());
     }

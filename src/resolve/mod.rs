@@ -297,9 +297,10 @@ fn select(
 }
 
 /// Puts the response headers the returned object's fields read into it, where those
-/// fields look ([`crate::config::HEADERS`], [`crate::config::LINKS`]): a header that
-/// reads as a JSON number is one (`X-Total-Count: 42` fits an `Int`), else a string; a
-/// header given several times keeps its first value. A body that is not an object has
+/// fields look ([`crate::config::HEADERS`], [`crate::config::LINKS`]): for a field that
+/// is not a `String` or `ID`, a header that reads as a JSON number is one
+/// (`X-Total-Count: 42` fits an `Int`), else a string; a header given several times
+/// keeps its first value. A body that is not an object has
 /// no room for them.
 fn keep_headers(rest: &RestPlan, answer: &mut crate::upstream::Answer) {
     let Value::Object(object) = &mut answer.value else {
@@ -307,10 +308,16 @@ fn keep_headers(rest: &RestPlan, answer: &mut crate::upstream::Answer) {
     };
     let mut headers = serde_json::Map::new();
     for (name, text) in &answer.headers {
-        if rest.read_headers.contains(name) && !headers.contains_key(name) {
-            let value = match text.trim().parse::<serde_json::Number>() {
-                Ok(n) => Value::Number(n),
-                Err(_) => Value::String(text.clone()),
+        let Some((_, as_number)) = rest.read_headers.iter().find(|(h, _)| h == name) else {
+            continue;
+        };
+        if !headers.contains_key(name) {
+            let number = as_number
+                .then(|| text.trim().parse::<serde_json::Number>().ok())
+                .flatten();
+            let value = match number {
+                Some(n) => Value::Number(n),
+                None => Value::String(text.clone()),
             };
             headers.insert(name.clone(), value);
         }
