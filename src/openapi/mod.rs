@@ -340,7 +340,13 @@ impl<'d, 'o> Generator<'d, 'o> {
             text: schema,
             line: w.line,
         };
-        for (name, def) in &self.types.defs {
+        let used = reachable(&self.types.defs, queries.iter().chain(&mutations));
+        for (name, def) in self
+            .types
+            .defs
+            .iter()
+            .filter(|(n, _)| used.contains(n.as_str()))
+        {
             write_def(&mut w, name, def);
         }
         if !self.skipped.is_empty() {
@@ -1290,6 +1296,74 @@ fn write_def(w: &mut Writer, name: &str, def: &Def) {
         )),
     }
     w.blank();
+}
+
+/// The named types of a type reference: `[Pet!]!` → `Pet`; of an argument list
+/// (`id: ID!, status: Status = SOLD`) → `ID`, `Status` (and the default's words, which
+/// are never type names of their own here).
+fn type_names(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+}
+
+/// The types the root fields use, directly or through other types (an interface's
+/// implementing types included): only these are written, so a type made for an
+/// operation later skipped, or replaced by a twin, leaves nothing behind.
+fn reachable<'a>(
+    defs: &'a BTreeMap<String, Def>,
+    roots: impl Iterator<Item = &'a RootField>,
+) -> std::collections::HashSet<&'a str> {
+    let mut used: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut queue: Vec<&str> = Vec::new();
+    let visit =
+        |name: &'a str, used: &mut std::collections::HashSet<&'a str>, queue: &mut Vec<&'a str>| {
+            if let Some((key, _)) = defs.get_key_value(name) {
+                if used.insert(key.as_str()) {
+                    queue.push(key.as_str());
+                }
+            }
+        };
+    for f in roots {
+        for name in type_names(&f.ty).chain(f.args.iter().flat_map(|a| type_names(a))) {
+            visit(name, &mut used, &mut queue);
+        }
+    }
+    while let Some(name) = queue.pop() {
+        match &defs[name] {
+            Def::Object {
+                fields, implements, ..
+            } => {
+                for n in fields
+                    .iter()
+                    .flat_map(|f| type_names(&f.ty))
+                    .chain(implements.iter().map(String::as_str))
+                {
+                    visit(n, &mut used, &mut queue);
+                }
+            }
+            Def::Input { fields, .. } => {
+                for n in fields.iter().flat_map(|f| type_names(&f.ty)) {
+                    visit(n, &mut used, &mut queue);
+                }
+            }
+            Def::Interface { fields, map, .. } => {
+                for n in fields
+                    .iter()
+                    .flat_map(|f| type_names(&f.ty))
+                    .chain(map.iter().map(|(_, t)| t.as_str()))
+                {
+                    visit(n, &mut used, &mut queue);
+                }
+            }
+            Def::Union { members, .. } => {
+                for n in members {
+                    visit(n, &mut used, &mut queue);
+                }
+            }
+            Def::Enum { .. } | Def::Scalar { .. } => {}
+        }
+    }
+    used
 }
 
 /// `@discriminate(map:)`'s list form (values need not be GraphQL names).
