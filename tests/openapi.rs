@@ -1022,6 +1022,23 @@ fn awkward_documents_import_faithfully() {
     }
     assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
     assert!(out.skipped[0].1.contains("matrix"), "{:?}", out.skipped);
+    // A literal query in a path is sent as constant parameters; a fragment cannot be;
+    // a `text/plain` number (`$count`) is JSON text as it is.
+    let out = run(
+        "paths.yaml",
+        &format!(
+            "{HEAD}paths:\n  /{{Bucket}}?acl: {{get: {{parameters: [{{name: Bucket, in: path, required: true, schema: {{type: string}}}}], responses: {}}}}}\n  /items/$count: {{get: {{responses: {{'200': {{description: ok, content: {{text/plain: {{schema: {{type: integer}}}}}}}}}}}}}}\n  /#X-Amz-Target=Foo: {{post: {{responses: {}}}}}\n",
+            ok("{type: string}"),
+            ok("{type: string}")
+        ),
+    );
+    for want in [
+        "@rest(upstream: \"t\", path: \"/{args.bucket}\", query: {acl: \"\"})",
+        "getItemsCount: Int\n",
+    ] {
+        assert!(out.schema.contains(want), "{want}:\n{}", out.schema);
+    }
+    assert!(out.skipped[0].1.contains("fragment"), "{:?}", out.skipped);
     // YAML merge keys are applied.
     let out = run(
         "merge.yaml",

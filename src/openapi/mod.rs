@@ -794,9 +794,22 @@ impl<'d, 'o> Generator<'d, 'o> {
                 _ => headers.push((p.name.to_string(), template)),
             }
         }
+        // A literal query in the path (`/{Bucket}?acl`, `/items?type=book`) is sent as
+        // constant query parameters; a fragment is never sent by HTTP.
+        if path.contains('#') {
+            return Err("its path has a fragment (#…), which HTTP does not send".into());
+        }
+        let (path_only, literal_query) = path.split_once('?').unwrap_or((path, ""));
+        for pair in literal_query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name.contains('{') || value.contains('{') {
+                return Err("its path's query has a parameter in it".into());
+            }
+            query.push((name.to_string(), value.to_string()));
+        }
         // The path, each `{name}` an argument (declared or not).
         let mut rest_path = String::new();
-        let mut rest = path;
+        let mut rest = path_only;
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else {
                 return Err("its path has an unclosed {".into());
@@ -1021,7 +1034,12 @@ impl<'d, 'o> Generator<'d, 'o> {
             }
             Version::V3 => match json_media(resp.get("content")) {
                 Media::Json(s) => Some(s.unwrap_or(&Value::Null)),
-                Media::Other(kind) => return Err(format!("it answers {kind}, not JSON")),
+                Media::Other(kind) => match self.plain_number(resp) {
+                    // `text/plain` holding a number or a boolean (`$count` endpoints) is
+                    // JSON text as it is.
+                    Some(s) => Some(s),
+                    None => return Err(format!("it answers {kind}, not JSON")),
+                },
                 Media::None => None,
             },
         };
@@ -1056,6 +1074,14 @@ impl<'d, 'o> Generator<'d, 'o> {
             }
             _ => Ok((self.json_type(), None)),
         }
+    }
+
+    /// The schema of a `text/plain` answer that is a number or a boolean, whose text is
+    /// JSON as it is (`42`, `true`).
+    fn plain_number(&self, resp: &'d Value) -> Option<&'d Value> {
+        let schema = resp.get("content")?.get("text/plain")?.get("schema")?;
+        let ty = self.docs.deref(schema).get("type")?.as_str()?;
+        matches!(ty, "integer" | "number" | "boolean").then_some(schema)
     }
 
     fn json_type(&mut self) -> String {
