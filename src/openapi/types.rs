@@ -1088,7 +1088,9 @@ impl<'d> Types<'d> {
     ) -> Ty {
         let from = named_as.as_deref().unwrap_or(hint);
         let wanted = format!("{hint_name}Input");
-        let (name, comment) = self.type_name(&wanted, &format!("{from}Input"));
+        let (name, _) = self.type_name(&wanted, &wanted);
+        // Said when the schema's own name was changed (`pet-item` → `PetItemInput`).
+        let comment = (name != format!("{from}Input")).then(|| format!("input of {}", quote(from)));
         match loc {
             Some(loc) => self.inputs.insert(loc, name.clone()),
             None => self.inline_inputs.insert(s as *const Value, name.clone()),
