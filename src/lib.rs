@@ -40,6 +40,8 @@
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP, WebSocket, SSE, GraphiQL,
 //!   the webhook, health and metrics; the accept loop.
 //! - [`demo`] the demo upstreams (`livegate demo`, the examples and tests).
+//! - [`openapi`] `livegate import openapi`: an OpenAPI document → a schema, checked with
+//!   [`plan`] before it is written (a tool beside the gateway: it imports only `plan`).
 //!
 //! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! exactly what `main.rs` runs.
