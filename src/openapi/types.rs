@@ -538,7 +538,7 @@ impl<'d> Types<'d> {
             // What is sent is one shape: a choice of several is `JSON`.
             Shape::Union { .. } if input => self.json(nullable),
             Shape::Object(merged) if input => {
-                self.input_object(schema, s, loc, named_as, hint, &hint_name, merged, nullable)
+                self.input_object(s, loc, named_as, hint, &hint_name, merged, nullable)
             }
             Shape::Object(merged)
                 if loc.is_some()

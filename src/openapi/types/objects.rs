@@ -17,14 +17,14 @@ impl<'d> Types<'d> {
     ) -> String {
         let from = named_as.as_deref().unwrap_or(hint);
         let (name, comment) = self.type_name(hint_name, from);
-        self.name_output(s, loc.clone(), &name);
+        self.record(s, loc.clone(), &name, false);
         let fields = self.object_fields(&name, &merged, false);
         if fields.iter().all(|f| f.name.is_empty()) {
             // Nothing it can serve (every member write-only or unnamable): `JSON`, and so
             // wherever it is met again. (The name stays taken: the output must not
             // depend on the order.)
             let json = self.json_scalar();
-            self.name_output(s, loc, &json);
+            self.record(s, loc, &json, false);
             return json;
         }
         self.defs.insert(
@@ -39,13 +39,14 @@ impl<'d> Types<'d> {
         name
     }
 
-    /// Records the output type of `s` (at `loc`, or inline).
-    pub(super) fn name_output(&mut self, s: &'d Value, loc: Option<Loc>, name: &str) {
-        match loc {
-            Some(loc) => self.outputs.insert(loc, name.to_string()),
-            None => self
-                .inline_outputs
-                .insert(s as *const Value, name.to_string()),
+    /// Records the type `s` (at `loc`, or inline) is served (or, `input`, sent) as.
+    pub(super) fn record(&mut self, s: &'d Value, loc: Option<Loc>, name: &str, input: bool) {
+        let name = name.to_string();
+        match (loc, input) {
+            (Some(loc), false) => self.outputs.insert(loc, name),
+            (Some(loc), true) => self.inputs.insert(loc, name),
+            (None, false) => self.inline_outputs.insert(s as *const Value, name),
+            (None, true) => self.inline_inputs.insert(s as *const Value, name),
         };
     }
 
@@ -160,7 +161,6 @@ impl<'d> Types<'d> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn input_object(
         &mut self,
-        schema: &'d Value,
         s: &'d Value,
         loc: Option<Loc>,
         named_as: Option<String>,
@@ -174,19 +174,13 @@ impl<'d> Types<'d> {
         let (name, _) = self.type_name(&wanted, &wanted);
         // Said when the schema's own name was changed (`pet-item` → `PetItemInput`).
         let comment = (name != format!("{from}Input")).then(|| format!("input of {}", quote(from)));
-        match loc {
-            Some(loc) => self.inputs.insert(loc, name.clone()),
-            None => self.inline_inputs.insert(s as *const Value, name.clone()),
-        };
+        self.record(s, loc.clone(), &name, true);
         let fields = self.object_fields(&name, &merged, true);
         if fields.iter().all(|f| f.name.is_empty()) {
             // Every member read-only: nothing to send but what `JSON` can carry.
             // (The name stays taken: the output must not depend on the order.)
             let json = self.json_scalar();
-            match self.docs.resolve(schema).and_then(|(_, l)| l) {
-                Some(loc) => self.inputs.insert(loc, json.clone()),
-                None => self.inline_inputs.insert(s as *const Value, json.clone()),
-            };
+            self.record(s, loc, &json, true);
             return Ty::named(&json, nullable);
         }
         self.defs.insert(
