@@ -1022,6 +1022,21 @@ fn awkward_documents_import_faithfully() {
     }
     assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
     assert!(out.skipped[0].1.contains("matrix"), "{:?}", out.skipped);
+    // A JSON body without a schema is any JSON.
+    let out = run(
+        "schemaless-body.yaml",
+        &format!(
+            "{HEAD}paths:\n  /a: {{get: {{responses: {}}}, post: {{requestBody: {{content: {{application/json: {{}}}}}}, responses: {}}}}}\n",
+            ok("{type: string}"),
+            ok("{type: string}")
+        ),
+    );
+    assert!(out.skipped.is_empty(), "{:?}", out.skipped);
+    assert!(
+        out.schema.contains("postA(input: JSON): String"),
+        "{}",
+        out.schema
+    );
     // A literal query in a path is sent as constant parameters; a fragment cannot be;
     // a `text/plain` number (`$count`) is JSON text as it is.
     let out = run(

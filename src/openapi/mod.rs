@@ -26,7 +26,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
-use types::{quote, Def, Field, Types, JSON};
+use types::{quote, Def, Field, Types};
 use write::{one_line, reachable, shared_error_mapping, write_def, write_root, Writer, LIVE_MARK};
 
 /// What the command line says.

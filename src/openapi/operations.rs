@@ -264,20 +264,14 @@ impl<'d, 'o> Generator<'d, 'o> {
             body_schema = None;
         }
         if let Some((schema, required)) = body_schema {
+            // A JSON body with no schema is any JSON (the scalar declared as for any use).
             let ty = if schema.is_null() {
-                types::Ty {
-                    text: JSON.into(),
-                    nullable: true,
-                }
+                self.types.json_scalar()
             } else {
-                self.types.input(schema, &pascal(&name))
+                self.types.input(schema, &pascal(&name)).text
             };
             let arg = arg_names.take("input");
-            args.push(format!(
-                "{arg}: {}{}",
-                ty.text,
-                if required { "!" } else { "" }
-            ));
+            args.push(format!("{arg}: {ty}{}", if required { "!" } else { "" }));
             body = Some(format!("{{args.{arg}}}"));
         }
         // The answer.

@@ -118,7 +118,7 @@ impl Def {
     }
 }
 
-pub const JSON: &str = "JSON";
+const JSON: &str = "JSON";
 /// How many types deep one schema is followed.
 const MAX_DEPTH: usize = 128;
 pub const BIG_INT: &str = "BigInt";
