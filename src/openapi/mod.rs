@@ -19,15 +19,15 @@ mod write;
 use doc::Docs;
 use names::{camel, is_name, pascal, Taken};
 use rules::{
-    ancestors, is_header_name, is_id_name, is_json, json_media, literal, pairs, path_tag,
-    path_words, server_url, Media,
+    ancestors, is_header_name, is_id_name, is_json, json_media, literal, name_value_list, pairs,
+    path_tag, path_words, placeholders, server_url, Media,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use types::{quote, Def, Field, Types};
-use write::{one_line, reachable, shared_error_mapping, write_def, write_root, Writer, LIVE_MARK};
+use write::{one_line, reachable, shared_error_mapping, write_def, write_root, Writer};
 
 /// What the command line says.
 #[derive(Clone, Debug)]
@@ -279,7 +279,7 @@ impl<'d, 'o> Generator<'d, 'o> {
                 } else {
                     &mut mutation_names
                 };
-                match self.operation(path, method, op, item, &shared, names) {
+                match self.operation(&op_name, path, method, op, item, &shared, names) {
                     Ok(field) => {
                         if method == "get" {
                             queries.push(field)
@@ -334,22 +334,24 @@ impl<'d, 'o> Generator<'d, 'o> {
         w.blank();
         let mut lines = Vec::new();
         let shared = upstream_errors.as_deref();
-        write_root(&mut w, "Query", &queries, &mut lines, shared, false);
+        write_root(&mut w, "Query", &queries, &mut lines, shared, None);
         if !mutations.is_empty() {
-            write_root(&mut w, "Mutation", &mutations, &mut lines, shared, false);
+            write_root(&mut w, "Mutation", &mutations, &mut lines, shared, None);
         }
         if queries.iter().any(|f| f.live) {
-            write_root(&mut w, "Subscription", &queries, &mut lines, shared, true);
+            let live = match self.options.poll_ms {
+                Some(ms) => format!("@live(pollMs: {ms})"),
+                None => "@live".into(),
+            };
+            write_root(
+                &mut w,
+                "Subscription",
+                &queries,
+                &mut lines,
+                shared,
+                Some(&live),
+            );
         }
-        let live = match self.options.poll_ms {
-            Some(ms) => format!("@live(pollMs: {ms})"),
-            None => "@live".into(),
-        };
-        let schema = w.text.replace(LIVE_MARK, &live);
-        let mut w = Writer {
-            text: schema,
-            line: w.line,
-        };
         let used = reachable(&self.types.defs, queries.iter().chain(&mutations));
         for (name, def) in self
             .types

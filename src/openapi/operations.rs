@@ -41,8 +41,10 @@ impl<'d, 'o> Generator<'d, 'o> {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn operation(
         &mut self,
+        op_name: &str,
         path: &'d str,
         method: &str,
         op: &'d Value,
@@ -50,7 +52,6 @@ impl<'d, 'o> Generator<'d, 'o> {
         shared: &[&'d Value],
         names: &mut Taken,
     ) -> Result<RootField, String> {
-        let op_name = format!("{} {path}", method.to_ascii_uppercase());
         if !path.starts_with('/') {
             return Err("its path does not start with /".into());
         }
@@ -211,14 +212,7 @@ impl<'d, 'o> Generator<'d, 'o> {
             query.push((name.to_string(), value.to_string()));
         }
         // The path, each `{name}` an argument (declared or not).
-        let mut rest_path = String::new();
-        let mut rest = path_only;
-        while let Some(open) = rest.find('{') {
-            let Some(close) = rest[open..].find('}') else {
-                return Err("its path has an unclosed {".into());
-            };
-            rest_path.push_str(&rest[..open]);
-            let pname = &rest[open + 1..open + close];
+        let rest_path = placeholders(path_only, |pname| {
             let arg = match path_args.get(pname) {
                 Some(a) => a.clone(),
                 None => {
@@ -229,10 +223,9 @@ impl<'d, 'o> Generator<'d, 'o> {
                     a
                 }
             };
-            let _ = write!(rest_path, "{{args.{arg}}}");
-            rest = &rest[open + close + 1..];
-        }
-        rest_path.push_str(rest);
+            format!("{{args.{arg}}}")
+        })
+        .ok_or("its path has an unclosed {")?;
         // The request body.
         let mut body = None;
         if self.version == Version::V3 {
@@ -284,17 +277,13 @@ impl<'d, 'o> Generator<'d, 'o> {
         }
         let _ = write!(rest, ", path: {}", quote(&rest_path));
         if !query.is_empty() {
-            let _ = write!(rest, ", query: {}", pairs(&query, "value"));
+            let _ = write!(rest, ", query: {}", pairs(&query));
         }
         if !join.is_empty() {
-            let _ = write!(rest, ", join: {}", pairs(&join, "value"));
+            let _ = write!(rest, ", join: {}", pairs(&join));
         }
         if !headers.is_empty() {
-            let list: Vec<String> = headers
-                .iter()
-                .map(|(n, v)| format!("{{name: {}, value: {}}}", quote(n), quote(v)))
-                .collect();
-            let _ = write!(rest, ", headers: [{}]", list.join(", "));
+            let _ = write!(rest, ", headers: {}", name_value_list(&headers));
         }
         if let Some(b) = &body {
             let _ = write!(rest, ", body: {}", quote(b));
@@ -342,7 +331,7 @@ impl<'d, 'o> Generator<'d, 'o> {
             .find(|d| !d.is_empty())
             .map(str::to_string);
         Ok(RootField {
-            op: op_name,
+            op: op_name.to_string(),
             name,
             description,
             args,

@@ -108,24 +108,11 @@ pub(super) fn path_tag(path: &str, args: &HashMap<&str, String>) -> String {
         .split('/')
         .filter(|s| !s.is_empty())
         .map(|segment| {
-            let mut out = String::new();
-            let mut rest = segment;
-            while let Some(open) = rest.find('{') {
-                let Some(close) = rest[open..].find('}') else {
-                    break;
-                };
-                out.push_str(&rest[..open]);
-                let name = &rest[open + 1..open + close];
-                match args.get(name) {
-                    Some(a) => {
-                        let _ = write!(out, "{{args.{a}}}");
-                    }
-                    None => out.push_str(name),
-                }
-                rest = &rest[open + close + 1..];
-            }
-            out.push_str(rest);
-            out
+            placeholders(segment, |name| match args.get(name) {
+                Some(a) => format!("{{args.{a}}}"),
+                None => name.to_string(),
+            })
+            .unwrap_or_else(|| segment.to_string())
         })
         .collect();
     if parts.is_empty() {
@@ -135,8 +122,25 @@ pub(super) fn path_tag(path: &str, args: &HashMap<&str, String>) -> String {
     }
 }
 
+/// `text` with each `{name}` replaced by `f(name)`; `None` when a `{` is not closed.
+pub(super) fn placeholders<'a>(
+    text: &'a str,
+    mut f: impl FnMut(&'a str) -> String,
+) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}')?;
+        out.push_str(&rest[..open]);
+        out.push_str(&f(&rest[open + 1..open + close]));
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// `{a: "x", b: "y"}`, or the list form when a name is not a GraphQL name.
-pub(super) fn pairs(items: &[(String, String)], _value: &str) -> String {
+pub(super) fn pairs(items: &[(String, String)]) -> String {
     if items.iter().all(|(n, _)| is_name(n)) {
         let list: Vec<String> = items
             .iter()
@@ -144,12 +148,18 @@ pub(super) fn pairs(items: &[(String, String)], _value: &str) -> String {
             .collect();
         format!("{{{}}}", list.join(", "))
     } else {
-        let list: Vec<String> = items
-            .iter()
-            .map(|(n, v)| format!("{{name: {}, value: {}}}", quote(n), quote(v)))
-            .collect();
-        format!("[{}]", list.join(", "))
+        name_value_list(items)
     }
+}
+
+/// `[{name: "X-Trace", value: "{args.t}"}]`: the form `headers:` (and `query:` for names
+/// that are not GraphQL names) take.
+pub(super) fn name_value_list(items: &[(String, String)]) -> String {
+    let list: Vec<String> = items
+        .iter()
+        .map(|(n, v)| format!("{{name: {}, value: {}}}", quote(n), quote(v)))
+        .collect();
+    format!("[{}]", list.join(", "))
 }
 
 /// A JSON default as a GraphQL literal of `ty` (`[Status!]`, `Int`, an enum…), or

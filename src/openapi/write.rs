@@ -18,17 +18,18 @@ pub(super) fn shared_error_mapping<'a>(
         .map(|(m, _)| (*m).clone())
 }
 
-/// One root type; a `Subscription` has the `@live` twin of each live `Query` field.
+/// One root type; given `live` (the `@live` directive), the `Subscription` with the
+/// `@live` twin of each live `Query` field.
 pub(super) fn write_root(
     w: &mut Writer,
     type_name: &str,
     fields: &[RootField],
     lines: &mut Vec<(std::ops::RangeInclusive<usize>, String)>,
     shared_errors: Option<&str>,
-    subscription: bool,
+    live: Option<&str>,
 ) {
     w.line(&format!("type {type_name} {{"));
-    for f in fields.iter().filter(|f| !subscription || f.live) {
+    for f in fields.iter().filter(|f| live.is_none() || f.live) {
         let start = w.line + 1;
         if let Some(d) = &f.description {
             w.description(d, "  ");
@@ -42,8 +43,8 @@ pub(super) fn write_root(
             format!("({})", f.args.join(", "))
         };
         w.line(&format!("  {}{args}: {}", f.name, f.ty));
-        if subscription {
-            w.line(&format!("    {LIVE_MARK}"));
+        if let Some(live) = live {
+            w.line(&format!("    {live}"));
         } else {
             let mut rest = f.rest.clone();
             if let Some(m) = f.errors.as_deref().filter(|m| Some(*m) != shared_errors) {
@@ -60,9 +61,6 @@ pub(super) fn write_root(
     w.line("}");
     w.blank();
 }
-
-/// Replaced by the `@live` directive once written (its arguments are the options').
-pub(super) const LIVE_MARK: &str = "@live\u{0}";
 
 pub(super) fn write_def(w: &mut Writer, name: &str, def: &Def) {
     let (description, comment) = def.about();
