@@ -57,15 +57,10 @@ impl<'d> Types<'d> {
                 .get("schema")
                 .map(|s| self.docs.deref(s))
                 .unwrap_or(schema);
-            let ty = match (
-                s.get("type").and_then(Value::as_str),
-                s.get("format").and_then(Value::as_str),
-            ) {
-                (Some("integer"), Some("int64" | "uint64" | "uint32")) => self.scalar(BIG_INT),
-                (Some("integer"), _) => "Int".into(),
-                (Some("number"), _) => "Float".into(),
-                // A header's text that reads as a JSON number is served as one: only a
-                // number type can say a number.
+            // A number type reads the header as a number; anything else as its text.
+            let ty = match self.shape(s) {
+                Shape::Scalar(BIG_INT) => self.scalar(BIG_INT),
+                Shape::Scalar(n @ ("Int" | "Float")) => n.to_string(),
                 _ => "String".into(),
             };
             fields.push(Field {
