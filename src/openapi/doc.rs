@@ -105,8 +105,7 @@ impl Docs {
         if loc.pointer.is_empty() || loc.pointer == "/" {
             return self.stems.get(loc.file).cloned().unwrap_or_default();
         }
-        let last = loc.pointer.rsplit('/').next().unwrap_or("");
-        last.replace("~1", "/").replace("~0", "~")
+        last_segment(&loc.pointer)
     }
 
     pub fn root(&self) -> &Value {
@@ -178,6 +177,16 @@ impl Docs {
     pub fn deref<'a>(&'a self, value: &'a Value) -> &'a Value {
         self.resolve(value).map(|(v, _)| v).unwrap_or(value)
     }
+}
+
+/// The last segment of a pointer, unescaped (`/components/schemas/a~1b` → `a/b`).
+pub fn last_segment(pointer: &str) -> String {
+    pointer
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .replace("~1", "/")
+        .replace("~0", "~")
 }
 
 fn stem(path: &Path) -> String {

@@ -31,11 +31,11 @@ impl<'d, 'o> Generator<'d, 'o> {
     /// `{message: "…", extensions: {…}}` for an error body schema with a message-like
     /// member.
     pub(super) fn mapping_of(&self, schema: &Value) -> Option<String> {
-        let props = self.properties(schema, 0);
-        let nested = |name: &str| -> BTreeMap<String, &Value> {
+        let props = self.types.members(schema);
+        let nested = |name: &str| {
             props
                 .get(name)
-                .map(|s| self.properties(s, 0))
+                .map(|s| self.types.members(s))
                 .unwrap_or_default()
         };
         let is_string = |s: &Value| {
@@ -87,35 +87,5 @@ impl<'d, 'o> Generator<'d, 'o> {
         }
         out.push('}');
         Some(out)
-    }
-
-    /// The members of an object schema (its `allOf` parts' too).
-    pub(super) fn properties(
-        &self,
-        schema: &'d Value,
-        depth: usize,
-    ) -> BTreeMap<String, &'d Value> {
-        let mut out = BTreeMap::new();
-        if depth > 16 {
-            return out;
-        }
-        let s = self.docs.deref(schema);
-        for part in s
-            .get("allOf")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            out.extend(self.properties(part, depth + 1));
-        }
-        for (k, v) in s
-            .get("properties")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            out.insert(k.clone(), v);
-        }
-        out
     }
 }

@@ -5,7 +5,7 @@
 //! camelCase with `@map(from:)`), inputs send what it reads (`…Input`, the same renaming),
 //! enums are shared by both.
 
-use super::doc::{Docs, Loc};
+use super::doc::{last_segment, Docs, Loc};
 use super::names::{camel, constant, pascal, Taken};
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -233,7 +233,6 @@ fn description(s: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The last segment of a pointer, unescaped (`/components/schemas/a~1b` → `a/b`).
 /// An object's description: its own or its first `allOf` part's.
 fn merged_description(merged: &Merged<'_>, s: &Value) -> Option<String> {
     merged
@@ -272,16 +271,6 @@ fn combine(alternatives: Vec<Merged<'_>>) -> Merged<'_> {
     }
     out.required = required.unwrap_or_default();
     out
-}
-
-/// The last segment of a pointer, unescaped (`/components/schemas/a~1b` → `a/b`).
-fn last_segment(pointer: &str) -> String {
-    pointer
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .replace("~1", "/")
-        .replace("~0", "~")
 }
 
 /// A string for a directive argument: JSON's escapes are GraphQL's.
@@ -432,6 +421,13 @@ impl<'d> Types<'d> {
             },
             _ => Shape::Json,
         }
+    }
+
+    /// The members of an object schema and of its `allOf` parts, by name.
+    pub fn members(&self, schema: &'d Value) -> IndexMap<&'d str, &'d Value> {
+        let mut merged = Merged::default();
+        self.merge(schema, &mut merged, 0);
+        merged.properties
     }
 
     /// Adds `s`'s members (and its `allOf` parts') to `into`; false if a part is not an
