@@ -137,16 +137,7 @@ impl<'d> Types<'d> {
     /// it. A field the implementing type narrowed to an enum where the interface has a
     /// `String` (`petType: enum [cat]`) is served as the interface's `String`.
     pub(super) fn implements(&mut self, ty: &str, name: &str, shared: &[Field]) -> bool {
-        let enums: HashSet<String> = self
-            .defs
-            .iter()
-            .filter(|(_, d)| matches!(d, Def::Enum { .. }))
-            .map(|(n, _)| n.clone())
-            .collect();
-        let Some(Def::Object {
-            fields, implements, ..
-        }) = self.defs.get_mut(ty)
-        else {
+        let Some(Def::Object { fields, .. }) = self.defs.get(ty) else {
             return false;
         };
         let mut patched = fields.clone();
@@ -154,20 +145,27 @@ impl<'d> Types<'d> {
             let Some(have) = patched.iter_mut().find(|f| f.name == want.name) else {
                 return false;
             };
-            let fits = have.ty == want.ty || have.ty == format!("{}!", want.ty);
-            let base = have.ty.trim_end_matches('!');
-            if fits {
+            if have.ty == want.ty || have.ty == format!("{}!", want.ty) {
                 continue;
             }
-            if want.ty.trim_end_matches('!') == "String" && enums.contains(base) {
+            let narrowed = matches!(
+                self.defs.get(have.ty.trim_end_matches('!')),
+                Some(Def::Enum { .. })
+            );
+            if want.ty.trim_end_matches('!') == "String" && narrowed {
                 have.ty = want.ty.clone();
             } else {
                 return false;
             }
         }
-        *fields = patched;
-        if !implements.iter().any(|i| i == name) {
-            implements.push(name.to_string());
+        if let Some(Def::Object {
+            fields, implements, ..
+        }) = self.defs.get_mut(ty)
+        {
+            *fields = patched;
+            if !implements.iter().any(|i| i == name) {
+                implements.push(name.to_string());
+            }
         }
         true
     }
