@@ -19,6 +19,8 @@
 //!   entry they were built from is.
 //! - `resolve` ④ one field: its plan + arguments + parent + request → cache / batch /
 //!   upstream; `resolve::Runtime` is the plan plus the services.
+//! - [`auth`] ⑤ who is calling: a JWT verified (JWKS or a secret) into the `Identity`
+//!   the request context carries; transports call it, the executor reads the identity.
 //! - `request` the `RequestContext` that travels from a transport to an upstream request.
 //! - `services` ⑤ what lives as long as the process (cache, client, batcher, hub, event
 //!   sources, bus, metrics) and applying an invalidation.
@@ -46,6 +48,7 @@
 //! [`run`] takes its listener and a shutdown future, so tests bind `127.0.0.1:0` and run
 //! exactly what `main.rs` runs.
 
+pub mod auth;
 pub mod bus;
 mod cache;
 pub mod config;
@@ -133,6 +136,8 @@ pub struct Options {
     pub schema_paths: Vec<std::path::PathBuf>,
     /// Reload the schema when its file changes (`--watch`).
     pub watch: bool,
+    /// Token verification (`--jwt-*`).
+    pub auth: auth::Options,
 }
 
 impl Default for Options {
@@ -164,6 +169,7 @@ impl Default for Options {
             max_batch: 10,
             schema_paths: Vec::new(),
             watch: false,
+            auth: Default::default(),
         }
     }
 }
@@ -251,6 +257,14 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     )
     .map_err(Error::Persisted)?;
     let engine = Arc::new(engine(runtime.clone(), options)?);
+    let auth = Arc::new(auth::Auth::new(
+        options.auth.clone(),
+        runtime.metrics.auth.clone(),
+    ));
+    {
+        let auth = auth.clone();
+        tokio::spawn(async move { auth.start().await });
+    }
     runtime
         .metrics
         .schema
@@ -275,6 +289,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         persisted: Arc::new(persisted),
         max_batch: options.max_batch,
         reservations: Default::default(),
+        auth,
     })
 }
 

@@ -121,6 +121,33 @@ struct Cli {
     /// Follow upstream HTTP redirects (up to 5, within the same origin only); without it a 3xx is UPSTREAM_HTTP_ERROR.
     #[arg(long, env = "LIVEGATE_UPSTREAM_FOLLOW_REDIRECTS")]
     upstream_follow_redirects: bool,
+    /// JWKS endpoint whose keys verify client tokens (RS256/384/512, PS256/384/512, ES256/384, EdDSA); repeat or comma-separate. Fetched at start, kept for their Cache-Control max-age, fetched again for an unknown kid; the keys fetched before are kept while it is down.
+    #[arg(long, env = "LIVEGATE_JWT_JWKS_URL", value_delimiter = ',')]
+    jwt_jwks_url: Vec<url::Url>,
+    /// Shared secret of HS256/384/512 client tokens.
+    #[arg(long, env = "LIVEGATE_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Accepted `iss` of client tokens (then required); repeat or comma-separate.
+    #[arg(long, env = "LIVEGATE_JWT_ISSUER", value_delimiter = ',')]
+    jwt_issuer: Vec<String>,
+    /// Accepted `aud` of client tokens (then required); repeat or comma-separate.
+    #[arg(long, env = "LIVEGATE_JWT_AUDIENCE", value_delimiter = ',')]
+    jwt_audience: Vec<String>,
+    /// Clock skew allowed on a token's exp and nbf, in seconds; a socket closes at exp plus it.
+    #[arg(long, env = "LIVEGATE_JWT_LEEWAY_S", default_value_t = 30)]
+    jwt_leeway_s: u64,
+    /// Refuse requests without a token (401); without it anonymous requests run and only @authenticated/@requiresScopes parts refuse them.
+    #[arg(long, env = "LIVEGATE_JWT_REQUIRED")]
+    jwt_required: bool,
+    /// Cookie a token is read from when there is no Authorization: Bearer header.
+    #[arg(long, env = "LIVEGATE_JWT_COOKIE")]
+    jwt_cookie: Option<String>,
+    /// Claim the scopes of @requiresScopes are read from (space-separated string or list).
+    #[arg(long, env = "LIVEGATE_JWT_SCOPE_CLAIM", default_value = "scope")]
+    jwt_scope_claim: String,
+    /// A JWKS is fetched again for a token with an unknown kid at most this often, in seconds.
+    #[arg(long, env = "LIVEGATE_JWT_JWKS_MIN_REFRESH_S", default_value_t = 10)]
+    jwt_jwks_min_refresh_s: u64,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -382,6 +409,16 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         }
         None => Default::default(),
     };
+    let verifies =
+        !cli.jwt_jwks_url.is_empty() || cli.jwt_secret.as_deref().is_some_and(|s| !s.is_empty());
+    if !verifies
+        && (cli.jwt_required
+            || cli.jwt_cookie.is_some()
+            || !cli.jwt_issuer.is_empty()
+            || !cli.jwt_audience.is_empty())
+    {
+        anyhow::bail!("--jwt-required, --jwt-cookie, --jwt-issuer and --jwt-audience need a key to verify tokens with: --jwt-jwks-url or --jwt-secret");
+    }
     let options = livegate::Options {
         schema_paths: cli.schema.clone(),
         watch: cli.watch,
@@ -443,6 +480,17 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         },
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         shutdown_delay: Duration::from_millis(cli.shutdown_delay_ms),
+        auth: livegate::auth::Options {
+            jwks_urls: cli.jwt_jwks_url.clone(),
+            secret: cli.jwt_secret.clone().filter(|s| !s.is_empty()),
+            issuers: cli.jwt_issuer.clone(),
+            audiences: cli.jwt_audience.clone(),
+            leeway: Duration::from_secs(cli.jwt_leeway_s),
+            required: cli.jwt_required,
+            cookie: cli.jwt_cookie.clone().filter(|s| !s.is_empty()),
+            scope_claim: cli.jwt_scope_claim.clone(),
+            jwks_min_refresh: Duration::from_secs(cli.jwt_jwks_min_refresh_s),
+        },
         webhook: livegate::server::webhook::WebhookOptions {
             secret: cli.webhook_secret.clone().filter(|s| !s.is_empty()),
             token: cli.webhook_token.clone().filter(|s| !s.is_empty()),

@@ -72,6 +72,11 @@ pub struct Metrics {
     pub leases: IntCounterVec,
     /// Prepared-document cache lookups of the executor: `hit` or `miss`.
     pub plans: IntCounterVec,
+    /// Token checks by result: `ok`, `missing`, `invalid`, `expired`, `forbidden` (a
+    /// field an `@authenticated`/`@requiresScopes` directive kept from its caller).
+    pub auth: IntCounterVec,
+    /// Requests and operations refused by `--rate-limit`.
+    pub rate_limited: IntCounter,
     /// Counters of the families above resolved once, for the per-request paths.
     pub hot: Hot,
 }
@@ -278,6 +283,17 @@ impl Metrics {
                 "livegate_leases_total",
                 "Cluster-wide leases (an upstream socket, a live entry's poller) this replica took: acquired (free) or takeover (from a holder that stopped renewing)",
                 &["event"],
+            ),
+            auth: counter_vec(
+                &r,
+                "livegate_auth_total",
+                "Token checks by result: ok, missing, invalid, expired, forbidden (a field a directive kept from its caller)",
+                &["result"],
+            ),
+            rate_limited: counter(
+                &r,
+                "livegate_rate_limited_total",
+                "Requests and operations refused by --rate-limit",
             ),
             plans: plans.clone(),
             hot: Hot {

@@ -9,6 +9,7 @@
 //! changing the signatures between a transport and an upstream request. Cloning is one
 //! reference count: long-lived subscriptions hold it for their life.
 
+use crate::auth::Identity;
 use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct RequestContext {
 #[derive(Default)]
 struct Inner {
     headers: HeaderMap,
+    /// The verified caller, when a token was sent (and verification is on).
+    identity: Option<Arc<Identity>>,
 }
 
 impl std::fmt::Debug for RequestContext {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for RequestContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestContext")
             .field("headers", &self.inner.headers.keys().collect::<Vec<_>>())
+            .field("identified", &self.inner.identity.is_some())
             .finish()
     }
 }
@@ -49,8 +53,30 @@ impl RequestContext {
     /// (moved, not copied).
     pub fn new(headers: HeaderMap) -> Self {
         RequestContext {
-            inner: Arc::new(Inner { headers }),
+            inner: Arc::new(Inner {
+                headers,
+                identity: None,
+            }),
         }
+    }
+
+    /// This context with `identity` as its verified caller.
+    pub fn identified(self, identity: Option<Arc<Identity>>) -> Self {
+        if identity.is_none() && self.inner.identity.is_none() {
+            return self;
+        }
+        let headers = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.headers,
+            Err(shared) => shared.headers.clone(),
+        };
+        RequestContext {
+            inner: Arc::new(Inner { headers, identity }),
+        }
+    }
+
+    /// The verified caller, if any.
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.inner.identity.as_ref()
     }
 
     /// The context of a long-lived connection (a WebSocket, an SSE stream, a

@@ -5,7 +5,7 @@
 //! well-formed). A browser asking for HTML gets GraphiQL.
 
 use super::accept::Media;
-use super::reply::{admit, refuse, respond};
+use super::reply::{admit, identify, refuse, respond};
 use super::{graphiql, AppState};
 use crate::request::RequestContext;
 use async_graphql::parser::types::OperationType;
@@ -213,6 +213,10 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(refusal) => return *refusal,
     };
     let media = accepted.media();
+    let identity = match identify(&state, &headers, Some(media)).await {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
+    };
     let mut body = PostBody {
         query: None,
         variables: None,
@@ -252,11 +256,19 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Err(refused) => return refused.response(media),
     };
     // A stored response is a query's: serve it before parsing anything.
-    let (req, key, ctx) =
-        match streamed_or_stored(&state, req, headers, accepted, peer(&parts_peer), true).await {
-            Ok(done) => return done,
-            Err(go_on) => go_on,
-        };
+    let (req, key, ctx) = match streamed_or_stored(
+        &state,
+        req,
+        (headers, identity),
+        accepted,
+        peer(&parts_peer),
+        true,
+    )
+    .await
+    {
+        Ok(done) => return done,
+        Err(go_on) => go_on,
+    };
     // Only queries over GET: a GET must not change anything (it may be cached, prefetched).
     let mut req = req;
     match operation_type(&state, &mut req) {
@@ -294,6 +306,10 @@ pub async fn post(
     if let Err(refused) = json_body(&headers, media) {
         return *refused;
     }
+    let identity = match identify(&state, &headers, Some(media)).await {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
+    };
     // An object is read straight into the request; anything else (or an object that does
     // not read so) goes the long way, which says exactly what is wrong.
     let direct = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -313,7 +329,9 @@ pub async fn post(
                     )
                 }
             },
-            Ok(Value::Array(operations)) => return batch(&state, operations, headers, media).await,
+            Ok(Value::Array(operations)) => {
+                return batch(&state, operations, headers, identity, media).await
+            }
             Ok(_) => return refuse(
                 StatusCode::BAD_REQUEST,
                 Some(media),
@@ -335,7 +353,7 @@ pub async fn post(
     let (req, key, ctx) = match streamed_or_stored(
         &state,
         req,
-        headers,
+        (headers, identity),
         accepted,
         connect.map(|c| (c.0).0),
         false,
@@ -397,6 +415,7 @@ async fn batch(
     state: &AppState,
     operations: Vec<Value>,
     headers: HeaderMap,
+    identity: Option<std::sync::Arc<crate::auth::Identity>>,
     media: Media,
 ) -> Response {
     let max = state.max_batch;
@@ -419,7 +438,7 @@ async fn batch(
             "a batch is a JSON array of JSON objects, each with a `query`",
         );
     }
-    let ctx = RequestContext::new(headers);
+    let ctx = RequestContext::new(headers).identified(identity);
     let runs = operations.into_iter().map(|op| {
         let ctx = &ctx;
         async move {
@@ -470,6 +489,10 @@ async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]
     if let Err(refused) = json_body(&headers, Media::Json) {
         return *refused;
     }
+    let identity = match identify(state, &headers, None).await {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
+    };
     let parsed = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => serde_json::from_value::<PostBody>(v)
             .map_err(|e| Refused::bad(format!("malformed request: {e}"))),
@@ -492,7 +515,8 @@ async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]
         Ok(req) => req,
         Err(refused) => return refused.response(Media::Json),
     };
-    let ctx = RequestContext::detached(&headers, state.engine().responses.vary());
+    let ctx =
+        RequestContext::detached(&headers, state.engine().responses.vary()).identified(identity);
     super::reservations::operation(state, token, req, operation_id, ctx).await
 }
 
@@ -515,7 +539,7 @@ pub async fn method_not_allowed(method: Method) -> Response {
 async fn streamed_or_stored(
     state: &AppState,
     mut req: async_graphql::Request,
-    headers: HeaderMap,
+    (headers, identity): (HeaderMap, Option<std::sync::Arc<crate::auth::Identity>>),
     accepted: Accepted,
     peer: Option<std::net::SocketAddr>,
     get: bool,
@@ -544,13 +568,14 @@ async fn streamed_or_stored(
     if let Some(format) = format {
         return Ok(match admit(state, peer) {
             Ok(admitted) => {
-                let ctx = RequestContext::detached(&headers, state.engine().responses.vary());
+                let ctx = RequestContext::detached(&headers, state.engine().responses.vary())
+                    .identified(identity);
                 super::sse::respond(state.clone(), req, ctx, admitted, format).await
             }
             Err(refusal) => *refusal,
         });
     }
-    let ctx = RequestContext::new(headers);
+    let ctx = RequestContext::new(headers).identified(identity);
     match crate::exec::lookup(&state.engine(), &req, &ctx) {
         Ok(hit) => Ok(respond(StatusCode::OK, accepted.media(), hit.body)),
         Err(key) => Err((req, key, ctx)),

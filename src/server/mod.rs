@@ -80,6 +80,8 @@ pub struct Shared {
     pub max_batch: usize,
     /// graphql-sse single connection mode's reservations.
     pub reservations: Arc<reservations::Reservations>,
+    /// Token verification (`--jwt-*`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub(crate) use crate::exec::error_body;

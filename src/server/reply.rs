@@ -61,3 +61,35 @@ pub(super) fn respond(status: StatusCode, media: Media, body: Bytes) -> Response
         .insert(header::CONTENT_TYPE, media.content_type());
     res
 }
+
+/// Who `headers` say is calling (see [`crate::auth`]), or the `401` that refuses the
+/// request: `extensions.code: UNAUTHENTICATED` and a `WWW-Authenticate: Bearer`
+/// challenge (RFC 6750), in `media` (JSON when `None`).
+pub(super) async fn identify(
+    state: &AppState,
+    headers: &HeaderMap,
+    media: Option<Media>,
+) -> Result<Option<std::sync::Arc<crate::auth::Identity>>, Box<Response>> {
+    state
+        .auth
+        .identify(headers)
+        .await
+        .map_err(|failure| Box::new(unauthenticated(&failure, media)))
+}
+
+/// The `401` for `failure`.
+pub(super) fn unauthenticated(failure: &crate::auth::Failure, media: Option<Media>) -> Response {
+    use axum::http::HeaderValue;
+    let media = media.unwrap_or(Media::Json);
+    let body = super::error_body(&failure.message(), Some("UNAUTHENTICATED"));
+    let mut res = (StatusCode::UNAUTHORIZED, body).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, media.content_type());
+    let challenge = match failure {
+        crate::auth::Failure::Missing => HeaderValue::from_static("Bearer"),
+        _ => HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    };
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, challenge);
+    res
+}

@@ -200,6 +200,12 @@ pub async fn put(
             "a reservation is answered in text/plain",
         );
     }
+    // A bad token is refused here, not at the first operation; a good one's end is the
+    // stream's.
+    let identity = match super::reply::identify(&state, &headers, None).await {
+        Ok(found) => found,
+        Err(refusal) => return *refusal,
+    };
     state.reservations.sweep();
     let admitted = match super::reply::admit(&state, connect.map(|c| (c.0).0)) {
         Ok(a) => a,
@@ -225,7 +231,8 @@ pub async fn put(
         streaming: AtomicBool::new(false),
         created: tokio::time::Instant::now(),
         claim_within: state.ws.reservation_claim,
-        credentials: RequestContext::detached(&headers, state.engine().responses.vary()),
+        credentials: RequestContext::detached(&headers, state.engine().responses.vary())
+            .identified(identity),
         bucket: Mutex::new(super::limits::Bucket::new(
             state.limits.max_operations_per_second,
         )),
@@ -283,11 +290,13 @@ pub fn stream(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let release = Release(state.clone(), token.to_string());
     let outbox = reservation.outbox.clone();
     let ops = reservation.clone();
+    let until = super::sse::deadline(state, &reservation.credentials);
     let body = super::sse::frames(
         state,
         outbox,
         release,
         super::sse::Format::Sse,
+        until,
         move |tag| {
             ops.ended(tag);
             false

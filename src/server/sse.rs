@@ -66,6 +66,24 @@ impl Format {
         }
     }
 
+    /// The error a stream ends with when its token runs out.
+    fn expired(self) -> Bytes {
+        let errors = serde_json::json!([{
+            "message": crate::auth::Failure::Expired.message(),
+            "extensions": {"code": "UNAUTHENTICATED"},
+        }]);
+        Bytes::from(match self {
+            Format::Sse => format!(
+                "event: next\ndata: {}\n\n",
+                serde_json::json!({ "errors": errors })
+            ),
+            Format::Multipart => format!(
+                "{PART_HEAD}{}{DELIMITER}",
+                serde_json::json!({"payload": null, "errors": errors})
+            ),
+        })
+    }
+
     /// The keep-alive written while nothing else is, and how often.
     fn keep_alive(self) -> (Duration, Bytes) {
         match self {
@@ -156,15 +174,21 @@ pub async fn respond(
         framing: format.framing(),
         tag: 1,
     };
+    let until = deadline(&state, &ctx);
     let started = live::start(state.engine(), state.topics.clone(), req, ctx, subscriber).await;
     let body: BoxStream<'static, Bytes> = match started {
         live::Started::Refused(body) => stream::iter([format.once(&body)]).boxed(),
         live::Started::Once(done) => stream::iter([format.once(&done.body)]).boxed(),
-        live::Started::Subscribed(place) => {
-            frames(&state, outbox, (Some(place), admitted), format, |_| true)
-        }
+        live::Started::Subscribed(place) => frames(
+            &state,
+            outbox,
+            (Some(place), admitted),
+            format,
+            until,
+            |_| true,
+        ),
         // The subscriber was sent why: the stream says it and ends.
-        live::Started::Ended => frames(&state, outbox, admitted, format, |_| true),
+        live::Started::Ended => frames(&state, outbox, admitted, format, until, |_| true),
     };
     response(body, format)
 }
@@ -183,15 +207,24 @@ pub(super) fn response(body: BoxStream<'static, Bytes>, format: Format) -> Respo
     res
 }
 
+/// When a stream opened with `ctx` must end: its token's `exp` plus the leeway.
+pub(super) fn deadline(state: &AppState, ctx: &RequestContext) -> Option<tokio::time::Instant> {
+    let leeway = state.auth.options().leeway;
+    ctx.identity()
+        .map(|i| tokio::time::Instant::now() + i.remaining(leeway))
+}
+
 /// An outbox's messages, several queued ones in one chunk, with a keep-alive while idle,
 /// and the format's end when the stream ends: when `ended` says so of a subscription that
-/// ended (after a request error, when an event source closes), or at shutdown. `held`
-/// lives as long as the stream (a subscription's place, the connection's admission).
+/// ended (after a request error, when an event source closes), at shutdown, or at `until`
+/// (the token's end), after an `UNAUTHENTICATED` error. `held` lives as long as the
+/// stream (a subscription's place, the connection's admission).
 pub(super) fn frames(
     state: &AppState,
     outbox: Arc<Outbox>,
     held: impl Send + 'static,
     format: Format,
+    until: Option<tokio::time::Instant>,
     ended: impl FnMut(u64) -> bool + Send + 'static,
 ) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
@@ -201,8 +234,25 @@ pub(super) fn frames(
     };
     let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&[transport]));
     let mut shutdown = state.shutdown.clone();
-    let stopping = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let auth = state.auth.clone();
+    let stopping = {
+        let expired = expired.clone();
+        async move {
+            let token_ends = async {
+                match until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => {}
+                () = token_ends => {
+                    auth.count(crate::auth::Failure::Expired.label());
+                    expired.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
     };
     // The stream holds what it was given and the connection's gauge.
     let held = (held, open);
@@ -230,7 +280,13 @@ pub(super) fn frames(
     )
     .filter(|chunk| std::future::ready(!chunk.is_empty()))
     .take_until(stopping)
-    .chain(stream::iter([format.end()]));
+    .chain(stream::once(async move {
+        if expired.load(std::sync::atomic::Ordering::Acquire) {
+            [format.expired(), format.end()].concat().into()
+        } else {
+            format.end()
+        }
+    }));
     let (every, beat) = format.keep_alive();
     let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval_at(
         tokio::time::Instant::now() + every,

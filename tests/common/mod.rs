@@ -2,6 +2,7 @@
 //! request they get, and the real gateway started with `livegate::run` on port 0.
 #![allow(dead_code)]
 
+pub mod jwt;
 pub mod redis;
 
 use axum::extract::Request;
@@ -225,16 +226,8 @@ pub async fn websocket(to: SocketAddr, protocol: &str) -> Ws {
 /// `connection_init`'s payload (none when `Null`).
 pub async fn websocket_with(to: SocketAddr, protocol: &str, init: Value) -> Ws {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     use tokio_tungstenite::tungstenite::Message;
-    let mut req = format!("ws://{to}/graphql")
-        .into_client_request()
-        .expect("request");
-    req.headers_mut()
-        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("upgrade");
+    let mut ws = websocket_open(to, protocol).await;
     let hello = if init.is_null() {
         json!({"type": "connection_init"})
     } else {
@@ -248,6 +241,20 @@ pub async fn websocket_with(to: SocketAddr, protocol: &str, init: Value) -> Ws {
         ack.into_text().expect("text").as_str(),
         r#"{"type":"connection_ack"}"#
     );
+    ws
+}
+
+/// A WebSocket to the gateway in `protocol`, upgraded, nothing sent yet.
+pub async fn websocket_open(to: SocketAddr, protocol: &str) -> Ws {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{to}/graphql")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("sec-websocket-protocol", protocol.parse().expect("header"));
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
     ws
 }
 

@@ -16,12 +16,14 @@
 //! Files: this one (the socket's reader and writer tasks, options), [`protocol`] (one
 //! connection's messages, both subprotocols), [`ops`] (the running operations by id).
 
+mod auth;
 mod ops;
 mod protocol;
 
 use super::AppState;
 use crate::live::{self, Frame, Outbox};
 use crate::request::RequestContext;
+use auth::carries_token;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
@@ -144,6 +146,7 @@ fn tasks(
         protocol,
         acked: false,
         init_seen: false,
+        expires: None,
     });
     let reader = async move {
         let _open = (open, held);

@@ -84,6 +84,9 @@ pub(super) struct Connection {
     pub(super) protocol: Protocol,
     pub(super) acked: bool,
     pub(super) init_seen: bool,
+    /// When the token the connection was opened (or last renewed) with runs out: the
+    /// connection closes then (see `auth.rs`).
+    pub(super) expires: Option<tokio::time::Instant>,
     /// Operations this socket may still start this second.
     pub(super) bucket: crate::server::limits::Bucket,
 }
@@ -118,6 +121,10 @@ impl Connection {
                         self.tx.close(4408, "Connection initialisation timeout");
                         return;
                     }
+                    if self.expires.is_some_and(|e| now >= e) {
+                        self.expired().await;
+                        return;
+                    }
                     if now >= next_idle_check {
                         next_idle_check = now + idle_every;
                         if self.ops.len() > 0 {
@@ -140,6 +147,9 @@ impl Connection {
                     }
                     if legacy {
                         next = next.min(next_ka);
+                    }
+                    if let Some(e) = self.expires {
+                        next = next.min(e);
                     }
                     timer.as_mut().reset(next);
                 }
@@ -177,6 +187,10 @@ impl Connection {
                     if !keep_going {
                         return;
                     }
+                    // A token accepted (or renewed) just now: the timer wakes at its end.
+                    if let Some(e) = self.expires.filter(|e| *e < timer.deadline()) {
+                        timer.as_mut().reset(e);
+                    }
                 }
             }
         }
@@ -196,8 +210,19 @@ impl Connection {
                 }
                 self.init_seen = true;
                 self.take_init_payload(msg.payload.as_ref());
+                if let Err(failure) = self.authenticate().await {
+                    self.tx
+                        .close(4403, &format!("Forbidden: {}", failure.message()));
+                    return false;
+                }
                 self.acked = true;
                 self.tx.json(json!({"type": "connection_ack"})).await
+            }
+            "ping" if self.acked && carries_token(msg.payload.as_ref()) => {
+                let answer = self.renew(msg.payload.as_ref()).await;
+                self.tx
+                    .json(json!({"type": "pong", "payload": answer}))
+                    .await
             }
             "ping" => {
                 let mut pong = json!({"type": "pong"});
@@ -267,9 +292,22 @@ impl Connection {
             return self.tx.json(json!({"type": "connection_error", "payload": {"message": "invalid message: not a JSON object with a type"}})).await;
         };
         match msg.kind.as_str() {
+            "connection_init" if self.acked => {
+                let answer = self.renew(msg.payload.as_ref()).await;
+                match answer.get("message") {
+                    None => self.tx.json(json!({"type": "connection_ack"})).await,
+                    Some(why) => self.tx.json(json!({"type": "connection_error", "payload": {"message": why, "extensions": {"code": "UNAUTHENTICATED"}}})).await,
+                }
+            }
             "connection_init" => {
                 self.init_seen = true;
                 self.take_init_payload(msg.payload.as_ref());
+                if let Err(failure) = self.authenticate().await {
+                    let refused = json!({"type": "connection_error", "payload": {"message": failure.message(), "extensions": {"code": "UNAUTHENTICATED"}}});
+                    self.tx.json(refused).await;
+                    self.tx.close(4403, "Forbidden");
+                    return false;
+                }
                 self.acked = true;
                 self.tx.json(json!({"type": "connection_ack"})).await && self.tx.json(json!({"type": "ka"})).await
             }
@@ -364,10 +402,18 @@ impl Connection {
     /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`);
     /// of them, those that can change an upstream's answer are kept.
     pub(super) fn take_init_payload(&mut self, payload: Option<&Value>) {
+        if let Some(headers) = self.init_headers(payload) {
+            self.ctx = RequestContext::new(headers);
+        }
+    }
+
+    /// The connection's headers with those `payload` gives (see
+    /// [`Self::take_init_payload`]); `None` when it is not an object.
+    pub(super) fn init_headers(&self, payload: Option<&Value>) -> Option<http::HeaderMap> {
         let engine = self.state.engine();
         let kept = engine.responses.vary();
         let Some(Value::Object(map)) = payload else {
-            return;
+            return None;
         };
         let nested = map
             .get("headers")
@@ -385,7 +431,7 @@ impl Connection {
                 }
             }
         }
-        self.ctx = RequestContext::new(headers);
+        Some(headers)
     }
 
     /// Starts one operation, registered under `id` until it ends (or the socket closes),

@@ -1,0 +1,463 @@
+//! Identity at the edge: tokens signed by the test with keys it made, verified through a
+//! real JWKS endpoint (rotated and taken down during tests), on every transport.
+
+mod common;
+
+use common::jwt::{claims, now, unsigned, Jwks, Signer};
+use common::{Gateway, Upstream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "a shared secret of thirty-two bytes!";
+
+const SCHEMA: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Query {
+  hello: Hello @rest(upstream: "api", path: "/hello") @cache(maxAge: 60)
+}
+type Subscription {
+  hello: Hello @live(pollMs: 60000)
+}
+type Hello { text: String }
+"#;
+
+async fn upstream() -> Upstream {
+    Upstream::start(axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { axum::Json(json!({"text": "hi"})) }),
+    ))
+    .await
+}
+
+fn options(jwks: &Jwks) -> livegate::Options {
+    livegate::Options {
+        auth: livegate::auth::Options {
+            jwks_urls: vec![jwks.url()],
+            secret: Some(SECRET.into()),
+            leeway: Duration::ZERO,
+            jwks_min_refresh: Duration::ZERO,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+struct Setup {
+    up: Upstream,
+    gw: Gateway,
+    jwks: Jwks,
+    rsa: Signer,
+    ec: Signer,
+    ed: Signer,
+}
+
+async fn setup(tune: impl FnOnce(&mut livegate::Options)) -> Setup {
+    let (rsa, ec, ed) = (Signer::rsa("rsa-1"), Signer::ec("ec-1"), Signer::ed("ed-1"));
+    let jwks = Jwks::start(&[&rsa, &ec, &ed]).await;
+    let up = upstream().await;
+    let mut opts = options(&jwks);
+    tune(&mut opts);
+    let gw = Gateway::start(&SCHEMA.replace("{up}", &up.url()), opts).await;
+    Setup {
+        up,
+        gw,
+        jwks,
+        rsa,
+        ec,
+        ed,
+    }
+}
+
+/// POSTs `{ hello { text } }` with `token` as a bearer token: the status, the
+/// `WWW-Authenticate` header and the body.
+async fn ask(gw: &Gateway, token: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut req = gw
+        .client
+        .post(gw.url())
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({"query": "{ hello { text } }"}));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("answer");
+    let status = res.status().as_u16();
+    let challenge = res
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().expect("ascii").to_string());
+    (status, challenge, res.json().await.expect("json"))
+}
+
+#[tokio::test]
+async fn tokens_of_every_algorithm_are_verified_and_bad_ones_get_401() {
+    let s = setup(|_| {}).await;
+    let hmac = Signer::hmac(SECRET);
+    for signer in [&s.rsa, &s.ec, &s.ed, &hmac] {
+        let (status, _, body) = ask(&s.gw, Some(&signer.sign(&claims("ann", 60)))).await;
+        assert_eq!(status, 200, "{:?}: {body}", signer.alg);
+        assert_eq!(body["data"]["hello"]["text"], "hi");
+    }
+    let stranger = Signer::ec("ec-1"); // the right kid, another key
+    let (rsa_n, _) = (s.rsa.jwk["n"].as_str().expect("n").to_string(), ());
+    let bad = [
+        ("expired", s.rsa.sign(&claims("ann", -5)), "expired"),
+        (
+            "not yet valid",
+            s.ed.sign(&json!({"sub": "ann", "exp": now() + 60, "nbf": now() + 30})),
+            "nbf",
+        ),
+        ("no exp", s.ec.sign(&json!({"sub": "ann"})), "exp"),
+        ("wrong key", stranger.sign(&claims("ann", 60)), "signature"),
+        ("alg none", unsigned(&claims("ann", 60)), "invalid"),
+        // Algorithm confusion: HS256 keyed with the RSA key's public modulus.
+        (
+            "hs256 over a public key",
+            Signer::hmac(&rsa_n).sign_as("rsa-1", &claims("ann", 60)),
+            "invalid",
+        ),
+        ("garbage", "not.a.jwt".to_string(), "invalid"),
+        (
+            "unknown kid",
+            s.ed.sign_as("nobody", &claims("ann", 60)),
+            "key",
+        ),
+    ];
+    for (what, token, words) in &bad {
+        let (status, challenge, body) = ask(&s.gw, Some(token)).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{what}"
+        );
+        let message = body["errors"][0]["message"].as_str().expect("message");
+        assert!(message.contains(words), "{what}: {message}");
+        assert!(
+            !message.contains(&**token),
+            "{what}: the token is not echoed"
+        );
+        assert!(
+            challenge.expect("a challenge").starts_with("Bearer"),
+            "{what}"
+        );
+    }
+    // Anonymous requests run: verification is optional unless --jwt-required.
+    let (status, _, body) = ask(&s.gw, None).await;
+    assert_eq!(status, 200, "{body}");
+    let page = s.gw.metrics().await;
+    assert_eq!(
+        common::sample(&page, "livegate_auth_total{result=\"ok\"}"),
+        4.0
+    );
+    assert_eq!(
+        common::sample(&page, "livegate_auth_total{result=\"expired\"}"),
+        1.0
+    );
+    assert_eq!(
+        common::sample(&page, "livegate_auth_total{result=\"invalid\"}"),
+        (bad.len() - 1) as f64
+    );
+    // Refused requests never reached the upstream.
+    assert_eq!(s.up.count(), 1, "one fetch, then the cache");
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_and_required_when_configured() {
+    let s = setup(|o| {
+        o.auth.issuers = vec!["https://idp.example".into()];
+        o.auth.audiences = vec!["livegate".into()];
+        o.auth.required = true;
+    })
+    .await;
+    let exp = now() + 60;
+    let good = json!({"sub": "ann", "exp": exp, "iss": "https://idp.example", "aud": ["livegate", "other"]});
+    assert_eq!(ask(&s.gw, Some(&s.rsa.sign(&good))).await.0, 200);
+    for (what, c) in [
+        (
+            "wrong issuer",
+            json!({"sub": "ann", "exp": exp, "iss": "https://evil.example", "aud": "livegate"}),
+        ),
+        (
+            "no issuer",
+            json!({"sub": "ann", "exp": exp, "aud": "livegate"}),
+        ),
+        (
+            "wrong audience",
+            json!({"sub": "ann", "exp": exp, "iss": "https://idp.example", "aud": "other"}),
+        ),
+        (
+            "no audience",
+            json!({"sub": "ann", "exp": exp, "iss": "https://idp.example"}),
+        ),
+    ] {
+        let (status, _, body) = ask(&s.gw, Some(&s.ed.sign(&c))).await;
+        assert_eq!(status, 401, "{what}: {body}");
+    }
+    // --jwt-required: no token is a 401 too, with a challenge and no error code
+    // beyond UNAUTHENTICATED.
+    let (status, challenge, body) = ask(&s.gw, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    assert_eq!(
+        common::sample(
+            &s.gw.metrics().await,
+            "livegate_auth_total{result=\"missing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(s.up.count(), 1);
+}
+
+#[tokio::test]
+async fn rotated_keys_are_fetched_once_and_kept_while_the_jwks_is_down() {
+    // The issuer rotates: a token naming a key the gateway lacks makes it fetch the JWKS
+    // again, once...
+    let s = setup(|_| {}).await;
+    assert_eq!(
+        ask(&s.gw, Some(&s.rsa.sign(&claims("ann", 60)))).await.0,
+        200
+    );
+    assert_eq!(
+        s.jwks.fetches(),
+        1,
+        "fetched once at start: {:?}",
+        s.jwks.upstream.requests()
+    );
+    let next = Signer::ed("ed-2");
+    s.jwks.set(&[&s.rsa, &next]);
+    assert_eq!(
+        ask(&s.gw, Some(&next.sign(&claims("bob", 60)))).await.0,
+        200
+    );
+    assert_eq!(s.jwks.fetches(), 2, "one fetch for the unknown kid");
+    assert_eq!(
+        ask(&s.gw, Some(&next.sign(&claims("bob", 60)))).await.0,
+        200
+    );
+    assert_eq!(s.jwks.fetches(), 2, "then it is known");
+    // ...and a JWKS endpoint that dies loses nothing: the keys fetched are kept.
+    s.jwks.down(true);
+    assert_eq!(
+        ask(&s.gw, Some(&next.sign(&claims("bob", 60)))).await.0,
+        200
+    );
+    assert_eq!(
+        ask(&s.gw, Some(&s.rsa.sign(&claims("ann", 60)))).await.0,
+        200
+    );
+    let (status, _, body) = ask(&s.gw, Some(&Signer::ec("ec-9").sign(&claims("eve", 60)))).await;
+    assert_eq!(status, 401, "{body}");
+    // Unknown kids never make it fetch more than once per --jwt-jwks-min-refresh-s.
+    let s = setup(|o| o.auth.jwks_min_refresh = Duration::from_secs(3600)).await;
+    assert_eq!(
+        ask(&s.gw, Some(&s.rsa.sign(&claims("ann", 60)))).await.0,
+        200
+    );
+    for i in 0..5 {
+        let stranger = Signer::ed(&format!("made-up-{i}"));
+        assert_eq!(
+            ask(&s.gw, Some(&stranger.sign(&claims("eve", 60)))).await.0,
+            401
+        );
+    }
+    assert_eq!(
+        s.jwks.fetches(),
+        1,
+        "the start's fetch was the last this hour"
+    );
+}
+
+/// A WebSocket in `protocol` with `init` as `connection_init`'s payload: the first
+/// message back (or the close frame, as `{"close": code, "reason": …}`).
+async fn ws_init(gw: &Gateway, protocol: &str, init: Value) -> (common::Ws, Value) {
+    let mut ws = common::websocket_open(gw.addr, protocol).await;
+    ws.send(Message::text(
+        json!({"type": "connection_init", "payload": init}).to_string(),
+    ))
+    .await
+    .expect("send");
+    let first = next_or_close(&mut ws).await;
+    (ws, first)
+}
+
+async fn next_or_close(ws: &mut common::Ws) -> Value {
+    let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10 s")
+        .expect("open")
+        .expect("read");
+    match msg {
+        Message::Close(Some(frame)) => {
+            json!({"close": u16::from(frame.code), "reason": frame.reason.as_str()})
+        }
+        Message::Text(t) => serde_json::from_str(t.as_str()).expect("json"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sockets_check_the_token_at_connection_init() {
+    let s = setup(|_| {}).await;
+    let good = format!("Bearer {}", s.ec.sign(&claims("ann", 60)));
+    let expired = format!("Bearer {}", s.ec.sign(&claims("ann", -60)));
+    // graphql-transport-ws: acked, or closed 4403.
+    let (mut ws, first) = ws_init(
+        &s.gw,
+        "graphql-transport-ws",
+        json!({"Authorization": good}),
+    )
+    .await;
+    assert_eq!(first["type"], "connection_ack");
+    ws.send(Message::text(
+        json!({"id": "1", "type": "subscribe", "payload": {"query": "{ hello { text } }"}})
+            .to_string(),
+    ))
+    .await
+    .expect("send");
+    assert_eq!(
+        next_or_close(&mut ws).await["payload"]["data"]["hello"]["text"],
+        "hi"
+    );
+    let (_, first) = ws_init(
+        &s.gw,
+        "graphql-transport-ws",
+        json!({"headers": {"authorization": expired}}),
+    )
+    .await;
+    assert_eq!(first["close"], 4403, "{first}");
+    assert!(first["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("expired"));
+    // The legacy protocol: connection_error, then the close.
+    let (_, first) = ws_init(&s.gw, "graphql-ws", json!({"Authorization": good})).await;
+    assert_eq!(first["type"], "connection_ack");
+    let (mut ws, first) =
+        ws_init(&s.gw, "graphql-ws", json!({"Authorization": "Bearer nope"})).await;
+    assert_eq!(first["type"], "connection_error", "{first}");
+    assert_eq!(first["payload"]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(next_or_close(&mut ws).await["close"], 4403);
+}
+
+#[tokio::test]
+async fn a_socket_closes_when_its_token_runs_out_unless_renewed() {
+    let s = setup(|_| {}).await;
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { hello { text } }"}});
+    // Not renewed: closed with 4403 at exp (the leeway is 0 here).
+    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 2)));
+    let (mut ws, first) = ws_init(
+        &s.gw,
+        "graphql-transport-ws",
+        json!({"Authorization": short}),
+    )
+    .await;
+    assert_eq!(first["type"], "connection_ack");
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send");
+    assert_eq!(next_or_close(&mut ws).await["type"], "next");
+    let closed = next_or_close(&mut ws).await;
+    assert_eq!(closed["close"], 4403, "{closed}");
+    // Renewed with a ping carrying a new token: the subscription goes on past the first
+    // token's end; a rejected renewal (another user's token) changes nothing.
+    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 2)));
+    let (mut ws, _) = ws_init(
+        &s.gw,
+        "graphql-transport-ws",
+        json!({"Authorization": short}),
+    )
+    .await;
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send");
+    assert_eq!(next_or_close(&mut ws).await["type"], "next");
+    let other = format!("Bearer {}", s.rsa.sign(&claims("bob", 60)));
+    ws.send(Message::text(
+        json!({"type": "ping", "payload": {"Authorization": other}}).to_string(),
+    ))
+    .await
+    .expect("send");
+    let pong = next_or_close(&mut ws).await;
+    assert_eq!(pong["payload"]["auth"], "rejected", "{pong}");
+    let longer = s.rsa.sign(&claims("ann", 3600));
+    ws.send(Message::text(
+        json!({"type": "ping", "payload": {"Authorization": format!("Bearer {longer}")}})
+            .to_string(),
+    ))
+    .await
+    .expect("send");
+    let pong = next_or_close(&mut ws).await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["payload"]["auth"], "renewed", "{pong}");
+    assert!(
+        !pong.to_string().contains(&longer),
+        "the token is not echoed"
+    );
+    // Past the first token's end the socket is still open: a ping is answered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    ws.send(Message::text(json!({"type": "ping"}).to_string()))
+        .await
+        .expect("send");
+    assert_eq!(next_or_close(&mut ws).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn streams_check_the_token_and_end_with_it() {
+    let s = setup(|_| {}).await;
+    let sub = json!({"query": "subscription { hello { text } }"});
+    for accept in ["text/event-stream", "multipart/mixed;subscriptionSpec=1.0"] {
+        let res =
+            s.gw.client
+                .post(s.gw.url())
+                .header("accept", accept)
+                .bearer_auth("bad.to.ken")
+                .json(&sub)
+                .send()
+                .await
+                .expect("answer");
+        assert_eq!(res.status(), 401, "{accept}");
+        let token = s.ed.sign(&claims("ann", 2));
+        let mut res =
+            s.gw.client
+                .post(s.gw.url())
+                .header("accept", accept)
+                .bearer_auth(&token)
+                .json(&sub)
+                .send()
+                .await
+                .expect("answer");
+        assert_eq!(res.status(), 200, "{accept}");
+        let mut body = String::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), res.chunk())
+            .await
+            .expect("in time")
+            .expect("read")
+        {
+            body.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(body.contains("\"hi\""), "{accept}: {body}");
+        assert!(
+            body.contains("UNAUTHENTICATED"),
+            "{accept}: ends with an error: {body}"
+        );
+        assert!(body.contains("expired"), "{accept}: {body}");
+    }
+    // graphql-sse reservations: a bad token gets no reservation.
+    let res =
+        s.gw.client
+            .put(s.gw.url())
+            .bearer_auth("bad.to.ken")
+            .send()
+            .await
+            .expect("answer");
+    assert_eq!(res.status(), 401);
+    let res =
+        s.gw.client
+            .put(s.gw.url())
+            .bearer_auth(s.ed.sign(&claims("ann", 60)))
+            .send()
+            .await
+            .expect("answer");
+    assert_eq!(res.status(), 201);
+}
