@@ -461,3 +461,219 @@ async fn streams_check_the_token_and_end_with_it() {
             .expect("answer");
     assert_eq!(res.status(), 201);
 }
+
+const GUARDED: &str = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Query {
+  hello: Hello @rest(upstream: "api", path: "/hello") @cache(maxAge: 60)
+  me: Profile @rest(upstream: "api", path: "/me") @authenticated
+  orders: [Order!] @rest(upstream: "api", path: "/orders") @cache(maxAge: 60) @requiresScopes(scopes: [["orders:read"], ["admin"]])
+  audit: Audit! @rest(upstream: "api", path: "/audit")
+  status: Status @rest(upstream: "api", path: "/hello")
+}
+type Mutation {
+  cancel(id: ID!): Order @rest(upstream: "api", method: POST, path: "/orders/{args.id}/cancel") @requiresScopes(scopes: [["orders:write", "orders:read"]])
+}
+type Subscription {
+  orders: [Order!] @live(pollMs: 60000) @authenticated
+}
+type Hello { text: String }
+type Profile { name: String @requiresScopes(scopes: [["profile"]]) city: String }
+type Order { id: ID! total: Int }
+type Audit @requiresScopes(scopes: [["admin"]]) { entries: [String] }
+enum Level @authenticated { LOW HIGH }
+type Status { text: String level: Level }
+"#;
+
+async fn guarded() -> (Upstream, Gateway, Signer, Jwks) {
+    let ed = Signer::ed("ed-1");
+    let jwks = Jwks::start(&[&ed]).await;
+    let up = Upstream::start(
+        axum::Router::new()
+            .route(
+                "/hello",
+                axum::routing::get(|| async { axum::Json(json!({"text": "hi", "level": "LOW"})) }),
+            )
+            .route(
+                "/me",
+                axum::routing::get(|| async { axum::Json(json!({"name": "Ann", "city": "Oslo"})) }),
+            )
+            .route(
+                "/orders",
+                axum::routing::get(|| async { axum::Json(json!([{"id": "1", "total": 5}])) }),
+            )
+            .route(
+                "/audit",
+                axum::routing::get(|| async { axum::Json(json!({"entries": ["x"]})) }),
+            )
+            .route(
+                "/orders/{id}/cancel",
+                axum::routing::post(|| async { axum::Json(json!({"id": "1", "total": 0})) }),
+            ),
+    )
+    .await;
+    let gw = Gateway::start(&GUARDED.replace("{up}", &up.url()), options(&jwks)).await;
+    (up, gw, ed, jwks)
+}
+
+async fn post(gw: &Gateway, token: Option<&str>, query: &str) -> Value {
+    let mut req = gw
+        .client
+        .post(gw.url())
+        .header("accept", "application/json")
+        .json(&json!({"query": query}));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn with_scope(sub: &str, scope: &str) -> Value {
+    let mut c = claims(sub, 600);
+    c["scope"] = json!(scope);
+    c
+}
+
+#[tokio::test]
+async fn guarded_fields_are_null_with_an_error_and_their_upstream_is_never_called() {
+    let (up, gw, ed, _jwks) = guarded().await;
+    // Anonymous: the open field resolves, the guarded one is null with UNAUTHENTICATED
+    // at its path, and /me is never asked.
+    let body = post(&gw, None, "{ hello { text } me { city } }").await;
+    assert_eq!(body["data"]["hello"]["text"], "hi", "{body}");
+    assert_eq!(body["data"]["me"], Value::Null, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["path"], json!(["me"]));
+    assert_eq!(up.count_matching("GET /me"), 0);
+    // A token without the scopes: FORBIDDEN, /orders never asked. Outer list is OR,
+    // inner AND: `admin` alone is enough; `orders:write` alone is not `orders:write
+    // orders:read`.
+    let reader = ed.sign(&with_scope("ann", "profile other"));
+    let body = post(&gw, Some(&reader), "{ orders { id } me { name city } }").await;
+    assert_eq!(body["data"]["orders"], Value::Null, "{body}");
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("orders:read"));
+    assert_eq!(
+        body["data"]["me"]["name"], "Ann",
+        "the profile scope: {body}"
+    );
+    assert_eq!(up.count_matching("GET /orders"), 0);
+    for scope in ["admin", "orders:read"] {
+        let body = post(
+            &gw,
+            Some(&ed.sign(&with_scope("ann", scope))),
+            "{ orders { id } }",
+        )
+        .await;
+        assert_eq!(body["data"]["orders"][0]["id"], "1", "{scope}: {body}");
+    }
+    // A field of a guarded type: a non-null one nulls its parent (here `data`).
+    let body = post(&gw, Some(&reader), "{ audit { entries } hello { text } }").await;
+    assert_eq!(body["data"], Value::Null, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    assert_eq!(up.count_matching("GET /audit"), 0);
+    // An enum type that requires a caller: the field returning it is null for anonymous.
+    let body = post(&gw, None, "{ status { text level } }").await;
+    assert_eq!(
+        body["data"]["status"],
+        json!({"text": "hi", "level": null}),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["path"], json!(["status", "level"]));
+    // A mutation without its scopes is never sent.
+    let writer = ed.sign(&with_scope("ann", "orders:write"));
+    let body = post(&gw, Some(&writer), "mutation { cancel(id: \"1\") { id } }").await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "FORBIDDEN",
+        "{body}"
+    );
+    assert_eq!(up.count_matching("POST"), 0);
+    let both = ed.sign(&with_scope("ann", "orders:read orders:write"));
+    let body = post(&gw, Some(&both), "mutation { cancel(id: \"1\") { total } }").await;
+    assert_eq!(body["data"]["cancel"]["total"], 0, "{body}");
+    assert_eq!(up.count_matching("POST"), 1);
+    let page = gw.metrics().await;
+    assert!(
+        common::sample(&page, "livegate_auth_total{result=\"forbidden\"}") >= 5.0,
+        "{page}"
+    );
+}
+
+#[tokio::test]
+async fn guarded_subscriptions_refuse_before_anything_starts() {
+    let (up, gw, ed, _jwks) = guarded().await;
+    let subscribe = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { orders { id } }"}});
+    // Anonymous: the subscription field's @authenticated refuses it.
+    let mut ws = common::websocket(gw.addr, "graphql-transport-ws").await;
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send");
+    let got = common::next_json(&mut ws).await;
+    assert_eq!(got["type"], "error", "{got}");
+    assert_eq!(got["payload"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    // Authenticated without the Query field's scopes: each result says FORBIDDEN.
+    let token = format!("Bearer {}", ed.sign(&with_scope("ann", "profile")));
+    let mut ws = common::websocket_with(
+        gw.addr,
+        "graphql-transport-ws",
+        json!({"Authorization": token}),
+    )
+    .await;
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send");
+    let got = common::next_json(&mut ws).await;
+    assert_eq!(got["payload"]["data"]["orders"], Value::Null, "{got}");
+    assert_eq!(
+        got["payload"]["errors"][0]["extensions"]["code"],
+        "FORBIDDEN"
+    );
+    assert_eq!(up.count_matching("GET /orders"), 0);
+}
+
+#[test]
+fn misused_directives_are_refused_with_their_position() {
+    let schema = r#"
+extend schema @upstream(name: "api", url: "http://127.0.0.1:1")
+type Query {
+  a: Int @rest(upstream: "api", path: "/a") @requiresScopes(scopes: [])
+  b: Int @rest(upstream: "api", path: "/b") @requiresScopes(scopes: [[]])
+  c: Int @rest(upstream: "api", path: "/c") @requiresScopes
+  d: Int @rest(upstream: "api", path: "/d") @authenticated(yes: true)
+  e(x: In): U @rest(upstream: "api", path: "/e")
+}
+union U @authenticated = Query
+input In @requiresScopes(scopes: [["x"]]) { x: Int }
+"#;
+    let errors: Vec<String> =
+        livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
+            .expect_err("refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    let all = errors.join("\n");
+    for at in ["4:", "5:", "6:", "7:", "10:", "11:"] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("schema.graphql:{at}"))),
+            "an error at line {at}\n{all}"
+        );
+    }
+    assert!(all.contains("refuse everyone"), "{all}");
+    assert!(all.contains("let everyone in"), "{all}");
+}

@@ -7,6 +7,7 @@
 //! right type. Cross-references (does the upstream exist, does the template name a real
 //! argument) are [`crate::plan`]'s job. Every error is collected; none stops the reading.
 
+mod access;
 mod directives;
 
 use async_graphql_parser::types::{
@@ -16,6 +17,7 @@ use async_graphql_parser::types::{
 use async_graphql_parser::{Pos, Positioned};
 use async_graphql_value::ConstValue;
 
+pub use access::AccessConfig;
 pub use directives::{
     CacheDirective, DiscriminateDirective, Header, HttpMethod, InvalidatesDirective, LiveDirective,
     RestDirective, Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
@@ -145,6 +147,8 @@ pub struct FieldConfig {
     pub stream: Option<Positioned<SourceDirective>>,
     /// `@map(from: "owner.login")`: the member of the parent's upstream data this field reads.
     pub map: Option<Positioned<String>>,
+    /// `@authenticated`, `@requiresScopes`.
+    pub access: AccessConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +189,8 @@ pub struct TypeConfig {
     pub name: Positioned<String>,
     pub description: Option<String>,
     pub kind: TypeConfigKind,
+    /// `@authenticated`, `@requiresScopes` on the type.
+    pub access: AccessConfig,
 }
 
 /// What `schema.graphql` says, typed and positioned.
@@ -328,6 +334,7 @@ fn extend(types: &mut [TypeConfig], ext: TypeConfig, errors: &mut Errors) {
         return;
     };
     let (is, says) = (what(&base.kind), what(&ext.kind));
+    base.access.merge(ext.access);
     match (&mut base.kind, ext.kind) {
         (
             TypeConfigKind::Object { fields, implements },
@@ -406,7 +413,12 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
     let name = def.name.clone().map(|n| n.to_string());
     let abstract_type = matches!(def.kind, TypeKind::Interface(_) | TypeKind::Union(_));
     let mut discriminate = None;
+    let mut access = AccessConfig::default();
+    let guardable = !matches!(def.kind, TypeKind::Union(_) | TypeKind::InputObject(_));
     for d in &def.directives {
+        if guardable && access::read(d, &mut access, errors) {
+            continue;
+        }
         match d.node.name.node.as_str() {
             "discriminate" if abstract_type => {
                 if put(&mut discriminate, directives::discriminate(d, errors)) {
@@ -426,11 +438,12 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
             other => errors.push(
                 d.pos,
                 format!(
-                    "directive @{other} is not allowed on a type{}",
-                    if abstract_type {
-                        "; known on interfaces and unions: @discriminate"
-                    } else {
-                        ""
+                    "directive @{other} is not allowed on {}",
+                    match &def.kind {
+                        TypeKind::Interface(_) => "an interface; known: @discriminate, @authenticated, @requiresScopes",
+                        TypeKind::Union(_) => "a union; known: @discriminate (@authenticated and @requiresScopes go on its member types)",
+                        TypeKind::InputObject(_) => "an input type",
+                        _ => "a type; known: @authenticated, @requiresScopes",
                     }
                 ),
             ),
@@ -489,6 +502,7 @@ fn type_config(ty: &Positioned<TypeDefinition>, errors: &mut Errors) -> Option<T
         name,
         description: def.description.as_ref().map(|d| d.node.clone()),
         kind,
+        access,
     })
 }
 
@@ -605,9 +619,13 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
         updates: None,
         stream: None,
         map: None,
+        access: AccessConfig::default(),
     };
     let field = out.name.node.clone();
     for d in &def.directives {
+        if access::read(d, &mut out.access, errors) {
+            continue;
+        }
         let name = d.node.name.node.as_str();
         // Each directive at most once: a second one is reported, the first kept.
         let taken = match name {
@@ -625,7 +643,7 @@ fn field_config(field: &Positioned<FieldDefinition>, errors: &mut Errors) -> Fie
             other => {
                 errors.push(
                     d.pos,
-                    format!("unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated"),
+                    format!("unknown directive @{other} on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated, @authenticated, @requiresScopes"),
                 );
                 false
             }

@@ -7,7 +7,7 @@
 use super::operation::{Next, Planned};
 use super::vars;
 use crate::deps::Deps;
-use crate::plan::{FieldPlan, Plan};
+use crate::plan::{Access, Denied, FieldPlan, Plan};
 use crate::request::RequestContext;
 use crate::resolve::{Call, Fetched, Runtime};
 use crate::upstream::UpstreamError;
@@ -143,6 +143,22 @@ pub(super) struct Task<'p, 'v> {
 type Arguments = [(Positioned<Name>, Positioned<GqlValue>)];
 
 impl<'a> Run<'a> {
+    /// Whether the caller may see what `access` guards (`None`: anyone).
+    pub(super) fn allowed(&self, access: Option<&Arc<Access>>) -> Result<(), Denied> {
+        match access {
+            None => Ok(()),
+            Some(a) => a.check(self.ctx.identity().map(|i| i.scopes.as_slice())),
+        }
+    }
+
+    /// Whether the caller may see the planned field `p` (its upstream is never called
+    /// for one who may not).
+    pub(super) fn permits(&self, p: &Planned) -> bool {
+        p.field
+            .as_ref()
+            .is_none_or(|f| self.allowed(f.access.as_ref()).is_ok())
+    }
+
     /// The field's arguments as one JSON object: literals and variables coerced, defaults
     /// applied; an argument with neither value nor default is absent.
     pub(super) fn args(&self, arguments: &Arguments, field: &FieldPlan) -> Value {
@@ -203,11 +219,14 @@ impl<'a> Run<'a> {
                 let Ok(Some(shape)) = next.shape_of(self.plan, value) else {
                     return;
                 };
-                if !shape.rest {
+                if !shape.rest || self.allowed(shape.access.as_ref()).is_err() {
                     return;
                 }
                 for p in &shape.fields {
                     let Some(field) = &p.field else { continue };
+                    if self.allowed(field.access.as_ref()).is_err() {
+                        continue;
+                    }
                     if field.rest.is_some() {
                         tasks.push(Task {
                             field,

@@ -219,16 +219,17 @@ async fn execute_on(
     let shape = &operation.root;
     let mut results = Results::default();
     if mutation {
-        for p in &shape.fields {
+        for p in shape.fields.iter().filter(|p| run.permits(p)) {
             if let Some(t) = root_task(p) {
                 run.fetch_levels(vec![t], &mut results, true).await;
             }
         }
     } else {
-        let mut tasks: Vec<Task<'_, '_>> = shape.fields.iter().filter_map(root_task).collect();
+        let permitted = || shape.fields.iter().filter(|p| run.permits(p));
+        let mut tasks: Vec<Task<'_, '_>> = permitted().filter_map(root_task).collect();
         // Root fields read from the root value (an event's payload) select `@rest`
         // fields below them.
-        for p in &shape.fields {
+        for p in permitted() {
             if let Some(field) = p.field.as_ref().filter(|f| f.rest.is_none()) {
                 run.descend(read(root, &field.member), &field.ty, &p.next, &mut tasks);
             }

@@ -38,6 +38,10 @@ pub struct Shape {
     pub fields: Vec<Planned>,
     /// A `@rest` field is selected here or below.
     pub rest: bool,
+    /// What its caller must be to see an object of this type (`@authenticated`,
+    /// `@requiresScopes` on it): checked where it is reached through an interface or
+    /// union; a field returning it directly carries it too.
+    pub access: Option<Arc<crate::plan::Access>>,
 }
 
 /// One response key of a selection.
@@ -229,10 +233,12 @@ impl<'a> Planner<'a> {
         let rest = fields
             .iter()
             .any(|p| p.field.as_ref().is_some_and(|f| f.rest.is_some()) || p.next.rest());
+        let access = self.plan.types.get(object).and_then(|t| t.access.clone());
         let shape = Arc::new(Shape {
             object: Arc::from(object),
             fields,
             rest,
+            access,
         });
         self.shapes.insert(memo, shape.clone());
         Ok(shape)

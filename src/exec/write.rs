@@ -117,6 +117,16 @@ impl<'r, 'a> Writer<'r, 'a> {
         parent: usize,
         src: Option<Src<'r>>,
     ) -> Result<(), Null> {
+        if let Err(denied) = self.run.allowed(shape.access.as_ref()) {
+            let what = format!("type `{}`", shape.object);
+            self.deny(
+                shape.access.as_deref(),
+                denied,
+                &what,
+                shape.fields.first().map(|p| p.pos),
+            );
+            return Err(Null { reported: true });
+        }
         self.buf.push(b'{');
         for (i, p) in shape.fields.iter().enumerate() {
             if i > 0 {
@@ -145,6 +155,15 @@ impl<'r, 'a> Writer<'r, 'a> {
             self.string(object);
             return Ok(());
         };
+        if let Err(denied) = self.run.allowed(field.access.as_ref()) {
+            let what = format!("`{object}.{}`", field.name);
+            self.deny(field.access.as_deref(), denied, &what, Some(pos));
+            if field.ty.non_null() {
+                return Err(Null { reported: true });
+            }
+            self.buf.extend_from_slice(b"null");
+            return Ok(());
+        }
         let Some(rest) = &field.rest else {
             if object.starts_with("__") || field.name.starts_with("__") {
                 return self.introspection(field, p, value);
@@ -385,6 +404,31 @@ impl<'r, 'a> Writer<'r, 'a> {
             detail: format!("{at} {what}"),
         };
         self.error(e.to_graphql().into_server_error(pos));
+    }
+
+    /// Records that the caller may not see `what` (its upstream was not called), at the
+    /// current path; counted in `livegate_auth_total{result="forbidden"}`.
+    fn deny(
+        &mut self,
+        access: Option<&crate::plan::Access>,
+        denied: crate::plan::Denied,
+        what: &str,
+        pos: Option<Pos>,
+    ) {
+        let message = access.map_or_else(String::new, |a| a.message(denied, what));
+        let mut e = ServerError::new(message, pos);
+        e.extensions = Some({
+            let mut ext = async_graphql::ErrorExtensionValues::default();
+            ext.set("code", denied.code());
+            ext
+        });
+        self.error(e);
+        self.run
+            .rt
+            .metrics
+            .auth
+            .with_label_values(&["forbidden"])
+            .inc();
     }
 
     /// Records `e` at the current path.

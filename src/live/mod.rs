@@ -53,8 +53,10 @@ pub async fn start(
     ctx: RequestContext,
     subscriber: Subscriber,
 ) -> Started {
-    match prepare(&engine, req) {
-        Err(message) => Started::Refused(Bytes::from(crate::exec::error_body(&message, None))),
+    match prepare(&engine, req, &ctx) {
+        Err(Refusal(message, code)) => {
+            Started::Refused(Bytes::from(crate::exec::error_body(&message, code)))
+        }
         Ok(Prepared::Once(req)) => Started::Once(crate::exec::run(&engine, req, &ctx).await),
         Ok(Prepared::Live(live)) => {
             Started::Subscribed(topics.live(&engine, live, &ctx, subscriber))
@@ -76,9 +78,29 @@ enum Prepared {
     Events(async_graphql::Request),
 }
 
+/// Why a subscription is refused: a message for the client, and its code.
+struct Refusal(String, Option<&'static str>);
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal(message, None)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        Refusal(message.to_string(), None)
+    }
+}
+
 /// Decides how to run `req`: once, or live. An error is a message for the client: the
-/// operation is a subscription livegate cannot serve.
-fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared, String> {
+/// operation is a subscription livegate cannot serve, or one its caller may not see
+/// (`@authenticated`/`@requiresScopes` on the Subscription field: nothing is started).
+fn prepare(
+    engine: &Engine,
+    mut req: async_graphql::Request,
+    ctx: &RequestContext,
+) -> Result<Prepared, Refusal> {
     bare_cr_as_lf(&mut req.query);
     let name = req.operation_name.clone();
     let subscription = req.parsed_query().is_ok_and(|doc| {
@@ -90,7 +112,7 @@ fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared,
     if subscription {
         if let Some(refusal) = crate::exec::limits::check_document(&mut req, &engine.limits) {
             engine.runtime.metrics.reject(refusal.rejection());
-            return Err(refusal.message);
+            return Err(refusal.message.into());
         }
     }
     // Parsed once and kept in the request: the executor reuses it.
@@ -109,15 +131,21 @@ fn prepare(engine: &Engine, mut req: async_graphql::Request) -> Result<Prepared,
     };
     let plan = &engine.runtime.plan;
     let Some(sub_field) = plan.subscription_field(field) else {
-        return Err(format!(
-            "`{field}` is not a subscription field of this schema"
-        ));
+        return Err(format!("`{field}` is not a subscription field of this schema").into());
     };
+    if let Some(access) = &sub_field.access {
+        if let Err(denied) = access.check(ctx.identity().map(|i| i.scopes.as_slice())) {
+            let metrics = &engine.runtime.metrics;
+            metrics.auth.with_label_values(&["forbidden"]).inc();
+            let what = format!("`Subscription.{field}`");
+            return Err(Refusal(access.message(denied, &what), Some(denied.code())));
+        }
+    }
     if sub_field.stream.is_some() {
         return Ok(Prepared::Events(req));
     }
     let Some(live) = &sub_field.live else {
-        return Err(format!("`{field}` is not a live field of this schema"));
+        return Err(format!("`{field}` is not a live field of this schema").into());
     };
     let (pos, poll) = (op.pos, live.poll);
     let field = field.to_string();

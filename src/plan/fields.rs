@@ -231,6 +231,7 @@ pub(super) fn field(ctx: &FieldCtx<'_>, f: &FieldConfig, errors: &mut Errors) ->
         updates,
         stream: None,
         member,
+        access: None,
     })
 }
 
@@ -373,5 +374,6 @@ pub(super) fn subscription_plan(
         updates: None,
         stream,
         member: vec![Arc::from(f.name.node.as_str())],
+        access: None,
     }
 }

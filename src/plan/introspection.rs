@@ -431,6 +431,7 @@ fn meta_field(
         updates: None,
         stream: None,
         member: vec![Arc::from(name)],
+        access: None,
     }
 }
 
@@ -490,6 +491,7 @@ fn meta_type(t: &Value) -> Option<TypePlan> {
         name: name.to_string(),
         description: t["description"].as_str().map(str::to_string),
         kind,
+        access: None,
     })
 }
 

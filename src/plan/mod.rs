@@ -12,6 +12,7 @@
 //! computed once per plan).
 
 mod abstracts;
+mod access;
 mod fields;
 pub mod introspection;
 mod model;
@@ -32,8 +33,8 @@ use std::time::Duration;
 pub use abstracts::Possible;
 use fields::*;
 pub use model::{
-    ArgPlan, CachePlan, ErrorMapping, FieldPlan, LivePlan, Plan, TypePlan, TypePlanKind,
-    UpstreamPlan,
+    Access, ArgPlan, CachePlan, Denied, ErrorMapping, FieldPlan, LivePlan, Plan, TypePlan,
+    TypePlanKind, UpstreamPlan,
 };
 pub use rest::{Batch, Body, RestPlan};
 pub use stream::{Apply, SourcePlan, StreamPlan, UpdatesPlan};
@@ -363,10 +364,12 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                 name,
                 description: t.description.clone(),
                 kind,
+                access: None,
             },
         );
     }
 
+    access::apply(config, &mut types);
     if errors.list.is_empty() {
         let introspection = introspection::build(
             config,

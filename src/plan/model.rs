@@ -85,7 +85,7 @@ pub struct CachePlan {
     pub scope: Scope,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FieldPlan {
     pub name: String,
     pub ty: TypeRef,
@@ -105,6 +105,88 @@ pub struct FieldPlan {
     /// Where a field without `@rest` reads its value in the parent's upstream data: its
     /// own name, or the path `@map(from:)` gives.
     pub member: Vec<Arc<str>>,
+    /// What its caller must be (`@authenticated`, `@requiresScopes` on the field, on its
+    /// type, on the interface field it implements); `None`: anyone.
+    pub access: Option<Arc<Access>>,
+}
+
+/// What a caller must be to see a field or a type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// A verified token.
+    pub authenticated: bool,
+    /// Each `@requiresScopes`, all of which must hold: scope sets, one of which the token
+    /// must grant whole.
+    pub scopes: Vec<Vec<Vec<String>>>,
+}
+
+/// Why a caller may not see a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No verified token: `UNAUTHENTICATED`.
+    Unauthenticated,
+    /// A token without the scopes: `FORBIDDEN`.
+    Forbidden,
+}
+
+impl Access {
+    /// Whether a caller with `scopes` (`None`: anonymous) may see it.
+    pub fn check(&self, scopes: Option<&[String]>) -> Result<(), Denied> {
+        let Some(granted) = scopes else {
+            return Err(Denied::Unauthenticated);
+        };
+        let holds = |sets: &Vec<Vec<String>>| {
+            sets.iter()
+                .any(|set| set.iter().all(|s| granted.iter().any(|g| g == s)))
+        };
+        if self.scopes.iter().all(holds) {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        }
+    }
+
+    /// Both requirements together.
+    pub fn merge(&mut self, other: &Access) {
+        self.authenticated |= other.authenticated;
+        for s in &other.scopes {
+            if !self.scopes.contains(s) {
+                self.scopes.push(s.clone());
+            }
+        }
+    }
+
+    /// The words of an error for `denied` at `what` (`Query.orders`, `type Secret`).
+    pub fn message(&self, denied: Denied, what: &str) -> String {
+        match denied {
+            Denied::Unauthenticated => {
+                format!("{what} requires an authenticated caller: send a valid token")
+            }
+            Denied::Forbidden => {
+                let sets: Vec<String> = self
+                    .scopes
+                    .iter()
+                    .map(|sets| {
+                        sets.iter()
+                            .map(|set| set.join(" and "))
+                            .collect::<Vec<_>>()
+                            .join(", or ")
+                    })
+                    .collect();
+                format!("{what} requires the scopes {}", sets.join("; and "))
+            }
+        }
+    }
+}
+
+impl Denied {
+    /// The error's `extensions.code`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Denied::Unauthenticated => "UNAUTHENTICATED",
+            Denied::Forbidden => "FORBIDDEN",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +227,9 @@ pub struct TypePlan {
     pub name: String,
     pub description: Option<String>,
     pub kind: TypePlanKind,
+    /// `@authenticated`, `@requiresScopes` on the type (also folded into every field
+    /// that returns it); `None`: anyone.
+    pub access: Option<Arc<Access>>,
 }
 
 /// Everything the runtime needs to serve a schema.

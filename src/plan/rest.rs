@@ -9,7 +9,7 @@ use async_graphql_value::ConstValue;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RestPlan {
     pub upstream: Arc<UpstreamPlan>,
     pub method: HttpMethod,
@@ -104,7 +104,7 @@ pub(super) fn dotted(
 }
 
 /// A request body: JSON whose strings may be templates.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Body {
     Template(Template),
     Object(Vec<(String, Body)>),
@@ -115,7 +115,7 @@ pub enum Body {
 /// `batchKey`: requests that differ only in one query parameter fed by the parent are
 /// sent as one (`/users?id=1&id=2`), and the items of the answer are matched back to each
 /// parent by comparing `item[key]` with the parameter's value.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// The query parameter that carries the keys.
     pub param: String,

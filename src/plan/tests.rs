@@ -64,7 +64,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: [String] @rset(upstream: \"chat\", path: \"/m\") }",
-            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated"],
+            &["schema.graphql:4:26: unknown directive @rset on a field; known: @rest, @cache, @invalidates, @updates, @live, @stream, @map, @deprecated, @authenticated, @requiresScopes"],
         ),
         (
             "type Query { m: [Strin] @rest(upstream: \"chat\", path: \"/m\") }",
@@ -269,7 +269,7 @@ fn interface_and_union_mistakes_get_exact_errors() {
             format!("type T @discriminate(field: \"t\") {{ a: Int }}\nunion U @discriminate(field: \"t\") @cache(maxAge: 1) = T{Q}"),
             &[
                 "schema.graphql:4:8: @discriminate is for interface and union types; `T` is neither",
-                "schema.graphql:5:35: directive @cache is not allowed on a type; known on interfaces and unions: @discriminate",
+                "schema.graphql:5:35: directive @cache is not allowed on a union; known: @discriminate (@authenticated and @requiresScopes go on its member types)",
             ],
         ),
         (
