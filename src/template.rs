@@ -1,4 +1,5 @@
-//! Templates: the `{args.x}` / `{parent.a.b}` / `{args}` strings of the directives.
+//! Templates: the `{args.x}` / `{parent.a.b}` / `{args}` / `{claims.sub}` strings of the
+//! directives.
 //!
 //! Parsed once by [`crate::plan`] (which checks every variable names something real) and
 //! rendered per request by [`crate::resolve`]. Rendering never fails on odd values: a
@@ -13,6 +14,8 @@ use serde_json::Value;
 pub enum Root {
     Args,
     Parent,
+    /// The verified caller's token claims (`{claims.sub}`, `{claims.org.id}`).
+    Claims,
 }
 
 /// `{args.channel}` is `Var { root: Args, path: ["channel"] }`; `{args}` has an empty path.
@@ -38,6 +41,8 @@ pub struct Template {
 pub struct Vars<'a> {
     pub args: &'a Value,
     pub parent: Option<&'a Value>,
+    /// The caller's claims, when a token was verified.
+    pub claims: Option<&'a Value>,
 }
 
 /// Characters kept as they are in a path segment (RFC 3986 unreserved); everything else,
@@ -66,9 +71,10 @@ impl Template {
             let root = match segs.next() {
                 Some("args") => Root::Args,
                 Some("parent") => Root::Parent,
+                Some("claims") => Root::Claims,
                 _ => {
                     return Err(format!(
-                        "`{{{inner}}}` in template {source:?}: a variable starts with `args` or `parent`"
+                        "`{{{inner}}}` in template {source:?}: a variable starts with `args`, `parent` or `claims`"
                     ))
                 }
             };
@@ -81,6 +87,11 @@ impl Template {
             if root == Root::Parent && path.is_empty() {
                 return Err(format!(
                     "`{{parent}}` in template {source:?}: name a field, like {{parent.id}}"
+                ));
+            }
+            if root == Root::Claims && path.is_empty() {
+                return Err(format!(
+                    "`{{claims}}` in template {source:?}: name a claim, like {{claims.sub}}"
                 ));
             }
             parts.push(Part::Var(Var { root, path }));
@@ -132,6 +143,11 @@ impl Template {
             [Part::Var(v)] => Some(v),
             _ => None,
         }
+    }
+
+    /// Whether it reads the caller's claims.
+    pub fn reads_claims(&self) -> bool {
+        self.vars().any(|v| v.root == Root::Claims)
     }
 
     pub fn is_constant(&self) -> bool {
@@ -187,6 +203,7 @@ impl std::fmt::Display for Template {
                     let root = match v.root {
                         Root::Args => "args",
                         Root::Parent => "parent",
+                        Root::Claims => "claims",
                     };
                     write!(f, "{{{root}")?;
                     for seg in &v.path {
@@ -215,6 +232,7 @@ pub fn lookup<'a>(var: &Var, vars: Vars<'a>) -> Option<&'a Value> {
     let mut v = match var.root {
         Root::Args => vars.args,
         Root::Parent => vars.parent?,
+        Root::Claims => vars.claims?,
     };
     for seg in &var.path {
         v = v.get(seg.as_str())?;
@@ -234,6 +252,7 @@ mod tests {
         let out = t.render_path(Vars {
             args: &args,
             parent: None,
+            claims: None,
         });
         assert_eq!(out.as_deref(), Some("/users/..%2Fadmin%2Fa%20b"));
     }
@@ -245,7 +264,8 @@ mod tests {
         assert_eq!(
             t.render_json(Vars {
                 args: &args,
-                parent: None
+                parent: None,
+                claims: None,
             }),
             args
         );
@@ -254,14 +274,16 @@ mod tests {
         assert_eq!(
             t.render_json(Vars {
                 args: &args,
-                parent: Some(&parent)
+                parent: Some(&parent),
+                claims: None,
             }),
             json!(7)
         );
         assert_eq!(
             t.render_string(Vars {
                 args: &args,
-                parent: Some(&parent)
+                parent: Some(&parent),
+                claims: None,
             }),
             "7"
         );
@@ -274,7 +296,7 @@ mod tests {
             .contains("unclosed"));
         assert!(Template::parse("/a/{foo}")
             .unwrap_err()
-            .contains("starts with `args` or `parent`"));
+            .contains("starts with `args`, `parent` or `claims`"));
         assert!(Template::parse("/a/{args.}")
             .unwrap_err()
             .contains("empty name"));

@@ -677,3 +677,153 @@ input In @requiresScopes(scopes: [["x"]]) { x: Int }
     assert!(all.contains("refuse everyone"), "{all}");
     assert!(all.contains("let everyone in"), "{all}");
 }
+
+const CLAIMS: &str = r#"
+extend schema @upstream(name: "api", url: "{up}", forwardHeaders: ["authorization"])
+type Query {
+  myOrders: [Order!] @rest(upstream: "api", path: "/users/{claims.sub}/orders", headers: [{name: "X-Tenant", value: "{claims.org.tenant}"}]) @cache(maxAge: 60)
+  inbox: [Order!] @rest(upstream: "api", path: "/inbox") @cache(maxAge: 60, scope: PRIVATE)
+}
+type Subscription {
+  myOrders: [Order!] @live(pollMs: 60000)
+  placed: Order @stream(upstream: "api", path: "/ws", when: {tenant: "{claims.org.tenant}"})
+}
+type Order { id: ID! owner: String tenant: String }
+"#;
+
+async fn claims_gateway() -> (
+    Upstream,
+    Gateway,
+    Signer,
+    tokio::sync::broadcast::Sender<String>,
+) {
+    use axum::extract::Path;
+    let ed = Signer::ed("ed-1");
+    let jwks = Jwks::start(&[&ed]).await;
+    let (say, _) = tokio::sync::broadcast::channel::<String>(16);
+    let up = Upstream::start(
+        axum::Router::new()
+            .route(
+                "/users/{sub}/orders",
+                axum::routing::get(
+                    |Path(sub): Path<String>, headers: http::HeaderMap| async move {
+                        let tenant = headers
+                            .get("x-tenant")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        axum::Json(
+                            json!([{"id": format!("{sub}-1"), "owner": sub, "tenant": tenant}]),
+                        )
+                    },
+                ),
+            )
+            .route(
+                "/inbox",
+                axum::routing::get(|| async { axum::Json(json!([{"id": "i1"}])) }),
+            )
+            .route("/ws", common::announcer(say.clone())),
+    )
+    .await;
+    let gw = Gateway::start(&CLAIMS.replace("{up}", &up.url()), options(&jwks)).await;
+    // The JWKS server lives as long as the test's runtime.
+    std::mem::forget(jwks);
+    (up, gw, ed, say)
+}
+
+fn user(sub: &str, tenant: &str) -> Value {
+    let mut c = claims(sub, 600);
+    c["org"] = json!({"tenant": tenant});
+    c
+}
+
+#[tokio::test]
+async fn claims_fill_templates_and_tell_users_apart() {
+    let (up, gw, ed, _say) = claims_gateway().await;
+    let (ann, bob) = (
+        ed.sign(&user("ann", "acme")),
+        ed.sign(&user("bob", "globex")),
+    );
+    let body = post(&gw, Some(&ann), "{ myOrders { id owner tenant } }").await;
+    assert_eq!(
+        body["data"]["myOrders"],
+        json!([{"id": "ann-1", "owner": "ann", "tenant": "acme"}]),
+        "{body}"
+    );
+    let body = post(&gw, Some(&bob), "{ myOrders { id owner tenant } }").await;
+    assert_eq!(
+        body["data"]["myOrders"],
+        json!([{"id": "bob-1", "owner": "bob", "tenant": "globex"}]),
+        "{body}"
+    );
+    // Anonymous: there are no claims to fill the path with; nothing is sent.
+    let body = post(&gw, None, "{ myOrders { id } }").await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body}"
+    );
+    assert_eq!(up.count_matching("GET /users"), 2);
+    // A PRIVATE entry is the verified user's, whichever of their tokens they send.
+    let again = ed.sign(&{
+        let mut c = user("ann", "acme");
+        c["iat"] = json!(now() - 10);
+        c["jti"] = json!("another");
+        c
+    });
+    assert_ne!(again, ann);
+    for token in [&ann, &again] {
+        let body = post(&gw, Some(token), "{ inbox { id } }").await;
+        assert_eq!(body["data"]["inbox"][0]["id"], "i1", "{body}");
+    }
+    assert_eq!(up.count_matching("GET /inbox"), 1, "one entry for ann");
+    post(&gw, Some(&bob), "{ inbox { id } }").await;
+    assert_eq!(up.count_matching("GET /inbox"), 2, "bob has his own");
+}
+
+#[tokio::test]
+async fn two_users_on_one_claims_subscription_never_see_each_others_data() {
+    let (_up, gw, ed, say) = claims_gateway().await;
+    let live = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { myOrders { owner } }"}});
+    let events = json!({"id": "2", "type": "subscribe", "payload": {"query": "subscription { placed { id tenant } }"}});
+    let mut sockets = Vec::new();
+    for (sub, tenant) in [("ann", "acme"), ("bob", "globex")] {
+        let token = format!("Bearer {}", ed.sign(&user(sub, tenant)));
+        let mut ws = common::websocket_with(
+            gw.addr,
+            "graphql-transport-ws",
+            json!({"Authorization": token}),
+        )
+        .await;
+        ws.send(Message::text(live.to_string()))
+            .await
+            .expect("send");
+        let got = common::next_json(&mut ws).await;
+        assert_eq!(
+            got["payload"]["data"]["myOrders"],
+            json!([{"owner": sub}]),
+            "{sub}: {got}"
+        );
+        ws.send(Message::text(events.to_string()))
+            .await
+            .expect("send");
+        sockets.push((tenant, ws));
+    }
+    // The upstream forwards authorization, so each caller has a socket of their own;
+    // once both listen, each hears its tenant's events only.
+    let metrics = gw
+        .metrics_until(|p| common::sample(p, "livegate_upstream_sockets_open") >= 2.0)
+        .await;
+    assert_eq!(
+        common::sample(&metrics, "livegate_upstream_sockets_open"),
+        2.0
+    );
+    for (id, tenant) in [("o1", "globex"), ("o2", "acme")] {
+        say.send(json!({"id": id, "tenant": tenant}).to_string())
+            .expect("said");
+    }
+    for (tenant, ws) in &mut sockets {
+        let got = common::next_json(ws).await;
+        assert_eq!(got["id"], "2", "{got}");
+        assert_eq!(got["payload"]["data"]["placed"]["tenant"], *tenant, "{got}");
+    }
+}

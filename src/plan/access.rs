@@ -3,8 +3,8 @@
 //! requires something requires it of every field returning it), and those of the
 //! interface fields it implements. Applied once every type is planned.
 
-use super::{Access, TypePlan, TypePlanKind};
-use crate::config::{AccessConfig, Config, TypeConfigKind};
+use super::{Access, FieldPlan, TypePlan, TypePlanKind};
+use crate::config::{AccessConfig, Config, Errors, TypeConfigKind};
 use indexmap::IndexMap;
 use std::sync::Arc;
 
@@ -15,8 +15,23 @@ fn of(c: &AccessConfig) -> Option<Access> {
     })
 }
 
-/// Sets `access` on every type and field of `types` that `config` guards.
-pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>) {
+/// Whether any template of `f` reads the caller's claims: such a field requires a
+/// verified caller (an anonymous one has no claims to fill it with).
+fn reads_claims(f: &FieldPlan) -> bool {
+    let when = |s: &super::SourcePlan| s.when.iter().any(|(_, t)| t.reads_claims());
+    f.rest.as_ref().is_some_and(|r| {
+        r.reads_claims()
+            || r.cache
+                .as_ref()
+                .is_some_and(|c| c.tags.iter().any(|t| t.reads_claims()))
+    }) || f.invalidates.iter().any(|t| t.reads_claims())
+        || f.updates.as_ref().is_some_and(|u| when(&u.source))
+        || f.stream.as_ref().is_some_and(|s| when(s))
+}
+
+/// Sets `access` on every type and field of `types` that `config` guards (or whose
+/// templates read claims).
+pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>, errors: &mut Errors) {
     let own: std::collections::HashMap<&str, Access> = config
         .types
         .iter()
@@ -24,6 +39,8 @@ pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>) {
         .collect();
     // Each field's own, by (type, field).
     let mut fields: std::collections::HashMap<(&str, &str), Access> = Default::default();
+    let mut updates_at: std::collections::HashMap<(&str, &str), async_graphql_parser::Pos> =
+        Default::default();
     for t in &config.types {
         let list = match &t.kind {
             TypeConfigKind::Object { fields, .. } | TypeConfigKind::Interface { fields, .. } => {
@@ -32,6 +49,9 @@ pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>) {
             _ => continue,
         };
         for f in list {
+            if let Some(u) = &f.updates {
+                updates_at.insert((t.name.node.as_str(), f.name.node.as_str()), u.pos);
+            }
             if let Some(a) = of(&f.access) {
                 fields
                     .entry((t.name.node.as_str(), f.name.node.as_str()))
@@ -39,9 +59,6 @@ pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>) {
                     .merge(&a);
             }
         }
-    }
-    if own.is_empty() && fields.is_empty() {
-        return;
     }
     for (name, plan) in types.iter_mut() {
         plan.access = own.get(name.as_str()).cloned().map(Arc::new);
@@ -62,6 +79,19 @@ pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>) {
             }
             if let Some(a) = own.get(field.ty.base_name()) {
                 access.merge(a);
+            }
+            access.authenticated |= reads_claims(field);
+            // An `@updates(when:)` reading claims patches one caller's entry only if the
+            // entry is the caller's own: its request must read claims too.
+            let when_claims = field
+                .updates
+                .as_ref()
+                .is_some_and(|u| u.source.when.iter().any(|(_, t)| t.reads_claims()));
+            let rest_claims = field.rest.as_ref().is_some_and(|r| r.reads_claims());
+            if when_claims && !rest_claims {
+                if let Some(pos) = updates_at.get(&(name.as_str(), field.name.as_str())) {
+                    errors.push(*pos, format!("@updates(when:) on `{name}.{}` reads {{claims.…}}, but its @rest request does not: every caller would share one entry, patched for one of them; send the claim in the request too (its path, query or headers)", field.name));
+                }
             }
             if access == Access::default() {
                 continue;

@@ -369,7 +369,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
         );
     }
 
-    access::apply(config, &mut types);
+    access::apply(config, &mut types, &mut errors);
     if errors.list.is_empty() {
         let introspection = introspection::build(
             config,

@@ -40,6 +40,18 @@ pub struct RestPlan {
 }
 
 impl RestPlan {
+    /// Whether what it sends upstream reads the caller's claims (`{claims.…}` in its
+    /// path, query, headers or body): then its cache entries are the caller's own, as
+    /// everything sent is part of the key.
+    pub fn reads_claims(&self) -> bool {
+        self.path.reads_claims()
+            || self.query.iter().any(|(_, t)| t.reads_claims())
+            || self.headers.iter().any(|(_, t)| t.reads_claims())
+            || self.body.as_ref().is_some_and(Body::reads_claims)
+    }
+}
+
+impl RestPlan {
     /// The separator a list in the query parameter `name` is joined with, if any.
     pub fn joined(&self, name: &str) -> Option<&str> {
         self.join
@@ -110,6 +122,17 @@ pub enum Body {
     Object(Vec<(String, Body)>),
     List(Vec<Body>),
     Literal(serde_json::Value),
+}
+
+impl Body {
+    fn reads_claims(&self) -> bool {
+        match self {
+            Body::Template(t) => t.reads_claims(),
+            Body::Object(fields) => fields.iter().any(|(_, b)| b.reads_claims()),
+            Body::List(items) => items.iter().any(Body::reads_claims),
+            Body::Literal(_) => false,
+        }
+    }
 }
 
 /// `batchKey`: requests that differ only in one query parameter fed by the parent are
@@ -524,5 +547,8 @@ fn check_var(
             }
             Ok(())
         }
+        // Any claim may be named: tokens carry what their issuer puts in them. A field
+        // reading claims requires a verified caller (plan/access.rs).
+        Root::Claims => Ok(()),
     }
 }

@@ -83,6 +83,7 @@ pub async fn fetch(
     let vars = Vars {
         args: call.args,
         parent,
+        claims: call.ctx.identity().map(|i| &i.claims),
     };
     let ctx = call.ctx;
     let deps = call.deps;

@@ -139,7 +139,7 @@ fn render_body(b: &Body, vars: Vars<'_>) -> Value {
 /// The cache key of `req`, or `None` when the request must not be shared at all: a
 /// `PRIVATE` field called without credentials.
 pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &RequestContext) -> Option<CacheKey> {
-    let mut parts = request_parts(req);
+    let mut parts = request_parts(req, client);
     if scope == Scope::Private {
         let creds = credentials(&req.upstream, client);
         if creds.is_empty() {
@@ -154,13 +154,14 @@ pub fn cache_key(req: &UpstreamRequest, scope: Scope, client: &RequestContext) -
 /// The batch a request without its batched parameter joins: requests of different
 /// callers are batched together only when they send the same credentials.
 pub fn batch_group(base: &UpstreamRequest, client: &RequestContext) -> CacheKey {
-    let mut parts = request_parts(base);
+    let mut parts = request_parts(base, client);
     parts.extend(credentials(&base.upstream, client));
     CacheKey::from_parts(parts.iter().map(Vec::as_slice))
 }
 
-/// Everything sent upstream makes a request distinct, forwarded headers included.
-fn request_parts(req: &UpstreamRequest) -> Vec<Vec<u8>> {
+/// Everything sent upstream makes a request distinct, forwarded headers included (a
+/// forwarded bearer token as its caller, see [`keyed`]).
+fn request_parts(req: &UpstreamRequest, client: &RequestContext) -> Vec<Vec<u8>> {
     let mut parts: Vec<Vec<u8>> = vec![
         req.method.as_str().as_bytes().to_vec(),
         req.url.as_str().as_bytes().to_vec(),
@@ -169,18 +170,39 @@ fn request_parts(req: &UpstreamRequest) -> Vec<Vec<u8>> {
     let mut sent: Vec<Vec<u8>> = req
         .headers
         .iter()
-        .map(|(k, v)| [k.as_str().as_bytes(), b":", v.as_bytes()].concat())
+        .map(|(k, v)| keyed(k, v, client))
         .collect();
     sent.sort();
     parts.extend(sent);
     parts
 }
 
+/// `name: value` as it tells callers apart in keys: the client's own `Authorization`
+/// header, when its token was verified and names a subject, stands for that subject
+/// (`iss` and `sub`) — one entry per user, whichever of their tokens they send; any
+/// other header is its bytes.
+fn keyed(name: &HeaderName, value: &HeaderValue, client: &RequestContext) -> Vec<u8> {
+    let subject = client.identity().and_then(|i| i.subject.as_deref());
+    match subject {
+        Some(subject)
+            if name == http::header::AUTHORIZATION
+                && client.headers().get(http::header::AUTHORIZATION) == Some(value)
+                && value
+                    .as_bytes()
+                    .get(..7)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")) =>
+        {
+            [b"verified-subject:".as_slice(), subject.as_bytes()].concat()
+        }
+        _ => [name.as_str().as_bytes(), b":", value.as_bytes()].concat(),
+    }
+}
+
 fn credentials(upstream: &UpstreamPlan, client: &RequestContext) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for name in CREDENTIALS.iter().chain(upstream.forward_headers.iter()) {
         for v in client.headers().get_all(name) {
-            out.push([name.as_str().as_bytes(), b":", v.as_bytes()].concat());
+            out.push(keyed(name, v, client));
         }
     }
     out.sort();

@@ -29,7 +29,11 @@ pub fn payloads(
     args: &serde_json::Value,
     ctx: &crate::request::RequestContext,
 ) -> impl Stream<Item = Result<Arc<serde_json::Value>, Arc<Failure>>> + Send + 'static {
-    let vars = crate::template::Vars { args, parent: None };
+    let vars = crate::template::Vars {
+        args,
+        parent: None,
+        claims: ctx.identity().map(|i| &i.claims),
+    };
     let when: Vec<(Vec<String>, String)> = source
         .when
         .iter()
