@@ -138,6 +138,8 @@ pub struct Options {
     pub watch: bool,
     /// Token verification (`--jwt-*`).
     pub auth: auth::Options,
+    /// `--rate-limit`: requests per second per client (off when `None`).
+    pub rate_limit: Option<server::rate::Options>,
 }
 
 impl Default for Options {
@@ -170,6 +172,7 @@ impl Default for Options {
             schema_paths: Vec::new(),
             watch: false,
             auth: Default::default(),
+            rate_limit: None,
         }
     }
 }
@@ -290,6 +293,10 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         max_batch: options.max_batch,
         reservations: Default::default(),
         auth,
+        rate: options
+            .rate_limit
+            .as_ref()
+            .and_then(server::rate::Limiter::new),
     })
 }
 

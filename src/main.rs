@@ -148,6 +148,12 @@ struct Cli {
     /// A JWKS is fetched again for a token with an unknown kid at most this often, in seconds.
     #[arg(long, env = "LIVEGATE_JWT_JWKS_MIN_REFRESH_S", default_value_t = 10)]
     jwt_jwks_min_refresh_s: u64,
+    /// Requests (and operations started on a socket) per second per client, the client being the --rate-limit-claim of its token or, anonymous, its IP; over it 429 with Retry-After. Shared by every replica with --redis-url. 0: off.
+    #[arg(long, env = "LIVEGATE_RATE_LIMIT", default_value_t = 0.0)]
+    rate_limit: f64,
+    /// The token claim that names a client for --rate-limit.
+    #[arg(long, env = "LIVEGATE_RATE_LIMIT_CLAIM", default_value = "sub")]
+    rate_limit_claim: String,
     /// Most long-lived connections (WebSocket, SSE) the gateway holds; more get 503.
     #[arg(long, env = "LIVEGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
@@ -247,6 +253,30 @@ enum Command {
     /// Generate a schema from another description of an API.
     #[command(subcommand)]
     Import(Import),
+    /// Print an HS256 token signed with a shared secret (the gateway's --jwt-secret): for trying @authenticated, @requiresScopes and {claims.…} locally.
+    Token {
+        /// The secret to sign with.
+        #[arg(long, env = "LIVEGATE_JWT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// The `sub` claim.
+        #[arg(long)]
+        sub: String,
+        /// The `scope` claim: space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Another claim, NAME=VALUE (VALUE read as JSON when it is JSON, else as a string); repeat for more.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// The `iss` claim.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The `aud` claim.
+        #[arg(long)]
+        audience: Option<String>,
+        /// Seconds until `exp`.
+        #[arg(long, default_value_t = 3600)]
+        ttl_s: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -359,6 +389,40 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Import(command)) = &cli.command {
         return import(command);
+    }
+    if let Some(Command::Token {
+        secret,
+        sub,
+        scope,
+        claims,
+        issuer,
+        audience,
+        ttl_s,
+    }) = &cli.command
+    {
+        let mut body = serde_json::json!({ "sub": sub });
+        for (name, value) in [("scope", scope), ("iss", issuer), ("aud", audience)] {
+            if let Some(v) = value {
+                body[name] = serde_json::json!(v);
+            }
+        }
+        for c in claims {
+            let Some((name, value)) = c.split_once('=') else {
+                eprintln!("--claim {c:?}: write NAME=VALUE");
+                return ExitCode::FAILURE;
+            };
+            body[name] = serde_json::from_str(value).unwrap_or_else(|_| serde_json::json!(value));
+        }
+        return match livegate::auth::sign_hs256(secret, body, Duration::from_secs(*ttl_s)) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("livegate token: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Some(Command::Check { schema }) = &cli.command {
         return match load(schema) {
@@ -480,6 +544,10 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         },
         drain_timeout: Duration::from_millis(cli.drain_timeout_ms),
         shutdown_delay: Duration::from_millis(cli.shutdown_delay_ms),
+        rate_limit: (cli.rate_limit > 0.0).then(|| livegate::server::rate::Options {
+            per_second: cli.rate_limit,
+            claim: cli.rate_limit_claim.clone(),
+        }),
         auth: livegate::auth::Options {
             jwks_urls: cli.jwt_jwks_url.clone(),
             secret: cli.jwt_secret.clone().filter(|s| !s.is_empty()),

@@ -70,17 +70,34 @@ async fn setup(tune: impl FnOnce(&mut livegate::Options)) -> Setup {
     }
 }
 
+/// A POST of `query` accepting `accept`, with `token` as a bearer token (none when
+/// `None`).
+fn request(
+    gw: &Gateway,
+    token: Option<&str>,
+    accept: &str,
+    query: &str,
+) -> reqwest::RequestBuilder {
+    let req = gw
+        .client
+        .post(gw.url())
+        .header("accept", accept)
+        .json(&json!({ "query": query }));
+    match token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    }
+}
+
 /// POSTs `{ hello { text } }` with `token` as a bearer token: the status, the
 /// `WWW-Authenticate` header and the body.
 async fn ask(gw: &Gateway, token: Option<&str>) -> (u16, Option<String>, Value) {
-    let mut req = gw
-        .client
-        .post(gw.url())
-        .header("accept", "application/graphql-response+json")
-        .json(&json!({"query": "{ hello { text } }"}));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
+    let req = request(
+        gw,
+        token,
+        "application/graphql-response+json",
+        "{ hello { text } }",
+    );
     let res = req.send().await.expect("answer");
     let status = res.status().as_u16();
     let challenge = res
@@ -517,14 +534,7 @@ async fn guarded() -> (Upstream, Gateway, Signer, Jwks) {
 }
 
 async fn post(gw: &Gateway, token: Option<&str>, query: &str) -> Value {
-    let mut req = gw
-        .client
-        .post(gw.url())
-        .header("accept", "application/json")
-        .json(&json!({"query": query}));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
+    let req = request(gw, token, "application/json", query);
     req.send()
         .await
         .expect("answer")
@@ -826,4 +836,120 @@ async fn two_users_on_one_claims_subscription_never_see_each_others_data() {
         assert_eq!(got["id"], "2", "{got}");
         assert_eq!(got["payload"]["data"]["placed"]["tenant"], *tenant, "{got}");
     }
+}
+
+fn limited(jwks: &Jwks, per_second: f64, redis: Option<&str>) -> livegate::Options {
+    livegate::Options {
+        rate_limit: Some(livegate::server::rate::Options {
+            per_second,
+            claim: "sub".into(),
+        }),
+        redis: redis.map(|url| livegate::bus::redis::RedisOptions {
+            url: url.to_string(),
+            prefix: "ratetest".into(),
+            timeout: Duration::from_millis(500),
+            fill_wait: Duration::from_secs(5),
+            lease: Duration::from_millis(1_000),
+        }),
+        // Every request is answered by the gateway itself, not its response cache.
+        response_cache_bytes: 0,
+        ..options(jwks)
+    }
+}
+
+/// `n` requests in a row of the caller of `token` (anonymous when `None`): the statuses.
+async fn burst(gateways: &[&Gateway], token: Option<&str>, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let gw = gateways[i % gateways.len()];
+        let req = request(gw, token, "application/json", "{ hello { text } }");
+        let res = req.send().await.expect("answer");
+        let status = res.status().as_u16();
+        if status == 429 {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+            let body: Value = res.json().await.expect("json");
+            assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+        }
+        out.push(status);
+    }
+    out
+}
+
+#[tokio::test]
+async fn each_client_has_its_own_budget_of_requests_and_socket_operations() {
+    let rsa = Signer::rsa("rsa-1");
+    let jwks = Jwks::start(&[&rsa]).await;
+    let up = upstream().await;
+    // A budget of 2 per second: a request comes back every 500 ms, longer than any
+    // burst here takes.
+    let gw = Gateway::start(
+        &SCHEMA.replace("{up}", &up.url()),
+        limited(&jwks, 2.0, None),
+    )
+    .await;
+    let (ann, bob) = (rsa.sign(&claims("ann", 600)), rsa.sign(&claims("bob", 600)));
+    assert_eq!(burst(&[&gw], Some(&ann), 3).await, [200, 200, 429]);
+    // Another token of ann's is still ann: no budget left.
+    let again = rsa.sign(&json!({"sub": "ann", "exp": now() + 900}));
+    assert_eq!(burst(&[&gw], Some(&again), 1).await, [429]);
+    assert_eq!(
+        burst(&[&gw], Some(&bob), 2).await,
+        [200, 200],
+        "bob's own budget"
+    );
+    assert_eq!(
+        burst(&[&gw], None, 3).await,
+        [200, 200, 429],
+        "anonymous: by address"
+    );
+    // Operations started on a socket count too.
+    let token = format!("Bearer {}", rsa.sign(&claims("cat", 600)));
+    let mut ws = common::websocket_with(
+        gw.addr,
+        "graphql-transport-ws",
+        json!({"Authorization": token}),
+    )
+    .await;
+    let mut codes = Vec::new();
+    for id in 0..3 {
+        let msg = json!({"id": id.to_string(), "type": "subscribe", "payload": {"query": "{ hello { text } }"}});
+        ws.send(Message::text(msg.to_string())).await.expect("send");
+        let got = common::next_json(&mut ws).await;
+        codes.push(
+            got["payload"][0]["extensions"]["code"]
+                .as_str()
+                .unwrap_or(got["type"].as_str().unwrap_or(""))
+                .to_string(),
+        );
+        if got["type"] == "next" {
+            assert_eq!(common::next_json(&mut ws).await["type"], "complete");
+        }
+    }
+    assert_eq!(codes, ["next", "next", "RATE_LIMITED"]);
+    let page = gw.metrics().await;
+    assert_eq!(common::sample(&page, "livegate_rate_limited_total"), 4.0);
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_budget_through_redis_and_fall_back_without_it() {
+    let mut redis = common::redis::RedisServer::start();
+    let rsa = Signer::rsa("rsa-1");
+    let jwks = Jwks::start(&[&rsa]).await;
+    let up = upstream().await;
+    let schema = SCHEMA.replace("{up}", &up.url());
+    let a = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
+    let b = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
+    let ann = rsa.sign(&claims("ann", 600));
+    // Alternating replicas: 2 in all, not 2 each.
+    assert_eq!(burst(&[&a, &b], Some(&ann), 4).await, [200, 200, 429, 429]);
+    // Redis gone: each replica keeps a budget of its own (and still answers).
+    redis.stop();
+    let bob = rsa.sign(&claims("bob", 600));
+    assert_eq!(burst(&[&a], Some(&bob), 3).await, [200, 200, 429]);
+    assert_eq!(burst(&[&b], Some(&bob), 3).await, [200, 200, 429]);
 }

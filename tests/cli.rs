@@ -135,14 +135,16 @@ fn every_flag_is_in_the_readme_and_every_readme_flag_exists() {
             .collect();
         (!name.is_empty()).then(|| format!("--{name}"))
     }
-    // The server's flags and `import openapi`'s, each in its own README table.
+    // The server's flags, `import openapi`'s and `token`'s, each in its own README table.
     let out = livegate().arg("--help").output().expect("runs");
     let import = livegate()
         .args(["import", "openapi", "--help"])
         .output()
         .expect("runs");
+    let token = livegate().args(["token", "--help"]).output().expect("runs");
     let help = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&import.stdout);
+        + &String::from_utf8_lossy(&import.stdout)
+        + &String::from_utf8_lossy(&token.stdout);
     let mut in_help: Vec<String> = help
         .lines()
         .filter_map(|l| flag(l.trim_start()))

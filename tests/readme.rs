@@ -522,3 +522,69 @@ async fn the_readme_openapi_example_works_against_the_demo() {
     );
     assert_eq!(out[2]["data"]["orders"]["xTotalCount"], 4, "{}", out[2]);
 }
+
+#[tokio::test]
+async fn the_readme_who_is_calling_example_works_against_the_demo() {
+    let (_, upstreams) = demo_with_upstreams().await;
+    let users = upstreams
+        .iter()
+        .find(|(n, _)| *n == "users")
+        .map(|(_, a)| a.clone())
+        .expect("the users service");
+    let block = blocks_after("## Who is calling", 1).remove(0);
+    // The gateway of the example on a free port, the binary the tests built, the
+    // example's schema wherever the tests run from, pointed at the users service.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let script = format!(
+        "export LIVEGATE_UPSTREAM_USERS_URL=http://{users}\n{}",
+        block
+            .replace("target/release/livegate", env!("CARGO_BIN_EXE_livegate"))
+            .replace("127.0.0.1:4200", &format!("127.0.0.1:{port}"))
+            .replace(
+                "examples/who.graphql",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/examples/who.graphql")
+            )
+    );
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), sh(&script))
+        .await
+        .expect("the example ends");
+    // The answers, among the gateway's log lines (also on standard output).
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with('{') || l.trim() == "401")
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    let json = |l: &str| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+    let own = json(lines[0]);
+    assert_eq!(own["data"]["me"]["name"], "Grace Hopper", "{own}");
+    assert_eq!(
+        own["data"]["users"].as_array().map(Vec::len),
+        Some(3),
+        "{own}"
+    );
+    let anonymous = json(lines[1]);
+    assert_eq!(
+        anonymous["data"],
+        serde_json::json!({"me": null, "users": null}),
+        "{anonymous}"
+    );
+    assert_eq!(
+        anonymous["errors"][0]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        anonymous["errors"][1]["extensions"]["code"],
+        "UNAUTHENTICATED"
+    );
+    let unscoped = json(lines[2]);
+    assert_eq!(
+        unscoped["data"]["me"]["name"], "Linus Torvalds",
+        "{unscoped}"
+    );
+    assert_eq!(unscoped["data"]["users"], Value::Null, "{unscoped}");
+    assert_eq!(unscoped["errors"][0]["extensions"]["code"], "FORBIDDEN");
+    assert_eq!(lines[3], "401", "{out}");
+}

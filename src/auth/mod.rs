@@ -357,3 +357,15 @@ impl Auth {
         })
     }
 }
+
+/// `claims` with `iat` and `exp` (`ttl` from now), signed with HS256 and `secret`: what
+/// `livegate token` prints.
+pub fn sign_hs256(secret: &str, mut claims: Value, ttl: Duration) -> Result<String, String> {
+    let now = jsonwebtoken::get_current_timestamp();
+    claims["iat"] = Value::from(now);
+    claims["exp"] = Value::from(now.saturating_add(ttl.as_secs()));
+    let key =
+        jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+        .map_err(|e| e.to_string())
+}

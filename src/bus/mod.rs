@@ -109,6 +109,22 @@ impl Bus {
         }
     }
 
+    /// Takes `cost` requests from `client`'s budget shared by every replica (see
+    /// [`redis::RedisBus::take`]); `None` in-process, and while Redis does not answer: the
+    /// caller keeps a budget of its own then.
+    pub async fn take(
+        &self,
+        client: &str,
+        cost: u32,
+        interval: Duration,
+        burst: Duration,
+    ) -> Option<Result<(), Duration>> {
+        match &self.redis {
+            Some(r) => r.take(client, cost, interval, burst).await,
+            None => None,
+        }
+    }
+
     /// Who does the cluster-wide work `name` (an upstream socket, a poller) for the next
     /// `ttl`: this replica takes the lease when it is free and renews it while it holds
     /// it. In-process, and while Redis does not answer, [`Lease::Solo`]: every replica

@@ -155,6 +155,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
             )
                 .into_response();
         }
+        let from = peer(&parts).map(|p| p.ip());
         let admitted = match admit(&state, peer(&parts)) {
             Ok(a) => a,
             Err(refusal) => return *refusal,
@@ -178,7 +179,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                     .write_buffer_size(4 << 10)
                     .on_upgrade(move |socket| {
                         // The socket's own tasks take over; axum's upgrade task ends here.
-                        super::ws::serve(state, socket, ctx, (admitted, working));
+                        super::ws::serve(state, socket, (ctx, from), (admitted, working));
                         std::future::ready(())
                     })
                     .into_response();
@@ -217,6 +218,10 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    let from = peer(&parts_peer).map(|p| p.ip());
+    if let Err(refusal) = super::rate::check(&state, identity.as_deref(), from, 1).await {
+        return *refusal;
+    }
     let mut body = PostBody {
         query: None,
         variables: None,
@@ -295,8 +300,9 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let addr = connect.map(|c| (c.0).0);
     if let Some(token) = super::reservations::token(&headers, uri.query()) {
-        return reserved(&state, &token, headers, &body).await;
+        return reserved(&state, &token, headers, &body, addr).await;
     }
     let accepted = match accepted(&headers) {
         Ok(found) => found,
@@ -310,6 +316,19 @@ pub async fn post(
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    // A batch costs its operations.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let cost = match first {
+        Some(b'[') if state.rate.is_some() => {
+            serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&body)
+                .map_or(1, |ops| u32::try_from(ops.len()).unwrap_or(u32::MAX))
+        }
+        _ => 1,
+    };
+    let from = addr.map(|a| a.ip());
+    if let Err(refusal) = super::rate::check(&state, identity.as_deref(), from, cost).await {
+        return *refusal;
+    }
     // An object is read straight into the request; anything else (or an object that does
     // not read so) goes the long way, which says exactly what is wrong.
     let direct = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -350,19 +369,11 @@ pub async fn post(
         Ok(r) => r,
         Err(refused) => return refused.response(media),
     };
-    let (req, key, ctx) = match streamed_or_stored(
-        &state,
-        req,
-        (headers, identity),
-        accepted,
-        connect.map(|c| (c.0).0),
-        false,
-    )
-    .await
-    {
-        Ok(done) => return done,
-        Err(go_on) => go_on,
-    };
+    let (req, key, ctx) =
+        match streamed_or_stored(&state, req, (headers, identity), accepted, addr, false).await {
+            Ok(done) => return done,
+            Err(go_on) => go_on,
+        };
     let mut req = req;
     // Looked up once: for its type here, and for the executor.
     let engine = state.engine();
@@ -479,7 +490,13 @@ async fn batch(
 
 /// A POST with a reservation token (graphql-sse's single connection mode): the
 /// reservation's stream, or an operation whose results go to it.
-async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]) -> Response {
+async fn reserved(
+    state: &AppState,
+    token: &str,
+    headers: HeaderMap,
+    body: &[u8],
+    addr: Option<std::net::SocketAddr>,
+) -> Response {
     if super::sse::wanted(&headers) == Some(super::sse::Format::Sse) {
         return super::reservations::stream(state, token, &headers);
     }
@@ -493,6 +510,10 @@ async fn reserved(state: &AppState, token: &str, headers: HeaderMap, body: &[u8]
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    let from = addr.map(|a| a.ip());
+    if let Err(refusal) = super::rate::check(state, identity.as_deref(), from, 1).await {
+        return *refusal;
+    }
     let parsed = match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => serde_json::from_value::<PostBody>(v)
             .map_err(|e| Refused::bad(format!("malformed request: {e}"))),

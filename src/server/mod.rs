@@ -11,6 +11,7 @@ mod http;
 pub mod limits;
 mod listen;
 pub mod persisted;
+pub mod rate;
 mod reply;
 pub mod reservations;
 pub mod sse;
@@ -82,6 +83,8 @@ pub struct Shared {
     pub reservations: Arc<reservations::Reservations>,
     /// Token verification (`--jwt-*`).
     pub auth: Arc<crate::auth::Auth>,
+    /// `--rate-limit`, when set.
+    pub rate: Option<rate::Limiter>,
 }
 
 pub(crate) use crate::exec::error_body;

@@ -206,6 +206,10 @@ pub async fn put(
         Ok(found) => found,
         Err(refusal) => return *refusal,
     };
+    let from = connect.as_ref().map(|c| (c.0).0.ip());
+    if let Err(refusal) = super::rate::check(&state, identity.as_deref(), from, 1).await {
+        return *refusal;
+    }
     state.reservations.sweep();
     let admitted = match super::reply::admit(&state, connect.map(|c| (c.0).0)) {
         Ok(a) => a,

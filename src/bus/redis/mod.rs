@@ -33,6 +33,7 @@
 
 mod l2;
 mod lease;
+mod rate;
 mod stream;
 
 use l2::{CHANGED, PUT, STORE, UNLOCK};

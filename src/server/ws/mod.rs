@@ -50,7 +50,12 @@ enum Protocol {
 /// Serves one upgraded socket until it closes, in two tasks of its own (tracked for a
 /// graceful shutdown): the reader, which also holds `held` (the connection's admission)
 /// for the socket's life, and the writer.
-pub fn serve(state: AppState, socket: WebSocket, ctx: RequestContext, held: impl Send + 'static) {
+pub fn serve(
+    state: AppState,
+    socket: WebSocket,
+    (ctx, peer): (RequestContext, Option<std::net::IpAddr>),
+    held: impl Send + 'static,
+) {
     use tracing::Instrument;
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let conn = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -58,7 +63,7 @@ pub fn serve(state: AppState, socket: WebSocket, ctx: RequestContext, held: impl
     // subscriber's registry.
     let span = tracing::debug_span!("ws", conn);
     let tracker = state.sockets.clone();
-    let (reader, writer) = span.in_scope(|| tasks(state, socket, ctx, held));
+    let (reader, writer) = span.in_scope(|| tasks(state, socket, (ctx, peer), held));
     // Spawned as they are: an async block around one would hold it twice (as the value
     // it captured and as the future it awaits), 2.8 KiB instead of 1.4.
     tracker.spawn(writer.instrument(span.clone()));
@@ -73,7 +78,7 @@ pub fn serve(state: AppState, socket: WebSocket, ctx: RequestContext, held: impl
 fn tasks(
     state: AppState,
     socket: WebSocket,
-    ctx: RequestContext,
+    (ctx, peer): (RequestContext, Option<std::net::IpAddr>),
     held: impl Send + 'static,
 ) -> (
     impl std::future::Future<Output = ()> + Send,
@@ -147,6 +152,7 @@ fn tasks(
         acked: false,
         init_seen: false,
         expires: None,
+        peer,
     });
     let reader = async move {
         let _open = (open, held);

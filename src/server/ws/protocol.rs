@@ -87,6 +87,8 @@ pub(super) struct Connection {
     /// When the token the connection was opened (or last renewed) with runs out: the
     /// connection closes then (see `auth.rs`).
     pub(super) expires: Option<tokio::time::Instant>,
+    /// The client's address (what `--rate-limit` counts an anonymous client by).
+    pub(super) peer: Option<std::net::IpAddr>,
     /// Operations this socket may still start this second.
     pub(super) bucket: crate::server::limits::Bucket,
 }
@@ -256,10 +258,10 @@ impl Connection {
                             .await
                     }
                 };
-                if let Some(refusal) = self.over_limit() {
+                if let Some(refusal) = self.over_limit().await {
                     return self
                         .tx
-                        .json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]}))
+                        .json(json!({"id": id, "type": "error", "payload": [refusal]}))
                         .await;
                 }
                 self.start(id, req);
@@ -329,8 +331,8 @@ impl Connection {
                 };
                 // The legacy protocol restarts an id that is already running.
                 self.ops.stop(&id);
-                if let Some(refusal) = self.over_limit() {
-                    return self.tx.json(json!({"id": id, "type": "error", "payload": [{"message": refusal}]})).await;
+                if let Some(refusal) = self.over_limit().await {
+                    return self.tx.json(json!({"id": id, "type": "error", "payload": [refusal]})).await;
                 }
                 self.start(id, req);
                 true
@@ -380,8 +382,14 @@ impl Connection {
         Ok(req)
     }
 
-    /// Why one more operation on this socket is refused, if it is.
-    pub(super) fn over_limit(&mut self) -> Option<String> {
+    /// Why one more operation on this socket is refused, if it is: the `error`
+    /// message's payload entry.
+    pub(super) async fn over_limit(&mut self) -> Option<Value> {
+        let identity = self.ctx.identity().map(|i| &**i);
+        if let Some(wait) = crate::server::rate::over(&self.state, identity, self.peer, 1).await {
+            let message = crate::server::rate::message(wait);
+            return Some(json!({"message": message, "extensions": {"code": "RATE_LIMITED"}}));
+        }
         let max = self.state.limits.max_operations_per_connection;
         let why = if self.ops.len() >= max {
             format!("too many operations on this connection: {max} at most (--max-operations-per-connection)")
@@ -395,7 +403,7 @@ impl Connection {
             .runtime
             .metrics
             .reject(crate::metrics::Rejection::Limit);
-        Some(why)
+        Some(json!({ "message": why }))
     }
 
     /// `connection_init`'s payload is available to resolvers as request headers: its
