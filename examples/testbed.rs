@@ -13,7 +13,7 @@
 //!
 //! Flags: `--port` (the gateway's; default any), `--max-connections`, `--max-connections-per-ip`,
 //! `--max-request-body`,
-//! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`, `--cors-origin`,
+//! `--max-operations-per-connection`, `--max-operations-per-second`, `--ws-idle-timeout-ms`, `--live-grace-ms`, `--socket-grace-ms`, `--ws-init-timeout-ms`, `--webhook-secret`, `--webhook-token`, `--cors-origin`, `--jwt-secret`,
 //! `--pad-bytes`.
 
 use axum::extract::{Path, State};
@@ -336,6 +336,12 @@ async fn main() {
     options.ws.init_timeout = ms("--ws-init-timeout-ms", 3000);
     options.webhook.secret = flag("--webhook-secret");
     options.webhook.token = flag("--webhook-token");
+    // Tokens signed with this secret are verified, with no leeway (tests/js/auth.test.js
+    // watches sockets end at their token's exp).
+    if let Some(secret) = flag("--jwt-secret") {
+        options.auth.secret = Some(secret);
+        options.auth.leeway = Duration::ZERO;
+    }
     let count =
         |name: &str, default: usize| flag(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     options.connection_limits.max_connections_per_ip = count("--max-connections-per-ip", 1_000);
