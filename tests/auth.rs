@@ -953,3 +953,62 @@ async fn two_replicas_share_one_budget_through_redis_and_fall_back_without_it() 
     assert_eq!(burst(&[&a], Some(&bob), 3).await, [200, 200, 429]);
     assert_eq!(burst(&[&b], Some(&bob), 3).await, [200, 200, 429]);
 }
+
+#[tokio::test]
+async fn cookies_and_gets_carry_tokens_and_a_token_verified_before_still_expires() {
+    let s = setup(|o| o.auth.cookie = Some("session".into())).await;
+    let get = |token: Option<String>, cookie: Option<String>| {
+        let mut req =
+            s.gw.client
+                .get(format!(
+                    "{}?query=%7B%20hello%20%7B%20text%20%7D%20%7D",
+                    s.gw.url()
+                ))
+                .header("accept", "application/json");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        async move { req.send().await.expect("answer").status().as_u16() }
+    };
+    let good = s.ec.sign(&claims("ann", 60));
+    assert_eq!(get(Some(good.clone()), None).await, 200);
+    assert_eq!(get(Some("bad.to.ken".into()), None).await, 401);
+    // The cookie, among others; a bad one is refused like a bad header.
+    assert_eq!(
+        get(None, Some(format!("theme=dark; session={good}; x=1"))).await,
+        200
+    );
+    assert_eq!(
+        get(
+            None,
+            Some(format!("session={}", s.ec.sign(&claims("ann", -9))))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        get(None, Some("theme=dark".into())).await,
+        200,
+        "no token: anonymous"
+    );
+    // A token accepted once is remembered, but not past its exp.
+    let short = s.ed.sign(&claims("ann", 1));
+    assert_eq!(ask(&s.gw, Some(&short)).await.0, 200);
+    let end = (now() + 2) * 1000;
+    let wait = end.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64,
+    );
+    tokio::time::sleep(Duration::from_millis(wait + 100)).await;
+    let (status, _, body) = ask(&s.gw, Some(&short)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .expect("message")
+        .contains("expired"));
+}

@@ -133,6 +133,10 @@ pub struct Auth {
     secret: Option<keys::Key>,
     /// `livegate_auth_total{result}`.
     counted: prometheus::IntCounterVec,
+    /// Tokens verified lately, by their SHA-256: a client sends the same token with
+    /// every request, and a signature check (RSA, ECDSA) costs more than a cached query.
+    /// Kept a minute at most; `exp` is checked again on every hit.
+    verified: moka::sync::Cache<[u8; 32], Arc<Identity>>,
 }
 
 impl Auth {
@@ -154,6 +158,10 @@ impl Auth {
             jwks,
             secret,
             counted,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(60))
+                .build(),
         }
     }
 
@@ -240,17 +248,35 @@ impl Auth {
             Ok(_) => self.count("ok"),
             Err(f) => self.count(f.label()),
         }
-        verified.map(|i| Some(Arc::new(i)))
+        verified.map(Some)
     }
 
     /// Verifies `token` with the key its header's `kid` names (or, without one, each key
     /// that allows its algorithm).
-    pub async fn verify(&self, token: &str) -> Result<Identity, Failure> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, Failure> {
         // Bounded before any parsing: a token is a header value, but a cookie or a
         // connection_init payload could be anything.
         if token.len() > 16 << 10 {
             return Err(Failure::Invalid("longer than 16 KiB"));
         }
+        let hash: [u8; 32] = {
+            use sha2::Digest;
+            sha2::Sha256::digest(token.as_bytes()).into()
+        };
+        if let Some(known) = self.verified.get(&hash) {
+            if known.remaining(self.options.leeway).is_zero() {
+                self.verified.invalidate(&hash);
+                return Err(Failure::Expired);
+            }
+            return Ok(known);
+        }
+        let identity = Arc::new(self.verify_signed(token).await?);
+        self.verified.insert(hash, identity.clone());
+        Ok(identity)
+    }
+
+    /// [`Self::verify`] without the cache.
+    async fn verify_signed(&self, token: &str) -> Result<Identity, Failure> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Failure::Invalid("not a JWT, or an unsupported algorithm"))?;
         let alg = header.alg;
