@@ -268,6 +268,9 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         let auth = auth.clone();
         tokio::spawn(async move { auth.start().await });
     }
+    if !options.auth.enabled() && runtime.plan.guarded() {
+        tracing::warn!("the schema has @authenticated, @requiresScopes or {{claims.…}} fields, but no --jwt-jwks-url or --jwt-secret verifies tokens: those fields are null for every caller");
+    }
     runtime
         .metrics
         .schema

@@ -488,7 +488,7 @@ type Query {
   audit: Audit! @rest(upstream: "api", path: "/audit")
   status: Status @rest(upstream: "api", path: "/hello")
 }
-type Mutation {
+type Mutation @authenticated {
   cancel(id: ID!): Order @rest(upstream: "api", method: POST, path: "/orders/{args.id}/cancel") @requiresScopes(scopes: [["orders:write", "orders:read"]])
 }
 type Subscription {
@@ -604,6 +604,12 @@ async fn guarded_fields_are_null_with_an_error_and_their_upstream_is_never_calle
         "{body}"
     );
     assert_eq!(body["errors"][0]["path"], json!(["status", "level"]));
+    // A root type's requirement is every one of its fields'.
+    let body = post(&gw, None, "mutation { cancel(id: \"1\") { id } }").await;
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+        "{body}"
+    );
     // A mutation without its scopes is never sent.
     let writer = ed.sign(&with_scope("ann", "orders:write"));
     let body = post(&gw, Some(&writer), "mutation { cancel(id: \"1\") { id } }").await;

@@ -1,7 +1,8 @@
 //! `@authenticated` and `@requiresScopes` in the plan: each type's own requirements, and
 //! each field's — its own, its named type's (an object, interface, enum or scalar that
-//! requires something requires it of every field returning it), and those of the
-//! interface fields it implements. Applied once every type is planned.
+//! requires something requires it of every field returning it), those of the interface
+//! fields it implements, and on a root type (`Query`, `Mutation`, `Subscription`) the
+//! type's own. Applied once every type is planned.
 
 use super::{Access, FieldPlan, TypePlan, TypePlanKind};
 use crate::config::{AccessConfig, Config, Errors, TypeConfigKind};
@@ -31,7 +32,12 @@ fn reads_claims(f: &FieldPlan) -> bool {
 
 /// Sets `access` on every type and field of `types` that `config` guards (or whose
 /// templates read claims).
-pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>, errors: &mut Errors) {
+pub(super) fn apply(
+    config: &Config,
+    types: &mut IndexMap<String, TypePlan>,
+    roots: &[Option<&str>],
+    errors: &mut Errors,
+) {
     let own: std::collections::HashMap<&str, Access> = config
         .types
         .iter()
@@ -79,6 +85,12 @@ pub(super) fn apply(config: &Config, types: &mut IndexMap<String, TypePlan>, err
             }
             if let Some(a) = own.get(field.ty.base_name()) {
                 access.merge(a);
+            }
+            // A root type's requirement is every operation's on it: each of its fields.
+            if roots.contains(&Some(name.as_str())) {
+                if let Some(a) = own.get(name.as_str()) {
+                    access.merge(a);
+                }
             }
             access.authenticated |= reads_claims(field);
             // An `@updates(when:)` reading claims patches one caller's entry only if the

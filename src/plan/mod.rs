@@ -369,7 +369,12 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
         );
     }
 
-    access::apply(config, &mut types, &mut errors);
+    let roots = [
+        Some(query.as_str()),
+        mutation.as_deref(),
+        subscription.as_deref(),
+    ];
+    access::apply(config, &mut types, &roots, &mut errors);
     if errors.list.is_empty() {
         let introspection = introspection::build(
             config,

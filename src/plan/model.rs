@@ -247,6 +247,20 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether any type or field requires something of its caller.
+    pub fn guarded(&self) -> bool {
+        self.types.values().any(|t| {
+            t.access.is_some()
+                || match &t.kind {
+                    TypePlanKind::Object { fields, .. }
+                    | TypePlanKind::Interface { fields, .. } => {
+                        fields.iter().any(|f| f.access.is_some())
+                    }
+                    _ => false,
+                }
+        })
+    }
+
     /// A Subscription field by name.
     pub fn subscription_field(&self, name: &str) -> Option<&Arc<FieldPlan>> {
         let fields = self.object_fields(self.subscription.as_deref()?)?;
