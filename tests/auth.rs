@@ -376,6 +376,17 @@ async fn a_socket_closes_when_its_token_runs_out_unless_renewed() {
     assert_eq!(next_or_close(&mut ws).await["type"], "next");
     let closed = next_or_close(&mut ws).await;
     assert_eq!(closed["close"], 4403, "{closed}");
+    // The legacy protocol: connection_error, then the close.
+    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 1)));
+    let (mut ws, first) = ws_init(&s.gw, "graphql-ws", json!({"Authorization": short})).await;
+    assert_eq!(first["type"], "connection_ack");
+    let mut seen = next_or_close(&mut ws).await;
+    while seen["type"] == "ka" {
+        seen = next_or_close(&mut ws).await;
+    }
+    assert_eq!(seen["type"], "connection_error", "{seen}");
+    assert_eq!(seen["payload"]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(next_or_close(&mut ws).await["close"], 4403);
     // Renewed with a ping carrying a new token: the subscription goes on past the first
     // token's end; a rejected renewal (another user's token) changes nothing.
     let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 2)));
