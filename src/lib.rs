@@ -220,6 +220,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     let sources = events::Sources::new(events::Settings {
         grace: options.socket_grace,
         tls: options.upstream_ca.websocket(),
+        http: events::sse::client(&options.upstream_ca),
         max_message: options.max_upstream_body,
         bus: bus.clone(),
         lease: options

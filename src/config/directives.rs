@@ -694,6 +694,8 @@ pub struct SourceDirective {
     pub when: Vec<(Positioned<String>, Positioned<String>)>,
     /// Dotted path of the payload inside each message.
     pub select: Option<Positioned<String>>,
+    /// `protocol: WEBSOCKET` (the default) or `SSE`.
+    pub protocol: Option<Positioned<String>>,
 }
 
 /// `@updates(upstream, path, when, apply, key, select)` on a Query field.
@@ -704,6 +706,9 @@ pub struct UpdatesDirective {
     pub key: Option<Positioned<String>>,
 }
 
+/// How an upstream announces: `@updates`/`@stream(protocol:)`.
+pub const PROTOCOLS: [&str; 2] = ["WEBSOCKET", "SSE"];
+
 pub const APPLY_MODES: [&str; 7] = [
     "APPEND", "PREPEND", "UPSERT", "MERGE", "REPLACE", "REMOVE", "REFETCH",
 ];
@@ -712,6 +717,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     let upstream = r.required_string("upstream");
     let path = r.required_string("path");
     let select = r.string("select");
+    let protocol = r.enum_value("protocol", &PROTOCOLS);
     // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
     let when = r.string_pairs(
         "when",
@@ -724,6 +730,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
         path: path?,
         when,
         select,
+        protocol,
     })
 }
 
@@ -733,7 +740,9 @@ pub fn updates(
 ) -> Option<Positioned<UpdatesDirective>> {
     let mut r = ArgReader::new(
         d,
-        &["upstream", "path", "when", "apply", "key", "select"],
+        &[
+            "upstream", "path", "when", "apply", "key", "select", "protocol",
+        ],
         errors,
     );
     if r.get("apply").is_none() {
@@ -757,7 +766,11 @@ pub fn stream(
     d: &Positioned<ConstDirective>,
     errors: &mut Errors,
 ) -> Option<Positioned<SourceDirective>> {
-    let mut r = ArgReader::new(d, &["upstream", "path", "when", "select"], errors);
+    let mut r = ArgReader::new(
+        d,
+        &["upstream", "path", "when", "select", "protocol"],
+        errors,
+    );
     source(&mut r).map(|s| Positioned::new(s, d.pos))
 }
 

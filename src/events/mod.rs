@@ -10,12 +10,14 @@
 //! holder of the stream's lease reads and republishes, the others follow, one keeps a
 //! warm standby ([`cluster`]). All of that is written once, here, for every kind of
 //! source; a kind says only how to connect and read ([`Source`], [`Connection`]).
-//! Kinds: [`websocket`] (an upstream WebSocket).
+//! Kinds: [`websocket`] (an upstream WebSocket), [`sse`] (an upstream Server-Sent Events
+//! stream).
 //!
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
 mod cluster;
+pub mod sse;
 pub mod websocket;
 
 use crate::plan::StreamPlan;
@@ -142,6 +144,9 @@ pub struct Settings {
     pub grace: Duration,
     /// TLS for `wss` upstreams when extra roots are configured.
     pub tls: Option<tokio_tungstenite::Connector>,
+    /// The HTTP client of streams over HTTP (SSE): the extra roots, no overall
+    /// deadline (a stream is long), TCP keep-alive to notice a dead peer.
+    pub http: reqwest::Client,
     /// Largest message (and frame) accepted from a stream.
     pub max_message: usize,
     /// With other replicas (Redis): one of them holds each shared stream (a lease) and
@@ -190,6 +195,13 @@ impl Sources {
                 credentials,
                 self.settings.max_message,
                 self.settings.tls.clone(),
+            )),
+            StreamPlan::Sse { upstream, path } => Arc::new(sse::Sse::new(
+                upstream,
+                path,
+                credentials,
+                self.settings.max_message,
+                self.settings.http.clone(),
             )),
         }
     }
@@ -273,17 +285,25 @@ impl Sources {
     }
 }
 
+/// The URL of `path` on `upstream`: after the upstream's own path.
+fn at(upstream: &crate::plan::UpstreamPlan, path: &str) -> url::Url {
+    let mut url = upstream.url.clone();
+    url.set_path(&format!(
+        "{}{}",
+        upstream.url.path().trim_end_matches('/'),
+        path
+    ));
+    url
+}
+
 /// A caller's forwarded headers, as they go on a stream's connection.
 pub type Credentials = Vec<(http::HeaderName, http::HeaderValue)>;
 
 /// The values of the stream's upstream's `forwardHeaders` that `ctx` carries.
 fn credentials(stream: &StreamPlan, ctx: &RequestContext) -> Credentials {
-    match stream {
-        StreamPlan::WebSocket { upstream, .. } => ctx
-            .forwarded(&upstream.forward_headers)
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect(),
-    }
+    ctx.forwarded(&stream.upstream().forward_headers)
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
 }
 
 /// The registry key of `stream` opened with `credentials`: the stream's key and a digest

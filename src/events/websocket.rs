@@ -55,14 +55,9 @@ impl WebSocket {
 
 /// The socket's URL: the upstream's, with `ws`/`wss` and `path` after the upstream's own.
 fn url(upstream: &UpstreamPlan, path: &str) -> url::Url {
-    let mut url = upstream.url.clone();
+    let mut url = super::at(upstream, path);
     let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
     let _ = url.set_scheme(scheme);
-    url.set_path(&format!(
-        "{}{}",
-        upstream.url.path().trim_end_matches('/'),
-        path
-    ));
     url
 }
 

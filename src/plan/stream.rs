@@ -28,6 +28,12 @@ pub enum StreamPlan {
         upstream: Arc<UpstreamPlan>,
         path: String,
     },
+    /// An upstream Server-Sent Events stream at a constant `path` on `upstream`
+    /// (`protocol: SSE`).
+    Sse {
+        upstream: Arc<UpstreamPlan>,
+        path: String,
+    },
 }
 
 impl StreamPlan {
@@ -38,6 +44,9 @@ impl StreamPlan {
             StreamPlan::WebSocket { upstream, path } => {
                 format!("ws\0{}\0{path}\0{}", upstream.name, upstream.url)
             }
+            StreamPlan::Sse { upstream, path } => {
+                format!("sse\0{}\0{path}\0{}", upstream.name, upstream.url)
+            }
         }
     }
 
@@ -45,6 +54,14 @@ impl StreamPlan {
     pub fn lease_name(&self) -> String {
         match self {
             StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
+            StreamPlan::Sse { upstream, path } => format!("sse:{}:{path}", upstream.name),
+        }
+    }
+
+    /// The upstream it belongs to.
+    pub fn upstream(&self) -> &Arc<UpstreamPlan> {
+        match self {
+            StreamPlan::WebSocket { upstream, .. } | StreamPlan::Sse { upstream, .. } => upstream,
         }
     }
 }
@@ -85,12 +102,19 @@ pub(super) fn source(
             when.push((k.node.split('.').map(str::to_string).collect(), t));
         }
     }
-    let select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);
+    let mut select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);
+    let upstream = upstream?;
+    let path = d.path.node.clone();
+    let stream = match d.protocol.as_ref().map(|p| p.node.as_str()) {
+        // An event's data is the `data` member of the envelope it is passed on in.
+        Some("SSE") => {
+            select.insert(0, "data".to_string());
+            StreamPlan::Sse { upstream, path }
+        }
+        _ => StreamPlan::WebSocket { upstream, path },
+    };
     Some(SourcePlan {
-        stream: StreamPlan::WebSocket {
-            upstream: upstream?,
-            path: d.path.node.clone(),
-        },
+        stream,
         when,
         select,
     })
