@@ -77,6 +77,8 @@ pub struct Metrics {
     pub auth: IntCounterVec,
     /// Requests and operations refused by `--rate-limit`.
     pub rate_limited: IntCounter,
+    /// `@webhook` deliveries by receiver and result: `accepted`, `refused`, `malformed`.
+    pub hooks: IntCounterVec,
     /// Counters of the families above resolved once, for the per-request paths.
     pub hot: Hot,
 }
@@ -289,6 +291,12 @@ impl Metrics {
                 "livegate_auth_total",
                 "Token checks by result: ok, missing, invalid, expired, forbidden (a field a directive kept from its caller)",
                 &["result"],
+            ),
+            hooks: counter_vec(
+                &r,
+                "livegate_webhook_deliveries_total",
+                "@webhook deliveries by receiver and result: accepted, refused (unsigned, wrong signature, stale, replayed), malformed (not JSON)",
+                &["receiver", "result"],
             ),
             rate_limited: counter(
                 &r,

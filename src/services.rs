@@ -99,6 +99,7 @@ impl Services {
                 }
                 self.hub.changed(&keys);
             }
+            Remote::Delivery { name, body } => self.sources.deliver(&name, body.into()),
         }
     }
 

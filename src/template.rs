@@ -16,6 +16,8 @@ pub enum Root {
     Parent,
     /// The verified caller's token claims (`{claims.sub}`, `{claims.org.id}`).
     Claims,
+    /// A webhook delivery's JSON body (`{event.data.object.id}`): `@webhook(invalidates:)`.
+    Event,
 }
 
 /// `{args.channel}` is `Var { root: Args, path: ["channel"] }`; `{args}` has an empty path.
@@ -43,6 +45,8 @@ pub struct Vars<'a> {
     pub parent: Option<&'a Value>,
     /// The caller's claims, when a token was verified.
     pub claims: Option<&'a Value>,
+    /// A webhook delivery's body.
+    pub event: Option<&'a Value>,
 }
 
 /// Characters kept as they are in a path segment (RFC 3986 unreserved); everything else,
@@ -72,9 +76,10 @@ impl Template {
                 Some("args") => Root::Args,
                 Some("parent") => Root::Parent,
                 Some("claims") => Root::Claims,
+                Some("event") => Root::Event,
                 _ => {
                     return Err(format!(
-                        "`{{{inner}}}` in template {source:?}: a variable starts with `args`, `parent` or `claims`"
+                        "`{{{inner}}}` in template {source:?}: a variable starts with `args`, `parent`, `claims` or `event`"
                     ))
                 }
             };
@@ -168,6 +173,11 @@ impl Template {
             .unwrap_or_default()
     }
 
+    /// Renders to text, or `None` when a value is missing or null.
+    pub fn render_complete(&self, vars: Vars<'_>) -> Option<String> {
+        self.render_with(vars, |s, out| out.push_str(s))
+    }
+
     /// Renders for a URL path: each value is percent-encoded as (part of) one segment.
     /// `None` when a value is missing or null, so the caller can refuse the request.
     pub fn render_path(&self, vars: Vars<'_>) -> Option<String> {
@@ -204,6 +214,7 @@ impl std::fmt::Display for Template {
                         Root::Args => "args",
                         Root::Parent => "parent",
                         Root::Claims => "claims",
+                        Root::Event => "event",
                     };
                     write!(f, "{{{root}")?;
                     for seg in &v.path {
@@ -233,6 +244,7 @@ pub fn lookup<'a>(var: &Var, vars: Vars<'a>) -> Option<&'a Value> {
         Root::Args => vars.args,
         Root::Parent => vars.parent?,
         Root::Claims => vars.claims?,
+        Root::Event => vars.event?,
     };
     for seg in &var.path {
         v = v.get(seg.as_str())?;
@@ -253,6 +265,7 @@ mod tests {
             args: &args,
             parent: None,
             claims: None,
+            event: None,
         });
         assert_eq!(out.as_deref(), Some("/users/..%2Fadmin%2Fa%20b"));
     }
@@ -266,6 +279,7 @@ mod tests {
                 args: &args,
                 parent: None,
                 claims: None,
+                event: None,
             }),
             args
         );
@@ -276,6 +290,7 @@ mod tests {
                 args: &args,
                 parent: Some(&parent),
                 claims: None,
+                event: None,
             }),
             json!(7)
         );
@@ -284,6 +299,7 @@ mod tests {
                 args: &args,
                 parent: Some(&parent),
                 claims: None,
+                event: None,
             }),
             "7"
         );
@@ -296,7 +312,7 @@ mod tests {
             .contains("unclosed"));
         assert!(Template::parse("/a/{foo}")
             .unwrap_err()
-            .contains("starts with `args`, `parent` or `claims`"));
+            .contains("starts with `args`, `parent`, `claims` or `event`"));
         assert!(Template::parse("/a/{args.}")
             .unwrap_err()
             .contains("empty name"));

@@ -213,3 +213,382 @@ async fn an_upstream_event_stream_patches_a_cached_entry() {
         "{got}"
     );
 }
+
+const HOOKS: &str = r#"
+extend schema
+  @upstream(name: "api", url: "{up}")
+  @webhook(name: "github", path: "/hooks/github", scheme: GITHUB, secretEnv: "GH_SECRET",
+           invalidates: ["repo:{event.repository.full_name}"])
+  @webhook(name: "stripe", path: "/hooks/stripe", scheme: STRIPE, secretEnv: "STRIPE_SECRET",
+           invalidates: ["customer:{event.data.object.customer}"], when: {type: "customer.updated"})
+  @webhook(name: "svc", path: "/hooks/svc", scheme: STANDARD, secretEnv: "SVC_SECRET",
+           invalidates: ["repo:{event.repo}"])
+type Query {
+  repo(name: String!): Repo @rest(upstream: "api", path: "/repos/{args.name}") @cache(maxAge: 600, tags: ["repo:{args.name}"])
+  customer(id: ID!): Customer @rest(upstream: "api", path: "/customers/{args.id}") @cache(maxAge: 600, tags: ["customer:{args.id}"])
+}
+type Subscription {
+  repo(name: String!): Repo @live
+  customer(id: ID!): Customer @live
+  issueOpened(repo: String!): Issue
+    @stream(webhook: "github", when: {action: "opened", repository: {full_name: "{args.repo}"}}, select: "issue")
+  customerEvents: Customer @stream(webhook: "stripe", select: "data.object")
+  svcEvents: SvcEvent @stream(webhook: "svc")
+}
+type Repo { name: String! stars: Int! }
+type Customer { id: ID! customer: String }
+type Issue { number: Int! title: String! }
+type SvcEvent { repo: String! }
+"#;
+
+const GH: &str = "It's a Secret to Everybody";
+const STRIPE: &str = "whsec_stripe_test_secret";
+// Standard Webhooks: `whsec_` + base64 of the key.
+const SVC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+async fn hooks_setup() -> (Upstream, Gateway, Arc<std::sync::atomic::AtomicU64>) {
+    use axum::extract::Path;
+    let stars = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let s = stars.clone();
+    let app = axum::Router::new()
+        .route(
+            // The name is one path segment: `acme/app` arrives as `acme%2Fapp`.
+            "/repos/{name}",
+            axum::routing::get(move |Path(name): Path<String>| {
+                let stars = s.load(std::sync::atomic::Ordering::SeqCst);
+                async move { axum::Json(json!({"name": name, "stars": stars})) }
+            }),
+        )
+        .route(
+            "/customers/{id}",
+            axum::routing::get(
+                |Path(id): Path<String>| async move { axum::Json(json!({"id": id})) },
+            ),
+        );
+    let up = Upstream::start(app).await;
+    let gw = Gateway::start_with_env(
+        &HOOKS.replace("{up}", &up.url()),
+        livegate::Options::default(),
+        &[
+            ("GH_SECRET", GH),
+            ("STRIPE_SECRET", STRIPE),
+            ("SVC_SECRET", SVC),
+        ],
+    )
+    .await;
+    (up, gw, stars)
+}
+
+async fn deliver(gw: &Gateway, path: &str, headers: &[(&str, String)], body: &str) -> u16 {
+    let mut req = gw
+        .client
+        .post(format!("http://{}{path}", gw.addr))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    req.send().await.expect("answer").status().as_u16()
+}
+
+fn github(body: &str, delivery: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "x-hub-signature-256",
+            format!(
+                "sha256={}",
+                hex::encode(hmac(GH.as_bytes(), &[body.as_bytes()]))
+            ),
+        ),
+        ("x-github-event", "issues".into()),
+        ("x-github-delivery", delivery.into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_github_delivery_invalidates_a_live_query_and_feeds_an_event_subscription() {
+    let (up, gw, stars) = hooks_setup().await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    subscribe(
+        &mut ws,
+        "live",
+        r#"subscription { repo(name: "acme/app") { stars } }"#,
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await["payload"]["data"]["repo"]["stars"],
+        1
+    );
+    subscribe(
+        &mut ws,
+        "ev",
+        r#"subscription { issueOpened(repo: "acme/app") { number title } }"#,
+    )
+    .await;
+    gw.metrics_until(|p| common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 1.0)
+        .await;
+    stars.store(2, std::sync::atomic::Ordering::SeqCst);
+    let body = json!({"action": "opened", "issue": {"number": 7, "title": "It broke"},
+                      "repository": {"full_name": "acme/app"}})
+    .to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/github", &github(&body, "d-1"), &body).await,
+        202
+    );
+    let mut got = vec![next_json(&mut ws).await, next_json(&mut ws).await];
+    got.sort_by_key(|m| m["id"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        got[0]["payload"]["data"]["issueOpened"],
+        json!({"number": 7, "title": "It broke"}),
+        "{got:?}"
+    );
+    assert_eq!(got[1]["payload"]["data"]["repo"]["stars"], 2, "{got:?}");
+    let fetched = up.count_matching("GET /repos");
+    assert_eq!(fetched, 2, "one fetch, one refetch");
+    // A replayed delivery, a wrong signature, none at all: refused, nothing applied.
+    assert_eq!(
+        deliver(&gw, "/hooks/github", &github(&body, "d-1"), &body).await,
+        401
+    );
+    let mut forged = github(&body, "d-2");
+    forged[0].1 = format!("sha256={}", hex::encode(hmac(b"guess", &[body.as_bytes()])));
+    assert_eq!(deliver(&gw, "/hooks/github", &forged, &body).await, 401);
+    assert_eq!(deliver(&gw, "/hooks/github", &[], &body).await, 401);
+    // An issue of another repository, or another action: not this subscription's.
+    let other = json!({"action": "closed", "issue": {"number": 8, "title": "x"}, "repository": {"full_name": "acme/app"}}).to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/github", &github(&other, "d-3"), &other).await,
+        202
+    );
+    let next = json!({"action": "opened", "issue": {"number": 9, "title": "Again"}, "repository": {"full_name": "acme/app"}}).to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/github", &github(&next, "d-4"), &next).await,
+        202
+    );
+    // (each accepted delivery also invalidated the repo: the live query is re-run, with
+    // the same stars, so it pushes nothing)
+    let got = next_json(&mut ws).await;
+    assert_eq!(got["payload"]["data"]["issueOpened"]["number"], 9, "{got}");
+    let page = gw.metrics().await;
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_webhook_deliveries_total{receiver=\"github\",result=\"accepted\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_webhook_deliveries_total{receiver=\"github\",result=\"refused\"}"
+        ),
+        3.0
+    );
+    assert_eq!(deliver(&gw, "/hooks/nobody", &[], "{}").await, 404);
+}
+
+#[tokio::test]
+async fn stripe_and_standard_webhooks_deliveries_are_verified_and_applied() {
+    use base64::Engine;
+    let (up, gw, _) = hooks_setup().await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    subscribe(
+        &mut ws,
+        "c",
+        r#"subscription { customer(id: "cus_1") { id } }"#,
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await["payload"]["data"]["customer"]["id"],
+        "cus_1"
+    );
+    subscribe(&mut ws, "s", "subscription { svcEvents { repo } }").await;
+    gw.metrics_until(|p| common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 1.0)
+        .await;
+    // Stripe: t=…,v1=hex(HMAC("t.body")), within the tolerance.
+    let stripe = |body: &str, t: u64| {
+        let sig = hex::encode(hmac(
+            STRIPE.as_bytes(),
+            &[t.to_string().as_bytes(), b".", body.as_bytes()],
+        ));
+        vec![("stripe-signature", format!("t={t},v1={sig}"))]
+    };
+    let body = json!({"id": "evt_1", "type": "customer.updated", "data": {"object": {"id": "cus_1", "customer": "cus_1"}}}).to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/stripe", &stripe(&body, unix() - 1000), &body).await,
+        401,
+        "stale"
+    );
+    assert_eq!(up.count_matching("GET /customers"), 1);
+    assert_eq!(
+        deliver(&gw, "/hooks/stripe", &stripe(&body, unix()), &body).await,
+        202
+    );
+    // The live query was invalidated: refetched (same value: nothing pushed, but fetched).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while up.count_matching("GET /customers") < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.count_matching("GET /customers"), 2);
+    // `when` filters what invalidates: another type does not.
+    let other = json!({"id": "evt_2", "type": "charge.succeeded", "data": {"object": {"customer": "cus_1"}}}).to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/stripe", &stripe(&other, unix()), &other).await,
+        202
+    );
+    // Standard Webhooks: id, timestamp, v1,base64(HMAC(key, "id.ts.body")); ids once.
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(SVC.trim_start_matches("whsec_"))
+        .expect("key");
+    let standard = |id: &str, body: &str| {
+        let ts = unix().to_string();
+        let sig = base64::engine::general_purpose::STANDARD.encode(hmac(
+            &key,
+            &[id.as_bytes(), b".", ts.as_bytes(), b".", body.as_bytes()],
+        ));
+        vec![
+            ("webhook-id", id.to_string()),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", format!("v1,{sig}")),
+        ]
+    };
+    let body = json!({"repo": "acme/app"}).to_string();
+    assert_eq!(
+        deliver(&gw, "/hooks/svc", &standard("msg_1", &body), &body).await,
+        202
+    );
+    let got = next_json(&mut ws).await;
+    assert_eq!(
+        got["payload"]["data"]["svcEvents"]["repo"], "acme/app",
+        "{got}"
+    );
+    assert_eq!(
+        deliver(&gw, "/hooks/svc", &standard("msg_1", &body), &body).await,
+        401,
+        "replayed id"
+    );
+    let page = gw.metrics().await;
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_webhook_deliveries_total{receiver=\"svc\",result=\"refused\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_webhook_deliveries_total{receiver=\"stripe\",result=\"accepted\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_to_one_replica_reaches_every_replicas_subscribers_once() {
+    let redis = common::redis::RedisServer::start();
+    let up = Upstream::start(axum::Router::new()).await;
+    let options = || livegate::Options {
+        redis: Some(livegate::bus::redis::RedisOptions {
+            url: redis.url(),
+            prefix: "hooks".into(),
+            timeout: std::time::Duration::from_millis(500),
+            fill_wait: std::time::Duration::from_secs(5),
+            lease: std::time::Duration::from_millis(1_000),
+        }),
+        ..Default::default()
+    };
+    let env = [
+        ("GH_SECRET", GH),
+        ("STRIPE_SECRET", STRIPE),
+        ("SVC_SECRET", SVC),
+    ];
+    let schema = HOOKS.replace("{up}", &up.url());
+    let a = Gateway::start_with_env(&schema, options(), &env).await;
+    let b = Gateway::start_with_env(&schema, options(), &env).await;
+    let query = r#"subscription { issueOpened(repo: "acme/app") { number } }"#;
+    let mut on_a = websocket(a.addr, "graphql-transport-ws").await;
+    let mut on_b = websocket(b.addr, "graphql-transport-ws").await;
+    subscribe(&mut on_a, "1", query).await;
+    subscribe(&mut on_b, "1", query).await;
+    for gw in [&a, &b] {
+        gw.metrics_until(|p| common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 1.0)
+            .await;
+        gw.metrics_until(|p| common::sample(p, "livegate_redis_up") >= 1.0)
+            .await;
+    }
+    for n in [1, 2] {
+        let body = json!({"action": "opened", "issue": {"number": n, "title": "t"}, "repository": {"full_name": "acme/app"}}).to_string();
+        assert_eq!(
+            deliver(
+                &a,
+                "/hooks/github",
+                &github(&body, &format!("r-{n}")),
+                &body
+            )
+            .await,
+            202
+        );
+    }
+    // Each replica's subscriber hears each delivery once, in order.
+    for ws in [&mut on_a, &mut on_b] {
+        for n in [1, 2] {
+            let got = next_json(ws).await;
+            assert_eq!(got["payload"]["data"]["issueOpened"]["number"], n, "{got}");
+        }
+    }
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), {
+        use futures_util::StreamExt;
+        on_b.next()
+    })
+    .await;
+    assert!(quiet.is_err(), "nothing doubled: {quiet:?}");
+}
+
+#[test]
+fn misdeclared_receivers_are_refused_with_their_position() {
+    let schema = r#"
+extend schema
+  @webhook(name: "a", path: "/elsewhere", scheme: GITHUB, secretEnv: "A")
+  @webhook(name: "b", path: "/hooks/b", scheme: SLACK, secretEnv: "B")
+  @webhook(name: "c", path: "/hooks/c", scheme: STRIPE, secretEnv: "C", invalidates: ["x:{args.id}"])
+type Query { a: Int }
+type Subscription {
+  x: Int @stream(webhook: "nobody")
+  y: Int @stream(webhook: "a", upstream: "api", path: "/ws")
+}
+"#;
+    let errors: Vec<String> =
+        livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
+            .expect_err("refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    let all = errors.join("\n");
+    for at in ["3:", "4:", "5:", "8:", "9:"] {
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with(&format!("schema.graphql:{at}"))),
+            "an error at line {at}\n{all}"
+        );
+    }
+    assert!(all.contains("under /hooks/"), "{all}");
+    assert!(all.contains("names no @webhook"), "{all}");
+}

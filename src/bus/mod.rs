@@ -26,6 +26,9 @@ pub enum Remote {
     /// The replica that polls these entries found new values (stored in the second
     /// level): drop the local copies and re-run who read them.
     Changed(Vec<CacheKey>),
+    /// A `@webhook` receiver of another replica accepted this delivery (its body): feed
+    /// this replica's streams of that receiver.
+    Delivery { name: String, body: String },
 }
 
 /// Who does a piece of cluster-wide work (see [`Bus::lease`]).
@@ -106,6 +109,13 @@ impl Bus {
     pub async fn put_document(&self, hash: &str, document: &str, ttl: Duration) {
         if let Some(r) = &self.redis {
             r.put_document(hash, document, ttl).await;
+        }
+    }
+
+    /// Hands a delivery the receiver `name` accepted here to the other replicas.
+    pub async fn delivered(&self, name: &str, body: &str) {
+        if let Some(r) = &self.redis {
+            r.publish_delivery(name, body).await;
         }
     }
 

@@ -97,13 +97,13 @@ pub struct InvalidatesDirective {
 }
 
 /// Reads one directive's arguments, reporting unknown, repeated and missing ones.
-struct ArgReader<'a, 'e> {
+pub(super) struct ArgReader<'a, 'e> {
     directive: &'a Positioned<ConstDirective>,
-    errors: &'e mut Errors,
+    pub(super) errors: &'e mut Errors,
 }
 
 impl<'a, 'e> ArgReader<'a, 'e> {
-    fn new(
+    pub(super) fn new(
         directive: &'a Positioned<ConstDirective>,
         known: &[&str],
         errors: &'e mut Errors,
@@ -129,7 +129,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         self.directive.node.name.node.as_str()
     }
 
-    fn get(&self, arg: &str) -> Option<&'a Positioned<ConstValue>> {
+    pub(super) fn get(&self, arg: &str) -> Option<&'a Positioned<ConstValue>> {
         self.directive
             .node
             .arguments
@@ -146,7 +146,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         );
     }
 
-    fn missing(&mut self, arg: &str, expected: &str) {
+    pub(super) fn missing(&mut self, arg: &str, expected: &str) {
         let name = self.name();
         self.errors.push(
             self.directive.pos,
@@ -154,7 +154,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         );
     }
 
-    fn string(&mut self, arg: &str) -> Option<Positioned<String>> {
+    pub(super) fn string(&mut self, arg: &str) -> Option<Positioned<String>> {
         let v = self.get(arg)?;
         match &v.node {
             ConstValue::String(s) => Some(Positioned::new(s.clone(), v.pos)),
@@ -165,7 +165,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         }
     }
 
-    fn required_string(&mut self, arg: &str) -> Option<Positioned<String>> {
+    pub(super) fn required_string(&mut self, arg: &str) -> Option<Positioned<String>> {
         if self.get(arg).is_none() {
             self.missing(arg, "a string");
             return None;
@@ -173,7 +173,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         self.string(arg)
     }
 
-    fn uint(&mut self, arg: &str) -> Option<Positioned<u64>> {
+    pub(super) fn uint(&mut self, arg: &str) -> Option<Positioned<u64>> {
         let v = self.get(arg)?;
         match &v.node {
             ConstValue::Number(n) if n.as_u64().is_some() => {
@@ -186,7 +186,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         }
     }
 
-    fn strings(&mut self, arg: &str) -> Vec<Positioned<String>> {
+    pub(super) fn strings(&mut self, arg: &str) -> Vec<Positioned<String>> {
         let Some(v) = self.get(arg) else {
             return Vec::new();
         };
@@ -209,7 +209,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
         out
     }
 
-    fn enum_value(&mut self, arg: &str, allowed: &[&str]) -> Option<Positioned<String>> {
+    pub(super) fn enum_value(&mut self, arg: &str, allowed: &[&str]) -> Option<Positioned<String>> {
         let v = self.get(arg)?;
         let s = match &v.node {
             ConstValue::Enum(n) => n.as_str(),
@@ -237,7 +237,7 @@ impl<'a, 'e> ArgReader<'a, 'e> {
     /// `arg: {name: "text", …}` as (name, text) pairs; with `nested`, an object member
     /// stands for its members under dotted names (`{data: {id: "x"}}` is `data.id`).
     /// `member` says what a member must be, `whole` what the argument must be.
-    fn string_pairs(
+    pub(super) fn string_pairs(
         &mut self,
         arg: &str,
         nested: bool,
@@ -688,8 +688,11 @@ pub fn live(
 /// `@updates` and `@stream`.
 #[derive(Debug, Clone)]
 pub struct SourceDirective {
+    /// The upstream and path of a socket or event stream; with `webhook`, neither.
     pub upstream: Positioned<String>,
     pub path: Positioned<String>,
+    /// `webhook: "name"`: the deliveries of that `@webhook` receiver instead.
+    pub webhook: Option<Positioned<String>>,
     /// Payload field → template its value must equal.
     pub when: Vec<(Positioned<String>, Positioned<String>)>,
     /// Dotted path of the payload inside each message.
@@ -714,8 +717,23 @@ pub const APPLY_MODES: [&str; 7] = [
 ];
 
 fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
-    let upstream = r.required_string("upstream");
-    let path = r.required_string("path");
+    let webhook = r.string("webhook");
+    let (upstream, path) = match &webhook {
+        // A receiver's deliveries: no upstream, no path.
+        Some(w) => {
+            for arg in ["upstream", "path", "protocol"] {
+                if let Some(v) = r.get(arg) {
+                    r.errors.push(
+                        v.pos,
+                        format!("`{arg}` and `webhook` name two sources; give one"),
+                    );
+                }
+            }
+            let none = || Some(Positioned::new(String::new(), w.pos));
+            (none(), none())
+        }
+        None => (r.required_string("upstream"), r.required_string("path")),
+    };
     let select = r.string("select");
     let protocol = r.enum_value("protocol", &PROTOCOLS);
     // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
@@ -728,6 +746,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     Some(SourceDirective {
         upstream: upstream?,
         path: path?,
+        webhook,
         when,
         select,
         protocol,
@@ -741,7 +760,7 @@ pub fn updates(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "path", "when", "apply", "key", "select", "protocol",
+            "upstream", "path", "webhook", "when", "apply", "key", "select", "protocol",
         ],
         errors,
     );
@@ -768,7 +787,7 @@ pub fn stream(
 ) -> Option<Positioned<SourceDirective>> {
     let mut r = ArgReader::new(
         d,
-        &["upstream", "path", "when", "select", "protocol"],
+        &["upstream", "path", "webhook", "when", "select", "protocol"],
         errors,
     );
     source(&mut r).map(|s| Positioned::new(s, d.pos))

@@ -9,6 +9,7 @@
 
 mod access;
 mod directives;
+mod hooks;
 
 use async_graphql_parser::types::{
     BaseType, ConstDirective, FieldDefinition, InputValueDefinition, ServiceDocument,
@@ -23,6 +24,7 @@ pub use directives::{
     RestDirective, Scope, SourceDirective, UpdatesDirective, UpstreamDirective, APPLY_MODES,
 };
 pub use directives::{ErrorsDirective, HEADERS, LINKS};
+pub use hooks::{WebhookDirective, SCHEMES};
 
 /// A positioned error of the configuration stages. `Display` gives
 /// `file:line:col: message`, the format every start-up error has.
@@ -199,6 +201,8 @@ pub struct Config {
     /// The file name used in error messages.
     pub file: String,
     pub upstreams: Vec<Positioned<UpstreamDirective>>,
+    /// `@webhook` receivers.
+    pub webhooks: Vec<Positioned<WebhookDirective>>,
     pub types: Vec<TypeConfig>,
     /// Root operation type names from a `schema { … }` block, when there is one.
     pub query: Option<Positioned<String>>,
@@ -249,6 +253,7 @@ pub fn parse_partial(
     let mut config = Config {
         file: file.to_string(),
         upstreams: Vec::new(),
+        webhooks: Vec::new(),
         types: Vec::new(),
         query: None,
         mutation: None,
@@ -269,9 +274,16 @@ pub fn parse_partial(
                                 }
                             }
                         },
+                        "webhook" => {
+                            if let Some(w) = hooks::webhook(d, &mut errors) {
+                                config.webhooks.push(Positioned::new(w, d.pos));
+                            }
+                        }
                         other => errors.push(
                             d.pos,
-                            format!("unknown directive @{other} on schema; known: @upstream"),
+                            format!(
+                                "unknown directive @{other} on schema; known: @upstream, @webhook"
+                            ),
                         ),
                     }
                 }

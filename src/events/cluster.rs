@@ -302,7 +302,7 @@ pub(super) async fn run(
             return;
         }
         // A caller's stream is this process's alone: no lease, nothing republished.
-        let bus = match stream.caller {
+        let bus = match stream.caller || !source.leased() {
             true => crate::bus::Bus::local(),
             false => owner.settings.bus.clone(),
         };

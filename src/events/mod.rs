@@ -11,13 +11,14 @@
 //! warm standby ([`cluster`]). All of that is written once, here, for every kind of
 //! source; a kind says only how to connect and read ([`Source`], [`Connection`]).
 //! Kinds: [`websocket`] (an upstream WebSocket), [`sse`] (an upstream Server-Sent Events
-//! stream).
+//! stream), [`webhook`] (a `@webhook` receiver's deliveries).
 //!
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
 mod cluster;
 pub mod sse;
+pub mod webhook;
 pub mod websocket;
 
 use crate::plan::StreamPlan;
@@ -80,6 +81,11 @@ pub trait Source: Send + Sync + 'static {
     fn noun(&self) -> &'static str;
     /// The upstream it belongs to, as metrics label it.
     fn upstream(&self) -> &str;
+    /// Whether one replica reads it for the cluster (under a lease) and republishes; a
+    /// source every replica reads for itself says `false`.
+    fn leased(&self) -> bool {
+        true
+    }
 }
 
 /// An open connection to a stream.
@@ -134,6 +140,8 @@ type StreamKey = String;
 /// The registry of this gateway's streams (see the module's documentation).
 pub struct Sources {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    /// Each `@webhook` receiver's deliveries, by name (see [`webhook`]).
+    hooks: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     settings: Settings,
     pub stats: Arc<SourceStats>,
 }
@@ -176,6 +184,7 @@ impl Sources {
     pub fn new(settings: Settings) -> Arc<Sources> {
         Arc::new(Sources {
             streams: Mutex::default(),
+            hooks: Mutex::default(),
             settings,
             stats: Arc::default(),
         })
@@ -203,6 +212,27 @@ impl Sources {
                 self.settings.max_message,
                 self.settings.http.clone(),
             )),
+            StreamPlan::Webhook { hook } => {
+                Arc::new(webhook::Webhook::new(&hook.name, self.hook(&hook.name)))
+            }
+        }
+    }
+
+    /// The broadcast of the deliveries of the receiver `name`.
+    fn hook(&self, name: &str) -> broadcast::Sender<Arc<str>> {
+        let mut hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks
+            .entry(name.to_string())
+            .or_insert_with(|| broadcast::channel(BUFFER).0)
+            .clone()
+    }
+
+    /// Hands a delivery of the receiver `name` (its JSON body) to the streams that read
+    /// it; nothing when none does.
+    pub fn deliver(&self, name: &str, body: Arc<str>) {
+        let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = hooks.get(name) {
+            let _ = tx.send(body);
         }
     }
 
@@ -301,7 +331,10 @@ pub type Credentials = Vec<(http::HeaderName, http::HeaderValue)>;
 
 /// The values of the stream's upstream's `forwardHeaders` that `ctx` carries.
 fn credentials(stream: &StreamPlan, ctx: &RequestContext) -> Credentials {
-    ctx.forwarded(&stream.upstream().forward_headers)
+    let Some(upstream) = stream.upstream() else {
+        return Vec::new();
+    };
+    ctx.forwarded(&upstream.forward_headers)
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
 }

@@ -50,6 +50,7 @@ pub(super) struct FieldCtx<'a> {
     pub(super) config: &'a Config,
     pub(super) kinds: &'a HashMap<&'a str, Kind>,
     pub(super) upstreams: &'a IndexMap<String, Arc<UpstreamPlan>>,
+    pub(super) webhooks: &'a IndexMap<String, Arc<super::WebhookPlan>>,
     pub(super) type_name: &'a str,
     /// The field being planned (empty while none is).
     pub(super) field: &'a str,

@@ -14,6 +14,7 @@
 mod abstracts;
 mod access;
 mod fields;
+mod hooks;
 pub mod introspection;
 mod model;
 mod rest;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 pub use abstracts::Possible;
 use fields::*;
+pub use hooks::{Scheme, WebhookPlan};
 pub use model::{
     Access, ArgPlan, CachePlan, Denied, ErrorMapping, FieldPlan, LivePlan, Plan, TypePlan,
     TypePlanKind, UpstreamPlan,
@@ -165,6 +167,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
     }
 
     let upstreams = upstreams(config, overrides, &mut errors);
+    let webhooks = hooks::webhooks(config, overrides, &mut errors);
 
     let query = config
         .query
@@ -246,6 +249,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                     config,
                     kinds: &kinds,
                     upstreams: &upstreams,
+                    webhooks: &webhooks,
                     type_name: &name,
                     field: "",
                     role: Role::Interface,
@@ -312,6 +316,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
                         config,
                         kinds: &kinds,
                         upstreams: &upstreams,
+                        webhooks: &webhooks,
                         type_name: &name,
                         field: &f.name.node,
                         role,
@@ -388,6 +393,7 @@ pub fn build(config: &Config, overrides: &Overrides) -> Result<Plan, Vec<ConfigE
         Ok(Plan {
             source_hash: String::new(),
             upstreams,
+            webhooks,
             types,
             query,
             mutation,

@@ -238,6 +238,8 @@ pub struct Plan {
     /// SHA-256 of the schema text it was loaded from (hex), for `livegate_schema_info`.
     pub source_hash: String,
     pub upstreams: IndexMap<String, Arc<UpstreamPlan>>,
+    /// `@webhook` receivers, by name.
+    pub webhooks: IndexMap<String, Arc<super::WebhookPlan>>,
     pub types: IndexMap<String, TypePlan>,
     pub query: String,
     pub mutation: Option<String>,

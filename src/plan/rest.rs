@@ -550,5 +550,9 @@ fn check_var(
         // Any claim may be named: tokens carry what their issuer puts in them. A field
         // reading claims requires a verified caller (plan/access.rs).
         Root::Claims => Ok(()),
+        Root::Event => Err(
+            "`{event.…}` is a webhook delivery's body: it is for @webhook(invalidates:, when:)"
+                .into(),
+        ),
     }
 }

@@ -34,6 +34,8 @@ pub enum StreamPlan {
         upstream: Arc<UpstreamPlan>,
         path: String,
     },
+    /// The deliveries of a `@webhook` receiver.
+    Webhook { hook: Arc<super::WebhookPlan> },
 }
 
 impl StreamPlan {
@@ -47,6 +49,7 @@ impl StreamPlan {
             StreamPlan::Sse { upstream, path } => {
                 format!("sse\0{}\0{path}\0{}", upstream.name, upstream.url)
             }
+            StreamPlan::Webhook { hook } => format!("hook\0{}", hook.name),
         }
     }
 
@@ -55,13 +58,17 @@ impl StreamPlan {
         match self {
             StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
             StreamPlan::Sse { upstream, path } => format!("sse:{}:{path}", upstream.name),
+            StreamPlan::Webhook { hook } => format!("hook:{}", hook.name),
         }
     }
 
-    /// The upstream it belongs to.
-    pub fn upstream(&self) -> &Arc<UpstreamPlan> {
+    /// The upstream it belongs to (a webhook's deliveries have none).
+    pub fn upstream(&self) -> Option<&Arc<UpstreamPlan>> {
         match self {
-            StreamPlan::WebSocket { upstream, .. } | StreamPlan::Sse { upstream, .. } => upstream,
+            StreamPlan::WebSocket { upstream, .. } | StreamPlan::Sse { upstream, .. } => {
+                Some(upstream)
+            }
+            StreamPlan::Webhook { .. } => None,
         }
     }
 }
@@ -92,16 +99,32 @@ pub(super) fn source(
     name: &str,
     errors: &mut Errors,
 ) -> Option<SourcePlan> {
+    if let Some(w) = &d.webhook {
+        let Some(hook) = ctx.webhooks.get(&w.node) else {
+            let known: Vec<&str> = ctx.webhooks.keys().map(String::as_str).collect();
+            errors.push(
+                w.pos,
+                format!(
+                    "@{name}(webhook: {:?}) names no @webhook; known: {}",
+                    w.node,
+                    known.join(", ")
+                ),
+            );
+            return None;
+        };
+        let when = when(d, args, ctx, errors);
+        let select = super::rest::dotted(name, d.select.as_ref(), "data.object", errors);
+        return Some(SourcePlan {
+            stream: StreamPlan::Webhook { hook: hook.clone() },
+            when,
+            select,
+        });
+    }
     let upstream = super::upstream(ctx, &d.upstream, name, errors);
     if !d.path.node.starts_with('/') || d.path.node.contains('{') {
         errors.push(d.path.pos, format!("@{name}(path: {:?}) must be a constant path starting with `/`: one socket serves every subscriber", d.path.node));
     }
-    let mut when = Vec::new();
-    for (k, v) in &d.when {
-        if let Some(t) = super::rest::template(v, args, ctx, false, errors) {
-            when.push((k.node.split('.').map(str::to_string).collect(), t));
-        }
-    }
+    let when = when(d, args, ctx, errors);
     let mut select = super::rest::dotted(name, d.select.as_ref(), "data.message", errors);
     let upstream = upstream?;
     let path = d.path.node.clone();
@@ -118,6 +141,22 @@ pub(super) fn source(
         when,
         select,
     })
+}
+
+/// A source's `when`: each member path with its template.
+fn when(
+    d: &SourceDirective,
+    args: &[ArgPlan],
+    ctx: &FieldCtx<'_>,
+    errors: &mut Errors,
+) -> Vec<(Vec<String>, Template)> {
+    d.when
+        .iter()
+        .filter_map(|(k, v)| {
+            super::rest::template(v, args, ctx, false, errors)
+                .map(|t| (k.node.split('.').map(str::to_string).collect(), t))
+        })
+        .collect()
 }
 
 pub(super) fn updates(

@@ -9,6 +9,8 @@ use super::*;
 pub struct Overrides {
     /// Upstream name (as written in the schema) → URL.
     pub upstream_urls: HashMap<String, String>,
+    /// `@webhook(secretEnv:)` variable → its value.
+    pub secrets: HashMap<String, String>,
 }
 
 impl Overrides {
@@ -21,7 +23,18 @@ impl Overrides {
                 upstream_urls.insert(u.node.name.node.clone(), url.clone());
             }
         }
-        Overrides { upstream_urls }
+        let secrets = config
+            .webhooks
+            .iter()
+            .filter_map(|w| {
+                let name = &w.node.secret_env.node;
+                vars.get(name).map(|v| (name.clone(), v.clone()))
+            })
+            .collect();
+        Overrides {
+            upstream_urls,
+            secrets,
+        }
     }
 }
 

@@ -84,6 +84,7 @@ pub async fn fetch(
         args: call.args,
         parent,
         claims: call.ctx.identity().map(|i| &i.claims),
+        event: None,
     };
     let ctx = call.ctx;
     let deps = call.deps;

@@ -33,6 +33,7 @@ pub fn payloads(
         args,
         parent: None,
         claims: ctx.identity().map(|i| &i.claims),
+        event: None,
     };
     let when: Vec<(Vec<String>, String)> = source
         .when

@@ -7,6 +7,7 @@ pub mod body;
 pub mod cors;
 mod graphiql;
 mod health;
+mod hooks;
 mod http;
 pub mod limits;
 mod listen;
@@ -214,6 +215,7 @@ pub fn app(state: AppState) -> Router {
             "/hooks/invalidate",
             axum::routing::post(webhook::invalidate),
         )
+        .route("/hooks/{*receiver}", axum::routing::post(hooks::receive))
         .route("/graphiql/{file}", get(graphiql::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

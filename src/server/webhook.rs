@@ -70,6 +70,14 @@ impl Seen {
     }
 }
 
+impl Seen {
+    /// `true` the first time `key` is seen within the window (a key stands for a
+    /// signature or a delivery id that only a holder of the secret could make valid).
+    pub(super) fn first_time(&self, key: Vec<u8>) -> bool {
+        self.0.entry(key).or_insert(()).is_fresh()
+    }
+}
+
 impl Default for Seen {
     fn default() -> Self {
         Seen::new(std::time::Duration::from_secs(300))
@@ -83,14 +91,14 @@ impl std::fmt::Debug for Seen {
 }
 
 /// Why a request is not authorised.
-enum Denied {
+pub(super) enum Denied {
     Credentials,
     Stale,
     Replayed,
 }
 
 impl Denied {
-    fn message(&self) -> String {
+    pub(super) fn message(&self) -> String {
         match self {
             Denied::Credentials => format!("missing or wrong credentials: sign the body ({SIGNATURE_HEADER}: t=<unix seconds>,v1=<hex HMAC of \"<t>.<body>\"> or sha256=<hex HMAC of the body>) or send Authorization: Bearer <token>"),
             Denied::Stale => "the signature's timestamp is outside the accepted window (--webhook-tolerance-s): sign with the current time".to_string(),
@@ -99,8 +107,8 @@ impl Denied {
     }
 }
 
-fn hmac(secret: &str, parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+pub(super) fn hmac(secret: &[u8], parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
     for p in parts {
         mac.update(p);
     }
@@ -108,7 +116,7 @@ fn hmac(secret: &str, parts: &[&[u8]]) -> Option<Hmac<Sha256>> {
 }
 
 /// `t=…,v1=…`: the timestamp and every `v1` signature given.
-fn timestamped(header: &str) -> Option<(i64, Vec<Vec<u8>>)> {
+pub(super) fn timestamped(header: &str) -> Option<(i64, Vec<Vec<u8>>)> {
     let mut t = None;
     let mut sigs = Vec::new();
     for part in header.split(',') {
@@ -121,14 +129,18 @@ fn timestamped(header: &str) -> Option<(i64, Vec<Vec<u8>>)> {
     Some((t?, sigs))
 }
 
-fn check_signature(options: &WebhookOptions, header: &str, body: &[u8]) -> Result<(), Denied> {
+pub(super) fn check_signature(
+    options: &WebhookOptions,
+    header: &str,
+    body: &[u8],
+) -> Result<(), Denied> {
     let Some(secret) = &options.secret else {
         return Err(Denied::Credentials);
     };
     if let Some((t, sigs)) = timestamped(header) {
         let signed = t.to_string();
         let valid = sigs.iter().find(|sig| {
-            hmac(secret, &[signed.as_bytes(), b".", body])
+            hmac(secret.as_bytes(), &[signed.as_bytes(), b".", body])
                 .is_some_and(|mac| mac.verify_slice(sig).is_ok())
         });
         let Some(sig) = valid else {
@@ -143,7 +155,7 @@ fn check_signature(options: &WebhookOptions, header: &str, body: &[u8]) -> Resul
             return Err(Denied::Stale);
         }
         // Accepted once: `or_insert` makes a fresh entry only for a signature not seen.
-        if !options.seen.0.entry(sig.clone()).or_insert(()).is_fresh() {
+        if !options.seen.first_time(sig.clone()) {
             return Err(Denied::Replayed);
         }
         return Ok(());
@@ -156,7 +168,7 @@ fn check_signature(options: &WebhookOptions, header: &str, body: &[u8]) -> Resul
         .strip_prefix("sha256=")
         .and_then(|s| hex::decode(s).ok())
         .ok_or(Denied::Credentials)?;
-    if hmac(secret, &[body]).is_some_and(|mac| mac.verify_slice(&sig).is_ok()) {
+    if hmac(secret.as_bytes(), &[body]).is_some_and(|mac| mac.verify_slice(&sig).is_ok()) {
         Ok(())
     } else {
         Err(Denied::Credentials)
@@ -168,7 +180,7 @@ pub(super) fn error(status: StatusCode, message: impl Into<String>) -> Response 
 }
 
 /// Equal-length byte strings compared without an early exit.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

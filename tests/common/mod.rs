@@ -89,18 +89,30 @@ impl Drop for Gateway {
 impl Gateway {
     /// Starts a gateway on `schema`, where `{up}` (and `{up2}`) stand for upstream URLs.
     pub async fn start(schema: &str, options: livegate::Options) -> Gateway {
-        let plan =
-            match livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new()) {
-                Ok(p) => p,
-                Err(errors) => panic!(
-                    "test schema is invalid:\n{}",
-                    errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                ),
-            };
+        Gateway::start_with_env(schema, options, &[]).await
+    }
+
+    /// [`Gateway::start`] with environment variables (`@webhook` secrets, URL overrides).
+    pub async fn start_with_env(
+        schema: &str,
+        options: livegate::Options,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let plan = match livegate::plan::load("schema.graphql", schema, env) {
+            Ok(p) => p,
+            Err(errors) => panic!(
+                "test schema is invalid:\n{}",
+                errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        };
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind gateway");

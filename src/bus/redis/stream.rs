@@ -140,6 +140,36 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// Appends a `@webhook` delivery to the stream every replica reads (the body is
+    /// bounded by `--webhook-max-body`).
+    pub async fn publish_delivery(&self, name: &str, body: &str) {
+        let stream = self.key("inv");
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(10_000)
+            .arg("*")
+            .arg("v")
+            .arg(FORMAT)
+            .arg("o")
+            .arg(&self.origin)
+            .arg("k")
+            .arg("hook")
+            .arg("name")
+            .arg(name)
+            .arg("body")
+            .arg(body);
+        let sent: Option<String> = self
+            .call("publish delivery", |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await;
+        self.published(sent.is_some(), "delivery");
+    }
+}
+
 /// Reads the invalidation stream for as long as the bus lives, from the last id seen.
 pub(super) async fn read_stream(
     bus: std::sync::Weak<RedisBus>,
@@ -271,6 +301,7 @@ pub(super) async fn read_stream(
                                 Remote::Tags(_) => "invalidation",
                                 Remote::Everything => "everything",
                                 Remote::Changed(_) => "changed",
+                                Remote::Delivery { .. } => "delivery",
                             };
                             this.metrics
                                 .bus_messages
@@ -313,6 +344,13 @@ pub(super) fn decode_message(
             Some((origin, Remote::Tags(tags)))
         }
         "all" => Some((origin, Remote::Everything)),
+        "hook" => Some((
+            origin,
+            Remote::Delivery {
+                name: field("name")?,
+                body: field("body")?,
+            },
+        )),
         "key" => {
             let keys: Vec<String> = serde_json::from_str(&field("keys")?).ok()?;
             let keys = keys
