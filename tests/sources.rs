@@ -592,3 +592,72 @@ type Subscription {
     assert!(all.contains("under /hooks/"), "{all}");
     assert!(all.contains("names no @webhook"), "{all}");
 }
+
+/// `redis-cli` against the server on `port` with `password`, as a service would publish.
+fn redis_cli(port: u16, password: &str, args: &[&str]) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "-a", password, "--no-auth-warning"])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !said.contains("ERR") && !said.contains("NOAUTH"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_channel_and_a_redis_stream_feed_subscriptions() {
+    let redis = common::redis::RedisServer::start_with_password(Some("s3cret-pass"));
+    let schema = r#"
+extend schema @upstream(name: "events", url: "{redis}") @upstream(name: "api", url: "http://127.0.0.1:1")
+type Query { a: Int @rest(upstream: "api", path: "/a") }
+type Subscription {
+  orderPlaced(id: ID!): Order @stream(upstream: "events", channel: "orders", when: {id: "{args.id}"})
+  shipments: Shipment @stream(upstream: "events", stream: "shipments", select: "data")
+}
+type Order { id: ID! total: Int! }
+type Shipment { id: ID! carrier: String! }
+"#
+    .replace("{redis}", &redis.url());
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    subscribe(
+        &mut ws,
+        "o",
+        r#"subscription { orderPlaced(id: "2") { id total } }"#,
+    )
+    .await;
+    subscribe(&mut ws, "s", "subscription { shipments { id carrier } }").await;
+    gw.metrics_until(|p| {
+        common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 2.0
+            && common::sample(p, "livegate_upstream_sockets_open") >= 2.0
+    })
+    .await;
+    let cli = |args: &[&str]| redis_cli(redis.port, "s3cret-pass", args);
+    cli(&["PUBLISH", "orders", "not json"]);
+    cli(&["PUBLISH", "orders", r#"{"id":"1","total":5}"#]);
+    cli(&["PUBLISH", "orders", r#"{"id":"2","total":7}"#]);
+    cli(&[
+        "XADD",
+        "shipments",
+        "*",
+        "data",
+        r#"{"id":"s1","carrier":"post"}"#,
+    ]);
+    let mut got = vec![next_json(&mut ws).await, next_json(&mut ws).await];
+    got.sort_by_key(|m| m["id"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        got[0]["payload"]["data"]["orderPlaced"],
+        json!({"id": "2", "total": 7}),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[1]["payload"]["data"]["shipments"],
+        json!({"id": "s1", "carrier": "post"}),
+        "{got:?}"
+    );
+    // The password of the URL is in no answer and no metric.
+    assert!(!gw.metrics().await.contains("s3cret-pass"));
+}

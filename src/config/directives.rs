@@ -693,6 +693,9 @@ pub struct SourceDirective {
     pub path: Positioned<String>,
     /// `webhook: "name"`: the deliveries of that `@webhook` receiver instead.
     pub webhook: Option<Positioned<String>>,
+    /// On a Redis upstream, in place of `path`: a `PUBLISH` channel, or a Stream's key.
+    pub channel: Option<Positioned<String>>,
+    pub stream: Option<Positioned<String>>,
     /// Payload field → template its value must equal.
     pub when: Vec<(Positioned<String>, Positioned<String>)>,
     /// Dotted path of the payload inside each message.
@@ -732,8 +735,18 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
             let none = || Some(Positioned::new(String::new(), w.pos));
             (none(), none())
         }
-        None => (r.required_string("upstream"), r.required_string("path")),
+        None => {
+            let upstream = r.required_string("upstream");
+            let path = match r.get("channel").or(r.get("stream")) {
+                // A Redis source: no path (the planner checks the upstream is one).
+                Some(v) if r.get("path").is_none() => Some(Positioned::new(String::new(), v.pos)),
+                _ => r.required_string("path"),
+            };
+            (upstream, path)
+        }
     };
+    let channel = r.string("channel");
+    let stream = r.string("stream");
     let select = r.string("select");
     let protocol = r.enum_value("protocol", &PROTOCOLS);
     // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
@@ -747,6 +760,8 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
         upstream: upstream?,
         path: path?,
         webhook,
+        channel,
+        stream,
         when,
         select,
         protocol,
@@ -760,7 +775,8 @@ pub fn updates(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "path", "webhook", "when", "apply", "key", "select", "protocol",
+            "upstream", "path", "webhook", "channel", "stream", "when", "apply", "key", "select",
+            "protocol",
         ],
         errors,
     );
@@ -787,7 +803,9 @@ pub fn stream(
 ) -> Option<Positioned<SourceDirective>> {
     let mut r = ArgReader::new(
         d,
-        &["upstream", "path", "webhook", "when", "select", "protocol"],
+        &[
+            "upstream", "path", "webhook", "channel", "stream", "when", "select", "protocol",
+        ],
         errors,
     );
     source(&mut r).map(|s| Positioned::new(s, d.pos))

@@ -11,12 +11,14 @@
 //! warm standby ([`cluster`]). All of that is written once, here, for every kind of
 //! source; a kind says only how to connect and read ([`Source`], [`Connection`]).
 //! Kinds: [`websocket`] (an upstream WebSocket), [`sse`] (an upstream Server-Sent Events
-//! stream), [`webhook`] (a `@webhook` receiver's deliveries).
+//! stream), [`webhook`] (a `@webhook` receiver's deliveries), [`redis`] (a Redis channel or
+//! Stream services publish to).
 //!
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
 mod cluster;
+pub mod redis;
 pub mod sse;
 pub mod webhook;
 pub mod websocket;
@@ -211,6 +213,16 @@ impl Sources {
                 credentials,
                 self.settings.max_message,
                 self.settings.http.clone(),
+            )),
+            StreamPlan::Redis {
+                upstream,
+                name,
+                kind,
+            } => Arc::new(redis::Redis::new(
+                upstream,
+                name,
+                *kind,
+                self.settings.max_message,
             )),
             StreamPlan::Webhook { hook } => {
                 Arc::new(webhook::Webhook::new(&hook.name, self.hook(&hook.name)))

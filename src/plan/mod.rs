@@ -39,7 +39,7 @@ pub use model::{
     TypePlanKind, UpstreamPlan,
 };
 pub use rest::{Batch, Body, RestPlan};
-pub use stream::{Apply, SourcePlan, StreamPlan, UpdatesPlan};
+pub use stream::{Apply, RedisKind, SourcePlan, StreamPlan, UpdatesPlan};
 pub(crate) use upstreams::header_name;
 use upstreams::*;
 pub use upstreams::{upstream_env_var, Overrides};

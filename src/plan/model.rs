@@ -19,6 +19,14 @@ pub struct UpstreamPlan {
     pub errors: Option<Arc<ErrorMapping>>,
 }
 
+impl UpstreamPlan {
+    /// A Redis server that services publish to (`redis://`, `rediss://`): an event source
+    /// for `@stream`/`@updates(channel:|stream:)`, not a REST service.
+    pub fn is_redis(&self) -> bool {
+        matches!(self.url.scheme(), "redis" | "rediss")
+    }
+}
+
 /// Where an upstream's JSON error body keeps what a client should see: the GraphQL
 /// error's `message` and `extensions` members, each a path of member names.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -157,6 +157,12 @@ pub(super) fn plan(
 ) -> Option<RestPlan> {
     let d = &r.node;
     let upstream = super::upstream(ctx, &d.upstream, "rest", errors);
+    if let Some(u) = upstream.as_ref().filter(|u| u.is_redis()) {
+        errors.push(
+            d.upstream.pos,
+            format!("@rest(upstream: {:?}): that upstream is a Redis server, an event source for @stream(channel:|stream:); @rest needs an http:// upstream", u.name),
+        );
+    }
     if !d.path.node.starts_with('/') {
         errors.push(
             d.path.pos,

@@ -36,6 +36,19 @@ pub enum StreamPlan {
     },
     /// The deliveries of a `@webhook` receiver.
     Webhook { hook: Arc<super::WebhookPlan> },
+    /// A Redis `PUBLISH` channel (`Channel`) or Stream (`Stream`) on a `redis://`
+    /// upstream.
+    Redis {
+        upstream: Arc<UpstreamPlan>,
+        name: String,
+        kind: RedisKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisKind {
+    Channel,
+    Stream,
 }
 
 impl StreamPlan {
@@ -50,6 +63,14 @@ impl StreamPlan {
                 format!("sse\0{}\0{path}\0{}", upstream.name, upstream.url)
             }
             StreamPlan::Webhook { hook } => format!("hook\0{}", hook.name),
+            StreamPlan::Redis {
+                upstream,
+                name,
+                kind,
+            } => format!(
+                "redis\0{}\0{kind:?}\0{name}\0{}",
+                upstream.name, upstream.url
+            ),
         }
     }
 
@@ -59,15 +80,20 @@ impl StreamPlan {
             StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
             StreamPlan::Sse { upstream, path } => format!("sse:{}:{path}", upstream.name),
             StreamPlan::Webhook { hook } => format!("hook:{}", hook.name),
+            StreamPlan::Redis {
+                upstream,
+                name,
+                kind,
+            } => format!("redis:{}:{kind:?}:{name}", upstream.name),
         }
     }
 
     /// The upstream it belongs to (a webhook's deliveries have none).
     pub fn upstream(&self) -> Option<&Arc<UpstreamPlan>> {
         match self {
-            StreamPlan::WebSocket { upstream, .. } | StreamPlan::Sse { upstream, .. } => {
-                Some(upstream)
-            }
+            StreamPlan::WebSocket { upstream, .. }
+            | StreamPlan::Sse { upstream, .. }
+            | StreamPlan::Redis { upstream, .. } => Some(upstream),
             StreamPlan::Webhook { .. } => None,
         }
     }
@@ -121,6 +147,42 @@ pub(super) fn source(
         });
     }
     let upstream = super::upstream(ctx, &d.upstream, name, errors);
+    if let Some(u) = upstream.as_ref().filter(|u| u.is_redis()) {
+        let (named, kind) = match (&d.channel, &d.stream) {
+            (Some(c), None) => (c, RedisKind::Channel),
+            (None, Some(s)) => (s, RedisKind::Stream),
+            _ => {
+                errors.push(
+                    d.upstream.pos,
+                    format!("@{name} on the Redis upstream {:?} needs `channel:` (a PUBLISH channel) or `stream:` (a Stream's key), one of them", u.name),
+                );
+                return None;
+            }
+        };
+        if named.node.is_empty() || named.node.contains('{') {
+            errors.push(named.pos, format!("@{name}: a Redis channel or stream is a constant name (one subscription serves every subscriber; filter with `when`)"));
+        }
+        if !d.path.node.is_empty() {
+            errors.push(d.path.pos, format!("@{name}: a Redis source has no `path`"));
+        }
+        let when = when(d, args, ctx, errors);
+        let select = super::rest::dotted(name, d.select.as_ref(), "data", errors);
+        return Some(SourcePlan {
+            stream: StreamPlan::Redis {
+                upstream: u.clone(),
+                name: named.node.clone(),
+                kind,
+            },
+            when,
+            select,
+        });
+    }
+    if let Some(extra) = d.channel.as_ref().or(d.stream.as_ref()) {
+        errors.push(
+            extra.pos,
+            format!("@{name}: `channel:` and `stream:` are for Redis upstreams (redis://)"),
+        );
+    }
     if !d.path.node.starts_with('/') || d.path.node.contains('{') {
         errors.push(d.path.pos, format!("@{name}(path: {:?}) must be a constant path starting with `/`: one socket serves every subscriber", d.path.node));
     }

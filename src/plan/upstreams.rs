@@ -74,9 +74,14 @@ pub(super) fn upstreams(
             None => (d.url.node.clone(), String::new()),
         };
         let url = match url::Url::parse(&raw) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https" | "redis" | "rediss")
+                    && url.host().is_some() =>
+            {
+                url
+            }
             Ok(_) => {
-                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host"));
+                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host (or redis:// for an event source)"));
                 continue;
             }
             Err(e) => {
