@@ -173,6 +173,19 @@ impl Template {
             .unwrap_or_default()
     }
 
+    /// Renders to text, each value's text shown to `check` first; `None` when a value is
+    /// missing or null.
+    pub fn render_with_values(
+        &self,
+        vars: Vars<'_>,
+        mut check: impl FnMut(&str),
+    ) -> Option<String> {
+        self.render_with(vars, |s, out| {
+            check(s);
+            out.push_str(s)
+        })
+    }
+
     /// Renders to text, or `None` when a value is missing or null.
     pub fn render_complete(&self, vars: Vars<'_>) -> Option<String> {
         self.render_with(vars, |s, out| out.push_str(s))

@@ -661,3 +661,142 @@ type Shipment { id: ID! carrier: String! }
     // The password of the URL is in no answer and no metric.
     assert!(!gw.metrics().await.contains("s3cret-pass"));
 }
+
+/// A real `nats-server` on a free loopback port, stopped when dropped.
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NatsServer {
+    async fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        // Debian puts it in /usr/sbin, which a user's PATH may not have.
+        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
+            "/usr/sbin/nats-server"
+        } else {
+            "nats-server"
+        };
+        let child = std::process::Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/test installs it)");
+        // Listening once a connection is taken.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server listens"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        NatsServer { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_nats_subscribers_on_two_replicas_each_get_their_message_once() {
+    let nats = NatsServer::start().await;
+    let schema = r#"
+extend schema @upstream(name: "bus", url: "{nats}") @upstream(name: "api", url: "http://127.0.0.1:1")
+type Query { a: Int @rest(upstream: "api", path: "/a") }
+type Subscription {
+  shipments(id: ID!): Shipment @stream(upstream: "bus", subject: "shipments.{args.id}")
+}
+type Shipment { id: ID! }
+"#
+    .replace("{nats}", &nats.url());
+    let options = || {
+        let mut o = livegate::Options::default();
+        o.connection_limits.max_operations_per_second = 10_000;
+        o
+    };
+    let replicas = [
+        Gateway::start(&schema, options()).await,
+        Gateway::start(&schema, options()).await,
+    ];
+    // 1,000 subscriptions, each to its own subject: 5 sockets of 100 on each replica.
+    let mut sockets = Vec::new();
+    for (r, gw) in replicas.iter().enumerate() {
+        for s in 0..5 {
+            let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+            for k in 0..100 {
+                let id = r * 500 + s * 100 + k;
+                let q = format!(r#"subscription {{ shipments(id: "{id}") {{ id }} }}"#);
+                subscribe(&mut ws, &id.to_string(), &q).await;
+            }
+            sockets.push(ws);
+        }
+    }
+    for gw in &replicas {
+        let page = gw
+            .metrics_until(|p| common::sample(p, "livegate_upstream_sockets_open") >= 500.0)
+            .await;
+        assert_eq!(
+            common::sample(&page, "livegate_upstream_sockets_open"),
+            500.0
+        );
+    }
+    // A value that would widen the subscription is refused, not subscribed.
+    let mut probe = websocket(replicas[0].addr, "graphql-transport-ws").await;
+    subscribe(
+        &mut probe,
+        "w",
+        r#"subscription { shipments(id: ">") { id } }"#,
+    )
+    .await;
+    let refused = next_json(&mut probe).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    let publisher = async_nats::connect(nats.url()).await.expect("publisher");
+    for id in 0..1000 {
+        publisher
+            .publish(
+                format!("shipments.{id}"),
+                json!({ "id": id.to_string() }).to_string().into(),
+            )
+            .await
+            .expect("published");
+    }
+    publisher.flush().await.expect("flushed");
+    for (n, ws) in sockets.iter_mut().enumerate() {
+        let mut ids = Vec::new();
+        for _ in 0..100 {
+            let got = next_json(ws).await;
+            assert_eq!(got["type"], "next", "{got}");
+            // Each subscription hears its own subject's message.
+            assert_eq!(
+                got["id"], got["payload"]["data"]["shipments"]["id"],
+                "{got}"
+            );
+            ids.push(got["id"].as_str().unwrap_or("").to_string());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100, "socket {n}: each of its subscriptions once");
+    }
+    // None doubled: nothing more arrives.
+    for ws in &mut sockets {
+        use futures_util::StreamExt;
+        let more = tokio::time::timeout(std::time::Duration::from_millis(100), ws.next()).await;
+        assert!(more.is_err(), "{more:?}");
+    }
+}

@@ -696,6 +696,8 @@ pub struct SourceDirective {
     /// On a Redis upstream, in place of `path`: a `PUBLISH` channel, or a Stream's key.
     pub channel: Option<Positioned<String>>,
     pub stream: Option<Positioned<String>>,
+    /// On a NATS upstream, in place of `path`: the subject (a template, wildcards too).
+    pub subject: Option<Positioned<String>>,
     /// Payload field → template its value must equal.
     pub when: Vec<(Positioned<String>, Positioned<String>)>,
     /// Dotted path of the payload inside each message.
@@ -737,7 +739,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
         }
         None => {
             let upstream = r.required_string("upstream");
-            let path = match r.get("channel").or(r.get("stream")) {
+            let path = match r.get("channel").or(r.get("stream")).or(r.get("subject")) {
                 // A Redis source: no path (the planner checks the upstream is one).
                 Some(v) if r.get("path").is_none() => Some(Positioned::new(String::new(), v.pos)),
                 _ => r.required_string("path"),
@@ -747,6 +749,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     };
     let channel = r.string("channel");
     let stream = r.string("stream");
+    let subject = r.string("subject");
     let select = r.string("select");
     let protocol = r.enum_value("protocol", &PROTOCOLS);
     // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
@@ -762,6 +765,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
         webhook,
         channel,
         stream,
+        subject,
         when,
         select,
         protocol,
@@ -775,8 +779,8 @@ pub fn updates(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "path", "webhook", "channel", "stream", "when", "apply", "key", "select",
-            "protocol",
+            "upstream", "path", "webhook", "channel", "stream", "subject", "when", "apply", "key",
+            "select", "protocol",
         ],
         errors,
     );
@@ -804,7 +808,8 @@ pub fn stream(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "path", "webhook", "channel", "stream", "when", "select", "protocol",
+            "upstream", "path", "webhook", "channel", "stream", "subject", "when", "select",
+            "protocol",
         ],
         errors,
     );

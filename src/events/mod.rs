@@ -12,12 +12,13 @@
 //! source; a kind says only how to connect and read ([`Source`], [`Connection`]).
 //! Kinds: [`websocket`] (an upstream WebSocket), [`sse`] (an upstream Server-Sent Events
 //! stream), [`webhook`] (a `@webhook` receiver's deliveries), [`redis`] (a Redis channel or
-//! Stream services publish to).
+//! Stream services publish to), [`nats`] (a NATS subject).
 //!
 //! Each tap is a `broadcast` receiver: a consumer that falls behind by more than
 //! [`BUFFER`] messages loses the oldest (and is told how many, as `Lagged`).
 
 mod cluster;
+pub mod nats;
 pub mod redis;
 pub mod sse;
 pub mod webhook;
@@ -213,6 +214,11 @@ impl Sources {
                 credentials,
                 self.settings.max_message,
                 self.settings.http.clone(),
+            )),
+            StreamPlan::Nats { upstream, subject } => Arc::new(nats::Nats::new(
+                upstream,
+                subject,
+                self.settings.max_message,
             )),
             StreamPlan::Redis {
                 upstream,

@@ -25,6 +25,11 @@ impl UpstreamPlan {
     pub fn is_redis(&self) -> bool {
         matches!(self.url.scheme(), "redis" | "rediss")
     }
+
+    /// A NATS server (`nats://`, `tls://`): an event source for `subject:`.
+    pub fn is_nats(&self) -> bool {
+        matches!(self.url.scheme(), "nats" | "tls")
+    }
 }
 
 /// Where an upstream's JSON error body keeps what a client should see: the GraphQL

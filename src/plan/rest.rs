@@ -157,10 +157,10 @@ pub(super) fn plan(
 ) -> Option<RestPlan> {
     let d = &r.node;
     let upstream = super::upstream(ctx, &d.upstream, "rest", errors);
-    if let Some(u) = upstream.as_ref().filter(|u| u.is_redis()) {
+    if let Some(u) = upstream.as_ref().filter(|u| u.is_redis() || u.is_nats()) {
         errors.push(
             d.upstream.pos,
-            format!("@rest(upstream: {:?}): that upstream is a Redis server, an event source for @stream(channel:|stream:); @rest needs an http:// upstream", u.name),
+            format!("@rest(upstream: {:?}): that upstream is a {} server, an event source for @stream/@updates; @rest needs an http:// upstream", u.name, u.url.scheme()),
         );
     }
     if !d.path.node.starts_with('/') {

@@ -16,12 +16,45 @@ pub struct SourcePlan {
     pub when: Vec<(Vec<String>, Template)>,
     /// Where the payload sits inside a message (`data.message` → `["data", "message"]`).
     pub select: Vec<String>,
+    /// A NATS subject that reads arguments or claims: rendered per subscription into
+    /// the [`StreamPlan::Nats`] it taps (`stream` then holds the template's text).
+    pub subject: Option<Template>,
+}
+
+impl SourcePlan {
+    /// The stream a subscription with these values taps: `stream`, or for a templated
+    /// NATS subject, the subject rendered — `Err` when a value would add subject tokens
+    /// or wildcards (`.`, `*`, `>`, spaces), which would widen the subscription.
+    pub fn stream_for(
+        &self,
+        vars: crate::template::Vars<'_>,
+    ) -> Result<std::borrow::Cow<'_, StreamPlan>, String> {
+        let (Some(t), StreamPlan::Nats { upstream, .. }) = (&self.subject, &self.stream) else {
+            return Ok(std::borrow::Cow::Borrowed(&self.stream));
+        };
+        let mut bad = None;
+        let subject = t.render_with_values(vars, |v| {
+            if v.is_empty() || v.contains(['.', '*', '>', ' ', '\t', '\r', '\n']) {
+                bad = Some(v.to_string());
+            }
+        });
+        match (subject, bad) {
+            (_, Some(v)) => Err(format!(
+                "{v:?} cannot be a token of a NATS subject (no `.`, `*`, `>` or spaces)"
+            )),
+            (Some(subject), None) => Ok(std::borrow::Cow::Owned(StreamPlan::Nats {
+                upstream: upstream.clone(),
+                subject,
+            })),
+            (None, None) => Err("a value of the NATS subject is missing".into()),
+        }
+    }
 }
 
 /// Where the messages come from: one connection per planned stream, shared by every
 /// entry and subscription it feeds ([`crate::events::Sources`]). One variant per kind of
 /// event source.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StreamPlan {
     /// An upstream WebSocket at a constant `path` on `upstream`.
     WebSocket {
@@ -36,6 +69,11 @@ pub enum StreamPlan {
     },
     /// The deliveries of a `@webhook` receiver.
     Webhook { hook: Arc<super::WebhookPlan> },
+    /// A NATS subject (wildcards allowed) on a `nats://` upstream.
+    Nats {
+        upstream: Arc<UpstreamPlan>,
+        subject: String,
+    },
     /// A Redis `PUBLISH` channel (`Channel`) or Stream (`Stream`) on a `redis://`
     /// upstream.
     Redis {
@@ -63,6 +101,9 @@ impl StreamPlan {
                 format!("sse\0{}\0{path}\0{}", upstream.name, upstream.url)
             }
             StreamPlan::Webhook { hook } => format!("hook\0{}", hook.name),
+            StreamPlan::Nats { upstream, subject } => {
+                format!("nats\0{}\0{subject}\0{}", upstream.name, upstream.url)
+            }
             StreamPlan::Redis {
                 upstream,
                 name,
@@ -80,6 +121,7 @@ impl StreamPlan {
             StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
             StreamPlan::Sse { upstream, path } => format!("sse:{}:{path}", upstream.name),
             StreamPlan::Webhook { hook } => format!("hook:{}", hook.name),
+            StreamPlan::Nats { upstream, subject } => format!("nats:{}:{subject}", upstream.name),
             StreamPlan::Redis {
                 upstream,
                 name,
@@ -93,7 +135,8 @@ impl StreamPlan {
         match self {
             StreamPlan::WebSocket { upstream, .. }
             | StreamPlan::Sse { upstream, .. }
-            | StreamPlan::Redis { upstream, .. } => Some(upstream),
+            | StreamPlan::Redis { upstream, .. }
+            | StreamPlan::Nats { upstream, .. } => Some(upstream),
             StreamPlan::Webhook { .. } => None,
         }
     }
@@ -144,6 +187,7 @@ pub(super) fn source(
             stream: StreamPlan::Webhook { hook: hook.clone() },
             when,
             select,
+            subject: None,
         });
     }
     let upstream = super::upstream(ctx, &d.upstream, name, errors);
@@ -175,12 +219,47 @@ pub(super) fn source(
             },
             when,
             select,
+            subject: None,
+        });
+    }
+    if let Some(u) = upstream.as_ref().filter(|u| u.is_nats()) {
+        let Some(subject) = &d.subject else {
+            errors.push(
+                d.upstream.pos,
+                format!("@{name} on the NATS upstream {:?} needs `subject:` (like \"orders.{{args.id}}\")", u.name),
+            );
+            return None;
+        };
+        if !d.path.node.is_empty() {
+            errors.push(d.path.pos, format!("@{name}: a NATS source has no `path`"));
+        }
+        let template = super::rest::template(subject, args, ctx, false, errors)?;
+        let templated = !template.is_constant();
+        if templated && name == "updates" {
+            errors.push(subject.pos, "@updates(subject:) is a constant subject (one subscription patches the entry); filter with `when`");
+        }
+        let when = when(d, args, ctx, errors);
+        let select = super::rest::dotted(name, d.select.as_ref(), "data", errors);
+        return Some(SourcePlan {
+            stream: StreamPlan::Nats {
+                upstream: u.clone(),
+                subject: subject.node.clone(),
+            },
+            when,
+            select,
+            subject: templated.then_some(template),
         });
     }
     if let Some(extra) = d.channel.as_ref().or(d.stream.as_ref()) {
         errors.push(
             extra.pos,
             format!("@{name}: `channel:` and `stream:` are for Redis upstreams (redis://)"),
+        );
+    }
+    if let Some(extra) = &d.subject {
+        errors.push(
+            extra.pos,
+            format!("@{name}: `subject:` is for NATS upstreams (nats://)"),
         );
     }
     if !d.path.node.starts_with('/') || d.path.node.contains('{') {
@@ -202,6 +281,7 @@ pub(super) fn source(
         stream,
         when,
         select,
+        subject: None,
     })
 }
 

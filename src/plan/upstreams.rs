@@ -75,13 +75,15 @@ pub(super) fn upstreams(
         };
         let url = match url::Url::parse(&raw) {
             Ok(url)
-                if matches!(url.scheme(), "http" | "https" | "redis" | "rediss")
-                    && url.host().is_some() =>
+                if matches!(
+                    url.scheme(),
+                    "http" | "https" | "redis" | "rediss" | "nats" | "tls"
+                ) && url.host().is_some() =>
             {
                 url
             }
             Ok(_) => {
-                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host (or redis:// for an event source)"));
+                errors.push(d.url.pos, format!("@upstream(url: {raw:?}){source} must be an http:// or https:// URL with a host (or redis:// or nats:// for an event source)"));
                 continue;
             }
             Err(e) => {

@@ -40,7 +40,14 @@ pub fn payloads(
         .iter()
         .map(|(f, t)| (f.clone(), t.render_string(vars)))
         .collect();
-    let tap = rt.sources.tap(&source.stream, ctx);
+    let tap = match source.stream_for(vars) {
+        Ok(stream) => rt.sources.tap(stream.as_ref(), ctx),
+        Err(why) => Err(Arc::new(Failure {
+            message: why,
+            code: "BAD_USER_INPUT",
+            status: None,
+        })),
+    };
     let state = (Some(tap), rt.clone(), field.clone(), source.clone(), when);
     futures_util::stream::unfold(state, |(tap, rt, field, source, when)| async move {
         let mut tap = match tap? {
