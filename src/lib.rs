@@ -229,6 +229,8 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             .map_or(Duration::from_secs(10), |r| r.lease),
         max_callers: options.max_caller_sockets,
         failures: metrics.upstream_socket_failures.clone(),
+        open: metrics.sources_open.clone(),
+        messages: metrics.source_messages.clone(),
     });
     let services = services::Services::new(services::Parts {
         cache,

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub rate_limited: IntCounter,
     /// `@webhook` deliveries by receiver and result: `accepted`, `refused`, `malformed`.
     pub hooks: IntCounterVec,
+    /// Event-source connections this replica reads, by kind.
+    pub sources_open: IntGaugeVec,
+    /// Messages read from event sources by kind and result: `passed`, `skipped`.
+    pub source_messages: IntCounterVec,
     /// Counters of the families above resolved once, for the per-request paths.
     pub hot: Hot,
 }
@@ -291,6 +295,18 @@ impl Metrics {
                 "livegate_auth_total",
                 "Token checks by result: ok, missing, invalid, expired, forbidden (a field a directive kept from its caller)",
                 &["result"],
+            ),
+            sources_open: gauge_vec(
+                &r,
+                "livegate_sources_open",
+                "Event-source connections this replica reads, by kind (websocket, sse, webhook, redis, nats)",
+                &["kind"],
+            ),
+            source_messages: counter_vec(
+                &r,
+                "livegate_source_messages_total",
+                "Messages read from event sources by kind and result: passed (on to subscriptions and entries), skipped (not JSON, not text, too big)",
+                &["kind", "result"],
             ),
             hooks: counter_vec(
                 &r,

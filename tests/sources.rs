@@ -658,8 +658,28 @@ type Shipment { id: ID! carrier: String! }
         json!({"id": "s1", "carrier": "post"}),
         "{got:?}"
     );
+    // Counted by kind: two connections, one message skipped (not JSON), three passed.
+    let page = gw.metrics().await;
+    assert_eq!(
+        common::sample(&page, "livegate_sources_open{kind=\"redis\"}"),
+        2.0
+    );
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_source_messages_total{kind=\"redis\",result=\"skipped\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        common::sample(
+            &page,
+            "livegate_source_messages_total{kind=\"redis\",result=\"passed\"}"
+        ),
+        3.0
+    );
     // The password of the URL is in no answer and no metric.
-    assert!(!gw.metrics().await.contains("s3cret-pass"));
+    assert!(!page.contains("s3cret-pass"));
 }
 
 /// A real `nats-server` on a free loopback port, stopped when dropped.

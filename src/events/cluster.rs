@@ -283,6 +283,17 @@ pub(super) async fn run(
         };
         let stats = owner.stats.clone();
         let failures = owner.settings.failures.clone();
+        let meter = Meter {
+            open: owner.settings.open.with_label_values(&[source.kind()]),
+            passed: owner
+                .settings
+                .messages
+                .with_label_values(&[source.kind(), "passed"]),
+            skipped: owner
+                .settings
+                .messages
+                .with_label_values(&[source.kind(), "skipped"]),
+        };
         let idle = IdleCheck {
             owner: &owner_weak,
             key: &key,
@@ -392,7 +403,9 @@ pub(super) async fn run(
                     let _ = stream.tx.send(Event::Message(v));
                     holder.republish(&text).await;
                 }
-                let ended = read(conn, &stream, &stats, &idle, &mut holder, noun).await;
+                meter.open.inc();
+                let ended = read(conn, &stream, &stats, &idle, &mut holder, &meter, noun).await;
+                meter.open.dec();
                 stats.open.fetch_sub(1, Ordering::Relaxed);
                 match ended {
                     Ended::Retired => {
@@ -458,6 +471,13 @@ pub(super) async fn run(
         tokio::time::sleep(jitter(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+/// The per-kind metrics of one source's connection.
+struct Meter {
+    open: prometheus::IntGauge,
+    passed: prometheus::IntCounter,
+    skipped: prometheus::IntCounter,
 }
 
 /// Why [`read`] stopped reading.
@@ -670,6 +690,7 @@ async fn read(
     stats: &SourceStats,
     idle: &IdleCheck<'_>,
     holder: &mut Holder<'_>,
+    meter: &Meter,
     noun: &str,
 ) -> Ended {
     let mut tick = tokio::time::interval(
@@ -695,11 +716,15 @@ async fn read(
             read = conn.next() => match read {
                 Read::Message(text) => {
                     if let Some(v) = parse(&text, stats) {
+                        meter.passed.inc();
                         let _ = stream.tx.send(Event::Message(Arc::new(v)));
                         holder.republish(&text).await;
+                    } else {
+                        meter.skipped.inc();
                     }
                 }
                 Read::Unreadable => {
+                    meter.skipped.inc();
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
                 }
                 Read::Dropped { error, too_big } => {

@@ -82,6 +82,8 @@ pub trait Source: Send + Sync + 'static {
     fn shown(&self) -> &str;
     /// What log lines call a connection of this kind ("upstream socket").
     fn noun(&self) -> &'static str;
+    /// The `kind` label of `livegate_sources_open` and `livegate_source_messages_total`.
+    fn kind(&self) -> &'static str;
     /// The upstream it belongs to, as metrics label it.
     fn upstream(&self) -> &str;
     /// Whether one replica reads it for the cluster (under a lease) and republishes; a
@@ -169,6 +171,10 @@ pub struct Settings {
     pub max_callers: usize,
     /// Where failed connects are counted.
     pub failures: prometheus::IntCounterVec,
+    /// `livegate_sources_open{kind}`.
+    pub open: prometheus::IntGaugeVec,
+    /// `livegate_source_messages_total{kind, result}`.
+    pub messages: prometheus::IntCounterVec,
 }
 
 /// A subscription to one stream's events; the stream stays while any tap lives.

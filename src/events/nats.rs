@@ -44,6 +44,10 @@ impl Source for Nats {
         "nats subscription"
     }
 
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
     fn upstream(&self) -> &str {
         &self.upstream.name
     }

@@ -73,6 +73,10 @@ impl Source for Redis {
         "redis source"
     }
 
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn upstream(&self) -> &str {
         &self.upstream.name
     }

@@ -73,6 +73,10 @@ impl Source for Sse {
         "upstream event stream"
     }
 
+    fn kind(&self) -> &'static str {
+        "sse"
+    }
+
     fn upstream(&self) -> &str {
         &self.upstream.name
     }

@@ -35,6 +35,10 @@ impl Source for Webhook {
         "webhook receiver"
     }
 
+    fn kind(&self) -> &'static str {
+        "webhook"
+    }
+
     fn upstream(&self) -> &str {
         &self.shown
     }

@@ -70,6 +70,10 @@ impl Source for WebSocket {
         "upstream socket"
     }
 
+    fn kind(&self) -> &'static str {
+        "websocket"
+    }
+
     fn upstream(&self) -> &str {
         &self.upstream.name
     }
