@@ -31,7 +31,9 @@
 //! - `watch` ⑤ the hub: which subscriptions read which entries; pollers, feeders,
 //!   patches. Below the executor: it imports neither `exec` nor `live`.
 //! - `events` ⑤ event sources behind one `Source` trait, keyed by the planned stream;
-//!   leases, republishing and standby written once (the upstream WebSocket is one kind).
+//!   leases, republishing and standby written once. Kinds: upstream WebSocket, upstream
+//!   SSE, `@webhook` deliveries, Redis channels/Streams, NATS subjects (the last three
+//!   read by every replica for itself: `Source::leased` is false).
 //! - [`upstream`] ⑤ the outside world: one REST request, every failure classified; the
 //!   batcher; extra CAs.
 //! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache,
@@ -40,7 +42,8 @@
 //! - `live` ⑥ subscriptions: prepare, topics, outboxes, and `live::start`, which every
 //!   long-lived transport calls (above the executor).
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP, WebSocket, SSE, GraphiQL,
-//!   the webhook, health and metrics; the accept loop.
+//!   the invalidation webhook and `@webhook` receivers (`server::hooks`), health and
+//!   metrics; `--rate-limit` (`server::rate`); the accept loop.
 //! - [`demo`] the demo upstreams (`livegate demo`, the examples and tests).
 //! - [`openapi`] `livegate import openapi`: an OpenAPI document → a schema, checked with
 //!   [`plan`] before it is written (a tool beside the gateway: it imports only `plan`).

@@ -6,7 +6,7 @@
 //! The token is read from `Authorization: Bearer …`, else from the `--jwt-cookie` cookie;
 //! long-lived connections hand the headers they were opened with (a WebSocket's
 //! `connection_init` payload among them). Verification is the `jsonwebtoken` crate's,
-//! with the algorithms each key allows ([`keys`]); `exp` is required, `nbf` checked, both
+//! with the algorithms each key allows (`keys.rs`); `exp` is required, `nbf` checked, both
 //! with `--jwt-leeway-s` of clock skew; `iss`/`aud` required and checked when configured.
 //! No token, claim or key is ever written to a log line or an error.
 
