@@ -56,7 +56,13 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let plan = match livegate::plan::load("schema.graphql", &source, std::env::vars()) {
+    // The demo's GitHub webhook secret, unless one is set (a demo default, like the
+    // invalidation webhook's: set your own in production).
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if !env.iter().any(|(k, _)| k == "GITHUB_WEBHOOK_SECRET") {
+        env.push(("GITHUB_WEBHOOK_SECRET".into(), "demo-github-secret".into()));
+    }
+    let plan = match livegate::plan::load("schema.graphql", &source, env) {
         Ok(p) => p,
         Err(errors) => {
             for e in errors {

@@ -503,18 +503,47 @@ async fn create_order(
         "shipping_address": body.get("shipping_address").cloned().unwrap_or(Value::Null),
     });
     created.push(order.clone());
-    if let Some(user) = shop_user(&headers) {
-        let _ = shop
-            .events
-            .send(json!({"owner": user, "event": "order.created", "data": order}));
-    }
+    let owner = shop_user(&headers).map_or(Value::Null, |u| json!(u));
+    let _ = shop
+        .events
+        .send(json!({"owner": owner, "event": "order.created", "data": order}));
     (StatusCode::CREATED, Json(order)).into_response()
+}
+
+/// `GET /v1/orders/stream`: every order created, by anyone, as Server-Sent Events
+/// (`event: order.created`, `id:` the order's id, `data:` the order).
+async fn orders_stream(State(shop): State<Shop>) -> Response {
+    let events = shop.events.subscribe();
+    let stream = futures_util::stream::unfold(events, |mut events| async move {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    let frame = format!(
+                        "event: {}\nid: {}\ndata: {}\n\n",
+                        e["event"].as_str().unwrap_or("message"),
+                        e["data"]["id"],
+                        e["data"]
+                    );
+                    return Some((Ok::<_, std::convert::Infallible>(frame), events));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let mut res = Response::new(axum::body::Body::from_stream(stream));
+    res.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/event-stream"),
+    );
+    res
 }
 
 pub fn shop_app() -> Router {
     Router::new()
         .route("/v1/orders", get(list_orders).post(create_order))
         .route("/v1/orders/ws", get(orders_ws))
+        .route("/v1/orders/stream", get(orders_stream))
         .with_state(Shop::default())
 }
 

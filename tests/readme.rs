@@ -86,6 +86,7 @@ async fn demo_with_upstreams() -> (String, Vec<(&'static str, String)>) {
     }
     let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
         .expect("schema");
+    env.push(("GITHUB_WEBHOOK_SECRET".into(), "demo-github-secret".into()));
     let plan = livegate::plan::load("schema.graphql", &source, env).expect("demo schema");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -587,4 +588,40 @@ async fn the_readme_who_is_calling_example_works_against_the_demo() {
     assert_eq!(unscoped["data"]["users"], Value::Null, "{unscoped}");
     assert_eq!(unscoped["errors"][0]["extensions"]["code"], "FORBIDDEN");
     assert_eq!(lines[3], "401", "{out}");
+}
+
+#[tokio::test]
+async fn the_readme_event_stream_and_webhook_examples_work_against_the_demo() {
+    let (addr, _) = demo_with_upstreams().await;
+    let gw = common::Gateway::at(addr.parse().expect("addr"));
+    let blocks = blocks_after("The shop also announces every order", 2);
+    let fix = |s: &str| s.replace("127.0.0.1:4000", &addr);
+    // The shop's SSE stream: subscribe, then order.
+    let commands = commands_of(&blocks[0]);
+    assert_eq!(commands.len(), 2, "{commands:#?}");
+    let mut orders = Sse::start(&fix(&commands[0]));
+    gw.metrics_until(|p| common::sample(p, "livegate_sources_open{kind=\"sse\"}") >= 1.0)
+        .await;
+    let ordered: Value = serde_json::from_str(&sh(&fix(&commands[1])).await).expect("JSON");
+    let id = ordered["data"]["createOrder"]["id"].clone();
+    assert!(id.is_string(), "{ordered}");
+    let heard = orders.next_event().await;
+    assert_eq!(heard["data"]["orderPlaced"]["id"], id, "{heard}");
+    assert_eq!(heard["data"]["orderPlaced"]["quantity"], 2, "{heard}");
+    // GitHub's webhook: subscribe, then the signed delivery (a script as pasted).
+    let (subscribe, deliver) = blocks[1]
+        .split_once("# In another terminal")
+        .expect("two parts");
+    let subscribe = commands_of(subscribe);
+    let mut pushes = Sse::start(&fix(&subscribe[0]));
+    gw.metrics_until(|p| common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 2.0)
+        .await;
+    let answer = sh(&fix(deliver)).await;
+    assert!(answer.contains(r#""accepted":"github""#), "{answer}");
+    let heard = pushes.next_event().await;
+    assert_eq!(
+        heard["data"]["pushed"],
+        serde_json::json!({"id": "c0ffee", "message": "Fix the build"}),
+        "{heard}"
+    );
 }
