@@ -820,3 +820,54 @@ type Shipment { id: ID! }
         assert!(more.is_err(), "{more:?}");
     }
 }
+
+#[tokio::test]
+async fn a_webhook_delivery_patches_a_cached_entry_through_updates() {
+    let schema = r#"
+extend schema
+  @upstream(name: "api", url: "{up}")
+  @webhook(name: "svc", path: "/hooks/svc", scheme: LIVEGATE, secretEnv: "SVC_SECRET")
+type Query {
+  tasks: [Task!]! @rest(upstream: "api", path: "/tasks") @cache(maxAge: 600)
+    @updates(webhook: "svc", when: {type: "task.updated"}, select: "task", apply: UPSERT, key: "id")
+}
+type Subscription { tasks: [Task!]! @live }
+type Task { id: ID! done: Boolean! }
+"#;
+    let up = Upstream::start(axum::Router::new().route(
+        "/tasks",
+        axum::routing::get(|| async { axum::Json(json!([{"id": "1", "done": false}])) }),
+    ))
+    .await;
+    let gw = Gateway::start_with_env(
+        &schema.replace("{up}", &up.url()),
+        livegate::Options::default(),
+        &[("SVC_SECRET", "svc-secret")],
+    )
+    .await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    subscribe(&mut ws, "t", "subscription { tasks { id done } }").await;
+    assert_eq!(
+        next_json(&mut ws).await["payload"]["data"]["tasks"],
+        json!([{"id": "1", "done": false}])
+    );
+    gw.metrics_until(|p| common::sample(p, "livegate_sources_open{kind=\"webhook\"}") >= 1.0)
+        .await;
+    let body = json!({"type": "task.updated", "task": {"id": "1", "done": true}}).to_string();
+    let t = unix();
+    let sig = hex::encode(hmac(
+        b"svc-secret",
+        &[t.to_string().as_bytes(), b".", body.as_bytes()],
+    ));
+    let signed = vec![("x-livegate-signature", format!("t={t},v1={sig}"))];
+    assert_eq!(deliver(&gw, "/hooks/svc", &signed, &body).await, 202);
+    let got = next_json(&mut ws).await;
+    assert_eq!(
+        got["payload"]["data"]["tasks"],
+        json!([{"id": "1", "done": true}]),
+        "{got}"
+    );
+    assert_eq!(up.count_matching("GET /tasks"), 1, "patched, not refetched");
+    // The same signature again: refused, nothing patched.
+    assert_eq!(deliver(&gw, "/hooks/svc", &signed, &body).await, 401);
+}
