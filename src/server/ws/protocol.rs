@@ -406,42 +406,6 @@ impl Connection {
         Some(json!({ "message": why }))
     }
 
-    /// `connection_init`'s payload is available to resolvers as request headers: its
-    /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`);
-    /// of them, those that can change an upstream's answer are kept.
-    pub(super) fn take_init_payload(&mut self, payload: Option<&Value>) {
-        if let Some(headers) = self.init_headers(payload) {
-            self.ctx = RequestContext::new(headers);
-        }
-    }
-
-    /// The connection's headers with those `payload` gives (see
-    /// [`Self::take_init_payload`]); `None` when it is not an object.
-    pub(super) fn init_headers(&self, payload: Option<&Value>) -> Option<http::HeaderMap> {
-        let engine = self.state.engine();
-        let kept = engine.responses.vary();
-        let Some(Value::Object(map)) = payload else {
-            return None;
-        };
-        let nested = map
-            .get("headers")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten();
-        let mut headers = self.ctx.headers().clone();
-        for (k, v) in map.iter().chain(nested) {
-            if let (Ok(name), Some(Ok(value))) = (
-                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
-                v.as_str().map(HeaderValue::from_str),
-            ) {
-                if kept.contains(&name) {
-                    headers.insert(name, value);
-                }
-            }
-        }
-        Some(headers)
-    }
-
     /// Starts one operation, registered under `id` until it ends (or the socket closes),
     /// through [`live::start`]. The work is polled once here: a live query joins its
     /// shared subscription at once, and a result from the response cache is queued at
