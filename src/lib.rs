@@ -269,6 +269,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     let auth = Arc::new(auth::Auth::new(
         options.auth.clone(),
         runtime.metrics.auth.clone(),
+        &options.upstream_ca,
     ));
     {
         let auth = auth.clone();

@@ -140,13 +140,21 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// A verifier for `options` (keys are fetched by [`Auth::start`]).
-    pub fn new(options: Options, counted: prometheus::IntCounterVec) -> Self {
-        let client = reqwest::Client::builder()
+    /// A verifier for `options` (keys are fetched by [`Auth::start`]), trusting `roots`
+    /// besides the web's for JWKS endpoints (`--upstream-ca-file`: a private identity
+    /// provider).
+    pub fn new(
+        options: Options,
+        counted: prometheus::IntCounterVec,
+        roots: &crate::upstream::tls::ExtraRoots,
+    ) -> Self {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .unwrap_or_default();
+            .redirect(reqwest::redirect::Policy::limited(3));
+        for cert in roots.reqwest() {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder.build().unwrap_or_default();
         let jwks = options
             .jwks_urls
             .iter()
