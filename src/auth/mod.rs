@@ -80,10 +80,16 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// When the token stops being accepted (its `exp` plus the leeway), from now.
+    /// When the token stops being accepted (its `exp` plus the leeway), from now; at
+    /// most ten years (an `exp` far in the future is no reason for a deadline that
+    /// overflows the clock).
     pub fn remaining(&self, leeway: Duration) -> Duration {
         let now = jsonwebtoken::get_current_timestamp();
-        Duration::from_secs((self.expires + leeway.as_secs()).saturating_sub(now))
+        let left = self
+            .expires
+            .saturating_add(leeway.as_secs())
+            .saturating_sub(now);
+        Duration::from_secs(left.min(10 * 365 * 24 * 3600))
     }
 
     /// The claim at a dotted `path` (`tenant`, `org.id`).
@@ -402,4 +408,54 @@ pub fn sign_hs256(secret: &str, mut claims: Value, ttl: Duration) -> Result<Stri
         jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).map_err(|e| e.to_string())?;
     jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_never_overflows_whatever_the_exp() {
+        let far = Identity {
+            claims: Value::Null,
+            subject: None,
+            scopes: Vec::new(),
+            expires: u64::MAX,
+        };
+        let left = far.remaining(Duration::from_secs(u64::MAX));
+        assert!(left <= Duration::from_secs(10 * 365 * 24 * 3600));
+        let _ = tokio::time::Instant::now() + left;
+        let past = Identity { expires: 1, ..far };
+        assert_eq!(past.remaining(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn tokens_are_read_from_a_bearer_header_or_the_named_cookie_only() {
+        let auth = Auth::new(
+            Options {
+                secret: Some("s".into()),
+                cookie: Some("session".into()),
+                ..Default::default()
+            },
+            prometheus::IntCounterVec::new(prometheus::Opts::new("t", "t"), &["result"])
+                .expect("counter"),
+            &Default::default(),
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, "Basic abc".parse().expect("h"));
+        assert_eq!(auth.token(&h), None, "not a bearer token");
+        h.insert(
+            http::header::COOKIE,
+            "a=1; session=tok; b=2".parse().expect("h"),
+        );
+        assert_eq!(auth.token(&h), Some("tok"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            "bearer  xyz ".parse().expect("h"),
+        );
+        assert_eq!(auth.token(&h), Some("xyz"), "the header wins");
+        // A hostile "token" is refused before any parsing.
+        let huge = "a".repeat(20 << 10);
+        assert!(matches!(auth.verify(&huge).await, Err(Failure::Invalid(_))));
+    }
 }
