@@ -166,9 +166,14 @@ impl Connection for Open {
             loop {
                 match self.parser.next_event() {
                     Ok(Some(event)) => {
-                        if let Some(id) = &event.id {
+                        // Kept only if it can go back as a header (else every reconnect
+                        // would fail on it).
+                        let sendable = event.id.as_deref().filter(|id| {
+                            id.len() <= 1024 && http::HeaderValue::from_str(id).is_ok()
+                        });
+                        if let Some(id) = sendable {
                             *self.last_id.lock().unwrap_or_else(|p| p.into_inner()) =
-                                Some(id.clone());
+                                Some(id.to_string());
                         }
                         return Read::Message(event.envelope());
                     }
