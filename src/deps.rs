@@ -42,6 +42,9 @@ pub struct RootFetch {
 #[derive(Clone, Debug)]
 pub struct Feed {
     pub plan: Arc<crate::plan::UpdatesPlan>,
+    /// The stream it taps, rendered for the entry's arguments (a NATS subject may read
+    /// them).
+    pub stream: crate::plan::StreamPlan,
     /// The `when` conditions, rendered for the entry's arguments.
     pub when: Vec<(Vec<String>, String)>,
     /// The caller whose request planned the entry: a socket whose upstream lists

@@ -871,3 +871,62 @@ type Task { id: ID! done: Boolean! }
     // The same signature again: refused, nothing patched.
     assert_eq!(deliver(&gw, "/hooks/svc", &signed, &body).await, 401);
 }
+
+#[tokio::test]
+async fn a_nats_subject_rendered_from_arguments_patches_each_entry() {
+    let nats = NatsServer::start().await;
+    let up = Upstream::start(axum::Router::new().route(
+        "/shipments/{id}",
+        axum::routing::get(
+            |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                axum::Json(json!({"id": id, "status": "packed"}))
+            },
+        ),
+    ))
+    .await;
+    let schema = r#"
+extend schema @upstream(name: "bus", url: "{nats}") @upstream(name: "api", url: "{up}")
+type Query {
+  shipment(id: ID!): Shipment @rest(upstream: "api", path: "/shipments/{args.id}") @cache(maxAge: 600)
+    @updates(upstream: "bus", subject: "shipments.{args.id}", apply: MERGE)
+}
+type Subscription { shipment(id: ID!): Shipment @live }
+type Shipment { id: ID! status: String! }
+"#
+    .replace("{nats}", &nats.url())
+    .replace("{up}", &up.url());
+    let gw = Gateway::start(&schema, livegate::Options::default()).await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    for id in ["1", "2"] {
+        let q = format!(r#"subscription {{ shipment(id: "{id}") {{ id status }} }}"#);
+        subscribe(&mut ws, id, &q).await;
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            next_json(&mut ws).await["payload"]["data"]["shipment"]["status"],
+            "packed"
+        );
+    }
+    gw.metrics_until(|p| common::sample(p, "livegate_sources_open{kind=\"nats\"}") >= 2.0)
+        .await;
+    let publisher = async_nats::connect(nats.url()).await.expect("publisher");
+    publisher
+        .publish(
+            "shipments.2",
+            json!({"status": "shipped"}).to_string().into(),
+        )
+        .await
+        .expect("published");
+    publisher.flush().await.expect("flushed");
+    let got = next_json(&mut ws).await;
+    assert_eq!(got["id"], "2", "only the entry of shipment 2: {got}");
+    assert_eq!(
+        got["payload"]["data"]["shipment"],
+        json!({"id": "2", "status": "shipped"})
+    );
+    assert_eq!(
+        up.count_matching("GET /shipments"),
+        2,
+        "patched, not refetched"
+    );
+}

@@ -235,9 +235,6 @@ pub(super) fn source(
         }
         let template = super::rest::template(subject, args, ctx, false, errors)?;
         let templated = !template.is_constant();
-        if templated && name == "updates" {
-            errors.push(subject.pos, "@updates(subject:) is a constant subject (one subscription patches the entry); filter with `when`");
-        }
         let when = when(d, args, ctx, errors);
         let select = super::rest::dotted(name, d.select.as_ref(), "data", errors);
         return Some(SourcePlan {

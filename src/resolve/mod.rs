@@ -149,8 +149,15 @@ pub async fn fetch(
     match key {
         Some(key) => {
             if let (None, Some(policy)) = (parent, &policy) {
-                let updates = field.updates.as_ref().map(|u| crate::deps::Feed {
+                // A subject whose values would widen it is no feed (its subscriptions
+                // still get the entry, refreshed by its other means).
+                let updates = field.updates.as_ref().and_then(|u| {
+                    let stream = u.source.stream_for(vars).ok()?.into_owned();
+                    Some((u, stream))
+                });
+                let updates = updates.map(|(u, stream)| crate::deps::Feed {
                     plan: u.clone(),
+                    stream,
                     when: u
                         .source
                         .when

@@ -241,7 +241,13 @@ impl Hub {
     /// caller who planned the entry sent (a `PRIVATE` entry's are its callers'); if it
     /// fails for good, the entry's subscriptions end with why ([`Hub::failure`]).
     pub fn feed(self: &Arc<Self>, root: RootFetch) {
-        let Some(crate::deps::Feed { plan, when, ctx }) = root.updates.clone() else {
+        let Some(crate::deps::Feed {
+            plan,
+            stream,
+            when,
+            ctx,
+        }) = root.updates.clone()
+        else {
             return;
         };
         {
@@ -253,7 +259,7 @@ impl Hub {
             entry.fed = true;
             entry.failure = None;
         }
-        let mut tap = match self.sources.tap(&plan.source.stream, &ctx) {
+        let mut tap = match self.sources.tap(&stream, &ctx) {
             Ok(tap) => tap,
             Err(failure) => return self.fail(&root.key, failure),
         };
