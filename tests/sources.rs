@@ -615,6 +615,7 @@ extend schema @upstream(name: "events", url: "{redis}") @upstream(name: "api", u
 type Query { a: Int @rest(upstream: "api", path: "/a") }
 type Subscription {
   orderPlaced(id: ID!): Order @stream(upstream: "events", channel: "orders", when: {id: "{args.id}"})
+  orderOf(user: String!): Order @stream(upstream: "events", channel: "orders.{args.user}")
   shipments: Shipment @stream(upstream: "events", stream: "shipments", select: "data")
 }
 type Order { id: ID! total: Int! }
@@ -630,9 +631,15 @@ type Shipment { id: ID! carrier: String! }
     )
     .await;
     subscribe(&mut ws, "s", "subscription { shipments { id carrier } }").await;
+    subscribe(
+        &mut ws,
+        "u",
+        r#"subscription { orderOf(user: "ann") { id total } }"#,
+    )
+    .await;
     gw.metrics_until(|p| {
-        common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 2.0
-            && common::sample(p, "livegate_upstream_sockets_open") >= 2.0
+        common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 3.0
+            && common::sample(p, "livegate_upstream_sockets_open") >= 3.0
     })
     .await;
     let cli = |args: &[&str]| redis_cli(redis.port, "s3cret-pass", args);
@@ -646,7 +653,13 @@ type Shipment { id: ID! carrier: String! }
         "data",
         r#"{"id":"s1","carrier":"post"}"#,
     ]);
-    let mut got = vec![next_json(&mut ws).await, next_json(&mut ws).await];
+    // A channel rendered from the arguments: Redis sends ann's channel only.
+    cli(&["PUBLISH", "orders.bob", r#"{"id":"8","total":1}"#]);
+    cli(&["PUBLISH", "orders.ann", r#"{"id":"9","total":1}"#]);
+    let mut got: Vec<Value> = Vec::new();
+    for _ in 0..3 {
+        got.push(next_json(&mut ws).await);
+    }
     got.sort_by_key(|m| m["id"].as_str().unwrap_or("").to_string());
     assert_eq!(
         got[0]["payload"]["data"]["orderPlaced"],
@@ -658,11 +671,16 @@ type Shipment { id: ID! carrier: String! }
         json!({"id": "s1", "carrier": "post"}),
         "{got:?}"
     );
-    // Counted by kind: two connections, one message skipped (not JSON), three passed.
+    assert_eq!(
+        got[2]["payload"]["data"]["orderOf"],
+        json!({"id": "9", "total": 1}),
+        "{got:?}"
+    );
+    // Counted by kind: three connections, one message skipped (not JSON), four passed.
     let page = gw.metrics().await;
     assert_eq!(
         common::sample(&page, "livegate_sources_open{kind=\"redis\"}"),
-        2.0
+        3.0
     );
     assert_eq!(
         common::sample(
@@ -676,7 +694,7 @@ type Shipment { id: ID! carrier: String! }
             &page,
             "livegate_source_messages_total{kind=\"redis\",result=\"passed\"}"
         ),
-        3.0
+        4.0
     );
     // The password of the URL is in no answer and no metric.
     assert!(!page.contains("s3cret-pass"));

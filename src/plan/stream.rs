@@ -16,8 +16,8 @@ pub struct SourcePlan {
     pub when: Vec<(Vec<String>, Template)>,
     /// Where the payload sits inside a message (`data.message` → `["data", "message"]`).
     pub select: Vec<String>,
-    /// A NATS subject that reads arguments or claims: rendered per subscription into
-    /// the [`StreamPlan::Nats`] it taps (`stream` then holds the template's text).
+    /// A NATS subject or Redis channel that reads arguments or claims: rendered per
+    /// subscription into the stream it taps (`stream` then holds the template's text).
     pub subject: Option<Template>,
 }
 
@@ -29,24 +29,38 @@ impl SourcePlan {
         &self,
         vars: crate::template::Vars<'_>,
     ) -> Result<std::borrow::Cow<'_, StreamPlan>, String> {
-        let (Some(t), StreamPlan::Nats { upstream, .. }) = (&self.subject, &self.stream) else {
+        let Some(t) = &self.subject else {
             return Ok(std::borrow::Cow::Borrowed(&self.stream));
         };
         let mut bad = None;
-        let subject = t.render_with_values(vars, |v| {
-            if v.is_empty() || v.contains(['.', '*', '>', ' ', '\t', '\r', '\n']) {
-                bad = Some(v.to_string());
+        match &self.stream {
+            StreamPlan::Nats { upstream, .. } => {
+                let subject = t.render_with_values(vars, |v| {
+                    if v.is_empty() || v.contains(['.', '*', '>', ' ', '\t', '\r', '\n']) {
+                        bad = Some(v.to_string());
+                    }
+                });
+                match (subject, bad) {
+                    (_, Some(v)) => Err(format!(
+                        "{v:?} cannot be a token of a NATS subject (no `.`, `*`, `>` or spaces)"
+                    )),
+                    (Some(subject), None) => Ok(std::borrow::Cow::Owned(StreamPlan::Nats {
+                        upstream: upstream.clone(),
+                        subject,
+                    })),
+                    (None, None) => Err("a value of the NATS subject is missing".into()),
+                }
             }
-        });
-        match (subject, bad) {
-            (_, Some(v)) => Err(format!(
-                "{v:?} cannot be a token of a NATS subject (no `.`, `*`, `>` or spaces)"
-            )),
-            (Some(subject), None) => Ok(std::borrow::Cow::Owned(StreamPlan::Nats {
-                upstream: upstream.clone(),
-                subject,
-            })),
-            (None, None) => Err("a value of the NATS subject is missing".into()),
+            // SUBSCRIBE (not PSUBSCRIBE): no value can widen a channel.
+            StreamPlan::Redis { upstream, kind, .. } => match t.render_complete(vars) {
+                Some(name) if !name.is_empty() => Ok(std::borrow::Cow::Owned(StreamPlan::Redis {
+                    upstream: upstream.clone(),
+                    name,
+                    kind: *kind,
+                })),
+                _ => Err("a value of the Redis channel is missing".into()),
+            },
+            _ => Ok(std::borrow::Cow::Borrowed(&self.stream)),
         }
     }
 }
@@ -203,8 +217,12 @@ pub(super) fn source(
                 return None;
             }
         };
-        if named.node.is_empty() || named.node.contains('{') {
-            errors.push(named.pos, format!("@{name}: a Redis channel or stream is a constant name (one subscription serves every subscriber; filter with `when`)"));
+        // A channel may read arguments and claims (each rendered channel is one
+        // subscription, so Redis does the filtering); a Stream's key is constant.
+        let template = super::rest::template(named, args, ctx, false, errors)?;
+        let templated = !template.is_constant();
+        if named.node.is_empty() || (templated && kind == RedisKind::Stream) {
+            errors.push(named.pos, format!("@{name}: a Redis Stream's key is a constant name (one reader serves every subscriber; filter with `when`)"));
         }
         if !d.path.node.is_empty() {
             errors.push(d.path.pos, format!("@{name}: a Redis source has no `path`"));
@@ -219,7 +237,7 @@ pub(super) fn source(
             },
             when,
             select,
-            subject: None,
+            subject: templated.then_some(template),
         });
     }
     if let Some(u) = upstream.as_ref().filter(|u| u.is_nats()) {
