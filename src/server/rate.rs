@@ -42,6 +42,9 @@ impl Limiter {
         if !(rate.is_finite() && rate > 0.0) {
             return None;
         }
+        // Below one request in 1,000 s a budget means nothing; bounded so the arithmetic
+        // on instants below cannot overflow.
+        let rate = rate.max(0.001);
         let interval = Duration::from_secs_f64(1.0 / rate);
         let burst = Duration::from_secs_f64(((rate.ceil() - 1.0).max(0.0)) / rate);
         Some(Limiter {
@@ -78,6 +81,8 @@ impl Limiter {
     /// Takes `cost` requests of `client`'s budget in this process: `Err(wait)` when they
     /// will be there after `wait`.
     fn take_local(&self, client: &str, cost: u32) -> Result<(), Duration> {
+        // A batch is capped by --max-batch-size long before this.
+        let cost = cost.clamp(1, 10_000);
         let now = Instant::now();
         let mut map = self.local.lock().unwrap_or_else(|p| p.into_inner());
         // Clients back at their pace hold a whole budget: forgetting them loses nothing.
@@ -85,7 +90,6 @@ impl Limiter {
             map.retain(|_, tat| *tat > now);
         }
         let tat = map.get(client).copied().unwrap_or(now).max(now);
-        let cost = cost.max(1);
         let last = tat + self.interval * (cost - 1);
         if last - now > self.burst {
             return Err(last - now - self.burst);
@@ -102,6 +106,7 @@ impl Limiter {
         client: &str,
         cost: u32,
     ) -> Result<(), Duration> {
+        let cost = cost.clamp(1, 10_000);
         match bus.take(client, cost, self.interval, self.burst).await {
             Some(taken) => taken,
             None => self.take_local(client, cost),
