@@ -111,6 +111,17 @@ pub(super) fn webhooks(
             })
             .collect();
         let secret = overrides.secrets.get(&d.secret_env.node).cloned();
+        // Accepted deliveries are remembered a day: a longer window would let a captured
+        // delivery be replayed once they are forgotten.
+        if let Some(t) = d.tolerance_s.as_ref().filter(|t| t.node > 12 * 3600) {
+            errors.push(
+                t.pos,
+                format!(
+                    "@webhook(toleranceS: {}) is at most 43200 (12 hours)",
+                    t.node
+                ),
+            );
+        }
         out.insert(
             name.clone(),
             Arc::new(WebhookPlan {

@@ -187,7 +187,7 @@ pub async fn receive(State(state): State<AppState>, req: Request) -> Response {
             format!("the body is over {max} bytes"),
         );
     };
-    if let Err(refused) = verify(&hook, &secret, &parts.headers, &body, &state.webhook.seen) {
+    if let Err(refused) = verify(&hook, &secret, &parts.headers, &body, &state.hook_seen) {
         metrics.reject(crate::metrics::Rejection::Auth);
         metrics
             .hooks

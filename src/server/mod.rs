@@ -86,6 +86,9 @@ pub struct Shared {
     pub auth: Arc<crate::auth::Auth>,
     /// `--rate-limit`, when set.
     pub rate: Option<rate::Limiter>,
+    /// `@webhook` deliveries accepted lately (ids, signatures): each is accepted once
+    /// within a day (longer than any receiver's tolerance).
+    pub hook_seen: webhook::Seen,
 }
 
 pub(crate) use crate::exec::error_body;
