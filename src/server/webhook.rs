@@ -129,6 +129,42 @@ pub(super) fn timestamped(header: &str) -> Option<(i64, Vec<Vec<u8>>)> {
     Some((t?, sigs))
 }
 
+/// A signature header that verified: `t=…,v1=…` (the HMAC of `"<t>.<body>"`, Stripe's
+/// form) or `sha256=…` (the HMAC of the body, GitHub's form), with the signature that
+/// matched.
+pub(super) enum Signed {
+    Timed { t: i64, sig: Vec<u8> },
+    Untimed { sig: Vec<u8> },
+}
+
+/// `header` checked against `body` with `secret`: which form verified, or `None`. A
+/// header with a timestamp is only ever read in the timed form.
+pub(super) fn verified(secret: &[u8], header: &str, body: &[u8]) -> Option<Signed> {
+    if let Some((t, sigs)) = timestamped(header) {
+        let signed = t.to_string();
+        let sig = sigs.into_iter().find(|sig| {
+            hmac(secret, &[signed.as_bytes(), b".", body])
+                .is_some_and(|mac| mac.verify_slice(sig).is_ok())
+        })?;
+        return Some(Signed::Timed { t, sig });
+    }
+    let sig = header
+        .trim()
+        .strip_prefix("sha256=")
+        .and_then(|s| hex::decode(s).ok())?;
+    hmac(secret, &[body])?.verify_slice(&sig).ok()?;
+    Some(Signed::Untimed { sig })
+}
+
+/// Whether the signed time `t` (Unix seconds) is within `tolerance` of our clock.
+pub(super) fn within(t: i64, tolerance: std::time::Duration) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    now.abs_diff(t) <= tolerance.as_secs()
+}
+
 pub(super) fn check_signature(
     options: &WebhookOptions,
     header: &str,
@@ -137,41 +173,20 @@ pub(super) fn check_signature(
     let Some(secret) = &options.secret else {
         return Err(Denied::Credentials);
     };
-    if let Some((t, sigs)) = timestamped(header) {
-        let signed = t.to_string();
-        let valid = sigs.iter().find(|sig| {
-            hmac(secret.as_bytes(), &[signed.as_bytes(), b".", body])
-                .is_some_and(|mac| mac.verify_slice(sig).is_ok())
-        });
-        let Some(sig) = valid else {
-            return Err(Denied::Credentials);
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        let tolerance = i64::try_from(options.tolerance.as_secs()).unwrap_or(i64::MAX);
-        if now.abs_diff(t) > tolerance.unsigned_abs() {
-            return Err(Denied::Stale);
+    match verified(secret.as_bytes(), header, body) {
+        None => Err(Denied::Credentials),
+        Some(Signed::Untimed { .. }) if options.require_timestamp => Err(Denied::Credentials),
+        Some(Signed::Untimed { .. }) => Ok(()),
+        Some(Signed::Timed { t, sig }) => {
+            if !within(t, options.tolerance) {
+                return Err(Denied::Stale);
+            }
+            // Accepted once: a signature seen within the window is a replay.
+            if !options.seen.first_time(sig) {
+                return Err(Denied::Replayed);
+            }
+            Ok(())
         }
-        // Accepted once: `or_insert` makes a fresh entry only for a signature not seen.
-        if !options.seen.first_time(sig.clone()) {
-            return Err(Denied::Replayed);
-        }
-        return Ok(());
-    }
-    if options.require_timestamp {
-        return Err(Denied::Credentials);
-    }
-    let sig = header
-        .trim()
-        .strip_prefix("sha256=")
-        .and_then(|s| hex::decode(s).ok())
-        .ok_or(Denied::Credentials)?;
-    if hmac(secret.as_bytes(), &[body]).is_some_and(|mac| mac.verify_slice(&sig).is_ok()) {
-        Ok(())
-    } else {
-        Err(Denied::Credentials)
     }
 }
 
