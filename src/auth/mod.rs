@@ -154,13 +154,10 @@ impl Auth {
         counted: prometheus::IntCounterVec,
         roots: &crate::upstream::tls::ExtraRoots,
     ) -> Self {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::limited(3));
-        for cert in roots.reqwest() {
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder.build().unwrap_or_default();
+        let client = roots.trusted_by(builder).build().unwrap_or_default();
         let jwks = options
             .jwks_urls
             .iter()
@@ -203,6 +200,12 @@ impl Auth {
 
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// When a connection opened by `identity` must end: its token's `exp` plus the
+    /// leeway.
+    pub fn deadline(&self, identity: &Identity) -> tokio::time::Instant {
+        tokio::time::Instant::now() + identity.remaining(self.options.leeway)
     }
 
     /// Whether tokens are verified at all.

@@ -21,14 +21,11 @@ use std::time::Duration;
 /// The HTTP client of event streams: `roots` trusted besides the web's, a connect
 /// deadline but none on the whole exchange, TCP keep-alive.
 pub fn client(roots: &crate::upstream::tls::ExtraRoots) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none());
-    for cert in roots.reqwest() {
-        builder = builder.add_root_certificate(cert);
-    }
-    builder.build().unwrap_or_default()
+    roots.trusted_by(builder).build().unwrap_or_default()
 }
 
 /// One upstream SSE stream: how to open it.

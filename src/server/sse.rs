@@ -209,9 +209,7 @@ pub(super) fn response(body: BoxStream<'static, Bytes>, format: Format) -> Respo
 
 /// When a stream opened with `ctx` must end: its token's `exp` plus the leeway.
 pub(super) fn deadline(state: &AppState, ctx: &RequestContext) -> Option<tokio::time::Instant> {
-    let leeway = state.auth.options().leeway;
-    ctx.identity()
-        .map(|i| tokio::time::Instant::now() + i.remaining(leeway))
+    ctx.identity().map(|i| state.auth.deadline(i))
 }
 
 /// An outbox's messages, several queued ones in one chunk, with a keep-alive while idle,

@@ -131,14 +131,11 @@ impl UpstreamClient {
         follow_redirects: bool,
         default_max_connections: usize,
     ) -> Self {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .redirect(redirects(follow_redirects));
-        for cert in roots.reqwest() {
-            builder = builder.add_root_certificate(cert);
-        }
-        let client = builder.build().unwrap_or_else(|e| {
+        let client = roots.trusted_by(builder).build().unwrap_or_else(|e| {
             tracing::error!(error = %e, "upstream HTTP client: falling back to defaults");
             reqwest::Client::new()
         });

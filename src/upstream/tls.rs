@@ -38,12 +38,12 @@ impl ExtraRoots {
         self.certs.is_empty()
     }
 
-    /// For reqwest's client builder.
-    pub fn reqwest(&self) -> Vec<reqwest::Certificate> {
+    /// `builder` trusting these roots besides the web's.
+    pub fn trusted_by(&self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
         self.certs
             .iter()
             .filter_map(|c| reqwest::Certificate::from_der(c).ok())
-            .collect()
+            .fold(builder, reqwest::ClientBuilder::add_root_certificate)
     }
 
     /// A TLS connector for upstream WebSockets trusting the web roots and these; `None`

@@ -57,14 +57,9 @@ impl Connection {
     /// ends when the token does.
     pub(super) async fn authenticate(&mut self) -> Result<(), Failure> {
         let identity = self.state.auth.identify(self.ctx.headers()).await?;
-        self.expires = self.deadline(identity.as_deref());
+        self.expires = identity.as_deref().map(|i| self.state.auth.deadline(i));
         self.ctx = self.ctx.clone().identified(identity);
         Ok(())
-    }
-
-    fn deadline(&self, identity: Option<&crate::auth::Identity>) -> Option<tokio::time::Instant> {
-        let leeway = self.state.auth.options().leeway;
-        identity.map(|i| tokio::time::Instant::now() + i.remaining(leeway))
     }
 
     /// A renewal with the token `payload` carries: the answer's payload.
@@ -83,7 +78,7 @@ impl Connection {
                 return rejected("the new token is another user's: open a new connection".into());
             }
         }
-        self.expires = self.deadline(Some(&identity));
+        self.expires = Some(self.state.auth.deadline(&identity));
         let expires = identity.expires;
         self.ctx = RequestContext::new(headers).identified(Some(identity));
         json!({"auth": "renewed", "expires": expires})
