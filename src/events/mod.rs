@@ -74,6 +74,18 @@ pub struct ConnectError {
     pub refused: Option<u16>,
 }
 
+impl ConnectError {
+    /// A failure to retry: `e` as said in logs (the secrets of `url` scrubbed), counted
+    /// under `reason`.
+    pub fn scrubbed(e: &dyn std::fmt::Display, url: &url::Url, reason: &'static str) -> Self {
+        ConnectError {
+            message: crate::upstream::scrub(&e.to_string(), url),
+            reason,
+            refused: None,
+        }
+    }
+}
+
 /// One kind of event source, for one stream: how to open a connection to it.
 pub trait Source: Send + Sync + 'static {
     /// A connection to the stream, or why not (scrubbed of the URL's secrets).

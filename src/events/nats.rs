@@ -58,30 +58,20 @@ impl Source for Nats {
 
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, ConnectError>> {
         async move {
-            let scrub = |e: &dyn std::fmt::Display| {
-                crate::upstream::scrub(&e.to_string(), &self.upstream.url)
-            };
-            let client = client(&self.upstream.url).await.map_err(|e| ConnectError {
-                message: scrub(&e),
-                reason: "network",
-                refused: None,
-            })?;
-            let subscriber =
-                client
-                    .subscribe(self.subject.clone())
-                    .await
-                    .map_err(|e| ConnectError {
-                        message: scrub(&e),
-                        reason: "protocol",
-                        refused: None,
-                    })?;
+            let url = &self.upstream.url;
+            let client = client(url)
+                .await
+                .map_err(|e| ConnectError::scrubbed(&e, url, "network"))?;
+            let subscriber = client
+                .subscribe(self.subject.clone())
+                .await
+                .map_err(|e| ConnectError::scrubbed(&e, url, "protocol"))?;
             // Once the server has the subscription (a round trip), it is open: a message
             // published after that is read.
-            client.flush().await.map_err(|e| ConnectError {
-                message: scrub(&e),
-                reason: "network",
-                refused: None,
-            })?;
+            client
+                .flush()
+                .await
+                .map_err(|e| ConnectError::scrubbed(&e, url, "network"))?;
             Ok(Box::new(Open {
                 _client: client,
                 subscriber,

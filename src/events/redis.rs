@@ -56,11 +56,7 @@ impl Redis {
         } else {
             "protocol"
         };
-        ConnectError {
-            message: crate::upstream::scrub(&e.to_string(), &self.upstream.url),
-            reason,
-            refused: None,
-        }
+        ConnectError::scrubbed(e, &self.upstream.url, reason)
     }
 }
 
