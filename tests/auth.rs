@@ -686,21 +686,7 @@ type Query {
 union U @authenticated = Query
 input In @requiresScopes(scopes: [["x"]]) { x: Int }
 "#;
-    let errors: Vec<String> =
-        livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
-            .expect_err("refused")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-    let all = errors.join("\n");
-    for at in ["4:", "5:", "6:", "7:", "10:", "11:"] {
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with(&format!("schema.graphql:{at}"))),
-            "an error at line {at}\n{all}"
-        );
-    }
+    let all = common::refused_at(schema, &[4, 5, 6, 7, 10, 11]);
     assert!(all.contains("refuse everyone"), "{all}");
     assert!(all.contains("let everyone in"), "{all}");
 }

@@ -574,21 +574,7 @@ type Subscription {
   y: Int @stream(webhook: "a", upstream: "api", path: "/ws")
 }
 "#;
-    let errors: Vec<String> =
-        livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
-            .expect_err("refused")
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-    let all = errors.join("\n");
-    for at in ["3:", "4:", "5:", "8:", "9:"] {
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with(&format!("schema.graphql:{at}"))),
-            "an error at line {at}\n{all}"
-        );
-    }
+    let all = common::refused_at(schema, &[3, 4, 5, 8, 9]);
     assert!(all.contains("under /hooks/"), "{all}");
     assert!(all.contains("names no @webhook"), "{all}");
 }

@@ -281,6 +281,26 @@ pub async fn next_json(ws: &mut Ws) -> Value {
     serde_json::from_str(msg.to_text().expect("text")).expect("JSON")
 }
 
+/// The errors `schema` is refused with, all in one text; asserts there is one at each
+/// of `lines` (as `schema.graphql:<line>:…`).
+pub fn refused_at(schema: &str, lines: &[usize]) -> String {
+    let errors: Vec<String> =
+        livegate::plan::load("schema.graphql", schema, Vec::<(String, String)>::new())
+            .expect_err("refused")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    let all = errors.join("\n");
+    for line in lines {
+        let at = format!("schema.graphql:{line}:");
+        assert!(
+            errors.iter().any(|e| e.starts_with(&at)),
+            "an error at line {line}\n{all}"
+        );
+    }
+    all
+}
+
 /// The `extensions.code` of the first error, if any.
 pub fn error_code(response: &Value) -> Option<String> {
     response["errors"][0]["extensions"]["code"]
