@@ -110,6 +110,8 @@ pub struct Options {
     /// Upstream sockets opened with a caller's forwarded headers this process may hold
     /// at once (`--max-caller-sockets`).
     pub max_caller_sockets: usize,
+    /// This replica's lasting name (`--replica-name`; durable JetStream consumers).
+    pub replica_name: String,
     pub limits: schema::QueryLimits,
     pub ws: server::ws::WsOptions,
     pub webhook: server::webhook::WebhookOptions,
@@ -159,6 +161,7 @@ impl Default for Options {
             live_grace: Duration::from_secs(60),
             socket_grace: Duration::from_secs(60),
             max_caller_sockets: 1024,
+            replica_name: "livegate".into(),
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
             webhook: Default::default(),
@@ -231,6 +234,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             .as_ref()
             .map_or(Duration::from_secs(10), |r| r.lease),
         max_callers: options.max_caller_sockets,
+        replica: options.replica_name.clone(),
         failures: metrics.upstream_socket_failures.clone(),
         open: metrics.sources_open.clone(),
         messages: metrics.source_messages.clone(),

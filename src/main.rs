@@ -82,6 +82,12 @@ struct Cli {
     /// Upstream WebSockets opened with a caller's forwarded headers (forwardHeaders) this process may hold at once; past it such subscriptions are refused.
     #[arg(long, env = "LIVEGATE_MAX_CALLER_SOCKETS", default_value_t = 1024)]
     max_caller_sockets: usize,
+    /// This replica's lasting name: its durable JetStream consumers (`@stream(jetStream:)`)
+    /// are named after it, so each replica gets every message and a restarted one resumes
+    /// from its last acknowledged message. Give each replica its own, kept across
+    /// restarts (a StatefulSet's pod name); default: the host name and the listen port.
+    #[arg(long, env = "LIVEGATE_REPLICA_NAME")]
+    replica_name: Option<String>,
     /// How long a WebSocket may stay open without `connection_init`, in ms (then 4408).
     #[arg(long, env = "LIVEGATE_WS_INIT_TIMEOUT_MS", default_value_t = 3_000)]
     ws_init_timeout_ms: u64,
@@ -515,6 +521,17 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         live_grace: Duration::from_millis(cli.live_grace_ms),
         socket_grace: Duration::from_millis(cli.socket_grace_ms),
         max_caller_sockets: cli.max_caller_sockets,
+        replica_name: cli.replica_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default();
+            let host = if host.is_empty() {
+                "livegate".to_string()
+            } else {
+                host
+            };
+            format!("{host}-{}", cli.listen.port())
+        }),
         limits: livegate::schema::QueryLimits {
             max_depth: cli.max_depth,
             max_complexity: cli.max_complexity,

@@ -694,6 +694,16 @@ struct NatsServer {
 
 impl NatsServer {
     async fn start() -> NatsServer {
+        NatsServer::start_with(&[]).await
+    }
+
+    /// With JetStream, its store in a fresh directory.
+    async fn start_jetstream(store: &std::path::Path) -> NatsServer {
+        let store = store.to_string_lossy().to_string();
+        NatsServer::start_with(&["-js", "-sd", &store]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -706,6 +716,7 @@ impl NatsServer {
         };
         let child = std::process::Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -933,4 +944,160 @@ type Shipment { id: ID! status: String! }
         2,
         "patched, not refetched"
     );
+}
+
+#[tokio::test]
+async fn a_jetstream_subject_reaches_every_replica_and_a_restarted_one_replays_what_it_missed() {
+    let store = tempfile_dir("jetstream");
+    let nats = NatsServer::start_jetstream(&store).await;
+    let client = async_nats::connect(nats.url()).await.expect("client");
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SHIPS".into(),
+        subjects: vec!["ships.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the stream is made");
+    let publish = |n: u32| {
+        let js = js.clone();
+        async move {
+            js.publish(
+                "ships.eu",
+                json!({ "id": n.to_string() }).to_string().into(),
+            )
+            .await
+            .expect("published")
+            .await
+            .expect("stored");
+        }
+    };
+    let schema = r#"
+extend schema @upstream(name: "bus", url: "{nats}") @upstream(name: "api", url: "http://127.0.0.1:1")
+type Query { a: Int @rest(upstream: "api", path: "/a") }
+type Subscription {
+  ships: Ship @stream(upstream: "bus", subject: "ships.*", jetStream: "SHIPS")
+}
+type Ship { id: ID! }
+"#
+    .replace("{nats}", &nats.url());
+    let replica = |name: &str| livegate::Options {
+        replica_name: name.into(),
+        socket_grace: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let open = "livegate_sources_open{kind=\"nats\"}";
+    let subscribed = |gw: &Gateway| {
+        let addr = gw.addr;
+        async move {
+            let mut ws = websocket(addr, "graphql-transport-ws").await;
+            subscribe(&mut ws, "s", "subscription { ships { id } }").await;
+            ws
+        }
+    };
+    let a = Gateway::start(&schema, replica("a")).await;
+    let b = Gateway::start(&schema, replica("b")).await;
+    let mut on_a = subscribed(&a).await;
+    let mut on_b = subscribed(&b).await;
+    a.metrics_until(|p| common::sample(p, open) >= 1.0).await;
+    b.metrics_until(|p| common::sample(p, open) >= 1.0).await;
+    // Each replica's own consumer: both hear every message (one shared one would split).
+    publish(1).await;
+    publish(2).await;
+    assert_eq!(ship_ids(2, &mut on_a).await, ["1", "2"]);
+    assert_eq!(ship_ids(2, &mut on_b).await, ["1", "2"]);
+    // Replica a's subscriber leaves and a stops; what is published meanwhile waits for it.
+    drop(on_a);
+    a.metrics_until(|p| common::sample(p, open) == 0.0).await;
+    drop(a);
+    publish(3).await;
+    publish(4).await;
+    assert_eq!(ship_ids(2, &mut on_b).await, ["3", "4"]);
+    // Started again under its name, a resumes after what it passed on: 3 and 4, not 1, 2.
+    let a = Gateway::start(&schema, replica("a")).await;
+    let mut on_a = subscribed(&a).await;
+    assert_eq!(ship_ids(2, &mut on_a).await, ["3", "4"]);
+    // A replica new to the stream starts at its next message.
+    let c = Gateway::start(&schema, replica("c")).await;
+    let mut on_c = subscribed(&c).await;
+    c.metrics_until(|p| common::sample(p, open) >= 1.0).await;
+    publish(5).await;
+    for ws in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(ship_ids(1, ws).await, ["5"]);
+    }
+    // None doubled.
+    for ws in [&mut on_a, &mut on_b, &mut on_c] {
+        use futures_util::StreamExt;
+        let more = tokio::time::timeout(std::time::Duration::from_millis(200), ws.next()).await;
+        assert!(more.is_err(), "{more:?}");
+    }
+    // Three durable consumers, one per replica name.
+    let stream = js.get_stream("SHIPS").await.expect("stream");
+    let mut names: Vec<String> = Vec::new();
+    let mut listed = stream.consumer_names();
+    while let Some(name) = futures_util::StreamExt::next(&mut listed).await {
+        names.push(name.expect("a name"));
+    }
+    names.sort();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(
+        names.iter().all(|n| n.starts_with("livegate_")),
+        "{names:?}"
+    );
+    let _ = std::fs::remove_dir_all(&store);
+}
+
+#[tokio::test]
+async fn jetstream_is_refused_where_it_cannot_work() {
+    let schema = r#"
+extend schema @upstream(name: "bus", url: "nats://127.0.0.1:1") @upstream(name: "api", url: "http://127.0.0.1:1")
+type Query {
+  a: [Ship!] @rest(upstream: "api", path: "/a") @cache(maxAge: 60)
+    @updates(upstream: "bus", subject: "ships.all", jetStream: "SHIPS", apply: APPEND)
+}
+type Subscription {
+  ship(id: ID!): Ship @stream(upstream: "bus", subject: "ships.{args.id}", jetStream: "SHIPS")
+  named: Ship @stream(upstream: "bus", subject: "ships.all", jetStream: "SHIPS.ALL")
+  socket: Ship @stream(upstream: "api", path: "/s", jetStream: "SHIPS")
+}
+type Ship { id: ID! }
+"#;
+    let errors = common::refused_at(schema, &[5, 8, 9, 10]);
+    for said in [
+        "@updates has no `jetStream`",
+        "a JetStream subject is constant",
+        "must name a JetStream stream",
+        "`jetStream:` is for NATS upstreams",
+    ] {
+        assert!(errors.contains(said), "{said}\n{errors}");
+    }
+}
+
+/// The ids of the next `n` ships on `ws`.
+async fn ship_ids(n: usize, ws: &mut common::Ws) -> Vec<String> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let m = next_json(ws).await;
+        assert_eq!(m["type"], "next", "{m}");
+        got.push(
+            m["payload"]["data"]["ships"]["id"]
+                .as_str()
+                .unwrap_or("?")
+                .to_string(),
+        );
+    }
+    got
+}
+
+/// A fresh directory under the system's temporary one.
+fn tempfile_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "livegate-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    dir
 }

@@ -698,6 +698,9 @@ pub struct SourceDirective {
     pub stream: Option<Positioned<String>>,
     /// On a NATS upstream, in place of `path`: the subject (a template, wildcards too).
     pub subject: Option<Positioned<String>>,
+    /// With `subject`, on `@stream`: the JetStream stream that keeps the subject's
+    /// messages — read through a durable consumer per replica (replay after a restart).
+    pub jetstream: Option<Positioned<String>>,
     /// Payload field → template its value must equal.
     pub when: Vec<(Positioned<String>, Positioned<String>)>,
     /// Dotted path of the payload inside each message.
@@ -726,7 +729,15 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     let (upstream, path) = match &webhook {
         // A receiver's deliveries: no upstream, no path.
         Some(w) => {
-            for arg in ["upstream", "path", "protocol"] {
+            for arg in [
+                "upstream",
+                "path",
+                "protocol",
+                "channel",
+                "stream",
+                "subject",
+                "jetStream",
+            ] {
                 if let Some(v) = r.get(arg) {
                     r.errors.push(
                         v.pos,
@@ -750,6 +761,7 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
     let channel = r.string("channel");
     let stream = r.string("stream");
     let subject = r.string("subject");
+    let jetstream = r.string("jetStream");
     let select = r.string("select");
     let protocol = r.enum_value("protocol", &PROTOCOLS);
     // Nested objects match nested members: `{data: {id: "…"}}` is `data.id`.
@@ -766,24 +778,37 @@ fn source(r: &mut ArgReader<'_, '_>) -> Option<SourceDirective> {
         channel,
         stream,
         subject,
+        jetstream,
         when,
         select,
         protocol,
     })
 }
 
+/// The arguments naming a source and its messages, on `@updates` and `@stream` alike.
+const SOURCE_ARGS: [&str; 10] = [
+    "upstream",
+    "path",
+    "webhook",
+    "channel",
+    "stream",
+    "subject",
+    "jetStream",
+    "when",
+    "select",
+    "protocol",
+];
+
 pub fn updates(
     d: &Positioned<ConstDirective>,
     errors: &mut Errors,
 ) -> Option<Positioned<UpdatesDirective>> {
-    let mut r = ArgReader::new(
-        d,
-        &[
-            "upstream", "path", "webhook", "channel", "stream", "subject", "when", "apply", "key",
-            "select", "protocol",
-        ],
-        errors,
-    );
+    let mut r = ArgReader::new(d, &[&SOURCE_ARGS[..], &["apply", "key"]].concat(), errors);
+    if let Some(js) = r.get("jetStream") {
+        // A (re)connect refetches the entries a stream patches; patches replayed from
+        // before it would roll the fresh value back.
+        r.errors.push(js.pos, "@updates has no `jetStream`: the entry is refetched when its stream (re)connects, so replayed messages would patch a fresh value with older changes; use a core NATS `subject:` (or `@stream(jetStream:)` for events)".to_string());
+    }
     if r.get("apply").is_none() {
         r.missing("apply", &format!("one of {}", APPLY_MODES.join(", ")));
     }
@@ -805,14 +830,7 @@ pub fn stream(
     d: &Positioned<ConstDirective>,
     errors: &mut Errors,
 ) -> Option<Positioned<SourceDirective>> {
-    let mut r = ArgReader::new(
-        d,
-        &[
-            "upstream", "path", "webhook", "channel", "stream", "subject", "when", "select",
-            "protocol",
-        ],
-        errors,
-    );
+    let mut r = ArgReader::new(d, &SOURCE_ARGS, errors);
     source(&mut r).map(|s| Positioned::new(s, d.pos))
 }
 

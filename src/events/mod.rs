@@ -179,6 +179,9 @@ pub struct Settings {
     pub bus: crate::bus::Bus,
     /// How long a replica's hold on a stream lasts without renewal.
     pub lease: Duration,
+    /// This replica's lasting name (`--replica-name`): its durable JetStream consumers
+    /// are named after it, so a restarted replica resumes where it left off.
+    pub replica: String,
     /// Per-caller streams this process may hold at once.
     pub max_callers: usize,
     /// Where failed connects are counted.
@@ -233,9 +236,16 @@ impl Sources {
                 self.settings.max_message,
                 self.settings.http.clone(),
             )),
-            StreamPlan::Nats { upstream, subject } => Arc::new(nats::Nats::new(
+            StreamPlan::Nats {
                 upstream,
                 subject,
+                jetstream,
+            } => Arc::new(nats::Nats::new(
+                upstream,
+                subject,
+                jetstream
+                    .as_deref()
+                    .map(|stream| (stream, self.settings.replica.as_str())),
                 self.settings.max_message,
             )),
             StreamPlan::Redis {

@@ -34,7 +34,11 @@ impl SourcePlan {
         };
         let mut bad = None;
         match &self.stream {
-            StreamPlan::Nats { upstream, .. } => {
+            StreamPlan::Nats {
+                upstream,
+                jetstream,
+                ..
+            } => {
                 let subject = t.render_with_values(vars, |v| {
                     if v.is_empty() || v.contains(['.', '*', '>', ' ', '\t', '\r', '\n']) {
                         bad = Some(v.to_string());
@@ -47,6 +51,7 @@ impl SourcePlan {
                     (Some(subject), None) => Ok(std::borrow::Cow::Owned(StreamPlan::Nats {
                         upstream: upstream.clone(),
                         subject,
+                        jetstream: jetstream.clone(),
                     })),
                     (None, None) => Err("a value of the NATS subject is missing".into()),
                 }
@@ -83,10 +88,12 @@ pub enum StreamPlan {
     },
     /// The deliveries of a `@webhook` receiver.
     Webhook { hook: Arc<super::WebhookPlan> },
-    /// A NATS subject (wildcards allowed) on a `nats://` upstream.
+    /// A NATS subject (wildcards allowed) on a `nats://` upstream; with `jetstream`,
+    /// read from that JetStream stream through this replica's durable consumer.
     Nats {
         upstream: Arc<UpstreamPlan>,
         subject: String,
+        jetstream: Option<String>,
     },
     /// A Redis `PUBLISH` channel (`Channel`) or Stream (`Stream`) on a `redis://`
     /// upstream.
@@ -115,9 +122,16 @@ impl StreamPlan {
                 format!("sse\0{}\0{path}\0{}", upstream.name, upstream.url)
             }
             StreamPlan::Webhook { hook } => format!("hook\0{}", hook.name),
-            StreamPlan::Nats { upstream, subject } => {
-                format!("nats\0{}\0{subject}\0{}", upstream.name, upstream.url)
-            }
+            StreamPlan::Nats {
+                upstream,
+                subject,
+                jetstream,
+            } => format!(
+                "nats\0{}\0{subject}\0{}\0{}",
+                upstream.name,
+                upstream.url,
+                jetstream.as_deref().unwrap_or("")
+            ),
             StreamPlan::Redis {
                 upstream,
                 name,
@@ -135,7 +149,9 @@ impl StreamPlan {
             StreamPlan::WebSocket { upstream, path } => format!("sock:{}:{path}", upstream.name),
             StreamPlan::Sse { upstream, path } => format!("sse:{}:{path}", upstream.name),
             StreamPlan::Webhook { hook } => format!("hook:{}", hook.name),
-            StreamPlan::Nats { upstream, subject } => format!("nats:{}:{subject}", upstream.name),
+            StreamPlan::Nats {
+                upstream, subject, ..
+            } => format!("nats:{}:{subject}", upstream.name),
             StreamPlan::Redis {
                 upstream,
                 name,
@@ -227,6 +243,12 @@ pub(super) fn source(
         if !d.path.node.is_empty() {
             errors.push(d.path.pos, format!("@{name}: a Redis source has no `path`"));
         }
+        if let Some(js) = &d.jetstream {
+            errors.push(
+                js.pos,
+                format!("@{name}: `jetStream:` is for NATS upstreams (nats://)"),
+            );
+        }
         let when = when(d, args, ctx, errors);
         let select = super::rest::dotted(name, d.select.as_ref(), "data", errors);
         return Some(SourcePlan {
@@ -253,12 +275,29 @@ pub(super) fn source(
         }
         let template = super::rest::template(subject, args, ctx, false, errors)?;
         let templated = !template.is_constant();
+        let jetstream = d.jetstream.as_ref().and_then(|js| {
+            let named = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 255
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !named(&js.node) {
+                errors.push(js.pos, format!("@{name}(jetStream: {:?}) must name a JetStream stream (letters, digits, `_`, `-`)", js.node));
+                return None;
+            }
+            if templated {
+                errors.push(subject.pos, format!("@{name}: a JetStream subject is constant (one durable consumer per replica serves every subscriber; filter with `when`)"));
+                return None;
+            }
+            Some(js.node.clone())
+        });
         let when = when(d, args, ctx, errors);
         let select = super::rest::dotted(name, d.select.as_ref(), "data", errors);
         return Some(SourcePlan {
             stream: StreamPlan::Nats {
                 upstream: u.clone(),
                 subject: subject.node.clone(),
+                jetstream,
             },
             when,
             select,
@@ -275,6 +314,12 @@ pub(super) fn source(
         errors.push(
             extra.pos,
             format!("@{name}: `subject:` is for NATS upstreams (nats://)"),
+        );
+    }
+    if let Some(extra) = &d.jetstream {
+        errors.push(
+            extra.pos,
+            format!("@{name}: `jetStream:` is for NATS upstreams (nats://), with `subject:`"),
         );
     }
     if !d.path.node.starts_with('/') || d.path.node.contains('{') {
