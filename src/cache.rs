@@ -94,6 +94,8 @@ impl Stamp {
 pub struct Loaded {
     pub value: Result<Arc<Value>, UpstreamError>,
     pub outcome: Outcome,
+    /// With [`Outcome::StaleIfError`]: why the refresh failed.
+    pub failed: Option<UpstreamError>,
     /// The entry the value is stored in, when it is (not for stale or unstored values).
     pub stamp: Option<Stamp>,
 }
@@ -205,6 +207,23 @@ pub enum Outcome {
     Hit,
     Stale,
     Miss,
+    /// Refreshing failed and the last value was served in its `staleIfError` time.
+    StaleIfError,
+}
+
+/// Whether `e` is a failure that `stale-if-error` covers (RFC 5861: what would be a 500,
+/// 502, 503 or 504): no answer, a timeout, a 5xx, a body that was not what was promised.
+/// Not a 4xx (the upstream answered: the resource is gone, or forbidden) nor a request
+/// the client's input could not make.
+pub fn refresh_failed(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Unavailable { .. }
+        | UpstreamError::Timeout { .. }
+        | UpstreamError::BadResponse { .. }
+        | UpstreamError::TooLarge { .. } => true,
+        UpstreamError::HttpError { status, .. } => *status >= 500,
+        UpstreamError::BadInput(_) => false,
+    }
 }
 
 /// The shared cache. Cheap to clone; all clones are the same cache.
@@ -223,7 +242,7 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Expiry {
         _: std::time::Instant,
     ) -> Option<Duration> {
         // A value from another replica arrives with some of its life spent.
-        Some((e.policy.max_age + e.policy.swr).saturating_sub(e.stored.elapsed()))
+        Some(e.policy.lifetime().saturating_sub(e.stored.elapsed()))
     }
 
     /// A replaced entry (a refetch, a patch, a `304` renewal) lives as long as its own
@@ -310,9 +329,14 @@ impl Cache {
         Fut: Future<Output = Result<crate::upstream::Answer, UpstreamError>> + Send + 'static,
     {
         let mut seen = self.inner.retired.load(Ordering::Acquire);
+        // A value to serve should the fetch fail (`staleIfError`), even an invalidated one.
+        let mut fallback: Option<Arc<Value>> = None;
         let shared = loop {
             if policy.as_ref().is_some_and(Policy::stores) {
                 if let Some(e) = self.inner.entries.get(&key) {
+                    if e.stored.elapsed() < e.policy.max_age + e.policy.stale_if_error {
+                        fallback = Some(e.value.clone());
+                    }
                     if !e.dead.load(Ordering::Acquire) && e.policy.revalidate {
                         // `no-cache`: ask the upstream (conditionally) and wait for it.
                         break self.flight(key, policy, fetch, Revalidate::of(&e));
@@ -323,6 +347,7 @@ impl Cache {
                             return Loaded {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Hit,
+                                failed: None,
                                 stamp: Some(Stamp(Arc::downgrade(&e))),
                             };
                         }
@@ -333,6 +358,7 @@ impl Cache {
                             return Loaded {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Stale,
+                                failed: None,
                                 stamp: None,
                             };
                         }
@@ -357,12 +383,22 @@ impl Cache {
             Ok((value, stamp)) => Loaded {
                 value: Ok(value),
                 outcome: Outcome::Miss,
+                failed: None,
                 stamp,
             },
-            Err(e) => Loaded {
-                value: Err(e),
-                outcome: Outcome::Miss,
-                stamp: None,
+            Err(e) => match fallback.filter(|_| refresh_failed(&e)) {
+                Some(value) => Loaded {
+                    value: Ok(value),
+                    outcome: Outcome::StaleIfError,
+                    failed: Some(e),
+                    stamp: None,
+                },
+                None => Loaded {
+                    value: Err(e),
+                    outcome: Outcome::Miss,
+                    failed: None,
+                    stamp: None,
+                },
             },
         }
     }
@@ -503,7 +539,7 @@ impl Cache {
         age: Duration,
     ) -> Option<Stamp> {
         if !policy.stores()
-            || age >= policy.max_age + policy.swr
+            || age >= policy.lifetime()
             || lock(&self.inner.state).invalidated_since(&key, &policy.tags, epoch)
         {
             return None;
@@ -705,6 +741,9 @@ impl Cache {
     /// the ones that have subscribers).
     pub fn invalidate(&self, tags: &[Tag]) -> Vec<CacheKey> {
         let mut dropped = Vec::new();
+        // Entries that may still be served should their refetch fail (`staleIfError`)
+        // stay in moka, dead (a miss for everything else), until they expire.
+        let mut removed = Vec::new();
         {
             let mut st = lock(&self.inner.state);
             let epoch = self.inner.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -715,6 +754,9 @@ impl Cache {
                         if let Some(entry) = entry.upgrade() {
                             if !entry.dead.swap(true, Ordering::AcqRel) {
                                 dropped.push(key);
+                                if entry.policy.stale_if_error.is_zero() {
+                                    removed.push(key);
+                                }
                             }
                         }
                     }
@@ -725,7 +767,7 @@ impl Cache {
             st.flights
                 .retain(|_, f| !f.tags.iter().any(|t| tags.contains(t)));
         }
-        for key in &dropped {
+        for key in &removed {
             self.inner.entries.invalidate(key);
         }
         dropped
@@ -802,6 +844,7 @@ mod tests {
             swr: Duration::from_secs(swr),
             tags: tags.iter().map(|t| Tag::from(*t)).collect(),
             revalidate: false,
+            stale_if_error: Duration::ZERO,
         })
     }
 

@@ -65,6 +65,7 @@ struct Inner {
     stamps: Option<Vec<Stamp>>,
     keys: Vec<Dep>,
     root: Option<RootFetch>,
+    stale: bool,
 }
 
 #[derive(Debug)]
@@ -76,6 +77,7 @@ impl Default for Deps {
             stamps: Some(Vec::new()),
             keys: Vec::new(),
             root: None,
+            stale: false,
         }))
     }
 }
@@ -102,6 +104,14 @@ impl Deps {
         self.lock().stamps = None;
     }
 
+    /// A value was served stale because refreshing it failed (`staleIfError`): the
+    /// response must not be reused, and a live query tries again later.
+    pub fn stale(&self) {
+        let mut inner = self.lock();
+        inner.stamps = None;
+        inner.stale = true;
+    }
+
     pub fn set_root(&self, root: RootFetch) {
         self.lock().root.get_or_insert(root);
     }
@@ -114,6 +124,7 @@ impl Deps {
             read: Arc::new(Read {
                 keys: std::mem::take(&mut inner.keys),
                 root: inner.root.take(),
+                stale: std::mem::take(&mut inner.stale),
             }),
         }
     }
@@ -125,6 +136,8 @@ pub struct Read {
     pub keys: Vec<Dep>,
     /// The root field's entry and how to fetch it again.
     pub root: Option<RootFetch>,
+    /// Something was served stale because refreshing it failed: worth running again.
+    pub stale: bool,
 }
 
 /// What [`Deps::take`] hands over.

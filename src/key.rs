@@ -77,6 +77,9 @@ pub struct Policy {
     /// The upstream said `no-cache`: every use asks it again (conditionally: the entry is
     /// kept for its validators), and waits for the answer.
     pub revalidate: bool,
+    /// `@cache(staleIfError:)` (RFC 5861): past its freshness, the value is still served
+    /// this long when refreshing it fails (no answer, a timeout, a 5xx, an open breaker).
+    pub stale_if_error: Duration,
 }
 
 /// What an upstream's `Cache-Control` says about how long its answer stays fresh.
@@ -147,7 +150,13 @@ impl Policy {
     }
 
     pub(crate) fn stores(&self) -> bool {
-        !(self.max_age + self.swr).is_zero()
+        !self.lifetime().is_zero()
+    }
+
+    /// How long a stored value is kept: fresh, then stale while revalidating or for
+    /// errors, whichever is longer.
+    pub fn lifetime(&self) -> Duration {
+        self.max_age + self.swr.max(self.stale_if_error)
     }
 }
 

@@ -130,6 +130,8 @@ pub struct Options {
     pub upstream_ca: upstream::tls::ExtraRoots,
     /// Follow upstream redirects within the same origin (else a 3xx is an error).
     pub follow_redirects: bool,
+    /// Retries, their budget and circuit breakers toward upstreams.
+    pub resilience: upstream::guard::Settings,
     /// Share invalidations and cached values with other replicas through Redis.
     pub redis: Option<bus::redis::RedisOptions>,
     /// Automatic persisted queries and trusted documents.
@@ -172,6 +174,7 @@ impl Default for Options {
             cors: Default::default(),
             upstream_ca: Default::default(),
             follow_redirects: false,
+            resilience: Default::default(),
             redis: None,
             persisted: Default::default(),
             max_batch: 10,
@@ -213,6 +216,10 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         &options.upstream_ca,
         options.follow_redirects,
         options.upstream_max_connections,
+        Arc::new(upstream::guard::Guards::new(
+            options.resilience.clone(),
+            metrics.clone(),
+        )),
     );
     let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
     let bus = match &options.redis {
@@ -235,6 +242,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             .map_or(Duration::from_secs(10), |r| r.lease),
         max_callers: options.max_caller_sockets,
         replica: options.replica_name.clone(),
+        guards: client.guards().clone(),
         failures: metrics.upstream_socket_failures.clone(),
         open: metrics.sources_open.clone(),
         messages: metrics.source_messages.clone(),

@@ -67,6 +67,42 @@ struct Cli {
     /// Upstream timeout in milliseconds, for upstreams without `timeoutMs`.
     #[arg(long, env = "LIVEGATE_UPSTREAM_TIMEOUT_MS", default_value_t = 10_000)]
     upstream_timeout_ms: u64,
+    /// Most retries of one idempotent upstream request (GET, or `@rest(idempotent: true)`)
+    /// after no answer, a timed-out attempt, or 502/503/504; `@upstream(retries:)` overrides.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_RETRIES", default_value_t = 2)]
+    upstream_retries: u32,
+    /// Retries toward one upstream over the breaker's window: at most this percent of its
+    /// requests, plus --upstream-retry-min-per-s.
+    #[arg(
+        long,
+        env = "LIVEGATE_UPSTREAM_RETRY_BUDGET_PERCENT",
+        default_value_t = 20
+    )]
+    upstream_retry_budget_percent: u32,
+    /// Retries per second always allowed toward one upstream, whatever its traffic.
+    #[arg(long, env = "LIVEGATE_UPSTREAM_RETRY_MIN_PER_S", default_value_t = 10)]
+    upstream_retry_min_per_s: u32,
+    /// How long one attempt may take before it is abandoned and retried within the
+    /// request's timeout, in ms; 0: the whole timeout. `@upstream(attemptTimeoutMs:)` overrides.
+    #[arg(
+        long,
+        env = "LIVEGATE_UPSTREAM_ATTEMPT_TIMEOUT_MS",
+        default_value_t = 0
+    )]
+    upstream_attempt_timeout_ms: u64,
+    /// An upstream's circuit breaker opens when this percent of its requests over the
+    /// window failed (no answer, a timeout, a 5xx); 0 turns breakers off.
+    #[arg(long, env = "LIVEGATE_BREAKER_FAILURE_PERCENT", default_value_t = 50)]
+    breaker_failure_percent: u32,
+    /// Requests the window must hold before the breaker may open.
+    #[arg(long, env = "LIVEGATE_BREAKER_MIN_REQUESTS", default_value_t = 20)]
+    breaker_min_requests: u32,
+    /// The window of breakers and retry budgets, in seconds (1 to 600).
+    #[arg(long, env = "LIVEGATE_BREAKER_WINDOW_S", default_value_t = 10)]
+    breaker_window_s: u32,
+    /// How long an open breaker fails requests at once before one probe is let through, in ms.
+    #[arg(long, env = "LIVEGATE_BREAKER_OPEN_MS", default_value_t = 5_000)]
+    breaker_open_ms: u64,
     /// Largest request body accepted from clients, in bytes (larger: 413).
     #[arg(long, env = "LIVEGATE_MAX_REQUEST_BODY", default_value_t = 1 << 20)]
     max_request_body: usize,
@@ -516,6 +552,17 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         upstream_max_connections: cli.upstream_max_connections,
         max_response_bytes: cli.max_response_bytes,
         upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
+        resilience: livegate::upstream::guard::Settings {
+            retries: cli.upstream_retries.min(10),
+            budget_percent: cli.upstream_retry_budget_percent,
+            min_retries_per_s: cli.upstream_retry_min_per_s,
+            attempt_timeout: (cli.upstream_attempt_timeout_ms > 0)
+                .then(|| Duration::from_millis(cli.upstream_attempt_timeout_ms)),
+            failure_percent: cli.breaker_failure_percent.min(100),
+            min_requests: cli.breaker_min_requests,
+            window_s: cli.breaker_window_s,
+            open_for: Duration::from_millis(cli.breaker_open_ms),
+        },
         max_request_body: cli.max_request_body,
         batch_window: Duration::from_millis(cli.batch_window_ms),
         live_grace: Duration::from_millis(cli.live_grace_ms),

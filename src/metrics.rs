@@ -83,6 +83,17 @@ pub struct Metrics {
     pub sources_open: IntGaugeVec,
     /// Messages read from event sources by kind and result: `passed`, `skipped`.
     pub source_messages: IntCounterVec,
+    /// Each upstream's circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// Upstream requests failed at once, without being sent, while the upstream's breaker
+    /// was open.
+    pub short_circuited: IntCounterVec,
+    /// Retries of idempotent upstream requests by upstream and result: `sent`, or
+    /// `denied` (the retry budget was spent, or no time was left before the deadline).
+    pub retries: IntCounterVec,
+    /// Values served past their freshness because refreshing them failed
+    /// (`@cache(staleIfError:)`), by upstream.
+    pub stale_if_error: IntCounterVec,
     /// Counters of the families above resolved once, for the per-request paths.
     pub hot: Hot,
 }
@@ -313,6 +324,30 @@ impl Metrics {
                 "livegate_webhook_deliveries_total",
                 "@webhook deliveries by receiver and result: accepted, refused (unsigned, wrong signature, stale, replayed), malformed (not JSON)",
                 &["receiver", "result"],
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "livegate_upstream_breaker_state",
+                "Each upstream's circuit breaker: 0 closed, 1 open (failing fast), 2 half-open (probing)",
+                &["upstream"],
+            ),
+            short_circuited: counter_vec(
+                &r,
+                "livegate_upstream_short_circuited_total",
+                "Upstream requests failed at once (UPSTREAM_UNAVAILABLE), not sent, while the upstream's breaker was open",
+                &["upstream"],
+            ),
+            retries: counter_vec(
+                &r,
+                "livegate_upstream_retries_total",
+                "Retries of idempotent upstream requests by result: sent, denied (the retry budget was spent, or the deadline too near)",
+                &["upstream", "result"],
+            ),
+            stale_if_error: counter_vec(
+                &r,
+                "livegate_stale_if_error_total",
+                "Cached values served past their freshness because refreshing them failed (@cache(staleIfError:))",
+                &["upstream"],
             ),
             rate_limited: counter(
                 &r,

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::subscribe;
+
 use common::{announcer, sample, Gateway, Upstream};
 use futures_util::SinkExt;
 use serde_json::{json, Value};
@@ -68,11 +70,6 @@ async fn setup() -> (Upstream, Gateway, Arc<AtomicU64>, broadcast::Sender<String
 /// A graphql-transport-ws socket, initialised with `init` as `connection_init`'s payload.
 async fn socket(gw: &Gateway, init: Value) -> common::Ws {
     common::websocket_with(gw.addr, "graphql-transport-ws", init).await
-}
-
-async fn subscribe(ws: &mut common::Ws, id: &str, query: &str) {
-    let msg = json!({"id": id, "type": "subscribe", "payload": {"query": query}});
-    ws.send(Message::text(msg.to_string())).await.expect("send");
 }
 
 async fn next(ws: &mut common::Ws) -> Value {

@@ -92,9 +92,15 @@ async fn health_readiness_and_metrics() {
             1.0,
         ),
         (
+            // A 502 is retried (--upstream-retries 2): each attempt is a request.
             r#"livegate_upstream_requests_total{method="GET",status="5xx",upstream="api"}"#,
-            1.0,
+            3.0,
         ),
+        (
+            r#"livegate_upstream_retries_total{result="sent",upstream="api"}"#,
+            2.0,
+        ),
+        (r#"livegate_upstream_breaker_state{upstream="api"}"#, 0.0),
         (
             r#"livegate_upstream_requests_total{method="POST",status="2xx",upstream="api"}"#,
             1.0,

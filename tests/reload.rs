@@ -5,13 +5,13 @@
 
 mod common;
 
+use common::subscribe;
+
 use common::{announcer, next_json, sample, websocket, Gateway, Upstream};
-use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::broadcast;
-use tokio_tungstenite::tungstenite::Message;
 
 const V1: &str = r#"
 extend schema @upstream(name: "api", url: "{up}")
@@ -60,11 +60,6 @@ async fn upstream() -> (Upstream, Arc<AtomicU64>, broadcast::Sender<String>) {
     )
     .await;
     (up, version, say)
-}
-
-async fn subscribe(ws: &mut common::Ws, id: &str, query: &str) {
-    let msg = json!({"id": id, "type": "subscribe", "payload": {"query": query}});
-    ws.send(Message::text(msg.to_string())).await.expect("send");
 }
 
 #[tokio::test]

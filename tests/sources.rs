@@ -3,11 +3,11 @@
 
 mod common;
 
+use common::subscribe;
+
 use common::{next_json, websocket, Gateway, Upstream};
-use futures_util::SinkExt;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use tokio_tungstenite::tungstenite::Message;
 
 /// An SSE service keeping its history: each connection first gets the events after the
 /// `Last-Event-ID` it sent, then the new ones; `cut()` ends every open connection.
@@ -115,11 +115,6 @@ async fn sse_setup() -> (Feed, Upstream, Gateway) {
     )
     .await;
     (feed, up, gw)
-}
-
-async fn subscribe(ws: &mut common::Ws, id: &str, query: &str) {
-    let msg = json!({"id": id, "type": "subscribe", "payload": {"query": query}});
-    ws.send(Message::text(msg.to_string())).await.expect("send");
 }
 
 #[tokio::test]

@@ -202,9 +202,7 @@ impl Bus {
         >,
     {
         match (&self.redis, policy) {
-            (Some(r), Some(p)) if p.shared && !(p.max_age + p.swr).is_zero() => {
-                r.load(key, p, fetch).await
-            }
+            (Some(r), Some(p)) if p.shared && p.stores() => r.load(key, p, fetch).await,
             _ => fetch().await.map(Shared::from),
         }
     }

@@ -16,6 +16,10 @@ pub struct UpstreamDirective {
     pub timeout_ms: Option<Positioned<u64>>,
     /// Requests in flight to this upstream at once (each holds a connection).
     pub max_connections: Option<Positioned<u64>>,
+    /// Most retries of one idempotent request.
+    pub retries: Option<Positioned<u64>>,
+    /// How long one attempt may take before it is abandoned and retried.
+    pub attempt_timeout_ms: Option<Positioned<u64>>,
     pub headers: Vec<Header>,
     /// Request headers of the client passed on to this upstream, by name.
     pub forward_headers: Vec<Positioned<String>>,
@@ -73,6 +77,9 @@ pub struct RestDirective {
     pub errors: Option<Positioned<ErrorsDirective>>,
     /// `join: {ids: ","}`: query parameters whose list is sent as one value, joined.
     pub join: Vec<(Positioned<String>, Positioned<String>)>,
+    /// `idempotent: true`: a request of another method than GET that may be sent twice
+    /// (so it is retried like a GET).
+    pub idempotent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +93,8 @@ pub enum Scope {
 pub struct CacheDirective {
     pub max_age: u64,
     pub swr: u64,
+    /// Seconds past `maxAge` the value is served when refreshing it fails (RFC 5861).
+    pub stale_if_error: u64,
     pub tags: Vec<Positioned<String>>,
     pub scope: Scope,
 }
@@ -207,6 +216,17 @@ impl<'a, 'e> ArgReader<'a, 'e> {
             }
         }
         out
+    }
+
+    pub(super) fn boolean(&mut self, arg: &str) -> Option<Positioned<bool>> {
+        let v = self.get(arg)?;
+        match &v.node {
+            ConstValue::Boolean(b) => Some(Positioned::new(*b, v.pos)),
+            other => {
+                self.wrong(v.pos, arg, "true or false", other);
+                None
+            }
+        }
     }
 
     pub(super) fn enum_value(&mut self, arg: &str, allowed: &[&str]) -> Option<Positioned<String>> {
@@ -419,6 +439,8 @@ pub fn upstream(
             "forwardHeaders",
             "maxConnections",
             "errors",
+            "retries",
+            "attemptTimeoutMs",
         ],
         errors,
     );
@@ -426,6 +448,8 @@ pub fn upstream(
     let url = r.required_string("url");
     let timeout_ms = r.uint("timeoutMs");
     let max_connections = r.uint("maxConnections");
+    let retries = r.uint("retries");
+    let attempt_timeout_ms = r.uint("attemptTimeoutMs");
     let headers = r.headers("headers");
     let forward_headers = r.strings("forwardHeaders");
     let errors = r.errors("errors");
@@ -436,6 +460,8 @@ pub fn upstream(
             url: url?,
             timeout_ms,
             max_connections,
+            retries,
+            attempt_timeout_ms,
             headers,
             forward_headers,
         },
@@ -450,8 +476,17 @@ pub fn rest(
     let mut r = ArgReader::new(
         d,
         &[
-            "upstream", "method", "path", "query", "body", "headers", "batchKey", "select",
-            "errors", "join",
+            "upstream",
+            "method",
+            "path",
+            "query",
+            "body",
+            "headers",
+            "batchKey",
+            "select",
+            "errors",
+            "join",
+            "idempotent",
         ],
         errors,
     );
@@ -476,6 +511,7 @@ pub fn rest(
     let body = r.get("body").cloned();
     let headers = r.headers("headers");
     let batch_key = r.string("batchKey");
+    let idempotent = r.boolean("idempotent").is_some_and(|b| b.node);
     let select = r.string("select");
     let errors = r.errors("errors");
     let join = r.string_pairs(
@@ -486,6 +522,7 @@ pub fn rest(
     );
     Some(Positioned::new(
         RestDirective {
+            idempotent,
             join,
             errors,
             select,
@@ -505,12 +542,17 @@ pub fn cache(
     d: &Positioned<ConstDirective>,
     errors: &mut Errors,
 ) -> Option<Positioned<CacheDirective>> {
-    let mut r = ArgReader::new(d, &["maxAge", "swr", "tags", "scope"], errors);
+    let mut r = ArgReader::new(
+        d,
+        &["maxAge", "swr", "tags", "scope", "staleIfError"],
+        errors,
+    );
     if r.get("maxAge").is_none() {
         r.missing("maxAge", "seconds, a non-negative integer");
     }
     let max_age = r.uint("maxAge");
     let swr = r.uint("swr").map(|s| s.node).unwrap_or(0);
+    let stale_if_error = r.uint("staleIfError").map(|s| s.node).unwrap_or(0);
     let tags = r.strings("tags");
     let scope = match r.enum_value("scope", &["PUBLIC", "PRIVATE"]) {
         Some(s) if s.node == "PRIVATE" => Scope::Private,
@@ -520,6 +562,7 @@ pub fn cache(
         CacheDirective {
             max_age: max_age?.node,
             swr,
+            stale_if_error,
             tags,
             scope,
         },

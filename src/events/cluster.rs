@@ -58,6 +58,28 @@ async fn connect(
     connected
 }
 
+/// [`connect`], held back while the breaker of the source's upstream is open (its REST
+/// requests fail at once then, and its sockets wait the same way); the connect's outcome
+/// counts toward that breaker.
+async fn connect_guarded(
+    source: &dyn Source,
+    failures: &prometheus::IntCounterVec,
+    guards: &crate::upstream::guard::Guards,
+) -> Result<Box<dyn Connection>, ConnectError> {
+    let Some(guard) = source.guarded_by().map(|u| guards.of(u)) else {
+        return connect(source, failures).await;
+    };
+    while let Some(until) = guard.closed_until() {
+        tokio::time::sleep_until(until).await;
+    }
+    let admitted = guard.admit();
+    let connected = connect(source, failures).await;
+    if let Some(admitted) = admitted {
+        admitted.done(matches!(&connected, Err(e) if matches!(e.reason, "network" | "timeout")));
+    }
+    connected
+}
+
 /// A warm standby: one follower of the cluster (the holder of the stream's second lease)
 /// keeps a connection of its own to the source, reading every message but delivering none
 /// while the holder's republished stream carries the same ones. When the holder dies, the
@@ -318,6 +340,7 @@ pub(super) async fn run(
             false => owner.settings.bus.clone(),
         };
         let lease_for = owner.settings.lease;
+        let guards = owner.settings.guards.clone();
         drop(owner);
 
         let role = bus.lease(&lease_name, lease_for).await;
@@ -363,7 +386,7 @@ pub(super) async fn run(
         let handed_over = taken.is_some();
         let connected = match taken {
             Some(conn) => Ok(conn),
-            None => connect(&*source, &failures).await,
+            None => connect_guarded(&*source, &failures, &guards).await,
         };
         match connected {
             Ok(conn) => {

@@ -103,6 +103,11 @@ pub trait Source: Send + Sync + 'static {
     fn leased(&self) -> bool {
         true
     }
+    /// The REST upstream it is served by (its sockets and streams), whose circuit breaker
+    /// holds its reconnects back while open; `None` for brokers and webhooks.
+    fn guarded_by(&self) -> Option<&std::sync::Arc<crate::plan::UpstreamPlan>> {
+        None
+    }
 }
 
 /// An open connection to a stream.
@@ -182,6 +187,8 @@ pub struct Settings {
     /// This replica's lasting name (`--replica-name`): its durable JetStream consumers
     /// are named after it, so a restarted replica resumes where it left off.
     pub replica: String,
+    /// The upstreams' circuit breakers (shared with the REST client).
+    pub guards: Arc<crate::upstream::guard::Guards>,
     /// Per-caller streams this process may hold at once.
     pub max_callers: usize,
     /// Where failed connects are counted.

@@ -78,6 +78,10 @@ impl Source for Sse {
         &self.upstream.name
     }
 
+    fn guarded_by(&self) -> Option<&Arc<UpstreamPlan>> {
+        Some(&self.upstream)
+    }
+
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, ConnectError>> {
         async move {
             let mut req = self

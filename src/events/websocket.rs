@@ -78,6 +78,10 @@ impl Source for WebSocket {
         &self.upstream.name
     }
 
+    fn guarded_by(&self) -> Option<&std::sync::Arc<UpstreamPlan>> {
+        Some(&self.upstream)
+    }
+
     fn connect(&self) -> BoxFuture<'_, Result<Box<dyn Connection>, ConnectError>> {
         async move {
             let scrub =

@@ -252,6 +252,15 @@ async fn execute_on(
             body.extend_from_slice(b"[]");
         }
     }
+    if !written.stale.is_empty() {
+        // Values served past their freshness because their refresh failed.
+        body.extend_from_slice(b",\"extensions\":{\"stale\":");
+        if serde_json::to_writer(&mut body, &written.stale).is_err() {
+            body.extend_from_slice(b"[]");
+        }
+        body.push(b'}');
+        deps.stale();
+    }
     body.push(b'}');
     last.store(body.len(), std::sync::atomic::Ordering::Relaxed);
     Output {

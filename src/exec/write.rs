@@ -46,6 +46,9 @@ pub(super) struct Written {
     /// Cache entries whose value did not fit what was selected: dropped, so the next
     /// request asks the upstream again.
     pub misfits: Vec<CacheKey>,
+    /// Where a value was served stale because refreshing it failed (`staleIfError`):
+    /// `{"path": […], "code": "…"}` each, for the response's `extensions.stale`.
+    pub stale: Vec<serde_json::Value>,
 }
 
 pub(super) struct Writer<'r, 'a> {
@@ -55,6 +58,7 @@ pub(super) struct Writer<'r, 'a> {
     path: Vec<Seg<'a>>,
     errors: Vec<ServerError>,
     misfits: Vec<CacheKey>,
+    stale: Vec<serde_json::Value>,
     /// The response went past `--max-response-bytes`: nothing more is written.
     over: bool,
     /// `--max-response-bytes`, read once (not through three pointers at every value).
@@ -76,6 +80,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             path: Vec::new(),
             errors: Vec::new(),
             misfits: Vec::new(),
+            stale: Vec::new(),
             over: false,
             max: run.rt.max_response,
         }
@@ -107,6 +112,7 @@ impl<'r, 'a> Writer<'r, 'a> {
             data: self.buf,
             errors: self.errors,
             misfits: self.misfits,
+            stale: self.stale,
         }
     }
 
@@ -174,6 +180,9 @@ impl<'r, 'a> Writer<'r, 'a> {
         let results = self.results;
         match results.get(&(p.id, parent)).map(|o| &**o) {
             Some(Ok(Some(fetched))) => {
+                if let Some(code) = &fetched.stale {
+                    self.stale_at(code);
+                }
                 let src = Src {
                     upstream: &rest.upstream.name,
                     key: fetched.key,
@@ -433,14 +442,27 @@ impl<'r, 'a> Writer<'r, 'a> {
 
     /// Records `e` at the current path.
     fn error(&mut self, mut e: ServerError) {
-        e.path = self
-            .path
+        e.path = self.response_path();
+        self.errors.push(e);
+    }
+
+    /// The path being written, as a response names it.
+    fn response_path(&self) -> Vec<PathSegment> {
+        self.path
             .iter()
             .map(|s| match s {
                 Seg::Key(k) => PathSegment::Field((*k).to_string()),
                 Seg::Index(i) => PathSegment::Index(*i),
             })
-            .collect();
-        self.errors.push(e);
+            .collect()
+    }
+
+    /// The value at this path was served stale, its refresh having failed with `code`.
+    fn stale_at(&mut self, code: &str) {
+        if self.stale.len() < super::MAX_ERRORS {
+            let path = serde_json::to_value(self.response_path()).unwrap_or_default();
+            self.stale
+                .push(serde_json::json!({ "path": path, "code": code }));
+        }
     }
 }

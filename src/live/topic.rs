@@ -18,6 +18,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
@@ -368,6 +369,9 @@ async fn run_live(
     let watch = Unwatch(hub.clone(), hub.next_id());
     let notify = Arc::new(Notify::new());
     let mut poll = live.poll;
+    // While a result holds values served stale (their refresh failed, `staleIfError`),
+    // the query runs again after this long, doubling to 30 s, until the upstream answers.
+    let mut stale_retry = Duration::from_secs(1);
     loop {
         let engine = engines.current();
         let generation = hub.generation();
@@ -397,7 +401,15 @@ async fn run_live(
             notify.notify_one();
         }
         topic.publish(&done.body, &engine.runtime.metrics.pushed);
+        let stale = done.read.stale;
+        let retry_in = stale_retry;
+        stale_retry = if stale {
+            (stale_retry * 2).min(Duration::from_secs(30))
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
+            () = tokio::time::sleep(retry_in), if stale => {}
             () = notify.notified() => {
                 // Its `@updates` stream failed for good: end with why.
                 let failed = done.read.root.as_ref().and_then(|r| hub.failure(&r.key));

@@ -12,6 +12,12 @@ pub struct UpstreamPlan {
     /// `@upstream(maxConnections:)`: requests in flight at once (else
     /// `--upstream-max-connections`); more wait for one to finish, within their deadline.
     pub max_connections: Option<usize>,
+    /// `@upstream(retries:)`: most retries of one idempotent request (else
+    /// `--upstream-retries`).
+    pub retries: Option<u32>,
+    /// `@upstream(attemptTimeoutMs:)`: how long one attempt may take before it is
+    /// abandoned and retried (else `--upstream-attempt-timeout-ms`).
+    pub attempt_timeout: Option<Duration>,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Client request headers passed on, lower-case names.
     pub forward_headers: Vec<http::HeaderName>,
@@ -96,6 +102,8 @@ pub struct CachePlan {
     pub swr: Duration,
     pub tags: Vec<Template>,
     pub scope: Scope,
+    /// `staleIfError`: how long past `maxAge` the value is served when refreshing fails.
+    pub stale_if_error: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -37,6 +37,8 @@ pub struct RestPlan {
     /// Query parameters whose list is sent as one value, joined with this separator
     /// (OpenAPI's `explode: false`); the others repeat the parameter.
     pub join: Vec<(String, String)>,
+    /// GET, or `@rest(idempotent: true)`: retried on a failure that may pass.
+    pub idempotent: bool,
 }
 
 impl RestPlan {
@@ -229,6 +231,7 @@ pub(super) fn plan(
     let cache = f.cache.as_ref().map(|c| CachePlan {
         max_age: Duration::from_secs(c.node.max_age),
         swr: Duration::from_secs(c.node.swr),
+        stale_if_error: Duration::from_secs(c.node.stale_if_error),
         tags: c
             .node
             .tags
@@ -305,6 +308,7 @@ pub(super) fn plan(
         select,
         upstream,
         method: d.method,
+        idempotent: d.idempotent || d.method == HttpMethod::Get,
         path: path?,
         query,
         body,

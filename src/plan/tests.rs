@@ -48,7 +48,7 @@ fn bad_schemas_get_exact_errors() {
         ),
         (
             "type Query { m: [String] @rest(upstream: \"chat\", path: \"/m\", verb: GET) }",
-            &["schema.graphql:4:62: @rest has no argument `verb`; known: upstream, method, path, query, body, headers, batchKey, select, errors, join"],
+            &["schema.graphql:4:62: @rest has no argument `verb`; known: upstream, method, path, query, body, headers, batchKey, select, errors, join, idempotent"],
         ),
         (
             "type Query { m: [String] @rest(upstream: \"chat\", path: 42) }",

@@ -109,22 +109,28 @@ pub(super) fn upstreams(
                 ),
             }
         }
-        let timeout = match &d.timeout_ms {
-            Some(t) if t.node == 0 => {
-                errors.push(t.pos, "@upstream(timeoutMs:) must be at least 1");
-                None
+        // A count within bounds, or an error at its position.
+        let mut bounded = |v: &Option<async_graphql_parser::Positioned<u64>>,
+                           arg: &str,
+                           range: std::ops::RangeInclusive<u64>| {
+            let v = v.as_ref()?;
+            if range.contains(&v.node) {
+                return Some(v.node);
             }
-            Some(t) => Some(Duration::from_millis(t.node)),
-            None => None,
+            let (lo, hi) = (range.start(), range.end());
+            let why = match hi {
+                &u64::MAX => format!("@upstream({arg}:) must be at least {lo}"),
+                _ => format!("@upstream({arg}:) must be {lo} to {hi}"),
+            };
+            errors.push(v.pos, why);
+            None
         };
-        let max_connections = match &d.max_connections {
-            Some(m) if m.node == 0 => {
-                errors.push(m.pos, "@upstream(maxConnections:) must be at least 1");
-                None
-            }
-            Some(m) => Some(usize::try_from(m.node).unwrap_or(usize::MAX)),
-            None => None,
-        };
+        let timeout = bounded(&d.timeout_ms, "timeoutMs", 1..=u64::MAX).map(Duration::from_millis);
+        let max_connections = bounded(&d.max_connections, "maxConnections", 1..=u64::MAX)
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX));
+        let retries = bounded(&d.retries, "retries", 0..=10).map(|r| r as u32);
+        let attempt_timeout = bounded(&d.attempt_timeout_ms, "attemptTimeoutMs", 1..=u64::MAX)
+            .map(Duration::from_millis);
         let mapping = d
             .errors
             .as_ref()
@@ -137,6 +143,8 @@ pub(super) fn upstreams(
                 url,
                 timeout,
                 max_connections,
+                retries,
+                attempt_timeout,
                 headers,
                 forward_headers,
             }),

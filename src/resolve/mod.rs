@@ -66,6 +66,9 @@ pub struct Call<'a> {
 pub struct Fetched {
     pub value: Arc<Value>,
     pub key: Option<CacheKey>,
+    /// Served past its freshness because refreshing it failed (`staleIfError`): the
+    /// failure's code.
+    pub stale: Option<Arc<str>>,
 }
 
 /// Fetches a `@rest` field's value through the shared cache (a batch, for a `batchKey`
@@ -105,6 +108,7 @@ pub async fn fetch(
         return Ok(Some(Fetched {
             value: Arc::new(value),
             key: None,
+            stale: None,
         }));
     }
 
@@ -189,6 +193,13 @@ pub async fn fetch(
                 crate::cache::Outcome::Hit => hot.cache_hit.inc(),
                 crate::cache::Outcome::Stale => hot.cache_stale.inc(),
                 crate::cache::Outcome::Miss => hot.cache_miss.inc(),
+                crate::cache::Outcome::StaleIfError => {
+                    hot.cache_stale.inc();
+                    rt.metrics
+                        .stale_if_error
+                        .with_label_values(&[rest.upstream.name.as_str()])
+                        .inc();
+                }
             }
             // A private value must not end up in a response another caller could reuse.
             deps.add(
@@ -200,6 +211,7 @@ pub async fn fetch(
             Ok(Some(Fetched {
                 value: loaded.value?,
                 key: Some(key),
+                stale: loaded.failed.map(|e| Arc::from(e.code())),
             }))
         }
         // PRIVATE and anonymous: nothing to share this with, not even a flight.
@@ -208,6 +220,7 @@ pub async fn fetch(
             Ok(Some(Fetched {
                 value: Arc::new(fetch(Default::default()).await?.value),
                 key: None,
+                stale: None,
             }))
         }
     }
@@ -251,6 +264,7 @@ async fn batched(
         return Ok(Some(Fetched {
             value: hit,
             key: item_key,
+            stale: None,
         }));
     }
     rt.metrics.hot.cache_miss.inc();
@@ -289,6 +303,7 @@ async fn batched(
     Ok(Some(Fetched {
         value: share,
         key: item_key.filter(|_| answer.shareable),
+        stale: None,
     }))
 }
 

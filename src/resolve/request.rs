@@ -93,6 +93,7 @@ pub fn build(
     Ok(UpstreamRequest {
         upstream: upstream.clone(),
         method: rest.method,
+        idempotent: rest.idempotent,
         url,
         headers,
         body,
@@ -218,6 +219,7 @@ pub fn policy(rest: &RestPlan, vars: Vars<'_>) -> Option<Policy> {
         tags: render_tags(&c.tags, vars),
         shared: c.scope != Scope::Private,
         revalidate: false,
+        stale_if_error: c.stale_if_error,
     })
 }
 

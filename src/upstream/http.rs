@@ -17,6 +17,8 @@ use std::time::Duration;
 pub struct UpstreamRequest {
     pub upstream: Arc<UpstreamPlan>,
     pub method: HttpMethod,
+    /// May be sent again after a failure that may pass (GET, or `@rest(idempotent:)`).
+    pub idempotent: bool,
     pub url: url::Url,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Option<Bytes>,
@@ -120,6 +122,8 @@ pub struct UpstreamClient {
     /// Requests in flight by upstream (name, URL and bound: a reload that changes one
     /// gets a bound of its own).
     in_flight: Arc<std::sync::Mutex<Bounds>>,
+    /// Each upstream's circuit breaker and retry budget.
+    guards: Arc<super::guard::Guards>,
 }
 
 impl UpstreamClient {
@@ -130,6 +134,7 @@ impl UpstreamClient {
         roots: &super::tls::ExtraRoots,
         follow_redirects: bool,
         default_max_connections: usize,
+        guards: Arc<super::guard::Guards>,
     ) -> Self {
         let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
@@ -146,6 +151,7 @@ impl UpstreamClient {
             metrics,
             default_max_connections: default_max_connections.max(1),
             in_flight: Default::default(),
+            guards,
         }
     }
 
@@ -166,31 +172,109 @@ impl UpstreamClient {
         self.send_if(req, &Validators::default()).await
     }
 
+    /// The guards of the upstreams (breakers, retry budgets), which event sources consult
+    /// too.
+    pub fn guards(&self) -> &Arc<super::guard::Guards> {
+        &self.guards
+    }
+
     /// Sends `req`, conditional on `validators` when there are any: a `304` is an
-    /// [`Answer`] that says `not_modified`, without a body.
+    /// [`Answer`] that says `not_modified`, without a body. Within the request's deadline
+    /// (`timeoutMs`), an idempotent request is tried again after a failure that may pass
+    /// (no answer, a timeout of one attempt, 502/503/504), after a jittered backoff or the
+    /// upstream's `Retry-After`, as the upstream's retry budget allows; while the
+    /// upstream's breaker is open, it fails at once.
     pub async fn send_if(
         &self,
         req: &UpstreamRequest,
         validators: &Validators,
     ) -> Result<Answer, UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
-        let started = std::time::Instant::now();
-        // At most the upstream's bound of requests in flight (thousands of new topics at
-        // once must not open thousands of connections); the rest wait their turn within
-        // their deadline.
-        let bound = self.bound(&req.upstream);
-        let bounded = async {
-            let _permit = bound.acquire().await;
-            self.exchange(req, validators).await
+        let started = tokio::time::Instant::now();
+        let deadline = started + timeout;
+        let name = req.upstream.name.as_str();
+        let guard = self.guards.of(&req.upstream);
+        let settings = self.guards.settings();
+        let retries = req.upstream.retries.unwrap_or(settings.retries);
+        let per_attempt = req.upstream.attempt_timeout.or(settings.attempt_timeout);
+        guard.request();
+        let mut attempt = 0;
+        let result = loop {
+            let Some(admitted) = guard.admit() else {
+                self.metrics
+                    .short_circuited
+                    .with_label_values(&[name])
+                    .inc();
+                return Err(UpstreamError::Unavailable {
+                    upstream: name.to_string(),
+                    detail: "its circuit breaker is open after repeated failures; failing at once until it answers again".into(),
+                });
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let this_try = per_attempt.map_or(left, |p| p.min(left));
+            let mut wait = None;
+            let sent = tokio::time::Instant::now();
+            let result = self
+                .attempt(req, validators, this_try, timeout, &mut wait)
+                .await;
+            self.count(req, &result, sent.elapsed());
+            let failed = matches!(
+                &result,
+                Err(UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })
+            ) || matches!(&result, Err(UpstreamError::HttpError { status, .. }) if *status >= 500);
+            admitted.done(failed);
+            let passing = matches!(
+                &result,
+                Err(UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })
+            ) || matches!(
+                &result,
+                Err(UpstreamError::HttpError {
+                    status: 502..=504,
+                    ..
+                })
+            );
+            if !passing || !req.idempotent || attempt >= retries {
+                break result;
+            }
+            attempt += 1;
+            let pause = wait.unwrap_or_else(|| super::guard::backoff(attempt));
+            // Only when the retry can still finish in time, and the budget allows it.
+            let room = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if pause + Duration::from_millis(1) >= room || !guard.may_retry() {
+                self.metrics
+                    .retries
+                    .with_label_values(&[name, "denied"])
+                    .inc();
+                break result;
+            }
+            self.metrics
+                .retries
+                .with_label_values(&[name, "sent"])
+                .inc();
+            tokio::time::sleep(pause).await;
         };
-        let result = match tokio::time::timeout(timeout, bounded).await {
-            Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout {
-                upstream: req.upstream.name.clone(),
-                ms: timeout.as_millis(),
+        let result = match result {
+            // An attempt cut short by the deadline is the request's timeout.
+            Err(UpstreamError::Timeout { upstream, .. }) => Err(UpstreamError::Timeout {
+                upstream,
+                ms: if tokio::time::Instant::now() >= deadline {
+                    timeout.as_millis()
+                } else {
+                    per_attempt.unwrap_or(timeout).as_millis()
+                },
             }),
+            other => other,
         };
-        let status = match &result {
+        if let Err(e) = &result {
+            let url = super::redact(&req.url);
+            tracing::warn!(upstream = name, method = req.method.as_str(), url, code = e.code(), attempts = attempt + 1, error = %e, "upstream request failed");
+        }
+        result
+    }
+
+    /// Counts one attempt in `livegate_upstream_requests_total` and its duration.
+    fn count(&self, req: &UpstreamRequest, result: &Result<Answer, UpstreamError>, took: Duration) {
+        let status = match result {
             // A conditional request answered without a body: the economy ETags buy.
             Ok(answer) if answer.not_modified => "304",
             Ok(_) => "2xx",
@@ -201,10 +285,6 @@ impl UpstreamClient {
             Err(_) => "error",
         };
         let name = req.upstream.name.as_str();
-        if let Err(e) = &result {
-            let url = super::redact(&req.url);
-            tracing::warn!(upstream = name, method = req.method.as_str(), url, code = e.code(), error = %e, "upstream request failed");
-        }
         self.metrics
             .upstream_requests
             .with_label_values(&[name, req.method.as_str(), status])
@@ -212,14 +292,40 @@ impl UpstreamClient {
         self.metrics
             .upstream_seconds
             .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        result
+            .observe(took.as_secs_f64());
+    }
+
+    /// One attempt at `req`, within `limit`: at most the upstream's bound of requests in
+    /// flight (thousands of new topics at once must not open thousands of connections);
+    /// the rest wait their turn within their deadline. `wait` gets a 502/503/504's
+    /// `Retry-After`.
+    async fn attempt(
+        &self,
+        req: &UpstreamRequest,
+        validators: &Validators,
+        limit: Duration,
+        timeout: Duration,
+        wait: &mut Option<Duration>,
+    ) -> Result<Answer, UpstreamError> {
+        let bound = self.bound(&req.upstream);
+        let bounded = async {
+            let _permit = bound.acquire().await;
+            self.exchange(req, validators, wait).await
+        };
+        match tokio::time::timeout(limit, bounded).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: req.upstream.name.clone(),
+                ms: timeout.as_millis(),
+            }),
+        }
     }
 
     async fn exchange(
         &self,
         req: &UpstreamRequest,
         validators: &Validators,
+        wait: &mut Option<Duration>,
     ) -> Result<Answer, UpstreamError> {
         let name = &req.upstream.name;
         let method = match req.method {
@@ -281,6 +387,12 @@ impl UpstreamClient {
         }
         // Redirects are not followed (see `UpstreamClient::new`): a 3xx is an HTTP error.
         if !status.is_success() {
+            if matches!(status.as_u16(), 429 | 502..=504) {
+                *wait = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(super::guard::retry_after);
+            }
             let mapped = match &req.errors {
                 Some(mapping) => error_body(response, self.max_body)
                     .await

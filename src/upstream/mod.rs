@@ -3,6 +3,7 @@
 //! it came from and how.
 
 pub mod batch;
+pub mod guard;
 pub mod http;
 pub mod tls;
 

@@ -271,6 +271,17 @@ pub async fn websocket_open(to: SocketAddr, protocol: &str) -> Ws {
 }
 
 /// The next message of a gateway WebSocket, as JSON (within 10 s).
+/// Sends a graphql-transport-ws `subscribe` of `query` under `id`.
+pub async fn subscribe(ws: &mut Ws, id: &str, query: &str) {
+    use futures_util::SinkExt;
+    let msg = json!({"id": id, "type": "subscribe", "payload": {"query": query}});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        msg.to_string(),
+    ))
+    .await
+    .expect("send");
+}
+
 pub async fn next_json(ws: &mut Ws) -> Value {
     use futures_util::StreamExt;
     let msg = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())

@@ -171,7 +171,7 @@ impl RedisBus {
         let Some((_, all)) = self.generation().await else {
             return;
         };
-        let ttl = u64::try_from((policy.max_age + policy.swr).as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
         let entry = value
             .filter(|_| ttl > 0)
             .map(|value| {
@@ -211,7 +211,7 @@ impl RedisBus {
         policy: &Policy,
         generation: &(String, String),
     ) {
-        let ttl = u64::try_from((policy.max_age + policy.swr).as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
         if ttl == 0 {
             return;
         }
