@@ -96,6 +96,8 @@ pub struct Loaded {
     pub outcome: Outcome,
     /// With [`Outcome::StaleIfError`]: why the refresh failed.
     pub failed: Option<UpstreamError>,
+    /// A miss that joined a fetch another request had started.
+    pub joined: bool,
     /// The entry the value is stored in, when it is (not for stale or unstored values).
     pub stamp: Option<Stamp>,
 }
@@ -331,6 +333,7 @@ impl Cache {
         let mut seen = self.inner.retired.load(Ordering::Acquire);
         // A value to serve should the fetch fail (`staleIfError`), even an invalidated one.
         let mut fallback: Option<Arc<Value>> = None;
+        let mut joined = false;
         let shared = loop {
             if policy.as_ref().is_some_and(Policy::stores) {
                 if let Some(e) = self.inner.entries.get(&key) {
@@ -348,6 +351,7 @@ impl Cache {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Hit,
                                 failed: None,
+                                joined: false,
                                 stamp: Some(Stamp(Arc::downgrade(&e))),
                             };
                         }
@@ -359,6 +363,7 @@ impl Cache {
                                 value: Ok(e.value.clone()),
                                 outcome: Outcome::Stale,
                                 failed: None,
+                                joined: false,
                                 stamp: None,
                             };
                         }
@@ -370,6 +375,7 @@ impl Cache {
             // since the check, its value was stored after the check: look again.
             let mut st = lock(&self.inner.state);
             if let Some(f) = st.flights.get(&key) {
+                joined = true;
                 break f.shared.clone();
             }
             let now = self.inner.retired.load(Ordering::Acquire);
@@ -384,6 +390,7 @@ impl Cache {
                 value: Ok(value),
                 outcome: Outcome::Miss,
                 failed: None,
+                joined,
                 stamp,
             },
             Err(e) => match fallback.filter(|_| refresh_failed(&e)) {
@@ -391,12 +398,14 @@ impl Cache {
                     value: Ok(value),
                     outcome: Outcome::StaleIfError,
                     failed: Some(e),
+                    joined,
                     stamp: None,
                 },
                 None => Loaded {
                     value: Err(e),
                     outcome: Outcome::Miss,
                     failed: None,
+                    joined,
                     stamp: None,
                 },
             },
@@ -443,11 +452,12 @@ impl Cache {
             .as_ref()
             .map(|r| r.validators.clone())
             .unwrap_or_default();
-        let task = tokio::spawn(async move {
+        // The fetch's spans are children of the request that started it.
+        let task = tokio::spawn(crate::telemetry::carry(async move {
             let fetch = move || fetch(validators);
             let result = this.inner.bus.load(key, policy.as_ref(), fetch).await;
             this.finish(key, id, epoch, policy, result, revalidate)
-        });
+        }));
         let shared = async move {
             task.await.unwrap_or_else(|e| {
                 Err(UpstreamError::Unavailable {

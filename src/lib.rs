@@ -70,6 +70,7 @@ mod response_cache;
 pub mod schema;
 pub mod server;
 mod services;
+pub mod telemetry;
 pub mod template;
 pub mod upstream;
 mod watch;
@@ -132,6 +133,8 @@ pub struct Options {
     pub follow_redirects: bool,
     /// Retries, their budget and circuit breakers toward upstreams.
     pub resilience: upstream::guard::Settings,
+    /// OpenTelemetry traces (`--otlp-endpoint`, `--trace-*`).
+    pub telemetry: telemetry::Options,
     /// Share invalidations and cached values with other replicas through Redis.
     pub redis: Option<bus::redis::RedisOptions>,
     /// Automatic persisted queries and trusted documents.
@@ -175,6 +178,7 @@ impl Default for Options {
             upstream_ca: Default::default(),
             follow_redirects: false,
             resilience: Default::default(),
+            telemetry: Default::default(),
             redis: None,
             persisted: Default::default(),
             max_batch: 10,
@@ -199,6 +203,8 @@ pub enum Error {
     Persisted(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("traces: {0}")]
+    Telemetry(String),
 }
 
 /// Builds the shared state of a gateway serving `plan`.
@@ -209,6 +215,18 @@ pub fn state(plan: Plan, options: &Options) -> Result<AppState, Error> {
 fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     let plan = Arc::new(plan);
     let metrics = Arc::new(metrics::Metrics::new());
+    let telemetry = Arc::new(match &options.telemetry.endpoint {
+        None => telemetry::Telemetry::off(),
+        Some(_) => {
+            let http = options
+                .upstream_ca
+                .trusted_by(reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()))
+                .build()
+                .map_err(|e| Error::Telemetry(format!("the exporter's HTTP client: {e}")))?;
+            telemetry::Telemetry::start(&options.telemetry, http, &metrics)
+                .map_err(Error::Telemetry)?
+        }
+    });
     let client = upstream::UpstreamClient::new(
         options.upstream_timeout,
         options.max_upstream_body,
@@ -220,6 +238,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             options.resilience.clone(),
             metrics.clone(),
         )),
+        telemetry.clone(),
     );
     let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
     let bus = match &options.redis {
@@ -248,6 +267,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         messages: metrics.source_messages.clone(),
     });
     let services = services::Services::new(services::Parts {
+        telemetry: telemetry.clone(),
         cache,
         client,
         bus: bus.clone(),
@@ -536,6 +556,7 @@ pub async fn run(
     };
     let limits = state.limits.clone();
     let metrics = state.runtime.metrics.clone();
+    let telemetry = state.runtime.telemetry.clone();
     let direct = server::Direct::of(&state);
     let serve = server::serve(listener, app(state), direct, limits, metrics, signal);
     let mut stopping = stopping;
@@ -555,5 +576,8 @@ pub async fn run(
         () = served => {}
         _ = deadline => tracing::warn!(?drain, "drain timeout: stopping with requests still open"),
     }
+    // The spans still queued go out before the process ends (blocking: off the runtime's
+    // workers, which the exporting task needs).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

@@ -100,6 +100,20 @@ struct Cli {
     /// The window of breakers and retry budgets, in seconds (1 to 600).
     #[arg(long, env = "LIVEGATE_BREAKER_WINDOW_S", default_value_t = 10)]
     breaker_window_s: u32,
+    /// Send traces to this OpenTelemetry collector, OTLP over HTTP (protobuf): its base URL
+    /// (`/v1/traces` is added) or its traces URL. Unset: no traces, at no cost.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of this gateway's spans.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "livegate")]
+    otlp_service_name: String,
+    /// The share of traces started here that are recorded (0 to 1); a client's sampled
+    /// `traceparent` is followed (parent-based).
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", default_value_t = 1.0)]
+    trace_sample_ratio: f64,
+    /// Put each operation's document in its request span (`graphql.document`); variables never.
+    #[arg(long, env = "LIVEGATE_TRACE_DOCUMENTS")]
+    trace_documents: bool,
     /// How long an open breaker fails requests at once before one probe is let through, in ms.
     #[arg(long, env = "LIVEGATE_BREAKER_OPEN_MS", default_value_t = 5_000)]
     breaker_open_ms: u64,
@@ -552,6 +566,14 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         upstream_max_connections: cli.upstream_max_connections,
         max_response_bytes: cli.max_response_bytes,
         upstream_timeout: Duration::from_millis(cli.upstream_timeout_ms),
+        telemetry: livegate::telemetry::Options {
+            endpoint: cli.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
+            service_name: cli.otlp_service_name.clone(),
+            sample_ratio: cli.trace_sample_ratio,
+            documents: cli.trace_documents,
+            headers: otel_headers(),
+            ..bsp_settings()
+        },
         resilience: livegate::upstream::guard::Settings {
             retries: cli.upstream_retries.min(10),
             budget_percent: cli.upstream_retry_budget_percent,
@@ -673,4 +695,37 @@ mod tests {
             assert_eq!(delay, 1000);
         }
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` (or `OTEL_EXPORTER_OTLP_TRACES_HEADERS`): `k=v,k=v`,
+/// values percent-decoded, sent with every export.
+fn otel_headers() -> Vec<(String, String)> {
+    let raw = std::env::var("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_HEADERS"))
+        .unwrap_or_default();
+    raw.split(',')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8().ok()?;
+            Some((k.trim().to_string(), v.to_string()))
+        })
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
+/// The batch span processor's standard settings: `OTEL_BSP_SCHEDULE_DELAY` (ms),
+/// `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+fn bsp_settings() -> livegate::telemetry::Options {
+    let mut o = livegate::telemetry::Options::default();
+    let number = |name: &str| std::env::var(name).ok()?.trim().parse::<u64>().ok();
+    if let Some(ms) = number("OTEL_BSP_SCHEDULE_DELAY") {
+        o.delay = Duration::from_millis(ms.max(1));
+    }
+    if let Some(n) = number("OTEL_BSP_MAX_QUEUE_SIZE") {
+        o.queue = (n as usize).clamp(1, 1 << 20);
+    }
+    if let Some(n) = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") {
+        o.batch = (n as usize).clamp(1, 1 << 16);
+    }
+    o
 }

@@ -94,6 +94,10 @@ pub struct Metrics {
     /// Values served past their freshness because refreshing them failed
     /// (`@cache(staleIfError:)`), by upstream.
     pub stale_if_error: IntCounterVec,
+    /// Finished spans by result: `queued` for export, or `dropped` (the queue was full).
+    pub trace_spans: IntCounterVec,
+    /// Spans sent to the OTLP endpoint by result: `ok`, `failed`.
+    pub trace_exports: IntCounterVec,
     /// Counters of the families above resolved once, for the per-request paths.
     pub hot: Hot,
 }
@@ -348,6 +352,18 @@ impl Metrics {
                 "livegate_stale_if_error_total",
                 "Cached values served past their freshness because refreshing them failed (@cache(staleIfError:))",
                 &["upstream"],
+            ),
+            trace_spans: counter_vec(
+                &r,
+                "livegate_trace_spans_total",
+                "Finished spans (with --otlp-endpoint) by result: queued for export, dropped (the export queue was full)",
+                &["result"],
+            ),
+            trace_exports: counter_vec(
+                &r,
+                "livegate_trace_exported_spans_total",
+                "Spans sent to the OTLP endpoint by result: ok, failed",
+                &["result"],
             ),
             rate_limited: counter(
                 &r,

@@ -28,6 +28,8 @@ pub struct Services {
     pub bus: Bus,
     /// Largest response one operation may write (`--max-response-bytes`).
     pub max_response: usize,
+    /// OpenTelemetry traces (off unless `--otlp-endpoint`).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Fields already warned about (see [`Services::warn_unshareable`]).
     warned: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -44,6 +46,7 @@ pub struct Parts {
     /// How long a polled or fed entry is kept up after its last subscriber left.
     pub live_grace: Duration,
     pub max_response: usize,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Services {
@@ -57,6 +60,7 @@ impl Services {
             batch_window,
             live_grace,
             max_response,
+            telemetry,
         } = parts;
         let batcher = Batcher::new(client.clone(), batch_window);
         let hub = Hub::new(cache.clone(), live_grace, sources.clone());
@@ -69,6 +73,7 @@ impl Services {
             metrics,
             bus,
             max_response,
+            telemetry,
             warned: Default::default(),
         })
     }

@@ -194,6 +194,16 @@ impl Prepared {
         self.op.node.ty
     }
 
+    /// The operation's name as the request gave it (or the document's one operation's).
+    pub fn name(&self) -> Option<&str> {
+        self.operation_name.as_deref()
+    }
+
+    /// The document's text (for `--trace-documents`).
+    pub fn document(&self) -> &str {
+        &self.query
+    }
+
     /// The operation planned for the values `vars` give its conditions: once per set of
     /// values (see [`operation`]).
     pub(super) fn planned(

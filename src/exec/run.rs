@@ -68,6 +68,12 @@ pub async fn execute_peeked(
 ) -> Executed {
     // A prepared document passed the document's limits when it was prepared; its
     // variables are checked as they are coerced.
+    let telemetry = &engine.runtime.telemetry;
+    let prepare = telemetry.child(
+        "graphql.prepare",
+        opentelemetry::trace::SpanKind::Internal,
+        Vec::new(),
+    );
     let prepared = match peeked {
         Some(p) => {
             engine.runtime.metrics.hot.plan_hit.inc();
@@ -76,8 +82,11 @@ pub async fn execute_peeked(
         None => engine.executor.cached(&engine.runtime, &req),
     };
     if let Some(prepared) = prepared {
+        prepare.set("livegate.prepared", "hit");
+        drop(prepare);
         return run_prepared(engine, prepared, req, ctx, key).await;
     }
+    prepare.set("livegate.prepared", "miss");
     if let Some(why) = super::limits::check_document(&mut req, &engine.limits) {
         engine.runtime.metrics.reject(why.rejection());
         let body = Bytes::from(super::error_body(&why.message, Some(why.code)));
@@ -87,11 +96,15 @@ pub async fn execute_peeked(
             read: Arc::default(),
         };
     }
-    match engine
+    let prepared = engine
         .executor
         .prepare(&engine.schema, &engine.runtime, &mut req)
-        .await
-    {
+        .await;
+    if prepared.is_err() {
+        prepare.fail("the document did not parse or validate");
+    }
+    drop(prepare);
+    match prepared {
         Ok(prepared) => run_prepared(engine, prepared, req, ctx, key).await,
         Err(body) => Executed {
             body,
@@ -122,7 +135,50 @@ async fn run_prepared(
         };
     }
     let deps = Deps::default();
-    let out = super::execute_planned(&engine.runtime, &prepared, &req.variables, ctx, &deps).await;
+    let telemetry = &engine.runtime.telemetry;
+    let span = match telemetry.is_on() {
+        true => {
+            let kind = match prepared.kind() {
+                async_graphql_parser::types::OperationType::Query => "query",
+                async_graphql_parser::types::OperationType::Mutation => "mutation",
+                async_graphql_parser::types::OperationType::Subscription => "subscription",
+            };
+            let mut attrs = vec![crate::telemetry::Attr::new("graphql.operation.type", kind)];
+            if let Some(name) = prepared.name() {
+                attrs.push(crate::telemetry::Attr::new(
+                    "graphql.operation.name",
+                    name.to_string(),
+                ));
+            }
+            // The request's span says what it ran, too.
+            crate::telemetry::annotate(&attrs);
+            if telemetry.documents() {
+                crate::telemetry::annotate(&[crate::telemetry::Attr::new(
+                    "graphql.document",
+                    prepared.document().to_string(),
+                )]);
+            }
+            telemetry.child(
+                "graphql.execute",
+                opentelemetry::trace::SpanKind::Internal,
+                attrs,
+            )
+        }
+        false => crate::telemetry::Span::none(),
+    };
+    let out = span
+        .run(super::execute_planned(
+            &engine.runtime,
+            &prepared,
+            &req.variables,
+            ctx,
+            &deps,
+        ))
+        .await;
+    if out.has_errors {
+        span.set("livegate.errors", true);
+    }
+    drop(span);
     let gathered = deps.take();
     if let Some(key) = key {
         if !out.has_errors {

@@ -39,6 +39,9 @@ pub struct RestPlan {
     pub join: Vec<(String, String)>,
     /// GET, or `@rest(idempotent: true)`: retried on a failure that may pass.
     pub idempotent: bool,
+    /// The path as the schema writes it (`/users/{args.id}`): what traces show, never
+    /// a rendered URL.
+    pub route: Arc<str>,
 }
 
 impl RestPlan {
@@ -309,6 +312,7 @@ pub(super) fn plan(
         upstream,
         method: d.method,
         idempotent: d.idempotent || d.method == HttpMethod::Get,
+        route: Arc::from(d.path.node.as_str()),
         path: path?,
         query,
         body,

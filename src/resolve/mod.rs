@@ -82,6 +82,41 @@ pub async fn fetch(
     rest: &RestPlan,
     call: Call<'_>,
 ) -> Result<Option<Fetched>, UpstreamError> {
+    if !rt.telemetry.is_on() {
+        return fetch_field(rt, field, rest, call).await;
+    }
+    use crate::telemetry::Attr;
+    let span = rt.telemetry.child(
+        "upstream.fetch",
+        opentelemetry::trace::SpanKind::Internal,
+        vec![
+            Attr::new("graphql.field.name", field.name.clone()),
+            Attr::new("livegate.upstream", rest.upstream.name.clone()),
+            Attr::new("http.request.method", rest.method.as_str()),
+            Attr::new("url.template", rest.route.to_string()),
+        ],
+    );
+    let fetched = span.run(fetch_field(rt, field, rest, call)).await;
+    if let Err(e) = &fetched {
+        span.set("error.type", e.code().to_string());
+        span.fail(e.code().to_string());
+    }
+    fetched
+}
+
+/// Says how the shared cache answered, on the current (`upstream.fetch`) span.
+fn traced_outcome(rt: &Runtime, outcome: &'static str) {
+    if rt.telemetry.is_on() {
+        crate::telemetry::annotate(&[crate::telemetry::Attr::new("livegate.cache", outcome)]);
+    }
+}
+
+async fn fetch_field(
+    rt: &Arc<Runtime>,
+    field: &Arc<FieldPlan>,
+    rest: &RestPlan,
+    call: Call<'_>,
+) -> Result<Option<Fetched>, UpstreamError> {
     let parent = call.parent;
     let vars = Vars {
         args: call.args,
@@ -189,6 +224,16 @@ pub async fn fetch(
                 .load(key, policy, move |validators| fetch(validators))
                 .await;
             let hot = &rt.metrics.hot;
+            traced_outcome(
+                rt,
+                match loaded.outcome {
+                    crate::cache::Outcome::Hit => "hit",
+                    crate::cache::Outcome::Stale => "stale",
+                    crate::cache::Outcome::Miss if loaded.joined => "coalesced",
+                    crate::cache::Outcome::Miss => "miss",
+                    crate::cache::Outcome::StaleIfError => "stale_if_error",
+                },
+            );
             match loaded.outcome {
                 crate::cache::Outcome::Hit => hot.cache_hit.inc(),
                 crate::cache::Outcome::Stale => hot.cache_stale.inc(),
@@ -259,6 +304,7 @@ async fn batched(
         tags: policy.as_ref().map(|p| p.tags.clone()).unwrap_or_default(),
     });
     if let Some((hit, stamp)) = item_key.as_ref().and_then(|k| rt.cache.peek(k)) {
+        traced_outcome(rt, "hit");
         rt.metrics.hot.cache_hit.inc();
         deps.add(dep, Some(stamp).filter(|_| public));
         return Ok(Some(Fetched {
@@ -268,6 +314,7 @@ async fn batched(
         }));
     }
     rt.metrics.hot.cache_miss.inc();
+    traced_outcome(rt, "batched");
     let epoch = rt.cache.epoch();
     let base = request::build(rest, vars, ctx, Some(&batch.param))?;
     let group = request::batch_group(&base, ctx);

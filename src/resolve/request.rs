@@ -94,6 +94,7 @@ pub fn build(
         upstream: upstream.clone(),
         method: rest.method,
         idempotent: rest.idempotent,
+        route: rest.route.clone(),
         url,
         headers,
         body,

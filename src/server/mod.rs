@@ -118,11 +118,52 @@ async fn observe(
     let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let graphql = req.uri().path() == "/graphql";
     let span = request_span(id, &req);
-    let res = next.run(req).instrument(span).await;
+    let traced = server_span(&state, &req);
+    let res = traced.run(next.run(req).instrument(span)).await;
+    traced.set("http.response.status_code", i64::from(res.status().as_u16()));
     if graphql {
         count_refusal(&state, &res);
     }
     res
+}
+
+/// The span of a request to `/graphql` (`graphql.request`) or a webhook (`webhook`), under
+/// the caller's `traceparent` when it sent one; nothing for the rest, for WebSocket
+/// upgrades (each operation on the socket has its own), or with tracing off.
+fn server_span<B>(state: &AppState, req: &::http::Request<B>) -> crate::telemetry::Span {
+    use crate::telemetry::{Attr, Span};
+    let t = &state.runtime.telemetry;
+    if !t.is_on() {
+        return Span::none();
+    }
+    let path = req.uri().path();
+    let headers = req.headers();
+    let (name, transport) = if path == "/graphql" {
+        if headers.contains_key(::http::header::UPGRADE) {
+            return Span::none();
+        }
+        let transport = match sse::wanted(headers) {
+            Some(sse::Format::Sse) => "sse",
+            Some(_) => "multipart",
+            None => "http",
+        };
+        ("graphql.request", transport)
+    } else if path.starts_with("/hooks/") {
+        ("webhook", "http")
+    } else {
+        return Span::none();
+    };
+    let parent = t.extract(headers);
+    t.span(
+        name,
+        opentelemetry::trace::SpanKind::Server,
+        parent.as_ref(),
+        vec![
+            Attr::new("http.request.method", req.method().as_str().to_string()),
+            Attr::new("url.path", path.to_string()),
+            Attr::new("livegate.transport", transport),
+        ],
+    )
 }
 
 /// Counts a refused GraphQL request by its status: `413` and `408` are limits, other
@@ -164,7 +205,8 @@ impl Direct {
         let state = self.0;
         let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = request_span(id, &req);
-        let res = async {
+        let traced = server_span(&state, &req);
+        let res = traced.run(async {
             let (parts, bytes) = match body::collect(&state, req).await {
                 Ok(read) => read,
                 Err(refused) => return refused,
@@ -183,8 +225,9 @@ impl Direct {
             )
             .await
         }
-        .instrument(span)
+        .instrument(span))
         .await;
+        traced.set("http.response.status_code", i64::from(res.status().as_u16()));
         count_refusal(&state, &res);
         res
     }

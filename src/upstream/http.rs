@@ -19,6 +19,8 @@ pub struct UpstreamRequest {
     pub method: HttpMethod,
     /// May be sent again after a failure that may pass (GET, or `@rest(idempotent:)`).
     pub idempotent: bool,
+    /// The path as the schema writes it, for traces.
+    pub route: Arc<str>,
     pub url: url::Url,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Option<Bytes>,
@@ -124,6 +126,8 @@ pub struct UpstreamClient {
     in_flight: Arc<std::sync::Mutex<Bounds>>,
     /// Each upstream's circuit breaker and retry budget.
     guards: Arc<super::guard::Guards>,
+    /// A span per attempt, when tracing.
+    telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl UpstreamClient {
@@ -135,6 +139,7 @@ impl UpstreamClient {
         follow_redirects: bool,
         default_max_connections: usize,
         guards: Arc<super::guard::Guards>,
+        telemetry: Arc<crate::telemetry::Telemetry>,
     ) -> Self {
         let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
@@ -152,6 +157,7 @@ impl UpstreamClient {
             default_max_connections: default_max_connections.max(1),
             in_flight: Default::default(),
             guards,
+            telemetry,
         }
     }
 
@@ -170,6 +176,11 @@ impl UpstreamClient {
     /// Sends `req` and returns the parsed JSON body.
     pub async fn send(&self, req: &UpstreamRequest) -> Result<Answer, UpstreamError> {
         self.send_if(req, &Validators::default()).await
+    }
+
+    /// The gateway's tracer.
+    pub fn telemetry(&self) -> &crate::telemetry::Telemetry {
+        &self.telemetry
     }
 
     /// The guards of the upstreams (breakers, retry budgets), which event sources consult
@@ -214,10 +225,12 @@ impl UpstreamClient {
             let this_try = per_attempt.map_or(left, |p| p.min(left));
             let mut wait = None;
             let sent = tokio::time::Instant::now();
-            let result = self
-                .attempt(req, validators, this_try, timeout, &mut wait)
+            let span = self.span(req, attempt);
+            let result = span
+                .run(self.attempt(req, validators, this_try, timeout, &mut wait))
                 .await;
             self.count(req, &result, sent.elapsed());
+            traced(&span, &result);
             let failed = matches!(
                 &result,
                 Err(UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })
@@ -270,6 +283,31 @@ impl UpstreamClient {
             tracing::warn!(upstream = name, method = req.method.as_str(), url, code = e.code(), attempts = attempt + 1, error = %e, "upstream request failed");
         }
         result
+    }
+
+    /// The span of one attempt (`GET /users/{args.id}`, a client span), when tracing.
+    fn span(&self, req: &UpstreamRequest, attempt: u32) -> crate::telemetry::Span {
+        if !self.telemetry.is_on() {
+            return crate::telemetry::Span::none();
+        }
+        use crate::telemetry::Attr;
+        let mut attrs = vec![
+            Attr::new("http.request.method", req.method.as_str()),
+            Attr::new("url.template", req.route.to_string()),
+            Attr::new("livegate.upstream", req.upstream.name.clone()),
+            Attr::new(
+                "server.address",
+                req.url.host_str().unwrap_or_default().to_string(),
+            ),
+        ];
+        if attempt > 0 {
+            attrs.push(Attr::new("http.request.resend_count", i64::from(attempt)));
+        }
+        self.telemetry.child(
+            format!("{} {}", req.method.as_str(), req.route),
+            opentelemetry::trace::SpanKind::Client,
+            attrs,
+        )
     }
 
     /// Counts one attempt in `livegate_upstream_requests_total` and its duration.
@@ -340,6 +378,12 @@ impl UpstreamClient {
             .request(method, req.url.clone())
             .header(http::header::ACCEPT, "application/json");
         for (k, v) in &req.headers {
+            builder = builder.header(k, v);
+        }
+        // The attempt's span goes on to the upstream (W3C trace context).
+        let mut trace = http::HeaderMap::new();
+        crate::telemetry::inject(&mut trace);
+        for (k, v) in &trace {
             builder = builder.header(k, v);
         }
         if let Some(etag) = &validators.etag {
@@ -479,6 +523,24 @@ impl UpstreamClient {
             freshness,
             headers: kept_headers,
         })
+    }
+}
+
+/// What an attempt's span says of its result: the status, or the failure's code.
+fn traced(span: &crate::telemetry::Span, result: &Result<Answer, UpstreamError>) {
+    if !span.is_on() {
+        return;
+    }
+    match result {
+        Ok(answer) if answer.not_modified => span.set("http.response.status_code", 304i64),
+        Ok(_) => span.set("http.response.status_code", 200i64),
+        Err(e) => {
+            if let UpstreamError::HttpError { status, .. } = e {
+                span.set("http.response.status_code", i64::from(*status));
+            }
+            span.set("error.type", e.code().to_string());
+            span.fail(e.code().to_string());
+        }
     }
 }
 
