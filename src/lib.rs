@@ -227,19 +227,19 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
                 .map_err(Error::Telemetry)?
         }
     });
-    let client = upstream::UpstreamClient::new(
-        options.upstream_timeout,
-        options.max_upstream_body,
-        metrics.clone(),
-        &options.upstream_ca,
-        options.follow_redirects,
-        options.upstream_max_connections,
-        Arc::new(upstream::guard::Guards::new(
+    let client = upstream::UpstreamClient::new(upstream::http::Setup {
+        default_timeout: options.upstream_timeout,
+        max_body: options.max_upstream_body,
+        metrics: metrics.clone(),
+        roots: &options.upstream_ca,
+        follow_redirects: options.follow_redirects,
+        default_max_connections: options.upstream_max_connections,
+        guards: Arc::new(upstream::guard::Guards::new(
             options.resilience.clone(),
             metrics.clone(),
         )),
-        telemetry.clone(),
-    );
+        telemetry: telemetry.clone(),
+    });
     let (remote_tx, remote_rx) = tokio::sync::mpsc::unbounded_channel();
     let bus = match &options.redis {
         Some(r) => bus::Bus::redis(
@@ -262,6 +262,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
         max_callers: options.max_caller_sockets,
         replica: options.replica_name.clone(),
         guards: client.guards().clone(),
+        telemetry: telemetry.clone(),
         failures: metrics.upstream_socket_failures.clone(),
         open: metrics.sources_open.clone(),
         messages: metrics.source_messages.clone(),
@@ -281,11 +282,11 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
     let weak = Arc::downgrade(&services);
     tokio::spawn(async move {
         let mut remote_rx = remote_rx;
-        while let Some(remote) = remote_rx.recv().await {
+        while let Some((remote, trace)) = remote_rx.recv().await {
             let Some(services) = weak.upgrade() else {
                 return;
             };
-            services.apply_remote(remote);
+            services.apply_remote(remote, trace);
         }
     });
     let runtime = Arc::new(resolve::Runtime::new(plan, services));
@@ -576,8 +577,7 @@ pub async fn run(
         () = served => {}
         _ = deadline => tracing::warn!(?drain, "drain timeout: stopping with requests still open"),
     }
-    // The spans still queued go out before the process ends (blocking: off the runtime's
-    // workers, which the exporting task needs).
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    // The spans still queued go out before the process ends.
+    telemetry.flush(Duration::from_secs(5)).await;
     Ok(())
 }

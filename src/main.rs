@@ -684,19 +684,6 @@ async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_purge_delay_option_is_the_one_set() {
-        // mimalloc's (v3) default purge delay is 1,000 ms: the index names that option.
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            // SAFETY: reads a process-wide allocator option.
-            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-            assert_eq!(delay, 1000);
-        }
-    }
-}
-
 /// `OTEL_EXPORTER_OTLP_HEADERS` (or `OTEL_EXPORTER_OTLP_TRACES_HEADERS`): `k=v,k=v`,
 /// values percent-decoded, sent with every export.
 fn otel_headers() -> Vec<(String, String)> {
@@ -706,7 +693,9 @@ fn otel_headers() -> Vec<(String, String)> {
     raw.split(',')
         .filter_map(|pair| {
             let (k, v) = pair.split_once('=')?;
-            let v = percent_encoding::percent_decode_str(v.trim()).decode_utf8().ok()?;
+            let v = percent_encoding::percent_decode_str(v.trim())
+                .decode_utf8()
+                .ok()?;
             Some((k.trim().to_string(), v.to_string()))
         })
         .filter(|(k, _)| !k.is_empty())
@@ -728,4 +717,17 @@ fn bsp_settings() -> livegate::telemetry::Options {
         o.batch = (n as usize).clamp(1, 1 << 16);
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // mimalloc's (v3) default purge delay is 1,000 ms: the index names that option.
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads a process-wide allocator option.
+            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+            assert_eq!(delay, 1000);
+        }
+    }
 }

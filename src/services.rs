@@ -63,7 +63,12 @@ impl Services {
             telemetry,
         } = parts;
         let batcher = Batcher::new(client.clone(), batch_window);
-        let hub = Hub::new(cache.clone(), live_grace, sources.clone());
+        let hub = Hub::new(
+            cache.clone(),
+            live_grace,
+            sources.clone(),
+            telemetry.clone(),
+        );
         Arc::new(Services {
             cache,
             client,
@@ -83,13 +88,26 @@ impl Services {
     /// request per entry). The other replicas are told first, which also drops the
     /// shared second-level entries, so the refetches here cannot find the old value
     /// there. Returns how many entries this replica dropped.
-    pub async fn invalidate(&self, tags: &[Tag]) -> usize {
-        self.bus.invalidated(tags).await;
-        self.invalidate_local(tags)
+    /// `cause` (`mutation`, `webhook`) names the change in its trace.
+    pub async fn invalidate(&self, tags: &[Tag], cause: &'static str) -> usize {
+        // A trace of its own, linked to the request that caused it; the other replicas'
+        // changes link to it in turn.
+        let change = self.telemetry.change(cause, None);
+        change.run(self.bus.invalidated(tags)).await;
+        crate::telemetry::within(&change, || self.invalidate_local(tags))
     }
 
     /// What another replica said changed, applied here (and not sent on).
-    pub fn apply_remote(&self, remote: Remote) {
+    /// `trace`: the change on the replica that said it, which this one's links to.
+    pub fn apply_remote(&self, remote: Remote, trace: Option<opentelemetry::trace::SpanContext>) {
+        let change = match &remote {
+            Remote::Delivery { .. } => crate::telemetry::Span::none(),
+            _ => self.telemetry.change("replica", trace),
+        };
+        crate::telemetry::within(&change, || self.apply(remote));
+    }
+
+    fn apply(&self, remote: Remote) {
         match remote {
             Remote::Tags(tags) => {
                 self.invalidate_local(&tags);

@@ -31,6 +31,9 @@ pub enum Remote {
     Delivery { name: String, body: String },
 }
 
+/// What another replica said, and the change (its span) it belongs to, when traced.
+pub type Heard = (Remote, Option<opentelemetry::trace::SpanContext>);
+
 /// Who does a piece of cluster-wide work (see [`Bus::lease`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lease {

@@ -341,6 +341,7 @@ pub(super) async fn run(
         };
         let lease_for = owner.settings.lease;
         let guards = owner.settings.guards.clone();
+        let telemetry = owner.settings.telemetry.clone();
         drop(owner);
 
         let role = bus.lease(&lease_name, lease_for).await;
@@ -386,7 +387,27 @@ pub(super) async fn run(
         let handed_over = taken.is_some();
         let connected = match taken {
             Some(conn) => Ok(conn),
-            None => connect_guarded(&*source, &failures, &guards).await,
+            None => {
+                let span = telemetry.root(
+                    "source.connect",
+                    Vec::new(),
+                    std::time::SystemTime::now(),
+                    vec![
+                        crate::telemetry::Attr::new("livegate.source", source.kind()),
+                        crate::telemetry::Attr::new(
+                            "livegate.upstream",
+                            source.upstream().to_string(),
+                        ),
+                    ],
+                );
+                let connected = span
+                    .run(connect_guarded(&*source, &failures, &guards))
+                    .await;
+                if let Err(e) = &connected {
+                    span.fail(e.reason);
+                }
+                connected
+            }
         };
         match connected {
             Ok(conn) => {

@@ -189,6 +189,8 @@ pub struct Settings {
     pub replica: String,
     /// The upstreams' circuit breakers (shared with the REST client).
     pub guards: Arc<crate::upstream::guard::Guards>,
+    /// Each connect is a trace of its own (`source.connect`), when tracing.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Per-caller streams this process may hold at once.
     pub max_callers: usize,
     /// Where failed connects are counted.

@@ -103,6 +103,9 @@ impl Source for Sse {
             if let Some(id) = last {
                 req = req.header("last-event-id", id);
             }
+            let mut trace = http::HeaderMap::new();
+            crate::telemetry::inject(&mut trace);
+            req = req.headers(trace);
             let fail = |message: String, reason: &'static str, refused: Option<u16>| ConnectError {
                 message: crate::upstream::scrub(&message, &self.url),
                 reason,

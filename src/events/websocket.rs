@@ -105,6 +105,8 @@ impl Source for WebSocket {
             for (k, v) in self.credentials.iter().filter(|(k, _)| !own(k)) {
                 request.headers_mut().append(k.clone(), v.clone());
             }
+            // The connect's span (`source.connect`) goes on with the handshake.
+            crate::telemetry::inject(request.headers_mut());
             let connect = tokio_tungstenite::connect_async_tls_with_config(
                 request,
                 Some(self.config),

@@ -293,14 +293,17 @@ impl Topic {
 
     /// Pushes one result (a live query's, unless it is the one pushed last) or event to
     /// every subscriber: one body, each in its own frame.
-    fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) {
+    /// Pushes `body` to every subscriber: how many it reached, and how many it dropped
+    /// (their queues were past their bound).
+    fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) -> (u64, u64) {
         let mut st = lock(&self.state);
         if self.key.1 == Kind::Live {
             if st.last.as_ref() == Some(body) {
-                return;
+                return (0, 0);
             }
             st.last = Some(body.clone());
         }
+        let before = st.subscribers.len() as u64;
         let mut counts: [(&'static str, u64); 4] = [("", 0); 4];
         st.subscribers.retain(|_, s| {
             let frame = s.framing.next(body);
@@ -316,10 +319,12 @@ impl Topic {
             }
             queued
         });
+        let reached = st.subscribers.len() as u64;
         drop(st);
         for (transport, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
             pushed.with_label_values(&[transport]).inc_by(n);
         }
+        (reached, before - reached)
     }
 
     /// Ends the topic: each subscriber gets `failure` (or `complete`).
@@ -372,16 +377,31 @@ async fn run_live(
     // While a result holds values served stale (their refresh failed, `staleIfError`),
     // the query runs again after this long, doubling to 30 s, until the upstream answers.
     let mut stale_retry = Duration::from_secs(1);
+    // The change that woke this run, when traced: the run is a child of it.
+    let mut cause: Option<opentelemetry::trace::SpanContext> = None;
     loop {
         let engine = engines.current();
         let generation = hub.generation();
+        let telemetry = &engine.runtime.telemetry;
+        let span = match cause.take() {
+            Some(c) => telemetry.under(
+                "live.rerun",
+                &c,
+                vec![crate::telemetry::Attr::new(
+                    "livegate.subscription",
+                    live.field.clone(),
+                )],
+            ),
+            None => crate::telemetry::Span::none(),
+        };
         // Boxed: between runs the task holds no room for an execution's state.
-        let done = Box::pin(crate::exec::run(
-            &engine,
-            super::clone_request(&live.request),
-            &ctx,
-        ))
-        .await;
+        let done = span
+            .run(Box::pin(crate::exec::run(
+                &engine,
+                super::clone_request(&live.request),
+                &ctx,
+            )))
+            .await;
         if done.request_error {
             topic.end(Some(&done.body));
             return;
@@ -400,7 +420,13 @@ async fn run_live(
         if hub.generation() != generation {
             notify.notify_one();
         }
-        topic.publish(&done.body, &engine.runtime.metrics.pushed);
+        let (reached, dropped) = topic.publish(&done.body, &engine.runtime.metrics.pushed);
+        if span.is_on() {
+            span.set("livegate.subscribers.reached", reached as i64);
+            span.set("livegate.subscribers.dropped", dropped as i64);
+            span.set("livegate.stale", done.read.stale);
+        }
+        drop(span);
         let stale = done.read.stale;
         let retry_in = stale_retry;
         stale_retry = if stale {
@@ -411,6 +437,7 @@ async fn run_live(
         tokio::select! {
             () = tokio::time::sleep(retry_in), if stale => {}
             () = notify.notified() => {
+                cause = hub.cause(watch.1);
                 // Its `@updates` stream failed for good: end with why.
                 let failed = done.read.root.as_ref().and_then(|r| hub.failure(&r.key));
                 if let Some(failure) = failed {
@@ -503,8 +530,17 @@ async fn run_events(
                         }
                     };
                     let payload = Arc::try_unwrap(payload).unwrap_or_else(|shared| (*shared).clone());
-                    let out = crate::exec::execute_event(&rt, &call, &ctx, payload).await;
-                    topic.publish(&out.body, &rt.metrics.pushed);
+                    // Each event is a trace of its own: its execution and its push.
+                    let span = rt.telemetry.change(source.stream.kind(), None);
+                    if span.is_on() {
+                        span.set("livegate.subscription", call.field.name.clone());
+                    }
+                    let out = span
+                        .run(crate::exec::execute_event(&rt, &call, &ctx, payload))
+                        .await;
+                    let (reached, dropped) = topic.publish(&out.body, &rt.metrics.pushed);
+                    span.set("livegate.subscribers.reached", reached as i64);
+                    span.set("livegate.subscribers.dropped", dropped as i64);
                 }
                 swapped = swaps.changed() => {
                     if swapped.is_err() {

@@ -143,6 +143,17 @@ impl StreamPlan {
         }
     }
 
+    /// The kind of source, as metrics and traces name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StreamPlan::WebSocket { .. } => "websocket",
+            StreamPlan::Sse { .. } => "sse",
+            StreamPlan::Webhook { .. } => "webhook",
+            StreamPlan::Nats { .. } => "nats",
+            StreamPlan::Redis { .. } => "redis",
+        }
+    }
+
     /// The stream's lease among replicas (one holder reads it for the cluster).
     pub fn lease_name(&self) -> String {
         match self {

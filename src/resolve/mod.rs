@@ -137,7 +137,7 @@ async fn fetch_field(
                 .invalidations
                 .with_label_values(&["mutation"])
                 .inc();
-            let dropped = rt.invalidate(&tags).await;
+            let dropped = rt.invalidate(&tags, "mutation").await;
             tracing::debug!(field = %field.name, ?tags, dropped, "mutation invalidated");
         }
         return Ok(Some(Fetched {

@@ -208,7 +208,7 @@ async fn apply(state: AppState, hook: Arc<WebhookPlan>, event: Value, text: Arc<
             .invalidations
             .with_label_values(&["webhook"])
             .inc();
-        state.runtime.invalidate(&tags).await;
+        state.runtime.invalidate(&tags, "webhook").await;
     }
     state.runtime.sources.deliver(&hook.name, text.clone());
     state.runtime.bus.delivered(&hook.name, &text).await;

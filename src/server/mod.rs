@@ -120,7 +120,10 @@ async fn observe(
     let span = request_span(id, &req);
     let traced = server_span(&state, &req);
     let res = traced.run(next.run(req).instrument(span)).await;
-    traced.set("http.response.status_code", i64::from(res.status().as_u16()));
+    traced.set(
+        "http.response.status_code",
+        i64::from(res.status().as_u16()),
+    );
     if graphql {
         count_refusal(&state, &res);
     }
@@ -206,28 +209,34 @@ impl Direct {
         let id = NEXT_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = request_span(id, &req);
         let traced = server_span(&state, &req);
-        let res = traced.run(async {
-            let (parts, bytes) = match body::collect(&state, req).await {
-                Ok(read) => read,
-                Err(refused) => return refused,
-            };
-            let connect = parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                .cloned()
-                .map(axum::Extension);
-            http::post(
-                axum::extract::State(state.clone()),
-                connect,
-                parts.uri,
-                parts.headers,
-                bytes,
+        let res = traced
+            .run(
+                async {
+                    let (parts, bytes) = match body::collect(&state, req).await {
+                        Ok(read) => read,
+                        Err(refused) => return refused,
+                    };
+                    let connect = parts
+                        .extensions
+                        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                        .cloned()
+                        .map(axum::Extension);
+                    http::post(
+                        axum::extract::State(state.clone()),
+                        connect,
+                        parts.uri,
+                        parts.headers,
+                        bytes,
+                    )
+                    .await
+                }
+                .instrument(span),
             )
-            .await
-        }
-        .instrument(span))
-        .await;
-        traced.set("http.response.status_code", i64::from(res.status().as_u16()));
+            .await;
+        traced.set(
+            "http.response.status_code",
+            i64::from(res.status().as_u16()),
+        );
         count_refusal(&state, &res);
         res
     }

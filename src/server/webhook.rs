@@ -274,7 +274,7 @@ pub async fn invalidate(State(state): State<AppState>, req: Request) -> Response
         .iter()
         .map(|t| crate::cache::Tag::from(t.as_str()))
         .collect();
-    let invalidated = state.runtime.invalidate(&list).await;
+    let invalidated = state.runtime.invalidate(&list, "webhook").await;
     tracing::info!(?tags, invalidated, "webhook invalidation");
     Json(json!({"invalidated": invalidated, "tags": tags})).into_response()
 }

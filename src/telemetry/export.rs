@@ -11,8 +11,21 @@ use tokio::sync::mpsc;
 enum Control {
     /// The provider's resource (service name), before the first span.
     Resource(opentelemetry_sdk::Resource),
-    /// Send what is queued; answer when done.
-    Flush(std::sync::mpsc::Sender<()>),
+    /// Send what is queued; answer when done (if asked).
+    Flush(Option<tokio::sync::oneshot::Sender<()>>),
+}
+
+/// Asks the exporting task to send what is queued, and waits for it (at shutdown).
+#[derive(Debug, Clone)]
+pub struct Flusher(mpsc::UnboundedSender<Control>);
+
+impl Flusher {
+    pub async fn flush(&self, within: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(Control::Flush(Some(tx))).is_ok() {
+            let _ = tokio::time::timeout(within, rx).await;
+        }
+    }
 }
 
 /// The span processor: queues finished spans for the exporting task.
@@ -32,12 +45,14 @@ impl Queue {
         options: &super::Options,
         http: reqwest::Client,
         metrics: &crate::metrics::Metrics,
-    ) -> Result<Queue, String> {
+    ) -> Result<(Queue, Flusher), String> {
         use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
-        let mut url = url::Url::parse(endpoint)
-            .map_err(|e| format!("--otlp-endpoint is not a URL: {e}"))?;
+        let mut url =
+            url::Url::parse(endpoint).map_err(|e| format!("--otlp-endpoint is not a URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err("--otlp-endpoint must be an http:// or https:// URL (OTLP over HTTP)".into());
+            return Err(
+                "--otlp-endpoint must be an http:// or https:// URL (OTLP over HTTP)".into(),
+            );
         }
         if url.path().is_empty() || url.path() == "/" {
             url.set_path("/v1/traces");
@@ -61,12 +76,15 @@ impl Queue {
             options.batch.max(1),
             exported,
         ));
-        Ok(Queue {
-            spans,
-            control,
-            dropped: metrics.trace_spans.with_label_values(&["dropped"]),
-            queued: metrics.trace_spans.with_label_values(&["queued"]),
-        })
+        Ok((
+            Queue {
+                spans,
+                control: control.clone(),
+                dropped: metrics.trace_spans.with_label_values(&["dropped"]),
+                queued: metrics.trace_spans.with_label_values(&["queued"]),
+            },
+            Flusher(control),
+        ))
     }
 }
 
@@ -80,19 +98,16 @@ impl opentelemetry_sdk::trace::SpanProcessor for Queue {
         }
     }
 
+    /// Asks for a flush without waiting: the SDK calls this from wherever the provider
+    /// is dropped, which may be the runtime thread the exporting task needs
+    /// ([`Flusher`] is the waiting way).
     fn force_flush(&self) -> OTelSdkResult {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.control.send(Control::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(Duration::from_secs(10));
-        }
+        let _ = self.control.send(Control::Flush(None));
         Ok(())
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if self.control.send(Control::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(timeout);
-        }
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        let _ = self.control.send(Control::Flush(None));
         Ok(())
     }
 
@@ -158,7 +173,7 @@ async fn drain(
             let this = std::mem::replace(&mut batch, rest);
             send(&exporter, this, &exported, &mut failing).await;
         }
-        if let Some(done) = flushed {
+        if let Some(Some(done)) = flushed {
             let _ = done.send(());
         }
     }

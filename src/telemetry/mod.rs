@@ -13,9 +13,7 @@
 
 pub mod export;
 
-use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, TraceContextExt, Tracer as _,
-};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, TraceContextExt, Tracer as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
@@ -66,7 +64,7 @@ pub struct Telemetry {
 
 struct On {
     tracer: opentelemetry_sdk::trace::SdkTracer,
-    provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    flusher: export::Flusher,
     propagator: TraceContextPropagator,
     documents: bool,
 }
@@ -95,7 +93,7 @@ impl Telemetry {
         let Some(endpoint) = &options.endpoint else {
             return Ok(Telemetry::off());
         };
-        let processor = export::Queue::start(endpoint, options, http, metrics)?;
+        let (processor, flusher) = export::Queue::start(endpoint, options, http, metrics)?;
         let ratio = options.sample_ratio.clamp(0.0, 1.0);
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_span_processor(processor)
@@ -113,7 +111,7 @@ impl Telemetry {
         Ok(Telemetry {
             on: Some(On {
                 tracer,
-                provider,
+                flusher,
                 propagator: TraceContextPropagator::new(),
                 documents: options.documents,
             }),
@@ -146,7 +144,9 @@ impl Telemetry {
             .with_kind(kind)
             .with_attributes(attrs);
         let root = Context::new();
-        let span = on.tracer.build_with_context(builder, parent.unwrap_or(&root));
+        let span = on
+            .tracer
+            .build_with_context(builder, parent.unwrap_or(&root));
         Span(Some(Context::new().with_span(span)))
     }
 
@@ -179,7 +179,7 @@ impl Telemetry {
         let links = links
             .into_iter()
             .filter(SpanContext::is_valid)
-            .map(|cx| Link::with_context(cx))
+            .map(Link::with_context)
             .collect();
         let builder = on
             .tracer
@@ -190,6 +190,32 @@ impl Telemetry {
             .with_attributes(attrs);
         let span = on.tracer.build_with_context(builder, &Context::new());
         Span(Some(Context::new().with_span(span)))
+    }
+
+    /// The root span of a change of live data (`live.change`) caused by `cause`
+    /// (`mutation`, `webhook`, `poll`, `socket`, `replica`, …), linked to the trace that
+    /// caused it: `link`, else the task's current span.
+    pub fn change(&self, cause: &'static str, link: Option<SpanContext>) -> Span {
+        if self.on.is_none() {
+            return Span(None);
+        }
+        let links = link.or_else(current_span_context).into_iter().collect();
+        self.root(
+            "live.change",
+            links,
+            std::time::SystemTime::now(),
+            vec![KeyValue::new("livegate.cause", cause)],
+        )
+    }
+
+    /// A span whose parent is `parent`, a span of another task (the change a re-run
+    /// follows).
+    pub fn under(&self, name: &'static str, parent: &SpanContext, attrs: Vec<KeyValue>) -> Span {
+        if self.on.is_none() {
+            return Span(None);
+        }
+        let cx = Context::new().with_remote_span_context(parent.clone());
+        self.span(name, SpanKind::Internal, Some(&cx), attrs)
     }
 
     /// The caller's trace context from W3C `traceparent`/`tracestate` headers.
@@ -217,10 +243,10 @@ impl Telemetry {
         self.extract(&headers)
     }
 
-    /// Sends what is queued and stops the exporter (at shutdown).
-    pub fn shutdown(&self) {
+    /// Sends what is queued, waiting at most `within` (at shutdown).
+    pub async fn flush(&self, within: std::time::Duration) {
         if let Some(on) = &self.on {
-            let _ = on.provider.shutdown();
+            on.flusher.flush(within).await;
         }
     }
 }
@@ -296,6 +322,14 @@ pub fn current() -> Option<Context> {
     CURRENT.try_with(Clone::clone).ok().flatten()
 }
 
+/// Runs `f` with `span` as the current span (a synchronous scope).
+pub fn within<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    match &span.0 {
+        Some(cx) => CURRENT.sync_scope(Some(cx.clone()), f),
+        None => f(),
+    }
+}
+
 /// Runs `fut` under `cx` (no change when `None`).
 pub async fn scope<F: std::future::Future>(cx: Option<Context>, fut: F) -> F::Output {
     match cx {
@@ -352,8 +386,7 @@ pub fn from_traceparent(text: &str) -> Option<SpanContext> {
     let mut headers = http::HeaderMap::new();
     headers.insert("traceparent", text.parse().ok()?);
     use opentelemetry::propagation::TextMapPropagator as _;
-    let cx = TraceContextPropagator::new()
-        .extract(&opentelemetry_http::HeaderExtractor(&headers));
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&headers));
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
 }

@@ -130,17 +130,35 @@ pub struct UpstreamClient {
     telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
+/// What an [`UpstreamClient`] is made with (from the command line).
+pub struct Setup<'a> {
+    /// `--upstream-timeout-ms`, for upstreams without `timeoutMs`.
+    pub default_timeout: Duration,
+    /// `--max-upstream-body`.
+    pub max_body: usize,
+    pub metrics: Arc<Metrics>,
+    /// `--upstream-ca-file`.
+    pub roots: &'a super::tls::ExtraRoots,
+    /// `--upstream-follow-redirects`.
+    pub follow_redirects: bool,
+    /// `--upstream-max-connections`.
+    pub default_max_connections: usize,
+    pub guards: Arc<super::guard::Guards>,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
+}
+
 impl UpstreamClient {
-    pub fn new(
-        default_timeout: Duration,
-        max_body: usize,
-        metrics: Arc<Metrics>,
-        roots: &super::tls::ExtraRoots,
-        follow_redirects: bool,
-        default_max_connections: usize,
-        guards: Arc<super::guard::Guards>,
-        telemetry: Arc<crate::telemetry::Telemetry>,
-    ) -> Self {
+    pub fn new(setup: Setup<'_>) -> Self {
+        let Setup {
+            default_timeout,
+            max_body,
+            metrics,
+            roots,
+            follow_redirects,
+            default_max_connections,
+            guards,
+            telemetry,
+        } = setup;
         let builder = reqwest::Client::builder()
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)

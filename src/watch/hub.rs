@@ -34,6 +34,9 @@ struct State {
     tags: HashMap<Tag, HashSet<CacheKey>>,
     /// The keys each subscription watches.
     subs: HashMap<SubId, Vec<CacheKey>>,
+    /// The change (its span) that last woke each subscription, when tracing: its
+    /// re-run is a child of it.
+    causes: HashMap<SubId, opentelemetry::trace::SpanContext>,
 }
 
 impl State {
@@ -60,6 +63,8 @@ impl State {
 
 pub struct Hub {
     state: Mutex<State>,
+    /// Each change it hears of is a trace of its own (`live.change`), when tracing.
+    telemetry: Arc<crate::telemetry::Telemetry>,
     cache: Cache,
     sources: Arc<Sources>,
     /// How long a poller keeps going after its last subscriber left.
@@ -72,8 +77,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(cache: Cache, grace: Duration, sources: Arc<Sources>) -> Arc<Hub> {
+    pub fn new(
+        cache: Cache,
+        grace: Duration,
+        sources: Arc<Sources>,
+        telemetry: Arc<crate::telemetry::Telemetry>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
+            telemetry,
             state: Mutex::default(),
             cache,
             sources,
@@ -124,9 +135,15 @@ impl Hub {
         st.subs.insert(sub, new);
     }
 
+    /// The change that last woke `sub`, if one was traced (taken).
+    pub fn cause(&self, sub: SubId) -> Option<opentelemetry::trace::SpanContext> {
+        self.lock().causes.remove(&sub)
+    }
+
     /// `sub` has ended.
     pub fn unwatch(&self, sub: SubId) {
         let mut st = self.lock();
+        st.causes.remove(&sub);
         for key in st.subs.remove(&sub).unwrap_or_default() {
             if let Some(entry) = st.keys.get_mut(&key) {
                 entry.subs.remove(&sub);
@@ -138,25 +155,43 @@ impl Hub {
     /// Everything may have changed: wake every subscription.
     pub fn changed_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let st = self.lock();
+        let cause = crate::telemetry::current_span_context();
+        let mut st = self.lock();
+        let st = &mut *st;
         for entry in st.keys.values() {
-            for notify in entry.subs.values() {
+            for (sub, notify) in &entry.subs {
+                if let Some(c) = &cause {
+                    st.causes.insert(*sub, c.clone());
+                }
                 notify.notify_one();
             }
         }
     }
 
     /// The entries under `keys` changed: wake everyone who read them.
+    /// The task's current span (a change's) is what woke them, for their traces.
     pub fn changed(&self, keys: &[CacheKey]) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let st = self.lock();
+        let cause = crate::telemetry::current_span_context();
+        let mut st = self.lock();
+        let st = &mut *st;
         for key in keys {
             if let Some(entry) = st.keys.get(key) {
-                for notify in entry.subs.values() {
+                for (sub, notify) in &entry.subs {
+                    if let Some(c) = &cause {
+                        st.causes.insert(*sub, c.clone());
+                    }
                     notify.notify_one();
                 }
             }
         }
+    }
+
+    /// [`Hub::changed`], the change a trace of its own caused by `cause` (`poll`, a
+    /// source's kind, `refetch`), when tracing.
+    pub fn changed_because(&self, keys: &[CacheKey], cause: &'static str) {
+        let change = self.telemetry.change(cause, None);
+        crate::telemetry::within(&change, || self.changed(keys));
     }
 
     /// Tags were invalidated: wake the subscriptions of every watched entry filed under
@@ -264,6 +299,8 @@ impl Hub {
             Err(failure) => return self.fail(&root.key, failure),
         };
         drop(ctx);
+        // What a message's change says caused it: the source's kind.
+        let cause = stream.kind();
         let hub = Arc::downgrade(self);
         let refetching = Arc::new(AtomicBool::new(false));
         tokio::spawn(async move {
@@ -290,7 +327,7 @@ impl Hub {
                                     epoch,
                                 )
                             {
-                                hub.changed(&[root.key]);
+                                hub.changed_because(&[root.key], "refetch");
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "refetch for @updates failed"),
@@ -340,7 +377,7 @@ impl Hub {
                                 continue;
                             }
                             if hub.cache.patch(root.key, &stamp, Arc::new(next)) {
-                                hub.changed(&[root.key]);
+                                hub.changed_because(&[root.key], cause);
                             } else {
                                 refetch(&hub);
                             }
@@ -412,7 +449,7 @@ impl Hub {
                         // re-run fetches its own.
                         if last.as_deref() != Some(&answer.value) {
                             last = Some(Arc::new(answer.value));
-                            hub.changed(&[root.key]);
+                            hub.changed_because(&[root.key], "poll");
                             hub.cache.bus().changed(root.key, None, &root.policy).await;
                         }
                     }
@@ -431,7 +468,7 @@ impl Hub {
                                 started,
                                 epoch,
                             ) {
-                                hub.changed(&[root.key]);
+                                hub.changed_because(&[root.key], "poll");
                                 hub.cache
                                     .bus()
                                     .changed(root.key, Some(&value), &root.policy)

@@ -102,7 +102,7 @@ impl RedisBus {
     pub fn start(
         options: RedisOptions,
         metrics: Arc<Metrics>,
-        remote: mpsc::UnboundedSender<Remote>,
+        remote: mpsc::UnboundedSender<crate::bus::Heard>,
     ) -> Result<Arc<RedisBus>, String> {
         let client = redis::Client::open(options.url.as_str()).map_err(|e| {
             // The error may quote the URL, password and all.

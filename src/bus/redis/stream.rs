@@ -53,7 +53,7 @@ if ARGV[6] == 'all' then
   redis.call('INCR', KEYS[3])
   redis.call('PEXPIRE', KEYS[3], 604800000)
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', ARGV[6], 'tags', ARGV[3])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', ARGV[6], 'tags', ARGV[3], 'tp', ARGV[7])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return id
 "#;
@@ -122,7 +122,12 @@ impl RedisBus {
             .arg(json!(names).to_string())
             .arg(STREAM_TTL_MS)
             .arg(FORMAT)
-            .arg(kind);
+            .arg(kind)
+            .arg(
+                crate::telemetry::current_span_context()
+                    .map(|cx| crate::telemetry::traceparent(&cx))
+                    .unwrap_or_default(),
+            );
         let sent: Option<String> = self
             .call("publish invalidation", |mut c| async move {
                 inv.invoke_async(&mut c).await
@@ -173,7 +178,7 @@ impl RedisBus {
 /// Reads the invalidation stream for as long as the bus lives, from the last id seen.
 pub(super) async fn read_stream(
     bus: std::sync::Weak<RedisBus>,
-    remote: mpsc::UnboundedSender<Remote>,
+    remote: mpsc::UnboundedSender<crate::bus::Heard>,
 ) {
     // The last entry read, and how many entries the stream had up to it (its position).
     let mut last: Option<String> = None;
@@ -261,7 +266,7 @@ pub(super) async fn read_stream(
                     .bus_messages
                     .with_label_values(&["received", "everything"])
                     .inc();
-                if remote.send(Remote::Everything).is_err() {
+                if remote.send((Remote::Everything, None)).is_err() {
                     return;
                 }
             }
@@ -295,8 +300,8 @@ pub(super) async fn read_stream(
                     last = Some(entry.id.clone());
                     position += 1;
                     match decode_message(&entry.map) {
-                        Some((origin, _)) if origin == this.origin => {}
-                        Some((_, said)) => {
+                        Some((origin, _, _)) if origin == this.origin => {}
+                        Some((_, said, trace)) => {
                             let label = match said {
                                 Remote::Tags(_) => "invalidation",
                                 Remote::Everything => "everything",
@@ -307,7 +312,7 @@ pub(super) async fn read_stream(
                                 .bus_messages
                                 .with_label_values(&["received", label])
                                 .inc();
-                            if remote.send(said).is_err() {
+                            if remote.send((said, trace)).is_err() {
                                 return;
                             }
                         }
@@ -325,10 +330,11 @@ pub(super) async fn read_stream(
     }
 }
 
-/// An invalidation message's origin and tags, if it is one in our format.
+/// An invalidation message's origin, what it says, and the change it belongs to (a
+/// `traceparent`, when the replica that sent it traces), if it is one in our format.
 pub(super) fn decode_message(
     map: &std::collections::HashMap<String, redis::Value>,
-) -> Option<(String, Remote)> {
+) -> Option<(String, Remote, Option<opentelemetry::trace::SpanContext>)> {
     let field = |name: &str| {
         map.get(name)
             .and_then(|v| redis::from_redis_value::<String>(v).ok())
@@ -337,28 +343,27 @@ pub(super) fn decode_message(
         return None;
     }
     let origin = field("o")?;
-    match field("k")?.as_str() {
+    let trace = field("tp").and_then(|t| crate::telemetry::from_traceparent(&t));
+    let said = match field("k")?.as_str() {
         "inv" => {
             let tags: Vec<String> = serde_json::from_str(&field("tags")?).ok()?;
             let tags = tags.iter().map(|t| Tag::from(t.as_str())).collect();
-            Some((origin, Remote::Tags(tags)))
+            Remote::Tags(tags)
         }
-        "all" => Some((origin, Remote::Everything)),
-        "hook" => Some((
-            origin,
-            Remote::Delivery {
-                name: field("name")?,
-                body: field("body")?,
-            },
-        )),
+        "all" => Remote::Everything,
+        "hook" => Remote::Delivery {
+            name: field("name")?,
+            body: field("body")?,
+        },
         "key" => {
             let keys: Vec<String> = serde_json::from_str(&field("keys")?).ok()?;
             let keys = keys
                 .iter()
                 .map(|k| CacheKey::from_hex(k))
                 .collect::<Option<Vec<_>>>()?;
-            Some((origin, Remote::Changed(keys)))
+            Remote::Changed(keys)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some((origin, said, trace))
 }

@@ -20,6 +20,12 @@ impl Connection {
     /// `headers` object and its top-level string members (`{"Authorization": "Bearer …"}`);
     /// of them, those that can change an upstream's answer are kept.
     pub(super) fn take_init_payload(&mut self, payload: Option<&Value>) {
+        let telemetry = &self.state.runtime.telemetry;
+        if telemetry.is_on() {
+            self.trace = payload
+                .and_then(|p| telemetry.extract_json(p))
+                .or_else(|| telemetry.extract(self.ctx.headers()));
+        }
         if let Some(headers) = self.init_headers(payload) {
             self.ctx = RequestContext::new(headers);
         }

@@ -153,6 +153,7 @@ fn tasks(
         init_seen: false,
         expires: None,
         peer,
+        trace: None,
     });
     let reader = async move {
         let _open = (open, held);

@@ -91,6 +91,9 @@ pub(super) struct Connection {
     pub(super) peer: Option<std::net::IpAddr>,
     /// Operations this socket may still start this second.
     pub(super) bucket: crate::server::limits::Bucket,
+    /// The connection's trace context (`traceparent` in the `connection_init` payload,
+    /// or on the upgrade request): each operation's span is a child of it.
+    pub(super) trace: Option<opentelemetry::Context>,
 }
 
 impl Connection {
@@ -431,9 +434,21 @@ impl Connection {
         );
         let (ops, outbox) = (self.ops.clone(), self.tx.0.clone());
         let span = tracing::info_span!("operation", %id);
+        let traced = self.state.runtime.telemetry.span(
+            "graphql.request",
+            opentelemetry::trace::SpanKind::Server,
+            self.trace.as_ref(),
+            vec![crate::telemetry::Attr::new(
+                "livegate.transport",
+                "websocket",
+            )],
+        );
         let mut work = Box::pin(tracing::Instrument::instrument(
             async move {
-                let done = started.await;
+                // The span covers the operation's start: a query's execution, or a
+                // subscription's joining (its updates are traces of their own).
+                let done = traced.run(started).await;
+                drop(traced);
                 deliver(&ops, &outbox, &framing, tag, done).await;
             },
             span,
