@@ -152,6 +152,8 @@ async fn upstream(port: u16) {
             cached(d.users.get(id.wrapping_sub(1)).cloned().unwrap_or(Value::Null))
         }))
         .route("/_stats", get(|State(d): State<Data>| async move { Json(json!({"requests": d.requests.load(Ordering::Relaxed)})) }))
+        // An OTLP/HTTP sink for the traced runs: takes each export, keeps nothing.
+        .route("/v1/traces", axum::routing::post(|_body: axum::body::Bytes| async { "" }))
         .route("/_reset", get(|State(d): State<Data>| async move {
             d.requests.store(0, Ordering::Relaxed);
             "ok"
@@ -511,6 +513,28 @@ type User {{ id: Int! name: String! username: String! email: String! }}
             lg_port2,
         ),
     ];
+    // The executor path traced (--otlp-endpoint at the upstream's sink): every trace
+    // recorded, and one in a hundred.
+    for ratio in ["1.0", "0.01"] {
+        let port = free_port()?;
+        targets.push((
+            format!("livegate, no response cache, traced {ratio}"),
+            vec![
+                livegate.to_string_lossy().into(),
+                "--schema".into(),
+                schema.to_string_lossy().into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--response-cache-mb".into(),
+                "0".into(),
+                "--otlp-endpoint".into(),
+                up_url.clone(),
+                "--trace-sample-ratio".into(),
+                ratio.into(),
+            ],
+            port,
+        ));
+    }
     if let Some(tc) = tailcall {
         let tc_port = free_port()?;
         let config = work.join("tailcall.graphql");
@@ -616,6 +640,21 @@ type User {{ id: Int! name: String! username: String! email: String! }}
                 println!(
                     "{name} / Tailcall, `{q}`: {:.2}x requests/s",
                     lg.load.rps / tc.load.rps
+                );
+            }
+        }
+    }
+    for q in [Q_FLAT, Q_NESTED] {
+        let untraced = rows
+            .iter()
+            .find(|r| r.target == "livegate, no response cache" && r.query == q);
+        for ratio in ["1.0", "0.01"] {
+            let name = format!("livegate, no response cache, traced {ratio}");
+            let traced = rows.iter().find(|r| r.target == name && r.query == q);
+            if let (Some(t), Some(u)) = (traced, untraced) {
+                println!(
+                    "traced {ratio} / untraced, `{q}`: {:.2}x requests/s",
+                    t.load.rps / u.load.rps
                 );
             }
         }

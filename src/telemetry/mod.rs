@@ -147,10 +147,11 @@ impl Telemetry {
         let span = on
             .tracer
             .build_with_context(builder, parent.unwrap_or(&root));
-        Span(Some(Context::new().with_span(span)))
+        Span::recorded(span)
     }
 
-    /// A span under the task's current one (none: a root).
+    /// A span under the task's current one; nothing when there is none (work outside
+    /// a traced request or change is not traced piecemeal) or it is not recorded.
     pub fn child(
         &self,
         name: impl Into<std::borrow::Cow<'static, str>>,
@@ -160,8 +161,10 @@ impl Telemetry {
         if self.on.is_none() {
             return Span(None);
         }
-        let parent = current();
-        self.span(name, kind, parent.as_ref(), attrs)
+        match current() {
+            Some(parent) => self.span(name, kind, Some(&parent), attrs),
+            None => Span(None),
+        }
     }
 
     /// A span that starts a trace of its own (a change of live data), linked to the
@@ -189,7 +192,7 @@ impl Telemetry {
             .with_links(links)
             .with_attributes(attrs);
         let span = on.tracer.build_with_context(builder, &Context::new());
-        Span(Some(Context::new().with_span(span)))
+        Span::recorded(span)
     }
 
     /// The root span of a change of live data (`live.change`) caused by `cause`
@@ -259,6 +262,17 @@ impl Span {
     /// Nothing: tracing off.
     pub fn none() -> Span {
         Span(None)
+    }
+
+    /// `span`, when it is sampled; a trace the sampler left out costs nothing further:
+    /// none of its children is made, nothing is sent on.
+    fn recorded(span: opentelemetry_sdk::trace::Span) -> Span {
+        use opentelemetry::trace::Span as _;
+        if span.span_context().is_sampled() {
+            Span(Some(Context::new().with_span(span)))
+        } else {
+            Span(None)
+        }
     }
 
     pub fn is_on(&self) -> bool {
