@@ -341,6 +341,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             .as_ref()
             .and_then(server::rate::Limiter::new),
         hook_seen: server::webhook::Seen::new(Duration::from_secs(12 * 3600)),
+        hook_order: Default::default(),
     })
 }
 

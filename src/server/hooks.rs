@@ -187,14 +187,76 @@ pub async fn receive(State(state): State<AppState>, req: Request) -> Response {
         .hooks
         .with_label_values(&[&hook.name, "accepted"])
         .inc();
-    // Answered now; the work runs after (a service retries a slow receiver).
+    // Answered now; the work runs after (a service retries a slow receiver), one
+    // delivery after the other in the order they were accepted: an event stream, here
+    // and on the other replicas, hears them in that order.
     let text: Arc<str> = Arc::from(String::from_utf8_lossy(&body).as_ref());
-    tokio::spawn(apply(state.clone(), hook.clone(), event, text));
+    let turn = state.hook_order.ticket(&hook.name);
+    let (applied_by, applied) = (state.clone(), hook.clone());
+    tokio::spawn(async move {
+        let turn = turn.wait().await;
+        apply(applied_by, applied, event, text).await;
+        drop(turn);
+    });
     (
         StatusCode::ACCEPTED,
         axum::Json(json!({"accepted": hook.name})),
     )
         .into_response()
+}
+
+/// The order of each receiver's deliveries: a ticket per delivery as it is accepted, and
+/// the ticket whose turn it is.
+#[derive(Default)]
+pub struct Order(std::sync::Mutex<std::collections::HashMap<String, Arc<Sequence>>>);
+
+pub struct Sequence {
+    issued: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::watch::Sender<u64>,
+}
+
+/// A delivery's place in its receiver's order; the next one's turn comes when it is
+/// dropped (applied, or given up).
+pub struct Ticket {
+    sequence: Arc<Sequence>,
+    number: u64,
+}
+
+impl Order {
+    /// The next ticket of `receiver`.
+    pub fn ticket(&self, receiver: &str) -> Ticket {
+        let sequence = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(receiver.to_string())
+                .or_insert_with(|| {
+                    Arc::new(Sequence {
+                        issued: Default::default(),
+                        turn: tokio::sync::watch::channel(0).0,
+                    })
+                })
+                .clone()
+        };
+        let number = sequence
+            .issued
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Ticket { sequence, number }
+    }
+}
+
+impl Ticket {
+    /// Waits for this ticket's turn.
+    async fn wait(self) -> Ticket {
+        let mut turn = self.sequence.turn.subscribe();
+        let _ = turn.wait_for(|t| *t >= self.number).await;
+        self
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let next = self.number + 1;
+        self.sequence.turn.send_modify(|t| *t = (*t).max(next));
+    }
 }
 
 /// What an accepted delivery does: invalidates its tags, feeds the streams reading the

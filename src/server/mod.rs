@@ -89,6 +89,8 @@ pub struct Shared {
     /// `@webhook` deliveries accepted lately (ids, signatures): each is accepted once
     /// within a day (longer than any receiver's tolerance).
     pub hook_seen: webhook::Seen,
+    /// Each `@webhook` receiver's deliveries are applied in the order they were accepted.
+    pub hook_order: hooks::Order,
 }
 
 pub(crate) use crate::exec::error_body;
