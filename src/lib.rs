@@ -34,11 +34,16 @@
 //!   leases, republishing and standby written once. Kinds: upstream WebSocket, upstream
 //!   SSE, `@webhook` deliveries, Redis channels/Streams, NATS subjects (the last three
 //!   read by every replica for itself: `Source::leased` is false).
-//! - [`upstream`] ⑤ the outside world: one REST request, every failure classified; the
-//!   batcher; extra CAs.
+//! - [`upstream`] ⑤ the outside world: one REST request, every failure classified,
+//!   retried within a budget and behind a circuit breaker per upstream
+//!   (`upstream::guard`); the batcher; extra CAs.
 //! - [`bus`] ⑤ what travels between replicas (invalidations, a second-level cache,
 //!   leases): in-process, or through Redis with `--redis-url`.
 //! - `metrics` ⑤ the Prometheus registry every stage counts into.
+//! - [`telemetry`] ⑤ OpenTelemetry traces (`--otlp-endpoint`): spans, the current span
+//!   carried in a task-local from a transport to the upstream client (and into the
+//!   cache's and batcher's spawned tasks), W3C trace context in and out, the bounded
+//!   export queue in front of the official OTLP exporter. A leaf: imports only `metrics`.
 //! - `live` ⑥ subscriptions: prepare, topics, outboxes, and `live::start`, which every
 //!   long-lived transport calls (above the executor).
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP, WebSocket, SSE, GraphiQL,
