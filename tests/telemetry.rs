@@ -140,6 +140,18 @@ fn named<'a>(spans: &'a [Got], name: &str) -> Vec<&'a Got> {
     spans.iter().filter(|g| g.span.name == name).collect()
 }
 
+/// A gateway on `schema` tracing to `collector` as `gw`.
+async fn traced_gateway(collector: &Collector, schema: &str) -> Gateway {
+    Gateway::start(
+        schema,
+        livegate::Options {
+            telemetry: traced(collector, "gw"),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 fn traced(collector: &Collector, service: &str) -> livegate::telemetry::Options {
     livegate::telemetry::Options {
         endpoint: Some(collector.url.clone()),
@@ -190,14 +202,7 @@ type User {
 }
 type Team { id: ID! name: String! }
 "#;
-    let gw = Gateway::start(
-        &schema.replace("{up}", &up.url()),
-        livegate::Options {
-            telemetry: traced(&collector, "gw"),
-            ..Default::default()
-        },
-    )
-    .await;
+    let gw = traced_gateway(&collector, &schema.replace("{up}", &up.url())).await;
     let res = gw
         .client
         .post(gw.url())
@@ -506,4 +511,57 @@ type Thing { id: ID! v: Int! }
             assert!(!format!("{:?}", kv.value).contains("Bearer"), "{}", kv.key);
         }
     }
+}
+
+#[tokio::test]
+async fn a_poll_that_finds_a_difference_is_a_change_of_its_own() {
+    let collector = Collector::start().await;
+    let version = Arc::new(std::sync::atomic::AtomicI64::new(1));
+    let read = version.clone();
+    let up = Upstream::start(axum::Router::new().route(
+        "/things/{id}",
+        axum::routing::get(move || {
+            let v = read.load(std::sync::atomic::Ordering::SeqCst);
+            async move { axum::Json(json!({"id": "1", "v": v})) }
+        }),
+    ))
+    .await;
+    let schema = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Query { thing(id: ID!): Thing @rest(upstream: "api", path: "/things/{args.id}") @cache(maxAge: 600) }
+type Subscription { thing(id: ID!): Thing @live(pollMs: 50) }
+type Thing { id: ID! v: Int! }
+"#;
+    let gw = traced_gateway(&collector, &schema.replace("{up}", &up.url())).await;
+    let mut ws = websocket(gw.addr, "graphql-transport-ws").await;
+    subscribe(&mut ws, "s", r#"subscription { thing(id: "1") { v } }"#).await;
+    assert_eq!(next_json(&mut ws).await["payload"]["data"]["thing"]["v"], 1);
+    version.store(2, std::sync::atomic::Ordering::SeqCst);
+    let pushed = next_json(&mut ws).await;
+    assert_eq!(pushed["payload"]["data"]["thing"]["v"], 2, "{pushed}");
+    let spans = collector
+        .until("the poll's change and its re-run", |s| {
+            !named(s, "live.rerun").is_empty() && !named(s, "live.change").is_empty()
+        })
+        .await;
+    // Polls that found nothing new made no trace: one change, the one that did.
+    let changes = named(&spans, "live.change");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0].attr("livegate.cause").as_deref(), Some("poll"));
+    let rerun = named(&spans, "live.rerun")[0].clone();
+    assert!(rerun.is_child_of(changes[0]));
+    assert_eq!(
+        rerun.attr("livegate.subscribers.reached").as_deref(),
+        Some("1")
+    );
+    // The subscription's start was a request span on the socket.
+    let start = named(&spans, "graphql.request")[0].clone();
+    assert_eq!(
+        start.attr("livegate.transport").as_deref(),
+        Some("websocket")
+    );
+    assert_eq!(
+        start.attr("graphql.operation.type").as_deref(),
+        Some("subscription")
+    );
 }

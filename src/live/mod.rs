@@ -125,6 +125,20 @@ fn prepare(
     if op.node.ty != OperationType::Subscription {
         return Ok(Prepared::Once(req));
     }
+    if engine.runtime.telemetry.is_on() {
+        // The span of the subscription's start (its transport's) says what it is.
+        let mut attrs = vec![crate::telemetry::Attr::new(
+            "graphql.operation.type",
+            "subscription",
+        )];
+        if let Some(name) = name.as_deref() {
+            attrs.push(crate::telemetry::Attr::new(
+                "graphql.operation.name",
+                name.to_string(),
+            ));
+        }
+        crate::telemetry::annotate(&attrs);
+    }
     let fields = root_fields(doc, &op.node.selection_set.node);
     let [(_, field)] = fields.as_slice() else {
         return Err("a subscription selects exactly one root field".into());
