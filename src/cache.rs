@@ -337,15 +337,19 @@ impl Cache {
         let shared = loop {
             if policy.as_ref().is_some_and(Policy::stores) {
                 if let Some(e) = self.inner.entries.get(&key) {
-                    if e.stored.elapsed() < e.policy.max_age + e.policy.stale_if_error {
-                        fallback = Some(e.value.clone());
-                    }
-                    if !e.dead.load(Ordering::Acquire) && e.policy.revalidate {
+                    let age = e.stored.elapsed();
+                    let dead = e.dead.load(Ordering::Acquire);
+                    // What to serve should the refresh fail: past `maxAge` (a fresh hit
+                    // returns below and needs none), within `staleIfError`.
+                    let fallback_of = |e: &Arc<Entry>| {
+                        (age < e.policy.max_age + e.policy.stale_if_error).then(|| e.value.clone())
+                    };
+                    if !dead && e.policy.revalidate {
                         // `no-cache`: ask the upstream (conditionally) and wait for it.
+                        fallback = fallback_of(&e);
                         break self.flight(key, policy, fetch, Revalidate::of(&e));
                     }
-                    if !e.dead.load(Ordering::Acquire) {
-                        let age = e.stored.elapsed();
+                    if !dead {
                         if age < e.policy.max_age {
                             return Loaded {
                                 value: Ok(e.value.clone()),
@@ -368,6 +372,7 @@ impl Cache {
                             };
                         }
                     }
+                    fallback = fallback_of(&e);
                 }
             }
             // Not stored (moka is never called under our lock, so the check above ran
