@@ -213,21 +213,6 @@ pub enum Outcome {
     StaleIfError,
 }
 
-/// Whether `e` is a failure that `stale-if-error` covers (RFC 5861: what would be a 500,
-/// 502, 503 or 504): no answer, a timeout, a 5xx, a body that was not what was promised.
-/// Not a 4xx (the upstream answered: the resource is gone, or forbidden) nor a request
-/// the client's input could not make.
-pub fn refresh_failed(e: &UpstreamError) -> bool {
-    match e {
-        UpstreamError::Unavailable { .. }
-        | UpstreamError::Timeout { .. }
-        | UpstreamError::BadResponse { .. }
-        | UpstreamError::TooLarge { .. } => true,
-        UpstreamError::HttpError { status, .. } => *status >= 500,
-        UpstreamError::BadInput(_) => false,
-    }
-}
-
 /// The shared cache. Cheap to clone; all clones are the same cache.
 #[derive(Clone)]
 pub struct Cache {
@@ -398,7 +383,7 @@ impl Cache {
                 joined,
                 stamp,
             },
-            Err(e) => match fallback.filter(|_| refresh_failed(&e)) {
+            Err(e) => match fallback.filter(|_| e.refresh_failed()) {
                 Some(value) => Loaded {
                     value: Ok(value),
                     outcome: Outcome::StaleIfError,

@@ -219,8 +219,7 @@ impl UpstreamClient {
         validators: &Validators,
     ) -> Result<Answer, UpstreamError> {
         let timeout = req.upstream.timeout.unwrap_or(self.default_timeout);
-        let started = tokio::time::Instant::now();
-        let deadline = started + timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let name = req.upstream.name.as_str();
         let guard = self.guards.of(&req.upstream);
         let settings = self.guards.settings();
@@ -239,31 +238,23 @@ impl UpstreamClient {
                     detail: "its circuit breaker is open after repeated failures; failing at once until it answers again".into(),
                 });
             };
+            // An attempt ends at its own timeout, or at the request's deadline if sooner;
+            // a timeout says which one it hit.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let this_try = per_attempt.map_or(left, |p| p.min(left));
+            let (this_try, said) = match per_attempt {
+                Some(p) if p < left => (p, p),
+                _ => (left, timeout),
+            };
             let mut wait = None;
             let sent = tokio::time::Instant::now();
             let span = self.span(req, attempt);
             let result = span
-                .run(self.attempt(req, validators, this_try, timeout, &mut wait))
+                .run(self.attempt(req, validators, this_try, said, &mut wait))
                 .await;
             self.count(req, &result, sent.elapsed());
             traced(&span, &result);
-            let failed = matches!(
-                &result,
-                Err(UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })
-            ) || matches!(&result, Err(UpstreamError::HttpError { status, .. }) if *status >= 500);
-            admitted.done(failed);
-            let passing = matches!(
-                &result,
-                Err(UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. })
-            ) || matches!(
-                &result,
-                Err(UpstreamError::HttpError {
-                    status: 502..=504,
-                    ..
-                })
-            );
+            admitted.done(result.as_ref().is_err_and(UpstreamError::is_outage));
+            let passing = result.as_ref().is_err_and(UpstreamError::may_pass);
             if !passing || !req.idempotent || attempt >= retries {
                 break result;
             }
@@ -283,18 +274,6 @@ impl UpstreamClient {
                 .with_label_values(&[name, "sent"])
                 .inc();
             tokio::time::sleep(pause).await;
-        };
-        let result = match result {
-            // An attempt cut short by the deadline is the request's timeout.
-            Err(UpstreamError::Timeout { upstream, .. }) => Err(UpstreamError::Timeout {
-                upstream,
-                ms: if tokio::time::Instant::now() >= deadline {
-                    timeout.as_millis()
-                } else {
-                    per_attempt.unwrap_or(timeout).as_millis()
-                },
-            }),
-            other => other,
         };
         if let Err(e) = &result {
             let url = super::redact(&req.url);
@@ -351,16 +330,16 @@ impl UpstreamClient {
             .observe(took.as_secs_f64());
     }
 
-    /// One attempt at `req`, within `limit`: at most the upstream's bound of requests in
-    /// flight (thousands of new topics at once must not open thousands of connections);
-    /// the rest wait their turn within their deadline. `wait` gets a 502/503/504's
-    /// `Retry-After`.
+    /// One attempt at `req`, within `limit` (a timeout says `said`): at most the
+    /// upstream's bound of requests in flight (thousands of new topics at once must not
+    /// open thousands of connections); the rest wait their turn within their deadline.
+    /// `wait` gets a 502/503/504's `Retry-After`.
     async fn attempt(
         &self,
         req: &UpstreamRequest,
         validators: &Validators,
         limit: Duration,
-        timeout: Duration,
+        said: Duration,
         wait: &mut Option<Duration>,
     ) -> Result<Answer, UpstreamError> {
         let bound = self.bound(&req.upstream);
@@ -372,7 +351,7 @@ impl UpstreamClient {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout {
                 upstream: req.upstream.name.clone(),
-                ms: timeout.as_millis(),
+                ms: said.as_millis(),
             }),
         }
     }

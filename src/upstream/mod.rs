@@ -166,6 +166,38 @@ impl UpstreamError {
         }
     }
 
+    /// The upstream did not answer, or answered that it is failing: no answer, a
+    /// timeout, a 5xx. What counts toward its circuit breaker (a 4xx is an answer).
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::HttpError { status, .. } => *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// A failure that may pass if the request is sent again: no answer, a timed-out
+    /// attempt, 502/503/504 (a 500 is the upstream's own fault, sent again it fails again).
+    pub fn may_pass(&self) -> bool {
+        match self {
+            UpstreamError::Unavailable { .. } | UpstreamError::Timeout { .. } => true,
+            UpstreamError::HttpError { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// A failure `stale-if-error` covers (RFC 5861: what would be a 500, 502, 503 or
+    /// 504): an outage, or a body that was not what was promised. Not a 4xx (the upstream
+    /// answered: the resource is gone, or forbidden) nor a request the client's input
+    /// could not make.
+    pub fn refresh_failed(&self) -> bool {
+        self.is_outage()
+            || matches!(
+                self,
+                UpstreamError::BadResponse { .. } | UpstreamError::TooLarge { .. }
+            )
+    }
+
     /// The one place an upstream error becomes a GraphQL error.
     pub fn to_graphql(&self) -> async_graphql::Error {
         let code = self.code().to_string();
