@@ -65,7 +65,6 @@ pub struct Telemetry {
 struct On {
     tracer: opentelemetry_sdk::trace::SdkTracer,
     flusher: export::Flusher,
-    propagator: TraceContextPropagator,
     documents: bool,
 }
 
@@ -112,7 +111,6 @@ impl Telemetry {
             on: Some(On {
                 tracer,
                 flusher,
-                propagator: TraceContextPropagator::new(),
                 documents: options.documents,
             }),
         })
@@ -223,12 +221,8 @@ impl Telemetry {
 
     /// The caller's trace context from W3C `traceparent`/`tracestate` headers.
     pub fn extract(&self, headers: &http::HeaderMap) -> Option<Context> {
-        let on = self.on.as_ref()?;
-        use opentelemetry::propagation::TextMapPropagator as _;
-        let cx = on
-            .propagator
-            .extract(&opentelemetry_http::HeaderExtractor(headers));
-        cx.span().span_context().is_valid().then_some(cx)
+        self.on.as_ref()?;
+        extracted(headers)
     }
 
     /// The trace context of a JSON object's `traceparent`/`tracestate` members (a
@@ -292,30 +286,9 @@ impl Span {
         }
     }
 
-    pub fn link(&self, to: SpanContext) {
-        if let Some(cx) = &self.0 {
-            if to.is_valid() {
-                cx.span().add_link(to, Vec::new());
-            }
-        }
-    }
-
-    /// The context to run children under (and to send on).
-    pub fn context(&self) -> Option<Context> {
-        self.0.clone()
-    }
-
-    /// This span's identity, for a link from another trace.
-    pub fn span_context(&self) -> Option<SpanContext> {
-        self.0.as_ref().map(|cx| cx.span().span_context().clone())
-    }
-
     /// Runs `fut` with this span as the task's current one.
     pub async fn run<F: std::future::Future>(&self, fut: F) -> F::Output {
-        match &self.0 {
-            Some(cx) => CURRENT.scope(Some(cx.clone()), fut).await,
-            None => fut.await,
-        }
+        scope(self.0.clone(), fut).await
     }
 }
 
@@ -385,22 +358,30 @@ pub fn current_span_context() -> Option<SpanContext> {
         .filter(SpanContext::is_valid)
 }
 
+/// The W3C trace context `headers` carry, when they carry a valid one.
+fn extracted(headers: &http::HeaderMap) -> Option<Context> {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
 /// A span context as `traceparent` text, to travel to another replica in a message.
-pub fn traceparent(cx: &SpanContext) -> String {
-    format!(
-        "00-{}-{}-{:02x}",
-        cx.trace_id(),
-        cx.span_id(),
-        cx.trace_flags().to_u8()
-    )
+pub fn traceparent(sc: &SpanContext) -> String {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    let mut headers = http::HeaderMap::new();
+    let cx = Context::new().with_remote_span_context(sc.clone());
+    TraceContextPropagator::new()
+        .inject_context(&cx, &mut opentelemetry_http::HeaderInjector(&mut headers));
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// A span context from `traceparent` text (another replica's), if it is one.
 pub fn from_traceparent(text: &str) -> Option<SpanContext> {
     let mut headers = http::HeaderMap::new();
     headers.insert("traceparent", text.parse().ok()?);
-    use opentelemetry::propagation::TextMapPropagator as _;
-    let cx = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(&headers));
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+    extracted(&headers).map(|cx| cx.span().span_context().clone())
 }
