@@ -154,36 +154,40 @@ impl Hub {
 
     /// Everything may have changed: wake every subscription.
     pub fn changed_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        let cause = crate::telemetry::current_span_context();
-        let mut st = self.lock();
-        let st = &mut *st;
-        for entry in st.keys.values() {
-            for (sub, notify) in &entry.subs {
-                if let Some(c) = &cause {
-                    st.causes.insert(*sub, c.clone());
-                }
-                notify.notify_one();
-            }
-        }
+        self.wake(None);
     }
 
     /// The entries under `keys` changed: wake everyone who read them.
     /// The task's current span (a change's) is what woke them, for their traces.
     pub fn changed(&self, keys: &[CacheKey]) {
+        self.wake(Some(keys));
+    }
+
+    /// Wakes the subscriptions that read `keys` (every one for `None`), recording the
+    /// task's current span as what woke them.
+    fn wake(&self, keys: Option<&[CacheKey]>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         let cause = crate::telemetry::current_span_context();
         let mut st = self.lock();
-        let st = &mut *st;
-        for key in keys {
-            if let Some(entry) = st.keys.get(key) {
-                for (sub, notify) in &entry.subs {
-                    if let Some(c) = &cause {
-                        st.causes.insert(*sub, c.clone());
-                    }
-                    notify.notify_one();
+        let State {
+            keys: entries,
+            causes,
+            ..
+        } = &mut *st;
+        let mut each = |entry: &KeyEntry| {
+            for (sub, notify) in &entry.subs {
+                if let Some(c) = &cause {
+                    causes.insert(*sub, c.clone());
                 }
+                notify.notify_one();
             }
+        };
+        match keys {
+            None => entries.values().for_each(&mut each),
+            Some(keys) => keys
+                .iter()
+                .filter_map(|k| entries.get(k))
+                .for_each(&mut each),
         }
     }
 
