@@ -132,6 +132,20 @@ pub enum Read {
     },
 }
 
+impl Read {
+    /// A message's payload: its text, or unreadable when it is over `max` bytes or not
+    /// UTF-8.
+    pub fn payload(bytes: &[u8], max: usize) -> Read {
+        if bytes.len() > max {
+            return Read::Unreadable;
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Read::Message(text.to_string()),
+            Err(_) => Read::Unreadable,
+        }
+    }
+}
+
 /// Counters, for tests and metrics.
 #[derive(Default, Debug)]
 pub struct SourceStats {

@@ -214,11 +214,7 @@ impl Connection for Open {
     fn next(&mut self) -> BoxFuture<'_, Read> {
         async move {
             match self.subscriber.next().await {
-                Some(m) if m.payload.len() > self.max => Read::Unreadable,
-                Some(m) => match String::from_utf8(m.payload.to_vec()) {
-                    Ok(text) => Read::Message(text),
-                    Err(_) => Read::Unreadable,
-                },
+                Some(m) => Read::payload(&m.payload, self.max),
                 None => Read::Dropped {
                     error: Some("the NATS connection closed".into()),
                     too_big: false,
@@ -260,14 +256,7 @@ impl Connection for Durable {
             self.acknowledge().await;
             match self.messages.next().await {
                 Some(Ok(m)) => {
-                    let read = if m.payload.len() > self.max {
-                        Read::Unreadable
-                    } else {
-                        match std::str::from_utf8(&m.payload) {
-                            Ok(text) => Read::Message(text.to_string()),
-                            Err(_) => Read::Unreadable,
-                        }
-                    };
+                    let read = Read::payload(&m.payload, self.max);
                     // An unreadable message is acknowledged too: sent again, it would
                     // be as unreadable.
                     self.handed = Some(m);
