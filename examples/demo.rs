@@ -32,8 +32,14 @@ struct Args {
     max_connections_per_ip: usize,
 }
 
+// The allocator of the `livegate` binary, so that what `scripts/memory` and the benches
+// measure of the demo is what a deployment runs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    livegate::return_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LIVEGATE_LOG")

@@ -6,20 +6,6 @@ use anyhow::Context;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` (its `mi_option_e`, v3): how long freed memory is
-/// kept before it goes back to the OS. The bindings name no constant for it.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory goes back to the OS at once, unless `MIMALLOC_PURGE_DELAY` says
-/// otherwise: with mimalloc's default (1 s, and applied only at a later allocation), a process
-/// that went idle after a burst of large responses kept the burst's memory (501 MiB for
-/// a 16 MiB cache, where it now holds 33; `scripts/cache-memory`).
-fn return_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
-    }
-}
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -441,7 +427,7 @@ fn shown(paths: &[PathBuf]) -> String {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory();
+    livegate::return_freed_memory();
     let cli = Cli::parse();
     if let Some(Command::Import(command)) = &cli.command {
         return import(command);
@@ -726,7 +712,7 @@ mod tests {
         // mimalloc's (v3) default purge delay is 1,000 ms: the index names that option.
         if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             // SAFETY: reads a process-wide allocator option.
-            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+            let delay = unsafe { libmimalloc_sys::mi_option_get(livegate::MI_OPTION_PURGE_DELAY) };
             assert_eq!(delay, 1000);
         }
     }

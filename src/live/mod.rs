@@ -13,6 +13,7 @@
 //! ([`topic`]). The wake-up is a `Notify` permit, and a live result waiting in a slow
 //! client's outbox is replaced by a newer one (conflation): memory stays bounded.
 
+mod members;
 pub mod outbox;
 pub mod topic;
 
@@ -24,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use outbox::{Frame, Outbox};
-pub use topic::{Framing, Subscribed, Subscriber, Topics};
+pub use members::{Framing, Subscriber};
+pub use topic::{Subscribed, Topics};
 
 /// What became of an operation a transport handed to [`start`].
 pub enum Started {

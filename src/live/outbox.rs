@@ -176,54 +176,60 @@ impl Outbox {
     /// Queues a live query's result for subscription `tag`, replacing one of the same
     /// subscription still waiting; `false` once the connection is gone.
     pub fn push_live(&self, tag: u64, frame: Frame) -> bool {
-        let mut q = self.lock();
-        if q.closed || q.finishing {
-            return false;
-        }
-        let need = frame.len();
-        if let Some(old) = q.items.iter_mut().find(|i| i.kind == Kind::Live(tag)) {
-            let was = old.frame.len();
-            old.frame = frame;
-            q.bytes = q.bytes - was + need;
-            return true;
-        }
-        q.bytes += need;
-        q.items.push_back(Queued {
-            kind: Kind::Live(tag),
-            frame,
-        });
-        drop(q);
-        self.ready.notify_one();
-        true
+        self.push_all(true, [(tag, frame)])
     }
 
     /// Queues an event for subscription `tag`, dropping the oldest queued events while
     /// the queue is over its budget; `false` once the connection is gone.
     pub fn push_event(&self, tag: u64, frame: Frame) -> bool {
+        self.push_all(false, [(tag, frame)])
+    }
+
+    /// Queues the frames of one change for several subscriptions of this connection at
+    /// once — live results (`live`, each replacing its subscription's waiting one) or
+    /// events (dropping the oldest past the budget) — under one lock, with one wake-up of
+    /// the writer, which then writes them in one round; `false` once the connection is
+    /// gone.
+    pub fn push_all(&self, live: bool, frames: impl IntoIterator<Item = (u64, Frame)>) -> bool {
         let mut q = self.lock();
         if q.closed || q.finishing {
             return false;
         }
-        let need = frame.len();
         let mut dropped = 0u64;
-        while q.bytes + need > self.max_bytes {
-            let Some(at) = q
-                .items
-                .iter()
-                .position(|i| matches!(i.kind, Kind::Event(_)))
-            else {
-                break;
-            };
-            if let Some(old) = q.items.remove(at) {
-                q.bytes -= old.frame.len();
-                dropped += 1;
+        let mut added = false;
+        for (tag, frame) in frames {
+            let need = frame.len();
+            if live {
+                if let Some(old) = q.items.iter_mut().find(|i| i.kind == Kind::Live(tag)) {
+                    let was = old.frame.len();
+                    old.frame = frame;
+                    q.bytes = q.bytes - was + need;
+                    continue;
+                }
+            } else {
+                while q.bytes + need > self.max_bytes {
+                    let Some(at) = q
+                        .items
+                        .iter()
+                        .position(|i| matches!(i.kind, Kind::Event(_)))
+                    else {
+                        break;
+                    };
+                    if let Some(old) = q.items.remove(at) {
+                        q.bytes -= old.frame.len();
+                        dropped += 1;
+                    }
+                }
             }
+            q.bytes += need;
+            let kind = if live {
+                Kind::Live(tag)
+            } else {
+                Kind::Event(tag)
+            };
+            q.items.push_back(Queued { kind, frame });
+            added = true;
         }
-        q.bytes += need;
-        q.items.push_back(Queued {
-            kind: Kind::Event(tag),
-            frame,
-        });
         drop(q);
         if dropped > 0 {
             self.dropped.inc_by(dropped);
@@ -232,7 +238,9 @@ impl Outbox {
                 "a client reads too slowly: its oldest queued events were dropped"
             );
         }
-        self.ready.notify_one();
+        if added {
+            self.ready.notify_one();
+        }
         true
     }
 

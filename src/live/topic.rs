@@ -10,7 +10,7 @@
 //! subscriber gets the error), or when its event source closes (every subscriber gets
 //! `complete`).
 
-use super::outbox::{Frame, Outbox};
+use super::members::{Members, Pushed, Subscriber};
 use crate::cache::CacheKey;
 use crate::exec::Engine;
 use crate::request::RequestContext;
@@ -21,26 +21,6 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
-
-/// How a transport frames results for one subscriber.
-pub trait Framing: Send + Sync {
-    /// A result (a JSON GraphQL response).
-    fn next(&self, body: &Bytes) -> Frame;
-    /// The request error that ends the subscription (a JSON response with `errors`).
-    fn failure(&self, body: &Bytes) -> Frame;
-    /// The message that says the subscription is over, if the transport has one.
-    fn complete(&self) -> Option<Frame>;
-    /// The transport's name in `livegate_messages_pushed_total`.
-    fn transport(&self) -> &'static str;
-}
-
-/// Where one subscriber's results go.
-pub struct Subscriber {
-    pub outbox: Arc<Outbox>,
-    pub framing: Arc<dyn Framing>,
-    /// The subscription's number on its connection: it comes back in [`Frame::Ended`].
-    pub tag: u64,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -78,7 +58,7 @@ pub struct Topic {
 
 #[derive(Default)]
 struct State {
-    subscribers: HashMap<u64, Subscriber>,
+    subscribers: Members,
     /// A live query's latest result: what a new subscriber gets at once.
     last: Option<Bytes>,
     closed: bool,
@@ -218,6 +198,9 @@ impl Topics {
     }
 }
 
+/// Connections one publishing step pushes to before it lets their writers run.
+const SLICE: usize = 128;
+
 /// Numbers subscribers across topics.
 static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 
@@ -267,7 +250,7 @@ impl Topic {
     fn leave(self: &Arc<Self>, id: u64) {
         let emptied = {
             let mut st = lock(&self.state);
-            st.subscribers.remove(&id);
+            st.subscribers.remove(id);
             let emptied = st.subscribers.is_empty() && !st.closed;
             if emptied {
                 st.closed = true;
@@ -291,40 +274,45 @@ impl Topic {
         }
     }
 
-    /// Pushes one result (a live query's, unless it is the one pushed last) or event to
-    /// every subscriber: one body, each in its own frame.
-    /// Pushes `body` to every subscriber: how many it reached, and how many it dropped
-    /// (their queues were past their bound).
-    fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) -> (u64, u64) {
-        let mut st = lock(&self.state);
-        if self.key.1 == Kind::Live {
-            if st.last.as_ref() == Some(body) {
-                return (0, 0);
-            }
-            st.last = Some(body.clone());
-        }
-        let before = st.subscribers.len() as u64;
-        let mut counts: [(&'static str, u64); 4] = [("", 0); 4];
-        st.subscribers.retain(|_, s| {
-            let frame = s.framing.next(body);
-            let queued = match self.key.1 {
-                Kind::Live => s.outbox.push_live(s.tag, frame),
-                Kind::Events => s.outbox.push_event(s.tag, frame),
-            };
-            if queued {
-                let transport = s.framing.transport();
-                if let Some(slot) = counts.iter_mut().find(|(t, n)| *t == transport || *n == 0) {
-                    *slot = (transport, slot.1 + 1);
+    /// Pushes `body` to every subscriber: a live query's result (unless it is the one
+    /// pushed last) or an event, one body, each in its own frame, a connection's frames
+    /// at once. Connections are pushed to [`SLICE`] at a time, yielding between slices,
+    /// so that the writers of each slice write while the next is pushed (and, on a
+    /// runtime of several workers, on other cores). How many subscribers it reached, and
+    /// how many it dropped (their connections were gone).
+    async fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) -> (u64, u64) {
+        let live = self.key.1 == Kind::Live;
+        let end = {
+            let mut st = lock(&self.state);
+            if live {
+                if st.last.as_ref() == Some(body) {
+                    return (0, 0);
                 }
+                st.last = Some(body.clone());
             }
-            queued
-        });
-        let reached = st.subscribers.len() as u64;
-        drop(st);
-        for (transport, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+            st.subscribers.begin()
+        };
+        let mut out = Pushed::default();
+        let mut from = 0;
+        while from < end {
+            let upto = (from + SLICE).min(end);
+            {
+                let mut st = lock(&self.state);
+                if st.closed {
+                    break;
+                }
+                st.subscribers.push(from..upto, body, live, &mut out);
+            }
+            from = upto;
+            if from < end {
+                tokio::task::yield_now().await;
+            }
+        }
+        lock(&self.state).subscribers.finish();
+        for (transport, n) in out.by_transport.into_iter().filter(|(_, n)| *n > 0) {
             pushed.with_label_values(&[transport]).inc_by(n);
         }
-        (reached, before - reached)
+        (out.reached, out.dropped)
     }
 
     /// Ends the topic: each subscriber gets `failure` (or `complete`).
@@ -332,10 +320,10 @@ impl Topic {
         let subscribers = {
             let mut st = lock(&self.state);
             st.closed = true;
-            std::mem::take(&mut st.subscribers)
+            st.subscribers.take()
         };
         self.unregister();
-        for s in subscribers.values() {
+        for s in &subscribers {
             end_one(s, failure);
         }
     }
@@ -420,7 +408,9 @@ async fn run_live(
         if hub.generation() != generation {
             notify.notify_one();
         }
-        let (reached, dropped) = topic.publish(&done.body, &engine.runtime.metrics.pushed);
+        let (reached, dropped) = topic
+            .publish(&done.body, &engine.runtime.metrics.pushed)
+            .await;
         if span.is_on() {
             span.set("livegate.subscribers.reached", reached as i64);
             span.set("livegate.subscribers.dropped", dropped as i64);
@@ -538,7 +528,7 @@ async fn run_events(
                     let out = span
                         .run(crate::exec::execute_event(&rt, &call, &ctx, payload))
                         .await;
-                    let (reached, dropped) = topic.publish(&out.body, &rt.metrics.pushed);
+                    let (reached, dropped) = topic.publish(&out.body, &rt.metrics.pushed).await;
                     span.set("livegate.subscribers.reached", reached as i64);
                     span.set("livegate.subscribers.dropped", dropped as i64);
                 }
