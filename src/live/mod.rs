@@ -24,8 +24,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use outbox::{Frame, Outbox};
 pub use members::{Framing, Subscriber};
+pub use outbox::{Frame, Outbox};
 pub use topic::{Subscribed, Topics};
 
 /// What became of an operation a transport handed to [`start`].

@@ -11,6 +11,7 @@
 //!   accept, and the `livegate_tcp_connections` gauge;
 //! - a graceful shutdown that waits for open connections up to the caller's deadline.
 
+use super::handover::{Handover, Streamed};
 use super::limits::{Connections, Limits};
 use crate::metrics::{GaugeGuard, Metrics};
 use axum::extract::ConnectInfo;
@@ -18,7 +19,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -82,18 +83,23 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // The place is held by the stream itself: an upgraded WebSocket takes the stream
-        // out of hyper's connection, and keeps its place until the socket closes.
+        // out of hyper's connection, and keeps its place until the socket closes; a
+        // stream taken over from hyper keeps it in the connection's task.
         let activity = Arc::new(Activity::new());
+        let held = Arc::new((admitted, GaugeGuard::new(metrics.tcp_connections.clone())));
+        let io = Arc::new(stream);
         let stream = Counted {
-            io: stream,
+            io: io.clone(),
             activity: activity.clone(),
-            _held: (admitted, GaugeGuard::new(metrics.tcp_connections.clone())),
+            _held: held.clone(),
         };
         let router = app.clone();
         let direct = direct.clone();
         let busy = activity.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             let working = Working::new(&busy);
+            let http11 = req.version() == http::Version::HTTP_11;
+            let ask = busy.handover.clone();
             req.extensions_mut().insert(ConnectInfo(peer));
             // A handler that keeps the connection busy beyond its response (a WebSocket
             // over HTTP/2) holds a clone of this.
@@ -110,6 +116,20 @@ pub async fn serve(
                     Either::Left(direct) => direct.await,
                     Either::Right(routed) => routed.await?,
                 };
+                // An event stream over HTTP/1.1 is taken over once its head is out.
+                let res = match res.extensions().get::<Streamed>() {
+                    Some(streamed) if http11 => {
+                        *ask.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(streamed.clone());
+                        res.map(|_| {
+                            axum::body::Body::new(Handover {
+                                ask: ask.wake.clone(),
+                                asked: false,
+                            })
+                        })
+                    }
+                    _ => res,
+                };
                 // The request is in flight until its response body is gone (sent, or
                 // dropped with the connection): an event stream keeps it so.
                 Ok::<_, std::convert::Infallible>(res.map(|body| {
@@ -123,29 +143,52 @@ pub async fn serve(
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
+        // Held while a stream taken over from hyper is written: shutdown waits for it.
+        let draining = graceful.watcher();
         let conn = graceful.watch(conn);
         let timeout = limits.header_timeout;
         tokio::spawn(async move {
-            tokio::pin!(conn);
-            let mut check = tokio::time::interval(
-                (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)),
-            );
-            loop {
-                tokio::select! {
-                    ended = &mut conn => {
-                        if let Err(e) = ended {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    _ = check.tick() => {
-                        if let Some(why) = activity.expired(timeout) {
-                            tracing::debug!(%peer, why, "connection closed");
+            let stream = {
+                tokio::pin!(conn);
+                let mut check = tokio::time::interval(
+                    (timeout / 4).clamp(Duration::from_millis(5), Duration::from_secs(1)),
+                );
+                let wake = activity.handover.wake.clone();
+                let mut asked = false;
+                loop {
+                    tokio::select! {
+                        ended = &mut conn => {
+                            if let Err(e) = ended {
+                                tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            }
                             return;
+                        }
+                        _ = check.tick() => {
+                            if let Some(why) = activity.expired(timeout) {
+                                tracing::debug!(%peer, why, "connection closed");
+                                return;
+                            }
+                        }
+                        () = wake.notified(), if !asked => asked = true,
+                    }
+                    // Taken over once hyper has written the whole head (and all before it).
+                    if asked && activity.flushed.load(Ordering::Acquire) {
+                        let slot = activity
+                            .handover
+                            .slot
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .take();
+                        match slot.and_then(|s| s.take()) {
+                            Some(stream) => break stream,
+                            None => return,
                         }
                     }
                 }
-            }
+                // hyper's connection (and its buffers) is dropped here.
+            };
+            super::handover::write_out(&io, stream, timeout).await;
+            drop((held, draining));
         });
     }
     drop(listener);
@@ -176,6 +219,18 @@ struct Activity {
     /// Since when its writes have been stalled; `u64::MAX` while they are not.
     stalled_since: AtomicU64,
     origin: tokio::time::Instant,
+    /// Everything hyper wrote has been flushed (hyper flushes only an empty buffer).
+    flushed: AtomicBool,
+    /// An event stream waiting to be taken over from hyper.
+    handover: Arc<Ask>,
+}
+
+/// A response's request to have its stream taken over: the stream, and the wake-up of
+/// the connection's task.
+#[derive(Default)]
+struct Ask {
+    slot: std::sync::Mutex<Option<Streamed>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Activity {
@@ -185,6 +240,8 @@ impl Activity {
             idle_since: AtomicU64::new(0),
             stalled_since: AtomicU64::new(u64::MAX),
             origin: tokio::time::Instant::now(),
+            flushed: AtomicBool::new(true),
+            handover: Arc::default(),
         }
     }
 
@@ -259,17 +316,20 @@ impl http_body::Body for Tracked {
 }
 
 /// A client's TCP stream, holding its place in the connection limits and the gauge for
-/// as long as it lives, and noting when its writes stall.
+/// as long as it lives, and noting when its writes stall and when they are flushed. The
+/// socket is shared (read and written through `&TcpStream`, as tokio's own `poll_read`
+/// and `poll_write` do) so that the connection's task can keep it when it takes an event
+/// stream over from hyper.
 struct Counted {
-    io: TcpStream,
+    io: Arc<TcpStream>,
     activity: Arc<Activity>,
-    _held: (super::limits::Admitted, GaugeGuard),
+    _held: Arc<(super::limits::Admitted, GaugeGuard)>,
 }
 
 impl Counted {
-    fn note<T>(&self, poll: Poll<T>) -> Poll<T> {
+    fn note(&self, poll: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
         let a = &self.activity;
-        match poll {
+        match &poll {
             Poll::Pending => {
                 let _ = a.stalled_since.compare_exchange(
                     u64::MAX,
@@ -278,50 +338,92 @@ impl Counted {
                     Ordering::Relaxed,
                 );
             }
-            Poll::Ready(_) => a.stalled_since.store(u64::MAX, Ordering::Release),
+            Poll::Ready(written) => {
+                a.stalled_since.store(u64::MAX, Ordering::Release);
+                if matches!(written, Ok(n) if *n > 0) {
+                    a.flushed.store(false, Ordering::Release);
+                }
+            }
         }
         poll
+    }
+
+    /// `write` once the socket is writable, as often as it turns out not to be.
+    fn poll_write_with(
+        &self,
+        cx: &mut Context<'_>,
+        write: impl Fn(&TcpStream) -> std::io::Result<usize>,
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            if let Err(e) = std::task::ready!(self.io.poll_write_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            match write(&self.io) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
     }
 }
 
 impl tokio::io::AsyncRead for Counted {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        loop {
+            std::task::ready!(self.io.poll_read_ready(cx))?;
+            // SAFETY: `try_read` only writes into the slice (the kernel fills it), and
+            // only the `n` bytes it reports are marked initialised; this is what tokio's
+            // own `TcpStream::poll_read` does with the same unfilled part.
+            let unfilled = unsafe {
+                &mut *(buf.unfilled_mut() as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
+            };
+            match self.io.try_read(unfilled) {
+                Ok(n) => {
+                    // SAFETY: the kernel initialised these `n` bytes.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
 impl tokio::io::AsyncWrite for Counted {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        let poll = self.poll_write_with(cx, |io| io.try_write(buf));
         self.note(poll)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        let poll = self.poll_write_with(cx, |io| io.try_write_vectored(bufs));
         self.note(poll)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // A TCP socket has nothing of its own to flush: what hyper wrote is out.
+        self.activity.flushed.store(true, Ordering::Release);
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write))
     }
 }

@@ -6,6 +6,7 @@ mod accept;
 pub mod body;
 pub mod cors;
 mod graphiql;
+mod handover;
 mod health;
 mod hooks;
 mod http;

@@ -15,12 +15,10 @@
 use super::AppState;
 use crate::live::{self, Frame, Outbox};
 use crate::request::RequestContext;
-use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -195,11 +193,8 @@ pub async fn respond(
 
 /// A `200` streaming `body` in `format`, not to be cached or buffered by a proxy.
 pub(super) fn response(body: BoxStream<'static, Bytes>, format: Format) -> Response {
-    let mut res = (
-        StatusCode::OK,
-        Body::from_stream(body.map(Ok::<_, Infallible>)),
-    )
-        .into_response();
+    // Taken over from hyper by the accept loop once its head is out (HTTP/1.1).
+    let mut res = super::handover::Streamed::response(body);
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, format.content_type());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -184,36 +184,41 @@ enum Round {
     Stalled,
 }
 
-/// Writes `frames` (all but [`Frame::Ended`]) and flushes them.
+/// Writes `frames` (all but [`Frame::Ended`]) and flushes them: one write for the round
+/// (tungstenite buffers what is fed), within one `stall` for the whole round.
 async fn write_round(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
     frames: Vec<Frame>,
     stall: Duration,
 ) -> Round {
-    let mut last = false;
-    for frame in frames {
-        let msg = match frame {
-            Frame::Ended(_) => continue,
-            Frame::Close(code, reason) => {
-                last = true;
-                Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from(reason),
-                }))
+    let round = async {
+        for frame in frames {
+            let msg = match frame {
+                Frame::Ended(_) => continue,
+                Frame::Close(code, reason) => {
+                    // The close frame is the socket's last message.
+                    let close = Message::Close(Some(CloseFrame {
+                        code,
+                        reason: Utf8Bytes::from(reason),
+                    }));
+                    let _ = sink.feed(close).await;
+                    let _ = sink.flush().await;
+                    return Round::Closed;
+                }
+                other => Message::Text(Utf8Bytes::from(other.into_text())),
+            };
+            if sink.feed(msg).await.is_err() {
+                return Round::Closed;
             }
-            other => Message::Text(Utf8Bytes::from(other.into_text())),
-        };
-        match tokio::time::timeout(stall, sink.feed(msg)).await {
-            Ok(Ok(())) if !last => {}
-            Ok(_) => return Round::Closed,
-            Err(_) => return Round::Stalled,
         }
-    }
-    match tokio::time::timeout(stall, sink.flush()).await {
-        Ok(Ok(())) if !last => Round::Written,
-        Ok(_) => Round::Closed,
-        Err(_) => Round::Stalled,
-    }
+        match sink.flush().await {
+            Ok(()) => Round::Written,
+            Err(_) => Round::Closed,
+        }
+    };
+    tokio::time::timeout(stall, round)
+        .await
+        .unwrap_or(Round::Stalled)
 }
 
 /// WebSocket settings; flags of the binary.
