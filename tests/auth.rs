@@ -738,7 +738,9 @@ async fn claims_gateway() -> (
             .route("/ws", common::announcer(say.clone())),
     )
     .await;
-    let gw = Gateway::start(&CLAIMS.replace("{up}", &up.url()), options(&jwks)).await;
+    let mut opts = options(&jwks);
+    opts.auth.cookie = Some("session".into());
+    let gw = Gateway::start(&CLAIMS.replace("{up}", &up.url()), opts).await;
     // The JWKS server lives as long as the test's runtime.
     std::mem::forget(jwks);
     (up, gw, ed, say)
@@ -791,6 +793,41 @@ async fn claims_fill_templates_and_tell_users_apart() {
     assert_eq!(up.count_matching("GET /inbox"), 1, "one entry for ann");
     post(&gw, Some(&bob), "{ inbox { id } }").await;
     assert_eq!(up.count_matching("GET /inbox"), 2, "bob has his own");
+    // The same with the token in the --jwt-cookie: one entry for ann's cookie requests,
+    // whichever token; the other cookies still tell requests apart.
+    let by_cookie = |cookie: String| {
+        let req = gw
+            .client
+            .post(gw.url())
+            .header("accept", "application/json")
+            .header("cookie", cookie)
+            .json(&json!({"query": "{ inbox { id } }"}));
+        async move {
+            req.send()
+                .await
+                .expect("answer")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    for token in [&ann, &again] {
+        let body = by_cookie(format!("theme=dark; session={token}")).await;
+        assert_eq!(body["data"]["inbox"][0]["id"], "i1", "{body}");
+    }
+    assert_eq!(
+        up.count_matching("GET /inbox"),
+        3,
+        "one cookie entry for ann"
+    );
+    by_cookie(format!("theme=light; session={again}")).await;
+    assert_eq!(
+        up.count_matching("GET /inbox"),
+        4,
+        "another cookie, another entry"
+    );
+    by_cookie(format!("theme=dark; session={bob}")).await;
+    assert_eq!(up.count_matching("GET /inbox"), 5, "bob's cookie, his own");
 }
 
 #[tokio::test]
@@ -1014,4 +1051,63 @@ async fn cookies_and_gets_carry_tokens_and_a_token_verified_before_still_expires
         .as_str()
         .expect("message")
         .contains("expired"));
+}
+
+/// A graphql-sse reservation's stream (single connection mode) ends at its token's exp
+/// with the error and `complete` sent to each running operation by its id: a message
+/// without an id would reach no operation of a graphql-sse client.
+#[tokio::test]
+async fn a_reservation_stream_ends_each_operation_at_the_tokens_exp() {
+    let s = setup(|_| {}).await;
+    let token = s.ed.sign(&claims("ann", 2));
+    let res =
+        s.gw.client
+            .put(s.gw.url())
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("answer");
+    assert_eq!(res.status(), 201);
+    let reservation = res.text().await.expect("the reservation's token");
+    let mut stream =
+        s.gw.client
+            .get(s.gw.url())
+            .header("accept", "text/event-stream")
+            .header("x-graphql-event-stream-token", &reservation)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("the stream");
+    assert_eq!(stream.status(), 200);
+    let op = s
+        .gw
+        .client
+        .post(s.gw.url())
+        .header("x-graphql-event-stream-token", &reservation)
+        .bearer_auth(&token)
+        .json(&json!({"query": "subscription { hello { text } }", "extensions": {"operationId": "op-1"}}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(op.status(), 202, "{:?}", op.text().await);
+    let mut body = String::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+        .await
+        .expect("in time")
+        .expect("read")
+    {
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.contains("\"hi\""), "{body}");
+    let ended = body
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("event: next\ndata: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|m| m["payload"]["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED")
+        .unwrap_or_else(|| panic!("no error for the operation: {body}"));
+    assert_eq!(ended["id"], "op-1", "{body}");
+    assert!(
+        body.contains("event: complete\ndata: {\"id\":\"op-1\"}"),
+        "{body}"
+    );
 }

@@ -368,3 +368,82 @@ async fn request_bodies_have_a_deadline_and_a_memory_bound() {
         "{page}"
     );
 }
+
+/// Issue 25: an SSE stream over HTTP/1.1 is written by the gateway itself once its head
+/// is out (hyper's buffers dropped): the bytes stay valid chunked HTTP/1.1, a client that
+/// stops reading is still cut off after the header timeout of stalled writes, and the
+/// stream's place is given back.
+#[tokio::test]
+async fn a_stream_taken_over_from_hyper_stays_chunked_and_bounded() {
+    use axum::routing::get;
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let up = common::Upstream::start(axum::Router::new().route(
+        "/big",
+        get(move || {
+            let v = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move { axum::Json(serde_json::json!(format!("{v}{}", "x".repeat(64 << 10)))) }
+        }),
+    ))
+    .await;
+    let schema = format!(
+        r#"extend schema @upstream(name: "api", url: "{}")
+type Query {{ big: String @rest(upstream: "api", path: "/big") @cache(maxAge: 1) }}
+type Subscription {{ big: String @live(pollMs: 20) }}"#,
+        up.url()
+    );
+    let mut options = livegate::Options::default();
+    options.connection_limits.header_timeout = Duration::from_millis(300);
+    let gw = Gateway::start(&schema, options).await;
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 1), gw.addr).await;
+    let body = r#"{"query":"subscription { big }"}"#;
+    let req = format!(
+        "POST /graphql HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\naccept: text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    // The head and the first chunk of the first result.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while !String::from_utf8_lossy(&got).contains("event: next") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the stream starts")
+            .expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let (size, chunk) = rest.split_once("\r\n").expect("a chunk size line");
+    let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+    assert!(size > 64 << 10, "one chunk holds the whole result: {size}");
+    assert!(chunk.starts_with("event: next\ndata: "), "{chunk:.40}");
+    const OPEN: &str = "livegate_connections{transport=\"sse\"} 1";
+    const GONE: &str = "livegate_connections{transport=\"sse\"} 0";
+    assert!(gw.metrics().await.contains(OPEN));
+
+    // The client stops reading: results pile up in the socket's buffers, writes stall,
+    // and the gateway closes the connection; what was sent is then read to its end.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a client that stopped reading was not cut off"
+    );
+    let page = gw.metrics_until(|m| m.contains(GONE)).await;
+    assert!(page.contains(GONE), "the stream's place was kept");
+}

@@ -77,6 +77,9 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// `exp`, seconds since the epoch.
     pub expires: u64,
+    /// `--jwt-cookie`: without an `Authorization: Bearer` header, the token was that
+    /// cookie's value (keys then stand for the subject in its place).
+    pub cookie: Option<Arc<str>>,
 }
 
 impl Identity {
@@ -397,6 +400,7 @@ impl Auth {
             subject,
             scopes,
             expires,
+            cookie: self.options.cookie.as_deref().map(Arc::from),
         })
     }
 }
@@ -424,6 +428,7 @@ mod tests {
             subject: None,
             scopes: Vec::new(),
             expires: u64::MAX,
+            cookie: None,
         };
         let left = far.remaining(Duration::from_secs(u64::MAX));
         assert!(left <= Duration::from_secs(10 * 365 * 24 * 3600));

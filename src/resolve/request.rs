@@ -179,25 +179,56 @@ fn request_parts(req: &UpstreamRequest, client: &RequestContext) -> Vec<Vec<u8>>
     parts
 }
 
-/// `name: value` as it tells callers apart in keys: the client's own `Authorization`
-/// header, when its token was verified and names a subject, stands for that subject
-/// (`iss` and `sub`) — one entry per user, whichever of their tokens they send; any
-/// other header is its bytes.
+/// `name: value` as it tells callers apart in keys: the client's own verified token,
+/// when it names a subject, stands for that subject (`iss` and `sub`) — one entry per
+/// user, whichever of their tokens they send — whether it came in `Authorization:
+/// Bearer` or, without one, as the `--jwt-cookie` (the other cookies of that header stay
+/// as they are); any other header is its bytes.
 fn keyed(name: &HeaderName, value: &HeaderValue, client: &RequestContext) -> Vec<u8> {
-    let subject = client.identity().and_then(|i| i.subject.as_deref());
-    match subject {
-        Some(subject)
-            if name == http::header::AUTHORIZATION
-                && client.headers().get(http::header::AUTHORIZATION) == Some(value)
-                && value
-                    .as_bytes()
-                    .get(..7)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer ")) =>
-        {
-            [b"verified-subject:".as_slice(), subject.as_bytes()].concat()
-        }
-        _ => [name.as_str().as_bytes(), b":", value.as_bytes()].concat(),
+    let identity = client.identity();
+    let Some(subject) = identity.and_then(|i| i.subject.as_deref()) else {
+        return [name.as_str().as_bytes(), b":", value.as_bytes()].concat();
+    };
+    let bearer = |v: &HeaderValue| {
+        v.as_bytes()
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
+    };
+    let verified = [b"verified-subject:".as_slice(), subject.as_bytes()].concat();
+    if name == http::header::AUTHORIZATION
+        && client.headers().get(http::header::AUTHORIZATION) == Some(value)
+        && bearer(value)
+    {
+        return verified;
     }
+    let cookie = identity.and_then(|i| i.cookie.as_deref());
+    let no_bearer = !client
+        .headers()
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(bearer);
+    if let (true, Some(cookie), Ok(text)) = (
+        name == http::header::COOKIE && no_bearer,
+        cookie,
+        value.to_str(),
+    ) {
+        // The first pair of that name is the token that was verified.
+        let mut replaced = false;
+        let pairs: Vec<Vec<u8>> = text
+            .split(';')
+            .map(|pair| match pair.trim().split_once('=') {
+                Some((k, _)) if !replaced && k.trim() == cookie => {
+                    replaced = true;
+                    [k.trim().as_bytes(), b"=", &verified].concat()
+                }
+                _ => pair.trim().as_bytes().to_vec(),
+            })
+            .collect();
+        if replaced {
+            return [b"cookie:".as_slice(), &pairs.join(&b"; "[..])].concat();
+        }
+    }
+    [name.as_str().as_bytes(), b":", value.as_bytes()].concat()
 }
 
 fn credentials(upstream: &UpstreamPlan, client: &RequestContext) -> Vec<Vec<u8>> {

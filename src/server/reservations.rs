@@ -295,12 +295,27 @@ pub fn stream(state: &AppState, token: &str, headers: &HeaderMap) -> Response {
     let outbox = reservation.outbox.clone();
     let ops = reservation.clone();
     let until = super::sse::deadline(state, &reservation.credentials);
+    // At the token's end each running operation gets the error and its `complete`, by
+    // its id (a message without one reaches no operation of a graphql-sse client).
+    let running = reservation.clone();
+    let expiry = move || {
+        let errors = super::sse::expired_errors();
+        let mut out = String::new();
+        for (id, _, _) in running.ops().iter() {
+            out.push_str(&format!(
+                "event: next\ndata: {}\n\nevent: complete\ndata: {}\n\n",
+                serde_json::json!({"id": &**id, "payload": {"errors": errors}}),
+                serde_json::json!({ "id": &**id })
+            ));
+        }
+        Bytes::from(out)
+    };
     let body = super::sse::frames(
         state,
         outbox,
         release,
         super::sse::Format::Sse,
-        until,
+        (until, expiry),
         move |tag| {
             ops.ended(tag);
             false

@@ -66,10 +66,7 @@ impl Format {
 
     /// The error a stream ends with when its token runs out.
     fn expired(self) -> Bytes {
-        let errors = serde_json::json!([{
-            "message": crate::auth::Failure::Expired.message(),
-            "extensions": {"code": "UNAUTHENTICATED"},
-        }]);
+        let errors = expired_errors();
         Bytes::from(match self {
             Format::Sse => format!(
                 "event: next\ndata: {}\n\n",
@@ -182,11 +179,18 @@ pub async fn respond(
             outbox,
             (Some(place), admitted),
             format,
-            until,
+            (until, move || format.expired()),
             |_| true,
         ),
         // The subscriber was sent why: the stream says it and ends.
-        live::Started::Ended => frames(&state, outbox, admitted, format, until, |_| true),
+        live::Started::Ended => frames(
+            &state,
+            outbox,
+            admitted,
+            format,
+            (until, move || format.expired()),
+            |_| true,
+        ),
     };
     response(body, format)
 }
@@ -202,6 +206,14 @@ pub(super) fn response(body: BoxStream<'static, Bytes>, format: Format) -> Respo
     res
 }
 
+/// The `errors` of a result that says the caller's token ran out.
+pub(super) fn expired_errors() -> serde_json::Value {
+    serde_json::json!([{
+        "message": crate::auth::Failure::Expired.message(),
+        "extensions": {"code": "UNAUTHENTICATED"},
+    }])
+}
+
 /// When a stream opened with `ctx` must end: its token's `exp` plus the leeway.
 pub(super) fn deadline(state: &AppState, ctx: &RequestContext) -> Option<tokio::time::Instant> {
     ctx.identity().map(|i| state.auth.deadline(i))
@@ -210,14 +222,17 @@ pub(super) fn deadline(state: &AppState, ctx: &RequestContext) -> Option<tokio::
 /// An outbox's messages, several queued ones in one chunk, with a keep-alive while idle,
 /// and the format's end when the stream ends: when `ended` says so of a subscription that
 /// ended (after a request error, when an event source closes), at shutdown, or at `until`
-/// (the token's end), after an `UNAUTHENTICATED` error. `held` lives as long as the
+/// (the token's end), after what `expiry` writes (an `UNAUTHENTICATED` error). `held` lives as long as the
 /// stream (a subscription's place, the connection's admission).
 pub(super) fn frames(
     state: &AppState,
     outbox: Arc<Outbox>,
     held: impl Send + 'static,
     format: Format,
-    until: Option<tokio::time::Instant>,
+    (until, expiry): (
+        Option<tokio::time::Instant>,
+        impl FnOnce() -> Bytes + Send + 'static,
+    ),
     ended: impl FnMut(u64) -> bool + Send + 'static,
 ) -> BoxStream<'static, Bytes> {
     let metrics = &state.runtime.metrics;
@@ -227,7 +242,9 @@ pub(super) fn frames(
     };
     let open = crate::metrics::GaugeGuard::new(metrics.connections.with_label_values(&[transport]));
     let mut shutdown = state.shutdown.clone();
-    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // What the stream says when the token ran out, written as it runs out (the
+    // operations it names are gone once the results' stream, which holds them, ends).
+    let expired = Arc::new(std::sync::Mutex::new(None::<Bytes>));
     let auth = state.auth.clone();
     let stopping = {
         let expired = expired.clone();
@@ -242,7 +259,7 @@ pub(super) fn frames(
                 _ = shutdown.wait_for(|s| *s) => {}
                 () = token_ends => {
                     auth.count(crate::auth::Failure::Expired.label());
-                    expired.store(true, std::sync::atomic::Ordering::Release);
+                    *expired.lock().unwrap_or_else(|p| p.into_inner()) = Some(expiry());
                 }
             }
         }
@@ -274,10 +291,10 @@ pub(super) fn frames(
     .filter(|chunk| std::future::ready(!chunk.is_empty()))
     .take_until(stopping)
     .chain(stream::once(async move {
-        if expired.load(std::sync::atomic::Ordering::Acquire) {
-            [format.expired(), format.end()].concat().into()
-        } else {
-            format.end()
+        let said = expired.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match said {
+            Some(said) => [said, format.end()].concat().into(),
+            None => format.end(),
         }
     }));
     let (every, beat) = format.keep_alive();
