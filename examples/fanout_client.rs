@@ -137,7 +137,9 @@ const SSE_MARKER: &[u8] = b"event: next";
 const WS_MARKER: &[u8] = br#""type":"next""#;
 
 impl Conn {
-    /// Reads what is ready; how many `next` messages it completed.
+    /// Reads what is ready; how many `next` messages it completed. A read that does not
+    /// fill `chunk` has drained the socket (epoll reports new data as a new edge), so,
+    /// like the floor's client, one read per ready socket is the rule.
     fn read(&mut self, chunk: &mut [u8]) -> usize {
         let mut got = 0;
         loop {
@@ -146,6 +148,9 @@ impl Conn {
                 Ok(k) => {
                     self.buf.extend_from_slice(&chunk[..k]);
                     got += if self.sse { self.scan() } else { self.frames() };
+                    if k < chunk.len() {
+                        return got;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return got,
                 Err(e) => fail(format!("read: {e}")),

@@ -9,9 +9,8 @@
 //! What a client gets is unchanged: the same bytes, heartbeats, conflation and byte bound
 //! (the stream's, from [`super::sse::frames`]); a write stalled for `--header-timeout-ms`
 //! closes the connection, as the accept loop did; the stream ends with the last chunk and
-//! the connection closes (an SSE response is the connection's last: a client that sent
-//! more requests on it gets them refused by the close); a client that goes away ends the
-//! stream at once. Over HTTP/2 (or a router called without the accept loop) the stream is
+//! the connection closes (the response says `Connection: close`: a stream is its
+//! connection's last response); a client that goes away ends the stream at once. Over HTTP/2 (or a router called without the accept loop) the stream is
 //! an ordinary response body.
 
 use axum::response::Response;

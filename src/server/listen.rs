@@ -121,12 +121,18 @@ pub async fn serve(
                     Some(streamed) if http11 => {
                         *ask.slot.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(streamed.clone());
-                        res.map(|_| {
+                        let mut res = res.map(|_| {
                             axum::body::Body::new(Handover {
                                 ask: ask.wake.clone(),
                                 asked: false,
                             })
-                        })
+                        });
+                        // The stream is the connection's last response: it closes after.
+                        res.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                        res
                     }
                     _ => res,
                 };
