@@ -447,3 +447,47 @@ type Subscription {{ big: String @live(pollMs: 20) }}"#,
     let page = gw.metrics_until(|m| m.contains(GONE)).await;
     assert!(page.contains(GONE), "the stream's place was kept");
 }
+
+/// Issue 25: over HTTP/1.1 a WebSocket's writer writes the TCP socket itself, and what
+/// the WebSocket library still writes (a pong, the close handshake's reply) goes out in
+/// order with the messages: a ping gets its pong, messages arrive whole, and a client's
+/// close is answered with its own code.
+#[tokio::test]
+async fn a_socket_written_directly_still_answers_pings_and_closes_properly() {
+    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+    let gw = Gateway::start(SCHEMA, livegate::Options::default()).await;
+    let mut ws = websocket(gw.addr).await;
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .expect("ping");
+    ws.send(Message::text(r#"{"type":"ping"}"#))
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match ws.next().await.expect("a message").expect("read") {
+            Message::Pong(p) => got.push(format!("pong {}", String::from_utf8_lossy(&p))),
+            Message::Text(t) => got.push(t.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, ["pong are you there", r#"{"type":"pong"}"#]);
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Away,
+        reason: "bye".into(),
+    })))
+    .await
+    .expect("close");
+    let reply = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("no close reply: {other:?}"),
+        }
+    };
+    assert_eq!(
+        reply.map(|f| f.code),
+        Some(CloseCode::Away),
+        "the client's code, echoed"
+    );
+}

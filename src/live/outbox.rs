@@ -31,17 +31,21 @@ pub enum Frame {
     Text(String),
     /// Close the connection (a WebSocket close frame with this code and reason).
     Close(u16, String),
+    /// Bytes already framed for the wire (a WebSocket library's own pong or close reply,
+    /// when the writer writes the socket itself).
+    Raw(Bytes),
     /// The subscription `tag` has ended: the transport forgets it (its last messages were
     /// queued before this). Not written.
     Ended(u64),
 }
 
 impl Frame {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Frame::Parts { head, body, tail } => head.len() + body.len() + tail.len(),
             Frame::Text(s) => s.len(),
             Frame::Close(_, reason) => reason.len() + 2,
+            Frame::Raw(b) => b.len(),
             Frame::Ended(_) => 0,
         }
     }
@@ -55,6 +59,7 @@ impl Frame {
                 out.extend_from_slice(tail.as_bytes());
             }
             Frame::Text(s) | Frame::Close(_, s) => out.extend_from_slice(s.as_bytes()),
+            Frame::Raw(b) => out.extend_from_slice(b),
             Frame::Ended(_) => {}
         }
     }
@@ -248,6 +253,26 @@ impl Outbox {
     /// not (once per subscription, so bounded by the connection's operations).
     pub fn push_final(&self, last: Option<Frame>, tag: u64) {
         self.push_now(last.into_iter().chain([Frame::Ended(tag)]));
+    }
+
+    /// Queues bytes framed elsewhere (in order with everything else) if they fit in the
+    /// budget; `false` when they do not or the connection is gone (a client that floods
+    /// pings without reading the pongs is then cut off, not given memory without bound).
+    pub fn push_raw(&self, bytes: Bytes) -> bool {
+        let mut q = self.lock();
+        // Still taken while finishing: a close handshake's reply comes after the last
+        // message is queued.
+        if q.closed || q.bytes + bytes.len() > self.max_bytes {
+            return false;
+        }
+        q.bytes += bytes.len();
+        q.items.push_back(Queued {
+            kind: Kind::Ordered,
+            frame: Frame::Raw(bytes),
+        });
+        drop(q);
+        self.ready.notify_one();
+        true
     }
 
     /// Queues `frames` at once, room or not: for what is sent once per operation or per

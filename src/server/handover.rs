@@ -116,7 +116,8 @@ pub async fn write_out(io: &TcpStream, mut stream: BoxStream<'static, Bytes>, st
     }
 }
 
-async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Writes all of `bytes` to `io` (any task may: the socket is shared).
+pub(super) async fn write_all(io: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     while !bytes.is_empty() {
         io.writable().await?;
         match io.try_write(bytes) {

@@ -163,6 +163,8 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
         // Over HTTP/2 the socket is a stream of the connection, which must not be closed
         // as idle while the socket lives.
         let working = parts.extensions.get::<super::Working>().cloned();
+        // Over HTTP/1.1 the socket's writer writes the TCP socket itself.
+        let raw = parts.extensions.get::<super::RawSocket>().cloned();
         return match axum::extract::WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
             Ok(ws) => {
                 let mut res = ws
@@ -179,7 +181,7 @@ pub async fn get(State(state): State<AppState>, req: axum::extract::Request) -> 
                     .write_buffer_size(4 << 10)
                     .on_upgrade(move |socket| {
                         // The socket's own tasks take over; axum's upgrade task ends here.
-                        super::ws::serve(state, socket, (ctx, from), (admitted, working));
+                        super::ws::serve(state, socket, (ctx, from, raw), (admitted, working));
                         std::future::ready(())
                     })
                     .into_response();

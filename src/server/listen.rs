@@ -96,10 +96,18 @@ pub async fn serve(
         let router = app.clone();
         let direct = direct.clone();
         let busy = activity.clone();
+        let io_for_requests = io.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             let working = Working::new(&busy);
             let http11 = req.version() == http::Version::HTTP_11;
             let ask = busy.handover.clone();
+            if http11 {
+                // A WebSocket upgraded from this request may write the socket itself.
+                req.extensions_mut().insert(RawSocket {
+                    io: io_for_requests.clone(),
+                    activity: busy.clone(),
+                });
+            }
             req.extensions_mut().insert(ConnectInfo(peer));
             // A handler that keeps the connection busy beyond its response (a WebSocket
             // over HTTP/2) holds a clone of this.
@@ -229,6 +237,31 @@ struct Activity {
     flushed: AtomicBool,
     /// An event stream waiting to be taken over from hyper.
     handover: Arc<Ask>,
+    /// Once a WebSocket writes its socket itself: where what hyper and the WebSocket
+    /// library still write (a pong, a close reply) goes instead, to be written in order.
+    divert: std::sync::OnceLock<Arc<crate::live::Outbox>>,
+}
+
+/// An HTTP/1.1 connection's socket, for a WebSocket upgraded on it to write itself (the
+/// reading stays with the WebSocket library): see [`RawSocket::divert`].
+#[derive(Clone)]
+pub struct RawSocket {
+    io: Arc<TcpStream>,
+    activity: Arc<Activity>,
+}
+
+impl RawSocket {
+    /// From now on, what anything else writes to this socket is queued in `outbox` (as
+    /// [`crate::live::Frame::Raw`]), and the caller writes the socket: the bytes of one
+    /// socket have one writer, in order.
+    pub fn divert(&self, outbox: Arc<crate::live::Outbox>) {
+        let _ = self.activity.divert.set(outbox);
+    }
+
+    /// The socket, to write once its writes are diverted.
+    pub fn io(&self) -> &TcpStream {
+        &self.io
+    }
 }
 
 /// A response's request to have its stream taken over: the stream, and the wake-up of
@@ -248,6 +281,7 @@ impl Activity {
             origin: tokio::time::Instant::now(),
             flushed: AtomicBool::new(true),
             handover: Arc::default(),
+            divert: std::sync::OnceLock::new(),
         }
     }
 
@@ -354,12 +388,23 @@ impl Counted {
         poll
     }
 
-    /// `write` once the socket is writable, as often as it turns out not to be.
+    /// `write` once the socket is writable, as often as it turns out not to be; or, once
+    /// the socket's writes are diverted, `bytes` queued for its writer.
     fn poll_write_with(
         &self,
         cx: &mut Context<'_>,
+        bytes: impl FnOnce() -> bytes::Bytes,
         write: impl Fn(&TcpStream) -> std::io::Result<usize>,
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(outbox) = self.activity.divert.get() {
+            let bytes = bytes();
+            let n = bytes.len();
+            return Poll::Ready(if outbox.push_raw(bytes) {
+                Ok(n)
+            } else {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            });
+        }
         loop {
             if let Err(e) = std::task::ready!(self.io.poll_write_ready(cx)) {
                 return Poll::Ready(Err(e));
@@ -406,7 +451,11 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = self.poll_write_with(cx, |io| io.try_write(buf));
+        let poll = self.poll_write_with(
+            cx,
+            || bytes::Bytes::copy_from_slice(buf),
+            |io| io.try_write(buf),
+        );
         self.note(poll)
     }
 
@@ -415,7 +464,16 @@ impl tokio::io::AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let poll = self.poll_write_with(cx, |io| io.try_write_vectored(bufs));
+        let poll = self.poll_write_with(
+            cx,
+            || {
+                bufs.iter()
+                    .flat_map(|b| b.iter().copied())
+                    .collect::<Vec<u8>>()
+                    .into()
+            },
+            |io| io.try_write_vectored(bufs),
+        );
         self.note(poll)
     }
 
@@ -430,6 +488,10 @@ impl tokio::io::AsyncWrite for Counted {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.activity.divert.get().is_some() {
+            // The socket's own writer ends it, after what is queued.
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(socket2::SockRef::from(&*self.io).shutdown(std::net::Shutdown::Write))
     }
 }

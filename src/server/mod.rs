@@ -20,7 +20,7 @@ pub mod sse;
 pub mod webhook;
 pub mod ws;
 
-pub use listen::{serve, Working};
+pub use listen::{serve, RawSocket, Working};
 
 use crate::resolve::Runtime;
 use axum::extract::DefaultBodyLimit;

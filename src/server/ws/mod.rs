@@ -53,7 +53,11 @@ enum Protocol {
 pub fn serve(
     state: AppState,
     socket: WebSocket,
-    (ctx, peer): (RequestContext, Option<std::net::IpAddr>),
+    (ctx, peer, raw): (
+        RequestContext,
+        Option<std::net::IpAddr>,
+        Option<super::RawSocket>,
+    ),
     held: impl Send + 'static,
 ) {
     use tracing::Instrument;
@@ -63,7 +67,7 @@ pub fn serve(
     // subscriber's registry.
     let span = tracing::debug_span!("ws", conn);
     let tracker = state.sockets.clone();
-    let (reader, writer) = span.in_scope(|| tasks(state, socket, (ctx, peer), held));
+    let (reader, writer) = span.in_scope(|| tasks(state, socket, (ctx, peer, raw), held));
     // Spawned as they are: an async block around one would hold it twice (as the value
     // it captured and as the future it awaits), 2.8 KiB instead of 1.4.
     tracker.spawn(writer.instrument(span.clone()));
@@ -78,7 +82,11 @@ pub fn serve(
 fn tasks(
     state: AppState,
     socket: WebSocket,
-    (ctx, peer): (RequestContext, Option<std::net::IpAddr>),
+    (ctx, peer, raw): (
+        RequestContext,
+        Option<std::net::IpAddr>,
+        Option<super::RawSocket>,
+    ),
     held: impl Send + 'static,
 ) -> (
     impl std::future::Future<Output = ()> + Send,
@@ -101,6 +109,12 @@ fn tasks(
         state.ws.max_queued_bytes,
         state.runtime.metrics.events_dropped.clone(),
     );
+    // Over HTTP/1.1 the writer writes the TCP socket itself, each round's frames framed
+    // into one buffer and written at once; what tungstenite still writes (a pong, a close
+    // reply) is queued in the outbox and written in its turn.
+    if let Some(raw) = &raw {
+        raw.divert(outbox.clone());
+    }
     let closing = tokio_util::sync::CancellationToken::new();
     let ops = Ops::default();
     // A client that reads nothing while we have something to write, for as long as an
@@ -110,6 +124,8 @@ fn tasks(
     let (out, finished) = (outbox.clone(), ops.clone());
     // What is queued while the writer writes goes out in its next round.
     let writer = async move {
+        // A close frame has been written (direct writes only).
+        let mut closed = false;
         loop {
             let frames = out.take(BATCH).await;
             if frames.is_empty() {
@@ -123,7 +139,11 @@ fn tasks(
                 }
             }
             // Boxed: an idle writer holds no room for writing.
-            match Box::pin(write_round(&mut sink, frames, stall)).await {
+            let round = match &raw {
+                Some(raw) => Box::pin(write_direct(raw.io(), frames, stall, &mut closed)).await,
+                None => Box::pin(write_round(&mut sink, frames, stall)).await,
+            };
+            match round {
                 Round::Written => {}
                 Round::Closed => break,
                 Round::Stalled => {
@@ -134,9 +154,23 @@ fn tasks(
                 }
             }
         }
+        match &raw {
+            // Unless a close frame was written: tungstenite's close (the reply to the
+            // client's, echoing its code, or its own), queued through the outbox, then
+            // written.
+            Some(raw) if !closed => {
+                out.finish();
+                let _ = Box::pin(tokio::time::timeout(stall, sink.close())).await;
+                let frames = out.take(BATCH).await;
+                let _ = Box::pin(write_direct(raw.io(), frames, stall, &mut closed)).await;
+            }
+            Some(_) => {}
+            None => {
+                let _ = Box::pin(tokio::time::timeout(stall, sink.close())).await;
+            }
+        }
         out.close();
         stalled.cancel();
-        let _ = Box::pin(tokio::time::timeout(stall, sink.close())).await;
     };
     let tx = Tx(outbox.clone());
     // Built here and moved in whole: built inside the reader, the reader's future would
@@ -219,6 +253,87 @@ async fn write_round(
     tokio::time::timeout(stall, round)
         .await
         .unwrap_or(Round::Stalled)
+}
+
+/// Writes `frames` (all but [`Frame::Ended`]) to the socket `io` as WebSocket frames (a
+/// server's: unmasked), framed into one buffer and written at once, within `stall`.
+/// `closed` is set once a close frame is among them (ours, or tungstenite's reply).
+async fn write_direct(
+    io: &tokio::net::TcpStream,
+    frames: Vec<Frame>,
+    stall: Duration,
+    closed: &mut bool,
+) -> Round {
+    let mut buf = Vec::with_capacity(frames.iter().map(|f| f.len() + 10).sum());
+    let mut last = false;
+    for frame in frames {
+        match frame {
+            Frame::Ended(_) => {}
+            Frame::Raw(bytes) => {
+                *closed |= holds_close(&bytes);
+                buf.extend_from_slice(&bytes);
+            }
+            Frame::Close(code, mut reason) => {
+                // A control frame's payload is at most 125 bytes.
+                while reason.len() > 123 {
+                    reason.pop();
+                }
+                ws_header(&mut buf, 0x8, 2 + reason.len());
+                buf.extend_from_slice(&code.to_be_bytes());
+                buf.extend_from_slice(reason.as_bytes());
+                *closed = true;
+                last = true;
+                break;
+            }
+            text => {
+                ws_header(&mut buf, 0x1, text.len());
+                text.append_to(&mut buf);
+            }
+        }
+    }
+    match tokio::time::timeout(stall, super::handover::write_all(io, &buf)).await {
+        Ok(Ok(())) if !last => Round::Written,
+        Ok(_) => Round::Closed,
+        Err(_) => Round::Stalled,
+    }
+}
+
+/// A WebSocket frame's head: FIN, `opcode`, and the payload's length (unmasked).
+fn ws_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
+    out.push(0x80 | opcode);
+    if len < 126 {
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(126);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(127);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+}
+
+/// Whether whole server frames `bytes` hold a close frame.
+fn holds_close(mut bytes: &[u8]) -> bool {
+    while bytes.len() >= 2 {
+        if bytes[0] & 0x0f == 0x8 {
+            return true;
+        }
+        let (len, head): (usize, usize) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&bytes[2..10]);
+                (
+                    usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX),
+                    10,
+                )
+            }
+            126 | 127 => return false,
+            n => (n as usize, 2),
+        };
+        bytes = bytes.get(head.saturating_add(len)..).unwrap_or_default();
+    }
+    false
 }
 
 /// WebSocket settings; flags of the binary.
