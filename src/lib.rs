@@ -44,11 +44,14 @@
 //!   carried in a task-local from a transport to the upstream client (and into the
 //!   cache's and batcher's spawned tasks), W3C trace context in and out, the bounded
 //!   export queue in front of the official OTLP exporter. A leaf: imports only `metrics`.
-//! - `live` ⑥ subscriptions: prepare, topics, outboxes, and `live::start`, which every
-//!   long-lived transport calls (above the executor).
+//! - `live` ⑥ subscriptions: prepare, topics (their subscribers grouped by connection,
+//!   `live::members`), outboxes, and `live::start`, which every long-lived transport calls
+//!   (above the executor).
 //! - [`server`] ⑥ transports: `app(state) -> Router` for HTTP, WebSocket, SSE, GraphiQL,
 //!   the invalidation webhook and `@webhook` receivers (`server::hooks`), health and
-//!   metrics; `--rate-limit` (`server::rate`); the accept loop.
+//!   metrics; `--rate-limit` (`server::rate`); the accept loop, which hands an HTTP/1.1
+//!   event stream's socket over from hyper (`server::handover`) and lets a WebSocket's
+//!   writer write its socket itself.
 //! - [`demo`] the demo upstreams (`livegate demo`, the examples and tests).
 //! - [`openapi`] `livegate import openapi`: an OpenAPI document → a schema, checked with
 //!   [`plan`] before it is written (a tool beside the gateway: it imports only `plan`).
