@@ -101,7 +101,7 @@ pub async fn serve(
             let working = Working::new(&busy);
             let http11 = req.version() == http::Version::HTTP_11;
             let ask = busy.handover.clone();
-            if http11 {
+            if http11 && req.headers().contains_key(http::header::UPGRADE) {
                 // A WebSocket upgraded from this request may write the socket itself.
                 req.extensions_mut().insert(RawSocket {
                     io: io_for_requests.clone(),
