@@ -185,50 +185,55 @@ fn request_parts(req: &UpstreamRequest, client: &RequestContext) -> Vec<Vec<u8>>
 /// Bearer` or, without one, as the `--jwt-cookie` (the other cookies of that header stay
 /// as they are); any other header is its bytes.
 fn keyed(name: &HeaderName, value: &HeaderValue, client: &RequestContext) -> Vec<u8> {
+    let plain = || [name.as_str().as_bytes(), b":", value.as_bytes()].concat();
     let identity = client.identity();
     let Some(subject) = identity.and_then(|i| i.subject.as_deref()) else {
-        return [name.as_str().as_bytes(), b":", value.as_bytes()].concat();
+        return plain();
     };
+    let verified = || [b"verified-subject:".as_slice(), subject.as_bytes()].concat();
     let bearer = |v: &HeaderValue| {
         v.as_bytes()
             .get(..7)
             .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer "))
     };
-    let verified = [b"verified-subject:".as_slice(), subject.as_bytes()].concat();
-    if name == http::header::AUTHORIZATION
-        && client.headers().get(http::header::AUTHORIZATION) == Some(value)
-        && bearer(value)
-    {
-        return verified;
+    if name == http::header::AUTHORIZATION {
+        let verified_one =
+            client.headers().get(http::header::AUTHORIZATION) == Some(value) && bearer(value);
+        return if verified_one { verified() } else { plain() };
     }
-    let cookie = identity.and_then(|i| i.cookie.as_deref());
-    let no_bearer = !client
-        .headers()
-        .get_all(http::header::AUTHORIZATION)
-        .iter()
-        .any(bearer);
-    if let (true, Some(cookie), Ok(text)) = (
-        name == http::header::COOKIE && no_bearer,
-        cookie,
+    // Without a Bearer header, the verified token was the first cookie of that name.
+    let Some(cookie) = identity
+        .and_then(|i| i.cookie.as_deref())
+        .filter(|_| name == http::header::COOKIE)
+    else {
+        return plain();
+    };
+    let headers = client.headers();
+    let (false, Ok(text)) = (
+        headers
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .any(bearer),
         value.to_str(),
-    ) {
-        // The first pair of that name is the token that was verified.
-        let mut replaced = false;
-        let pairs: Vec<Vec<u8>> = text
-            .split(';')
-            .map(|pair| match pair.trim().split_once('=') {
-                Some((k, _)) if !replaced && k.trim() == cookie => {
-                    replaced = true;
-                    [k.trim().as_bytes(), b"=", &verified].concat()
-                }
-                _ => pair.trim().as_bytes().to_vec(),
-            })
-            .collect();
-        if replaced {
-            return [b"cookie:".as_slice(), &pairs.join(&b"; "[..])].concat();
-        }
+    ) else {
+        return plain();
+    };
+    let mut replaced = false;
+    let pairs: Vec<Vec<u8>> = text
+        .split(';')
+        .map(|pair| match pair.trim().split_once('=') {
+            Some((k, _)) if !replaced && k.trim() == cookie => {
+                replaced = true;
+                [k.trim().as_bytes(), b"=", &verified()].concat()
+            }
+            _ => pair.trim().as_bytes().to_vec(),
+        })
+        .collect();
+    if replaced {
+        [b"cookie:".as_slice(), &pairs.join(&b"; "[..])].concat()
+    } else {
+        plain()
     }
-    [name.as_str().as_bytes(), b":", value.as_bytes()].concat()
 }
 
 fn credentials(upstream: &UpstreamPlan, client: &RequestContext) -> Vec<Vec<u8>> {

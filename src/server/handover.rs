@@ -10,12 +10,14 @@
 //! (the stream's, from [`super::sse::frames`]); a write stalled for `--header-timeout-ms`
 //! closes the connection, as the accept loop did; the stream ends with the last chunk and
 //! the connection closes (the response says `Connection: close`: a stream is its
-//! connection's last response); a client that goes away ends the stream at once. Over HTTP/2 (or a router called without the accept loop) the stream is
-//! an ordinary response body.
+//! connection's last response); a client that goes away ends the stream at once. Over
+//! HTTP/2 (or a router called without the accept loop) the stream is an ordinary
+//! response body.
 
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
+use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -97,7 +99,8 @@ pub async fn write_out(io: &TcpStream, mut stream: BoxStream<'static, Bytes>, st
             Some(c) if c.is_empty() => continue,
             Some(c) => {
                 let mut out = Vec::with_capacity(c.len() + 12);
-                out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{:x}\r\n", c.len());
                 out.extend_from_slice(&c);
                 out.extend_from_slice(b"\r\n");
                 (out, false)

@@ -100,7 +100,6 @@ pub async fn serve(
         let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             let working = Working::new(&busy);
             let http11 = req.version() == http::Version::HTTP_11;
-            let ask = busy.handover.clone();
             if http11 && req.headers().contains_key(http::header::UPGRADE) {
                 // A WebSocket upgraded from this request may write the socket itself.
                 req.extensions_mut().insert(RawSocket {
@@ -127,6 +126,7 @@ pub async fn serve(
                 // An event stream over HTTP/1.1 is taken over once its head is out.
                 let res = match res.extensions().get::<Streamed>() {
                     Some(streamed) if http11 => {
+                        let ask = &working.activity().handover;
                         *ask.slot.lock().unwrap_or_else(|p| p.into_inner()) =
                             Some(streamed.clone());
                         let mut res = res.map(|_| {
@@ -236,7 +236,7 @@ struct Activity {
     /// Everything hyper wrote has been flushed (hyper flushes only an empty buffer).
     flushed: AtomicBool,
     /// An event stream waiting to be taken over from hyper.
-    handover: Arc<Ask>,
+    handover: Ask,
     /// Once a WebSocket writes its socket itself: where what hyper and the WebSocket
     /// library still write (a pong, a close reply) goes instead, to be written in order.
     divert: std::sync::OnceLock<Arc<crate::live::Outbox>>,
@@ -280,7 +280,7 @@ impl Activity {
             stalled_since: AtomicU64::new(u64::MAX),
             origin: tokio::time::Instant::now(),
             flushed: AtomicBool::new(true),
-            handover: Arc::default(),
+            handover: Ask::default(),
             divert: std::sync::OnceLock::new(),
         }
     }
@@ -307,16 +307,21 @@ impl Activity {
 /// the connection idle (if no other request is in flight).
 #[derive(Clone)]
 pub struct Working {
-    _shared: Arc<WorkingInner>,
+    shared: Arc<WorkingInner>,
 }
 
 struct WorkingInner(Arc<Activity>);
 
 impl Working {
+    /// The connection the request is on.
+    fn activity(&self) -> &Activity {
+        &self.shared.0
+    }
+
     fn new(activity: &Arc<Activity>) -> Self {
         activity.working.fetch_add(1, Ordering::AcqRel);
         Working {
-            _shared: Arc::new(WorkingInner(activity.clone())),
+            shared: Arc::new(WorkingInner(activity.clone())),
         }
     }
 }

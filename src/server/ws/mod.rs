@@ -33,6 +33,10 @@ use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::AbortHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{
+    CloseFrame as WsClose, Frame as WsFrame, FrameHeader,
+};
 
 pub const PROTOCOLS: [&str; 2] = ["graphql-transport-ws", "graphql-ws"];
 
@@ -278,15 +282,18 @@ async fn write_direct(
                 while reason.len() > 123 {
                     reason.pop();
                 }
-                ws_header(&mut buf, 0x8, 2 + reason.len());
-                buf.extend_from_slice(&code.to_be_bytes());
-                buf.extend_from_slice(reason.as_bytes());
+                let close = WsFrame::close(Some(WsClose {
+                    code: code.into(),
+                    reason: reason.into(),
+                }));
+                // Writing into a Vec cannot fail.
+                let _ = close.format(&mut buf);
                 *closed = true;
                 last = true;
                 break;
             }
             text => {
-                ws_header(&mut buf, 0x1, text.len());
+                ws_header(&mut buf, OpCode::Data(Data::Text), text.len());
                 text.append_to(&mut buf);
             }
         }
@@ -298,40 +305,24 @@ async fn write_direct(
     }
 }
 
-/// A WebSocket frame's head: FIN, `opcode`, and the payload's length (unmasked).
-fn ws_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
-    out.push(0x80 | opcode);
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&short.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+/// A final, unmasked (server) frame's head for `len` bytes of `opcode`, by tungstenite.
+fn ws_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
+    let head = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = head.format(len as u64, out);
 }
 
 /// Whether whole server frames `bytes` hold a close frame.
-fn holds_close(mut bytes: &[u8]) -> bool {
-    while bytes.len() >= 2 {
-        if bytes[0] & 0x0f == 0x8 {
+fn holds_close(bytes: &[u8]) -> bool {
+    let mut cursor = std::io::Cursor::new(bytes);
+    while let Ok(Some((head, len))) = FrameHeader::parse(&mut cursor) {
+        if head.opcode == OpCode::Control(Control::Close) {
             return true;
         }
-        let (len, head): (usize, usize) = match bytes[1] & 0x7f {
-            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 if bytes.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&bytes[2..10]);
-                (
-                    usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX),
-                    10,
-                )
-            }
-            126 | 127 => return false,
-            n => (n as usize, 2),
-        };
-        bytes = bytes.get(head.saturating_add(len)..).unwrap_or_default();
+        cursor.set_position(cursor.position().saturating_add(len));
     }
     false
 }
