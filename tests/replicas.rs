@@ -281,10 +281,20 @@ async fn replicas_share_one_cache_and_one_fetch_per_cold_key() {
         let r = q.await.expect("query");
         assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
     }
+    let mut lookups = Vec::new();
+    for gw in &gws {
+        let page = metrics(gw).await;
+        lookups.push(["hit", "miss", "error"].map(|o| {
+            sample(
+                &page,
+                &format!("livegate_l2_lookups_total{{outcome=\"{o}\"}}"),
+            )
+        }));
+    }
     assert_eq!(
         up.count_matching("GET /things/cold"),
         1,
-        "{:?}",
+        "{:?}; second-level hit/miss/error per replica: {lookups:?}",
         up.requests()
     );
 

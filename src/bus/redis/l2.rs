@@ -103,6 +103,18 @@ impl RedisBus {
         };
         match won {
             Some(Some(_)) => {
+                // Another replica may have stored the value and released its lock
+                // between the read above and this lock: look again before fetching (one
+                // round trip, on a miss only), and fetch under the generation seen now.
+                let generation = match self.read(&key).await {
+                    Some((_, Some(hit))) if hit.age < policy.max_age => {
+                        self.unlock(lock, token).await;
+                        outcome("hit");
+                        return Ok(hit);
+                    }
+                    Some((now, _)) => now,
+                    None => generation,
+                };
                 outcome("miss");
                 let result = fetch().await;
                 if let Ok(answer) = &result {
@@ -114,13 +126,7 @@ impl RedisBus {
                         self.put(&key, &answer.value, &policy, &generation).await;
                     }
                 }
-                let mut unlock = self.unlock.prepare_invoke();
-                unlock.key(lock).arg(token);
-                let _: Option<i64> = self
-                    .call("fill unlock", |mut c| async move {
-                        unlock.invoke_async(&mut c).await
-                    })
-                    .await;
+                self.unlock(lock, token).await;
                 fetched(result)
             }
             Some(None) => {
@@ -161,6 +167,17 @@ impl RedisBus {
                 fetched(fetch().await)
             }
         }
+    }
+
+    /// Releases the fill lock `lock` if `token` still holds it.
+    async fn unlock(&self, lock: String, token: String) {
+        let mut unlock = self.unlock.prepare_invoke();
+        unlock.key(lock).arg(token);
+        let _: Option<i64> = self
+            .call("fill unlock", |mut c| async move {
+                unlock.invoke_async(&mut c).await
+            })
+            .await;
     }
 
     /// A poll found a new value of `key` (`None`: one no shared cache may keep). In one
