@@ -25,6 +25,9 @@ struct Args {
     /// Redis shared with other replicas (`scripts/replicas` starts one beside the demo).
     #[arg(long, env = "LIVEGATE_REDIS_URL")]
     redis_url: Option<String>,
+    /// A Redis Cluster's nodes instead (comma-separated), as the gateway's --redis-cluster.
+    #[arg(long, env = "LIVEGATE_REDIS_CLUSTER", conflicts_with = "redis_url")]
+    redis_cluster: Option<String>,
     /// Long-lived connections (WebSocket, SSE) and TCP connections one client address may
     /// hold, as the gateway's --max-connections-per-ip (default 1,000); `scripts/memory`
     /// opens many sockets from 127.0.0.1.
@@ -139,8 +142,11 @@ async fn main() -> ExitCode {
     options.webhook.secret = Some(args.webhook_secret);
     options.redis = args
         .redis_url
-        .map(|url| livegate::bus::redis::RedisOptions {
+        .map(|url| (url, false))
+        .or(args.redis_cluster.map(|nodes| (nodes, true)))
+        .map(|(url, cluster)| livegate::bus::redis::RedisOptions {
             url,
+            cluster,
             prefix: "livegate:".into(),
             timeout: std::time::Duration::from_millis(250),
             fill_wait: std::time::Duration::from_secs(10),

@@ -252,6 +252,14 @@ struct Cli {
     /// Redis shared by several replicas (redis://, rediss://, a password in the URL works): invalidations reach every replica and cached values are shared. Without it everything stays in this process.
     #[arg(long, env = "LIVEGATE_REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
+    /// A Redis Cluster instead of one Redis: some of its nodes, comma-separated (`redis://host:7000,redis://host:7001`); the rest are found from them. The second-level cache, persisted documents, leases and rate budgets spread over its slots by their own keys; the invalidation stream sits in one slot. Not with --redis-url.
+    #[arg(
+        long,
+        env = "LIVEGATE_REDIS_CLUSTER",
+        hide_env_values = true,
+        conflicts_with = "redis_url"
+    )]
+    redis_cluster: Option<String>,
     /// Prefix of every Redis key, so several gateways can share one Redis.
     #[arg(long, env = "LIVEGATE_REDIS_PREFIX", default_value = "livegate:")]
     redis_prefix: String,
@@ -537,15 +545,25 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         cors,
         upstream_ca,
         follow_redirects: cli.upstream_follow_redirects,
-        redis: cli.redis_url.clone().filter(|u| !u.is_empty()).map(|url| {
-            livegate::bus::redis::RedisOptions {
+        redis: cli
+            .redis_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .map(|url| (url, false))
+            .or_else(|| {
+                cli.redis_cluster
+                    .clone()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|nodes| (nodes, true))
+            })
+            .map(|(url, cluster)| livegate::bus::redis::RedisOptions {
                 url,
+                cluster,
                 prefix: cli.redis_prefix.clone(),
                 timeout: Duration::from_millis(cli.redis_timeout_ms.max(1)),
                 fill_wait: Duration::from_millis(cli.redis_fill_wait_ms),
                 lease: Duration::from_millis(cli.redis_lease_ms.max(100)),
-            }
-        }),
+            }),
         cache_bytes: cli.cache_size_mb << 20,
         response_cache_bytes: cli.response_cache_mb << 20,
         max_upstream_body: cli.max_upstream_body,

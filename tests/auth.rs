@@ -886,6 +886,7 @@ fn limited(jwks: &Jwks, per_second: f64, redis: Option<&str>) -> livegate::Optio
         }),
         redis: redis.map(|url| livegate::bus::redis::RedisOptions {
             url: url.to_string(),
+            cluster: false,
             prefix: "ratetest".into(),
             timeout: Duration::from_millis(500),
             fill_wait: Duration::from_secs(5),

@@ -312,6 +312,7 @@ async fn apq_documents_are_shared_by_replicas_through_redis() {
     let options = || livegate::Options {
         redis: Some(livegate::bus::redis::RedisOptions {
             url: redis.url(),
+            cluster: false,
             prefix: "apq-test:".into(),
             timeout: Duration::from_millis(500),
             fill_wait: Duration::from_secs(5),

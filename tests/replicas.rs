@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::redis::RedisServer;
+use common::redis::{is_cluster, Redis, RedisServer};
 use common::{sample, Gateway, Upstream};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,7 @@ fn options(redis: &str, prefix: &str) -> livegate::Options {
     let mut o = livegate::Options {
         redis: Some(livegate::bus::redis::RedisOptions {
             url: redis.to_string(),
+            cluster: is_cluster(redis),
             prefix: prefix.to_string(),
             timeout: Duration::from_millis(250),
             fill_wait: Duration::from_secs(5),
@@ -184,9 +185,8 @@ async fn webhook(gw: &Gateway, tags: &[&str]) {
 
 const THING: &str = r#"subscription { thing(id: "1") { id v } }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_on_one_replica_reaches_the_others_with_one_refetch_per_entry() {
-    let redis = RedisServer::start();
+async fn a_change_on_one_replica_reaches_the_others_with_one_refetch_per_entry(cluster: bool) {
+    let redis = Redis::start(cluster);
     let (up, version) = upstream().await;
     let gws = replicas(2, &up, &redis.url(), "t1:").await;
     let (a, b) = (&gws[0], &gws[1]);
@@ -231,9 +231,8 @@ async fn a_change_on_one_replica_reaches_the_others_with_one_refetch_per_entry()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_share_one_cache_and_one_fetch_per_cold_key() {
-    let redis = RedisServer::start();
+async fn replicas_share_one_cache_and_one_fetch_per_cold_key(cluster: bool) {
+    let redis = Redis::start(cluster);
     let (up, _) = upstream().await;
     // Redis answers slowly on a loaded machine: a call that times out is a fetch of the
     // replica's own (by design), which this count would take for a lost fill lock.
@@ -342,9 +341,8 @@ async fn replicas_share_one_cache_and_one_fetch_per_cold_key() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_unknown_format_messages_are_skipped_and_counted() {
-    let redis = RedisServer::start();
+async fn malformed_and_unknown_format_messages_are_skipped_and_counted(cluster: bool) {
+    let redis = Redis::start(cluster);
     let (up, version) = upstream().await;
     let gws = replicas(2, &up, &redis.url(), "t3:").await;
     let mut on_b = Live::start(&gws[1], THING).await;
@@ -376,7 +374,7 @@ async fn malformed_and_unknown_format_messages_are_skipped_and_counted() {
     }
     // A malformed second-level entry is a miss, not a crash.
     let _: () = redis::cmd("SET")
-        .arg(format!("{{t3:}}c:{}", "00".repeat(32)))
+        .arg(format!("{{t3:c:{}}}", "00".repeat(32)))
         .arg("{not json")
         .arg("PX")
         .arg(60_000)
@@ -390,9 +388,8 @@ async fn malformed_and_unknown_format_messages_are_skipped_and_counted() {
     assert_eq!(up.count_matching("GET /things/1"), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_down_is_not_livegate_down_and_the_replicas_rejoin() {
-    let mut redis = RedisServer::start();
+async fn redis_down_is_not_livegate_down_and_the_replicas_rejoin(cluster: bool) {
+    let mut redis = Redis::start(cluster);
     let (up, version) = upstream().await;
     let gws = replicas(2, &up, &redis.url(), "t4:").await;
     let (a, b) = (&gws[0], &gws[1]);
@@ -569,7 +566,11 @@ impl Process {
             .arg(&path)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args([
-                "--redis-url",
+                if is_cluster(redis) {
+                    "--redis-cluster"
+                } else {
+                    "--redis-url"
+                },
                 redis,
                 "--redis-prefix",
                 prefix,
@@ -620,9 +621,8 @@ async fn leases_taken(gw: &Gateway) -> f64 {
         + sample(&page, "livegate_leases_total{event=\"takeover\"}")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_poller_per_live_entry_for_the_whole_cluster_and_a_survivor_takes_over() {
-    let redis = RedisServer::start();
+async fn one_poller_per_live_entry_for_the_whole_cluster_and_a_survivor_takes_over(cluster: bool) {
+    let redis = Redis::start(cluster);
     let (up, version) = upstream().await;
     // The first replica, in a process of its own, polls first: it takes the lease.
     let first = Process::start(&SCHEMA.replace("{up}", &up.url()), &redis.url(), "t6:").await;
@@ -775,9 +775,8 @@ impl Sockets {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over() {
-    let redis = RedisServer::start();
+async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over(cluster: bool) {
+    let redis = Redis::start(cluster);
     let sockets = socket_upstream().await;
     let schema = STREAMS.replace("{up}", &sockets.up.url());
     let first = Process::start(&schema, &redis.url(), "t7:").await;
@@ -847,9 +846,10 @@ async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over() {
     assert!((1.0..=2.0).contains(&takeovers), "{takeovers} takeovers");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_before_redis() {
-    let mut redis = RedisServer::start_with_password(Some("pa55-word-xyz"));
+async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_before_redis(
+    cluster: bool,
+) {
+    let mut redis = Redis::start_with_password(cluster, Some("pa55-word-xyz"));
     let (up, version) = upstream().await;
     // A replica started while Redis is down serves, degraded, and joins when it is up.
     redis.stop();
@@ -879,19 +879,25 @@ async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_
     // A malformed URL is a start-up error that does not show the password either.
     let plan =
         livegate::plan::load("s.graphql", &schema, Vec::<(String, String)>::new()).expect("plan");
-    let err = match livegate::state(plan, &options("redis://:pa55-word-xyz@[::1", "t8:")) {
+    let (malformed, flag) = if cluster {
+        (
+            "redis://:pa55-word-xyz@[::1,redis://127.0.0.1:1",
+            "--redis-cluster",
+        )
+    } else {
+        ("redis://:pa55-word-xyz@[::1", "--redis-url")
+    };
+    let err = match livegate::state(plan, &options(malformed, "t8:")) {
         Err(e) => e.to_string(),
         Ok(_) => panic!("a malformed URL is refused"),
     };
-    assert!(
-        err.contains("--redis-url") && !err.contains("pa55"),
-        "{err}"
-    );
+    assert!(err.contains(flag) && !err.contains("pa55"), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unshareable_polled_entry_still_reaches_every_replica_and_stale_values_are_refreshed() {
-    let redis = RedisServer::start();
+async fn an_unshareable_polled_entry_still_reaches_every_replica_and_stale_values_are_refreshed(
+    cluster: bool,
+) {
+    let redis = Redis::start(cluster);
     let (up, version) = upstream().await;
     let gws = replicas(2, &up, &redis.url(), "t9:").await;
     // A PUBLIC field whose upstream says no-store: one replica polls, the other hears of
@@ -919,9 +925,10 @@ async fn an_unshareable_polled_entry_still_reaches_every_replica_and_stale_value
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_redis_is_back() {
-    let mut redis = RedisServer::start();
+async fn without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_redis_is_back(
+    cluster: bool,
+) {
+    let mut redis = Redis::start(cluster);
     let sockets = socket_upstream().await;
     let schema = STREAMS.replace("{up}", &sockets.up.url());
     let mut gws = Vec::new();
@@ -1008,9 +1015,8 @@ async fn events_until(live: &mut Live, last: u64) -> Vec<u64> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_socket_holder_loses_no_event_and_doubles_none() {
-    let redis = RedisServer::start();
+async fn a_killed_socket_holder_loses_no_event_and_doubles_none(cluster: bool) {
+    let redis = Redis::start(cluster);
     let sockets = socket_upstream().await;
     let schema = STREAMS.replace("{up}", &sockets.up.url());
     // The holder: a process of its own, killed outright below.
@@ -1068,9 +1074,8 @@ async fn a_killed_socket_holder_loses_no_event_and_doubles_none() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn across_a_redis_outage_the_holder_and_the_standby_lose_no_event() {
-    let mut redis = RedisServer::start();
+async fn across_a_redis_outage_the_holder_and_the_standby_lose_no_event(cluster: bool) {
+    let mut redis = Redis::start(cluster);
     let sockets = socket_upstream().await;
     let schema = STREAMS.replace("{up}", &sockets.up.url());
     let holder = Gateway::start(&schema, options(&redis.url(), "t18r:")).await;
@@ -1108,3 +1113,104 @@ async fn across_a_redis_outage_the_holder_and_the_standby_lose_no_event() {
         "no third socket: the standby served its replica"
     );
 }
+
+/// On a Redis Cluster the second-level cache spreads over every master by its own keys,
+/// and when the master holding the invalidation stream dies mid-test (its replica takes
+/// over), no replica serves a stale value afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_spreads_the_cache_over_its_masters_and_survives_losing_one() {
+    let mut cluster = common::redis::RedisCluster::start();
+    let (up, version) = upstream().await;
+    let mut o = options(&cluster.url(), "tc:");
+    if let Some(r) = o.redis.as_mut() {
+        r.timeout = Duration::from_secs(1);
+    }
+    let gws = replicas_with(2, &up, o).await;
+    let ids: Vec<String> = (0..30).map(|i| format!("id-{i:02}")).collect();
+    let query = |id: &str| format!(r#"{{ thing(id: "{id}") {{ v }} }}"#);
+    for id in &ids {
+        let r = gws[0].query(&query(id)).await;
+        assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
+    }
+    // Entries, their tags and their generations on every master.
+    let spread = cluster.keys_by_master();
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    for (port, keys) in &spread {
+        assert!(
+            keys.iter().any(|k| k.starts_with("{tc:c:")),
+            "master {port} holds no entry: {spread:?}"
+        );
+    }
+    // B takes every one from the cluster: one upstream request per thing in all.
+    for id in &ids {
+        let r = gws[1].query(&query(id)).await;
+        assert_eq!(r["data"]["thing"]["v"], 0, "{r}");
+    }
+    for id in &ids {
+        assert_eq!(up.count_matching(&format!("GET /things/{id}")), 1, "{id}");
+    }
+    let page = metrics(&gws[1]).await;
+    assert_eq!(
+        sample(&page, "livegate_l2_lookups_total{outcome=\"hit\"}"),
+        30.0,
+        "{page}"
+    );
+
+    // The master of the invalidation stream dies; its replica is promoted.
+    let mut on_b = Live::start(&gws[1], r#"subscription { thing(id: "id-00") { id v } }"#).await;
+    on_b.until_version(0).await;
+    cluster.kill_master_of("{tc:}inv");
+    version.store(7, Ordering::SeqCst);
+    let tags: Vec<String> = ids.iter().map(|id| format!("thing:{id}")).collect();
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    webhook(&gws[0], &tags).await;
+    tokio::time::timeout(Duration::from_secs(30), on_b.until_version(7))
+        .await
+        .expect("B hears the invalidation (or that everything changed) after the failover");
+    // Nothing stale anywhere: every thing is refetched or taken from a fresh entry.
+    for gw in &gws {
+        for id in &ids {
+            let r = gw.query(&query(id)).await;
+            assert_eq!(r["data"]["thing"]["v"], 7, "{id}: {r}");
+        }
+    }
+    until(&gws[0], |p| sample(p, "livegate_redis_up") == 1.0).await;
+    until(&gws[1], |p| sample(p, "livegate_redis_up") == 1.0).await;
+}
+
+/// Each test above on one Redis (`--redis-url`) and on a Redis Cluster of three masters
+/// with a replica each (`--redis-cluster`).
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod one_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(false).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(true).await
+                }
+            )*
+        }
+    };
+}
+
+on_both!(
+    a_change_on_one_replica_reaches_the_others_with_one_refetch_per_entry,
+    replicas_share_one_cache_and_one_fetch_per_cold_key,
+    malformed_and_unknown_format_messages_are_skipped_and_counted,
+    redis_down_is_not_livegate_down_and_the_replicas_rejoin,
+    one_poller_per_live_entry_for_the_whole_cluster_and_a_survivor_takes_over,
+    one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over,
+    a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_before_redis,
+    an_unshareable_polled_entry_still_reaches_every_replica_and_stale_values_are_refreshed,
+    without_redis_each_replica_holds_its_own_socket_and_gives_it_up_when_redis_is_back,
+    a_killed_socket_holder_loses_no_event_and_doubles_none,
+    across_a_redis_outage_the_holder_and_the_standby_lose_no_event,
+);

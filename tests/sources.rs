@@ -502,6 +502,7 @@ async fn a_delivery_to_one_replica_reaches_every_replicas_subscribers_once() {
     let options = || livegate::Options {
         redis: Some(livegate::bus::redis::RedisOptions {
             url: redis.url(),
+            cluster: false,
             prefix: "hooks".into(),
             timeout: std::time::Duration::from_millis(500),
             fill_wait: std::time::Duration::from_secs(5),

@@ -358,6 +358,7 @@ type Thing { id: ID! v: Int! }
         telemetry: traced(&collector, service),
         redis: Some(livegate::bus::redis::RedisOptions {
             url: redis.url(),
+            cluster: false,
             prefix: "tr".into(),
             timeout: Duration::from_millis(500),
             fill_wait: Duration::from_secs(5),

@@ -12,6 +12,16 @@ pub struct RedisServer {
     dir: PathBuf,
     /// `--requirepass`, when set.
     password: Option<String>,
+    /// More arguments for `redis-server` (a cluster node's).
+    extra: Vec<String>,
+}
+
+/// A port free now on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl RedisServer {
@@ -21,10 +31,11 @@ impl RedisServer {
 
     /// A server that wants `password` (`AUTH`) from every client.
     pub fn start_with_password(password: Option<&str>) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        Self::start_with(password, Vec::new())
+    }
+
+    fn start_with(password: Option<&str>, extra: Vec<String>) -> RedisServer {
+        let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("livegate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary directory");
@@ -33,6 +44,7 @@ impl RedisServer {
             port,
             dir,
             password: password.map(str::to_string),
+            extra,
         };
         server.resume();
         server
@@ -49,8 +61,9 @@ impl RedisServer {
     pub fn resume(&mut self) {
         let mut command = Command::new("redis-server");
         if let Some(p) = &self.password {
-            command.args(["--requirepass", p]);
+            command.args(["--requirepass", p, "--masterauth", p]);
         }
+        command.args(&self.extra);
         let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -102,4 +115,270 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A Redis Cluster started by a test: three masters and a replica of each
+/// (`redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`), each on
+/// free loopback ports, persisting nothing but its cluster configuration.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    password: Option<String>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        Self::start_with_password(None)
+    }
+
+    pub fn start_with_password(password: Option<&str>) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(
+                    password,
+                    vec![
+                        "--cluster-enabled".into(),
+                        "yes".into(),
+                        "--cluster-config-file".into(),
+                        "nodes.conf".into(),
+                        "--cluster-node-timeout".into(),
+                        "1000".into(),
+                        // A replica syncs at once (not 5 s later), and takes over from a
+                        // dead master however long ago it last heard from it.
+                        "--repl-diskless-sync-delay".into(),
+                        "0".into(),
+                        "--cluster-replica-validity-factor".into(),
+                        "0".into(),
+                        // The bus port given, not port + 10000 (which may not exist).
+                        "--cluster-port".into(),
+                        free_port().to_string(),
+                    ],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster {
+            nodes,
+            password: password.map(str::to_string),
+        };
+        let mut create = Command::new("redis-cli");
+        if let Some(p) = &cluster.password {
+            create.args(["-a", p, "--no-auth-warning"]);
+        }
+        create.arg("--cluster").arg("create");
+        for n in &cluster.nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is installed (with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.until_ok();
+        // Every replica has its master's data (a failover test kills a master).
+        for n in &cluster.nodes {
+            for _ in 0..1_000 {
+                let info = cluster
+                    .cli(n.port, &["info", "replication"])
+                    .unwrap_or_default();
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    /// What `--redis-cluster` takes: every node, comma-separated.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `redis-cli` on the node at `port`.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let mut cmd = Command::new("redis-cli");
+        if let Some(p) = &self.password {
+            cmd.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = cmd
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until every running node says the cluster is ok and knows three masters
+    /// that serve all slots.
+    pub fn until_ok(&self) {
+        for _ in 0..1_000 {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                self.cli(n.port, &["cluster", "info"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the Redis Cluster did not become ok");
+    }
+
+    /// The ports of the masters now (as a running node sees them).
+    pub fn masters(&self) -> Vec<u16> {
+        let Some(n) = self.nodes.iter().find(|n| n.child.is_some()) else {
+            return Vec::new();
+        };
+        let nodes = self.cli(n.port, &["cluster", "nodes"]).unwrap_or_default();
+        nodes
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .filter_map(|l| {
+                let addr = l.split_whitespace().nth(1)?;
+                addr.split(['@', ':']).nth(1)?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// The keys each master holds (`KEYS *` on each).
+    pub fn keys_by_master(&self) -> Vec<(u16, Vec<String>)> {
+        self.masters()
+            .into_iter()
+            .map(|port| {
+                let keys = self.cli(port, &["keys", "*"]).unwrap_or_default();
+                (port, keys.lines().map(str::to_string).collect())
+            })
+            .collect()
+    }
+
+    /// Kills the master that serves `key` and waits until its replica is promoted and
+    /// the cluster is ok again.
+    pub fn kill_master_of(&mut self, key: &str) -> u16 {
+        let Some(port) = self.masters().into_iter().find(|&p| self.serves(p, key)) else {
+            panic!("no master serves {key}");
+        };
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.stop();
+        }
+        for _ in 0..1_000 {
+            if self
+                .masters()
+                .iter()
+                .any(|&p| p != port && self.serves(p, key))
+            {
+                self.until_ok();
+                return port;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no replica took over from the master on {port}");
+    }
+
+    fn slot(&self, key: &str) -> u16 {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| self.cli(n.port, &["cluster", "keyslot", key]))
+            .and_then(|s| s.trim().parse().ok())
+            .expect("a slot")
+    }
+
+    /// Whether the node on `port` is a master serving `key`'s slot.
+    fn serves(&self, port: u16, key: &str) -> bool {
+        let slot = self.slot(key);
+        let Some(nodes) = self.cli(port, &["cluster", "nodes"]) else {
+            return false;
+        };
+        nodes.lines().any(|l| {
+            l.contains("myself") && l.contains("master") && {
+                l.split_whitespace().skip(8).any(|range| {
+                    let mut ends = range.split('-').filter_map(|x| x.parse::<u16>().ok());
+                    match (ends.next(), ends.next()) {
+                        (Some(a), Some(b)) => (a..=b).contains(&slot),
+                        (Some(a), None) => a == slot,
+                        _ => false,
+                    }
+                })
+            }
+        })
+    }
+
+    /// Stops every node (their ports stay ours to resume on).
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+
+    /// Starts every node again: they find each other from their saved configuration.
+    pub fn resume(&mut self) {
+        for n in &mut self.nodes {
+            n.resume();
+        }
+        self.until_ok();
+    }
+}
+
+/// One Redis or a cluster, for a test that runs on both.
+pub enum Redis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    pub fn start(cluster: bool) -> Redis {
+        Self::start_with_password(cluster, None)
+    }
+
+    pub fn start_with_password(cluster: bool, password: Option<&str>) -> Redis {
+        if cluster {
+            Redis::Cluster(RedisCluster::start_with_password(password))
+        } else {
+            Redis::One(RedisServer::start_with_password(password))
+        }
+    }
+
+    /// `--redis-url`'s value, or `--redis-cluster`'s (with a comma: see [`is_cluster`]).
+    pub fn url(&self) -> String {
+        match self {
+            Redis::One(r) => r.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        match self {
+            Redis::One(r) => r.stop(),
+            Redis::Cluster(c) => c.stop(),
+        }
+    }
+
+    pub fn resume(&mut self) {
+        match self {
+            Redis::One(r) => r.resume(),
+            Redis::Cluster(c) => c.resume(),
+        }
+    }
+
+    /// A client connection for the test's own commands (routed by key on a cluster).
+    pub async fn connection(&self) -> livegate::bus::redis::Conn {
+        livegate::bus::redis::connect(&self.url(), is_cluster(&self.url()))
+            .await
+            .expect("connect")
+    }
+}
+
+/// Whether a test's Redis URL names a cluster's nodes (several, comma-separated).
+pub fn is_cluster(url: &str) -> bool {
+    url.contains(',')
 }

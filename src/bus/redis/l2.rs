@@ -1,55 +1,93 @@
-//! The second-level cache (`{p}c:<key>`, `{p}t:<tag>`, `{p}gen`) and its fill lock
-//! (`{p}f:<key>`): one upstream request per cold key for the whole cluster.
+//! The second-level cache and its fill lock: one upstream request per cold key for the
+//! whole cluster. An entry, its fill lock and its own generation share a hash slot
+//! (`{p c:<key>}`, `…f`, `…g`); a tag's set of entries and its generation share another
+//! (`{p t:<tag>}`, `…g`). Over a Redis Cluster entries and tags spread over every node.
+//!
+//! Nothing is atomic across slots, so an entry is checked when it is read, not kept
+//! right when it is written: it records the generation of each of its tags and the
+//! "everything changed" count it was fetched under, and a lookup (one `MGET`, split by
+//! slot over a cluster's nodes) reads the current ones with it. An invalidation bumps its
+//! tags' generations before it is announced, so a replica that hears it can no longer
+//! take an older value from here, and a fill that raced it stores a value no lookup takes.
+//! What a poll found (`changed`) replaces the entry in one script with the entry's own
+//! generation, so a fill of the older value that finishes later is not stored.
 
 use super::*;
 
+/// The format of a stored entry (with its tags' generations); others are misses.
+const ENTRY_FORMAT: &str = "2";
+
+/// The generations a lookup saw: the "everything changed" count, each of the policy's
+/// tags' (in its order), and the entry's own.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Seen {
+    all: String,
+    tags: Vec<String>,
+    key: String,
+}
+
 impl RedisBus {
-    /// The invalidation generation and the "everything changed" count now (`None` when
-    /// Redis does not answer).
-    pub(super) async fn generation(&self) -> Option<(String, String)> {
-        let keys = [self.key("gen"), self.key("all")];
-        self.call("read generation", |mut c| async move {
-            let g: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-            let at = |i: usize| g.get(i).cloned().flatten().unwrap_or_else(|| "0".into());
-            Ok((at(0), at(1)))
-        })
-        .await
+    /// A tag's set of entry names and its generation.
+    pub(super) fn tag_keys(&self, tag: &Tag) -> (String, String) {
+        let scope = format!("t:{tag}");
+        (self.key_in(&scope, ""), self.key_in(&scope, "g"))
     }
 
-    /// The second-level entry for `key`, if there is one younger than `policy`'s
+    /// An entry's own generation and its fill lock (in the entry's slot).
+    fn entry_keys(&self, key: &CacheKey) -> (String, String) {
+        let scope = format!("c:{}", key.hex());
+        (self.key_in(&scope, "g"), self.key_in(&scope, "f"))
+    }
+
+    /// The second-level entry for `key`, if there is a valid one younger than `policy`'s
     /// `max_age` (what a waiting fill takes as the holder's value).
     pub(super) async fn fresh(&self, key: &CacheKey, policy: &Policy) -> Option<Shared> {
-        match self.read(key).await {
+        match self.read(key, &policy.tags).await {
             Some((_, Some(hit))) if hit.age < policy.max_age => Some(hit),
             _ => None,
         }
     }
 
-    /// In one round trip: the generation pair ([`RedisBus::generation`]) and the
-    /// second-level entry for `key` (`None` when there is none, or it predates an
-    /// "everything changed"); `None` when Redis did not answer.
-    pub(super) async fn read(&self, key: &CacheKey) -> Option<((String, String), Option<Shared>)> {
-        let keys = [self.key("gen"), self.key("all"), self.entry_key(key)];
-        let raw: Option<Generations> = self
+    /// In one round trip (one per slot on a cluster, sent together): the generations
+    /// ([`Seen`]) and the entry for `key` when it is still valid under them (`None` when
+    /// there is none, or a tag was invalidated or everything changed since it was
+    /// fetched); `None` when Redis did not answer.
+    pub(super) async fn read(
+        &self,
+        key: &CacheKey,
+        tags: &[Tag],
+    ) -> Option<(Seen, Option<Shared>)> {
+        let mut keys = vec![self.key("all")];
+        keys.extend(tags.iter().map(|t| self.tag_keys(t).1));
+        keys.push(self.entry_keys(key).0);
+        keys.push(self.entry_key(key));
+        let raw: Option<Vec<Option<Vec<u8>>>> = self
             .call("second-level lookup", |mut c| async move {
                 redis::cmd("MGET").arg(&keys).query_async(&mut c).await
             })
             .await;
-        let (generation, all, raw) = raw?;
-        let (generation, all) = (
-            generation.unwrap_or_else(|| "0".into()),
-            all.unwrap_or_else(|| "0".into()),
-        );
-        let entry = raw.and_then(|bytes| {
+        let mut raw = raw?.into_iter();
+        let mut number = || {
+            raw.next()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_else(|| "0".into())
+        };
+        let seen = Seen {
+            all: number(),
+            tags: tags.iter().map(|_| number()).collect(),
+            key: number(),
+        };
+        let entry = raw.next().flatten().and_then(|bytes| {
             let parsed = decode_entry(&bytes);
             if parsed.is_none() {
                 self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
             }
             parsed
-                .filter(|(_, stored_all)| *stored_all == all)
+                .filter(|(_, under)| under.valid(tags, &seen))
                 .map(|(shared, _)| shared)
         });
-        Some(((generation, all), entry))
+        Some((seen, entry))
     }
 
     pub async fn load<F, Fut>(
@@ -69,9 +107,9 @@ impl RedisBus {
             outcome("error");
             return fetched(fetch().await);
         }
-        // The generation with the entry: a value fetched after this is stored only if no
-        // invalidation came in between.
-        let generation = match self.read(&key).await {
+        // The generations with the entry: a value fetched after this is stored under
+        // them (and taken by no lookup once one of them moved).
+        let generation = match self.read(&key, &policy.tags).await {
             // Only a fresh value: a stale one is being refreshed, by this fetch.
             Some((_, Some(hit))) if hit.age < policy.max_age => {
                 outcome("hit");
@@ -83,7 +121,7 @@ impl RedisBus {
                 return fetched(fetch().await);
             }
         };
-        let lock = self.key(&format!("f:{}", key.hex()));
+        let lock = self.entry_keys(&key).1;
         let token = format!("{}:{}", self.origin, fastrand::u64(..));
         let wait = self.options.fill_wait;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -106,7 +144,7 @@ impl RedisBus {
                 // Another replica may have stored the value and released its lock
                 // between the read above and this lock: look again before fetching (one
                 // round trip, on a miss only), and fetch under the generation seen now.
-                let generation = match self.read(&key).await {
+                let generation = match self.read(&key, &policy.tags).await {
                     Some((_, Some(hit))) if hit.age < policy.max_age => {
                         self.unlock(lock, token).await;
                         outcome("hit");
@@ -181,96 +219,136 @@ impl RedisBus {
     }
 
     /// A poll found a new value of `key` (`None`: one no shared cache may keep). In one
-    /// step: the generation moves (a fill of `key` running elsewhere, which may have
-    /// fetched the older value, is then not stored), the value replaces the stored one (or
-    /// the stored one is dropped), and the change is announced.
+    /// script on the entry's slot its own generation moves (a fill of `key` running
+    /// elsewhere, which may have fetched the older value, is then not stored) and the
+    /// value replaces the stored one (or the stored one is dropped); then the change is
+    /// announced.
     pub async fn changed(&self, key: CacheKey, value: Option<&Value>, policy: &Policy) {
-        let Some((_, all)) = self.generation().await else {
+        let Some((seen, _)) = self.read(&key, &policy.tags).await else {
             return;
         };
         let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
         let entry = value
             .filter(|_| ttl > 0)
-            .map(|value| {
-                json!({"v": FORMAT, "stored": now_ms(), "all": all, "value": value}).to_string()
-            })
+            .map(|value| encode_entry(value, &policy.tags, &seen))
             .unwrap_or_default();
         let name = self.entry_key(&key);
         let mut changed = self.changed.prepare_invoke();
         changed
-            .key(self.key("gen"))
-            .key(name.clone())
-            .key(self.key("inv"));
-        for t in &policy.tags {
-            changed.key(self.key(&format!("t:{t}")));
-        }
-        changed
-            .arg(entry)
-            .arg(ttl.max(1))
-            .arg(name)
-            .arg(FORMAT)
-            .arg(&self.origin)
-            .arg(json!([key.hex()]).to_string())
-            .arg(STREAM_TTL_MS)
-            .arg(now_ms());
-        let sent: Option<String> = self
-            .call("publish change", |mut c| async move {
+            .key(&name)
+            .key(self.entry_keys(&key).0)
+            .arg(&entry)
+            .arg(ttl.max(1));
+        let stored: Option<i64> = self
+            .call("store change", |mut c| async move {
                 changed.invoke_async(&mut c).await
             })
             .await;
-        self.published(sent.is_some(), "changed");
+        if stored.is_none() {
+            self.published(false, "changed");
+            return;
+        }
+        if !entry.is_empty() {
+            self.file(&name, &policy.tags, ttl).await;
+        }
+        let keys = json!([key.hex()]).to_string();
+        let sent = self.announce("key", &[("keys", keys.as_str())]).await;
+        self.published(sent, "changed");
     }
 
-    pub(super) async fn put(
-        &self,
-        key: &CacheKey,
-        value: &Value,
-        policy: &Policy,
-        generation: &(String, String),
-    ) {
+    /// Stores `value` for `key` unless the entry's own generation moved since `seen`.
+    pub(super) async fn put(&self, key: &CacheKey, value: &Value, policy: &Policy, seen: &Seen) {
         let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
         if ttl == 0 {
             return;
         }
-        let entry = json!({
-            "v": FORMAT,
-            "stored": now_ms(),
-            "all": generation.1,
-            "value": value,
-        })
-        .to_string();
         let name = self.entry_key(key);
         let mut store = self.store.prepare_invoke();
-        store.key(name.clone()).key(self.key("gen"));
-        for t in &policy.tags {
-            store.key(self.key(&format!("t:{t}")));
-        }
         store
-            .arg(entry)
+            .key(&name)
+            .key(self.entry_keys(key).0)
+            .arg(encode_entry(value, &policy.tags, seen))
             .arg(ttl)
-            .arg(&generation.0)
-            .arg(name)
-            .arg(now_ms());
-        let _: Option<i64> = self
+            .arg(&seen.key);
+        let stored: Option<i64> = self
             .call("second-level store", |mut c| async move {
                 store.invoke_async(&mut c).await
             })
             .await;
+        if stored == Some(1) {
+            self.file(&name, &policy.tags, ttl).await;
+        }
+    }
+
+    /// Files the entry `name` under each of `tags` (each in its own slot, all at once), so
+    /// that their invalidation deletes it. Only memory depends on it: an entry whose tag
+    /// moved is taken by no lookup whether it was deleted or not.
+    async fn file(&self, name: &str, tags: &[Tag], ttl: u64) {
+        let now = now_ms();
+        let filed = tags.iter().map(|t| {
+            let mut file = self.file.prepare_invoke();
+            file.key(self.tag_keys(t).0).arg(name).arg(ttl).arg(now);
+            async move {
+                let _: Option<i64> = self
+                    .call("second-level tag", |mut c| async move {
+                        file.invoke_async(&mut c).await
+                    })
+                    .await;
+            }
+        });
+        futures_util::future::join_all(filed).await;
     }
 }
 
-/// `MGET gen all entry`: the generation, the "everything changed" count, the entry.
-pub(super) type Generations = (Option<String>, Option<String>, Option<Vec<u8>>);
+/// What an entry was fetched under: the "everything changed" count and its tags'
+/// generations.
+pub(super) struct Under {
+    all: String,
+    tags: std::collections::HashMap<String, String>,
+}
 
-/// A second-level entry as stored, if it is one of ours, with the "everything changed"
-/// count it was fetched under.
-pub(super) fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
+impl Under {
+    /// Whether nothing moved since: everything did not change, and no tag of `tags` was
+    /// invalidated (a tag the entry does not know counts as at generation 0).
+    fn valid(&self, tags: &[Tag], seen: &Seen) -> bool {
+        self.all == seen.all
+            && tags
+                .iter()
+                .zip(&seen.tags)
+                .all(|(t, now)| self.tags.get(&*t.0).map_or("0", String::as_str) == now.as_str())
+    }
+}
+
+fn encode_entry(value: &Value, tags: &[Tag], seen: &Seen) -> String {
+    let under: serde_json::Map<String, Value> = tags
+        .iter()
+        .zip(&seen.tags)
+        .map(|(t, g)| (t.0.to_string(), Value::String(g.clone())))
+        .collect();
+    json!({
+        "v": ENTRY_FORMAT,
+        "stored": now_ms(),
+        "all": seen.all,
+        "tags": under,
+        "value": value,
+    })
+    .to_string()
+}
+
+/// A second-level entry as stored, if it is one of ours, with what it was fetched under.
+pub(super) fn decode_entry(bytes: &[u8]) -> Option<(Shared, Under)> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
-    if v.get("v")?.as_str()? != FORMAT {
+    if v.get("v")?.as_str()? != ENTRY_FORMAT {
         return None;
     }
     let stored = v.get("stored")?.as_u64()?;
     let all = v.get("all")?.as_str()?.to_string();
+    let tags = v
+        .get("tags")?
+        .as_object()?
+        .iter()
+        .map(|(t, g)| Some((t.clone(), g.as_str()?.to_string())))
+        .collect::<Option<_>>()?;
     let value = v.get("value")?.clone();
     let shared = Shared {
         value,
@@ -280,50 +358,42 @@ pub(super) fn decode_entry(bytes: &[u8]) -> Option<(Shared, String)> {
         not_modified: false,
         freshness: Default::default(),
     };
-    Some((shared, all))
+    Some((shared, Under { all, tags }))
 }
 
-/// The one way STORE and CHANGED write a second-level entry: the entry, expiring after its
-/// TTL, and its name in the set of each tag from `KEYS[first]` on. A tag's set is sorted
-/// by when each entry expires, and trimmed of expired ones at every store: a hot tag does
-/// not collect the names of long-gone entries.
-pub(super) const PUT: &str = r#"
-local function put(entry, json, ttl, name, now, first)
-  redis.call('SET', entry, json, 'PX', ttl)
-  local expires = tonumber(now) + tonumber(ttl)
-  for i = first, #KEYS do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
-    redis.call('ZADD', KEYS[i], expires, name)
-    if redis.call('PTTL', KEYS[i]) < tonumber(ttl) then
-      redis.call('PEXPIRE', KEYS[i], ttl)
-    end
-  end
+/// KEYS: a tag's set of entries; ARGV: entry name, TTL ms, now (ms). The set is sorted by
+/// when each entry expires and trimmed of expired ones at every filing: a hot tag does not
+/// collect the names of long-gone entries. It lives as long as its longest entry.
+pub(super) const FILE: &str = r#"
+local expires = tonumber(ARGV[3]) + tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-"#;
-
-/// KEYS: entry, gen, tag sets…; ARGV: entry JSON, TTL ms, generation at fetch, entry name,
-/// now (ms).
-/// Stores only if no invalidation happened since the fetch began.
-pub(super) const STORE: &str = r#"
-local gen = redis.call('GET', KEYS[2]) or '0'
-if gen ~= ARGV[3] then return 0 end
-put(KEYS[1], ARGV[1], ARGV[2], ARGV[4], ARGV[5], 3)
 return 1
 "#;
 
-/// KEYS: gen, entry, stream, tag sets…; ARGV: entry JSON (empty: drop it), TTL ms, entry
-/// name, format, origin, keys JSON, stream TTL, now (ms). See [`RedisBus::changed`].
+/// KEYS: entry, its generation; ARGV: entry JSON, TTL ms, the entry's generation at fetch.
+/// Stores only if no poll replaced the entry since the fetch began.
+pub(super) const STORE: &str = r#"
+local gen = redis.call('GET', KEYS[2]) or '0'
+if gen ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// KEYS: entry, its generation; ARGV: entry JSON (empty: drop it), TTL ms. See
+/// [`RedisBus::changed`].
 pub(super) const CHANGED: &str = r#"
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], 604800000)
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 604800000)
 if ARGV[1] ~= '' then
-  put(KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[8], 4)
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 else
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[1])
 end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'v', ARGV[4], 'o', ARGV[5], 'k', 'key', 'keys', ARGV[6])
-redis.call('PEXPIRE', KEYS[3], ARGV[7])
-return id
+return 1
 "#;
 
 /// KEYS: lock; ARGV: token. Compare-and-delete.

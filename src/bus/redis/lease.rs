@@ -1,6 +1,6 @@
-//! Leases (`{p}lease:<name>`, `{p}leasegen:<name>`): who holds an event source's
-//! connection or a poller, with a generation as fencing token; and what a holder
-//! republishes (`{p}ev:<name>`), read by the followers as [`Events`].
+//! Leases (`{p lease:<name>}`, and its generation `…g` in the same slot): who holds an
+//! event source's connection or a poller, with a generation as fencing token; and what a
+//! holder republishes (`{p ev:<name>}`), read by the followers as [`Events`].
 
 use super::*;
 
@@ -44,8 +44,8 @@ impl RedisBus {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut lease = self.lease.prepare_invoke();
         lease
-            .key(self.key(&format!("lease:{name}")))
-            .key(self.key(&format!("leasegen:{name}")))
+            .key(self.key_in(&format!("lease:{name}"), ""))
+            .key(self.key_in(&format!("lease:{name}"), "g"))
             .arg(&self.origin)
             .arg(ttl_ms);
         let generation: u64 = self
@@ -80,7 +80,7 @@ impl RedisBus {
         } else {
             message
         };
-        let stream = self.key(&format!("ev:{name}"));
+        let stream = self.key_in(&format!("ev:{name}"), "");
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
             .arg(&stream)
@@ -109,18 +109,8 @@ impl RedisBus {
 
     /// A reader of the events of `name`, from the stream's end now.
     pub async fn events(self: &Arc<Self>, name: &str) -> Option<Events> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(self.options.timeout)
-            .set_response_timeout(Duration::from_secs(5));
-        let mut conn = tokio::time::timeout(
-            self.options.timeout * 2,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .ok()?
-        .ok()?;
-        let stream = self.key(&format!("ev:{name}"));
+        let mut conn = self.dedicated(Duration::from_secs(5)).await?;
+        let stream = self.key_in(&format!("ev:{name}"), "");
         let newest: Option<String> = {
             let read: redis::RedisResult<redis::streams::StreamRangeReply> =
                 redis::cmd("XREVRANGE")
@@ -156,7 +146,7 @@ impl RedisBus {
         }
         let mut release = self.release.prepare_invoke();
         release
-            .key(self.key(&format!("lease:{name}")))
+            .key(self.key_in(&format!("lease:{name}"), ""))
             .arg(&self.origin);
         let _: Option<i64> = self
             .call("lease release", |mut c| async move {
@@ -169,7 +159,7 @@ impl RedisBus {
 /// The messages an upstream socket's holder republishes, read by a replica that follows.
 pub struct Events {
     bus: Arc<RedisBus>,
-    conn: redis::aio::MultiplexedConnection,
+    conn: Conn,
     stream: String,
     from: String,
 }

@@ -48,7 +48,7 @@ impl RedisBus {
         }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut take = TAKE.prepare_invoke();
-        take.key(self.key(&format!("rate:{client}")))
+        take.key(self.key_in(&format!("rate:{client}"), ""))
             .arg(ms(interval))
             .arg(u64::try_from(burst.as_millis()).unwrap_or(u64::MAX))
             .arg(cost.max(1));

@@ -37,24 +37,29 @@ impl Unsent {
 /// How long the invalidation stream lives after its last entry.
 pub(super) const STREAM_TTL_MS: u64 = 24 * 3600 * 1000;
 
-/// KEYS: gen, stream, all, tag sets…; ARGV: maxlen, origin, tags JSON, stream TTL, format,
-/// kind (`inv`, or `all` when everything changed, which also drops the second level).
-/// Drops the second-level entries of every tag, bumps the generation, then appends the
-/// message: a replica that hears it cannot find the old value any more.
-pub(super) const INVALIDATE: &str = r#"
-redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], 604800000)
-for i = 4, #KEYS do
-  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
-  for _, k in ipairs(members) do redis.call('DEL', k) end
-  redis.call('DEL', KEYS[i])
+/// KEYS: a tag's set of entries, its generation. Moves the generation (no lookup takes an
+/// entry fetched before it any more, wherever it is) and empties the set; the entries it
+/// named, for the caller to delete.
+pub(super) const DROP_TAG: &str = r#"
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 604800000)
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return members
+"#;
+
+/// KEYS: the stream, the "everything changed" count; ARGV: maxlen, stream TTL, `all` (or
+/// empty), then the message's fields and values. Appends the message (after moving the
+/// count, when everything changed: that drops the whole second level).
+pub(super) const ANNOUNCE: &str = r#"
+if ARGV[3] == 'all' then
+  redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], 604800000)
 end
-if ARGV[6] == 'all' then
-  redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], 604800000)
-end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[5], 'o', ARGV[2], 'k', ARGV[6], 'tags', ARGV[3], 'tp', ARGV[7])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return id
 "#;
 
@@ -108,39 +113,80 @@ impl RedisBus {
         }
     }
 
+    /// Invalidates `tags` for every replica: each tag's generation moves (on its own
+    /// slot; all tags at once), the entries filed under them are deleted, and only then is
+    /// the message appended to the stream. `kind` `all`: everything changed.
     pub(super) async fn publish(&self, tags: &[Tag], kind: &'static str) -> bool {
-        let mut inv = self.invalidate.prepare_invoke();
-        inv.key(self.key("gen"))
-            .key(self.key("inv"))
-            .key(self.key("all"));
-        for t in tags {
-            inv.key(self.key(&format!("t:{t}")));
+        let dropped = tags.iter().map(|t| {
+            let (set, generation) = self.tag_keys(t);
+            let mut drop = self.drop_tag.prepare_invoke();
+            drop.key(set).key(generation);
+            async move {
+                self.call("invalidate tag", |mut c| async move {
+                    drop.invoke_async::<Vec<String>>(&mut c).await
+                })
+                .await
+            }
+        });
+        let mut entries = Vec::new();
+        for d in futures_util::future::join_all(dropped).await {
+            let Some(names) = d else {
+                self.published(false, "invalidation");
+                return false;
+            };
+            entries.extend(names);
+        }
+        // Only memory: a lookup already refuses them. Split by slot over a cluster.
+        for chunk in entries.chunks(256) {
+            let _: Option<i64> = self
+                .call("drop entries", |mut c| async move {
+                    redis::cmd("DEL").arg(chunk).query_async(&mut c).await
+                })
+                .await;
         }
         let names: Vec<&str> = tags.iter().map(|t| &*t.0).collect();
-        inv.arg(10_000)
-            .arg(&self.origin)
-            .arg(json!(names).to_string())
-            .arg(STREAM_TTL_MS)
-            .arg(FORMAT)
-            .arg(kind)
-            .arg(
-                crate::telemetry::current_span_context()
-                    .map(|cx| crate::telemetry::traceparent(&cx))
-                    .unwrap_or_default(),
-            );
-        let sent: Option<String> = self
-            .call("publish invalidation", |mut c| async move {
-                inv.invoke_async(&mut c).await
-            })
+        let names = json!(names).to_string();
+        let trace = crate::telemetry::current_span_context()
+            .map(|cx| crate::telemetry::traceparent(&cx))
+            .unwrap_or_default();
+        let sent = self
+            .announce(kind, &[("tags", names.as_str()), ("tp", trace.as_str())])
             .await;
         self.published(
-            sent.is_some(),
+            sent,
             if kind == "all" {
                 "everything"
             } else {
                 "invalidation"
             },
         );
+        sent
+    }
+
+    /// Appends a message of `kind` (`inv`, `all`, `key`, `hook`) with `fields` to the
+    /// invalidation stream; whether Redis took it.
+    pub(super) async fn announce(&self, kind: &str, fields: &[(&str, &str)]) -> bool {
+        let mut announce = self.announce.prepare_invoke();
+        announce
+            .key(self.key("inv"))
+            .key(self.key("all"))
+            .arg(10_000)
+            .arg(STREAM_TTL_MS)
+            .arg(kind)
+            .arg("v")
+            .arg(FORMAT)
+            .arg("o")
+            .arg(&self.origin)
+            .arg("k")
+            .arg(kind);
+        for (name, value) in fields {
+            announce.arg(name).arg(value);
+        }
+        let sent: Option<String> = self
+            .call("announce", |mut c| async move {
+                announce.invoke_async(&mut c).await
+            })
+            .await;
         sent.is_some()
     }
 }
@@ -149,29 +195,10 @@ impl RedisBus {
     /// Appends a `@webhook` delivery to the stream every replica reads (the body is
     /// bounded by `--webhook-max-body`).
     pub async fn publish_delivery(&self, name: &str, body: &str) {
-        let stream = self.key("inv");
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(10_000)
-            .arg("*")
-            .arg("v")
-            .arg(FORMAT)
-            .arg("o")
-            .arg(&self.origin)
-            .arg("k")
-            .arg("hook")
-            .arg("name")
-            .arg(name)
-            .arg("body")
-            .arg(body);
-        let sent: Option<String> = self
-            .call("publish delivery", |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
+        let sent = self
+            .announce("hook", &[("name", name), ("body", body)])
             .await;
-        self.published(sent.is_some(), "delivery");
+        self.published(sent, "delivery");
     }
 }
 
@@ -190,18 +217,9 @@ pub(super) async fn read_stream(
     loop {
         let Some(this) = bus.upgrade() else { return };
         let stream = this.key("inv");
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(this.options.timeout)
-            .set_response_timeout(Duration::from_secs(5));
-        let connected = tokio::time::timeout(
-            this.options.timeout * 2,
-            this.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await;
-        let mut conn = match connected {
-            Ok(Ok(c)) => c,
-            _ => {
+        let mut conn = match this.dedicated(Duration::from_secs(5)).await {
+            Some(c) => c,
+            None => {
                 this.set_up(false);
                 degraded_start |= last.is_none();
                 drop(this);
