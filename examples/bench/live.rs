@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const LIVE: &str = "subscription { posts { id title } }";
-const EVENTS: &str = "subscription { postEvents { id title } }";
+pub(crate) const EVENTS: &str = "subscription { postEvents { id title } }";
 
 /// Receipt times of `next` messages for the current round.
 #[derive(Default)]
@@ -137,8 +137,17 @@ impl Fleet {
         lat
     }
 
+    /// Starts a new round: the receipt times so far are forgotten.
+    pub(crate) fn clear(&self) {
+        self.round
+            .times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Waits until `n` results arrived this round; their latencies from `t0`, sorted.
-    async fn wait(&self, n: usize, t0: Instant) -> Result<Vec<Duration>> {
+    pub(crate) async fn wait(&self, n: usize, t0: Instant) -> Result<Vec<Duration>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             {

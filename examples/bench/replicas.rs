@@ -1,6 +1,10 @@
 //! The replicas part of the benchmark (`--only replicas`): livegate replicas sharing a
 //! `redis-server` the bench starts (Debian's; nothing persisted), against one gateway.
 //!
+//! - one upstream socket message → 10,000 `@stream` subscribers on each of 3 replicas (the
+//!   last on any replica), behind one Redis and behind a Redis Cluster the bench starts
+//!   (three masters, a replica each), beside one gateway without Redis; with the Redis
+//!   commands each message cost and the upstream sockets open;
 //! - webhook on replica A → push to 1,000 live subscribers on replica B (1st, median,
 //!   last), beside webhook → push on a single gateway;
 //! - upstream sockets and requests for 3 replicas with subscribers (want 1, not 3);
@@ -84,6 +88,152 @@ async fn distinct_queries(url: &str, ids: std::ops::Range<usize>) -> Result<f64>
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// `redis-cli -p <port> <args>`'s output.
+fn cli(port: u16, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| format!("redis-cli: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Commands the masters among `ports` have processed so far.
+fn commands(ports: &[u16]) -> Result<u64> {
+    let mut sum = 0;
+    for &port in ports {
+        if !cli(port, &["info", "replication"])?.contains("role:master") {
+            continue;
+        }
+        let stats = cli(port, &["info", "stats"])?;
+        sum += stats
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or("no total_commands_processed")?;
+    }
+    Ok(sum)
+}
+
+/// A Redis Cluster of three masters with a replica each (nothing persisted), on core 0;
+/// its processes and every node's port.
+fn cluster(work: &Path) -> Result<(Vec<crate::Proc>, Vec<u16>)> {
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..6 {
+        let port = free_port()?;
+        let bus = free_port()?;
+        let dir = work.join(format!("cluster-{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let (port_arg, bus_arg) = (port.to_string(), bus.to_string());
+        procs.push(start(
+            "redis-server",
+            &[
+                "redis-server",
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                &bus_arg,
+                "--cluster-node-timeout",
+                "2000",
+                "--repl-diskless-sync-delay",
+                "0",
+            ],
+            port,
+            &dir,
+        )?);
+        ports.push(port);
+    }
+    let mut create = std::process::Command::new("redis-cli");
+    create.args(["--cluster", "create"]);
+    for p in &ports {
+        create.arg(format!("127.0.0.1:{p}"));
+    }
+    let out = create
+        .args(["--cluster-replicas", "1", "--cluster-yes"])
+        .output()
+        .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+    if !out.status.success() {
+        return Err("redis-cli --cluster create failed".into());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ports
+        .iter()
+        .all(|&p| cli(p, &["cluster", "info"]).is_ok_and(|i| i.contains("cluster_state:ok")))
+    {
+        if Instant::now() > deadline {
+            return Err("the Redis Cluster did not become ok".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((procs, ports))
+}
+
+/// Subscribers per replica in the fan-out measurement: 1,000 sockets × 10.
+const FANOUT_SOCKETS: usize = 1_000;
+const FANOUT_PER_SOCKET: usize = 10;
+
+/// One upstream socket message → every subscriber of `postEvents` on `n` replicas started
+/// by `replica`: for each of 4 rounds, the latencies to all of them (the first round
+/// warms the followers up), the Redis commands per round (from the masters of `redis`),
+/// and the upstream sockets open.
+fn fanout(
+    rt: &tokio::runtime::Runtime,
+    replica: impl Fn() -> Result<(String, crate::Proc)>,
+    up_url: &str,
+    n: usize,
+    redis: &[u16],
+) -> Result<(Vec<Vec<Duration>>, Vec<u64>, u64)> {
+    let mut replicas = Vec::new();
+    for _ in 0..n {
+        replicas.push(replica()?);
+    }
+    rt.block_on(async {
+        let mut fleets = Vec::new();
+        for (listen, _) in &replicas {
+            let fleet = crate::live::connect(&format!("ws://{listen}/graphql"), FANOUT_SOCKETS).await?;
+            fleet.subscribe(FANOUT_PER_SOCKET, crate::live::EVENTS).await?;
+            fleets.push(fleet);
+        }
+        let each = FANOUT_SOCKETS * FANOUT_PER_SOCKET;
+        let mut rounds = Vec::new();
+        let mut used = Vec::new();
+        for version in 0..4 {
+            // Every socket of every replica has its subscriptions in place, and the
+            // followers follow (the first round): wait for the previous round to settle.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for f in &fleets {
+                f.clear();
+            }
+            let before = commands(redis)?;
+            let message = serde_json::json!({"kind": "post", "id": 1, "userId": 1, "title": format!("Post number 1, announced {version}"), "body": "b"});
+            let url = format!("{up_url}/_announce");
+            let t0 = Instant::now();
+            let sent = tokio::task::spawn_blocking(move || {
+                http("POST", &url, Some(&message.to_string()))
+            });
+            let mut all = Vec::new();
+            for f in &fleets {
+                all.extend(f.wait(each, t0).await?);
+            }
+            sent.await.map_err(|e| e.to_string())??;
+            all.sort();
+            rounds.push(all);
+            used.push(commands(redis)?.saturating_sub(before));
+        }
+        let sockets = crate::live::socket_counts(up_url)?.0;
+        Ok::<_, String>((rounds, used, sockets))
+    })
+}
+
 pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     let _ = std::process::Command::new("taskset")
         .args(["-p", "-c", "1", &std::process::id().to_string()])
@@ -111,6 +261,60 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     let redis = format!("redis://127.0.0.1:{redis_port}");
     let rt = crate::live::client_runtime()?;
     let mut out = String::new();
+
+    // One upstream message → 10,000 subscribers on each replica.
+    {
+        let (_cluster, cluster_ports) = cluster(work)?;
+        let nodes = cluster_ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let each = FANOUT_SOCKETS * FANOUT_PER_SOCKET;
+        out.push_str(&format!("| one upstream message → `postEvents` subscribers ({FANOUT_SOCKETS} sockets × {FANOUT_PER_SOCKET} per replica) | round | 1st ms | median ms | last ms (any replica) | Redis commands | upstream sockets open |\n|---|---:|---:|---:|---:|---:|---:|\n"));
+        for (name, n, flags, ports) in [
+            (
+                format!("1 gateway, {each} subscribers, no Redis"),
+                1,
+                vec![],
+                vec![],
+            ),
+            (
+                format!("3 replicas × {each}, one Redis"),
+                3,
+                vec!["--redis-url", redis.as_str(), "--redis-prefix", "fan1:"],
+                vec![redis_port],
+            ),
+            (
+                format!("3 replicas × {each}, Redis Cluster (3 masters + 3 replicas)"),
+                3,
+                vec!["--redis-cluster", nodes.as_str(), "--redis-prefix", "fan2:"],
+                cluster_ports.clone(),
+            ),
+        ] {
+            let (rounds, used, sockets) = fanout(
+                &rt,
+                || gateway(livegate, &schema_path, work, true, &flags),
+                up_url,
+                n,
+                &ports,
+            )?;
+            for (i, (lat, used)) in rounds.iter().zip(&used).enumerate().skip(1) {
+                out.push_str(&format!(
+                    "| {name} | {i} | {:.1} | {:.1} | {:.1} | {} | {sockets} |\n",
+                    ms(lat[0]),
+                    ms(lat[lat.len() / 2]),
+                    ms(lat[lat.len() - 1]),
+                    if ports.is_empty() {
+                        "–".to_string()
+                    } else {
+                        used.to_string()
+                    }
+                ));
+            }
+        }
+        out.push('\n');
+    }
 
     // Webhook → push: one gateway, then webhook on A and subscribers on B.
     out.push_str("| webhook → push, 1,000 subscribers (100 sockets × 10) | 1st ms | median ms | last ms |\n|---|---:|---:|---:|\n");

@@ -125,33 +125,46 @@ impl RedisBus {
         let token = format!("{}:{}", self.origin, fastrand::u64(..));
         let wait = self.options.fill_wait;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        let won: Option<Option<String>> = {
-            let (lock, token) = (lock.clone(), token.clone());
+        // The lock, and in the same step the entry and its generation as they are now:
+        // another replica may have stored the value and released its lock since the read
+        // above.
+        let locked: Option<(i64, Option<Vec<u8>>, Option<String>)> = {
+            let mut lock_it = self.lock.prepare_invoke();
+            lock_it
+                .key(&lock)
+                .key(self.entry_key(&key))
+                .key(self.entry_keys(&key).0)
+                .arg(&token)
+                .arg(wait_ms);
             self.call("fill lock", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(lock)
-                    .arg(token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(wait_ms)
-                    .query_async(&mut c)
-                    .await
+                lock_it.invoke_async(&mut c).await
             })
             .await
         };
-        match won {
-            Some(Some(_)) => {
-                // Another replica may have stored the value and released its lock
-                // between the read above and this lock: look again before fetching (one
-                // round trip, on a miss only), and fetch under the generation seen now.
-                let generation = match self.read(&key, &policy.tags).await {
-                    Some((_, Some(hit))) if hit.age < policy.max_age => {
+        let won = match locked {
+            Some((won, entry, own)) => {
+                let now = entry
+                    .and_then(|bytes| decode_entry(&bytes))
+                    .filter(|(hit, under)| {
+                        hit.age < policy.max_age && under.valid(&policy.tags, &generation)
+                    });
+                if let Some((hit, _)) = now {
+                    if won == 1 {
                         self.unlock(lock, token).await;
-                        outcome("hit");
-                        return Ok(hit);
                     }
-                    Some((now, _)) => now,
-                    None => generation,
+                    outcome("hit");
+                    return Ok(hit);
+                }
+                Some((won == 1, own.unwrap_or_else(|| "0".into())))
+            }
+            None => None,
+        };
+        match won {
+            Some((true, own)) => {
+                // Fetched under the entry's own generation seen with the lock.
+                let generation = Seen {
+                    key: own,
+                    ..generation
                 };
                 outcome("miss");
                 let result = fetch().await;
@@ -167,7 +180,7 @@ impl RedisBus {
                 self.unlock(lock, token).await;
                 fetched(result)
             }
-            Some(None) => {
+            Some((false, _)) => {
                 // Another replica is fetching it: wait for its value, within bounds.
                 let deadline = tokio::time::Instant::now() + wait;
                 let mut pause = Duration::from_millis(5);
@@ -394,6 +407,15 @@ else
   redis.call('DEL', KEYS[1])
 end
 return 1
+"#;
+
+/// KEYS: fill lock, entry, the entry's generation; ARGV: token, TTL ms. Takes the lock if
+/// it is free; whether it did, the entry and its generation (all in the entry's slot).
+pub(super) const LOCK: &str = r#"
+local won = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local entry = redis.call('GET', KEYS[2])
+local own = redis.call('GET', KEYS[3])
+return {won and 1 or 0, entry, own}
 "#;
 
 /// KEYS: lock; ARGV: token. Compare-and-delete.

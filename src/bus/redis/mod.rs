@@ -38,7 +38,7 @@ mod lease;
 mod rate;
 mod stream;
 
-use l2::{CHANGED, FILE, STORE, UNLOCK};
+use l2::{CHANGED, FILE, LOCK, STORE, UNLOCK};
 pub use lease::Events;
 use lease::{LEASE, RELEASE};
 use stream::{read_stream, Unsent, ANNOUNCE, DROP_TAG, FORMAT, STREAM_TTL_MS};
@@ -149,6 +149,7 @@ pub struct RedisBus {
     announce: redis::Script,
     store: redis::Script,
     file: redis::Script,
+    lock: redis::Script,
     unlock: redis::Script,
 }
 
@@ -266,6 +267,7 @@ impl RedisBus {
             announce: redis::Script::new(ANNOUNCE),
             store: redis::Script::new(STORE),
             file: redis::Script::new(FILE),
+            lock: redis::Script::new(LOCK),
             unlock: redis::Script::new(UNLOCK),
         });
         bus.metrics.redis_up.set(0);
