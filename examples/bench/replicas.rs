@@ -115,6 +115,25 @@ fn commands(ports: &[u16]) -> Result<u64> {
     Ok(sum)
 }
 
+/// A `redis-server` on `port` (core 0, nothing persisted), run in `dir`, with `extra`
+/// arguments.
+fn redis_server(port: u16, dir: &Path, extra: &[&str]) -> Result<crate::Proc> {
+    let port_arg = port.to_string();
+    let mut args = vec![
+        "redis-server",
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    args.extend_from_slice(extra);
+    start("redis-server", &args, port, dir)
+}
+
 /// A Redis Cluster of three masters with a replica each (nothing persisted), on core 0;
 /// its processes and every node's port.
 fn cluster(work: &Path) -> Result<(Vec<crate::Proc>, Vec<u16>)> {
@@ -125,19 +144,11 @@ fn cluster(work: &Path) -> Result<(Vec<crate::Proc>, Vec<u16>)> {
         let bus = free_port()?;
         let dir = work.join(format!("cluster-{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let (port_arg, bus_arg) = (port.to_string(), bus.to_string());
-        procs.push(start(
-            "redis-server",
+        let bus_arg = bus.to_string();
+        procs.push(redis_server(
+            port,
+            &dir,
             &[
-                "redis-server",
-                "--port",
-                &port_arg,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
                 "--cluster-enabled",
                 "yes",
                 "--cluster-port",
@@ -147,8 +158,6 @@ fn cluster(work: &Path) -> Result<(Vec<crate::Proc>, Vec<u16>)> {
                 "--repl-diskless-sync-delay",
                 "0",
             ],
-            port,
-            &dir,
         )?);
         ports.push(port);
     }
@@ -241,23 +250,7 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
     let schema_path = work.join("replicas.graphql");
     std::fs::write(&schema_path, schema(up_url)).map_err(|e| e.to_string())?;
     let redis_port = free_port()?;
-    let redis_port_arg = redis_port.to_string();
-    let _redis = start(
-        "redis-server",
-        &[
-            "redis-server",
-            "--port",
-            &redis_port_arg,
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        redis_port,
-        work,
-    )?;
+    let _redis = redis_server(redis_port, work, &[])?;
     let redis = format!("redis://127.0.0.1:{redis_port}");
     let rt = crate::live::client_runtime()?;
     let mut out = String::new();

@@ -128,7 +128,7 @@ pub struct RedisBus {
     client: Client,
     /// Connected lazily (and kept reconnecting by the manager once connected; a cluster's
     /// connection is replaced when a call through it fails, see [`RedisBus::call`]).
-    conn: std::sync::Mutex<Option<Conn>>,
+    conn: std::sync::Mutex<Option<(Conn, tokio::time::Instant)>>,
     /// Held while connecting: concurrent calls make one connection.
     connecting: tokio::sync::Mutex<()>,
     options: RedisOptions,
@@ -347,7 +347,8 @@ impl RedisBus {
             });
         match tokio::time::timeout(self.options.timeout * 2, connect).await {
             Ok(Ok(c)) => {
-                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((c.clone(), tokio::time::Instant::now()));
                 Some(c)
             }
             _ => {
@@ -360,16 +361,24 @@ impl RedisBus {
     }
 
     fn current(&self) -> Option<Conn> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(c, _)| c.clone())
     }
 
     /// After a call to a cluster failed on its connection or its deadline: the next call
     /// connects anew, from the nodes that answer. The cluster client does not always see
-    /// a failover by itself: calls to a dead master's slots can time out without end.
+    /// a failover by itself: calls to a dead master's slots can time out without end. A
+    /// connection younger than a second is kept (a slow Redis does not make every failing
+    /// call reconnect).
     fn forget_cluster_connection(&self) {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if matches!(*conn, Some(Conn::Cluster(_))) {
-            *conn = None;
+        if let Some((Conn::Cluster(_), since)) = &*conn {
+            if since.elapsed() >= Duration::from_secs(1) {
+                *conn = None;
+            }
         }
     }
 
