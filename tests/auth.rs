@@ -886,7 +886,7 @@ fn limited(jwks: &Jwks, per_second: f64, redis: Option<&str>) -> livegate::Optio
         }),
         redis: redis.map(|url| livegate::bus::redis::RedisOptions {
             url: url.to_string(),
-            cluster: false,
+            cluster: common::redis::is_cluster(url),
             prefix: "ratetest".into(),
             timeout: Duration::from_millis(500),
             fill_wait: Duration::from_secs(5),
@@ -978,21 +978,24 @@ async fn each_client_has_its_own_budget_of_requests_and_socket_operations() {
 
 #[tokio::test]
 async fn two_replicas_share_one_budget_through_redis_and_fall_back_without_it() {
-    let mut redis = common::redis::RedisServer::start();
-    let rsa = Signer::rsa("rsa-1");
-    let jwks = Jwks::start(&[&rsa]).await;
-    let up = upstream().await;
-    let schema = SCHEMA.replace("{up}", &up.url());
-    let a = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
-    let b = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
-    let ann = rsa.sign(&claims("ann", 600));
-    // Alternating replicas: 2 in all, not 2 each.
-    assert_eq!(burst(&[&a, &b], Some(&ann), 4).await, [200, 200, 429, 429]);
-    // Redis gone: each replica keeps a budget of its own (and still answers).
-    redis.stop();
-    let bob = rsa.sign(&claims("bob", 600));
-    assert_eq!(burst(&[&a], Some(&bob), 3).await, [200, 200, 429]);
-    assert_eq!(burst(&[&b], Some(&bob), 3).await, [200, 200, 429]);
+    // On one Redis, and on a Redis Cluster.
+    for cluster in [false, true] {
+        let mut redis = common::redis::Redis::start(cluster);
+        let rsa = Signer::rsa("rsa-1");
+        let jwks = Jwks::start(&[&rsa]).await;
+        let up = upstream().await;
+        let schema = SCHEMA.replace("{up}", &up.url());
+        let a = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
+        let b = Gateway::start(&schema, limited(&jwks, 2.0, Some(&redis.url()))).await;
+        let ann = rsa.sign(&claims("ann", 600));
+        // Alternating replicas: 2 in all, not 2 each.
+        assert_eq!(burst(&[&a, &b], Some(&ann), 4).await, [200, 200, 429, 429]);
+        // Redis gone: each replica keeps a budget of its own (and still answers).
+        redis.stop();
+        let bob = rsa.sign(&claims("bob", 600));
+        assert_eq!(burst(&[&a], Some(&bob), 3).await, [200, 200, 429]);
+        assert_eq!(burst(&[&b], Some(&bob), 3).await, [200, 200, 429]);
+    }
 }
 
 #[tokio::test]

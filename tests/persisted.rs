@@ -308,25 +308,32 @@ async fn a_batch_is_answered_in_order_within_its_limit() {
 
 #[tokio::test]
 async fn apq_documents_are_shared_by_replicas_through_redis() {
-    let redis = common::redis::RedisServer::start();
-    let options = || livegate::Options {
-        redis: Some(livegate::bus::redis::RedisOptions {
-            url: redis.url(),
-            cluster: false,
-            prefix: "apq-test:".into(),
-            timeout: Duration::from_millis(500),
-            fill_wait: Duration::from_secs(5),
-            lease: Duration::from_secs(1),
-        }),
-        ..Default::default()
-    };
-    let up = Upstream::start(api()).await;
-    let schema = SCHEMA.replace("{up}", &up.url());
-    let a = Gateway::start(&schema, options()).await;
-    let b = Gateway::start(&schema, options()).await;
-    let (_, body) = post(&a, json!({"query": QUERY, "extensions": pq(QUERY)})).await;
-    assert_eq!(body["data"], json!({"user": {"name": "User 1"}}), "{body}");
-    // The other replica never saw the text: it finds it in Redis.
-    let (_, body) = post(&b, json!({"extensions": pq(QUERY)})).await;
-    assert_eq!(body["data"], json!({"user": {"name": "User 1"}}), "{body}");
+    // On one Redis, and on a Redis Cluster (each document in its own slot).
+    for cluster in [false, true] {
+        let redis = common::redis::Redis::start(cluster);
+        let options = || livegate::Options {
+            redis: Some(livegate::bus::redis::RedisOptions {
+                url: redis.url(),
+                cluster,
+                prefix: "apq-test:".into(),
+                timeout: Duration::from_millis(500),
+                fill_wait: Duration::from_secs(5),
+                lease: Duration::from_secs(1),
+            }),
+            ..Default::default()
+        };
+        let up = Upstream::start(api()).await;
+        let schema = SCHEMA.replace("{up}", &up.url());
+        let a = Gateway::start(&schema, options()).await;
+        let b = Gateway::start(&schema, options()).await;
+        let (_, body) = post(&a, json!({"query": QUERY, "extensions": pq(QUERY)})).await;
+        assert_eq!(body["data"], json!({"user": {"name": "User 1"}}), "{body}");
+        // The other replica never saw the text: it finds it in Redis.
+        let (_, body) = post(&b, json!({"extensions": pq(QUERY)})).await;
+        assert_eq!(
+            body["data"],
+            json!({"user": {"name": "User 1"}}),
+            "{cluster}: {body}"
+        );
+    }
 }

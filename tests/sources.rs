@@ -497,64 +497,69 @@ async fn stripe_and_standard_webhooks_deliveries_are_verified_and_applied() {
 
 #[tokio::test]
 async fn a_delivery_to_one_replica_reaches_every_replicas_subscribers_once() {
-    let redis = common::redis::RedisServer::start();
-    let up = Upstream::start(axum::Router::new()).await;
-    let options = || livegate::Options {
-        redis: Some(livegate::bus::redis::RedisOptions {
-            url: redis.url(),
-            cluster: false,
-            prefix: "hooks".into(),
-            timeout: std::time::Duration::from_millis(500),
-            fill_wait: std::time::Duration::from_secs(5),
-            lease: std::time::Duration::from_millis(1_000),
-        }),
-        ..Default::default()
-    };
-    let env = [
-        ("GH_SECRET", GH),
-        ("STRIPE_SECRET", STRIPE),
-        ("SVC_SECRET", SVC),
-    ];
-    let schema = HOOKS.replace("{up}", &up.url());
-    let a = Gateway::start_with_env(&schema, options(), &env).await;
-    let b = Gateway::start_with_env(&schema, options(), &env).await;
-    let query = r#"subscription { issueOpened(repo: "acme/app") { number } }"#;
-    let mut on_a = websocket(a.addr, "graphql-transport-ws").await;
-    let mut on_b = websocket(b.addr, "graphql-transport-ws").await;
-    subscribe(&mut on_a, "1", query).await;
-    subscribe(&mut on_b, "1", query).await;
-    for gw in [&a, &b] {
-        gw.metrics_until(|p| common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 1.0)
+    // On one Redis, and on a Redis Cluster.
+    for cluster in [false, true] {
+        let redis = common::redis::Redis::start(cluster);
+        let up = Upstream::start(axum::Router::new()).await;
+        let options = || livegate::Options {
+            redis: Some(livegate::bus::redis::RedisOptions {
+                url: redis.url(),
+                cluster,
+                prefix: "hooks".into(),
+                timeout: std::time::Duration::from_millis(500),
+                fill_wait: std::time::Duration::from_secs(5),
+                lease: std::time::Duration::from_millis(1_000),
+            }),
+            ..Default::default()
+        };
+        let env = [
+            ("GH_SECRET", GH),
+            ("STRIPE_SECRET", STRIPE),
+            ("SVC_SECRET", SVC),
+        ];
+        let schema = HOOKS.replace("{up}", &up.url());
+        let a = Gateway::start_with_env(&schema, options(), &env).await;
+        let b = Gateway::start_with_env(&schema, options(), &env).await;
+        let query = r#"subscription { issueOpened(repo: "acme/app") { number } }"#;
+        let mut on_a = websocket(a.addr, "graphql-transport-ws").await;
+        let mut on_b = websocket(b.addr, "graphql-transport-ws").await;
+        subscribe(&mut on_a, "1", query).await;
+        subscribe(&mut on_b, "1", query).await;
+        for gw in [&a, &b] {
+            gw.metrics_until(|p| {
+                common::sample(p, "livegate_subscriptions{kind=\"stream\"}") >= 1.0
+            })
             .await;
-        gw.metrics_until(|p| common::sample(p, "livegate_redis_up") >= 1.0)
-            .await;
-    }
-    for n in [1, 2] {
-        let body = json!({"action": "opened", "issue": {"number": n, "title": "t"}, "repository": {"full_name": "acme/app"}}).to_string();
-        assert_eq!(
-            deliver(
-                &a,
-                "/hooks/github",
-                &github(&body, &format!("r-{n}")),
-                &body
-            )
-            .await,
-            202
-        );
-    }
-    // Each replica's subscriber hears each delivery once, in order.
-    for ws in [&mut on_a, &mut on_b] {
-        for n in [1, 2] {
-            let got = next_json(ws).await;
-            assert_eq!(got["payload"]["data"]["issueOpened"]["number"], n, "{got}");
+            gw.metrics_until(|p| common::sample(p, "livegate_redis_up") >= 1.0)
+                .await;
         }
+        for n in [1, 2] {
+            let body = json!({"action": "opened", "issue": {"number": n, "title": "t"}, "repository": {"full_name": "acme/app"}}).to_string();
+            assert_eq!(
+                deliver(
+                    &a,
+                    "/hooks/github",
+                    &github(&body, &format!("r-{n}")),
+                    &body
+                )
+                .await,
+                202
+            );
+        }
+        // Each replica's subscriber hears each delivery once, in order.
+        for ws in [&mut on_a, &mut on_b] {
+            for n in [1, 2] {
+                let got = next_json(ws).await;
+                assert_eq!(got["payload"]["data"]["issueOpened"]["number"], n, "{got}");
+            }
+        }
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), {
+            use futures_util::StreamExt;
+            on_b.next()
+        })
+        .await;
+        assert!(quiet.is_err(), "nothing doubled: {quiet:?}");
     }
-    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), {
-        use futures_util::StreamExt;
-        on_b.next()
-    })
-    .await;
-    assert!(quiet.is_err(), "nothing doubled: {quiet:?}");
 }
 
 #[test]
