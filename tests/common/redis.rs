@@ -159,10 +159,7 @@ impl RedisCluster {
             nodes,
             password: password.map(str::to_string),
         };
-        let mut create = Command::new("redis-cli");
-        if let Some(p) = &cluster.password {
-            create.args(["-a", p, "--no-auth-warning"]);
-        }
+        let mut create = cluster.redis_cli();
         create.arg("--cluster").arg("create");
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -201,13 +198,19 @@ impl RedisCluster {
             .join(",")
     }
 
-    /// `redis-cli` on the node at `port`.
-    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+    /// `redis-cli`, with the cluster's password.
+    fn redis_cli(&self) -> Command {
         let mut cmd = Command::new("redis-cli");
         if let Some(p) = &self.password {
             cmd.args(["-a", p, "--no-auth-warning"]);
         }
-        let out = cmd
+        cmd
+    }
+
+    /// `redis-cli` on the node at `port`.
+    fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = self
+            .redis_cli()
             .args(["-p", &port.to_string()])
             .args(args)
             .stderr(Stdio::null())
@@ -264,7 +267,8 @@ impl RedisCluster {
     /// Kills the master that serves `key` and waits until its replica is promoted and
     /// the cluster is ok again.
     pub fn kill_master_of(&mut self, key: &str) -> u16 {
-        let Some(port) = self.masters().into_iter().find(|&p| self.serves(p, key)) else {
+        let slot = self.slot(key);
+        let Some(port) = self.masters().into_iter().find(|&p| self.serves(p, slot)) else {
             panic!("no master serves {key}");
         };
         if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
@@ -274,7 +278,7 @@ impl RedisCluster {
             if self
                 .masters()
                 .iter()
-                .any(|&p| p != port && self.serves(p, key))
+                .any(|&p| p != port && self.serves(p, slot))
             {
                 self.until_ok();
                 return port;
@@ -293,9 +297,8 @@ impl RedisCluster {
             .expect("a slot")
     }
 
-    /// Whether the node on `port` is a master serving `key`'s slot.
-    fn serves(&self, port: u16, key: &str) -> bool {
-        let slot = self.slot(key);
+    /// Whether the node on `port` is a master serving `slot`.
+    fn serves(&self, port: u16, slot: u16) -> bool {
         let Some(nodes) = self.cli(port, &["cluster", "nodes"]) else {
             return false;
         };

@@ -78,16 +78,23 @@ impl RedisBus {
             tags: tags.iter().map(|_| number()).collect(),
             key: number(),
         };
-        let entry = raw.next().flatten().and_then(|bytes| {
-            let parsed = decode_entry(&bytes);
-            if parsed.is_none() {
-                self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
-            }
-            parsed
-                .filter(|(_, under)| under.valid(tags, &seen))
-                .map(|(shared, _)| shared)
-        });
+        let entry = raw
+            .next()
+            .flatten()
+            .and_then(|bytes| self.valid_entry(&bytes, tags, &seen));
         Some((seen, entry))
+    }
+
+    /// The stored entry `bytes` if it is one of ours and nothing it was fetched under
+    /// moved since `seen` (a malformed one is counted).
+    fn valid_entry(&self, bytes: &[u8], tags: &[Tag], seen: &Seen) -> Option<Shared> {
+        let parsed = decode_entry(bytes);
+        if parsed.is_none() {
+            self.metrics.bus_skipped.with_label_values(&["entry"]).inc();
+        }
+        parsed
+            .filter(|(_, under)| under.valid(tags, seen))
+            .map(|(shared, _)| shared)
     }
 
     pub async fn load<F, Fut>(
@@ -144,11 +151,9 @@ impl RedisBus {
         let won = match locked {
             Some((won, entry, own)) => {
                 let now = entry
-                    .and_then(|bytes| decode_entry(&bytes))
-                    .filter(|(hit, under)| {
-                        hit.age < policy.max_age && under.valid(&policy.tags, &generation)
-                    });
-                if let Some((hit, _)) = now {
+                    .and_then(|bytes| self.valid_entry(&bytes, &policy.tags, &generation))
+                    .filter(|hit| hit.age < policy.max_age);
+                if let Some(hit) = now {
                     if won == 1 {
                         self.unlock(lock, token).await;
                     }
@@ -258,7 +263,6 @@ impl RedisBus {
             })
             .await;
         if stored.is_none() {
-            self.published(false, "changed");
             return;
         }
         if !entry.is_empty() {

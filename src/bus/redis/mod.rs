@@ -78,6 +78,52 @@ enum Client {
     Cluster(redis::cluster::ClusterClient),
 }
 
+impl Client {
+    /// A connection, within `timeout` to connect, whose calls fail after `response`:
+    /// with `own`, one for the caller alone (a blocking read would hold up a shared one);
+    /// else the shared one, which to one Redis reconnects by itself. Boxed: the cluster
+    /// client's connect future is too deep a type to prove `Send`.
+    fn connect(
+        &self,
+        own: bool,
+        timeout: Duration,
+        response: Duration,
+    ) -> futures_util::future::BoxFuture<'_, redis::RedisResult<Conn>> {
+        Box::pin(async move {
+            match self {
+                Client::One(client) if own => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(response);
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Own)
+                }
+                Client::One(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(response)
+                        .set_number_of_retries(1)
+                        .set_max_delay(1_000);
+                    ConnectionManager::new_with_config(client.clone(), config)
+                        .await
+                        .map(Conn::One)
+                }
+                Client::Cluster(client) => {
+                    let config = redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(response);
+                    client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .map(Conn::Cluster)
+                }
+            }
+        })
+    }
+}
+
 /// A connection to either: what every call and script runs on.
 #[derive(Clone)]
 pub enum Conn {
@@ -177,11 +223,10 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Conn, String> {
         fill_wait: Duration::ZERO,
         lease: Duration::ZERO,
     };
-    let connected = match open(&options)? {
-        Client::One(c) => c.get_multiplexed_async_connection().await.map(Conn::Own),
-        Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
-    };
-    connected.map_err(|e| format!("redis: {}", e.category()))
+    open(&options)?
+        .connect(true, options.timeout, options.timeout)
+        .await
+        .map_err(|e| format!("redis: {}", e.category()))
 }
 
 /// Opens the client for `options`; an error says which flag and never shows a password.
@@ -326,25 +371,8 @@ impl RedisBus {
                 return None;
             }
         }
-        // Boxed: the cluster client's connect future is too deep a type to prove `Send`.
-        let connect: futures_util::future::BoxFuture<'_, redis::RedisResult<Conn>> =
-            Box::pin(async {
-                match &self.client {
-                    Client::One(client) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(self.options.timeout)
-                            .set_response_timeout(self.options.timeout)
-                            .set_number_of_retries(1)
-                            .set_max_delay(1_000);
-                        ConnectionManager::new_with_config(client.clone(), config)
-                            .await
-                            .map(Conn::One)
-                    }
-                    Client::Cluster(client) => {
-                        client.get_async_connection().await.map(Conn::Cluster)
-                    }
-                }
-            });
+        let timeout = self.options.timeout;
+        let connect = self.client.connect(false, timeout, timeout);
         match tokio::time::timeout(self.options.timeout * 2, connect).await {
             Ok(Ok(c)) => {
                 *self.conn.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -385,30 +413,9 @@ impl RedisBus {
     /// A connection of its own (for a blocking read, which would hold up the shared
     /// one), within the deadline.
     pub(super) async fn dedicated(&self, read_timeout: Duration) -> Option<Conn> {
-        // Boxed: the cluster client's connect future is too deep a type to prove `Send`.
-        let connect: futures_util::future::BoxFuture<'_, redis::RedisResult<Conn>> =
-            Box::pin(async {
-                match &self.client {
-                    Client::One(client) => {
-                        let config = redis::AsyncConnectionConfig::new()
-                            .set_connection_timeout(self.options.timeout)
-                            .set_response_timeout(read_timeout);
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await
-                            .map(Conn::Own)
-                    }
-                    Client::Cluster(client) => {
-                        let config = redis::cluster::ClusterConfig::new()
-                            .set_connection_timeout(self.options.timeout)
-                            .set_response_timeout(read_timeout);
-                        client
-                            .get_async_connection_with_config(config)
-                            .await
-                            .map(Conn::Cluster)
-                    }
-                }
-            });
+        let connect = self
+            .client
+            .connect(true, self.options.timeout, read_timeout);
         match tokio::time::timeout(self.options.timeout * 2, connect).await {
             Ok(Ok(c)) => Some(c),
             _ => None,
@@ -416,7 +423,7 @@ impl RedisBus {
     }
 
     /// Runs one call with the deadline; `None` (and Redis marked down) on any failure.
-    pub(super) async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Option<T>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,

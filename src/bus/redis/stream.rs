@@ -131,7 +131,6 @@ impl RedisBus {
         let mut entries = Vec::new();
         for d in futures_util::future::join_all(dropped).await {
             let Some(names) = d else {
-                self.published(false, "invalidation");
                 return false;
             };
             entries.extend(names);
