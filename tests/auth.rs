@@ -180,6 +180,43 @@ async fn tokens_of_every_algorithm_are_verified_and_bad_ones_get_401() {
 }
 
 #[tokio::test]
+async fn without_a_secret_an_hmac_token_is_refused_whatever_key_it_names() {
+    // Algorithm confusion: no secret is configured, so HS256 has no key at all; a token
+    // "signed" with the RSA key's public parts (its modulus, its JWK, the whole JWKS)
+    // names that key and is refused, as is one naming no key.
+    let s = setup(|o| o.auth.secret = None).await;
+    assert_eq!(
+        ask(&s.gw, Some(&s.rsa.sign(&claims("ann", 60)))).await.0,
+        200
+    );
+    let n = s.rsa.jwk["n"].as_str().expect("n").to_string();
+    let jwk = s.rsa.jwk.to_string();
+    let jwks = json!({"keys": [s.rsa.jwk.clone()]}).to_string();
+    for (what, token) in [
+        (
+            "modulus",
+            Signer::hmac(&n).sign_as("rsa-1", &claims("eve", 60)),
+        ),
+        (
+            "jwk",
+            Signer::hmac(&jwk).sign_as("rsa-1", &claims("eve", 60)),
+        ),
+        (
+            "jwks",
+            Signer::hmac(&jwks).sign_as("rsa-1", &claims("eve", 60)),
+        ),
+        ("no kid", Signer::hmac(SECRET).sign(&claims("eve", 60))),
+    ] {
+        let (status, _, body) = ask(&s.gw, Some(&token)).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert_eq!(
+            body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED",
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn issuer_and_audience_are_checked_and_required_when_configured() {
     let s = setup(|o| {
         o.auth.issuers = vec!["https://idp.example".into()];
@@ -265,6 +302,20 @@ async fn rotated_keys_are_fetched_once_and_kept_while_the_jwks_is_down() {
     );
     let (status, _, body) = ask(&s.gw, Some(&Signer::ec("ec-9").sign(&claims("eve", 60)))).await;
     assert_eq!(status, 401, "{body}");
+    assert_eq!(s.jwks.fetches(), 3, "the unknown kid's fetch, failed");
+    // A failed fetch replaces nothing: every key fetched before still verifies.
+    for token in [
+        next.sign(&claims("bob", 60)),
+        s.rsa.sign(&claims("ann", 60)),
+    ] {
+        let (status, _, body) = ask(&s.gw, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Back up: a new key is fetched again.
+    s.jwks.down(false);
+    let late = Signer::ec("ec-3");
+    s.jwks.set(&[&next, &late]);
+    assert_eq!(ask(&s.gw, Some(&late.sign(&claims("cy", 60)))).await.0, 200);
     // Unknown kids never make it fetch more than once per --jwt-jwks-min-refresh-s.
     let s = setup(|o| o.auth.jwks_min_refresh = Duration::from_secs(3600)).await;
     assert_eq!(
@@ -422,12 +473,50 @@ async fn a_socket_closes_when_its_token_runs_out_unless_renewed() {
         !pong.to_string().contains(&longer),
         "the token is not echoed"
     );
-    // Past the first token's end the socket is still open: a ping is answered.
+    // The legacy protocol renews with a second connection_init: another user's token
+    // gets a connection_error (the socket stays as it was), the same user's an ack.
+    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 2)));
+    let (mut old, first) = ws_init(&s.gw, "graphql-ws", json!({"Authorization": short})).await;
+    assert_eq!(first["type"], "connection_ack");
+    let init = |token: String| {
+        Message::text(
+            json!({"type": "connection_init", "payload": {"Authorization": format!("Bearer {token}")}})
+                .to_string(),
+        )
+    };
+    old.send(init(s.rsa.sign(&claims("bob", 60))))
+        .await
+        .expect("send");
+    let seen = not_ka(&mut old).await;
+    assert_eq!(seen["type"], "connection_error", "{seen}");
+    old.send(init(s.rsa.sign(&claims("ann", 3600))))
+        .await
+        .expect("send");
+    assert_eq!(not_ka(&mut old).await["type"], "connection_ack");
+    // Past the first tokens' end both sockets are still open: a ping is answered, and an
+    // operation runs.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ws.send(Message::text(json!({"type": "ping"}).to_string()))
         .await
         .expect("send");
     assert_eq!(next_or_close(&mut ws).await["type"], "pong");
+    old.send(Message::text(
+        json!({"id": "1", "type": "start", "payload": {"query": "{ hello { text } }"}}).to_string(),
+    ))
+    .await
+    .expect("send");
+    let data = not_ka(&mut old).await;
+    assert_eq!(data["payload"]["data"]["hello"]["text"], "hi", "{data}");
+}
+
+/// The next message that is not the legacy protocol's keep-alive.
+async fn not_ka(ws: &mut common::Ws) -> Value {
+    loop {
+        let seen = next_or_close(ws).await;
+        if seen["type"] != "ka" {
+            return seen;
+        }
+    }
 }
 
 #[tokio::test]
@@ -696,9 +785,16 @@ extend schema @upstream(name: "api", url: "{up}", forwardHeaders: ["authorizatio
 type Query {
   myOrders: [Order!] @rest(upstream: "api", path: "/users/{claims.sub}/orders", headers: [{name: "X-Tenant", value: "{claims.org.tenant}"}]) @cache(maxAge: 60)
   inbox: [Order!] @rest(upstream: "api", path: "/inbox") @cache(maxAge: 60, scope: PRIVATE)
+  search(q: String): [Order!] @rest(upstream: "api", path: "/search", query: {owner: "{claims.sub}", q: "{args.q}"}) @cache(maxAge: 60)
+  feed: [Order!] @rest(upstream: "api", path: "/feed/{claims.sub}") @cache(maxAge: 60)
+    @updates(upstream: "api", path: "/ws", when: {owner: "{claims.sub}"}, apply: UPSERT, key: "id")
+}
+type Mutation {
+  place(id: ID!): Order @rest(upstream: "api", method: POST, path: "/orders", body: {id: "{args.id}", owner: "{claims.sub}", tenant: "{claims.org.tenant}"})
 }
 type Subscription {
   myOrders: [Order!] @live(pollMs: 60000)
+  feed: [Order!] @live
   placed: Order @stream(upstream: "api", path: "/ws", when: {tenant: "{claims.org.tenant}"})
 }
 type Order { id: ID! owner: String tenant: String }
@@ -734,6 +830,30 @@ async fn claims_gateway() -> (
             .route(
                 "/inbox",
                 axum::routing::get(|| async { axum::Json(json!([{"id": "i1"}])) }),
+            )
+            .route(
+                "/search",
+                axum::routing::get(
+                    |axum::extract::Query(q): axum::extract::Query<
+                        std::collections::HashMap<String, String>,
+                    >| async move {
+                        let owner = q.get("owner").cloned().unwrap_or_default();
+                        let id = format!("{}-{}", owner, q.get("q").map_or("", |s| s.as_str()));
+                        axum::Json(json!([{"id": id, "owner": owner}]))
+                    },
+                ),
+            )
+            .route(
+                "/feed/{sub}",
+                axum::routing::get(|Path(sub): Path<String>| async move {
+                    axum::Json(json!([{"id": format!("{sub}-1"), "owner": sub}]))
+                }),
+            )
+            .route(
+                "/orders",
+                axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+                    axum::Json(body)
+                }),
             )
             .route("/ws", common::announcer(say.clone())),
     )
@@ -837,17 +957,7 @@ async fn two_users_on_one_claims_subscription_never_see_each_others_data() {
     let events = json!({"id": "2", "type": "subscribe", "payload": {"query": "subscription { placed { id tenant } }"}});
     let mut sockets = Vec::new();
     for (sub, tenant) in [("ann", "acme"), ("bob", "globex")] {
-        let token = format!("Bearer {}", ed.sign(&user(sub, tenant)));
-        let mut ws = common::websocket_with(
-            gw.addr,
-            "graphql-transport-ws",
-            json!({"Authorization": token}),
-        )
-        .await;
-        ws.send(Message::text(live.to_string()))
-            .await
-            .expect("send");
-        let got = common::next_json(&mut ws).await;
+        let (mut ws, got) = subscribed_as(&gw, &ed.sign(&user(sub, tenant)), &live).await;
         assert_eq!(
             got["payload"]["data"]["myOrders"],
             json!([{"owner": sub}]),
@@ -867,15 +977,119 @@ async fn two_users_on_one_claims_subscription_never_see_each_others_data() {
         common::sample(&metrics, "livegate_upstream_sockets_open"),
         2.0
     );
-    for (id, tenant) in [("o1", "globex"), ("o2", "acme")] {
+    // Each socket hears every event, in turns of both tenants: each subscriber gets its
+    // own tenant's, in order, and nothing of the other's in between.
+    let said = [
+        ("o1", "globex"),
+        ("o2", "acme"),
+        ("o3", "globex"),
+        ("o4", "acme"),
+        ("o5", "acme"),
+        ("o6", "globex"),
+    ];
+    for (id, tenant) in said {
         say.send(json!({"id": id, "tenant": tenant}).to_string())
             .expect("said");
     }
     for (tenant, ws) in &mut sockets {
-        let got = common::next_json(ws).await;
-        assert_eq!(got["id"], "2", "{got}");
-        assert_eq!(got["payload"]["data"]["placed"]["tenant"], *tenant, "{got}");
+        let mine: Vec<&str> = said
+            .iter()
+            .filter(|(_, t)| t == tenant)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in mine {
+            let got = common::next_json(ws).await;
+            assert_eq!(got["id"], "2", "{got}");
+            assert_eq!(
+                got["payload"]["data"]["placed"],
+                json!({"id": id, "tenant": tenant}),
+                "{tenant}: {got}"
+            );
+        }
     }
+}
+
+/// A graphql-transport-ws socket opened with `token` that sent `subscribe`: the socket and
+/// the first message back.
+async fn subscribed_as(gw: &Gateway, token: &str, subscribe: &Value) -> (common::Ws, Value) {
+    let mut ws = common::websocket_with(
+        gw.addr,
+        "graphql-transport-ws",
+        json!({"Authorization": format!("Bearer {token}")}),
+    )
+    .await;
+    ws.send(Message::text(subscribe.to_string()))
+        .await
+        .expect("send");
+    let got = common::next_json(&mut ws).await;
+    (ws, got)
+}
+
+#[tokio::test]
+async fn claims_reach_query_parameters_bodies_and_update_filters() {
+    let (up, gw, ed, say) = claims_gateway().await;
+    let (ann, bob) = (
+        ed.sign(&user("ann", "acme")),
+        ed.sign(&user("bob", "globex")),
+    );
+    // A query parameter: each user's own search, each its own cache entry.
+    for (token, sub) in [(&ann, "ann"), (&bob, "bob"), (&ann, "ann")] {
+        let body = post(&gw, Some(token), r#"{ search(q: "x") { id owner } }"#).await;
+        assert_eq!(
+            body["data"]["search"],
+            json!([{"id": format!("{sub}-x"), "owner": sub}]),
+            "{body}"
+        );
+    }
+    assert_eq!(up.count_matching("GET /search"), 2, "ann's second is a hit");
+    // A body: the caller's subject and tenant, whatever the arguments say.
+    let body = post(
+        &gw,
+        Some(&bob),
+        r#"mutation { place(id: "p1") { id owner tenant } }"#,
+    )
+    .await;
+    assert_eq!(
+        body["data"]["place"],
+        json!({"id": "p1", "owner": "bob", "tenant": "globex"}),
+        "{body}"
+    );
+    // An @updates filter: each user's live list takes the socket's messages for them.
+    let live = json!({"id": "1", "type": "subscribe", "payload": {"query": "subscription { feed { id owner } }"}});
+    let mut sockets = Vec::new();
+    for (token, sub) in [(&ann, "ann"), (&bob, "bob")] {
+        let (ws, got) = subscribed_as(&gw, token, &live).await;
+        assert_eq!(
+            got["payload"]["data"]["feed"],
+            json!([{"id": format!("{sub}-1"), "owner": sub}]),
+            "{got}"
+        );
+        sockets.push((sub, ws));
+    }
+    gw.metrics_until(|p| common::sample(p, "livegate_upstream_sockets_open") >= 2.0)
+        .await;
+    for (id, owner) in [("ann-2", "ann"), ("bob-2", "bob"), ("ann-3", "ann")] {
+        say.send(json!({"id": id, "owner": owner}).to_string())
+            .expect("said");
+    }
+    let mut ann_ws = sockets.remove(0).1;
+    let mut bob_ws = sockets.remove(0).1;
+    let ids = |got: &Value| -> Vec<String> {
+        got["payload"]["data"]["feed"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|o| o["id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let got = common::next_json(&mut bob_ws).await;
+    assert_eq!(ids(&got), ["bob-1", "bob-2"], "{got}");
+    let mut got = common::next_json(&mut ann_ws).await;
+    if ids(&got).len() == 2 {
+        assert_eq!(ids(&got), ["ann-1", "ann-2"], "{got}");
+        got = common::next_json(&mut ann_ws).await;
+    }
+    assert_eq!(ids(&got), ["ann-1", "ann-2", "ann-3"], "{got}");
 }
 
 fn limited(jwks: &Jwks, per_second: f64, redis: Option<&str>) -> livegate::Options {

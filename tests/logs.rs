@@ -253,3 +253,47 @@ type Subscription {{ items: [Item!]! @live }}"#,
         logs.text()
     );
 }
+
+#[tokio::test]
+async fn a_path_made_of_the_callers_claims_is_logged_as_its_template() {
+    use common::jwt::{claims, Signer};
+    let logs = capture_logs();
+    const SECRET: &str = "a shared secret of thirty-two bytes!";
+    // Nothing listens on port 9 of loopback: the request fails and is logged.
+    let schema = r#"
+extend schema @upstream(name: "dead", url: "http://127.0.0.1:9")
+type Query { me: String @rest(upstream: "dead", path: "/users/{claims.sub}/profile") }
+"#;
+    let options = livegate::Options {
+        auth: livegate::auth::Options {
+            secret: Some(SECRET.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let gw = Gateway::start(schema, options).await;
+    let token = Signer::hmac(SECRET).sign(&claims("subject-7c1e9", 60));
+    let body: serde_json::Value = gw
+        .client
+        .post(gw.url())
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"query": "{ me }"}))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("UPSTREAM_UNAVAILABLE"),
+        "{body}"
+    );
+    let log = logs.text();
+    assert!(
+        log.contains("127.0.0.1:9/users/{claims.sub}/profile"),
+        "the log says where, as the schema does: {log}"
+    );
+    assert!(!log.contains("subject-7c1e9"), "a claim reached the log");
+    assert!(!log.contains(&token), "the token reached the log");
+}

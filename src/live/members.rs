@@ -17,8 +17,17 @@ use std::sync::Arc;
 
 /// How a transport frames results for one subscriber.
 pub trait Framing: Send + Sync {
-    /// A result (a JSON GraphQL response).
-    fn next(&self, body: &Bytes) -> Frame;
+    /// What goes before and after a result (a JSON GraphQL response) in its message.
+    fn parts(&self) -> (&Arc<str>, &'static str);
+    /// A result's message.
+    fn next(&self, body: &Bytes) -> Frame {
+        let (head, tail) = self.parts();
+        Frame::Parts {
+            head: head.clone(),
+            body: body.clone(),
+            tail,
+        }
+    }
     /// The request error that ends the subscription (a JSON response with `errors`).
     fn failure(&self, body: &Bytes) -> Frame;
     /// The message that says the subscription is over, if the transport has one.
@@ -73,6 +82,8 @@ pub struct Pushed {
     pub by_transport: [(&'static str, u64); 4],
     pub reached: u64,
     pub dropped: u64,
+    /// Where a connection's frames are framed for a direct write.
+    scratch: Vec<u8>,
 }
 
 impl Members {
@@ -150,15 +161,28 @@ impl Members {
     }
 
     /// Pushes `body` (a live result when `live`, else an event) to the connections in
-    /// `range`, each connection's frames at once.
-    pub fn push(&mut self, range: Range<usize>, body: &Bytes, live: bool, out: &mut Pushed) {
+    /// `range`, each connection's frames at once; with `direct`, written by this task to
+    /// the sockets lent to their outboxes (see [`Outbox::push_parts`]).
+    pub fn push(
+        &mut self,
+        range: Range<usize>,
+        body: &Bytes,
+        (live, direct): (bool, bool),
+        out: &mut Pushed,
+    ) {
         let end = range.end.min(self.groups.len());
         for group in &mut self.groups[range.start.min(end)..end] {
             if group.members.is_empty() {
                 continue;
             }
-            let frames = group.members.iter().map(|m| (m.tag, m.framing.next(body)));
-            if group.outbox.push_all(live, frames) {
+            let parts = group.members.iter().map(|m| {
+                let (head, tail) = m.framing.parts();
+                (m.tag, head, tail)
+            });
+            if group
+                .outbox
+                .push_parts(live, direct, body, parts, &mut out.scratch)
+            {
                 for m in &group.members {
                     let transport = m.framing.transport();
                     if let Some(slot) = out
@@ -198,14 +222,10 @@ impl Members {
 mod tests {
     use super::*;
 
-    struct Plain;
+    struct Plain(Arc<str>);
     impl Framing for Plain {
-        fn next(&self, body: &Bytes) -> Frame {
-            Frame::Parts {
-                head: Arc::from(""),
-                body: body.clone(),
-                tail: "",
-            }
+        fn parts(&self) -> (&Arc<str>, &'static str) {
+            (&self.0, "")
         }
         fn failure(&self, body: &Bytes) -> Frame {
             self.next(body)
@@ -228,7 +248,7 @@ mod tests {
     fn sub(outbox: &Arc<Outbox>, tag: u64) -> Subscriber {
         Subscriber {
             outbox: outbox.clone(),
-            framing: Arc::new(Plain),
+            framing: Arc::new(Plain(Arc::from(""))),
             tag,
         }
     }
@@ -250,14 +270,14 @@ mod tests {
         assert_eq!(end, 3, "one group per connection");
         let mut out = Pushed::default();
         let body = Bytes::from_static(b"x");
-        m.push(0..1, &body, false, &mut out);
+        m.push(0..1, &body, (false, false), &mut out);
         // Between slices: the first connection leaves, the last one's connection closes,
         // a newcomer arrives.
         m.remove(1);
         m.remove(2);
         c.close();
         m.insert(5, sub(&d, 1));
-        m.push(1..end, &body, false, &mut out);
+        m.push(1..end, &body, (false, false), &mut out);
         m.finish();
         assert_eq!((out.reached, out.dropped), (3, 1));
         assert_eq!(queued(&a).await, 2, "both of a's frames, pushed at once");

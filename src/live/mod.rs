@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use members::{Framing, Subscriber};
-pub use outbox::{Frame, Outbox};
+pub use outbox::{Direct, Frame, Outbox};
 pub use topic::{Subscribed, Topics};
 
 /// What became of an operation a transport handed to [`start`].

@@ -13,6 +13,15 @@
 //!
 //! A frame is a small head and tail around a shared body: subscribers of one change share
 //! the body's bytes ([`Bytes`]); only the head (the operation id) is theirs.
+//!
+//! A connection whose transport writes its socket itself (a WebSocket over HTTP/1.1) may
+//! lend the socket to the outbox ([`Outbox::write_directly`]): a change pushed while
+//! nothing is queued or being written is then framed and written by the pushing task at
+//! once, with one non-blocking `send`, instead of being queued for the writer task and
+//! waking it (what the socket does not take is queued, already framed, for the writer).
+//! On a runtime of one worker that saves each connection a wake-up, a poll of its writer
+//! and the frames' queueing; on several, the writers woken run on the other workers while
+//! the topic pushes on, so the topic does not write itself (see [`crate::live::topic`]).
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -34,6 +43,9 @@ pub enum Frame {
     /// Bytes already framed for the wire (a WebSocket library's own pong or close reply,
     /// when the writer writes the socket itself).
     Raw(Bytes),
+    /// The rest of a direct write the socket did not take (whole data frames, cut
+    /// anywhere): written as they are, before anything queued after them.
+    Rest(Bytes),
     /// The subscription `tag` has ended: the transport forgets it (its last messages were
     /// queued before this). Not written.
     Ended(u64),
@@ -45,7 +57,7 @@ impl Frame {
             Frame::Parts { head, body, tail } => head.len() + body.len() + tail.len(),
             Frame::Text(s) => s.len(),
             Frame::Close(_, reason) => reason.len() + 2,
-            Frame::Raw(b) => b.len(),
+            Frame::Raw(b) | Frame::Rest(b) => b.len(),
             Frame::Ended(_) => 0,
         }
     }
@@ -59,7 +71,7 @@ impl Frame {
                 out.extend_from_slice(tail.as_bytes());
             }
             Frame::Text(s) | Frame::Close(_, s) => out.extend_from_slice(s.as_bytes()),
-            Frame::Raw(b) => out.extend_from_slice(b),
+            Frame::Raw(b) | Frame::Rest(b) => out.extend_from_slice(b),
             Frame::Ended(_) => {}
         }
     }
@@ -99,14 +111,26 @@ struct Queued {
 struct Queue {
     items: VecDeque<Queued>,
     bytes: usize,
+    /// The writer holds frames it has taken and not yet written: nobody else writes.
+    writing: bool,
     /// Nothing more is sent: the queue is dropped, pushes are refused.
     closed: bool,
     /// Nothing more is queued, but what is queued is still sent.
     finishing: bool,
 }
 
+/// A connection's socket, lent to the pushing tasks ([`Outbox::write_directly`]).
+pub trait Direct: Send + Sync {
+    /// Appends the transport's framing that goes before a message of `len` bytes.
+    fn frame_head(&self, len: usize, out: &mut Vec<u8>);
+    /// Writes what the socket takes now, without waiting (`WouldBlock` when nothing).
+    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize>;
+}
+
 pub struct Outbox {
     queue: Mutex<Queue>,
+    /// The socket, when its transport lends it: see [`Outbox::push_parts`].
+    direct: std::sync::OnceLock<Box<dyn Direct>>,
     /// Wakes the writer (one permit: any number of pushes, one wake-up).
     ready: Notify,
     /// Wakes pushers waiting for room.
@@ -120,6 +144,7 @@ impl Outbox {
     pub fn new(max_bytes: usize, dropped: prometheus::IntCounter) -> Arc<Outbox> {
         Arc::new(Outbox {
             queue: Mutex::default(),
+            direct: std::sync::OnceLock::new(),
             ready: Notify::new(),
             room: Notify::new(),
             max_bytes: max_bytes.max(1),
@@ -129,6 +154,18 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lends the connection's socket: from now on a push finding nothing queued and the
+    /// writer idle writes the socket itself ([`Outbox::push_parts`] with `direct`). The
+    /// writer must then call [`Outbox::written`] after each round it writes.
+    pub fn write_directly(&self, socket: Box<dyn Direct>) {
+        let _ = self.direct.set(socket);
+    }
+
+    /// The writer has written what it took last: pushes may write the socket again.
+    pub fn written(&self) {
+        self.lock().writing = false;
     }
 
     /// Nothing more will be queued: the writer sends what is queued, then [`Outbox::take`]
@@ -159,18 +196,12 @@ impl Outbox {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let mut q = self.lock();
+                let q = self.lock();
                 if q.closed || q.finishing {
                     return false;
                 }
                 if q.items.is_empty() || q.bytes + need <= self.max_bytes {
-                    q.bytes += need;
-                    q.items.push_back(Queued {
-                        kind: Kind::Ordered,
-                        frame,
-                    });
-                    drop(q);
-                    self.ready.notify_one();
+                    self.enqueue(q, [frame]);
                     return true;
                 }
             }
@@ -196,10 +227,87 @@ impl Outbox {
     /// the writer, which then writes them in one round; `false` once the connection is
     /// gone.
     pub fn push_all(&self, live: bool, frames: impl IntoIterator<Item = (u64, Frame)>) -> bool {
-        let mut q = self.lock();
+        let q = self.lock();
         if q.closed || q.finishing {
             return false;
         }
+        self.queue_all(q, live, frames);
+        true
+    }
+
+    /// Pushes one change's `body` to several subscriptions of this connection, each
+    /// `(tag, head, tail)` framing it, as [`Outbox::push_all`] does, except that with
+    /// `direct`, on a lent socket, while nothing is queued and the writer is idle, the
+    /// frames are framed into `scratch` and written to the socket at once (what it does
+    /// not take is queued for the writer, in order). `false` once the connection is gone.
+    pub fn push_parts<'a>(
+        &self,
+        live: bool,
+        direct: bool,
+        body: &Bytes,
+        parts: impl Iterator<Item = (u64, &'a Arc<str>, &'static str)> + Clone,
+        scratch: &mut Vec<u8>,
+    ) -> bool {
+        let q = self.lock();
+        if q.closed || q.finishing {
+            return false;
+        }
+        let socket = match self.direct.get() {
+            Some(socket) if direct && q.items.is_empty() && !q.writing => socket,
+            _ => {
+                let frames = parts.map(|(tag, head, tail)| {
+                    let frame = Frame::Parts {
+                        head: head.clone(),
+                        body: body.clone(),
+                        tail,
+                    };
+                    (tag, frame)
+                });
+                self.queue_all(q, live, frames);
+                return true;
+            }
+        };
+        scratch.clear();
+        for (_, head, tail) in parts {
+            socket.frame_head(head.len() + body.len() + tail.len(), scratch);
+            scratch.extend_from_slice(head.as_bytes());
+            scratch.extend_from_slice(body);
+            scratch.extend_from_slice(tail.as_bytes());
+        }
+        // Written under the lock (the write does not wait): no other push, nor the
+        // writer, can write between these bytes.
+        let sent = match socket.try_write(scratch) {
+            Ok(n) => n.min(scratch.len()),
+            // Nothing taken; an error the writer meets again and closes the socket on.
+            Err(_) => 0,
+        };
+        if sent < scratch.len() {
+            let rest = Bytes::copy_from_slice(&scratch[sent..]);
+            self.enqueue(q, [Frame::Rest(rest)]);
+        }
+        true
+    }
+
+    /// Queues `frames` in order under the lock `q`, and wakes the writer.
+    fn enqueue(&self, mut q: MutexGuard<'_, Queue>, frames: impl IntoIterator<Item = Frame>) {
+        for frame in frames {
+            q.bytes += frame.len();
+            q.items.push_back(Queued {
+                kind: Kind::Ordered,
+                frame,
+            });
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Queues `frames` (as [`Outbox::push_all`]) under the lock `q` of an open queue.
+    fn queue_all(
+        &self,
+        mut q: MutexGuard<'_, Queue>,
+        live: bool,
+        frames: impl IntoIterator<Item = (u64, Frame)>,
+    ) {
         let mut dropped = 0u64;
         let mut added = false;
         for (tag, frame) in frames {
@@ -246,7 +354,6 @@ impl Outbox {
         if added {
             self.ready.notify_one();
         }
-        true
     }
 
     /// Queues a subscription's last message (if any) and [`Frame::Ended`] after it, room or
@@ -259,38 +366,24 @@ impl Outbox {
     /// budget; `false` when they do not or the connection is gone (a client that floods
     /// pings without reading the pongs is then cut off, not given memory without bound).
     pub fn push_raw(&self, bytes: Bytes) -> bool {
-        let mut q = self.lock();
+        let q = self.lock();
         // Still taken while finishing: a close handshake's reply comes after the last
         // message is queued.
         if q.closed || q.bytes + bytes.len() > self.max_bytes {
             return false;
         }
-        q.bytes += bytes.len();
-        q.items.push_back(Queued {
-            kind: Kind::Ordered,
-            frame: Frame::Raw(bytes),
-        });
-        drop(q);
-        self.ready.notify_one();
+        self.enqueue(q, [Frame::Raw(bytes)]);
         true
     }
 
     /// Queues `frames` at once, room or not: for what is sent once per operation or per
     /// connection (its end, a close frame), so bounded by them.
     pub fn push_now(&self, frames: impl IntoIterator<Item = Frame>) {
-        let mut q = self.lock();
+        let q = self.lock();
         if q.closed || q.finishing {
             return;
         }
-        for frame in frames {
-            q.bytes += frame.len();
-            q.items.push_back(Queued {
-                kind: Kind::Ordered,
-                frame,
-            });
-        }
-        drop(q);
-        self.ready.notify_one();
+        self.enqueue(q, frames);
     }
 
     /// Waits for queued frames and takes them, up to `max_bytes` of them (at least one,
@@ -317,6 +410,7 @@ impl Outbox {
                         }
                     }
                     q.bytes -= taken;
+                    q.writing = true;
                     if q.items.is_empty() {
                         // An idle connection keeps no room for a queue it no longer has.
                         q.items = VecDeque::new();
@@ -339,12 +433,81 @@ mod tests {
         prometheus::IntCounter::new("dropped", "dropped").expect("a valid counter")
     }
 
+    /// Everything queued, as text.
+    async fn texts(out: &Outbox) -> Vec<String> {
+        out.take(usize::MAX)
+            .await
+            .into_iter()
+            .map(Frame::into_text)
+            .collect()
+    }
+
     fn parts(body: &'static str) -> Frame {
         Frame::Parts {
             head: Arc::from("<"),
             body: Bytes::from_static(body.as_bytes()),
             tail: ">",
         }
+    }
+
+    /// A socket that takes `room` bytes (then nothing) and keeps what it took.
+    struct Socket {
+        room: Mutex<usize>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Direct for Socket {
+        fn frame_head(&self, len: usize, out: &mut Vec<u8>) {
+            out.extend_from_slice(format!("{len}:").as_bytes());
+        }
+        fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut room = self.room.lock().expect("not poisoned");
+            if *room == 0 {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = bytes.len().min(*room);
+            *room -= n;
+            self.got
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(&bytes[..n]);
+            Ok(n)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_push_writes_an_idle_socket_itself_and_queues_what_it_does_not_take_in_order() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = Outbox::new(1 << 20, counter());
+        out.write_directly(Box::new(Socket {
+            room: Mutex::new(12),
+            got: got.clone(),
+        }));
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("<a "), Arc::from("<b "));
+        let body = Bytes::from_static(b"x");
+        let mut scratch = Vec::new();
+        let both = || [(1, &a, ">"), (2, &b, ">")].into_iter();
+        // Not direct (a runtime of several workers): queued for the writer.
+        assert!(out.push_parts(false, false, &body, both(), &mut scratch));
+        let queued = texts(&out).await;
+        assert_eq!(queued, ["<a x>", "<b x>"]);
+        // While the writer writes what it took, nobody else writes the socket.
+        assert!(out.push_parts(false, true, &body, both(), &mut scratch));
+        assert!(got.lock().expect("not poisoned").is_empty());
+        let queued = texts(&out).await;
+        assert_eq!(queued, ["<a x>", "<b x>"]);
+        out.written();
+        // Idle: written at once, as far as the socket takes; the rest is queued, framed,
+        // and what comes next waits behind it.
+        assert!(out.push_parts(false, true, &body, both(), &mut scratch));
+        assert_eq!(&*got.lock().expect("not poisoned"), b"5:<a x>5:<b ");
+        assert!(out.push_parts(true, true, &body, both(), &mut scratch));
+        let queued = texts(&out).await;
+        assert_eq!(queued, ["x>", "<a x>", "<b x>"]);
+        out.written();
+        // A closed connection takes nothing.
+        out.close();
+        assert!(!out.push_parts(false, true, &body, both(), &mut scratch));
     }
 
     #[tokio::test]
@@ -354,23 +517,13 @@ mod tests {
         assert!(out.push_live(1, parts("a")));
         assert!(out.push_live(1, parts("b")));
         assert!(out.push_live(2, parts("c")));
-        let got: Vec<String> = out
-            .take(1 << 20)
-            .await
-            .into_iter()
-            .map(Frame::into_text)
-            .collect();
+        let got = texts(&out).await;
         assert_eq!(got, ["<b>", "<c>"]);
 
         for body in ["1", "2", "3", "4", "5"] {
             assert!(out.push_event(7, parts(body)));
         }
-        let got: Vec<String> = out
-            .take(1 << 20)
-            .await
-            .into_iter()
-            .map(Frame::into_text)
-            .collect();
+        let got = texts(&out).await;
         assert_eq!(got, ["<3>", "<4>", "<5>"]);
         assert_eq!(dropped.get(), 2);
     }

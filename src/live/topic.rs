@@ -276,12 +276,14 @@ impl Topic {
 
     /// Pushes `body` to every subscriber: a live query's result (unless it is the one
     /// pushed last) or an event, one body, each in its own frame, a connection's frames
-    /// at once. Connections are pushed to [`SLICE`] at a time, yielding between slices,
-    /// so that the writers of each slice write while the next is pushed (and, on a
-    /// runtime of several workers, on other cores). How many subscribers it reached, and
-    /// how many it dropped (their connections were gone).
+    /// at once. Connections are pushed to [`SLICE`] at a time, yielding between slices.
+    /// On a runtime of one worker, the push writes the sockets lent to their outboxes
+    /// itself (no writer is woken where none has to be); on several, it wakes the writers
+    /// and they write on the other workers while it pushes the next slice. How many
+    /// subscribers it reached, and how many it dropped (their connections were gone).
     async fn publish(&self, body: &Bytes, pushed: &prometheus::IntCounterVec) -> (u64, u64) {
         let live = self.key.1 == Kind::Live;
+        let direct = tokio::runtime::Handle::current().metrics().num_workers() == 1;
         let end = {
             let mut st = lock(&self.state);
             if live {
@@ -301,7 +303,8 @@ impl Topic {
                 if st.closed {
                     break;
                 }
-                st.subscribers.push(from..upto, body, live, &mut out);
+                st.subscribers
+                    .push(from..upto, body, (live, direct), &mut out);
             }
             from = upto;
             if from < end {

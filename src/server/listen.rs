@@ -262,6 +262,11 @@ impl RawSocket {
     pub fn io(&self) -> &TcpStream {
         &self.io
     }
+
+    /// The socket, shared (for pushes to write it too: see [`crate::live::Direct`]).
+    pub fn shared_io(&self) -> Arc<TcpStream> {
+        self.io.clone()
+    }
 }
 
 /// A response's request to have its stream taken over: the stream, and the wake-up of

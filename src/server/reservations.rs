@@ -333,12 +333,8 @@ struct Framed {
 }
 
 impl live::Framing for Framed {
-    fn next(&self, body: &Bytes) -> Frame {
-        Frame::Parts {
-            head: self.head.clone(),
-            body: body.clone(),
-            tail: "}\n\n",
-        }
+    fn parts(&self) -> (&Arc<str>, &'static str) {
+        (&self.head, "}\n\n")
     }
 
     fn failure(&self, body: &Bytes) -> Frame {

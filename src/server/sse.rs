@@ -127,12 +127,8 @@ struct Framed {
 }
 
 impl live::Framing for Framed {
-    fn next(&self, body: &Bytes) -> Frame {
-        Frame::Parts {
-            head: self.head.clone(),
-            body: body.clone(),
-            tail: self.tail,
-        }
+    fn parts(&self) -> (&Arc<str>, &'static str) {
+        (&self.head, self.tail)
     }
 
     fn failure(&self, body: &Bytes) -> Frame {

@@ -276,7 +276,12 @@ impl UpstreamClient {
             tokio::time::sleep(pause).await;
         };
         if let Err(e) = &result {
-            let url = super::redact(&req.url);
+            // A path made of the caller's claims is shown as its template.
+            let url = if req.route.contains("{claims.") {
+                format!("{}{}", req.url.origin().ascii_serialization(), req.route)
+            } else {
+                super::redact(&req.url)
+            };
             tracing::warn!(upstream = name, method = req.method.as_str(), url, code = e.code(), attempts = attempt + 1, error = %e, "upstream request failed");
         }
         result

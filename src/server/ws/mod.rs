@@ -116,8 +116,10 @@ fn tasks(
     // Over HTTP/1.1 the writer writes the TCP socket itself, each round's frames framed
     // into one buffer and written at once; what tungstenite still writes (a pong, a close
     // reply) is queued in the outbox and written in its turn.
+    // A push finding the socket idle writes it at once (see `live::outbox`).
     if let Some(raw) = &raw {
         raw.divert(outbox.clone());
+        outbox.write_directly(Box::new(Direct(raw.shared_io())));
     }
     let closing = tokio_util::sync::CancellationToken::new();
     let ops = Ops::default();
@@ -147,6 +149,7 @@ fn tasks(
                 Some(raw) => Box::pin(write_direct(raw.io(), frames, stall, &mut closed)).await,
                 None => Box::pin(write_round(&mut sink, frames, stall)).await,
             };
+            out.written();
             match round {
                 Round::Written => {}
                 Round::Closed => break,
@@ -277,6 +280,7 @@ async fn write_direct(
                 *closed |= holds_close(&bytes);
                 buf.extend_from_slice(&bytes);
             }
+            Frame::Rest(bytes) => buf.extend_from_slice(&bytes),
             Frame::Close(code, mut reason) => {
                 // A control frame's payload is at most 125 bytes.
                 while reason.len() > 123 {
@@ -302,6 +306,19 @@ async fn write_direct(
         Ok(Ok(())) if !last => Round::Written,
         Ok(_) => Round::Closed,
         Err(_) => Round::Stalled,
+    }
+}
+
+/// The socket lent to its outbox: a push writes text frames to it.
+struct Direct(Arc<tokio::net::TcpStream>);
+
+impl live::Direct for Direct {
+    fn frame_head(&self, len: usize, out: &mut Vec<u8>) {
+        ws_header(out, OpCode::Data(Data::Text), len);
+    }
+
+    fn try_write(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(bytes)
     }
 }
 

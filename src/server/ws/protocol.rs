@@ -29,12 +29,8 @@ pub(super) struct WsFraming {
 }
 
 impl live::Framing for WsFraming {
-    fn next(&self, body: &bytes::Bytes) -> Frame {
-        Frame::Parts {
-            head: self.head.clone(),
-            body: body.clone(),
-            tail: "}",
-        }
+    fn parts(&self) -> (&Arc<str>, &'static str) {
+        (&self.head, "}")
     }
 
     fn failure(&self, body: &bytes::Bytes) -> Frame {
