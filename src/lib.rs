@@ -119,6 +119,11 @@ pub struct Options {
     /// Upstream sockets opened with a caller's forwarded headers this process may hold
     /// at once (`--max-caller-sockets`).
     pub max_caller_sockets: usize,
+    /// With other replicas: a follower keeps a warm standby connection to each shared
+    /// upstream stream (two per stream for the cluster; none lost when the holder dies).
+    /// Off: one connection per stream; a dead holder's stream is reconnected by a
+    /// survivor, and its entries refetched.
+    pub socket_standby: bool,
     /// This replica's lasting name (`--replica-name`; durable JetStream consumers).
     pub replica_name: String,
     pub limits: schema::QueryLimits,
@@ -174,6 +179,7 @@ impl Default for Options {
             live_grace: Duration::from_secs(60),
             socket_grace: Duration::from_secs(60),
             max_caller_sockets: 1024,
+            socket_standby: true,
             replica_name: "livegate".into(),
             limits: schema::QueryLimits::default(),
             ws: Default::default(),
@@ -284,6 +290,7 @@ fn shared(plan: Plan, options: &Options) -> Result<server::Shared, Error> {
             .as_ref()
             .map_or(Duration::from_secs(10), |r| r.lease),
         max_callers: options.max_caller_sockets,
+        standby: options.socket_standby,
         replica: options.replica_name.clone(),
         guards: client.guards().clone(),
         telemetry: telemetry.clone(),

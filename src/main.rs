@@ -272,6 +272,9 @@ struct Cli {
     /// How long the lease on an upstream socket lasts unrenewed, in ms: with several replicas, one holds each socket, and a survivor takes over within this after its holder dies.
     #[arg(long, env = "LIVEGATE_REDIS_LEASE_MS", default_value_t = 10_000)]
     redis_lease_ms: u64,
+    /// With several replicas, a follower keeps a warm standby connection to each shared upstream socket, so that none of its messages is lost when the holder dies (two sockets per stream for the cluster); false: one socket per stream, and a survivor reconnects it (the entries it feeds are refetched).
+    #[arg(long, env = "LIVEGATE_REDIS_STANDBY", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    redis_standby: bool,
     /// Reload the schema when its file changes (it is also reloaded on SIGHUP). A schema with errors is refused and the one in service goes on.
     #[arg(long, env = "LIVEGATE_WATCH")]
     watch: bool,
@@ -594,6 +597,7 @@ fn serve(cli: &Cli, plan: livegate::Plan) -> anyhow::Result<()> {
         live_grace: Duration::from_millis(cli.live_grace_ms),
         socket_grace: Duration::from_millis(cli.socket_grace_ms),
         max_caller_sockets: cli.max_caller_sockets,
+        socket_standby: cli.redis_standby,
         replica_name: cli.replica_name.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())

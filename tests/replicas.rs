@@ -552,6 +552,11 @@ mod tempfile_path {
 
 impl Process {
     async fn start(schema: &str, redis: &str, prefix: &str) -> Process {
+        Process::start_with(schema, redis, prefix, &[]).await
+    }
+
+    /// [`Process::start`] with these environment variables too.
+    async fn start_with(schema: &str, redis: &str, prefix: &str, env: &[(&str, &str)]) -> Process {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -580,6 +585,7 @@ impl Process {
             .env("LIVEGATE_LOG", "warn")
             // The probe's lease time: a killed holder's socket is taken over 3 s later.
             .env("LIVEGATE_REDIS_LEASE_MS", "3000")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -844,6 +850,59 @@ async fn one_upstream_socket_for_the_cluster_and_a_survivor_takes_it_over(cluste
     // The socket's lease, taken over from the dead holder; and, once a new standby took
     // it up, the standby lease (its second holder: counted as a takeover too).
     assert!((1.0..=2.0).contains(&takeovers), "{takeovers} takeovers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_standby_the_cluster_holds_one_upstream_socket_and_a_survivor_reconnects_it() {
+    let redis = Redis::start(false);
+    let sockets = socket_upstream().await;
+    let schema = STREAMS.replace("{up}", &sockets.up.url());
+    let first = Process::start_with(
+        &schema,
+        &redis.url(),
+        "t7s:",
+        &[("LIVEGATE_REDIS_STANDBY", "false")],
+    )
+    .await;
+    let on_first = Live::start(&first.gateway, "subscription { msgAdded { text } }").await;
+    until(&first.gateway, |p| {
+        sample(p, "livegate_leases_total{event=\"acquired\"}") == 1.0
+    })
+    .await;
+    let mut everyone = vec![on_first];
+    let mut gws = Vec::new();
+    for _ in 0..2 {
+        let gw = Gateway::start(
+            &schema,
+            livegate::Options {
+                socket_standby: false,
+                ..options(&redis.url(), "t7s:")
+            },
+        )
+        .await;
+        until(&gw, |p| sample(p, "livegate_redis_up") == 1.0).await;
+        everyone.push(Live::start(&gw, "subscription { msgAdded { text } }").await);
+        gws.push(gw);
+    }
+    // Every follower heard the holder's republished messages: had it wanted a standby,
+    // it would have opened it before following.
+    sockets.until_heard("m1", &mut everyone).await;
+    assert_eq!(
+        sockets.opened.load(Ordering::SeqCst),
+        1,
+        "one upstream socket for three replicas"
+    );
+    // The holder dies: a survivor takes the lease over within its time and connects.
+    let mut survivors = everyone.split_off(1);
+    drop(everyone);
+    drop(first);
+    sockets.until_heard("m2", &mut survivors).await;
+    sockets.until_open(1).await;
+    assert_eq!(
+        sockets.opened.load(Ordering::SeqCst),
+        2,
+        "the survivors opened one socket: the new holder's"
+    );
 }
 
 async fn a_password_in_the_url_works_and_is_never_shown_and_a_replica_may_start_before_redis(

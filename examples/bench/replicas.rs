@@ -279,6 +279,19 @@ pub fn run(livegate: &Path, work: &Path, up_url: &str) -> Result<String> {
                 vec![redis_port],
             ),
             (
+                format!("3 replicas × {each}, one Redis, `--redis-standby false`"),
+                3,
+                vec![
+                    "--redis-url",
+                    redis.as_str(),
+                    "--redis-prefix",
+                    "fan3:",
+                    "--redis-standby",
+                    "false",
+                ],
+                vec![redis_port],
+            ),
+            (
                 format!("3 replicas × {each}, Redis Cluster (3 masters + 3 replicas)"),
                 3,
                 vec!["--redis-cluster", nodes.as_str(), "--redis-prefix", "fan2:"],

@@ -340,6 +340,7 @@ pub(super) async fn run(
             false => owner.settings.bus.clone(),
         };
         let lease_for = owner.settings.lease;
+        let keeps_standby = owner.settings.standby;
         let guards = owner.settings.guards.clone();
         let telemetry = owner.settings.telemetry.clone();
         drop(owner);
@@ -354,6 +355,7 @@ pub(super) async fn run(
                 source: &*source,
                 stats: &stats,
                 failures: &failures,
+                keeps_standby,
             };
             match follower.follow(connected_before, &mut standby).await {
                 Followed::Retired => return,
@@ -570,6 +572,8 @@ struct Follower<'a> {
     source: &'a dyn Source,
     stats: &'a Arc<SourceStats>,
     failures: &'a prometheus::IntCounterVec,
+    /// Whether this replica may keep the warm standby (`--redis-standby`).
+    keeps_standby: bool,
 }
 
 /// The name of a stream's second lease: who keeps the warm standby.
@@ -682,7 +686,7 @@ impl Follower<'_> {
             *standby = None;
         }
         // A standby's reader renews its lease.
-        if standby.is_some() {
+        if standby.is_some() || !self.keeps_standby {
             return;
         }
         match self.bus.lease(name, self.lease_for).await {

@@ -207,6 +207,8 @@ pub struct Settings {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Per-caller streams this process may hold at once.
     pub max_callers: usize,
+    /// A follower keeps a warm standby connection to a shared stream (`--redis-standby`).
+    pub standby: bool,
     /// Where failed connects are counted.
     pub failures: prometheus::IntCounterVec,
     /// `livegate_sources_open{kind}`.
