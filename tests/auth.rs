@@ -475,7 +475,7 @@ async fn a_socket_closes_when_its_token_runs_out_unless_renewed() {
     );
     // The legacy protocol renews with a second connection_init: another user's token
     // gets a connection_error (the socket stays as it was), the same user's an ack.
-    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 2)));
+    let short = format!("Bearer {}", s.rsa.sign(&claims("ann", 3)));
     let (mut old, first) = ws_init(&s.gw, "graphql-ws", json!({"Authorization": short})).await;
     assert_eq!(first["type"], "connection_ack");
     let init = |token: String| {
@@ -495,7 +495,7 @@ async fn a_socket_closes_when_its_token_runs_out_unless_renewed() {
     assert_eq!(not_ka(&mut old).await["type"], "connection_ack");
     // Past the first tokens' end both sockets are still open: a ping is answered, and an
     // operation runs.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     ws.send(Message::text(json!({"type": "ping"}).to_string()))
         .await
         .expect("send");
@@ -1006,6 +1006,11 @@ async fn two_users_on_one_claims_subscription_never_see_each_others_data() {
                 "{tenant}: {got}"
             );
         }
+    }
+    // And nothing of the other tenant's after them.
+    for (tenant, ws) in &mut sockets {
+        let more = tokio::time::timeout(Duration::from_millis(300), ws.next()).await;
+        assert!(more.is_err(), "{tenant} got more: {more:?}");
     }
 }
 

@@ -261,8 +261,8 @@ async fn a_path_made_of_the_callers_claims_is_logged_as_its_template() {
     const SECRET: &str = "a shared secret of thirty-two bytes!";
     // Nothing listens on port 9 of loopback: the request fails and is logged.
     let schema = r#"
-extend schema @upstream(name: "dead", url: "http://127.0.0.1:9")
-type Query { me: String @rest(upstream: "dead", path: "/users/{claims.sub}/profile") }
+extend schema @upstream(name: "dead", url: "http://127.0.0.1:9/v1?key=SECRET789")
+type Query { me: String @rest(upstream: "dead", path: "/users/{ claims.sub }/profile") }
 "#;
     let options = livegate::Options {
         auth: livegate::auth::Options {
@@ -291,9 +291,13 @@ type Query { me: String @rest(upstream: "dead", path: "/users/{claims.sub}/profi
     );
     let log = logs.text();
     assert!(
-        log.contains("127.0.0.1:9/users/{claims.sub}/profile"),
+        log.contains("127.0.0.1:9/v1/users/{ claims.sub }/profile"),
         "the log says where, as the schema does: {log}"
     );
     assert!(!log.contains("subject-7c1e9"), "a claim reached the log");
+    assert!(
+        !log.contains("SECRET789"),
+        "the upstream's query reached the log"
+    );
     assert!(!log.contains(&token), "the token reached the log");
 }

@@ -884,13 +884,22 @@ async fn without_a_standby_the_cluster_holds_one_upstream_socket_and_a_survivor_
         everyone.push(Live::start(&gw, "subscription { msgAdded { text } }").await);
         gws.push(gw);
     }
+    // And a follower told by its environment, as a deployment would.
+    let last = Process::start_with(
+        &schema,
+        &redis.url(),
+        "t7s:",
+        &[("LIVEGATE_REDIS_STANDBY", "false")],
+    )
+    .await;
+    everyone.push(Live::start(&last.gateway, "subscription { msgAdded { text } }").await);
     // Every follower heard the holder's republished messages: had it wanted a standby,
     // it would have opened it before following.
     sockets.until_heard("m1", &mut everyone).await;
     assert_eq!(
         sockets.opened.load(Ordering::SeqCst),
         1,
-        "one upstream socket for three replicas"
+        "one upstream socket for four replicas"
     );
     // The holder dies: a survivor takes the lease over within its time and connects.
     let mut survivors = everyone.split_off(1);

@@ -9,7 +9,7 @@
 //! newcomers are appended past the end the push was given, so none is skipped or reached
 //! twice; emptied groups are swept at the end.
 
-use super::outbox::{Frame, Outbox};
+use super::outbox::{Frame, Outbox, Scratch};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -83,7 +83,7 @@ pub struct Pushed {
     pub reached: u64,
     pub dropped: u64,
     /// Where a connection's frames are framed for a direct write.
-    scratch: Vec<u8>,
+    scratch: Scratch,
 }
 
 impl Members {
@@ -181,7 +181,7 @@ impl Members {
             });
             if group
                 .outbox
-                .push_parts(live, direct, body, parts, &mut out.scratch)
+                .push_parts((live, direct), body, parts, &mut out.scratch)
             {
                 for m in &group.members {
                     let transport = m.framing.transport();

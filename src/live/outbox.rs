@@ -113,10 +113,60 @@ struct Queue {
     bytes: usize,
     /// The writer holds frames it has taken and not yet written: nobody else writes.
     writing: bool,
+    /// The socket, when its transport lends it (until the connection ends).
+    direct: Option<Box<dyn Direct>>,
     /// Nothing more is sent: the queue is dropped, pushes are refused.
     closed: bool,
     /// Nothing more is queued, but what is queued is still sent.
     finishing: bool,
+}
+
+/// The most bytes one push frames for one connection to write itself; a larger change
+/// is queued for the writer (the push's buffer stays small, and so does what it copies
+/// when the socket takes only part).
+pub const DIRECT_MAX: usize = 64 << 10;
+
+/// A push's buffer for the direct writes of many connections, reused between them.
+#[derive(Default)]
+pub struct Scratch {
+    bytes: Vec<u8>,
+    /// Where each frame ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+/// Frames `parts` around `body` into `scratch` and writes them to `socket` at once: how
+/// many frames were handled (written whole, or cut short), and the rest of the one cut
+/// short. `None` (nothing written) when they would be more than [`DIRECT_MAX`] bytes.
+fn write_now<'a>(
+    socket: &dyn Direct,
+    body: &Bytes,
+    parts: impl Iterator<Item = (u64, &'a Arc<str>, &'static str)>,
+    scratch: &mut Scratch,
+) -> Option<(usize, Option<Bytes>)> {
+    let Scratch { bytes, ends } = scratch;
+    bytes.clear();
+    ends.clear();
+    for (_, head, tail) in parts {
+        let len = head.len() + body.len() + tail.len();
+        if bytes.len() + len > DIRECT_MAX {
+            return None;
+        }
+        socket.frame_head(len, bytes);
+        bytes.extend_from_slice(head.as_bytes());
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(tail.as_bytes());
+        ends.push(bytes.len());
+    }
+    // An error: nothing taken; the writer meets it on its next write and closes.
+    let sent = socket.try_write(bytes).unwrap_or(0).min(bytes.len());
+    let whole = ends.iter().take_while(|&&end| end <= sent).count();
+    let start = whole.checked_sub(1).map_or(0, |i| ends[i]);
+    match ends.get(whole) {
+        Some(&end) if sent > start => {
+            Some((whole + 1, Some(Bytes::copy_from_slice(&bytes[sent..end]))))
+        }
+        _ => Some((whole, None)),
+    }
 }
 
 /// A connection's socket, lent to the pushing tasks ([`Outbox::write_directly`]).
@@ -129,8 +179,6 @@ pub trait Direct: Send + Sync {
 
 pub struct Outbox {
     queue: Mutex<Queue>,
-    /// The socket, when its transport lends it: see [`Outbox::push_parts`].
-    direct: std::sync::OnceLock<Box<dyn Direct>>,
     /// Wakes the writer (one permit: any number of pushes, one wake-up).
     ready: Notify,
     /// Wakes pushers waiting for room.
@@ -144,7 +192,6 @@ impl Outbox {
     pub fn new(max_bytes: usize, dropped: prometheus::IntCounter) -> Arc<Outbox> {
         Arc::new(Outbox {
             queue: Mutex::default(),
-            direct: std::sync::OnceLock::new(),
             ready: Notify::new(),
             room: Notify::new(),
             max_bytes: max_bytes.max(1),
@@ -160,7 +207,10 @@ impl Outbox {
     /// writer idle writes the socket itself ([`Outbox::push_parts`] with `direct`). The
     /// writer must then call [`Outbox::written`] after each round it writes.
     pub fn write_directly(&self, socket: Box<dyn Direct>) {
-        let _ = self.direct.set(socket);
+        let mut q = self.lock();
+        if !q.closed && !q.finishing {
+            q.direct = Some(socket);
+        }
     }
 
     /// The writer has written what it took last: pushes may write the socket again.
@@ -171,7 +221,11 @@ impl Outbox {
     /// Nothing more will be queued: the writer sends what is queued, then [`Outbox::take`]
     /// returns empty.
     pub fn finish(&self) {
-        self.lock().finishing = true;
+        let mut q = self.lock();
+        q.finishing = true;
+        // Nothing more is pushed: the socket is the writer's alone again.
+        q.direct = None;
+        drop(q);
         self.room.notify_waiters();
         self.ready.notify_one();
     }
@@ -182,6 +236,7 @@ impl Outbox {
         q.closed = true;
         q.items.clear();
         q.bytes = 0;
+        q.direct = None;
         drop(q);
         self.room.notify_waiters();
         self.ready.notify_one();
@@ -236,54 +291,55 @@ impl Outbox {
     }
 
     /// Pushes one change's `body` to several subscriptions of this connection, each
-    /// `(tag, head, tail)` framing it, as [`Outbox::push_all`] does, except that with
-    /// `direct`, on a lent socket, while nothing is queued and the writer is idle, the
-    /// frames are framed into `scratch` and written to the socket at once (what it does
-    /// not take is queued for the writer, in order). `false` once the connection is gone.
+    /// `(tag, head, tail)` framing it, as [`Outbox::push_all`] does (a live result when
+    /// `live`, else an event), except that with `direct`, on a lent socket, while nothing
+    /// is queued and the writer is idle, the frames (up to [`DIRECT_MAX`] bytes of them)
+    /// are framed into `scratch` and written to the socket at once: the rest of a frame
+    /// the socket cut short is queued, framed, for the writer, and the frames it did not
+    /// reach are queued as usual (a live result still replaced by a newer one, an event
+    /// still dropped first). `false` once the connection is gone.
     pub fn push_parts<'a>(
         &self,
-        live: bool,
-        direct: bool,
+        (live, direct): (bool, bool),
         body: &Bytes,
         parts: impl Iterator<Item = (u64, &'a Arc<str>, &'static str)> + Clone,
-        scratch: &mut Vec<u8>,
+        scratch: &mut Scratch,
     ) -> bool {
-        let q = self.lock();
+        let mut q = self.lock();
         if q.closed || q.finishing {
             return false;
         }
-        let socket = match self.direct.get() {
-            Some(socket) if direct && q.items.is_empty() && !q.writing => socket,
-            _ => {
-                let frames = parts.map(|(tag, head, tail)| {
-                    let frame = Frame::Parts {
-                        head: head.clone(),
-                        body: body.clone(),
-                        tail,
-                    };
-                    (tag, frame)
-                });
-                self.queue_all(q, live, frames);
-                return true;
+        let mut done = 0;
+        let mut rest = None;
+        if direct && q.items.is_empty() && !q.writing {
+            if let Some(socket) = q.direct.as_deref() {
+                // Written under the lock (the write does not wait): no other push, nor
+                // the writer, can write between these bytes.
+                if let Some((whole, cut)) = write_now(socket, body, parts.clone(), scratch) {
+                    done = whole;
+                    rest = cut;
+                }
             }
-        };
-        scratch.clear();
-        for (_, head, tail) in parts {
-            socket.frame_head(head.len() + body.len() + tail.len(), scratch);
-            scratch.extend_from_slice(head.as_bytes());
-            scratch.extend_from_slice(body);
-            scratch.extend_from_slice(tail.as_bytes());
         }
-        // Written under the lock (the write does not wait): no other push, nor the
-        // writer, can write between these bytes.
-        let sent = match socket.try_write(scratch) {
-            Ok(n) => n.min(scratch.len()),
-            // Nothing taken; an error the writer meets again and closes the socket on.
-            Err(_) => 0,
-        };
-        if sent < scratch.len() {
-            let rest = Bytes::copy_from_slice(&scratch[sent..]);
-            self.enqueue(q, [Frame::Rest(rest)]);
+        let woke = rest.is_some();
+        if let Some(rest) = rest {
+            q.bytes += rest.len();
+            q.items.push_back(Queued {
+                kind: Kind::Ordered,
+                frame: Frame::Rest(rest),
+            });
+        }
+        let frames = parts.skip(done).map(|(tag, head, tail)| {
+            let frame = Frame::Parts {
+                head: head.clone(),
+                body: body.clone(),
+                tail,
+            };
+            (tag, frame)
+        });
+        self.queue_all(q, live, frames);
+        if woke {
+            self.ready.notify_one();
         }
         true
     }
@@ -452,7 +508,7 @@ mod tests {
 
     /// A socket that takes `room` bytes (then nothing) and keeps what it took.
     struct Socket {
-        room: Mutex<usize>,
+        room: Arc<Mutex<usize>>,
         got: Arc<Mutex<Vec<u8>>>,
     }
 
@@ -478,36 +534,49 @@ mod tests {
     #[tokio::test]
     async fn a_push_writes_an_idle_socket_itself_and_queues_what_it_does_not_take_in_order() {
         let got = Arc::new(Mutex::new(Vec::new()));
+        let room = Arc::new(Mutex::new(12));
         let out = Outbox::new(1 << 20, counter());
         out.write_directly(Box::new(Socket {
-            room: Mutex::new(12),
+            room: room.clone(),
             got: got.clone(),
         }));
+        let written = || got.lock().expect("not poisoned").clone();
         let (a, b): (Arc<str>, Arc<str>) = (Arc::from("<a "), Arc::from("<b "));
-        let body = Bytes::from_static(b"x");
-        let mut scratch = Vec::new();
+        let (x, y) = (Bytes::from_static(b"x"), Bytes::from_static(b"y"));
+        let mut scratch = Scratch::default();
         let both = || [(1, &a, ">"), (2, &b, ">")].into_iter();
         // Not direct (a runtime of several workers): queued for the writer.
-        assert!(out.push_parts(false, false, &body, both(), &mut scratch));
-        let queued = texts(&out).await;
-        assert_eq!(queued, ["<a x>", "<b x>"]);
+        assert!(out.push_parts((false, false), &x, both(), &mut scratch));
+        assert_eq!(texts(&out).await, ["<a x>", "<b x>"]);
         // While the writer writes what it took, nobody else writes the socket.
-        assert!(out.push_parts(false, true, &body, both(), &mut scratch));
-        assert!(got.lock().expect("not poisoned").is_empty());
-        let queued = texts(&out).await;
-        assert_eq!(queued, ["<a x>", "<b x>"]);
+        assert!(out.push_parts((false, true), &x, both(), &mut scratch));
+        assert!(written().is_empty());
+        assert_eq!(texts(&out).await, ["<a x>", "<b x>"]);
         out.written();
-        // Idle: written at once, as far as the socket takes; the rest is queued, framed,
-        // and what comes next waits behind it.
-        assert!(out.push_parts(false, true, &body, both(), &mut scratch));
-        assert_eq!(&*got.lock().expect("not poisoned"), b"5:<a x>5:<b ");
-        assert!(out.push_parts(true, true, &body, both(), &mut scratch));
-        let queued = texts(&out).await;
-        assert_eq!(queued, ["x>", "<a x>", "<b x>"]);
+        // Idle: written at once, as far as the socket takes; the rest of the frame it cut
+        // is queued, framed, and what comes next waits behind it.
+        assert!(out.push_parts((true, true), &x, both(), &mut scratch));
+        assert_eq!(written(), b"5:<a x>5:<b ");
+        assert!(out.push_parts((true, true), &y, both(), &mut scratch));
+        assert_eq!(texts(&out).await, ["x>", "<a y>", "<b y>"]);
         out.written();
-        // A closed connection takes nothing.
+        // A socket that takes nothing: the frames are queued as any others, so a newer
+        // live result still replaces a waiting one.
+        assert!(out.push_parts((true, true), &x, both(), &mut scratch));
+        assert!(out.push_parts((true, true), &y, both(), &mut scratch));
+        assert_eq!(texts(&out).await, ["<a y>", "<b y>"]);
+        out.written();
+        // More than DIRECT_MAX for one connection is the writer's to write.
+        *room.lock().expect("not poisoned") = usize::MAX;
+        let big = Bytes::from(vec![b'z'; DIRECT_MAX]);
+        assert!(out.push_parts((false, true), &big, both(), &mut scratch));
+        assert_eq!(written().len(), 12, "nothing more written");
+        assert_eq!(texts(&out).await.len(), 2);
+        out.written();
+        // A closed connection takes nothing, and lets its socket go.
         out.close();
-        assert!(!out.push_parts(false, true, &body, both(), &mut scratch));
+        assert!(!out.push_parts((false, true), &x, both(), &mut scratch));
+        assert!(out.lock().direct.is_none());
     }
 
     #[tokio::test]

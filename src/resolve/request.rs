@@ -95,6 +95,7 @@ pub fn build(
         method: rest.method,
         idempotent: rest.idempotent,
         route: rest.route.clone(),
+        route_reads_claims: rest.path.reads_claims(),
         url,
         headers,
         body,

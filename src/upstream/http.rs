@@ -21,6 +21,8 @@ pub struct UpstreamRequest {
     pub idempotent: bool,
     /// The path as the schema writes it, for traces.
     pub route: Arc<str>,
+    /// The path reads the caller's claims: a log line shows `route`, not the URL.
+    pub route_reads_claims: bool,
     pub url: url::Url,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub body: Option<Bytes>,
@@ -277,8 +279,11 @@ impl UpstreamClient {
         };
         if let Err(e) = &result {
             // A path made of the caller's claims is shown as its template.
-            let url = if req.route.contains("{claims.") {
-                format!("{}{}", req.url.origin().ascii_serialization(), req.route)
+            let url = if req.route_reads_claims {
+                let mut base = req.upstream.url.clone();
+                base.set_query(None);
+                let base = super::redact(&base);
+                format!("{}{}", base.trim_end_matches('/'), req.route)
             } else {
                 super::redact(&req.url)
             };

@@ -149,9 +149,8 @@ fn tasks(
                 Some(raw) => Box::pin(write_direct(raw.io(), frames, stall, &mut closed)).await,
                 None => Box::pin(write_round(&mut sink, frames, stall)).await,
             };
-            out.written();
             match round {
-                Round::Written => {}
+                Round::Written => out.written(),
                 Round::Closed => break,
                 Round::Stalled => {
                     tracing::debug!(?stall, "client does not read: disconnecting");
