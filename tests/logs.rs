@@ -262,7 +262,9 @@ async fn a_path_made_of_the_callers_claims_is_logged_as_its_template() {
     // Nothing listens on port 9 of loopback: the request fails and is logged.
     let schema = r#"
 extend schema @upstream(name: "dead", url: "http://127.0.0.1:9/v1?key=SECRET789")
+extend schema @upstream(name: "bus", url: "redis://127.0.0.1:9")
 type Query { me: String @rest(upstream: "dead", path: "/users/{ claims.sub }/profile") }
+type Subscription { inbox: String @stream(upstream: "bus", channel: "inbox.{claims.sub}") }
 "#;
     let options = livegate::Options {
         auth: livegate::auth::Options {
@@ -289,6 +291,28 @@ type Query { me: String @rest(upstream: "dead", path: "/users/{ claims.sub }/pro
         Some("UPSTREAM_UNAVAILABLE"),
         "{body}"
     );
+    // A Redis channel made of the caller's claims: its socket fails to connect and says
+    // so, naming the channel by its template.
+    let stream = gw
+        .client
+        .post(gw.url())
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"query": "subscription { inbox }"}))
+        .send()
+        .await
+        .expect("SSE");
+    assert_eq!(stream.status(), 200);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !logs.text().contains("channel inbox.{claims.sub}") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no channel failure logged:\n{}",
+            logs.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(stream);
     let log = logs.text();
     assert!(
         log.contains("127.0.0.1:9/v1/users/{ claims.sub }/profile"),

@@ -265,9 +265,10 @@ impl Sources {
                 upstream,
                 subject,
                 jetstream,
+                shown,
             } => Arc::new(nats::Nats::new(
                 upstream,
-                subject,
+                (subject, shown.as_deref().unwrap_or(subject)),
                 jetstream
                     .as_deref()
                     .map(|stream| (stream, self.settings.replica.as_str())),
@@ -277,9 +278,10 @@ impl Sources {
                 upstream,
                 name,
                 kind,
+                shown,
             } => Arc::new(redis::Redis::new(
                 upstream,
-                name,
+                (name, shown.as_deref().unwrap_or(name)),
                 *kind,
                 self.settings.max_message,
             )),

@@ -39,7 +39,7 @@ impl Nats {
     /// name.
     pub fn new(
         upstream: &Arc<UpstreamPlan>,
-        subject: &str,
+        (subject, shown): (&str, &str),
         jetstream: Option<(&str, &str)>,
         max_message: usize,
     ) -> Self {
@@ -48,13 +48,10 @@ impl Nats {
         Nats {
             shown: match &durable {
                 Some((stream, consumer)) => format!(
-                    "{} subject {subject} (JetStream {stream}, consumer {consumer})",
+                    "{} subject {shown} (JetStream {stream}, consumer {consumer})",
                     crate::upstream::redact(&upstream.url)
                 ),
-                None => format!(
-                    "{} subject {subject}",
-                    crate::upstream::redact(&upstream.url)
-                ),
+                None => format!("{} subject {shown}", crate::upstream::redact(&upstream.url)),
             },
             upstream: upstream.clone(),
             subject: subject.to_string(),

@@ -30,7 +30,7 @@ pub struct Redis {
 impl Redis {
     pub fn new(
         upstream: &Arc<UpstreamPlan>,
-        name: &str,
+        (name, shown): (&str, &str),
         kind: RedisKind,
         max_message: usize,
     ) -> Self {
@@ -39,7 +39,7 @@ impl Redis {
             RedisKind::Stream => "stream",
         };
         Redis {
-            shown: format!("{} {what} {name}", crate::upstream::redact(&upstream.url)),
+            shown: format!("{} {what} {shown}", crate::upstream::redact(&upstream.url)),
             upstream: upstream.clone(),
             name: name.to_string(),
             kind,

@@ -37,6 +37,7 @@ impl SourcePlan {
             StreamPlan::Nats {
                 upstream,
                 jetstream,
+                subject: text,
                 ..
             } => {
                 let subject = t.render_with_values(vars, |v| {
@@ -52,16 +53,23 @@ impl SourcePlan {
                         upstream: upstream.clone(),
                         subject,
                         jetstream: jetstream.clone(),
+                        shown: t.reads_claims().then(|| Arc::from(text.as_str())),
                     })),
                     (None, None) => Err("a value of the NATS subject is missing".into()),
                 }
             }
             // SUBSCRIBE (not PSUBSCRIBE): no value can widen a channel.
-            StreamPlan::Redis { upstream, kind, .. } => match t.render_complete(vars) {
+            StreamPlan::Redis {
+                upstream,
+                kind,
+                name: text,
+                ..
+            } => match t.render_complete(vars) {
                 Some(name) if !name.is_empty() => Ok(std::borrow::Cow::Owned(StreamPlan::Redis {
                     upstream: upstream.clone(),
                     name,
                     kind: *kind,
+                    shown: t.reads_claims().then(|| Arc::from(text.as_str())),
                 })),
                 _ => Err("a value of the Redis channel is missing".into()),
             },
@@ -94,6 +102,8 @@ pub enum StreamPlan {
         upstream: Arc<UpstreamPlan>,
         subject: String,
         jetstream: Option<String>,
+        /// What logs call a subject rendered from the caller's claims: its template.
+        shown: Option<Arc<str>>,
     },
     /// A Redis `PUBLISH` channel (`Channel`) or Stream (`Stream`) on a `redis://`
     /// upstream.
@@ -101,6 +111,8 @@ pub enum StreamPlan {
         upstream: Arc<UpstreamPlan>,
         name: String,
         kind: RedisKind,
+        /// What logs call a channel rendered from the caller's claims: its template.
+        shown: Option<Arc<str>>,
     },
 }
 
@@ -126,6 +138,7 @@ impl StreamPlan {
                 upstream,
                 subject,
                 jetstream,
+                ..
             } => format!(
                 "nats\0{}\0{subject}\0{}\0{}",
                 upstream.name,
@@ -136,6 +149,7 @@ impl StreamPlan {
                 upstream,
                 name,
                 kind,
+                ..
             } => format!(
                 "redis\0{}\0{kind:?}\0{name}\0{}",
                 upstream.name, upstream.url
@@ -167,6 +181,7 @@ impl StreamPlan {
                 upstream,
                 name,
                 kind,
+                ..
             } => format!("redis:{}:{kind:?}:{name}", upstream.name),
         }
     }
@@ -267,6 +282,7 @@ pub(super) fn source(
                 upstream: u.clone(),
                 name: named.node.clone(),
                 kind,
+                shown: None,
             },
             when,
             select,
@@ -309,6 +325,7 @@ pub(super) fn source(
                 upstream: u.clone(),
                 subject: subject.node.clone(),
                 jetstream,
+                shown: None,
             },
             when,
             select,
