@@ -780,6 +780,70 @@ input In @requiresScopes(scopes: [["x"]]) { x: Int }
     assert!(all.contains("let everyone in"), "{all}");
 }
 
+#[tokio::test]
+async fn scopes_come_from_the_configured_claim_and_interface_guards_bind_their_implementers() {
+    // `--jwt-scope-claim permissions`, as Auth0 issues them: a list (or a string).
+    let ed = Signer::ed("ed-1");
+    let jwks = Jwks::start(&[&ed]).await;
+    let up = Upstream::start(axum::Router::new().route(
+        "/docs",
+        axum::routing::get(|| async {
+            axum::Json(json!([
+                {"kind": "note", "id": "n1", "secret": "n-s"},
+                {"kind": "memo", "id": "m1", "secret": "m-s", "to": "bob"}
+            ]))
+        }),
+    ))
+    .await;
+    let schema = r#"
+extend schema @upstream(name: "api", url: "{up}")
+type Query { docs: [Doc!]! @rest(upstream: "api", path: "/docs") }
+interface Doc @discriminate(field: "kind", map: {note: "Note", memo: "Memo"}) {
+  id: ID!
+  secret: String @requiresScopes(scopes: [["vault:read"]])
+}
+type Note implements Doc { id: ID! secret: String }
+type Memo implements Doc { id: ID! secret: String to: String }
+"#;
+    let mut opts = options(&jwks);
+    opts.auth.scope_claim = "permissions".into();
+    let gw = Gateway::start(&schema.replace("{up}", &up.url()), opts).await;
+    let query = "{ docs { id secret ... on Memo { to } } }";
+    let with = |permissions: Value| {
+        let mut c = claims("ann", 600);
+        c["permissions"] = permissions;
+        c["scope"] = json!("vault:read");
+        ed.sign(&c)
+    };
+    // The interface field's guard holds on each implementer's own field; the `scope`
+    // claim is not read when another is configured.
+    for token in [with(json!(["docs:read"])), with(json!("docs:read"))] {
+        let body = post(&gw, Some(&token), query).await;
+        assert_eq!(
+            body["data"]["docs"],
+            json!([{"id": "n1", "secret": null}, {"id": "m1", "secret": null, "to": "bob"}]),
+            "{body}"
+        );
+        let codes: Vec<&Value> = body["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .map(|e| &e["extensions"]["code"])
+            .collect();
+        assert_eq!(codes, [&json!("FORBIDDEN"), &json!("FORBIDDEN")], "{body}");
+        assert_eq!(body["errors"][1]["path"], json!(["docs", 1, "secret"]));
+    }
+    // Granted, as a list or as a space-separated string.
+    for token in [
+        with(json!(["docs:read", "vault:read"])),
+        with(json!("docs:read vault:read")),
+    ] {
+        let body = post(&gw, Some(&token), query).await;
+        assert_eq!(body["data"]["docs"][1]["secret"], "m-s", "{body}");
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+}
+
 const CLAIMS: &str = r#"
 extend schema @upstream(name: "api", url: "{up}", forwardHeaders: ["authorization"])
 type Query {
