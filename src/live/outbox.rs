@@ -18,7 +18,8 @@
 //! lend the socket to the outbox ([`Outbox::write_directly`]): a change pushed while
 //! nothing is queued or being written is then framed and written by the pushing task at
 //! once, with one non-blocking `send`, instead of being queued for the writer task and
-//! waking it (what the socket does not take is queued, already framed, for the writer).
+//! waking it (the rest of a frame the socket cut short is queued, framed, for the writer;
+//! the frames it did not reach are queued as any others).
 //! On a runtime of one worker that saves each connection a wake-up, a poll of its writer
 //! and the frames' queueing; on several, the writers woken run on the other workers while
 //! the topic pushes on, so the topic does not write itself (see [`crate::live::topic`]).
@@ -43,8 +44,8 @@ pub enum Frame {
     /// Bytes already framed for the wire (a WebSocket library's own pong or close reply,
     /// when the writer writes the socket itself).
     Raw(Bytes),
-    /// The rest of a direct write the socket did not take (whole data frames, cut
-    /// anywhere): written as they are, before anything queued after them.
+    /// The rest of a frame a direct write left cut short (framed for the wire): written
+    /// as it is, before anything queued after it.
     Rest(Bytes),
     /// The subscription `tag` has ended: the transport forgets it (its last messages were
     /// queued before this). Not written.
