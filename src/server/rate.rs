@@ -65,11 +65,17 @@ impl Limiter {
         match named {
             Some(name) => {
                 use sha2::Digest;
-                // Hashed: a claim is any length, a key should not be.
-                format!(
-                    "c:{}",
-                    hex::encode(&sha2::Sha256::digest(name.as_bytes())[..16])
-                )
+                // The issuer's too: two identity providers may give the same `sub` to
+                // two people. Hashed: a claim is any length, a key should not be.
+                let issuer = identity
+                    .and_then(|i| i.claim("iss"))
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                let mut hash = sha2::Sha256::new();
+                hash.update(issuer.as_bytes());
+                hash.update([0]);
+                hash.update(name.as_bytes());
+                format!("c:{}", hex::encode(&hash.finalize()[..16]))
             }
             None => format!(
                 "ip:{}",
@@ -195,5 +201,43 @@ mod tests {
         // A batch costs its operations.
         assert!(l.take_local("c", 6).is_err());
         assert!(l.take_local("c", 5).is_ok());
+    }
+
+    #[test]
+    fn a_client_is_its_issuer_and_claim_else_its_address() {
+        let l = Limiter::new(&Options {
+            per_second: 5.0,
+            claim: "sub".into(),
+        })
+        .expect("a limiter");
+        let who = |claims: serde_json::Value| Identity {
+            claims,
+            subject: None,
+            scopes: Vec::new(),
+            expires: u64::MAX,
+            cookie: None,
+        };
+        let peer = Some(IpAddr::from([10, 0, 0, 1]));
+        let ann_a = l.client(
+            Some(&who(serde_json::json!({"iss": "a", "sub": "ann"}))),
+            peer,
+        );
+        let ann_a2 = l.client(
+            Some(&who(
+                serde_json::json!({"iss": "a", "sub": "ann", "jti": "2"}),
+            )),
+            None,
+        );
+        let ann_b = l.client(
+            Some(&who(serde_json::json!({"iss": "b", "sub": "ann"}))),
+            peer,
+        );
+        assert_eq!(ann_a, ann_a2, "one client whatever its token and address");
+        assert_ne!(ann_a, ann_b, "another issuer's ann is someone else");
+        assert_eq!(
+            l.client(Some(&who(serde_json::json!({"iss": "a"}))), peer),
+            "ip:10.0.0.1"
+        );
+        assert_eq!(l.client(None, None), "ip:unknown");
     }
 }
