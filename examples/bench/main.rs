@@ -292,17 +292,22 @@ fn parse_latency(s: &str) -> Option<f64> {
 /// Runs wrk on core 1 against `url`, with `body` POSTed as JSON when given.
 fn wrk(
     url: &str,
-    body: Option<&str>,
+    (body, token): (Option<&str>, Option<&str>),
     duration: u64,
     connections: u64,
     dir: &FsPath,
 ) -> Result<Load> {
     let script = dir.join("wrk-post.lua");
     if let Some(body) = body {
-        let lua = format!(
+        let mut lua = format!(
             "wrk.method = \"POST\"\nwrk.body = '{}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Accept\"] = \"application/json\"\n",
             body.replace('\'', "\\'")
         );
+        if let Some(token) = token {
+            lua.push_str(&format!(
+                "wrk.headers[\"Authorization\"] = \"Bearer {token}\"\n"
+            ));
+        }
         std::fs::write(&script, lua).map_err(|e| e.to_string())?;
     }
     let mut cmd = Command::new("taskset");
@@ -435,6 +440,9 @@ fn orchestrate(
     Ok(())
 }
 
+/// The target whose requests carry a verified token.
+const AUTHED: &str = "livegate, no response cache, Bearer token (HS256)";
+
 /// Cache-hit query throughput through each gateway and straight against the upstream.
 fn http_part(
     livegate: &FsPath,
@@ -454,7 +462,7 @@ fn http_part(
     // Straight against the REST upstream: GET /posts (what Q_FLAT needs, unshaped).
     let direct = wrk(
         &format!("{up_url}/posts"),
-        None,
+        (None, None),
         duration,
         connections,
         &work,
@@ -486,6 +494,15 @@ type User {{ id: Int! name: String! username: String! email: String! }}
     let lg_listen = format!("127.0.0.1:{lg_port}");
     let lg_port2 = free_port()?;
     let lg_listen2 = format!("127.0.0.1:{lg_port2}");
+    // A caller with a token (HS256, --jwt-secret): verified once, then remembered by its
+    // hash; every request is the executor's (no response cache).
+    let secret = "a bench secret of thirty-two bytes!!";
+    let token = livegate::auth::sign_hs256(
+        secret,
+        json!({"sub": "bench", "scope": "read"}),
+        Duration::from_secs(3600),
+    )?;
+    let lg_port3 = free_port()?;
     let mut targets: Vec<(String, Vec<String>, u16)> = vec![
         (
             "livegate".into(),
@@ -511,6 +528,21 @@ type User {{ id: Int! name: String! username: String! email: String! }}
                 "0".into(),
             ],
             lg_port2,
+        ),
+        (
+            AUTHED.into(),
+            vec![
+                livegate.to_string_lossy().into(),
+                "--schema".into(),
+                schema.to_string_lossy().into(),
+                "--listen".into(),
+                format!("127.0.0.1:{lg_port3}"),
+                "--response-cache-mb".into(),
+                "0".into(),
+                "--jwt-secret".into(),
+                secret.into(),
+            ],
+            lg_port3,
         ),
     ];
     // The executor path traced (--otlp-endpoint at the upstream's sink): every trace
@@ -595,8 +627,29 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         for q in [Q_FLAT, Q_NESTED] {
             let body = json!({ "query": q }).to_string();
             // Warm-up, then the measured run.
-            wrk(&url, Some(&body), 2.min(duration), connections, &work)?;
-            let load = wrk(&url, Some(&body), duration, connections, &work)?;
+            let token = (name == AUTHED).then_some(token.as_str());
+            wrk(
+                &url,
+                (Some(&body), token),
+                2.min(duration),
+                connections,
+                &work,
+            )?;
+            let load = wrk(&url, (Some(&body), token), duration, connections, &work)?;
+            if token.is_some() {
+                // Each request's token was checked (verified once, then remembered).
+                let page = http("GET", &format!("http://127.0.0.1:{port}/metrics"), None)?;
+                let ok = page
+                    .lines()
+                    .find_map(|l| l.strip_prefix("livegate_auth_total{result=\"ok\"} "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                if ok < load.rps {
+                    return Err(format!(
+                        "{name}: its requests carried no token ({ok} verified)"
+                    ));
+                }
+            }
             rows.push(Row {
                 target: name.clone(),
                 query: q,
@@ -634,7 +687,7 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         let tc = rows
             .iter()
             .find(|r| r.target.starts_with("Tailcall") && r.query == q);
-        for name in ["livegate", "livegate, no response cache"] {
+        for name in ["livegate", "livegate, no response cache", AUTHED] {
             let lg = rows.iter().find(|r| r.target == name && r.query == q);
             if let (Some(lg), Some(tc)) = (lg, tc) {
                 println!(
@@ -648,6 +701,15 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         let untraced = rows
             .iter()
             .find(|r| r.target == "livegate, no response cache" && r.query == q);
+        if let (Some(a), Some(u)) = (
+            rows.iter().find(|r| r.target == AUTHED && r.query == q),
+            untraced,
+        ) {
+            println!(
+                "with a Bearer token / without, `{q}`: {:.2}x requests/s",
+                a.load.rps / u.load.rps
+            );
+        }
         for ratio in ["1.0", "0.01"] {
             let name = format!("livegate, no response cache, traced {ratio}");
             let traced = rows.iter().find(|r| r.target == name && r.query == q);
