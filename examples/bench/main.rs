@@ -490,10 +490,19 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         ),
     )
     .map_err(|e| e.to_string())?;
-    let lg_port = free_port()?;
-    let lg_listen = format!("127.0.0.1:{lg_port}");
-    let lg_port2 = free_port()?;
-    let lg_listen2 = format!("127.0.0.1:{lg_port2}");
+    // A livegate on a port of its own serving `schema`, with `extra` flags.
+    let target = |name: String, extra: &[&str]| -> Result<(String, Vec<String>, u16)> {
+        let port = free_port()?;
+        let mut cmd: Vec<String> = vec![
+            livegate.to_string_lossy().into(),
+            "--schema".into(),
+            schema.to_string_lossy().into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        cmd.extend(extra.iter().map(|a| a.to_string()));
+        Ok((name, cmd, port))
+    };
     // A caller with a token (HS256, --jwt-secret): verified once, then remembered by its
     // hash; every request is the executor's (no response cache).
     let secret = "a bench secret of thirty-two bytes!!";
@@ -502,70 +511,32 @@ type User {{ id: Int! name: String! username: String! email: String! }}
         json!({"sub": "bench", "scope": "read"}),
         Duration::from_secs(3600),
     )?;
-    let lg_port3 = free_port()?;
-    let mut targets: Vec<(String, Vec<String>, u16)> = vec![
-        (
-            "livegate".into(),
-            vec![
-                livegate.to_string_lossy().into(),
-                "--schema".into(),
-                schema.to_string_lossy().into(),
-                "--listen".into(),
-                lg_listen,
-            ],
-            lg_port,
-        ),
+    let mut targets = vec![
+        target("livegate".into(), &[])?,
         // The executor path: every request runs the query against the entry cache.
-        (
+        target(
             "livegate, no response cache".into(),
-            vec![
-                livegate.to_string_lossy().into(),
-                "--schema".into(),
-                schema.to_string_lossy().into(),
-                "--listen".into(),
-                lg_listen2,
-                "--response-cache-mb".into(),
-                "0".into(),
-            ],
-            lg_port2,
-        ),
-        (
+            &["--response-cache-mb", "0"],
+        )?,
+        target(
             AUTHED.into(),
-            vec![
-                livegate.to_string_lossy().into(),
-                "--schema".into(),
-                schema.to_string_lossy().into(),
-                "--listen".into(),
-                format!("127.0.0.1:{lg_port3}"),
-                "--response-cache-mb".into(),
-                "0".into(),
-                "--jwt-secret".into(),
-                secret.into(),
-            ],
-            lg_port3,
-        ),
+            &["--response-cache-mb", "0", "--jwt-secret", secret],
+        )?,
     ];
     // The executor path traced (--otlp-endpoint at the upstream's sink): every trace
     // recorded, and one in a hundred.
     for ratio in ["1.0", "0.01"] {
-        let port = free_port()?;
-        targets.push((
+        targets.push(target(
             format!("livegate, no response cache, traced {ratio}"),
-            vec![
-                livegate.to_string_lossy().into(),
-                "--schema".into(),
-                schema.to_string_lossy().into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--response-cache-mb".into(),
-                "0".into(),
-                "--otlp-endpoint".into(),
-                up_url.clone(),
-                "--trace-sample-ratio".into(),
-                ratio.into(),
+            &[
+                "--response-cache-mb",
+                "0",
+                "--otlp-endpoint",
+                &up_url,
+                "--trace-sample-ratio",
+                ratio,
             ],
-            port,
-        ));
+        )?);
     }
     if let Some(tc) = tailcall {
         let tc_port = free_port()?;
