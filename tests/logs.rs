@@ -42,6 +42,19 @@ impl Captured {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("log")).to_string()
     }
+
+    /// Waits (up to 10 s) until a line holding `text` is logged; `what` says what it is.
+    async fn until_logged(&self, text: &str, what: &str) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.text().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} logged:\n{}",
+                self.text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -91,15 +104,8 @@ type Subscription {
         .await
         .expect("SSE");
     assert_eq!(res.status(), 200);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !logs.text().contains("upstream socket failed to connect") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no socket failure logged:\n{}",
-            logs.text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    logs.until_logged("upstream socket failed to connect", "socket failure")
+        .await;
     drop(res);
     let log = logs.text();
     assert!(log.contains("upstream request failed"), "{log}");
@@ -303,15 +309,8 @@ type Subscription { inbox: String @stream(upstream: "bus", channel: "inbox.{clai
         .await
         .expect("SSE");
     assert_eq!(stream.status(), 200);
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !logs.text().contains("channel inbox.{claims.sub}") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no channel failure logged:\n{}",
-            logs.text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    logs.until_logged("channel inbox.{claims.sub}", "channel failure")
+        .await;
     drop(stream);
     let log = logs.text();
     assert!(
