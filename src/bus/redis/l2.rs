@@ -33,16 +33,20 @@ impl RedisBus {
         (self.key_in(&scope, ""), self.key_in(&scope, "g"))
     }
 
-    /// An entry's own generation and its fill lock (in the entry's slot).
-    fn entry_keys(&self, key: &CacheKey) -> (String, String) {
+    /// The keys of `key`'s entry, all in its slot.
+    fn entry_keys(&self, key: &CacheKey) -> EntryKeys {
         let scope = format!("c:{}", key.hex());
-        (self.key_in(&scope, "g"), self.key_in(&scope, "f"))
+        EntryKeys {
+            entry: self.key_in(&scope, ""),
+            generation: self.key_in(&scope, "g"),
+            lock: self.key_in(&scope, "f"),
+        }
     }
 
     /// The second-level entry for `key`, if there is a valid one younger than `policy`'s
     /// `max_age` (what a waiting fill takes as the holder's value).
-    pub(super) async fn fresh(&self, key: &CacheKey, policy: &Policy) -> Option<Shared> {
-        match self.read(key, &policy.tags).await {
+    async fn fresh(&self, keys: &EntryKeys, policy: &Policy) -> Option<Shared> {
+        match self.read(keys, &policy.tags).await {
             Some((_, Some(hit))) if hit.age < policy.max_age => Some(hit),
             _ => None,
         }
@@ -52,15 +56,11 @@ impl RedisBus {
     /// ([`Seen`]) and the entry for `key` when it is still valid under them (`None` when
     /// there is none, or a tag was invalidated or everything changed since it was
     /// fetched); `None` when Redis did not answer.
-    pub(super) async fn read(
-        &self,
-        key: &CacheKey,
-        tags: &[Tag],
-    ) -> Option<(Seen, Option<Shared>)> {
+    async fn read(&self, entry: &EntryKeys, tags: &[Tag]) -> Option<(Seen, Option<Shared>)> {
         let mut keys = vec![self.key("all")];
         keys.extend(tags.iter().map(|t| self.tag_keys(t).1));
-        keys.push(self.entry_keys(key).0);
-        keys.push(self.entry_key(key));
+        keys.push(entry.generation.clone());
+        keys.push(entry.entry.clone());
         let raw: Option<Vec<Option<Vec<u8>>>> = self
             .call("second-level lookup", |mut c| async move {
                 redis::cmd("MGET").arg(&keys).query_async(&mut c).await
@@ -116,7 +116,8 @@ impl RedisBus {
         }
         // The generations with the entry: a value fetched after this is stored under
         // them (and taken by no lookup once one of them moved).
-        let generation = match self.read(&key, &policy.tags).await {
+        let keys = self.entry_keys(&key);
+        let generation = match self.read(&keys, &policy.tags).await {
             // Only a fresh value: a stale one is being refreshed, by this fetch.
             Some((_, Some(hit))) if hit.age < policy.max_age => {
                 outcome("hit");
@@ -128,7 +129,6 @@ impl RedisBus {
                 return fetched(fetch().await);
             }
         };
-        let lock = self.entry_keys(&key).1;
         let token = format!("{}:{}", self.origin, fastrand::u64(..));
         let wait = self.options.fill_wait;
         let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -138,9 +138,9 @@ impl RedisBus {
         let locked: Option<(i64, Option<Vec<u8>>, Option<String>)> = {
             let mut lock_it = self.lock.prepare_invoke();
             lock_it
-                .key(&lock)
-                .key(self.entry_key(&key))
-                .key(self.entry_keys(&key).0)
+                .key(&keys.lock)
+                .key(&keys.entry)
+                .key(&keys.generation)
                 .arg(&token)
                 .arg(wait_ms);
             self.call("fill lock", |mut c| async move {
@@ -155,7 +155,7 @@ impl RedisBus {
                     .filter(|hit| hit.age < policy.max_age);
                 if let Some(hit) = now {
                     if won == 1 {
-                        self.unlock(lock, token).await;
+                        self.unlock(&keys.lock, token).await;
                     }
                     outcome("hit");
                     return Ok(hit);
@@ -179,10 +179,10 @@ impl RedisBus {
                     // `no-cache` answer not at all (each replica revalidates its own).
                     if answer.shareable && !answer.not_modified && !answer.freshness.no_cache {
                         let policy = policy.clone().limited(answer.freshness, false);
-                        self.put(&key, &answer.value, &policy, &generation).await;
+                        self.put(&keys, &answer.value, &policy, &generation).await;
                     }
                 }
-                self.unlock(lock, token).await;
+                self.unlock(&keys.lock, token).await;
                 fetched(result)
             }
             Some((false, _)) => {
@@ -192,12 +192,12 @@ impl RedisBus {
                 while tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some(hit) = self.fresh(&key, policy).await {
+                    if let Some(hit) = self.fresh(&keys, policy).await {
                         outcome("hit");
                         return Ok(hit);
                     }
                     let held: Option<i64> = {
-                        let lock = lock.clone();
+                        let lock = keys.lock.clone();
                         self.call("fill lock check", |mut c| async move {
                             redis::cmd("EXISTS").arg(lock).query_async(&mut c).await
                         })
@@ -208,7 +208,7 @@ impl RedisBus {
                         // read above and this check (it stores, then unlocks), so look
                         // once more. No value: it failed, was invalidated, or expired
                         // with its holder; fetch ourselves.
-                        if let Some(hit) = self.fresh(&key, policy).await {
+                        if let Some(hit) = self.fresh(&keys, policy).await {
                             outcome("hit");
                             return Ok(hit);
                         }
@@ -226,7 +226,7 @@ impl RedisBus {
     }
 
     /// Releases the fill lock `lock` if `token` still holds it.
-    async fn unlock(&self, lock: String, token: String) {
+    async fn unlock(&self, lock: &str, token: String) {
         let mut unlock = self.unlock.prepare_invoke();
         unlock.key(lock).arg(token);
         let _: Option<i64> = self
@@ -242,7 +242,8 @@ impl RedisBus {
     /// value replaces the stored one (or the stored one is dropped); then the change is
     /// announced.
     pub async fn changed(&self, key: CacheKey, value: Option<&Value>, policy: &Policy) {
-        let Some((seen, _)) = self.read(&key, &policy.tags).await else {
+        let keys = self.entry_keys(&key);
+        let Some((seen, _)) = self.read(&keys, &policy.tags).await else {
             return;
         };
         let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
@@ -250,11 +251,10 @@ impl RedisBus {
             .filter(|_| ttl > 0)
             .map(|value| encode_entry(value, &policy.tags, &seen))
             .unwrap_or_default();
-        let name = self.entry_key(&key);
         let mut changed = self.changed.prepare_invoke();
         changed
-            .key(&name)
-            .key(self.entry_keys(&key).0)
+            .key(&keys.entry)
+            .key(&keys.generation)
             .arg(&entry)
             .arg(ttl.max(1));
         let stored: Option<i64> = self
@@ -266,24 +266,23 @@ impl RedisBus {
             return;
         }
         if !entry.is_empty() {
-            self.file(&name, &policy.tags, ttl).await;
+            self.file(&keys.entry, &policy.tags, ttl).await;
         }
-        let keys = json!([key.hex()]).to_string();
-        let sent = self.announce("key", &[("keys", keys.as_str())]).await;
+        let changed = json!([key.hex()]).to_string();
+        let sent = self.announce("key", &[("keys", changed.as_str())]).await;
         self.published(sent, "changed");
     }
 
-    /// Stores `value` for `key` unless the entry's own generation moved since `seen`.
-    pub(super) async fn put(&self, key: &CacheKey, value: &Value, policy: &Policy, seen: &Seen) {
+    /// Stores `value` in the entry `keys` unless its own generation moved since `seen`.
+    async fn put(&self, keys: &EntryKeys, value: &Value, policy: &Policy, seen: &Seen) {
         let ttl = u64::try_from(policy.lifetime().as_millis()).unwrap_or(u64::MAX);
         if ttl == 0 {
             return;
         }
-        let name = self.entry_key(key);
         let mut store = self.store.prepare_invoke();
         store
-            .key(&name)
-            .key(self.entry_keys(key).0)
+            .key(&keys.entry)
+            .key(&keys.generation)
             .arg(encode_entry(value, &policy.tags, seen))
             .arg(ttl)
             .arg(&seen.key);
@@ -293,7 +292,7 @@ impl RedisBus {
             })
             .await;
         if stored == Some(1) {
-            self.file(&name, &policy.tags, ttl).await;
+            self.file(&keys.entry, &policy.tags, ttl).await;
         }
     }
 
@@ -315,6 +314,13 @@ impl RedisBus {
         });
         futures_util::future::join_all(filed).await;
     }
+}
+
+/// An entry's keys, in one slot: the entry, its own generation, its fill lock.
+struct EntryKeys {
+    entry: String,
+    generation: String,
+    lock: String,
 }
 
 /// What an entry was fetched under: the "everything changed" count and its tags'

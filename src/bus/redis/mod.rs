@@ -337,10 +337,6 @@ impl RedisBus {
         }
     }
 
-    fn entry_key(&self, key: &CacheKey) -> String {
-        self.key_in(&format!("c:{}", key.hex()), "")
-    }
-
     /// Notes whether Redis answered; logs a change once.
     fn set_up(&self, up: bool) {
         if self.up.swap(up, Ordering::AcqRel) != up {
