@@ -857,13 +857,17 @@ async fn without_a_standby_the_cluster_holds_one_upstream_socket_and_a_survivor_
     let redis = Redis::start(false);
     let sockets = socket_upstream().await;
     let schema = STREAMS.replace("{up}", &sockets.up.url());
-    let first = Process::start_with(
-        &schema,
-        &redis.url(),
-        "t7s:",
-        &[("LIVEGATE_REDIS_STANDBY", "false")],
-    )
-    .await;
+    // A replica told by its environment, as a deployment would.
+    let url = redis.url();
+    let without_standby = || {
+        Process::start_with(
+            &schema,
+            &url,
+            "t7s:",
+            &[("LIVEGATE_REDIS_STANDBY", "false")],
+        )
+    };
+    let first = without_standby().await;
     let on_first = Live::start(&first.gateway, "subscription { msgAdded { text } }").await;
     until(&first.gateway, |p| {
         sample(p, "livegate_leases_total{event=\"acquired\"}") == 1.0
@@ -884,14 +888,8 @@ async fn without_a_standby_the_cluster_holds_one_upstream_socket_and_a_survivor_
         everyone.push(Live::start(&gw, "subscription { msgAdded { text } }").await);
         gws.push(gw);
     }
-    // And a follower told by its environment, as a deployment would.
-    let last = Process::start_with(
-        &schema,
-        &redis.url(),
-        "t7s:",
-        &[("LIVEGATE_REDIS_STANDBY", "false")],
-    )
-    .await;
+    // And a follower told by its environment.
+    let last = without_standby().await;
     everyone.push(Live::start(&last.gateway, "subscription { msgAdded { text } }").await);
     // Every follower heard the holder's republished messages: had it wanted a standby,
     // it would have opened it before following.
